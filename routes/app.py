@@ -1,0 +1,53 @@
+"""The Starlette application: routes, and the lifespan that owns shared services."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+
+from routes import health, twilio
+from telephony.config import ConfigStore
+from telephony.session.registry import CallRegistry
+from telephony.settings import Settings
+from telephony.twilio.security import StreamTokens
+
+log = logging.getLogger(__name__)
+
+
+def _install_sighup(store: ConfigStore) -> None:
+    """SIGHUP re-reads the YAML (only possible from the main thread's loop)."""
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, store.reload)
+    except (NotImplementedError, RuntimeError, ValueError):
+        log.info("SIGHUP reload unavailable here; the file watcher still reloads")
+
+
+def create_app(settings: Settings | None = None, config: ConfigStore | None = None) -> Starlette:
+    settings = settings or Settings()
+    store = config or ConfigStore(settings.config_path)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if not settings.validate_signatures:
+            log.warning("!!! Twilio signature validation is OFF (development only) !!!")
+        _install_sighup(store)
+        watcher = asyncio.create_task(store.watch(), name="config-watch")
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    app = Starlette(routes=[*health.routes, *twilio.routes], lifespan=lifespan)
+    app.state.settings = settings
+    app.state.config = store
+    app.state.tokens = StreamTokens(settings.token_secret(), ttl_s=settings.stream_token_ttl_s)
+    app.state.registry = CallRegistry()
+    app.state.draining = False
+    return app

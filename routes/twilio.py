@@ -1,0 +1,130 @@
+"""Twilio's two hops: the voice webhook (TwiML) and the media WebSocket."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketState
+from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
+
+from telephony.session.call import CLOSE_POLICY, Call, StreamRefused, handshake
+from telephony.settings import Settings
+from telephony.twilio.security import valid_signature
+
+log = logging.getLogger(__name__)
+
+XML = "text/xml"
+
+
+def _signed_url(settings: Settings, request: Request) -> str:
+    """The URL Twilio called, rebuilt from the public base so it works behind a proxy."""
+    url = settings.public_url.rstrip("/") + request.url.path
+    return f"{url}?{request.url.query}" if request.url.query else url
+
+
+def _refusal(message: str) -> Response:
+    resp = VoiceResponse()
+    resp.say(message)
+    resp.hangup()
+    return Response(str(resp), media_type=XML)
+
+
+def _connect_stream(settings: Settings, params: dict[str, str]) -> Response:
+    resp = VoiceResponse()
+    connect = Connect()
+    stream = Stream(url=settings.media_stream_url)
+    for name, value in params.items():
+        stream.parameter(name=name, value=value)  # the SDK XML-escapes values
+    connect.append(stream)
+    resp.append(connect)
+    return Response(str(resp), media_type=XML)
+
+
+async def voice_webhook(request: Request) -> Response:
+    settings: Settings = request.app.state.settings
+    form = {k: str(v) for k, v in (await request.form()).items()}
+    signature = request.headers.get("x-twilio-signature", "")
+    if settings.validate_signatures and not valid_signature(
+        settings.twilio_auth_token.get_secret_value(), _signed_url(settings, request), form, signature
+    ):
+        log.warning("webhook refused: bad signature", extra={"call_sid": form.get("CallSid")})
+        return Response("invalid signature", status_code=403)
+    call_sid, to = form.get("CallSid", ""), form.get("To", "")
+    if not call_sid or not to:
+        return Response("CallSid and To are required", status_code=400)
+    route = request.app.state.config.current.route(to)
+    if route.profile is None:
+        log.info("unknown number refused", extra={"call_sid": call_sid, "to": to})
+        return _refusal(route.message)
+    token = request.app.state.tokens.mint(call_sid, route.profile_name)
+    params = {
+        "call_token": token,
+        "profile": route.profile_name,
+        "from": form.get("From", ""),
+        "to": to,
+    }
+    return _connect_stream(settings, params)
+
+
+class StarletteTwilioSocket:
+    """Adapts Starlette's WebSocket to the session's TwilioSocket protocol."""
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
+
+    async def receive(self) -> str | bytes | None:
+        msg = await self.ws.receive()
+        if msg["type"] == "websocket.disconnect":
+            return None
+        text = msg.get("text")
+        return text if text is not None else msg.get("bytes", b"")
+
+    async def send_text(self, text: str) -> None:
+        await self.ws.send_text(text)
+
+    async def close(self, code: int, reason: str) -> None:
+        if self.ws.application_state != WebSocketState.DISCONNECTED:
+            try:
+                await self.ws.close(code, reason[:120])  # close reasons are capped at 123 bytes
+            except RuntimeError:
+                pass  # the peer closed first
+
+
+async def media_socket(ws: WebSocket) -> None:
+    app = ws.app
+    settings: Settings = app.state.settings
+    signature = ws.headers.get("x-twilio-signature", "")
+    token = settings.twilio_auth_token.get_secret_value()
+    if settings.validate_signatures and not valid_signature(
+        token, settings.media_stream_url, {}, signature
+    ):
+        log.warning("media socket refused before accept: bad signature")
+        app.state.registry.refused.append((None, "bad upgrade signature"))
+        await ws.close(CLOSE_POLICY, "invalid signature")  # before accept: HTTP 403
+        return
+    await ws.accept()
+    socket = StarletteTwilioSocket(ws)
+    try:
+        setup = await handshake(socket, app.state.tokens, app.state.config.current)
+    except (StreamRefused, TimeoutError) as exc:
+        reason = exc.reason if isinstance(exc, StreamRefused) else "no start message in time"
+        sid = exc.call_sid if isinstance(exc, StreamRefused) else None
+        log.warning("media stream refused: %s", reason, extra={"call_sid": sid})
+        app.state.registry.refused.append((sid, reason))
+        await socket.close(CLOSE_POLICY, reason)
+        return
+    call = Call(socket, setup, max_bad_frames=settings.max_bad_frames)
+    app.state.registry.add(call)
+    try:
+        await call.run()
+    finally:
+        app.state.registry.done(call)
+
+
+routes = [
+    Route("/twilio/voice", voice_webhook, methods=["POST"]),
+    WebSocketRoute("/twilio/media", media_socket),
+]

@@ -1,0 +1,239 @@
+"""One live call: owns the Twilio media socket from `connected` to `stop`.
+
+The handshake checks what Twilio must send first (connected, start), the one-time stream token
+and the media format; then every frame is dispatched. A malformed frame is logged, counted and
+skipped; a flood of them ends this call only, with a recorded reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from telephony.config import Config, Profile
+from telephony.logs import CallLogger, call_logger
+from telephony.twilio import messages as tm
+from telephony.twilio.security import StreamTokens, TokenError
+
+log = logging.getLogger(__name__)
+
+# WebSocket close codes: 1000 normal, 1008 policy violation (bad token, bad input), 1011 error.
+CLOSE_NORMAL = 1000
+CLOSE_POLICY = 1008
+CLOSE_ERROR = 1011
+
+START_TIMEOUT_S = 10.0
+BAD_FRAME_WINDOW_S = 5.0
+
+
+class TwilioSocket(Protocol):
+    """The media WebSocket as the session needs it; routes adapt Starlette's to this."""
+
+    async def receive(self) -> str | bytes | None:
+        """The next frame (text or binary), or None once the peer has gone."""
+        ...
+
+    async def send_text(self, text: str) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+class StreamRefused(Exception):
+    """The stream cannot become a call (bad token, wrong format, no start)."""
+
+    def __init__(self, reason: str, call_sid: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.call_sid = call_sid
+
+
+@dataclass(slots=True)
+class StreamStats:
+    """What arrived on the socket; the basis for gap filling and audit."""
+
+    media_frames: int = 0
+    audio_bytes: int = 0
+    last_timestamp_ms: int = -1
+    audio_end_ms: int = 0  # call clock at the end of the last frame received
+    sequence_gaps: int = 0  # messages missing by sequenceNumber
+    timestamp_gap_ms: int = 0  # audio missing by media.timestamp jumps
+    bad_frames: int = 0
+    dtmf: list[tuple[int, str]] = field(default_factory=list)
+    marks: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class CallSummary:
+    call_sid: str
+    stream_sid: str
+    profile: str
+    from_number: str
+    to_number: str
+    started_at: float
+    ended_at: float = 0.0
+    end_reason: str = ""
+    stats: StreamStats = field(default_factory=StreamStats)
+
+
+@dataclass(slots=True)
+class CallSetup:
+    start: tm.Start
+    profile_name: str
+    profile: Profile
+
+
+async def _receive_json_event(socket: TwilioSocket) -> tm.InboundMessage:
+    frame = await socket.receive()
+    if frame is None:
+        raise StreamRefused("socket closed before start")
+    if isinstance(frame, bytes):
+        raise StreamRefused("binary frame before start")
+    try:
+        return tm.parse_inbound(frame)
+    except tm.MessageError as exc:
+        raise StreamRefused(f"malformed frame before start: {exc}") from None
+
+
+async def handshake(socket: TwilioSocket, tokens: StreamTokens, config: Config) -> CallSetup:
+    """Read `connected` then `start`; check token, profile and media format."""
+    async with asyncio.timeout(START_TIMEOUT_S):
+        msg = await _receive_json_event(socket)
+        if isinstance(msg, tm.Connected):
+            msg = await _receive_json_event(socket)
+    if not isinstance(msg, tm.Start):
+        raise StreamRefused(f"expected start, got {type(msg).__name__.lower()}")
+    sid = msg.call_sid
+    params = msg.custom_parameters
+    profile_name = params.get("profile", "")
+    try:
+        tokens.redeem(params.get("call_token", ""), sid, profile_name)
+    except TokenError as exc:
+        raise StreamRefused(str(exc), sid) from None
+    fmt = msg.media_format
+    if (fmt.encoding, fmt.sample_rate, fmt.channels) != (tm.MULAW_ENCODING, tm.SAMPLE_RATE, 1):
+        raise StreamRefused(
+            f"unsupported media format {fmt.encoding} {fmt.sample_rate} Hz x{fmt.channels}", sid
+        )
+    profile = config.profiles.get(profile_name)
+    if profile is None:
+        raise StreamRefused(f"unknown profile {profile_name!r}", sid)
+    return CallSetup(start=msg, profile_name=profile_name, profile=profile)
+
+
+class Call:
+    """A call after a good handshake. `run()` returns when the stream ends, with the reason."""
+
+    def __init__(
+        self, socket: TwilioSocket, setup: CallSetup, *, max_bad_frames: int = 20
+    ) -> None:
+        start = setup.start
+        self.socket = socket
+        self.profile = setup.profile
+        self.stream_sid = start.stream_sid
+        self.log: CallLogger = call_logger(start.call_sid)
+        self.max_bad_frames = max_bad_frames
+        self._bad_times: deque[float] = deque()
+        self._next_sequence = start.sequence + 1
+        params = start.custom_parameters
+        self.summary = CallSummary(
+            call_sid=start.call_sid,
+            stream_sid=start.stream_sid,
+            profile=setup.profile_name,
+            from_number=params.get("from", ""),
+            to_number=params.get("to", ""),
+            started_at=time.time(),
+        )
+
+    @property
+    def call_sid(self) -> str:
+        return self.summary.call_sid
+
+    async def run(self) -> CallSummary:
+        self.log.info("call started", extra={"profile": self.summary.profile})
+        try:
+            reason = await self._receive_loop()
+        except Exception:
+            self.log.exception("call failed")
+            reason = "internal error"
+            await self.socket.close(CLOSE_ERROR, reason)
+        self.summary.end_reason = reason
+        self.summary.ended_at = time.time()
+        stats = self.summary.stats
+        self.log.info(
+            "call ended",
+            extra={"reason": reason, "frames": stats.media_frames, "bad_frames": stats.bad_frames},
+        )
+        return self.summary
+
+    async def _receive_loop(self) -> str:
+        socket = self.socket
+        while True:
+            frame = await socket.receive()
+            if frame is None:
+                return "twilio closed the socket"
+            try:
+                if isinstance(frame, bytes):
+                    raise tm.MessageError("binary frame (Twilio sends text only)")
+                msg = tm.parse_inbound(frame)
+                if isinstance(msg, tm.Media):
+                    self._on_media(msg)
+                    continue
+                self._check_stream(msg)
+            except tm.MessageError as exc:
+                if self._on_bad_frame(exc, frame):
+                    await socket.close(CLOSE_POLICY, "too many malformed frames")
+                    return "too many malformed frames"
+                continue
+            if isinstance(msg, tm.Stop):
+                await socket.close(CLOSE_NORMAL, "stream stopped")
+                return "stop"
+            self._on_control(msg)
+
+    def _check_stream(self, msg: tm.InboundMessage) -> None:
+        if isinstance(msg, tm.Connected | tm.Start):
+            raise tm.MessageError(f"unexpected {type(msg).__name__.lower()} mid-stream")
+        if msg.stream_sid != self.stream_sid:
+            raise tm.MessageError(f"wrong streamSid {msg.stream_sid!r}")
+        self._track_sequence(msg.sequence)
+
+    def _track_sequence(self, sequence: int) -> None:
+        if sequence > self._next_sequence:
+            self.summary.stats.sequence_gaps += sequence - self._next_sequence
+        self._next_sequence = max(self._next_sequence, sequence + 1)
+
+    def _on_media(self, msg: tm.Media) -> None:
+        if msg.stream_sid != self.stream_sid:
+            raise tm.MessageError(f"wrong streamSid {msg.stream_sid!r}")
+        self._track_sequence(msg.sequence)
+        stats = self.summary.stats
+        # media.timestamp is the call's audio clock; a jump beyond the audio we have means
+        # frames were lost upstream.
+        if msg.timestamp > stats.audio_end_ms and stats.media_frames:
+            stats.timestamp_gap_ms += msg.timestamp - stats.audio_end_ms
+        stats.media_frames += 1
+        stats.audio_bytes += len(msg.payload)
+        stats.last_timestamp_ms = msg.timestamp
+        stats.audio_end_ms = msg.timestamp + len(msg.payload) // 8
+
+    def _on_control(self, msg: tm.InboundMessage) -> None:
+        stats = self.summary.stats
+        if isinstance(msg, tm.Dtmf):
+            stats.dtmf.append((stats.audio_end_ms, msg.digit))
+            self.log.info("dtmf", extra={"digit": msg.digit, "ms": stats.audio_end_ms})
+        elif isinstance(msg, tm.Mark):
+            stats.marks.append(msg.name)
+
+    def _on_bad_frame(self, exc: tm.MessageError, frame: str | bytes) -> bool:
+        """Log and count; True when the flood limit is reached and the call must end."""
+        stats = self.summary.stats
+        stats.bad_frames += 1
+        self.log.warning("malformed frame skipped: %s (%d bytes)", exc, len(frame))
+        now = time.monotonic()
+        self._bad_times.append(now)
+        while self._bad_times and now - self._bad_times[0] > BAD_FRAME_WINDOW_S:
+            self._bad_times.popleft()
+        return len(self._bad_times) > self.max_bad_frames

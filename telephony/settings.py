@@ -1,0 +1,50 @@
+"""Environment settings. Secrets live only here (from the environment), never in the YAML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_CONFIG = Path("infra/numbers.example.yaml")
+
+
+class Settings(BaseSettings):
+    """Every variable is listed, with a comment, in .env.example."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", populate_by_name=True)
+
+    config_path: Path = Field(DEFAULT_CONFIG, alias="TELEPHONY_CONFIG")
+    database_url: str = Field("sqlite+aiosqlite:///data/telephony.db", alias="TELEPHONY_DATABASE_URL")
+    public_url: str = Field("http://127.0.0.1:8000", alias="TELEPHONY_PUBLIC_URL")
+    # Turning signature checks off is for local development only; start-up logs a warning.
+    validate_signatures: bool = Field(True, alias="TELEPHONY_VALIDATE_SIGNATURES")
+    stream_token_ttl_s: float = Field(30.0, alias="TELEPHONY_STREAM_TOKEN_TTL_S")
+    # Secret used to sign one-time stream tokens; defaults to the Twilio auth token.
+    stream_token_secret: SecretStr | None = Field(None, alias="TELEPHONY_STREAM_TOKEN_SECRET")
+    max_bad_frames: int = Field(20, alias="TELEPHONY_MAX_BAD_FRAMES")
+    log_format: str = Field("text", alias="TELEPHONY_LOG_FORMAT")
+    log_level: str = Field("INFO", alias="TELEPHONY_LOG_LEVEL")
+
+    twilio_account_sid: str = Field("AC00000000000000000000000000000000", alias="TWILIO_ACCOUNT_SID")
+    twilio_auth_token: SecretStr = Field(SecretStr("dev-auth-token"), alias="TWILIO_AUTH_TOKEN")
+    twilio_api_url: str = Field("https://api.twilio.com", alias="TWILIO_API_URL")
+
+    deepgram_api_key: SecretStr = Field(SecretStr(""), alias="DEEPGRAM_API_KEY")
+    deepgram_url: str = Field("wss://api.deepgram.com", alias="DEEPGRAM_URL")
+    deepgram_agent_url: str = Field("wss://agent.deepgram.com", alias="DEEPGRAM_AGENT_URL")
+
+    @property
+    def media_stream_url(self) -> str:
+        """The wss:// URL Twilio connects to; Twilio signs exactly this URL on the upgrade."""
+        base = self.public_url.rstrip("/")
+        if base.startswith("https://"):
+            base = "wss://" + base.removeprefix("https://")
+        elif base.startswith("http://"):
+            base = "ws://" + base.removeprefix("http://")
+        return base + "/twilio/media"
+
+    def token_secret(self) -> bytes:
+        secret = self.stream_token_secret or self.twilio_auth_token
+        return secret.get_secret_value().encode()

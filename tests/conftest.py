@@ -1,0 +1,77 @@
+"""Shared fixtures: the real app under uvicorn on a loopback port."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from routes.app import create_app
+from routes.server import bind_loopback, serve_app
+from telephony.settings import Settings
+
+AUTH_TOKEN = "test-auth-token"
+
+NUMBERS_YAML = """\
+numbers:
+  "+15550001000": support
+  "+15550002000": sales
+profiles:
+  support:
+    mode: flux
+    greeting: "Thanks for calling."
+    responder:
+      type: scripted
+      rules:
+        - pattern: "bye"
+          reply: "Goodbye!"
+          action: hangup
+      fallback: "Sorry, could you say that again?"
+  sales:
+    mode: flux
+    responder:
+      type: scripted
+      rules: []
+      fallback: "Sales here."
+"""
+
+
+@dataclass
+class RunningApp:
+    url: str  # http://127.0.0.1:PORT, also the public URL Twilio "calls"
+    settings: Settings
+    app: Starlette
+    yaml_path: Path
+
+    @property
+    def ws_url(self) -> str:
+        return self.settings.media_stream_url
+
+    def http(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url)
+
+
+@pytest.fixture
+def numbers_yaml(tmp_path: Path) -> Path:
+    path = tmp_path / "numbers.yaml"
+    path.write_text(NUMBERS_YAML)
+    return path
+
+
+@pytest.fixture
+async def running_app(numbers_yaml: Path) -> AsyncIterator[RunningApp]:
+    sock = bind_loopback()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    settings = Settings(
+        TELEPHONY_CONFIG=numbers_yaml,
+        TELEPHONY_PUBLIC_URL=url,
+        TWILIO_AUTH_TOKEN=AUTH_TOKEN,
+        TELEPHONY_MAX_BAD_FRAMES=5,
+    )
+    app = create_app(settings)
+    async with serve_app(app, sock):
+        yield RunningApp(url, settings, app, numbers_yaml)
