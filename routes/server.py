@@ -13,7 +13,9 @@ from starlette.applications import Starlette
 
 def bind_loopback(port: int = 0, host: str = "127.0.0.1") -> socket.socket:
     """A bound listening socket, so callers know the port before the app is built."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio only disables Nagle for it, and Nagle would hold back
+    # small outbound frames until the peer's next packet acknowledges the previous one.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(128)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -45,10 +47,14 @@ def _connect_stream(settings: Settings, params: dict[str, str]) -> Response:
 
 async def voice_webhook(request: Request) -> Response:
     settings: Settings = request.app.state.settings
-    form = {k: str(v) for k, v in (await request.form()).items()}
+    # Twilio posts form-encoded single values; parse_qsl avoids a multipart dependency.
+    form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
     signature = request.headers.get("x-twilio-signature", "")
     if settings.validate_signatures and not valid_signature(
-        settings.twilio_auth_token.get_secret_value(), _signed_url(settings, request), form, signature
+        settings.twilio_auth_token.get_secret_value(),
+        _signed_url(settings, request),
+        form,
+        signature,
     ):
         log.warning("webhook refused: bad signature", extra={"call_sid": form.get("CallSid")})
         return Response("invalid signature", status_code=403)
@@ -87,10 +93,9 @@ class StarletteTwilioSocket:
 
     async def close(self, code: int, reason: str) -> None:
         if self.ws.application_state != WebSocketState.DISCONNECTED:
-            try:
-                await self.ws.close(code, reason[:120])  # close reasons are capped at 123 bytes
-            except RuntimeError:
-                pass  # the peer closed first
+            # Close reasons are capped at 123 bytes; RuntimeError means the peer closed first.
+            with contextlib.suppress(RuntimeError):
+                await self.ws.close(code, reason[:120])
 
 
 async def media_socket(ws: WebSocket) -> None:

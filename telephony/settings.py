@@ -16,7 +16,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=None, extra="ignore", populate_by_name=True)
 
     config_path: Path = Field(DEFAULT_CONFIG, alias="TELEPHONY_CONFIG")
-    database_url: str = Field("sqlite+aiosqlite:///data/telephony.db", alias="TELEPHONY_DATABASE_URL")
+    database_url: str = Field(
+        "sqlite+aiosqlite:///data/telephony.db", alias="TELEPHONY_DATABASE_URL"
+    )
     public_url: str = Field("http://127.0.0.1:8000", alias="TELEPHONY_PUBLIC_URL")
     # Turning signature checks off is for local development only; start-up logs a warning.
     validate_signatures: bool = Field(True, alias="TELEPHONY_VALIDATE_SIGNATURES")
@@ -27,7 +29,9 @@ class Settings(BaseSettings):
     log_format: str = Field("text", alias="TELEPHONY_LOG_FORMAT")
     log_level: str = Field("INFO", alias="TELEPHONY_LOG_LEVEL")
 
-    twilio_account_sid: str = Field("AC00000000000000000000000000000000", alias="TWILIO_ACCOUNT_SID")
+    twilio_account_sid: str = Field(
+        "AC00000000000000000000000000000000", alias="TWILIO_ACCOUNT_SID"
+    )
     twilio_auth_token: SecretStr = Field(SecretStr("dev-auth-token"), alias="TWILIO_AUTH_TOKEN")
     twilio_api_url: str = Field("https://api.twilio.com", alias="TWILIO_API_URL")
 

@@ -24,7 +24,13 @@ async def post_webhook(app: RunningApp, params: dict[str, str], signature: str |
 
 
 def call_params(call_sid: str = "CA1", to: str = "+15550001000", frm: str = "+15557654321"):
-    return {"CallSid": call_sid, "AccountSid": "AC1", "From": frm, "To": to, "CallStatus": "ringing"}
+    return {
+        "CallSid": call_sid,
+        "AccountSid": "AC1",
+        "From": frm,
+        "To": to,
+        "CallStatus": "ringing",
+    }
 
 
 def stream_params(twiml: str) -> tuple[str, dict[str, str]]:

@@ -127,9 +127,7 @@ async def handshake(socket: TwilioSocket, tokens: StreamTokens, config: Config) 
 class Call:
     """A call after a good handshake. `run()` returns when the stream ends, with the reason."""
 
-    def __init__(
-        self, socket: TwilioSocket, setup: CallSetup, *, max_bad_frames: int = 20
-    ) -> None:
+    def __init__(self, socket: TwilioSocket, setup: CallSetup, *, max_bad_frames: int = 20) -> None:
         start = setup.start
         self.socket = socket
         self.profile = setup.profile

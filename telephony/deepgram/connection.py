@@ -1,0 +1,113 @@
+"""What every Deepgram socket shares: URL building, auth, and the keep-alive rule per endpoint.
+
+Each endpoint keeps its socket alive by its own rule (protocol.md §2–6):
+- Flux `/v2/listen`: WebSocket pings only. A JSON KeepAlive kills the socket.
+- Nova `/v1/listen`: a `{"type":"KeepAlive"}` text frame every 3–5 s without audio.
+- Agent `/v1/agent/converse`: KeepAlive about every 8 s, and only while no audio flows.
+- Aura `/v1/speak`: none.
+Pings are sent on every socket by the websockets library (they are harmless everywhere); the
+JSON rule is enforced by `KeepAlive`, one small task per socket that wakes once a second and
+costs nothing per audio frame beyond storing a timestamp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from urllib.parse import urlencode
+
+from websockets.asyncio.client import ClientConnection, connect
+
+log = logging.getLogger(__name__)
+
+ParamValue = str | int | float | bool | Sequence[str] | None
+
+
+class KeepAliveRule(Enum):
+    WS_PING = "ws-ping"  # Flux
+    JSON_WHEN_IDLE = "json-when-idle"  # Nova, Agent
+    NONE = "none"  # Aura
+
+
+@dataclass(frozen=True, slots=True)
+class KeepAliveSpec:
+    rule: KeepAliveRule
+    idle_s: float = 0.0  # send a JSON KeepAlive after this long without audio
+
+
+FLUX_KEEPALIVE = KeepAliveSpec(KeepAliveRule.WS_PING)
+NOVA_KEEPALIVE = KeepAliveSpec(KeepAliveRule.JSON_WHEN_IDLE, idle_s=4.0)
+AGENT_KEEPALIVE = KeepAliveSpec(KeepAliveRule.JSON_WHEN_IDLE, idle_s=8.0)
+SPEAK_KEEPALIVE = KeepAliveSpec(KeepAliveRule.NONE)
+
+KEEPALIVE_MESSAGE = '{"type":"KeepAlive"}'
+PING_INTERVAL_S = 5.0  # WS pings double as dead-peer detection
+
+
+def build_url(base: str, path: str, params: Mapping[str, ParamValue] | None = None) -> str:
+    """`base` + `path` + query; lists repeat the key (e.g. keyterm), None values are left out."""
+    items: list[tuple[str, str]] = []
+    for key, value in (params or {}).items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            items.append((key, "true" if value else "false"))
+        elif isinstance(value, str | int | float):
+            items.append((key, str(value)))
+        else:
+            items.extend((key, str(v)) for v in value)
+    url = base.rstrip("/") + path
+    return f"{url}?{urlencode(items)}" if items else url
+
+
+async def open_socket(url: str, api_key: str, *, open_timeout_s: float = 5.0) -> ClientConnection:
+    """Connect with `Authorization: Token <key>`; handshake errors raise websockets' errors."""
+    return await connect(
+        url,
+        additional_headers={"Authorization": f"Token {api_key}"},
+        open_timeout=open_timeout_s,
+        ping_interval=PING_INTERVAL_S,
+        ping_timeout=PING_INTERVAL_S * 2,
+        max_size=2**22,
+        compression=None,  # audio does not compress; deflate would cost CPU per frame
+        proxy=None,
+    )
+
+
+class KeepAlive:
+    """Sends JSON KeepAlives on sockets whose rule asks for them, only while audio is idle."""
+
+    def __init__(self, ws: ClientConnection, spec: KeepAliveSpec) -> None:
+        self._ws = ws
+        self._spec = spec
+        self._loop = asyncio.get_running_loop()
+        self.last_audio = self._loop.time()
+        self.sent = 0
+        self._task: asyncio.Task[None] | None = None
+        if spec.rule is KeepAliveRule.JSON_WHEN_IDLE:
+            self._task = asyncio.create_task(self._run(), name="deepgram-keepalive")
+
+    def audio_sent(self) -> None:
+        """Called per audio message: one attribute store, no timer."""
+        self.last_audio = self._loop.time()
+
+    async def _run(self) -> None:
+        idle_s = self._spec.idle_s
+        last_keepalive = 0.0
+        while True:
+            await asyncio.sleep(1.0)
+            now = self._loop.time()
+            if now - self.last_audio >= idle_s and now - last_keepalive >= idle_s:
+                await self._ws.send(KEEPALIVE_MESSAGE)
+                last_keepalive = now
+                self.sent += 1
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

@@ -1,0 +1,149 @@
+"""Outbound playout: framing, pacing bound, marks after their audio, clear and the ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import orjson
+
+from telephony.twilio import messages as tm
+from telephony.twilio.playout import Ledger, Playout, Segment, SegmentState
+
+
+class Wire:
+    """Records what the playout sends to Twilio, with send times."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[float, dict]] = []
+        self.loop = asyncio.get_running_loop()
+
+    async def send(self, text: str) -> None:
+        self.sent.append((self.loop.time(), orjson.loads(text)))
+
+    def events(self) -> list[str]:
+        return [
+            m["event"] if m["event"] != "mark" else "mark:" + m["mark"]["name"]
+            for _, m in self.sent
+        ]
+
+    def frames(self) -> list[bytes]:
+        return [
+            tm.parse_outbound(orjson.dumps(m), "MZ1").payload
+            for _, m in self.sent
+            if m["event"] == "media"
+        ]
+
+
+@contextlib.asynccontextmanager
+async def playing(wire: Wire, **kw):
+    playout = Playout(wire.send, "MZ1", **kw)
+    task = asyncio.create_task(playout.run())
+    try:
+        yield playout
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def wait_idle(playout: Playout, wire: Wire, marks: int) -> None:
+    for _ in range(500):
+        if not playout._queue and sum(e.startswith("mark:") for e in wire.events()) >= marks:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("playout did not drain")
+
+
+async def test_frames_are_exact_and_marks_follow_their_audio() -> None:
+    wire = Wire()
+    async with playing(wire, lead_ms=1000) as playout:
+        one, two = Segment("r1:s1", "Hello there."), Segment("r1:s2", "How can I help?")
+        playout.add_audio(b"\x01" * 250, one)  # 1 whole frame + 90 bytes
+        playout.add_audio(b"\x02" * 100)
+        playout.end_segment(one)
+        playout.add_audio(b"\x03" * 320, two)
+        playout.end_segment(two)
+        await wait_idle(playout, wire, marks=2)
+    assert wire.events() == [
+        *["media"] * 3,  # 350 bytes: two whole frames and a padded one
+        "mark:r1:s1",
+        *["media"] * 2,
+        "mark:r1:s2",
+    ]
+    frames = wire.frames()
+    assert all(len(f) == 160 for f in frames)
+    assert frames[0] == b"\x01" * 160
+    assert frames[1] == b"\x01" * 90 + b"\x02" * 70
+    # The second segment starts on a fresh frame: the first one's tail was padded with silence.
+    assert frames[2] == b"\x02" * 30 + b"\xff" * 130
+    assert frames[3] == frames[4] == b"\x03" * 160
+    assert (one.audio_ms, two.audio_ms) == (43, 40)
+    assert one.state is SegmentState.SENT  # sent, but not heard until Twilio echoes
+
+
+async def test_never_more_than_the_lead_ahead_of_real_time() -> None:
+    wire = Wire()
+    async with playing(wire, lead_ms=100, batch_frames=3) as playout:
+        seg = Segment("s", "x")
+        start = asyncio.get_running_loop().time()
+        playout.add_audio(b"\x05" * 160 * 30, seg)  # 600 ms
+        playout.end_segment(seg)
+        await wait_idle(playout, wire, marks=1)
+    sent_frames = 0
+    for t, msg in wire.sent:
+        if msg["event"] != "media":
+            continue
+        sent_frames += 1
+        # Frame n plays at start + n*20 ms; it may be sent at most lead (100 ms) earlier.
+        # (Sending late is allowed by this check; only "too far ahead" is a defect.)
+        plays_at = start + (sent_frames - 1) * 0.02
+        assert t >= plays_at - 0.100 - 0.002, (sent_frames, t - start)
+    assert sent_frames == 30
+
+
+async def test_echo_marks_heard_and_clear_makes_the_rest_unheard() -> None:
+    wire = Wire()
+    ledger = Ledger()
+    async with playing(wire, lead_ms=60, batch_frames=1) as playout:
+        segs = [Segment(f"s{i}", f"sentence {i}.") for i in range(3)]
+        ledger.segments.extend(segs)
+        for seg in segs:
+            playout.add_audio(b"\x07" * 160 * 5, seg)  # 100 ms each
+            playout.end_segment(seg)
+        for _ in range(200):
+            if "mark:s0" in wire.events():
+                break
+            await asyncio.sleep(0.005)
+        assert playout.on_mark("s0") is segs[0]
+        assert playout.speaking
+        unheard = await playout.clear()
+        assert playout.on_mark("s1") is None  # Twilio returns cleared marks at once: ignored
+        assert not playout.speaking
+    assert [s.name for s in unheard] == ["s2", "s1"] or [s.name for s in unheard] == ["s1", "s2"]
+    assert [s.state for s in segs] == [
+        SegmentState.PLAYED,
+        SegmentState.CLEARED,
+        SegmentState.CLEARED,
+    ]
+    assert wire.events()[-1] == "clear"
+    assert ledger.heard_text() == "sentence 0."
+    assert ledger.generated_text() == "sentence 0. sentence 1. sentence 2."
+
+
+async def test_clear_with_nothing_playing_sends_nothing() -> None:
+    wire = Wire()
+    async with playing(wire) as playout:
+        assert await playout.clear() == []
+    assert wire.sent == []
+
+
+async def test_partial_audio_without_a_segment_is_cleared_too() -> None:
+    wire = Wire()
+    async with playing(wire) as playout:
+        seg = Segment("open", "still talking")
+        playout.add_audio(b"\x09" * 100, seg)  # under a frame, segment not closed
+        assert playout.speaking
+        unheard = await playout.clear()
+    assert unheard == [seg] and seg.state is SegmentState.CLEARED
+    assert wire.events() == ["clear"]
