@@ -12,8 +12,10 @@ from starlette.applications import Starlette
 
 from routes import health, twilio
 from telephony.config import ConfigStore
+from telephony.responder import make_http_client
 from telephony.session.registry import CallRegistry
 from telephony.settings import Settings
+from telephony.twilio.calls import TwilioCalls
 from telephony.twilio.security import StreamTokens
 
 log = logging.getLogger(__name__)
@@ -37,12 +39,20 @@ def create_app(settings: Settings | None = None, config: ConfigStore | None = No
             log.warning("!!! Twilio signature validation is OFF (development only) !!!")
         _install_sighup(store)
         watcher = asyncio.create_task(store.watch(), name="config-watch")
+        app.state.llm_http = make_http_client()
+        app.state.twilio_calls = TwilioCalls(
+            account_sid=settings.twilio_account_sid,
+            auth_token=settings.twilio_auth_token.get_secret_value(),
+            api_url=settings.twilio_api_url,
+        )
         try:
             yield
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+            await app.state.twilio_calls.aclose()
+            await app.state.llm_http.aclose()
 
     app = Starlette(routes=[*health.routes, *twilio.routes], lifespan=lifespan)
     app.state.settings = settings

@@ -13,6 +13,7 @@ from starlette.websockets import WebSocket, WebSocketState
 from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 
 from telephony.session.call import CLOSE_POLICY, Call, StreamRefused, handshake
+from telephony.session.engines import build_engine
 from telephony.settings import Settings
 from telephony.twilio.security import valid_signature
 
@@ -121,7 +122,16 @@ async def media_socket(ws: WebSocket) -> None:
         app.state.registry.refused.append((sid, reason))
         await socket.close(CLOSE_POLICY, reason)
         return
-    call = Call(socket, setup, max_bad_frames=settings.max_bad_frames)
+    rest = app.state.twilio_calls
+    call = Call(
+        socket,
+        setup,
+        max_bad_frames=settings.max_bad_frames,
+        engine_factory=lambda ctx: build_engine(ctx, llm_http=app.state.llm_http),
+        hang_up=rest.hang_up,
+        transfer=rest.transfer,
+        settings=settings,
+    )
     app.state.registry.add(call)
     try:
         await call.run()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,9 +13,13 @@ from starlette.applications import Starlette
 
 from routes.app import create_app
 from routes.server import bind_loopback, serve_app
+from telephony.session.call import CallSummary
 from telephony.settings import Settings
+from telephony.sim.deepgram_server import FakeDeepgram
+from telephony.sim.twilio_rest import FakeTwilioRest
 
 AUTH_TOKEN = "test-auth-token"
+DEEPGRAM_KEY = "test-deepgram-key"
 
 NUMBERS_YAML = """\
 numbers:
@@ -63,15 +68,45 @@ def numbers_yaml(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def running_app(numbers_yaml: Path) -> AsyncIterator[RunningApp]:
+async def fake_deepgram() -> AsyncIterator[FakeDeepgram]:
+    async with FakeDeepgram(api_key=DEEPGRAM_KEY) as fake:
+        yield fake
+
+
+@pytest.fixture
+async def fake_rest() -> AsyncIterator[FakeTwilioRest]:
+    async with FakeTwilioRest(auth_token=AUTH_TOKEN) as fake:
+        yield fake
+
+
+@pytest.fixture
+async def running_app(
+    numbers_yaml: Path, fake_deepgram: FakeDeepgram, fake_rest: FakeTwilioRest
+) -> AsyncIterator[RunningApp]:
     sock = bind_loopback()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     settings = Settings(
         TELEPHONY_CONFIG=numbers_yaml,
         TELEPHONY_PUBLIC_URL=url,
         TWILIO_AUTH_TOKEN=AUTH_TOKEN,
+        TWILIO_ACCOUNT_SID=fake_rest.account_sid,
+        TWILIO_API_URL=fake_rest.url,
+        DEEPGRAM_API_KEY=DEEPGRAM_KEY,
+        DEEPGRAM_URL=fake_deepgram.url,
+        DEEPGRAM_AGENT_URL=fake_deepgram.url,
         TELEPHONY_MAX_BAD_FRAMES=5,
     )
     app = create_app(settings)
     async with serve_app(app, sock):
         yield RunningApp(url, settings, app, numbers_yaml)
+
+
+async def finished(app: RunningApp, call_sid: str, timeout_s: float = 5.0) -> CallSummary:
+    """The call's summary, once the server has wound it down (just after the socket closes)."""
+    registry = app.app.state.registry
+    for _ in range(int(timeout_s * 100)):
+        summary = registry.find_finished(call_sid)
+        if summary is not None:
+            return summary
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"call {call_sid} did not finish")

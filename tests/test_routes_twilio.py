@@ -11,7 +11,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from telephony.twilio import messages as tm
 from telephony.twilio.security import sign
-from tests.conftest import AUTH_TOKEN, RunningApp
+from tests.conftest import AUTH_TOKEN, RunningApp, finished
 
 
 async def post_webhook(app: RunningApp, params: dict[str, str], signature: str | None = None):
@@ -122,7 +122,7 @@ async def test_stream_accepted_and_accounted(running_app: RunningApp) -> None:
     await ws.send(b.stop())
     code, reason = await closed_with(ws)
     assert (code, reason) == (1000, "stream stopped")
-    summary = running_app.app.state.registry.find_finished("CA10")
+    summary = await finished(running_app, "CA10")
     assert summary.end_reason == "stop"
     assert summary.profile == "support"
     assert summary.stats.media_frames == 25
@@ -139,7 +139,7 @@ async def test_sequence_and_timestamp_gaps_are_tracked(running_app: RunningApp) 
     await ws.send(b.media(b"\xff" * 160, 100))  # 80 ms of audio missing
     await ws.send(b.stop())
     await closed_with(ws)
-    stats = running_app.app.state.registry.find_finished("CA11").stats
+    stats = (await finished(running_app, "CA11")).stats
     assert stats.sequence_gaps == 3
     assert stats.timestamp_gap_ms == 80
 
@@ -215,12 +215,11 @@ async def test_malformed_frames_are_skipped_then_a_flood_closes_only_that_call(
         await good.send(gb.media(b"\xff" * 160, i * 20))
     await good.send(gb.stop())
     assert (await closed_with(good))[0] == 1000
-    registry = running_app.app.state.registry
-    assert registry.find_finished("CA21").stats.media_frames == 2
-    assert registry.find_finished("CA21").stats.bad_frames == 8
-    assert registry.find_finished("CA21").end_reason == "too many malformed frames"
-    assert registry.find_finished("CA20").stats.media_frames == 5
-    assert registry.find_finished("CA20").stats.bad_frames == 0
+    assert (await finished(running_app, "CA21")).stats.media_frames == 2
+    assert (await finished(running_app, "CA21")).stats.bad_frames == 6  # 3 + 3, then closed
+    assert (await finished(running_app, "CA21")).end_reason == "too many malformed frames"
+    assert (await finished(running_app, "CA20")).stats.media_frames == 5
+    assert (await finished(running_app, "CA20")).stats.bad_frames == 0
 
 
 async def test_wrong_stream_sid_counts_as_malformed(running_app: RunningApp) -> None:
@@ -230,5 +229,5 @@ async def test_wrong_stream_sid_counts_as_malformed(running_app: RunningApp) -> 
     await ws.send(other.media(b"\xff" * 160, 0))
     await ws.send(b.stop())
     await closed_with(ws)
-    stats = running_app.app.state.registry.find_finished("CA22").stats
+    stats = (await finished(running_app, "CA22")).stats
     assert (stats.bad_frames, stats.media_frames) == (1, 0)

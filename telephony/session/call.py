@@ -11,12 +11,17 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from telephony.config import Config, Profile
 from telephony.logs import CallLogger, call_logger
+from telephony.session.engine import CallContext, Engine
+from telephony.session.transcript import Transcript
+from telephony.settings import Settings
 from telephony.twilio import messages as tm
+from telephony.twilio.playout import Playout
 from telephony.twilio.security import StreamTokens, TokenError
 
 log = logging.getLogger(__name__)
@@ -28,6 +33,8 @@ CLOSE_ERROR = 1011
 
 START_TIMEOUT_S = 10.0
 BAD_FRAME_WINDOW_S = 5.0
+
+EngineFactory = Callable[[CallContext], Engine]
 
 
 class TwilioSocket(Protocol):
@@ -77,6 +84,7 @@ class CallSummary:
     ended_at: float = 0.0
     end_reason: str = ""
     stats: StreamStats = field(default_factory=StreamStats)
+    transcript: Transcript = field(default_factory=Transcript)
 
 
 @dataclass(slots=True)
@@ -125,9 +133,23 @@ async def handshake(socket: TwilioSocket, tokens: StreamTokens, config: Config) 
 
 
 class Call:
-    """A call after a good handshake. `run()` returns when the stream ends, with the reason."""
+    """A call after a good handshake. `run()` returns when the stream ends, with the reason.
 
-    def __init__(self, socket: TwilioSocket, setup: CallSetup, *, max_bad_frames: int = 20) -> None:
+    Three things run per call: this receive loop (Twilio -> engine, marks -> playout), the
+    playout's pacing task (engine -> Twilio) and the engine's own tasks (Deepgram sockets).
+    """
+
+    def __init__(
+        self,
+        socket: TwilioSocket,
+        setup: CallSetup,
+        *,
+        max_bad_frames: int = 20,
+        engine_factory: EngineFactory | None = None,
+        hang_up: Callable[[str], Awaitable[None]] | None = None,
+        transfer: Callable[[str, str], Awaitable[None]] | None = None,
+        settings: Settings | None = None,
+    ) -> None:
         start = setup.start
         self.socket = socket
         self.profile = setup.profile
@@ -145,27 +167,79 @@ class Call:
             to_number=params.get("to", ""),
             started_at=time.time(),
         )
+        self.transcript = self.summary.transcript
+        self.playout = Playout(socket.send_text, start.stream_sid)
+        self._hang_up = hang_up
+        self._transfer = transfer
+        self._engine_error: str | None = None
+        self.engine: Engine | None = None
+        if engine_factory is not None:
+            self.engine = engine_factory(
+                CallContext(
+                    call_sid=start.call_sid,
+                    profile_name=setup.profile_name,
+                    profile=setup.profile,
+                    settings=settings or Settings(),
+                    playout=self.playout,
+                    transcript=self.transcript,
+                    log=self.log,
+                    now_ms=self._now_ms,
+                    hang_up=self._rest_hang_up,
+                    transfer=self._rest_transfer,
+                )
+            )
 
     @property
     def call_sid(self) -> str:
         return self.summary.call_sid
 
+    def _now_ms(self) -> int:
+        return self.summary.stats.audio_end_ms
+
+    async def _rest_hang_up(self) -> None:
+        if self._hang_up is not None:
+            await self._hang_up(self.call_sid)
+
+    async def _rest_transfer(self, number: str) -> None:
+        if self._transfer is not None:
+            await self._transfer(self.call_sid, number)
+
     async def run(self) -> CallSummary:
         self.log.info("call started", extra={"profile": self.summary.profile})
+        tasks = [asyncio.create_task(self.playout.run(), name="playout")]
+        if self.engine is not None:
+            engine_task = asyncio.create_task(self.engine.run(), name="engine")
+            engine_task.add_done_callback(self._engine_done)
+            tasks.append(engine_task)
         try:
             reason = await self._receive_loop()
         except Exception:
             self.log.exception("call failed")
             reason = "internal error"
             await self.socket.close(CLOSE_ERROR, reason)
-        self.summary.end_reason = reason
+        finally:
+            if self.engine is not None:
+                await self.engine.close()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self.summary.end_reason = self._engine_error or reason
         self.summary.ended_at = time.time()
         stats = self.summary.stats
         self.log.info(
             "call ended",
-            extra={"reason": reason, "frames": stats.media_frames, "bad_frames": stats.bad_frames},
+            extra={"reason": self.summary.end_reason, "frames": stats.media_frames},
         )
         return self.summary
+
+    def _engine_done(self, task: asyncio.Task[None]) -> None:
+        """The engine stopping on its own is fatal for the call: end it with the reason."""
+        if task.cancelled():
+            return
+        exc = task.exception()
+        self._engine_error = f"engine failed: {exc}" if exc else "engine stopped"
+        self.log.error("%s", self._engine_error, exc_info=exc)
+        asyncio.get_running_loop().create_task(self.socket.close(CLOSE_ERROR, "upstream failure"))
 
     async def _receive_loop(self) -> str:
         socket = self.socket
@@ -178,7 +252,7 @@ class Call:
                     raise tm.MessageError("binary frame (Twilio sends text only)")
                 msg = tm.parse_inbound(frame)
                 if isinstance(msg, tm.Media):
-                    self._on_media(msg)
+                    await self._on_media(msg)
                     continue
                 self._check_stream(msg)
             except tm.MessageError as exc:
@@ -203,7 +277,7 @@ class Call:
             self.summary.stats.sequence_gaps += sequence - self._next_sequence
         self._next_sequence = max(self._next_sequence, sequence + 1)
 
-    def _on_media(self, msg: tm.Media) -> None:
+    async def _on_media(self, msg: tm.Media) -> None:
         if msg.stream_sid != self.stream_sid:
             raise tm.MessageError(f"wrong streamSid {msg.stream_sid!r}")
         self._track_sequence(msg.sequence)
@@ -216,14 +290,18 @@ class Call:
         stats.audio_bytes += len(msg.payload)
         stats.last_timestamp_ms = msg.timestamp
         stats.audio_end_ms = msg.timestamp + len(msg.payload) // 8
+        if self.engine is not None:
+            await self.engine.on_caller_audio(msg.timestamp, msg.payload)
 
     def _on_control(self, msg: tm.InboundMessage) -> None:
         stats = self.summary.stats
         if isinstance(msg, tm.Dtmf):
             stats.dtmf.append((stats.audio_end_ms, msg.digit))
-            self.log.info("dtmf", extra={"digit": msg.digit, "ms": stats.audio_end_ms})
+            if self.engine is not None:
+                self.engine.on_dtmf(stats.audio_end_ms, msg.digit)
         elif isinstance(msg, tm.Mark):
             stats.marks.append(msg.name)
+            self.playout.on_mark(msg.name)
 
     def _on_bad_frame(self, exc: tm.MessageError, frame: str | bytes) -> bool:
         """Log and count; True when the flood limit is reached and the call must end."""

@@ -1,0 +1,746 @@
+"""Admin YAML: which dialled number gets which profile. Schema, line-numbered errors, hot reload.
+
+The file never holds secrets, only the *names* of environment variables (`api_key_env`). Every
+error names the file, the line and the field path, e.g.
+`numbers.yaml:14: profiles.sales.flux.eot_threshold: must be between 0.5 and 0.9`.
+Models are frozen: a live call keeps the `Config` it started with; new calls read
+`ConfigStore.current`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+log = logging.getLogger(__name__)
+
+E164_RE = re.compile(r"^\+[1-9]\d{6,14}$")
+ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Key names that would hold a secret value (api_key_env and max_tokens do not match).
+SECRET_KEY_RE = re.compile(r"^(?:.*[_-])?(?:api[_-]?key|token|secret|password|passwd)$", re.I)
+SECRET_HINT = "secrets come from the environment; name the variable with api_key_env"
+HOURS_RE = re.compile(r"^(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})$")
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+DEFAULT_UNKNOWN_MESSAGE = "Sorry, this number is not in service. Goodbye."
+DEFAULT_VOICE = "aura-2-thalia-en"
+_REFS_CHECKED = "references_checked"  # validation-context flag: load_config checked them itself
+
+Loc = tuple[Any, ...]
+
+
+# --- field types ----------------------------------------------------------------------------
+
+
+def _e164(value: object) -> object:
+    # YAML reads an unquoted +15550001000 as an integer and drops the "+".
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise PydanticCustomError(
+            "e164_unquoted", 'quote phone numbers: "+{digits}"', {"digits": str(value)}
+        )
+    if not isinstance(value, str) or not E164_RE.match(value):
+        raise PydanticCustomError("e164", 'must be an E.164 number like "+15550001000"')
+    return value
+
+
+def _env_name(value: str) -> str:
+    if not ENV_NAME_RE.match(value):
+        raise PydanticCustomError(
+            "env_name", "must be the NAME of an environment variable, like OPENAI_API_KEY"
+        )
+    return value
+
+
+def _identifier(value: str) -> str:
+    if not IDENTIFIER_RE.match(value):
+        raise PydanticCustomError("identifier", "must be an identifier like end_call")
+    return value
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise PydanticCustomError("http_url", "must be an http:// or https:// URL")
+    return value
+
+
+def _aura_voice(value: str) -> str:
+    if not value.startswith("aura-"):
+        raise PydanticCustomError("aura", f'must be an Aura voice like "{DEFAULT_VOICE}"')
+    return value
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value, re.IGNORECASE)
+    except re.error as exc:
+        raise PydanticCustomError(
+            "regex", "not a valid regular expression: {error}", {"error": str(exc)}
+        ) from None
+    return value
+
+
+def _timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise PydanticCustomError(
+            "timezone", "unknown time zone (use an IANA name like Europe/London)"
+        ) from None
+    return value
+
+
+def _parse_hours(value: str) -> tuple[int, int] | None:
+    """'09:00-17:00' -> minutes since midnight (start, end); 'closed' -> None."""
+    if value.strip().lower() == "closed":
+        return None
+    m = HOURS_RE.match(value.strip())
+    if not m:
+        raise ValueError('must be "HH:MM-HH:MM" or "closed"')
+    h1, m1, h2, m2 = (int(g) for g in m.groups())
+    start, end = h1 * 60 + m1, h2 * 60 + m2
+    if h1 > 23 or m1 > 59 or m2 > 59 or end > 24 * 60:
+        raise ValueError("not a valid time of day")
+    if end <= start:
+        raise ValueError("closing time must be after opening time (overnight spans unsupported)")
+    return start, end
+
+
+def _hours(value: str) -> str:
+    try:
+        _parse_hours(value)
+    except ValueError as exc:
+        raise PydanticCustomError("hours", str(exc)) from None
+    return value
+
+
+def between(lo: float, hi: float) -> AfterValidator:
+    """Inclusive range with the message admins read: 'must be between 0.5 and 0.9'."""
+
+    def check(value: float) -> float:
+        if not lo <= value <= hi:
+            raise PydanticCustomError(
+                "range", "must be between {lo} and {hi}", {"lo": lo, "hi": hi}
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+E164 = Annotated[str, BeforeValidator(_e164)]
+EnvName = Annotated[str, AfterValidator(_env_name)]
+Identifier = Annotated[str, AfterValidator(_identifier)]
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+AuraVoice = Annotated[str, AfterValidator(_aura_voice)]
+Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+Action = Literal["none", "transfer", "hangup"]
+FluxModel = Literal["flux-general-en", "flux-general-multi"]
+EotThreshold = Annotated[float, between(0.5, 0.9)]
+EotTimeoutMs = Annotated[int, between(500, 10000)]
+Positive = Annotated[float, Field(gt=0)]
+
+
+class _Model(BaseModel):
+    # Typos are errors; frozen so a live call's configuration cannot change under it.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- responders -----------------------------------------------------------------------------
+
+
+class LLMResponderConfig(_Model):
+    type: Literal["llm"]
+    base_url: HttpUrl
+    model: str
+    api_key_env: EnvName
+    system_prompt: str
+    temperature: Annotated[float, between(0, 2)] = 0.7
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    first_token_timeout_s: Positive = 5.0
+
+
+class ScriptRuleConfig(_Model):
+    pattern: Annotated[str, AfterValidator(_regex)]  # searched case-insensitively
+    reply: str
+    action: Action = "none"
+
+
+class ScriptedResponderConfig(_Model):
+    type: Literal["scripted"]
+    rules: list[ScriptRuleConfig] = []
+    fallback: str
+
+
+ResponderConfig = Annotated[
+    LLMResponderConfig | ScriptedResponderConfig, Field(discriminator="type")
+]
+
+
+# --- engines --------------------------------------------------------------------------------
+
+
+class FluxConfig(_Model):
+    model: FluxModel = "flux-general-en"
+    encoding: Literal["mulaw", "linear16"] = "mulaw"  # linear16 is sent at 16 kHz
+    eot_threshold: EotThreshold = 0.7
+    eager_eot_threshold: Annotated[float, between(0.3, 0.9)] | None = None
+    eot_timeout_ms: EotTimeoutMs = 5000
+    keyterms: list[str] = []
+
+    @field_validator("eager_eot_threshold")
+    @classmethod
+    def _eager_not_above_eot(cls, value: float | None, info: ValidationInfo) -> float | None:
+        eot = info.data.get("eot_threshold")
+        if value is not None and eot is not None and value > eot:
+            raise PydanticCustomError(
+                "eager_above_eot", "must be <= eot_threshold ({eot})", {"eot": eot}
+            )
+        return value
+
+
+class AgentFunction(_Model):
+    name: Identifier
+    description: str
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    url: HttpUrl  # webhook called with the function's arguments
+    timeout_s: Positive = 5.0
+
+
+class AgentConfig(_Model):
+    listen_model: Literal["flux-general-en", "flux-general-multi", "nova-3", "nova-2"] = (
+        "flux-general-en"
+    )
+    eot_threshold: EotThreshold | None = None
+    eot_timeout_ms: EotTimeoutMs | None = None
+    keyterms: list[str] = []
+    think_provider: str = "open_ai"
+    think_model: str = "gpt-4o-mini"
+    think_prompt: str
+    speak_voice: AuraVoice = DEFAULT_VOICE
+    functions: list[AgentFunction] = []
+    silence_nudge_s: Positive | None = None
+    nudge_message: str = "Are you still there?"
+    session_cap_action: Literal["warn", "transfer", "end"] = "end"
+
+    @field_validator("eot_threshold", "eot_timeout_ms")
+    @classmethod
+    def _flux_only(cls, value: float | None, info: ValidationInfo) -> float | None:
+        model = info.data.get("listen_model", "")
+        if value is not None and not model.startswith("flux"):
+            raise PydanticCustomError("flux_only", "only applies to flux listen models")
+        return value
+
+    @field_validator("functions")
+    @classmethod
+    def _unique_names(cls, value: list[AgentFunction]) -> list[AgentFunction]:
+        names = [f.name for f in value]
+        if dupes := sorted({n for n in names if names.count(n) > 1}):
+            raise PydanticCustomError(
+                "duplicate_function", "duplicate function names: {names}", {"names": dupes}
+            )
+        return value
+
+
+class TranscribeConfig(_Model):
+    dial: E164  # the call is forwarded here and both sides are transcribed
+    listen_model: Literal["nova-3", "nova-2"] = "nova-3"
+
+
+# --- profile --------------------------------------------------------------------------------
+
+
+class BusinessHours(_Model):
+    timezone: Annotated[str, AfterValidator(_timezone)]
+    days: dict[Day, Annotated[str, AfterValidator(_hours)]]  # a day left out is closed
+    after_hours_profile: str
+
+    def is_open(self, now: datetime) -> bool:
+        """Naive `now` is taken as UTC."""
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=UTC)
+        local = now.astimezone(ZoneInfo(self.timezone))
+        span = _parse_hours(self.days.get(DAYS[local.weekday()], "closed"))
+        minute = local.hour * 60 + local.minute
+        return span is not None and span[0] <= minute < span[1]
+
+
+class Profile(_Model):
+    mode: Literal["flux", "agent", "transcribe"]
+    greeting: str | None = None
+    greeting_interruptible: bool = True
+    responder: ResponderConfig | None = Field(None, validate_default=True)
+    voice: AuraVoice = DEFAULT_VOICE
+    flux: FluxConfig = Field(default_factory=FluxConfig)
+    agent: AgentConfig | None = Field(None, validate_default=True)
+    transcribe: TranscribeConfig | None = Field(None, validate_default=True)
+    on_failure: Literal["transfer", "hangup"] = "hangup"
+    transfer_number: E164 | None = Field(None, validate_default=True)
+    recording: bool = False
+    retention_days: Annotated[int, Field(ge=1)] = 30
+    redaction: bool = True
+    max_call_seconds: Annotated[int, Field(ge=1)] = 3600
+    business_hours: BusinessHours | None = None
+
+    @field_validator("responder", "agent", "transcribe")
+    @classmethod
+    def _section_for_mode(cls, value: object, info: ValidationInfo) -> object:
+        # responder is flux mode's section; agent and transcribe are named after their mode.
+        needed_by = "flux" if info.field_name == "responder" else info.field_name
+        if value is None and info.data.get("mode") == needed_by:
+            raise PydanticCustomError("required_for_mode", f"required when mode is {needed_by}")
+        return value
+
+    @field_validator("transfer_number")
+    @classmethod
+    def _transfer_target(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None and (reason := _transfer_reason(info.data)):
+            raise PydanticCustomError("transfer_needed", f"required because {reason}")
+        return value
+
+
+def _transfer_reason(data: Mapping[str, Any]) -> str | None:
+    """Why this profile may transfer a call, as far as the file alone tells."""
+    if data.get("on_failure") == "transfer":
+        return "on_failure is transfer"
+    responder = data.get("responder")
+    if isinstance(responder, ScriptedResponderConfig) and any(
+        r.action == "transfer" for r in responder.rules
+    ):
+        return "a responder rule transfers"
+    agent = data.get("agent")
+    if isinstance(agent, AgentConfig) and agent.session_cap_action == "transfer":
+        return "agent.session_cap_action is transfer"
+    return None
+
+
+# --- root -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a call goes: a profile, or a refusal (`profile` None) with the message to say."""
+
+    profile_name: str | None
+    profile: Profile | None
+    message: str | None = None
+    after_hours: bool = False
+
+    @property
+    def refused(self) -> bool:
+        return self.profile is None
+
+
+class Config(_Model):
+    numbers: dict[E164, str] = {}
+    default_profile: str | None = None  # for numbers not listed; unset: refuse them
+    unknown_number_message: str = DEFAULT_UNKNOWN_MESSAGE
+    profiles: dict[str, Profile]
+
+    @model_validator(mode="after")
+    def _references(self, info: ValidationInfo) -> Config:
+        if info.context and info.context.get(_REFS_CHECKED):
+            return self
+        if problems := _reference_errors(self.model_dump()):
+            raise ValueError("; ".join(f"{_dotted(p)}: {m}" for p, m in problems))
+        return self
+
+    def route(self, to_number: str, now: datetime | None = None) -> Route:
+        """The profile for a dialled number, after default_profile and business hours."""
+        name = self.numbers.get(to_number.strip()) or self.default_profile
+        profile = self.profiles.get(name) if name else None
+        if name is None or profile is None:
+            return Route(None, None, self.unknown_number_message)
+        hours = profile.business_hours
+        if hours is None or hours.is_open(now or datetime.now(UTC)):
+            return Route(name, profile)
+        # One hop only: the after-hours profile's own hours are not consulted (no loops).
+        after = hours.after_hours_profile
+        return Route(after, self.profiles[after], after_hours=True)
+
+
+def _reference_errors(data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
+    """Profile names used in the file that `profiles` does not define."""
+    profiles = data.get("profiles")
+    if not isinstance(profiles, dict):
+        return []  # missing or malformed profiles are reported by the schema
+    names = set(profiles)
+    defined = ", ".join(sorted(map(str, names))) or "none"
+    found: list[tuple[Loc, str]] = []
+
+    def ref(loc: Loc, name: object) -> None:
+        if isinstance(name, str) and name not in names:
+            found.append((loc, f"unknown profile {name!r} (defined: {defined})"))
+
+    numbers = data.get("numbers")
+    for number, name in (numbers if isinstance(numbers, dict) else {}).items():
+        ref(("numbers", number), name)
+    ref(("default_profile",), data.get("default_profile"))
+    for pname, profile in profiles.items():
+        hours = profile.get("business_hours") if isinstance(profile, dict) else None
+        if isinstance(hours, dict):
+            loc = ("profiles", pname, "business_hours", "after_hours_profile")
+            ref(loc, hours.get("after_hours_profile"))
+    return found
+
+
+# --- loading with line numbers ----------------------------------------------------------------
+
+
+class ConfigError(Exception):
+    """Every problem in the file, each as 'file:line: path: message'."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+@dataclass
+class _Doc:
+    """Where things are in the YAML: line of each mapping key / sequence item, by path."""
+
+    lines: dict[Loc, int] = field(default_factory=dict)
+    items: set[Loc] = field(default_factory=set)  # paths whose last part is a list index
+    problems: list[tuple[int, Loc, str]] = field(default_factory=list)
+
+    def line(self, loc: Loc) -> int:
+        """Line of the deepest recorded prefix of `loc`."""
+        for n in range(len(loc), 0, -1):
+            if loc[:n] in self.lines:
+                return self.lines[loc[:n]]
+        return 1
+
+    def dotted(self, loc: Loc) -> str:
+        return _dotted(loc, self.items)
+
+
+def _dotted(loc: Loc, items: set[Loc] | None = None) -> str:
+    out = ""
+    for i, part in enumerate(loc):
+        if items is not None and loc[: i + 1] in items:
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _walk(node: yaml.Node, loc: Loc, doc: _Doc, keys: yaml.constructor.SafeConstructor) -> None:
+    if len(loc) > 64:  # self-referencing aliases
+        return
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(
+                key_node, yaml.ScalarNode
+            ):
+                continue
+            key = keys.construct_object(key_node)
+            child, line = (*loc, key), key_node.start_mark.line + 1
+            if key in seen:
+                doc.problems.append((line, child, f"duplicate key (first on line {seen[key]})"))
+            seen.setdefault(key, line)
+            doc.lines[child] = line  # the last one wins, as in the loaded data
+            _walk(value_node, child, doc, keys)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            child = (*loc, i)
+            doc.lines[child] = item.start_mark.line + 1
+            doc.items.add(child)
+            _walk(item, child, doc, keys)
+
+
+def _parse(text: str) -> tuple[Any, _Doc]:
+    """YAML text -> (data, line index). Raises yaml.YAMLError."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        doc = _Doc()
+        if node is None:
+            return None, doc
+        # Walk before constructing: construction flattens `<<` merges into the node in place.
+        _walk(node, (), doc, yaml.constructor.SafeConstructor())
+        return loader.construct_document(node), doc
+    finally:
+        loader.dispose()
+
+
+def _yaml_error(source: str, text: str, exc: yaml.YAMLError) -> str:
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        # An error at the end of the stream is reported on the last line, not one past it.
+        line = min(mark.line + 1, max(len(text.splitlines()), 1)) if mark else 1
+        what = ": ".join(s for s in (exc.context, exc.problem) if s)
+        return f"{source}:{line}: YAML syntax error: {what}"
+    return f"{source}:1: YAML syntax error: {exc}"
+
+
+def _strip_optional(tp: Any) -> Any:
+    while True:
+        if typing.get_origin(tp) is Annotated:
+            tp = typing.get_args(tp)[0]
+            continue
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            if len(args) == 1:
+                tp = args[0]
+                continue
+        return tp
+
+
+def _tagged_members(tp: Any) -> dict[str, type[BaseModel]]:
+    """A discriminated union's models by their `type` tag ({} for anything else)."""
+    if typing.get_origin(tp) not in (typing.Union, types.UnionType):
+        return {}
+    members: dict[str, type[BaseModel]] = {}
+    for arg in typing.get_args(tp):
+        arg = _strip_optional(arg)
+        if isinstance(arg, type) and issubclass(arg, BaseModel) and "type" in arg.model_fields:
+            members[typing.get_args(arg.model_fields["type"].annotation)[0]] = arg
+    return members
+
+
+def _resolve(loc: Loc) -> tuple[Loc, Any, Any]:
+    """Pydantic loc -> (path in the file, model holding the last part, type at the path)."""
+    tp: Any = Config
+    parent: Any = None
+    path: list[Any] = []
+    for part in loc:
+        tp = _strip_optional(tp)
+        if part == "[key]":
+            continue
+        members = _tagged_members(tp)
+        if isinstance(part, str) and part in members:
+            tp = members[part]  # a union tag pydantic adds to loc; not in the file
+            continue
+        is_model = isinstance(tp, type) and issubclass(tp, BaseModel)
+        parent = tp if is_model else None
+        path.append(part)
+        if is_model:
+            info = tp.model_fields.get(part)
+            tp = info.annotation if info else None
+        elif typing.get_origin(tp) in (dict, list):
+            tp = typing.get_args(tp)[-1]
+        else:
+            tp = None
+    return tuple(path), parent, _strip_optional(tp)
+
+
+def _message(err: Mapping[str, Any], parent: Any, tp: Any) -> str:
+    """Pydantic's wording -> an admin's."""
+    kind, ctx, field_name = err["type"], err.get("ctx") or {}, err["loc"][-1] if err["loc"] else ""
+    if kind == "missing":
+        return "required"
+    if kind == "extra_forbidden":
+        if isinstance(field_name, str) and SECRET_KEY_RE.match(field_name):
+            return SECRET_HINT
+        allowed = ", ".join(parent.model_fields) if parent is not None else "?"
+        return f"unknown field (allowed: {allowed})"
+    simple: dict[str, Callable[[], str]] = {
+        "greater_than_equal": lambda: f"must be at least {ctx.get('ge')}",
+        "greater_than": lambda: f"must be greater than {ctx.get('gt')}",
+        "less_than_equal": lambda: f"must be at most {ctx.get('le')}",
+        "less_than": lambda: f"must be less than {ctx.get('lt')}",
+        "literal_error": lambda: f"must be {ctx.get('expected')} (got {err['input']!r})",
+        "union_tag_invalid": lambda: (
+            f"type must be {ctx.get('expected_tags')} (got {ctx.get('tag')!r})"
+        ),
+        "union_tag_not_found": lambda: (
+            f"type is required (one of: {', '.join(_tagged_members(tp)) or '?'})"
+        ),
+        "model_type": lambda: "must be a mapping of fields",
+        "model_attributes_type": lambda: "must be a mapping of fields",
+        "dict_type": lambda: "must be a mapping",
+        "list_type": lambda: "must be a list",
+    }
+    if kind in simple:
+        return simple[kind]()
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return msg.replace("Input should be", "must be", 1)
+
+
+def _schema_problems(data: Any, doc: _Doc) -> tuple[Config | None, list[tuple[int, Loc, str]]]:
+    try:
+        config = Config.model_validate(data, context={_REFS_CHECKED: True})
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            path, parent, tp = _resolve(tuple(err["loc"]))
+            problems.append((doc.line(path), path, _message(err, parent, tp)))
+        return None, problems
+    return config, []
+
+
+def _secret_problems(doc: _Doc) -> list[tuple[int, Loc, str]]:
+    """Secret-looking keys anywhere, except names chosen by the admin and JSON schemas."""
+    found = []
+    for loc, line in doc.lines.items():
+        key = loc[-1]
+        if not isinstance(key, str) or loc in doc.items:
+            continue
+        if len(loc) == 2 and loc[0] in ("numbers", "profiles"):
+            continue  # a phone number or profile name, not a field
+        if any(loc[i] == "parameters" and loc[i - 2] == "functions" for i in range(2, len(loc))):
+            continue  # function arguments described in JSON schema
+        if SECRET_KEY_RE.match(key):
+            found.append((line, loc, SECRET_HINT))
+    return found
+
+
+def _problems(data: Any, doc: _Doc) -> tuple[Config | None, list[tuple[int, Loc, str]]]:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        return None, [(1, (), "the top level must be a mapping with numbers and profiles")]
+    config, problems = _schema_problems(data, doc)
+    problems += [(doc.line(loc), loc, msg) for loc, msg in _reference_errors(data)]
+    problems += _secret_problems(doc) + doc.problems
+    return (config if not problems else None), problems
+
+
+def load_config(path: str | Path) -> Config:
+    """Load and validate; raises ConfigError listing every problem, in file order."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{source}: cannot read: {exc}"]) from None
+    try:
+        data, doc = _parse(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([_yaml_error(source, text, exc)]) from None
+    config, problems = _problems(data, doc)
+    if config is None:
+        lines = []
+        for line, loc, msg in sorted(problems, key=lambda p: p[0]):
+            where = f"{doc.dotted(loc)}: " if loc else ""
+            lines.append(f"{source}:{line}: {where}{msg}")
+        raise ConfigError(list(dict.fromkeys(lines)))  # a secret key is also an unknown field
+    return config
+
+
+def summary(config: Config) -> str:
+    """What the file routes where, for `telephony config check`."""
+    out = [
+        f"  {number} -> {name} ({config.profiles[name].mode})"
+        for number, name in config.numbers.items()
+    ]
+    for name, profile in config.profiles.items():
+        if hours := profile.business_hours:
+            out.append(f"  {name}: after hours ({hours.timezone}) -> {hours.after_hours_profile}")
+    if config.default_profile:
+        out.append(f"default profile: {config.default_profile}")
+    else:
+        out.append(f"unknown numbers: refused ({config.unknown_number_message!r})")
+    envs = sorted(
+        {
+            p.responder.api_key_env
+            for p in config.profiles.values()
+            if isinstance(p.responder, LLMResponderConfig)
+        }
+    )
+    if envs:
+        out.append(f"environment variables read: {', '.join(envs)}")
+    return "\n".join(out)
+
+
+def check(path: str | Path) -> tuple[bool, str]:
+    """(ok, text): a summary when the file is valid, else every error, one per line."""
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        return False, "\n".join(exc.errors)
+    head = f"{path}: OK: {len(config.numbers)} numbers, {len(config.profiles)} profiles"
+    return True, f"{head}\n{summary(config)}"
+
+
+# --- hot reload -----------------------------------------------------------------------------
+
+_Stamp = tuple[int, int, int] | None
+
+
+class ConfigStore:
+    """The current Config, reloaded on file change (watch) or on demand (SIGHUP -> reload)."""
+
+    def __init__(self, path: str | Path, *, poll_interval_s: float = 1.0) -> None:
+        self.path = Path(path)
+        self.poll_interval_s = poll_interval_s
+        self._seen = self._stamp()
+        self._config = load_config(self.path)  # a bad file at start-up is fatal
+        self.version = 1
+        self.last_error: str | None = None
+
+    @property
+    def current(self) -> Config:
+        return self._config
+
+    def reload(self) -> bool:
+        """Re-read now. On error the previous config stays and `last_error` says why."""
+        return self._apply(*self._read())
+
+    async def watch(self) -> None:
+        """Poll the file's mtime, size and inode; reload when they change. Runs until cancelled."""
+        while True:
+            await asyncio.sleep(self.poll_interval_s)
+            if self._stamp() == self._seen:
+                continue
+            try:
+                result = await asyncio.to_thread(self._read)  # file I/O off the event loop
+            except Exception:  # the watcher must outlive any surprise
+                log.exception("config reload crashed; keeping version %d", self.version)
+                self._seen = self._stamp()
+                continue
+            self._apply(*result)
+
+    def _stamp(self) -> _Stamp:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size, st.st_ino
+
+    def _read(self) -> tuple[_Stamp, Config | ConfigError]:
+        stamp = self._stamp()  # taken first: a write during the load triggers another reload
+        try:
+            return stamp, load_config(self.path)
+        except ConfigError as exc:
+            return stamp, exc
+
+    def _apply(self, stamp: _Stamp, result: Config | ConfigError) -> bool:
+        self._seen = stamp
+        if isinstance(result, ConfigError):
+            self.last_error = "\n".join(result.errors)
+            log.warning(
+                "config reload failed; keeping version %d: %s",
+                self.version,
+                " | ".join(result.errors),
+            )
+            return False
+        self._config = result
+        self.version += 1
+        self.last_error = None
+        log.info("config reloaded: version %d from %s", self.version, self.path)
+        return True

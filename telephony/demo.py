@@ -1,0 +1,202 @@
+"""`telephony call`: one offline phone call through the real app and every fake.
+
+Starts, on loopback ports, the fake Deepgram (scripted caller turns), the fake LLM, the fake
+Twilio REST API and the app itself under uvicorn; dials it with the fake Twilio caller; and
+returns the call's transcript. This is a top-level module like the CLI: it may import routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from routes.app import create_app
+from routes.server import bind_loopback, serve_app
+from telephony.config import load_config
+from telephony.session.call import CallSummary
+from telephony.settings import Settings
+from telephony.sim.deepgram_server import FakeDeepgram, Script, ScriptedTurn
+from telephony.sim.fake_llm import FakeLLM
+from telephony.sim.twilio_caller import CallResult, FakeTwilioCaller
+from telephony.sim.twilio_caller import silence as caller_silence
+from telephony.sim.twilio_rest import FakeTwilioRest
+
+DEMO_AUTH_TOKEN = "demo-auth-token"
+DEMO_DEEPGRAM_KEY = "demo-deepgram-key"
+DEMO_LLM_KEY_ENV = "TELEPHONY_DEMO_LLM_KEY"
+DEFAULT_CONFIG = Path("infra/numbers.example.yaml")
+
+
+def default_script() -> Script:
+    """A short conversation with one barge-in: the caller cuts the hours answer short."""
+    return Script(
+        turns=[
+            ScriptedTurn(start_ms=3200, end_ms=4400, text="What are your opening hours?"),
+            ScriptedTurn(start_ms=6400, end_ms=7600, text="Okay thanks, goodbye."),
+        ]
+    )
+
+
+def say_script(text: str) -> Script:
+    return Script(turns=[ScriptedTurn(start_ms=3200, end_ms=3200 + 80 * len(text), text=text)])
+
+
+@dataclass
+class OfflineCall:
+    """What a demo call produced: the caller's view and the service's transcript."""
+
+    caller: CallResult
+    summary: CallSummary | None
+    mode: str
+    deepgram: FakeDeepgram
+    rest: FakeTwilioRest
+    llm: FakeLLM
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        summary = self.summary
+        turns = []
+        events: list[dict[str, Any]] = []
+        if summary is not None:
+            for t in summary.transcript.turns:
+                turns.append(
+                    {
+                        "role": t.role,
+                        "text": t.text,
+                        "heard": t.heard,
+                        "interrupted": t.interrupted,
+                        "start_ms": t.start_ms,
+                        "end_ms": t.end_ms,
+                        "latency_ms": t.latency_ms,
+                    }
+                )
+            events = [e.as_dict() for e in summary.transcript.events]
+        return {
+            "call_sid": self.caller.call_sid,
+            "mode": self.mode,
+            "end_reason": summary.end_reason if summary else None,
+            "turns": turns,
+            "events": events,
+        }
+
+
+def _demo_config(source: Path, llm_url: str) -> Path:
+    """The admin YAML with LLM responders pointed at the fake LLM (offline)."""
+    data = yaml.safe_load(source.read_text())
+    for profile in (data.get("profiles") or {}).values():
+        responder = profile.get("responder") or {}
+        if responder.get("type") == "llm":
+            responder["base_url"] = llm_url
+            responder["api_key_env"] = DEMO_LLM_KEY_ENV
+    out = Path(tempfile.mkdtemp(prefix="telephony-demo-")) / source.name
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    load_config(out)  # fail early, with the file's own errors
+    return out
+
+
+def first_number(config_path: Path, mode: str) -> str:
+    config = load_config(config_path)
+    for number, name in config.numbers.items():
+        if config.profiles[name].mode == mode:
+            return number
+    raise ValueError(f"no {mode}-mode number in {config_path}")
+
+
+@contextlib.asynccontextmanager
+async def fakes(
+    script: Script, *, speak_ms_per_char: int = 60, llm_first_token_ms: int = 300
+) -> AsyncIterator[tuple[FakeDeepgram, FakeLLM, FakeTwilioRest]]:
+    deepgram = FakeDeepgram(
+        api_key=DEMO_DEEPGRAM_KEY, script=script, speak_ms_per_char=speak_ms_per_char
+    )
+    llm = FakeLLM(api_key="demo-llm-key", first_token_delay_ms=llm_first_token_ms)
+    rest = FakeTwilioRest(auth_token=DEMO_AUTH_TOKEN)
+    await deepgram.start()
+    await llm.start()
+    await rest.start()
+    try:
+        yield deepgram, llm, rest
+    finally:
+        await rest.stop()
+        await llm.stop()
+        await deepgram.stop()
+
+
+async def run_offline_call(
+    *,
+    number: str | None = None,
+    mode: str = "flux",
+    script: Script | None = None,
+    audio: bytes | None = None,
+    config_path: Path = DEFAULT_CONFIG,
+    timeline: Sequence[Any] = (),
+    max_call_ms: int = 30_000,
+    speak_ms_per_char: int = 60,
+) -> OfflineCall:
+    script = script or default_script()
+    async with fakes(script, speak_ms_per_char=speak_ms_per_char) as (deepgram, llm, rest):
+        os.environ[DEMO_LLM_KEY_ENV] = "demo-llm-key"
+        config = _demo_config(config_path, llm.url)
+        number = number or first_number(config, mode)
+        sock = bind_loopback()
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        settings = Settings(
+            TELEPHONY_CONFIG=config,
+            TELEPHONY_PUBLIC_URL=url,
+            TWILIO_AUTH_TOKEN=DEMO_AUTH_TOKEN,
+            TWILIO_ACCOUNT_SID=rest.account_sid,
+            TWILIO_API_URL=rest.url,
+            DEEPGRAM_API_KEY=DEMO_DEEPGRAM_KEY,
+            DEEPGRAM_URL=deepgram.url,
+            DEEPGRAM_AGENT_URL=deepgram.url,
+        )
+        app = create_app(settings)
+        hangup = asyncio.Event()
+
+        async def on_rest(call_sid: str, form: dict[str, str]) -> None:
+            # Twilio ends the media stream when a call is hung up or redirected.
+            hangup.set()
+
+        rest.on_request = on_rest
+        async with serve_app(app, sock):
+            caller = FakeTwilioCaller(url, auth_token=DEMO_AUTH_TOKEN)
+            result = await caller.dial(
+                number,
+                audio=audio if audio is not None else caller_silence(max_call_ms),
+                timeline=timeline,
+                tail_ms=None,
+                hangup=hangup,
+                max_call_ms=max_call_ms,
+            )
+            summary = None
+            for _ in range(200):  # the server finishes the call just after the socket closes
+                summary = app.state.registry.find_finished(result.call_sid)
+                if summary is not None:
+                    break
+                await asyncio.sleep(0.01)
+        return OfflineCall(result, summary, mode, deepgram, rest, llm)
+
+
+def format_text(call: OfflineCall) -> str:
+    out = [f"call {call.caller.call_sid} ({call.mode})"]
+    for turn in call.as_json()["turns"]:
+        who = "caller" if turn["role"] == "caller" else "bot   "
+        line = f"{turn['start_ms']:>6} ms  {who}  {turn['text']}"
+        if turn["role"] == "bot":
+            if turn["interrupted"]:
+                line += f"\n{'':>18}heard: {turn['heard']!r} (interrupted)"
+            if turn["latency_ms"] is not None:
+                line += f"  [{turn['latency_ms']} ms]"
+        out.append(line)
+    for event in call.as_json()["events"]:
+        out.append(f"{event['ms']:>6} ms  event   {event['kind']}")
+    out.append(f"ended: {call.as_json()['end_reason']}")
+    return "\n".join(out)

@@ -1,0 +1,50 @@
+"""The interface a call drives, implemented by the Flux engine and the Voice Agent engine.
+
+The call owns the Twilio socket, the playout and the transcript; an engine owns its Deepgram
+sockets and decides what to say. Both engines report through the same `CallContext`, so
+transcript rows, barge-in handling and actions have one implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from telephony.config import Profile
+from telephony.logs import CallLogger
+from telephony.session.transcript import Transcript
+from telephony.settings import Settings
+from telephony.twilio.playout import Playout
+
+
+class Engine(Protocol):
+    async def run(self) -> None:
+        """Connect upstream and converse until cancelled or the call ends."""
+        ...
+
+    async def on_caller_audio(self, timestamp_ms: int, payload: bytes) -> None:
+        """One Twilio media frame (μ-law 8 kHz). Must not block: it is on the audio path."""
+        ...
+
+    def on_dtmf(self, ms: int, digit: str) -> None: ...
+
+    async def close(self) -> None:
+        """The call is over: flush and close upstream sockets politely."""
+        ...
+
+
+@dataclass
+class CallContext:
+    """What an engine may use of its call."""
+
+    call_sid: str
+    profile_name: str
+    profile: Profile
+    settings: Settings
+    playout: Playout
+    transcript: Transcript
+    log: CallLogger
+    now_ms: Callable[[], int]  # the call's audio clock: end of the last caller frame received
+    hang_up: Callable[[], Awaitable[None]]  # REST hang-up (after the goodbye has played)
+    transfer: Callable[[str], Awaitable[None]]  # REST transfer to a number

@@ -1,0 +1,214 @@
+"""Fake Nova (/v1/listen): interim and final Results for scripted turns, on audio time.
+
+Per turn: SpeechStarted at start_ms (vad_events), an interim Results every 250 ms of audio
+(interim_results), a final Results at end_ms (is_final, speech_final unless
+endpointing=false), UtteranceEnd utterance_end_ms after it. Rules enforced: KeepAlive must be
+a text frame (binary is a violation); an empty binary frame closes the stream (pending finals,
+Metadata, close 1000); no audio or text for `idle_timeout_s` closes 1011 NET-0001.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection
+
+from telephony.deepgram import messages as dm
+from telephony.sim.deepgram.base import NET_0001, AudioClock, ConnectionLog, Options, Session
+from telephony.sim.deepgram.flux import UPDATE_MS, spread_words
+from telephony.sim.deepgram.params import ListenParams
+from telephony.sim.deepgram.script import ScriptedTurn
+from telephony.sim.deepgram.tts import bytes_per_ms
+
+# Event order at equal times: SpeechStarted, final, interim, UtteranceEnd.
+_PRIORITY = {"speech_started": 0, "final": 1, "interim": 2, "utterance_end": 3}
+
+
+@dataclass(slots=True)
+class NovaTurn:
+    spec: ScriptedTurn
+    words: list[dm.Word]
+    finalized: int = 0  # words already sent in a final (Finalize splits a turn)
+    ended: bool = False
+    stuck: bool = False
+
+    def heard(self, ms: float) -> int:
+        return sum(1 for w in self.words if (w.start or 0.0) * 1000 <= ms + 1e-6)
+
+
+class ListenSession(Session):
+    endpoint = "listen"
+    parse_client = staticmethod(dm.parse_listen_client)
+
+    def __init__(
+        self,
+        opts: Options,
+        ws: ServerConnection,
+        log: ConnectionLog,
+        params: ListenParams,
+        turns: list[ScriptedTurn],
+    ) -> None:
+        super().__init__(opts, ws, log)
+        self.params = params
+        # No encoding: containerized audio, counted as linear16 16 kHz (approximate).
+        rate = bytes_per_ms(params.encoding or "linear16", params.sample_rate or 16000)
+        self.clock = AudioClock(rate)
+        self.sha = hashlib.sha256()
+        self.turns = [
+            NovaTurn(t, spread_words(t.final.split(), t.start_ms, t.end_ms)) for t in turns
+        ]
+        self.events = self._schedule()
+        self.cursor = 0
+        self.next_at = math.inf
+        self.stick_next = False
+
+    def _schedule(self) -> list[tuple[float, int, str, int]]:
+        p = self.params
+        events: list[tuple[float, int, str, int]] = []
+        for i, turn in enumerate(self.turns):
+            spec = turn.spec
+            if p.vad_events:
+                events.append((spec.start_ms, _PRIORITY["speech_started"], "speech_started", i))
+            if p.interim_results:
+                for at in range(spec.start_ms + UPDATE_MS, spec.end_ms, UPDATE_MS):
+                    events.append((at, _PRIORITY["interim"], "interim", i))
+            events.append((spec.end_ms, _PRIORITY["final"], "final", i))
+            if p.utterance_end_ms is not None and p.interim_results:
+                at = spec.end_ms + p.utterance_end_ms
+                events.append((at, _PRIORITY["utterance_end"], "utterance_end", i))
+        return sorted(events)
+
+    # --- input -------------------------------------------------------------------------------
+
+    async def on_open(self) -> None:
+        await self._advance()
+
+    async def on_binary(self, data: bytes, now: float) -> None:
+        self.last_activity = now
+        if not data:  # a zero-length frame means "close the stream"
+            await self._close_stream()
+            return
+        if data[:1] == b"{" and b"KeepAlive" in data:
+            self.violation("KeepAlive sent as a binary frame (it must be a text frame)")
+            return
+        self.sha.update(data)
+        self.log.audio_bytes += len(data)
+        self.log.audio_ms = self.clock.add(len(data))
+        if self.clock.ms >= self.next_at:
+            await self._advance()
+
+    async def on_message(self, msg: Any, now: float) -> None:
+        self.last_activity = now  # any text message (KeepAlive included) resets NET-0001
+        if isinstance(msg, dm.KeepAlive):
+            return
+        if isinstance(msg, dm.Finalize):
+            await self._finalize(from_finalize=True)
+        elif isinstance(msg, dm.CloseStream):
+            await self._close_stream()
+        else:
+            what = msg.type if isinstance(msg, dm.Unknown) else f"invalid message ({msg})"
+            self.violation(f"{what} is not a /v1/listen message")
+            await self.send(dm.ListenError("UNPARSABLE_CLIENT_MESSAGE", str(what)))  # unverified
+
+    def tick(self, now: float) -> None:
+        if not self.closing and now - self.last_activity > self.opts.idle_timeout_s:
+            self.close(1011, NET_0001)
+
+    def error_message(self, code: str, description: str) -> dm._Wire:
+        return dm.ListenError(code, description)
+
+    def on_stuck(self) -> None:
+        turn = self._open_turn()
+        if turn is not None:
+            turn.stuck = True
+        else:
+            self.stick_next = True
+
+    # --- output ------------------------------------------------------------------------------
+
+    async def _advance(self) -> None:
+        while not self.closing:
+            at = self.events[self.cursor][0] if self.cursor < len(self.events) else math.inf
+            if self.next_fault_ms <= at and self.next_fault_ms <= self.clock.ms:
+                await self.fire(self.faults.pop(0))
+                continue
+            if at > self.clock.ms:
+                self.next_at = min(at, self.next_fault_ms)
+                return
+            _, _, kind, i = self.events[self.cursor]
+            self.cursor += 1
+            await self._emit(kind, at, self.turns[i])
+
+    async def _emit(self, kind: str, at: float, turn: NovaTurn) -> None:
+        if kind == "speech_started":
+            if self.stick_next:
+                turn.stuck, self.stick_next = True, False
+            await self.send(dm.SpeechStarted(timestamp=turn.spec.start_ms / 1000, channel=(0,)))
+        elif kind == "interim" and not turn.ended:
+            await self.send(self._results(turn, turn.heard(at), at, is_final=False))
+        elif kind == "final" and not turn.stuck and not turn.ended:
+            speech_final = self.params.endpointing_ms is not None
+            await self.send(self._results(turn, len(turn.words), at, True, speech_final))
+            turn.ended = True
+        elif kind == "utterance_end" and not turn.stuck:
+            last = turn.words[-1].end or 0.0
+            await self.send(dm.UtteranceEnd(last_word_end=last, channel=(0, 1)))
+
+    def _results(
+        self,
+        turn: NovaTurn,
+        upto: int,
+        at: float,
+        is_final: bool,
+        speech_final: bool = False,
+        from_finalize: bool = False,
+    ) -> dm.Results:
+        words = turn.words[turn.finalized : upto]
+        start = (words[0].start or 0.0) if words else at / 1000
+        if is_final:
+            turn.finalized = max(turn.finalized, upto)
+        return dm.Results(
+            transcript=" ".join(w.word for w in words),
+            is_final=is_final,
+            speech_final=speech_final,
+            from_finalize=from_finalize,
+            start=round(start, 3),
+            duration=round(max(0.0, at / 1000 - start), 3),
+            confidence=0.97 if words else 0.0,
+            words=tuple(words),
+            channel_index=(0, 1),
+            metadata={"request_id": self.log.request_id, "model_info": {"name": self.params.model}},
+        )
+
+    def _open_turn(self) -> NovaTurn | None:
+        ms = self.clock.ms
+        for turn in self.turns:
+            if turn.spec.start_ms <= ms and not turn.ended:
+                return turn
+        return None
+
+    async def _finalize(self, *, from_finalize: bool) -> None:
+        """Finals for audio received so far (Finalize, CloseStream, empty frame)."""
+        ms, turn = self.clock.ms, self._open_turn()
+        if turn is not None:
+            await self.send(self._results(turn, turn.heard(ms), ms, True, False, from_finalize))
+        elif from_finalize:
+            empty = NovaTurn(ScriptedTurn(0, 1, "-"), [])
+            await self.send(self._results(empty, 0, ms, True, False, True))
+
+    async def _close_stream(self) -> None:
+        await self._finalize(from_finalize=False)
+        await self.send(
+            dm.ListenMetadata(
+                request_id=self.log.request_id,
+                sha256=self.sha.hexdigest(),
+                created=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                duration=round(self.clock.ms / 1000, 3),
+                channels=1,
+            )
+        )
+        self.close(1000)

@@ -1,0 +1,289 @@
+"""A fake OpenAI-compatible chat-completions server that streams SSE like the real one.
+
+`POST /v1/chat/completions` (or `/chat/completions`) with `"stream": true` answers with
+`chat.completion.chunk` events: a role chunk at once, then the reply word by word (first word
+after `first_token_delay_ms`, the rest at `tokens_per_s`), optional tool-call chunks, a final
+chunk with `finish_reason`, and `data: [DONE]`. Wrong bearer key -> 401, non-stream -> 400.
+
+A bare ASGI app under in-process uvicorn: no framework, one watcher task per stream, so the
+benchmark can hold hundreds of streams open. A client that goes away mid-reply is noticed
+within one token interval and counted in `disconnects`.
+
+Replies: the first `replies` regex found in the last user message gives the text (default
+"You said: <message>. How else can I help?"); the first `tools` regex found names a tool the
+reply then calls, if the request offered it (its text is then only a matching `replies` entry).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import re
+import socket
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from types import TracebackType
+from typing import Any
+
+import orjson
+import uvicorn
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+PATHS = ("/v1/chat/completions", "/chat/completions")
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+]
+
+
+class FakeLLM:
+    def __init__(
+        self,
+        *,
+        api_key: str = "llm-test-key",
+        first_token_delay_ms: float = 300,
+        tokens_per_s: float = 50.0,
+        replies: list[tuple[str, str]] | None = None,
+        tools: list[tuple[str, str]] | None = None,
+    ) -> None:
+        self.api_key = api_key
+        self.first_token_delay_ms = first_token_delay_ms
+        self.tokens_per_s = tokens_per_s
+        self.replies = [(re.compile(p, re.IGNORECASE), r) for p, r in replies or []]
+        self.tools = [(re.compile(p, re.IGNORECASE), t) for p, t in tools or []]
+        self.requests: list[dict[str, Any]] = []  # every request, authorised or not
+        self.active = 0  # streams in progress
+        self.completed = 0  # streams that reached [DONE]
+        self.disconnects = 0  # streams the client abandoned
+        self._ids = itertools.count(1)
+        self._watchers: set[asyncio.Task[None]] = set()
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._port = 0
+
+    @property
+    def url(self) -> str:
+        """The base URL a client appends `/chat/completions` to."""
+        return f"http://127.0.0.1:{self._port}/v1"
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        self._port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self, log_config=None, lifespan="off", access_log=False, backlog=2048
+        )
+        self._server = server = uvicorn.Server(config)
+        # Signals belong to whoever runs this loop, not to an embedded fake.
+        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+        self._task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            if self._task.done():
+                self._task.result()  # start-up failed: raise its error
+            await asyncio.sleep(0.005)
+
+    async def stop(self) -> None:
+        if self._server is None or self._task is None:
+            return
+        for watcher in self._watchers:
+            watcher.cancel()  # open streams end now instead of holding up shutdown
+        self._server.should_exit = True
+        await self._task
+        self._server = self._task = None
+
+    async def __aenter__(self) -> FakeLLM:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # --- replies --------------------------------------------------------------------------
+
+    def reply_for(
+        self, messages: list[dict[str, Any]], offered: set[str]
+    ) -> tuple[str, str | None]:
+        """(reply text, tool to call or None) for a conversation."""
+        user = next(
+            (m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), ""
+        )
+        text = next((r for p, r in self.replies if p.search(user)), None)
+        tool = next((t for p, t in self.tools if p.search(user) and t in offered), None)
+        if text is None:
+            text = "" if tool else f"You said: {user}. How else can I help?"
+        return text, tool
+
+    # --- ASGI -----------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["method"] != "POST" or scope["path"] not in PATHS:
+            await _json(send, 404, _error("not found", "not_found"))
+            return
+        body = await _read_body(receive)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        auth = headers.get("authorization", "")
+        request = _parse(body)
+        client = scope.get("client") or ("", 0)
+        record = {**(request or {}), "path": scope["path"], "authorization": auth, "client": client}
+        self.requests.append(record)
+        if auth != f"Bearer {self.api_key}":
+            record["status"] = 401
+            await _json(send, 401, _error("Incorrect API key provided.", "invalid_api_key"))
+        elif request is None or not request.get("stream"):
+            record["status"] = 400
+            await _json(send, 400, _error("expected a JSON body with stream=true", "bad_request"))
+        else:
+            record["status"] = 200
+            await self._stream(request, receive, send)
+
+    async def _stream(self, request: dict[str, Any], receive: Receive, send: Send) -> None:
+        offered = {t.get("function", {}).get("name") for t in request.get("tools") or []}
+        text, tool = self.reply_for(request.get("messages") or [], offered)
+        chunk = _Chunks(f"chatcmpl-fake-{next(self._ids)}", request.get("model", "fake"))
+        watcher = asyncio.create_task(_until_disconnect(receive))
+        self._watchers.add(watcher)
+        self.active += 1
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+            await _body(send, chunk.delta({"role": "assistant", "content": ""}))
+            for i, piece in enumerate(_events(chunk, text, tool)):
+                delay = self.first_token_delay_ms / 1000 if i == 0 else self._token_interval()
+                if await _gone_within(watcher, delay):
+                    break
+                await _body(send, piece)
+            else:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                self.completed += 1
+                return
+            if not watcher.cancelled():  # cancelled means the fake is stopping
+                self.disconnects += 1
+        except OSError:  # uvicorn's ClientDisconnected on send
+            self.disconnects += 1
+        finally:
+            self.active -= 1
+            watcher.cancel()
+            self._watchers.discard(watcher)
+
+    def _token_interval(self) -> float:
+        return 1 / self.tokens_per_s if self.tokens_per_s > 0 else 0.0
+
+
+class _Chunks:
+    """Serialises one completion's `chat.completion.chunk` events."""
+
+    def __init__(self, completion_id: str, model: str) -> None:
+        self._base = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+        }
+
+    def delta(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+        return b"data: " + orjson.dumps({**self._base, "choices": [choice]}) + b"\n\n"
+
+
+def _events(chunk: _Chunks, text: str, tool: str | None) -> list[bytes]:
+    """Everything after the role chunk, one entry per paced send."""
+    events = [chunk.delta({"content": word}) for word in re.findall(r"\s*\S+", text)]
+    if tool is not None:
+        call = {"index": 0, "id": "call_fake_1", "type": "function"}
+        events.append(
+            chunk.delta({"tool_calls": [{**call, "function": {"name": tool, "arguments": ""}}]})
+        )
+        events.append(chunk.delta({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}))
+    finish = "tool_calls" if tool is not None else "stop"
+    events.append(chunk.delta({}, finish) + b"data: [DONE]\n\n")
+    return events
+
+
+async def _gone_within(watcher: asyncio.Task[None], delay: float) -> bool:
+    """Sleep `delay`, but return True as soon as the client is gone (or the fake stops)."""
+    if delay <= 0:
+        return watcher.done()
+    done, _ = await asyncio.wait({watcher}, timeout=delay)
+    return bool(done)
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _read_body(receive: Receive) -> bytes:
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return body
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
+
+
+def _parse(body: bytes) -> dict[str, Any] | None:
+    try:
+        request = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return request if isinstance(request, dict) else None
+
+
+def _error(message: str, code: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "invalid_request_error", "code": code}}
+
+
+async def _json(send: Send, status: int, payload: dict[str, Any]) -> None:
+    headers = [(b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": orjson.dumps(payload)})
+
+
+async def _body(send: Send, data: bytes) -> None:
+    await send({"type": "http.response.body", "body": data, "more_body": True})
+
+
+# --- offline demo: python -m telephony.sim.fake_llm --port 8089 ------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Fake OpenAI-compatible streaming LLM")
+    parser.add_argument("--port", type=int, default=8089)
+    parser.add_argument("--api-key", default="llm-test-key")
+    parser.add_argument("--first-token-delay-ms", type=float, default=300)
+    parser.add_argument("--tokens-per-s", type=float, default=50.0)
+    args = parser.parse_args()
+
+    async def run() -> None:
+        fake = FakeLLM(
+            api_key=args.api_key,
+            first_token_delay_ms=args.first_token_delay_ms,
+            tokens_per_s=args.tokens_per_s,
+        )
+        await fake.start(port=args.port)
+        print(f"fake LLM at {fake.url}", flush=True)
+        await asyncio.Event().wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,347 @@
+"""Responders (scripted, LLM against the fake SSE server) and the TTS sentence chunker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+import pytest
+
+from telephony.config import LLMResponderConfig, ScriptedResponderConfig
+from telephony.responder import (
+    LLMResponder,
+    Message,
+    Reply,
+    ResponderError,
+    ScriptedResponder,
+    ScriptRule,
+    SentenceChunker,
+    build_responder,
+    make_http_client,
+)
+from telephony.sim.fake_llm import FakeLLM
+
+KEY = "llm-test-key"
+
+
+async def collect(reply: Reply) -> list[str]:
+    async with reply:
+        return [delta async for delta in reply]
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    for _ in range(200):  # up to ~1 s
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    pytest.fail("condition not met in time")
+
+
+# --- scripted -------------------------------------------------------------------------------
+
+
+def scripted() -> ScriptedResponder:
+    return ScriptedResponder(
+        [
+            ScriptRule(r"\bagent\b|\bhuman\b", "Transferring you now.", "transfer"),
+            ScriptRule(r"bye", "Goodbye!", "hangup"),
+            ScriptRule(r"agent", "never reached: the first rule wins", "none"),
+        ],
+        fallback="Sorry, could you say that again?",
+    )
+
+
+@pytest.mark.parametrize(
+    ("said", "text", "action"),
+    [
+        ("I want an AGENT please", "Transferring you now.", "transfer"),  # order + case
+        ("Human, bye", "Transferring you now.", "transfer"),  # first matching rule wins
+        ("okay BYE then", "Goodbye!", "hangup"),
+        ("what's the weather", "Sorry, could you say that again?", "none"),  # fallback
+    ],
+)
+async def test_scripted_rules(said: str, text: str, action: str) -> None:
+    reply = scripted().respond([], said)
+    deltas = await collect(reply)
+    assert "".join(deltas) == text
+    assert reply.action == action
+
+
+async def test_scripted_streams_word_deltas() -> None:
+    deltas = await collect(scripted().respond([], "nothing matches"))
+    assert deltas == ["Sorry, ", "could ", "you ", "say ", "that ", "again?"]
+
+
+def test_build_scripted_from_config() -> None:
+    cfg = ScriptedResponderConfig.model_validate(
+        {
+            "type": "scripted",
+            "rules": [{"pattern": "bye", "reply": "Goodbye!", "action": "hangup"}],
+            "fallback": "Pardon?",
+        }
+    )
+    responder = build_responder(cfg)
+    assert isinstance(responder, ScriptedResponder)
+    assert responder.match("BYE now") == ("Goodbye!", "hangup")
+    assert responder.match("hello") == ("Pardon?", "none")
+
+
+# --- sentence chunker -----------------------------------------------------------------------
+
+
+def chunk_all(deltas: list[str]) -> list[str]:
+    chunker = SentenceChunker()
+    out = [s for d in deltas for s in chunker.push(d)]
+    rest = chunker.flush()
+    return [*out, rest] if rest is not None else out
+
+
+@pytest.mark.parametrize(
+    ("deltas", "expected"),
+    [
+        (["Hello there. How are you? I'm fine!"], ["Hello there.", "How are you?", "I'm fine!"]),
+        (["Mr. Smith met Dr. Jones. Then left."], ["Mr. Smith met Dr. Jones.", "Then left."]),
+        (["Bring ID, e.g. a passport. Thanks"], ["Bring ID, e.g. a passport.", "Thanks"]),
+        (["See J. R. Smith. Next"], ["See J. R. Smith.", "Next"]),
+        (["It costs 3.5 dollars. Ok."], ["It costs 3.5 dollars.", "Ok."]),
+        (["It costs 3.", "5 dollars. Ok"], ["It costs 3.5 dollars.", "Ok"]),  # split decimal
+        (["Meet at 10.", "30 tomorrow. Bye"], ["Meet at 10.30 tomorrow.", "Bye"]),  # time
+        (["Press 1. Then 2."], ["Press 1.", "Then 2."]),
+        (["Really?! Yes."], ["Really?!", "Yes."]),
+        (["Really?", "! Yes."], ["Really?!", "Yes."]),
+        (["Wait..", ". Okay then."], ["Wait...", "Okay then."]),  # split mid-"..."
+        (["Hmm… fine."], ["Hmm…", "fine."]),
+        (['He said "stop." Then went.'], ['He said "stop."', "Then went."]),
+        (["First line\nSecond line\n\n  Third"], ["First line", "Second line", "Third"]),
+        (["Hel", "lo wor", "ld. By", "e now."], ["Hello world.", "Bye now."]),  # mid-word
+        (["Done.\n", "\n", "Next"], ["Done.", "Next"]),
+        (["", "   ", "\n", " "], []),  # never empty pieces, flush None
+    ],
+)
+def test_sentence_chunker(deltas: list[str], expected: list[str]) -> None:
+    assert chunk_all(deltas) == expected
+
+
+def test_chunker_emits_as_soon_as_a_sentence_is_complete() -> None:
+    chunker = SentenceChunker()
+    assert chunker.push("Sure.") == []  # might still become "Sure..." or a decimal
+    assert chunker.push(" Let me") == ["Sure."]
+    assert chunker.push(" check.\n") == ["Let me check."]
+    assert chunker.flush() is None
+
+
+def test_chunker_splits_long_unpunctuated_runs_at_spaces() -> None:
+    text = "alpha beta gamma delta " * 20  # 460 chars, no punctuation
+    pieces = chunk_all([text[i : i + 7] for i in range(0, len(text), 7)])
+    assert len(pieces) == 3
+    assert all(0 < len(p) <= 200 for p in pieces)
+    assert " ".join(pieces) == text.strip()  # cut between words, nothing lost
+
+
+def test_chunker_prefers_a_comma_for_long_runs() -> None:
+    text = "word " * 20 + "and then, " + "more " * 30
+    pieces = chunk_all([text])
+    assert pieces[0].endswith("and then,")
+    assert " ".join(pieces) == " ".join(text.split())
+
+
+# --- LLM against the fake server ------------------------------------------------------------
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeLLM]:
+    async with FakeLLM(
+        first_token_delay_ms=20,
+        tokens_per_s=1000,
+        replies=[(r"human", "Let me transfer you.")],
+        tools=[(r"human", "transfer_call"), (r"goodbye", "end_call")],
+    ) as server:
+        yield server
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with make_http_client() as client:
+        yield client
+
+
+def llm(fake: FakeLLM, http: httpx.AsyncClient, **kw: object) -> LLMResponder:
+    args: dict[str, object] = {"base_url": fake.url, "model": "m", "api_key": KEY, "http": http}
+    return LLMResponder(**(args | kw))  # type: ignore[arg-type]
+
+
+def llm_config(url: str, **kw: object) -> LLMResponderConfig:
+    base = {"type": "llm", "base_url": url, "model": "fake-1", "api_key_env": "MY_LLM_KEY"}
+    return LLMResponderConfig.model_validate(base | {"system_prompt": "Be brief."} | kw)
+
+
+def active_connections(http: httpx.AsyncClient) -> int:
+    # httpx exposes no public pool view; connections still serving a response count.
+    pool = http._transport._pool  # type: ignore[attr-defined]
+    return sum(1 for c in pool.connections if not c.is_idle())
+
+
+async def test_llm_streams_the_reply(fake: FakeLLM, http: httpx.AsyncClient) -> None:
+    reply = llm(fake, http).respond([], "hello there")
+    deltas = await collect(reply)
+    assert len(deltas) > 3  # streamed, not one blob
+    assert "".join(deltas) == "You said: hello there. How else can I help?"
+    assert reply.action == "none"
+    assert fake.completed == 1
+    assert active_connections(http) == 0  # returned to the pool, not left half-read
+    await llm(fake, http).respond([], "again").text()
+    assert fake.requests[0]["client"] == fake.requests[1]["client"]  # kept alive and reused
+
+
+async def test_llm_sends_system_history_and_settings(
+    fake: FakeLLM, http: httpx.AsyncClient
+) -> None:
+    env = {"MY_LLM_KEY": KEY}
+    responder = build_responder(
+        llm_config(fake.url, temperature=0.2, max_tokens=50), http=http, env=env
+    )
+    history = [Message("user", "hi"), Message("assistant", "Hello! How can I help?")]
+    await responder.respond(history, "what time is it").text()
+    request = fake.requests[-1]
+    assert request["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "Hello! How can I help?"},
+        {"role": "user", "content": "what time is it"},
+    ]
+    assert (request["model"], request["temperature"], request["max_tokens"]) == ("fake-1", 0.2, 50)
+    assert request["stream"] is True
+    assert [t["function"]["name"] for t in request["tools"]] == ["transfer_call", "end_call"]
+
+
+async def test_llm_key_comes_from_the_named_env_var(http: httpx.AsyncClient) -> None:
+    async with FakeLLM(api_key="sk-from-env", first_token_delay_ms=1, tokens_per_s=0) as fake:
+        env = {"MY_LLM_KEY": "sk-from-env", "OPENAI_API_KEY": "not-this-one"}
+        responder = build_responder(llm_config(fake.url), http=http, env=env)
+        assert "sk-from-env" not in repr(responder)
+        assert await responder.respond([], "hi").text() == "You said: hi. How else can I help?"
+        assert fake.requests[-1]["authorization"] == "Bearer sk-from-env"
+
+
+def test_missing_key_env_var_fails_at_construction() -> None:
+    with pytest.raises(ResponderError, match="MY_LLM_KEY"):
+        build_responder(llm_config("http://127.0.0.1:9/v1"), env={})
+
+
+async def test_wrong_key_is_a_401_error(fake: FakeLLM, http: httpx.AsyncClient) -> None:
+    reply = llm(fake, http, api_key="wrong").respond([], "hi")
+    with pytest.raises(ResponderError, match="401") as err:
+        await collect(reply)
+    assert err.value.status == 401
+    assert "Incorrect API key" in str(err.value)  # a short excerpt of the body
+    assert "wrong" not in str(err.value)
+
+
+async def test_first_token_timeout(http: httpx.AsyncClient) -> None:
+    async with FakeLLM(first_token_delay_ms=2000) as slow:
+        reply = llm(slow, http, first_token_timeout_s=0.15).respond([], "hi")
+        started = time.monotonic()
+        with pytest.raises(ResponderError, match="first token"):
+            await collect(reply)
+        assert time.monotonic() - started < 0.5
+        await eventually(lambda: slow.disconnects == 1)  # and the stream was abandoned
+
+
+async def test_first_token_deadline_does_not_cut_a_slow_reply(http: httpx.AsyncClient) -> None:
+    async with FakeLLM(first_token_delay_ms=5, tokens_per_s=50) as fake:
+        # ~10 words at 50/s take well over the 0.08 s first-token budget: only the first counts.
+        text = await llm(fake, http, first_token_timeout_s=0.08).respond([], "one two").text()
+        assert text == "You said: one two. How else can I help?"
+
+
+@pytest.mark.parametrize("where", ["awaiting a delta", "between deltas"])
+async def test_cancel_mid_stream_closes_the_connection(http: httpx.AsyncClient, where: str) -> None:
+    async with FakeLLM(first_token_delay_ms=1, tokens_per_s=20) as fake:
+        got_one = asyncio.Event()
+
+        async def speak() -> None:
+            async with llm(fake, http).respond([], "a long answer please") as reply:
+                async for _ in reply:
+                    got_one.set()
+                    if where == "between deltas":
+                        await asyncio.sleep(10)  # e.g. waiting on TTS when barge-in comes
+
+        task = asyncio.create_task(speak())
+        await got_one.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert active_connections(http) == 0
+        await eventually(lambda: fake.disconnects == 1 and fake.active == 0)
+        assert fake.completed == 0
+
+
+async def test_tool_call_sets_the_action(fake: FakeLLM, http: httpx.AsyncClient) -> None:
+    reply = llm(fake, http).respond([], "Get me a human")
+    assert "".join(await collect(reply)) == "Let me transfer you."
+    assert reply.action == "transfer"
+
+    reply = llm(fake, http).respond([], "ok goodbye")
+    assert await collect(reply) == []  # a bare tool call: no text
+    assert reply.action == "hangup"
+
+
+async def test_no_tools_offered_when_actions_are_off(
+    fake: FakeLLM, http: httpx.AsyncClient
+) -> None:
+    reply = llm(fake, http, actions=False).respond([], "Get me a human")
+    assert "".join(await collect(reply)) == "Let me transfer you."
+    assert reply.action == "none"
+    assert "tools" not in fake.requests[-1]
+
+
+# --- stream parsing edge cases (canned bodies) ----------------------------------------------
+
+
+def canned(body: bytes, status: int = 200) -> httpx.AsyncClient:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, content=body, headers={"content-type": "text/event-stream"})
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handler))
+
+
+def sse(*events: str) -> bytes:
+    return "".join(f"{e}\n\n" for e in events).encode()
+
+
+CONTENT = 'data: {"choices":[{"index":0,"delta":{"content":"%s"},"finish_reason":null}]}'
+STOP = 'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}'
+
+
+async def test_parser_skips_comments_and_usage_chunks() -> None:
+    body = sse(": keep-alive", CONTENT % "Hi", "event: x", CONTENT % " you", STOP,
+               'data: {"choices":[],"usage":{"total_tokens":3}}', "data: [DONE]")  # fmt: skip
+    async with canned(body) as client:
+        responder = LLMResponder(base_url="http://llm/v1", model="m", api_key="k", http=client)
+        assert await responder.respond([], "hi").text() == "Hi you"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (sse(CONTENT % "Hi"), "ended before"),  # connection dropped mid-reply
+        (sse(CONTENT % "Hi", "data: {nope"), "malformed"),
+        (sse('data: {"error":{"message":"overloaded"}}'), "overloaded"),
+    ],
+)
+async def test_parser_reports_broken_streams(body: bytes, message: str) -> None:
+    async with canned(body) as client:
+        responder = LLMResponder(base_url="http://llm/v1", model="m", api_key="k", http=client)
+        with pytest.raises(ResponderError, match=message):
+            await responder.respond([], "hi").text()
+
+
+async def test_http_error_carries_status_and_excerpt() -> None:
+    async with canned(b"upstream   exploded\n" + b"x" * 5000, status=502) as client:
+        responder = LLMResponder(base_url="http://llm/v1", model="m", api_key="k", http=client)
+        with pytest.raises(ResponderError, match="502: upstream exploded") as err:
+            await responder.respond([], "hi").text()
+        assert err.value.status == 502
+        assert len(str(err.value)) < 400
