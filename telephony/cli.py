@@ -51,6 +51,42 @@ def _emulator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _call(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+    from pathlib import Path
+
+    from telephony import demo
+    from telephony.logs import setup_logging
+    from telephony.sim.deepgram_server import Script
+
+    setup_logging("text", "WARNING")
+    script = None
+    if args.script:
+        script = Script.from_yaml(Path(args.script))
+    elif args.say:
+        script = demo.say_script(args.say)
+    audio = None
+    if args.audio:
+        from telephony.audio import read_wav_as_mulaw8k
+
+        audio = read_wav_as_mulaw8k(args.audio)
+    call = asyncio.run(
+        demo.run_offline_call(
+            number=args.number,
+            mode=args.mode,
+            script=script,
+            audio=audio,
+            config_path=Path(args.config),
+        )
+    )
+    if args.json:
+        print(json.dumps(call.as_json(), indent=2))
+    else:
+        print(demo.format_text(call))
+    return 0 if call.summary is not None else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="telephony", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -73,6 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     emulator.add_argument("--host", default="127.0.0.1")
     emulator.add_argument("--port", type=int, default=8765)
     emulator.set_defaults(func=_emulator)
+    call = sub.add_parser("call", help="an offline call through the app and the fakes")
+    call.add_argument("--number", help="the dialled number (default: first of --mode)")
+    call.add_argument("--mode", choices=["flux", "agent"], default="flux")
+    call.add_argument("--say", help="what the caller says (one scripted turn)")
+    call.add_argument("--audio", help="a WAV file the caller streams")
+    call.add_argument("--script", help="a fake-Deepgram timeline YAML (turns, agent, faults)")
+    call.add_argument("--config", default="infra/numbers.example.yaml", help="numbers YAML")
+    call.add_argument("--json", action="store_true", help="print one JSON object")
+    call.set_defaults(func=_call)
     return parser
 
 

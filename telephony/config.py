@@ -576,6 +576,8 @@ def _message(err: Mapping[str, Any], parent: Any, tp: Any) -> str:
         "dict_type": lambda: "must be a mapping",
         "list_type": lambda: "must be a list",
     }
+    if kind == "string_type" and isinstance(err["input"], bool):
+        return "must be text: quote it (YAML reads unquoted yes/no/on/off as true/false)"
     if kind in simple:
         return simple[kind]()
     msg = str(err["msg"]).removeprefix("Value error, ")

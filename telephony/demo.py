@@ -112,12 +112,13 @@ def first_number(config_path: Path, mode: str) -> str:
 
 @contextlib.asynccontextmanager
 async def fakes(
-    script: Script, *, speak_ms_per_char: int = 60, llm_first_token_ms: int = 300
+    script: Script,
+    *,
+    deepgram_options: dict[str, Any] | None = None,
+    llm_options: dict[str, Any] | None = None,
 ) -> AsyncIterator[tuple[FakeDeepgram, FakeLLM, FakeTwilioRest]]:
-    deepgram = FakeDeepgram(
-        api_key=DEMO_DEEPGRAM_KEY, script=script, speak_ms_per_char=speak_ms_per_char
-    )
-    llm = FakeLLM(api_key="demo-llm-key", first_token_delay_ms=llm_first_token_ms)
+    deepgram = FakeDeepgram(api_key=DEMO_DEEPGRAM_KEY, script=script, **(deepgram_options or {}))
+    llm = FakeLLM(api_key="demo-llm-key", **(llm_options or {}))
     rest = FakeTwilioRest(auth_token=DEMO_AUTH_TOKEN)
     await deepgram.start()
     await llm.start()
@@ -139,10 +140,15 @@ async def run_offline_call(
     config_path: Path = DEFAULT_CONFIG,
     timeline: Sequence[Any] = (),
     max_call_ms: int = 30_000,
-    speak_ms_per_char: int = 60,
+    deepgram_options: dict[str, Any] | None = None,
+    llm_options: dict[str, Any] | None = None,
 ) -> OfflineCall:
     script = script or default_script()
-    async with fakes(script, speak_ms_per_char=speak_ms_per_char) as (deepgram, llm, rest):
+    async with fakes(script, deepgram_options=deepgram_options, llm_options=llm_options) as (
+        deepgram,
+        llm,
+        rest,
+    ):
         os.environ[DEMO_LLM_KEY_ENV] = "demo-llm-key"
         config = _demo_config(config_path, llm.url)
         number = number or first_number(config, mode)

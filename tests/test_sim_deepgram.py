@@ -771,3 +771,18 @@ async def test_agent_fault_fires_on_audio_after_settings(make_fake: MakeFake) ->
         await feed(ws, 400)
         got = await collect(ws, dm.parse_agent_server)
     assert got.close_code == 1013
+
+
+async def test_agent_updates_force_end_turn_and_unknown_messages(make_fake: MakeFake) -> None:
+    fake = await make_fake()
+    body = dm.agent_settings(prompt="p", listen_model="nova-3")  # not Flux: no ForceEndTurn
+    async with dial(fake, AGENT) as ws:
+        await ws.recv()
+        await ws.send(dm.settings(body))
+        await ws.send(dm.update_speak({"provider": {"type": "deepgram", "model": "aura-2-x"}}))
+        await ws.send(dm.force_end_turn())
+        await ws.send('{"type":"Bogus"}')
+        got = await collect(ws, dm.parse_agent_server)
+    assert got.names() == ["SettingsApplied", "SpeakUpdated", "Warning", "Error"]
+    assert got.events[2].code == "FORCE_END_TURN_UNSUPPORTED"
+    assert got.events[3].code == "UNPARSABLE_CLIENT_MESSAGE" and got.close_code == 1011

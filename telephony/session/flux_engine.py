@@ -34,6 +34,7 @@ from telephony.twilio.playout import Ledger, Segment, SegmentState
 log = logging.getLogger(__name__)
 
 DTMF_GAP_S = 1.5  # digits typed closer together than this form one entry
+EARLY_AUDIO_FRAMES = 500  # 10 s of caller audio kept while Flux connects
 APOLOGY = "Sorry, I'm having trouble right now. Could you say that again?"
 
 
@@ -89,6 +90,7 @@ class FluxEngine:
         self._dtmf_for_turn: str = ""
         self._tasks: set[asyncio.Task[None]] = set()
         self._connected = asyncio.Event()
+        self._early_audio: deque[tuple[int, bytes]] = deque(maxlen=EARLY_AUDIO_FRAMES)
         ctx.playout.on_segment_done = self._segment_done
         self.eot_to_first_audio_s: list[float] = []  # bridge latency samples (benchmarks)
 
@@ -96,6 +98,9 @@ class FluxEngine:
 
     async def run(self) -> None:
         await asyncio.gather(self.flux.connect(), self.speak.connect())
+        for timestamp_ms, payload in self._early_audio:  # caller audio from before Flux was up
+            await self.flux.send_audio(timestamp_ms, payload)
+        self._early_audio.clear()
         self._connected.set()
         greeting = self.ctx.profile.greeting
         if greeting:
@@ -107,7 +112,8 @@ class FluxEngine:
     async def on_caller_audio(self, timestamp_ms: int, payload: bytes) -> None:
         if self._connected.is_set():
             await self.flux.send_audio(timestamp_ms, payload)
-        # Before Flux is connected (the first ~100 ms) frames are dropped; issue 6 buffers them.
+        else:  # the first ~100 ms: kept (bounded) and sent once Flux is connected
+            self._early_audio.append((timestamp_ms, payload))
 
     def on_dtmf(self, ms: int, digit: str) -> None:
         self.ctx.transcript.event(ms, "dtmf", digit=digit)

@@ -36,6 +36,14 @@ CLOSE_POLICY = 1008
 CLOSE_ERROR = 1011
 
 
+def _section(body: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """body[k1][k2]..., or {} where a level is missing or not an object."""
+    for key in keys:
+        value = body.get(key) if isinstance(body, dict) else None
+        body = value if isinstance(value, dict) else {}
+    return body
+
+
 class AgentSession(Session):
     endpoint = "agent"
     parse_client = staticmethod(dm.parse_agent_client)
@@ -122,14 +130,14 @@ class AgentSession(Session):
             await self.fail(error, CLOSE_POLICY, "invalid Settings")
             return
         body = msg.body
-        audio_in = body["audio"].get("input", {})
-        audio_out = body["audio"].get("output", {})
+        audio_in, audio_out = _section(body, "audio", "input"), _section(body, "audio", "output")
+        # Omitted formats default to linear16 24 kHz (protocol.md; the docs page says 16 kHz).
         self.clock = AudioClock(
             bytes_per_ms(audio_in.get("encoding", "linear16"), audio_in.get("sample_rate", 24000))
         )
         self.out_encoding = audio_out.get("encoding", "linear16")
         self.out_rate = audio_out.get("sample_rate", 24000)
-        provider = body["agent"].get("listen", {}).get("provider", {})
+        provider = _section(_section(body, "agent", "listen"), "provider")
         self.flux_listen = provider.get("version") == "v2"
         self.settings = body
 
@@ -151,9 +159,17 @@ class AgentSession(Session):
     @staticmethod
     def _unsupported(body: dict[str, Any]) -> list[str]:
         """What the fake cannot serve (the real agent supports more)."""
-        out = body["audio"].get("output", {})
-        encoding = out.get("encoding", "linear16")
         problems = []
+        for side in ("input", "output"):
+            fmt = _section(body, "audio", side)
+            rate = fmt.get("sample_rate", 24000)
+            if isinstance(rate, bool) or not isinstance(rate, int) or rate <= 0:
+                problems.append(f"audio.{side}.sample_rate must be a positive integer")
+        for key in ("listen", "think", "speak"):
+            if key in body["agent"] and not isinstance(body["agent"][key], dict):
+                problems.append(f"agent.{key} must be an object")
+        out = _section(body, "audio", "output")
+        encoding = out.get("encoding", "linear16")
         if encoding not in TTS_ENCODINGS:
             problems.append(f"audio.output.encoding {encoding!r} not supported by the fake")
         if out.get("container", "none") != "none":

@@ -144,9 +144,9 @@ class ListenSession(Session):
             await self._emit(kind, at, self.turns[i])
 
     async def _emit(self, kind: str, at: float, turn: NovaTurn) -> None:
+        if self.stick_next and not turn.ended:  # a "stuck" fault that fired between turns
+            turn.stuck, self.stick_next = True, False
         if kind == "speech_started":
-            if self.stick_next:
-                turn.stuck, self.stick_next = True, False
             await self.send(dm.SpeechStarted(timestamp=turn.spec.start_ms / 1000, channel=(0,)))
         elif kind == "interim" and not turn.ended:
             await self.send(self._results(turn, turn.heard(at), at, is_final=False))

@@ -310,7 +310,9 @@ class FakeDeepgram:
         finally:
             self._sessions.discard(session)
             if log.closed_by is None:
-                log.closed_by = "client"
+                # False: we sent the first close frame (e.g. stop() closing with 1001).
+                first = conn.protocol.close_rcvd_then_sent
+                log.closed_by = "server" if first is False else "client"
                 log.close_code = conn.close_code
                 log.close_reason = conn.close_reason or ""
             log._done.set()

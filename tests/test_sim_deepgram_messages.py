@@ -1,0 +1,224 @@
+"""Deepgram message definitions, the fake's script format and its fake speech, without sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import orjson
+import pytest
+from websockets.asyncio.client import connect
+
+from telephony.deepgram import messages as dm
+from telephony.sim.deepgram_server import (
+    AgentStep,
+    FakeDeepgram,
+    Fault,
+    Script,
+    ScriptedTurn,
+    ScriptError,
+    serve_forever,
+    tts_audio,
+    tts_text,
+)
+
+SERVER_EVENTS = [
+    (dm.parse_flux_server, dm.FluxConnected(request_id="r", sequence_id=0)),
+    (
+        dm.parse_flux_server,
+        dm.TurnInfo(
+            event="EndOfTurn",
+            turn_index=2,
+            audio_window_start=0.48,
+            audio_window_end=2.31,
+            transcript="I need to cancel",
+            words=(dm.Word("I", 0.98, 0.52, 0.6),),
+            end_of_turn_confidence=0.91,
+            trigger="model",
+            sequence_id=7,
+            request_id="r",
+        ),
+    ),
+    (dm.parse_flux_server, dm.ConfigureSuccess({"eot_threshold": 0.8}, ("Acme",), 12, "r")),
+    (dm.parse_flux_server, dm.ConfigureFailure(None, 13, "r")),
+    (dm.parse_flux_server, dm.FluxWarning("SOME_CODE", "careful", 14, "r")),
+    (dm.parse_flux_server, dm.FluxError("INTERNAL_SERVER_ERROR", "bad", 15)),
+    (dm.parse_speak_server, dm.Metadata("r", "aura-2-thalia-en", "1", "u")),
+    (dm.parse_speak_server, dm.Flushed(0)),
+    (dm.parse_speak_server, dm.Cleared(1)),
+    (dm.parse_speak_server, dm.SpeakWarning("too many flushes", "X")),
+    (dm.parse_agent_server, dm.Welcome("r")),
+    (dm.parse_agent_server, dm.SettingsApplied()),
+    (dm.parse_agent_server, dm.ConversationText("user", "hi")),
+    (dm.parse_agent_server, dm.UserStartedSpeaking()),
+    (dm.parse_agent_server, dm.AgentThinking("hmm")),
+    (dm.parse_agent_server, dm.AgentStartedSpeaking(1.2, 0.3, 0.6)),
+    (dm.parse_agent_server, dm.AgentAudioDone()),
+    (
+        dm.parse_agent_server,
+        dm.FunctionCallRequest((dm.FunctionCall("fc_1", "end_call", '{"reason":"done"}', True),)),
+    ),
+    (dm.parse_agent_server, dm.InjectionRefused("busy")),
+    (dm.parse_agent_server, dm.AgentError("CLIENT_MESSAGE_TIMEOUT", "idle")),
+    (dm.parse_agent_server, dm.PromptUpdated()),
+    (
+        dm.parse_listen_server,
+        dm.Results(
+            "hello there",
+            is_final=True,
+            speech_final=True,
+            start=3.4,
+            duration=1.02,
+            confidence=0.97,
+            words=(dm.Word("hello", 0.99, 3.5, 3.7),),
+            metadata={"request_id": "r"},
+        ),
+    ),
+    (dm.parse_listen_server, dm.UtteranceEnd(4.2, (0, 1))),
+    (dm.parse_listen_server, dm.SpeechStarted(3.4, (0,))),
+    (dm.parse_listen_server, dm.ListenMetadata("r", "deprecated", "abc", "now", 12.5, 1)),
+]
+
+
+@pytest.mark.parametrize(("parse", "event"), SERVER_EVENTS)
+def test_server_events_round_trip(parse: object, event: dm._Wire) -> None:
+    text = dm.encode(event)
+    assert orjson.loads(text)["type"] == event.TYPE
+    assert parse(text) == event  # type: ignore[operator]
+
+
+def test_wire_shapes_match_protocol_examples() -> None:
+    results = orjson.loads(dm.encode(dm.Results("hi", is_final=False)))
+    assert results["channel"]["alternatives"][0]["transcript"] == "hi"
+    request = orjson.loads(dm.encode(dm.FunctionCallRequest((dm.FunctionCall("fc_1", "f", "{}"),))))
+    assert request["functions"] == [
+        {"id": "fc_1", "name": "f", "arguments": "{}", "client_side": True}
+    ]
+    # None fields are omitted, not sent as null.
+    assert "trigger" not in orjson.loads(dm.encode(dm.TurnInfo("Update", 0, 0.0, 0.1, "x")))
+
+
+def test_unknown_type_is_kept_and_malformed_raises() -> None:
+    unknown = dm.parse_agent_server('{"type":"History","role":"user","content":"hi"}')
+    assert unknown == dm.Unknown("History", {"type": "History", "role": "user", "content": "hi"})
+    for bad in ("not json", "[1,2]", '{"no":"type"}', '{"type":"TurnInfo","event":"Update"}'):
+        with pytest.raises(dm.DeepgramMessageError):
+            dm.parse_flux_server(bad)
+    with pytest.raises(dm.DeepgramMessageError, match="turn_index"):
+        dm.parse_flux_server(
+            '{"type":"TurnInfo","event":"Update","turn_index":"0","audio_window_start":0,'
+            '"audio_window_end":0,"transcript":""}'
+        )
+
+
+def test_client_builders() -> None:
+    assert orjson.loads(dm.configure(eot_threshold=0.8, eot_timeout_ms=3000, keyterms=["A"])) == {
+        "type": "Configure",
+        "thresholds": {"eot_threshold": 0.8, "eot_timeout_ms": 3000},
+        "keyterms": ["A"],
+    }
+    with pytest.raises(dm.DeepgramMessageError):
+        dm.configure(eot_threshold=0.2)
+    for empty in ("", "   "):
+        with pytest.raises(dm.DeepgramMessageError):
+            dm.speak(empty)
+    assert orjson.loads(dm.speak("Hi")) == {"type": "Speak", "text": "Hi"}
+    assert orjson.loads(dm.function_call_response("fc_1", "f", "{}")) == {
+        "type": "FunctionCallResponse",
+        "id": "fc_1",
+        "name": "f",
+        "content": "{}",
+    }
+    assert orjson.loads(dm.inject_agent_message("hi", "queue"))["behavior"] == "queue"
+    assert "behavior" not in orjson.loads(dm.inject_agent_message("hi"))
+    simple = (dm.force_end_turn, dm.close_stream, dm.flush, dm.clear, dm.close, dm.finalize)
+    assert [orjson.loads(f())["type"] for f in simple] == [
+        "ForceEndTurn",
+        "CloseStream",
+        "Flush",
+        "Clear",
+        "Close",
+        "Finalize",
+    ]
+    assert dm.parse_agent_client(dm.keep_alive()) == dm.KeepAlive()
+    assert isinstance(dm.parse_flux_client(dm.keep_alive()), dm.Unknown)  # not a Flux message
+
+
+def test_settings_validation_and_the_telephony_helper() -> None:
+    body = dm.agent_settings(prompt="p", greeting="Hello", keyterms=["Acme"])
+    assert body["audio"]["input"] == {"encoding": "mulaw", "sample_rate": 8000}
+    assert body["agent"]["listen"]["provider"]["version"] == "v2"
+    parsed = dm.parse_agent_client(dm.settings(body))
+    assert isinstance(parsed, dm.Settings) and parsed.body == body
+    assert dm.settings_problems({"audio": {}, "agent": {}, "voice": 1}) == ["unknown field 'voice'"]
+    with pytest.raises(dm.DeepgramMessageError, match="agent"):
+        dm.settings({"audio": {}})
+
+
+def test_script_from_yaml_and_validation(tmp_path: Path) -> None:
+    doc = """
+turns:
+  - {start_ms: 500, end_ms: 2000, text: "cancel my order", eager_ms: 1700}
+agent:
+  - at_ms: 400
+    user_text: hi
+    reply_text: Hello!
+    function_call: {name: lookup, arguments: {id: 7}}
+faults:
+  - {endpoint: flux, at_ms: 3000, kind: drop}
+"""
+    path = tmp_path / "script.yaml"
+    path.write_text(doc)
+    script = Script.from_yaml(path)
+    assert script == Script.from_yaml(doc)
+    assert script.turns == [ScriptedTurn(500, 2000, "cancel my order", eager_ms=1700)]
+    step = script.agent[0]
+    assert isinstance(step, AgentStep) and step.call is not None
+    assert step.call.arguments_json == '{"id":7}'
+    assert script.faults == [Fault("flux", 3000, "drop")]
+    bad = [
+        {"turns": [{"start_ms": 5, "end_ms": 1, "text": "x"}]},
+        {"turns": [{"start_ms": 0, "end_ms": 9, "text": "x", "resumed": True}]},
+        {"faults": [{"endpoint": "speak", "at_ms": 0, "kind": "stuck"}]},
+        {"faults": [{"endpoint": "flux", "at_ms": 0, "kind": "explode"}]},
+        {"turns": [{"start_ms": 0, "end_ms": 9, "txt": "x"}]},
+        {"scenes": []},
+    ]
+    for data in bad:
+        with pytest.raises(ScriptError):
+            Script.from_dict(data)
+
+
+def test_fake_speech_is_deterministic_and_decodable() -> None:
+    audio = tts_audio("Hello, world!", 60)
+    assert len(audio) == 60 * 13 * 8
+    assert audio == tts_audio("Hello, world!", 60)
+    assert tts_text(b"\x01\x02" + audio + audio[:100], 60) == "Hello, world!"
+    assert tts_audio("a", 60) != tts_audio("b", 60)
+    pcm = tts_audio("Hi", 20, "linear16", 24000)
+    assert len(pcm) == 2 * 20 * 24 * 2 and tts_text(pcm, 20, "linear16", 24000) == "Hi"
+
+
+async def test_emulator_serves_until_cancelled() -> None:
+    probe = FakeDeepgram()
+    await probe.start()
+    port = probe.port
+    await probe.stop()  # a free port to reuse
+    task = asyncio.create_task(serve_forever(port))
+    try:
+        for _ in range(100):
+            try:
+                async with connect(
+                    f"ws://127.0.0.1:{port}/v1/agent/converse",
+                    additional_headers={"Authorization": "Token test-key"},
+                ) as ws:
+                    assert isinstance(dm.parse_agent_server(await ws.recv()), dm.Welcome)
+                    break
+            except OSError:
+                await asyncio.sleep(0.02)
+        else:
+            pytest.fail("emulator never accepted a connection")
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
