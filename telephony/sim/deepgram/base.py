@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -55,7 +55,8 @@ class Assignment:
     index: int
 
 
-Assign = Callable[[str, "tuple[str, ...]"], Assignment]
+# (endpoint, candidate tags) -> the script and faults for a new connection
+Assign = Callable[[str, Sequence[str | None]], Assignment]
 
 
 @dataclass(eq=False)
@@ -179,9 +180,8 @@ class Session:
         except dm.DeepgramMessageError as exc:
             self.log.received.append((now, "invalid", text[:200]))
             return exc
-        self.log.received.append(
-            (now, f"json:{msg.type if isinstance(msg, dm.Unknown) else msg.TYPE}", msg)
-        )
+        wire_type = msg.type if isinstance(msg, dm.Unknown) else msg.TYPE
+        self.log.received.append((now, f"json:{wire_type}", msg))
         return msg
 
     async def on_open(self) -> None:
