@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ numbers:
   "+15550001000": scripted
   "+15550002000": eager
   "+15550003000": pcm
+  "+15550004000": strict
 profiles:
   scripted:
     mode: flux
@@ -43,6 +45,11 @@ profiles:
       api_key_env: TEST_LLM_KEY
       system_prompt: "Be brief."
     flux: {eot_threshold: 0.7, eager_eot_threshold: 0.5}
+  strict:
+    mode: flux
+    greeting: "This call may be recorded for quality purposes."
+    greeting_interruptible: false
+    responder: {type: scripted, rules: [], fallback: "How can I help?"}
   pcm:
     mode: flux
     responder: {type: scripted, rules: [{pattern: "bye", reply: "Bye.", action: hangup}],
@@ -259,3 +266,44 @@ async def test_dtmf_ends_the_turn_and_reaches_the_responder(numbers: Path) -> No
         "#",
     ]
     assert turns
+
+
+async def test_a_non_interruptible_greeting_plays_through_caller_speech(numbers: Path) -> None:
+    result = await call(
+        numbers,
+        "+15550004000",
+        [ScriptedTurn(start_ms=400, end_ms=900, text="hello hello")],
+        max_call_ms=4_000,
+    )
+    greeting = result.as_json()["turns"][0]
+    assert greeting["text"].startswith("This call may be recorded")
+    assert not greeting["interrupted"] and greeting["heard"] == greeting["text"]
+    assert not result.caller.clears
+    assert "barge-in" not in [e["kind"] for e in result.as_json()["events"]]
+    # The caller's words were still taken, and answered after the greeting.
+    assert turns_of(result)[1:] == [("caller", "hello hello"), ("bot", "How can I help?")]
+
+
+def test_call_command_prints_the_json_transcript(
+    numbers: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from telephony.cli import main
+
+    code = main(
+        ["call", "--json", "--number", "+15550001000", "--say", "bye", "--config", str(numbers)]
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert set(out) >= {"call_sid", "mode", "turns", "events"} and out["mode"] == "flux"
+    assert [t["role"] for t in out["turns"]] == ["bot", "caller", "bot"]
+    assert set(out["turns"][0]) >= {
+        "role",
+        "text",
+        "heard",
+        "interrupted",
+        "start_ms",
+        "end_ms",
+        "latency_ms",
+    }
+    assert out["turns"][2]["text"] == "Goodbye!"
+    assert {"ms", "kind"} <= set(out["events"][0])

@@ -89,6 +89,7 @@ class FluxClient:
         self.bytes_sent = 0
         self._configure_in_flight = False
         self._configure_next: str | None = None
+        self._closing = False
 
     async def connect(self) -> None:
         self._ws = await open_socket(self.url, self._api_key)
@@ -133,6 +134,8 @@ class FluxClient:
                 yield event
         except ConnectionClosed as exc:
             raise FluxFatal(f"Flux closed: {exc.rcvd or 'no close frame'}") from None
+        if not self._closing:  # a clean close we did not ask for is still the end of Flux
+            raise FluxFatal(f"Flux closed: {self.ws.close_code or 'no status'}")
 
     async def configure(
         self,
@@ -141,6 +144,7 @@ class FluxClient:
         eager_eot_threshold: float | None = None,
         eot_timeout_ms: int | None = None,
         keyterms: Sequence[str] | None = None,
+        language_hints: Sequence[str] | None = None,
     ) -> None:
         """Mid-stream Configure; one in flight, the newest waiting one replaces older ones."""
         message = dm.configure(
@@ -148,6 +152,7 @@ class FluxClient:
             eager_eot_threshold=eager_eot_threshold,
             eot_timeout_ms=eot_timeout_ms,
             keyterms=None if keyterms is None else list(keyterms),
+            language_hints=None if language_hints is None else list(language_hints),
         )
         if self._configure_in_flight:
             self._configure_next = message
@@ -169,6 +174,7 @@ class FluxClient:
         """Send the buffered tail and CloseStream; Flux closes without a status (1005)."""
         if self._ws is None:
             return
+        self._closing = True
         with contextlib.suppress(ConnectionClosed):
             tail = self._chunker.flush()  # never empty
             if tail is not None:

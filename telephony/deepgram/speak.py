@@ -64,6 +64,7 @@ class SpeakClient:
         self._ws: ClientConnection | None = None
         self.budget = budget or FlushBudget()
         self._clearing = False  # audio before `Cleared` belongs to a reply we cancelled
+        self._closing = False
 
     async def connect(self) -> None:
         self._ws = await open_socket(self.url, self._api_key)
@@ -122,10 +123,13 @@ class SpeakClient:
                     yield event
         except ConnectionClosed as exc:
             raise SpeakFatal(f"Aura closed: {exc.rcvd or 'no close frame'}") from None
+        if not self._closing:
+            raise SpeakFatal(f"Aura closed: {self.ws.close_code or 'no status'}")
 
     async def close(self) -> None:
         if self._ws is None:
             return
+        self._closing = True
         with contextlib.suppress(ConnectionClosed):
             await self._ws.send(dm.close())
         with contextlib.suppress(TimeoutError, ConnectionClosed):

@@ -29,6 +29,7 @@ from telephony.deepgram.flux import FluxClient
 from telephony.deepgram.speak import SpeakClient
 from telephony.responder import Message, Responder, ResponderError, SentenceChunker
 from telephony.session.engine import CallContext
+from telephony.session.transcript import Turn
 from telephony.twilio.playout import Ledger, Segment, SegmentState
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class BotReply:
     first_audio_ms: int | None = None
     first_audio_at: float | None = None
     interrupted_at_ms: int | None = None
+    turn: Turn | None = None  # opened in the transcript when its first audio arrives
 
     def all_segments_done(self) -> bool:
         return all(
@@ -312,6 +314,9 @@ class FluxEngine:
         reply.first_audio_at, reply.first_audio_ms = loop_now, self.ctx.now_ms()
         if reply.eot_at is not None:
             self.eot_to_first_audio_s.append(loop_now - reply.eot_at)
+        # The bot turn takes its place in the transcript when it starts to be heard.
+        ms = reply.first_audio_ms
+        reply.turn = self.ctx.transcript.open_turn("bot", "", ms, ms)
 
     def _segment_done(self, seg: Segment) -> None:
         reply = self._owner.get(seg.name)
@@ -342,17 +347,13 @@ class FluxEngine:
         latency = None
         if reply.eot_ms is not None and reply.first_audio_ms is not None:
             latency = reply.first_audio_ms - reply.eot_ms
-        self.ctx.transcript.add_turn(
-            "bot",
-            generated,
-            start_ms,
-            max(start_ms, end_ms or start_ms),
-            heard=heard,
-            interrupted=interrupted,
-            interrupted_at_ms=reply.interrupted_at_ms,
-            latency_ms=latency,
-            meta={"action": reply.action},
-        )
+        transcript = self.ctx.transcript
+        turn = reply.turn or transcript.open_turn("bot", "", start_ms, start_ms)
+        turn.text, turn.heard, turn.interrupted = generated, heard, interrupted
+        turn.start_ms, turn.end_ms = start_ms, max(start_ms, end_ms or start_ms)
+        turn.interrupted_at_ms, turn.latency_ms = reply.interrupted_at_ms, latency
+        turn.meta["action"] = reply.action
+        transcript.close_turn(turn)
         self.history.append(Message("assistant", heard if interrupted else generated))
         if not interrupted and reply.action in ("hangup", "transfer"):
             self._spawn(self._act(reply.action), reply.action)

@@ -50,8 +50,17 @@ class Transcript:
     on_event: Callable[[Event], None] | None = None
 
     def add_turn(self, role: Role, text: str, start_ms: int, end_ms: int, **kw: Any) -> Turn:
+        """A finished turn (caller turns arrive whole)."""
+        return self.close_turn(self.open_turn(role, text, start_ms, end_ms, **kw))
+
+    def open_turn(self, role: Role, text: str, start_ms: int, end_ms: int, **kw: Any) -> Turn:
+        """A turn that has begun (bot speech): it takes its place in the order now."""
         turn = Turn(len(self.turns), role, text, start_ms, end_ms, **kw)
         self.turns.append(turn)
+        return turn
+
+    def close_turn(self, turn: Turn) -> Turn:
+        """The turn's fields are final: hand it to persistence."""
         if self.on_turn is not None:
             self.on_turn(turn)
         return turn

@@ -1,0 +1,157 @@
+"""The Flux and Aura clients against the fake Deepgram (which enforces the real rules)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from telephony.deepgram import messages as dm
+from telephony.deepgram.flux import FluxClient, FluxFatal, FluxOptions
+from telephony.deepgram.speak import FlushBudget, SpeakClient
+from telephony.sim.deepgram_server import FakeDeepgram, Script, ScriptedTurn
+
+KEY = "k"
+FRAME = b"\xff" * 160
+
+
+async def collect(client: FluxClient, kinds: set[type], n: int) -> list:
+    out = []
+    async with asyncio.timeout(5):
+        async for event in client.events():
+            if type(event) in kinds:
+                out.append(event)
+                if len(out) == n:
+                    return out
+    return out
+
+
+async def test_flux_chunks_audio_and_reports_turns_on_the_call_clock() -> None:
+    script = Script(turns=[ScriptedTurn(start_ms=200, end_ms=600, text="hello there")])
+    async with FakeDeepgram(api_key=KEY, script=script) as fake:
+        client = FluxClient(fake.url, KEY, FluxOptions(keyterms=("Acme", "Zed")))
+        await client.connect()
+        for i in range(50):  # 1 s of audio, starting at call time 3000 ms
+            await client.send_audio(3000 + i * 20, FRAME)
+        end = None
+        async with asyncio.timeout(5):
+            async for event in client.events():
+                if isinstance(event, dm.TurnInfo) and event.event == "EndOfTurn":
+                    end = event
+                    break
+        assert end is not None
+        assert end.transcript == "hello there"
+        assert abs(client.to_call_ms(end.audio_window_start) - 3200) <= 20
+        assert abs(client.to_call_ms(end.audio_window_end) - 3600) <= 20
+        await client.close()
+        log = fake.logs("flux")[0]
+        await log.wait_closed()
+    assert log.query["keyterm"] == ["Acme", "Zed"]
+    assert log.query["encoding"] == ["mulaw"] and log.query["sample_rate"] == ["8000"]
+    audio = [d for _, k, d in log.received if k == "audio"]
+    assert audio[:12] == [640] * 12  # 80 ms chunks: 4 Twilio frames each
+    assert sum(audio) == 50 * 160  # the tail went out at close: no byte lost
+    assert "json:CloseStream" in log.received_kinds()
+    assert "json:KeepAlive" not in log.received_kinds()
+    assert log.close_code == 1005 and not log.violations
+
+
+async def test_configure_success_failure_and_one_in_flight() -> None:
+    async with FakeDeepgram(api_key=KEY) as fake:
+        client = FluxClient(fake.url, KEY, FluxOptions())
+        await client.connect()
+        await client.configure(eot_threshold=0.8)
+        await client.configure(eot_timeout_ms=3000)  # waits for the first ack
+        await client.configure(language_hints=["fr"])  # replaces the waiting one
+        acks = await collect(client, {dm.ConfigureSuccess, dm.ConfigureFailure}, 2)
+        assert isinstance(acks[0], dm.ConfigureSuccess)
+        assert acks[0].thresholds["eot_threshold"] == 0.8
+        assert isinstance(acks[1], dm.ConfigureFailure)  # language hints need the multi model
+        received = fake.logs("flux")[0].received_messages(dm.Configure)
+        assert [c.eot_timeout_ms for c in received] == [None, None]  # 3000 was superseded
+        with pytest.raises(dm.DeepgramMessageError, match=r"between 0\.5 and 1"):
+            await client.configure(eot_threshold=0.2)
+        await client.close()
+
+
+async def test_flux_error_or_drop_is_fatal() -> None:
+    async with FakeDeepgram(api_key=KEY) as fake:
+        client = FluxClient(fake.url, KEY, FluxOptions())
+        await client.connect()
+        await client.ws.send('{"type":"KeepAlive"}')  # what NOT to do: Flux closes the socket
+        with pytest.raises(FluxFatal, match="closed"):
+            await collect(client, {dm.TurnInfo}, 1)
+        assert fake.logs("flux")[0].violations
+
+
+async def test_linear16_transcodes_to_16k() -> None:
+    async with FakeDeepgram(api_key=KEY) as fake:
+        client = FluxClient(fake.url, KEY, FluxOptions(encoding="linear16"))
+        await client.connect()
+        for i in range(8):
+            await client.send_audio(i * 20, FRAME)
+        await client.close()
+        log = fake.logs("flux")[0]
+        await log.wait_closed()
+    assert [d for _, k, d in log.received if k == "audio"] == [2560, 2560]
+    assert log.query["sample_rate"] == ["16000"]
+
+
+async def test_speak_audio_flush_and_clear() -> None:
+    async with FakeDeepgram(api_key=KEY, speak_ms_per_char=10, speak_first_byte_ms=20) as fake:
+        client = SpeakClient(fake.url, KEY, "aura-2-thalia-en")
+        await client.connect()
+        await client.speak("Hello there.")
+        assert await client.flush()
+        audio = bytearray()
+        async with asyncio.timeout(5):
+            async for event in client.events():
+                if isinstance(event, bytes):
+                    audio += event
+                elif isinstance(event, dm.Flushed):
+                    break
+        assert len(audio) == len("Hello there.") * 10 * 8
+        await client.speak("A much longer sentence that will be cut off by a clear.")
+        await client.flush()
+        await client.clear()
+        after_clear = 0
+        async with asyncio.timeout(5):
+            async for event in client.events():
+                if isinstance(event, bytes):
+                    after_clear += len(event)
+                elif isinstance(event, dm.Cleared):
+                    break
+        assert after_clear == 0  # audio in flight before Cleared is dropped
+        await client.close()
+        log = fake.logs("speak")[0]
+        await log.wait_closed()
+    assert log.query["container"] == ["none"] and log.query["encoding"] == ["mulaw"]
+    assert log.close_code == 1000 and not log.violations
+
+
+def test_flush_budget_slides_and_keeps_a_slot_for_reply_ends() -> None:
+    now = [0.0]
+    budget = FlushBudget(limit=3, window_s=60, clock=lambda: now[0])
+    assert budget.take() and budget.take() and budget.take()
+    assert not budget.take()
+    now[0] = 59.9
+    assert budget.remaining() == 0
+    now[0] = 60.0
+    assert budget.remaining() == 3
+
+
+async def test_speak_never_exceeds_the_flush_limit() -> None:
+    async with FakeDeepgram(api_key=KEY, flush_limit=3, speak_ms_per_char=1) as fake:
+        client = SpeakClient(fake.url, KEY, "aura-2-thalia-en", budget=FlushBudget(limit=3))
+        await client.connect()
+        sent = []
+        for i in range(6):
+            await client.speak(f"Sentence {i}.")
+            sent.append(await client.flush())
+        assert sent == [True, True, False, False, False, False]  # one slot kept back
+        assert await client.flush(force=True)  # the end of a reply may use it
+        assert not await client.flush(force=True)
+        await client.close()
+        log = fake.logs("speak")[0]
+        await log.wait_closed()
+    assert not log.violations  # Aura never had to refuse a flush
