@@ -57,6 +57,7 @@ class BotReply:
     finished: bool = False
     eot_ms: int | None = None  # caller end of speech on the call clock
     eot_at: float | None = None  # monotonic time EndOfTurn arrived
+    first_text_at: float | None = None  # monotonic: first sentence sent to Aura
     first_audio_ms: int | None = None
     first_audio_at: float | None = None
     interrupted_at_ms: int | None = None
@@ -66,6 +67,18 @@ class BotReply:
         return all(
             s.state in (SegmentState.PLAYED, SegmentState.CLEARED) for s in self.ledger.segments
         )
+
+
+def _latency_breakdown(reply: BotReply) -> dict[str, float]:
+    """Wall-clock stages of a reply, ms: EndOfTurn -> first sentence to Aura -> first audio."""
+    eot, text, audio = reply.eot_at, reply.first_text_at, reply.first_audio_at
+    if eot is None or text is None or audio is None:
+        return {}
+    return {
+        "eot_to_audio_ms": round((audio - eot) * 1000, 1),
+        "eot_to_text_ms": round(max(0.0, text - eot) * 1000, 1),  # responder (LLM) share
+        "text_to_audio_ms": round((audio - max(text, eot)) * 1000, 1),  # Aura share
+    }
 
 
 class FluxEngine:
@@ -94,7 +107,6 @@ class FluxEngine:
         self._connected = asyncio.Event()
         self._early_audio: deque[tuple[int, bytes]] = deque(maxlen=EARLY_AUDIO_FRAMES)
         ctx.playout.on_segment_done = self._segment_done
-        self.eot_to_first_audio_s: list[float] = []  # bridge latency samples (benchmarks)
 
     # --- Engine interface -------------------------------------------------------------------
 
@@ -275,6 +287,8 @@ class FluxEngine:
         await reply.committed.wait()  # a speculative reply holds its text until EndOfTurn
         reply.sentences.append(sentence)
         reply.unflushed.append(sentence)
+        if reply.first_text_at is None:
+            reply.first_text_at = asyncio.get_running_loop().time()
         await self.speak.speak(sentence)
         if await self.speak.flush():
             self._flushed(reply)
@@ -312,8 +326,6 @@ class FluxEngine:
     def _first_audio(self, reply: BotReply) -> None:
         loop_now = asyncio.get_running_loop().time()
         reply.first_audio_at, reply.first_audio_ms = loop_now, self.ctx.now_ms()
-        if reply.eot_at is not None:
-            self.eot_to_first_audio_s.append(loop_now - reply.eot_at)
         # The bot turn takes its place in the transcript when it starts to be heard.
         ms = reply.first_audio_ms
         reply.turn = self.ctx.transcript.open_turn("bot", "", ms, ms)
@@ -353,6 +365,7 @@ class FluxEngine:
         turn.start_ms, turn.end_ms = start_ms, max(start_ms, end_ms or start_ms)
         turn.interrupted_at_ms, turn.latency_ms = reply.interrupted_at_ms, latency
         turn.meta["action"] = reply.action
+        turn.meta.update(_latency_breakdown(reply))
         transcript.close_turn(turn)
         self.history.append(Message("assistant", heard if interrupted else generated))
         if not interrupted and reply.action in ("hangup", "transfer"):
