@@ -9,30 +9,27 @@ Turn state machine (Flux `TurnInfo.event`):
   otherwise start afresh.
 
 A reply streams sentence by sentence into Aura; each Flush groups the sentences sent since the
-previous one, and that group's audio becomes one playout segment closed by a mark. A bot turn
-is written to the transcript once every segment is played or cleared: generated text, heard
-text (echoed marks only) and whether and when it was interrupted. Hang-up and transfer wait for
-the reply's last mark and are dropped if the caller barges in.
+previous one, and that group's audio becomes one playout segment closed by a mark. What the
+caller heard, the transcript row and playback-gated actions are `BotSpeech`'s job, shared with
+the Voice Agent engine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import logging
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from telephony.deepgram import messages as dm
 from telephony.deepgram.flux import FluxClient
 from telephony.deepgram.speak import SpeakClient
 from telephony.responder import Message, Responder, ResponderError, SentenceChunker
 from telephony.session.engine import CallContext
-from telephony.session.transcript import Turn
-from telephony.twilio.playout import Ledger, Segment, SegmentState
-
-log = logging.getLogger(__name__)
+from telephony.session.speech import BotReply, BotSpeech
+from telephony.twilio.playout import Segment
 
 DTMF_GAP_S = 1.5  # digits typed closer together than this form one entry
 EARLY_AUDIO_FRAMES = 500  # 10 s of caller audio kept while Flux connects
@@ -40,73 +37,31 @@ APOLOGY = "Sorry, I'm having trouble right now. Could you say that again?"
 
 
 @dataclass(eq=False)
-class BotReply:
-    """One thing the bot says: a greeting or the answer to a caller turn."""
-
-    number: int
-    user_text: str
-    interruptible: bool = True
-    speculative: bool = False
+class FluxReply(BotReply):
     committed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
-    sentences: list[str] = field(default_factory=list)
-    unflushed: list[str] = field(default_factory=list)
-    ledger: Ledger = field(default_factory=Ledger)
-    action: str = "none"
-    generated_done: bool = False
-    finished: bool = False
-    eot_ms: int | None = None  # caller end of speech on the call clock
-    eot_at: float | None = None  # monotonic time EndOfTurn arrived
-    first_text_at: float | None = None  # monotonic: first sentence sent to Aura
-    first_audio_ms: int | None = None
-    first_audio_at: float | None = None
-    interrupted_at_ms: int | None = None
-    turn: Turn | None = None  # opened in the transcript when its first audio arrives
-
-    def all_segments_done(self) -> bool:
-        return all(
-            s.state in (SegmentState.PLAYED, SegmentState.CLEARED) for s in self.ledger.segments
-        )
-
-
-def _latency_breakdown(reply: BotReply) -> dict[str, float]:
-    """Wall-clock stages of a reply, ms: EndOfTurn -> first sentence to Aura -> first audio."""
-    eot, text, audio = reply.eot_at, reply.first_text_at, reply.first_audio_at
-    if eot is None or text is None or audio is None:
-        return {}
-    return {
-        "eot_to_audio_ms": round((audio - eot) * 1000, 1),
-        "eot_to_text_ms": round(max(0.0, text - eot) * 1000, 1),  # responder (LLM) share
-        "text_to_audio_ms": round((audio - max(text, eot)) * 1000, 1),  # Aura share
-    }
+    unflushed: list[str] = field(default_factory=list)  # sent to Aura, not yet flushed
 
 
 class FluxEngine:
     def __init__(
-        self,
-        ctx: CallContext,
-        responder: Responder,
-        flux: FluxClient,
-        speak: SpeakClient,
+        self, ctx: CallContext, responder: Responder, flux: FluxClient, speak: SpeakClient
     ) -> None:
         self.ctx = ctx
         self.responder = responder
         self.flux = flux
         self.speak = speak
+        self.speech = BotSpeech(ctx, on_finished=self._remember)
         self.history: list[Message] = []
-        self._numbers = itertools.count()
-        self._replies: list[BotReply] = []
-        self._speculative: BotReply | None = None
-        self._flush_groups: deque[Segment] = deque()  # flushed to Aura, audio not complete
-        self._owner: dict[str, BotReply] = {}  # segment name -> reply
+        self._speculative: FluxReply | None = None
+        self._flush_groups: deque[tuple[FluxReply, Segment]] = deque()  # audio still to come
         self._turn_open = False
         self._dtmf: list[str] = []
         self._dtmf_task: asyncio.Task[None] | None = None
-        self._dtmf_for_turn: str = ""
+        self._dtmf_for_turn = ""
         self._tasks: set[asyncio.Task[None]] = set()
         self._connected = asyncio.Event()
         self._early_audio: deque[tuple[int, bytes]] = deque(maxlen=EARLY_AUDIO_FRAMES)
-        ctx.playout.on_segment_done = self._segment_done
 
     # --- Engine interface -------------------------------------------------------------------
 
@@ -140,6 +95,7 @@ class FluxEngine:
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+        self.speech.cancel_actions()
         with contextlib.suppress(Exception):
             await self.flux.close()
         with contextlib.suppress(Exception):
@@ -170,20 +126,15 @@ class FluxEngine:
             await self._end_of_turn(ev)
 
     async def _end_of_turn(self, ev: dm.TurnInfo) -> None:
-        text = ev.transcript.strip()
-        if self._dtmf_for_turn:
-            text = f"{text} {self._dtmf_for_turn}".strip()
-            self._dtmf_for_turn = ""
-        start_ms, end_ms = (
-            self.flux.to_call_ms(ev.audio_window_start),
-            self.flux.to_call_ms(ev.audio_window_end),
-        )
+        text = f"{ev.transcript.strip()} {self._dtmf_for_turn}".strip()
+        self._dtmf_for_turn = ""
         if not text:
             self._drop_speculation()
             return
-        self.ctx.transcript.add_turn(
-            "caller", text, start_ms, end_ms, meta={"trigger": ev.trigger or ""}
-        )
+        start_ms = self.flux.to_call_ms(ev.audio_window_start)
+        end_ms = self.flux.to_call_ms(ev.audio_window_end)
+        meta = {"trigger": ev.trigger or ""}
+        self.ctx.transcript.add_turn("caller", text, start_ms, end_ms, meta=meta)
         self._answer(text, end_ms)
 
     def _answer(self, text: str, eot_ms: int) -> None:
@@ -194,12 +145,11 @@ class FluxEngine:
             self._cancel(reply)
             reply = None
         if reply is None:
-            reply = self._new_reply(text)
-            reply.task = self._spawn(self._generate(reply, list(self.history)), "reply")
+            reply = self._start_reply(text, speculative=False)
         else:
             self.ctx.transcript.event(eot_ms, "speculation-used", reply=reply.number)
         self.history.append(Message("user", text))
-        reply.speculative = False
+        reply.held = False
         reply.eot_ms, reply.eot_at = eot_ms, asyncio.get_running_loop().time()
         reply.committed.set()
 
@@ -209,61 +159,55 @@ class FluxEngine:
             if self._speculative.user_text == text:
                 return
             self._drop_speculation()
-        reply = self._new_reply(text, speculative=True)
-        reply.task = self._spawn(self._generate(reply, list(self.history)), "speculative-reply")
-        self._speculative = reply
+        self._speculative = self._start_reply(text, speculative=True)
+
+    def _start_reply(self, text: str, *, speculative: bool) -> FluxReply:
+        reply = self.speech.new_reply(text, cls=FluxReply)
+        reply.held = speculative
+        reply.task = self._spawn(self._generate(reply, list(self.history)), "reply")
+        return reply
 
     def _drop_speculation(self) -> None:
         if self._speculative is not None:
             self._cancel(self._speculative)
             self._speculative = None
 
+    def _cancel(self, reply: FluxReply) -> None:
+        if reply.task is not None:
+            reply.task.cancel()
+        self.speech.drop(reply)
+
     # --- barge-in -------------------------------------------------------------------------------
 
     async def _barge_in(self, ms: int) -> None:
-        """Caller speech while the bot may be heard: stop everything the caller would hear."""
-        active = [r for r in self._replies if not r.finished and not r.speculative]
-        if not active or not all(r.interruptible for r in active):
-            return
-        for reply in active:
-            if reply.task is not None:
-                reply.task.cancel()
-            reply.interrupted_at_ms = ms
-            reply.generated_done = True
-        self._flush_groups.clear()
-        # Twilio clear, Aura Clear and our queue go together, before the next event is read.
-        await self.ctx.playout.clear()
-        await self.speak.clear()
-        self.ctx.transcript.event(ms, "barge-in", replies=[r.number for r in active])
-        for reply in active:
-            self._finish(reply)
+        """Twilio clear, Aura Clear and our queue go together, before the next event is read.
+
+        A held (speculative) reply is not audible, so it is left to TurnResumed / EndOfTurn.
+        """
+
+        def stop_generating() -> None:
+            for reply in self.speech.audible:
+                if isinstance(reply, FluxReply) and reply.task is not None:
+                    reply.task.cancel()
+            self._flush_groups.clear()
+
+        if await self.speech.barge_in(ms, before_clear=stop_generating):
+            await self.speak.clear()
 
     # --- replies --------------------------------------------------------------------------------
 
-    def _new_reply(self, user_text: str, *, speculative: bool = False) -> BotReply:
-        reply = BotReply(next(self._numbers), user_text, speculative=speculative)
-        self._replies.append(reply)
-        return reply
-
-    def _cancel(self, reply: BotReply) -> None:
-        if reply.task is not None:
-            reply.task.cancel()
-        reply.finished = True
-        self._replies.remove(reply)
-
-    def _say_fixed(self, text: str, *, interruptible: bool) -> BotReply:
-        reply = self._new_reply("")
-        reply.interruptible = interruptible
+    def _say_fixed(self, text: str, *, interruptible: bool) -> FluxReply:
+        reply = self.speech.new_reply(interruptible=interruptible, cls=FluxReply)
         reply.committed.set()
 
-        async def fixed(reply: BotReply) -> None:
+        async def fixed() -> None:
             await self._say_sentence(reply, text)
             await self._end_reply_text(reply)
 
-        reply.task = self._spawn(fixed(reply), "fixed-reply")
+        reply.task = self._spawn(fixed(), "fixed-reply")
         return reply
 
-    async def _generate(self, reply: BotReply, history: list[Message]) -> None:
+    async def _generate(self, reply: FluxReply, history: list[Message]) -> None:
         chunker = SentenceChunker()
         try:
             async with self.responder.respond(history, reply.user_text) as stream:
@@ -276,16 +220,14 @@ class FluxEngine:
                 await self._say_sentence(reply, tail)
         except ResponderError as exc:
             self.ctx.log.warning("responder failed: %s", exc)
-            self.ctx.transcript.event(
-                self.ctx.now_ms(), "error", source="responder", detail=str(exc)
-            )
-            await reply.committed.wait()
+            ms = self.ctx.now_ms()
+            self.ctx.transcript.event(ms, "error", source="responder", detail=str(exc))
             await self._say_sentence(reply, APOLOGY)
         await self._end_reply_text(reply)
 
-    async def _say_sentence(self, reply: BotReply, sentence: str) -> None:
+    async def _say_sentence(self, reply: FluxReply, sentence: str) -> None:
         await reply.committed.wait()  # a speculative reply holds its text until EndOfTurn
-        reply.sentences.append(sentence)
+        reply.text.append(sentence)
         reply.unflushed.append(sentence)
         if reply.first_text_at is None:
             reply.first_text_at = asyncio.get_running_loop().time()
@@ -293,96 +235,34 @@ class FluxEngine:
         if await self.speak.flush():
             self._flushed(reply)
 
-    async def _end_reply_text(self, reply: BotReply) -> None:
+    async def _end_reply_text(self, reply: FluxReply) -> None:
         if reply.unflushed and await self.speak.flush(force=True):
             self._flushed(reply)
-        reply.generated_done = True
-        self._maybe_finish(reply)
+        self.speech.generated(reply)
 
-    def _flushed(self, reply: BotReply) -> None:
+    def _flushed(self, reply: FluxReply) -> None:
         """Everything spoken since the last flush is one segment: Aura's audio comes in order."""
-        seg = Segment(f"r{reply.number}:s{len(reply.ledger.segments)}", " ".join(reply.unflushed))
+        seg = self.speech.segment(reply, " ".join(reply.unflushed))
         reply.unflushed.clear()
-        reply.ledger.segments.append(seg)
-        self._owner[seg.name] = reply
-        self._flush_groups.append(seg)
+        self._flush_groups.append((reply, seg))
+
+    def _remember(self, reply: BotReply) -> None:
+        """The LLM's history holds what the caller heard, not what was generated."""
+        said = reply.turn.heard if reply.turn and reply.interrupted_at_ms is not None else None
+        text = said if said is not None else " ".join(reply.text)
+        if text:
+            self.history.append(Message("assistant", text))
 
     # --- Aura audio -> playout --------------------------------------------------------------
 
     async def _speak_loop(self) -> None:
-        playout = self.ctx.playout
         async for event in self.speak.events():
             if isinstance(event, bytes):
-                if not self._flush_groups:
-                    continue  # audio of a reply that was cancelled
-                seg = self._flush_groups[0]
-                reply = self._owner[seg.name]
-                if reply.first_audio_at is None:
-                    self._first_audio(reply)
-                playout.add_audio(event, seg)
+                if self._flush_groups:  # else: audio of a reply that was cancelled
+                    reply, seg = self._flush_groups[0]
+                    self.speech.audio(reply, seg, event)
             elif isinstance(event, dm.Flushed) and self._flush_groups:
-                playout.end_segment(self._flush_groups.popleft())
-
-    def _first_audio(self, reply: BotReply) -> None:
-        loop_now = asyncio.get_running_loop().time()
-        reply.first_audio_at, reply.first_audio_ms = loop_now, self.ctx.now_ms()
-        # The bot turn takes its place in the transcript when it starts to be heard.
-        ms = reply.first_audio_ms
-        reply.turn = self.ctx.transcript.open_turn("bot", "", ms, ms)
-
-    def _segment_done(self, seg: Segment) -> None:
-        reply = self._owner.get(seg.name)
-        if reply is not None:
-            self._maybe_finish(reply)
-
-    def _maybe_finish(self, reply: BotReply) -> None:
-        if reply.finished or not reply.generated_done or not reply.all_segments_done():
-            return
-        self._finish(reply)
-
-    def _finish(self, reply: BotReply) -> None:
-        """Write the bot turn; run its action if the caller heard all of it."""
-        if reply.finished:
-            return
-        reply.finished = True
-        for seg in reply.ledger.segments:
-            self._owner.pop(seg.name, None)
-        if reply in self._replies:
-            self._replies.remove(reply)
-        generated = " ".join(reply.sentences)
-        if not generated:
-            return
-        heard = reply.ledger.heard_text()
-        interrupted = reply.interrupted_at_ms is not None
-        end_ms = reply.interrupted_at_ms if interrupted else self.ctx.now_ms()
-        start_ms = reply.first_audio_ms if reply.first_audio_ms is not None else end_ms
-        latency = None
-        if reply.eot_ms is not None and reply.first_audio_ms is not None:
-            latency = reply.first_audio_ms - reply.eot_ms
-        transcript = self.ctx.transcript
-        turn = reply.turn or transcript.open_turn("bot", "", start_ms, start_ms)
-        turn.text, turn.heard, turn.interrupted = generated, heard, interrupted
-        turn.start_ms, turn.end_ms = start_ms, max(start_ms, end_ms or start_ms)
-        turn.interrupted_at_ms, turn.latency_ms = reply.interrupted_at_ms, latency
-        turn.meta["action"] = reply.action
-        turn.meta.update(_latency_breakdown(reply))
-        transcript.close_turn(turn)
-        self.history.append(Message("assistant", heard if interrupted else generated))
-        if not interrupted and reply.action in ("hangup", "transfer"):
-            self._spawn(self._act(reply.action), reply.action)
-
-    async def _act(self, action: str) -> None:
-        ms = self.ctx.now_ms()
-        if action == "hangup":
-            self.ctx.transcript.event(ms, "hangup")
-            await self.ctx.hang_up()
-            return
-        number = self.ctx.profile.transfer_number
-        if not number:
-            self.ctx.log.warning("transfer requested but the profile has no transfer_number")
-            return
-        self.ctx.transcript.event(ms, "transfer", to=number)
-        await self.ctx.transfer(number)
+                self.speech.end_segment(self._flush_groups.popleft()[1])
 
     # --- DTMF ---------------------------------------------------------------------------------
 
@@ -404,8 +284,8 @@ class FluxEngine:
 
     # --- plumbing -----------------------------------------------------------------------------
 
-    def _spawn(self, coro: object, name: str) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task

@@ -1,0 +1,203 @@
+"""Bot speech as the caller hears it, shared by the Flux and the Voice Agent engines.
+
+A reply's audio goes to the playout in segments, each closed by a mark. A segment's text is
+heard once its mark echoes; a clear makes every pending segment unheard. When all of a
+reply's segments are settled the bot turn is written: generated text, heard text, whether and
+when it was interrupted, latency. Hang-up and transfer run only after the whole reply played.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from telephony.session.engine import CallContext
+from telephony.session.transcript import Turn
+from telephony.twilio.playout import Ledger, Segment, SegmentState
+
+Action = str  # "none" | "hangup" | "transfer"
+R = TypeVar("R", bound="BotReply")
+
+
+@dataclass(eq=False)
+class BotReply:
+    """One thing the bot says: a greeting or the answer to a caller turn."""
+
+    number: int
+    user_text: str = ""
+    interruptible: bool = True
+    held: bool = False  # prepared but not allowed to speak yet (a speculative reply)
+    text: list[str] = field(default_factory=list)  # what was generated, in order
+    ledger: Ledger = field(default_factory=Ledger)
+    action: Action = "none"
+    generated_done: bool = False  # no more text or audio will be added
+    finished: bool = False
+    eot_ms: int | None = None  # caller end of speech on the call clock
+    eot_at: float | None = None  # monotonic time the caller's turn ended
+    first_text_at: float | None = None  # monotonic: first text sent to TTS
+    first_audio_ms: int | None = None
+    first_audio_at: float | None = None
+    interrupted_at_ms: int | None = None
+    turn: Turn | None = None  # opened in the transcript when its first audio arrives
+    meta: dict[str, object] = field(default_factory=dict)
+
+    def all_segments_done(self) -> bool:
+        return all(
+            s.state in (SegmentState.PLAYED, SegmentState.CLEARED) for s in self.ledger.segments
+        )
+
+
+def latency_breakdown(reply: BotReply) -> dict[str, float]:
+    """Wall-clock stages of a reply, ms: caller turn end -> first text to TTS -> first audio."""
+    eot, text, audio = reply.eot_at, reply.first_text_at, reply.first_audio_at
+    if eot is None or audio is None:
+        return {}
+    out = {"eot_to_audio_ms": round((audio - eot) * 1000, 1)}
+    if text is not None:
+        out["eot_to_text_ms"] = round(max(0.0, text - eot) * 1000, 1)  # responder share
+        out["text_to_audio_ms"] = round((audio - max(text, eot)) * 1000, 1)  # TTS share
+    return out
+
+
+class BotSpeech:
+    """The replies of one call, from first audio to the transcript row."""
+
+    def __init__(self, ctx: CallContext, *, on_finished: Callable[[BotReply], None] | None = None):
+        self.ctx = ctx
+        self._numbers = itertools.count()
+        self.active: list[BotReply] = []
+        self._owner: dict[str, BotReply] = {}  # segment name -> reply
+        self._on_finished = on_finished
+        self._tasks: set[asyncio.Task[None]] = set()
+        ctx.playout.on_segment_done = self._segment_done
+
+    def new_reply(
+        self, user_text: str = "", *, interruptible: bool = True, cls: type[R] = BotReply
+    ) -> R:
+        reply = cls(next(self._numbers), user_text, interruptible=interruptible)
+        self.active.append(reply)
+        return reply
+
+    def drop(self, reply: BotReply) -> None:
+        """Forget a reply that was never heard (a cancelled speculation)."""
+        reply.finished = True
+        if reply in self.active:
+            self.active.remove(reply)
+
+    def segment(self, reply: BotReply, text: str = "") -> Segment:
+        seg = Segment(f"r{reply.number}:s{len(reply.ledger.segments)}", text)
+        reply.ledger.segments.append(seg)
+        self._owner[seg.name] = reply
+        return seg
+
+    def audio(self, reply: BotReply, seg: Segment, data: bytes) -> None:
+        if reply.first_audio_at is None:
+            reply.first_audio_at = asyncio.get_running_loop().time()
+            reply.first_audio_ms = ms = self.ctx.now_ms()
+            # The bot turn takes its place in the transcript when it starts to be heard.
+            reply.turn = self.ctx.transcript.open_turn("bot", "", ms, ms)
+        self.ctx.playout.add_audio(data, seg)
+
+    def end_segment(self, seg: Segment) -> None:
+        self.ctx.playout.end_segment(seg)
+
+    def generated(self, reply: BotReply) -> None:
+        """No more text or audio for this reply: it finishes once its audio has settled."""
+        reply.generated_done = True
+        self._maybe_finish(reply)
+
+    @property
+    def audible(self) -> list[BotReply]:
+        return [r for r in self.active if not r.finished and not r.held]
+
+    async def barge_in(self, ms: int, *, before_clear: Callable[[], None] | None = None) -> bool:
+        """Caller speech over the bot: clear Twilio and our queue; False if not interruptible."""
+        replies = self.audible
+        if not replies or not all(r.interruptible for r in replies):
+            return False
+        for reply in replies:
+            reply.interrupted_at_ms = ms
+            reply.generated_done = True
+        if before_clear is not None:
+            before_clear()
+        await self.ctx.playout.clear()
+        self.ctx.transcript.event(ms, "barge-in", replies=[r.number for r in replies])
+        for reply in replies:
+            self._finish(reply)
+        return True
+
+    def _segment_done(self, seg: Segment) -> None:
+        reply = self._owner.get(seg.name)
+        if reply is not None:
+            self._maybe_finish(reply)
+
+    def _maybe_finish(self, reply: BotReply) -> None:
+        if not reply.finished and reply.generated_done and reply.all_segments_done():
+            self._finish(reply)
+
+    def _finish(self, reply: BotReply) -> None:
+        """Write the bot turn; run its action if the caller heard all of it."""
+        if reply.finished:
+            return
+        reply.finished = True
+        for seg in reply.ledger.segments:
+            self._owner.pop(seg.name, None)
+        if reply in self.active:
+            self.active.remove(reply)
+        generated = " ".join(t for t in reply.text if t)
+        if generated:
+            self._write_turn(reply, generated)
+        if self._on_finished is not None:
+            self._on_finished(reply)
+        if reply.interrupted_at_ms is None and reply.action in ("hangup", "transfer"):
+            self._spawn(self._act(reply.action))
+
+    def _write_turn(self, reply: BotReply, generated: str) -> None:
+        interrupted = reply.interrupted_at_ms is not None
+        end_ms = reply.interrupted_at_ms if interrupted else self.ctx.now_ms()
+        start_ms = reply.first_audio_ms if reply.first_audio_ms is not None else end_ms
+        transcript = self.ctx.transcript
+        turn = reply.turn or transcript.open_turn("bot", "", start_ms, start_ms)
+        turn.text, turn.heard, turn.interrupted = generated, reply.ledger.heard_text(), interrupted
+        if not any(s.text for s in reply.ledger.segments):
+            # Audio with no text boundaries (the agent): all or nothing is what marks prove.
+            turn.heard = generated if not interrupted else ""
+        turn.start_ms, turn.end_ms = start_ms, max(start_ms, end_ms or start_ms)
+        turn.interrupted_at_ms = reply.interrupted_at_ms
+        if reply.eot_ms is not None and reply.first_audio_ms is not None:
+            turn.latency_ms = reply.first_audio_ms - reply.eot_ms
+        turn.meta.update({"action": reply.action, **reply.meta, **latency_breakdown(reply)})
+        transcript.close_turn(turn)
+
+    async def _act(self, action: Action) -> None:
+        ms = self.ctx.now_ms()
+        if action == "hangup":
+            self.ctx.transcript.event(ms, "hangup")
+            await self.ctx.hang_up()
+            return
+        number = self.ctx.profile.transfer_number
+        if not number:
+            self.ctx.log.warning("transfer requested but the profile has no transfer_number")
+            return
+        self.ctx.transcript.event(ms, "transfer", to=number)
+        await self.ctx.transfer(number)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Future[None]) -> None:
+        self._tasks.discard(task)  # type: ignore[arg-type]
+        if not task.cancelled() and task.exception() is not None:
+            self.ctx.log.error("bot action failed", exc_info=task.exception())
+            self.ctx.transcript.event(
+                self.ctx.now_ms(), "error", source="action", detail=str(task.exception())
+            )
+
+    def cancel_actions(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
