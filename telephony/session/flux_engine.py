@@ -19,9 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
 
 from telephony.deepgram import messages as dm
 from telephony.deepgram.flux import FluxClient
@@ -29,6 +27,7 @@ from telephony.deepgram.speak import SpeakClient
 from telephony.responder import Message, Responder, ResponderError, SentenceChunker
 from telephony.session.engine import CallContext
 from telephony.session.speech import BotReply, BotSpeech
+from telephony.session.tasks import TaskSet
 from telephony.twilio.playout import Segment
 
 DTMF_GAP_S = 1.5  # digits typed closer together than this form one entry
@@ -59,7 +58,7 @@ class FluxEngine:
         self._dtmf: list[str] = []
         self._dtmf_task: asyncio.Task[None] | None = None
         self._dtmf_for_turn = ""
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet(ctx.log)
         self._connected = asyncio.Event()
         self._early_audio: deque[tuple[int, bytes]] = deque(maxlen=EARLY_AUDIO_FRAMES)
 
@@ -90,11 +89,10 @@ class FluxEngine:
         if self._dtmf_task is not None:
             self._dtmf_task.cancel()
         delay = 0.0 if digit == "#" else DTMF_GAP_S
-        self._dtmf_task = self._spawn(self._dtmf_entry(delay), "dtmf")
+        self._dtmf_task = self._tasks.spawn(self._dtmf_entry(delay), "dtmf")
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel_all()
         self.speech.cancel_actions()
         with contextlib.suppress(Exception):
             await self.flux.close()
@@ -164,7 +162,7 @@ class FluxEngine:
     def _start_reply(self, text: str, *, speculative: bool) -> FluxReply:
         reply = self.speech.new_reply(text, cls=FluxReply)
         reply.held = speculative
-        reply.task = self._spawn(self._generate(reply, list(self.history)), "reply")
+        reply.task = self._tasks.spawn(self._generate(reply, list(self.history)), "reply")
         return reply
 
     def _drop_speculation(self) -> None:
@@ -204,7 +202,7 @@ class FluxEngine:
             await self._say_sentence(reply, text)
             await self._end_reply_text(reply)
 
-        reply.task = self._spawn(fixed(), "fixed-reply")
+        reply.task = self._tasks.spawn(fixed(), "fixed-reply")
         return reply
 
     async def _generate(self, reply: FluxReply, history: list[Message]) -> None:
@@ -281,16 +279,3 @@ class FluxEngine:
         await self._barge_in(ms)
         self.ctx.transcript.add_turn("caller", digits, ms, ms, meta={"trigger": "dtmf"})
         self._answer(digits, ms)
-
-    # --- plumbing -----------------------------------------------------------------------------
-
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self.ctx.log.error("engine task %s failed", task.get_name(), exc_info=task.exception())

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from telephony.session.engine import CallContext
+from telephony.session.tasks import TaskSet
 from telephony.session.transcript import Turn
 from telephony.twilio.playout import Ledger, Segment, SegmentState
 
@@ -71,7 +72,7 @@ class BotSpeech:
         self.active: list[BotReply] = []
         self._owner: dict[str, BotReply] = {}  # segment name -> reply
         self._on_finished = on_finished
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet(ctx.log, on_error=self._action_failed)
         ctx.playout.on_segment_done = self._segment_done
 
     def new_reply(
@@ -153,7 +154,7 @@ class BotSpeech:
         if self._on_finished is not None:
             self._on_finished(reply)
         if reply.interrupted_at_ms is None and reply.action in ("hangup", "transfer"):
-            self._spawn(self._act(reply.action))
+            self._tasks.spawn(self._act(reply.action), reply.action)
 
     def _write_turn(self, reply: BotReply, generated: str) -> None:
         interrupted = reply.interrupted_at_ms is not None
@@ -185,19 +186,9 @@ class BotSpeech:
         self.ctx.transcript.event(ms, "transfer", to=number)
         await self.ctx.transfer(number)
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Future[None]) -> None:
-        self._tasks.discard(task)  # type: ignore[arg-type]
-        if not task.cancelled() and task.exception() is not None:
-            self.ctx.log.error("bot action failed", exc_info=task.exception())
-            self.ctx.transcript.event(
-                self.ctx.now_ms(), "error", source="action", detail=str(task.exception())
-            )
-
     def cancel_actions(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel_all()
+
+    def _action_failed(self, name: str, exc: BaseException) -> None:
+        ms = self.ctx.now_ms()
+        self.ctx.transcript.event(ms, "error", source=name, detail=str(exc))
