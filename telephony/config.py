@@ -231,6 +231,9 @@ class AgentFunction(_Model):
     timeout_s: Positive = 5.0
 
 
+BUILTIN_AGENT_FUNCTIONS = frozenset({"end_call", "transfer_call"})
+
+
 class AgentConfig(_Model):
     listen_model: Literal["flux-general-en", "flux-general-multi", "nova-3", "nova-2"] = (
         "flux-general-en"
@@ -259,6 +262,13 @@ class AgentConfig(_Model):
     @classmethod
     def _unique_names(cls, value: list[AgentFunction]) -> list[AgentFunction]:
         names = [f.name for f in value]
+        if builtin := sorted(set(names) & BUILTIN_AGENT_FUNCTIONS):
+            raise PydanticCustomError(
+                "builtin_function",
+                "{names} are built in (they hang up / transfer after the goodbye plays); "
+                "remove them here",
+                {"names": ", ".join(builtin)},
+            )
         if dupes := sorted({n for n in names if names.count(n) > 1}):
             raise PydanticCustomError(
                 "duplicate_function", "duplicate function names: {names}", {"names": dupes}

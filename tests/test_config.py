@@ -92,7 +92,7 @@ def test_example_file_covers_the_required_setups() -> None:
     assert isinstance(llm, LLMResponderConfig)
     assert (llm.api_key_env, llm.base_url) == ("OPENAI_API_KEY", "https://api.openai.com/v1")
     agent = config.profiles["concierge"].agent
-    assert agent is not None and "end_call" in [f.name for f in agent.functions]
+    assert agent is not None and "check_order" in [f.name for f in agent.functions]
     assert config.profiles["sales"].business_hours is not None
     assert config.default_profile == "front-desk"
 
@@ -681,3 +681,19 @@ async def wait_for(condition: Callable[[], bool], timeout_s: float = 2.0) -> Non
     async with asyncio.timeout(timeout_s):
         while not condition():  # noqa: ASYNC110 - polling is what the watcher is tested against
             await asyncio.sleep(0.005)
+
+
+def test_builtin_agent_functions_cannot_be_redefined(tmp_path: Path) -> None:
+    path = tmp_path / "n.yaml"
+    path.write_text(
+        "profiles:\n"
+        "  a:\n"
+        "    mode: agent\n"
+        "    agent:\n"
+        "      think_prompt: hi\n"
+        "      functions:\n"
+        "        - {name: end_call, description: x, url: 'https://h.example.com/x'}\n"
+    )
+    ok, text = check(path)
+    assert not ok
+    assert f"{path}:6: profiles.a.agent.functions: end_call are built in" in text
