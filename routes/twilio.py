@@ -127,7 +127,7 @@ async def media_socket(ws: WebSocket) -> None:
         socket,
         setup,
         max_bad_frames=settings.max_bad_frames,
-        engine_factory=lambda ctx: build_engine(ctx, llm_http=app.state.llm_http),
+        engine_factory=lambda ctx: build_engine(ctx, http=app.state.llm_http),
         hang_up=rest.hang_up,
         transfer=rest.transfer,
         settings=settings,

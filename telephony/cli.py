@@ -65,7 +65,7 @@ def _call(args: argparse.Namespace) -> int:
     if args.script:
         script = Script.from_yaml(Path(args.script))
     elif args.say:
-        script = demo.say_script(args.say)
+        script = demo.say_script(args.say, args.mode)
     audio = None
     if args.audio:
         from telephony.audio import read_wav_as_mulaw8k

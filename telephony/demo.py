@@ -23,7 +23,13 @@ from routes.server import bind_loopback, serve_app
 from telephony.config import load_config
 from telephony.session.call import CallSummary
 from telephony.settings import Settings
-from telephony.sim.deepgram_server import FakeDeepgram, Script, ScriptedTurn
+from telephony.sim.deepgram_server import (
+    AgentStep,
+    FakeDeepgram,
+    Script,
+    ScriptedFunctionCall,
+    ScriptedTurn,
+)
 from telephony.sim.fake_llm import FakeLLM
 from telephony.sim.twilio_caller import CallResult, FakeTwilioCaller
 from telephony.sim.twilio_caller import silence as caller_silence
@@ -45,7 +51,30 @@ def default_script() -> Script:
     )
 
 
-def say_script(text: str) -> Script:
+def default_agent_script() -> Script:
+    """An agent conversation: a question, a barge-in, then goodbye through end_call."""
+    return Script(
+        agent=[
+            AgentStep(
+                at_ms=3000,
+                user_text="What can you help me with?",
+                reply_text="I can check an order, tell you our hours, or put you through "
+                "to a colleague. Which would you like?",
+            ),
+            AgentStep(
+                at_ms=5200,
+                user_text="Never mind, that's all. Bye.",
+                reply_text="",
+                function_call=ScriptedFunctionCall("end_call", '{"reason": "done"}'),
+                reply_after_function="Thanks for calling Acme. Goodbye!",
+            ),
+        ]
+    )
+
+
+def say_script(text: str, mode: str = "flux") -> Script:
+    if mode == "agent":
+        return Script(agent=[AgentStep(at_ms=3000, user_text=text, reply_text="Okay.")])
     return Script(turns=[ScriptedTurn(start_ms=3200, end_ms=3200 + 80 * len(text), text=text)])
 
 
@@ -143,7 +172,7 @@ async def run_offline_call(
     deepgram_options: dict[str, Any] | None = None,
     llm_options: dict[str, Any] | None = None,
 ) -> OfflineCall:
-    script = script or default_script()
+    script = script or (default_agent_script() if mode == "agent" else default_script())
     async with fakes(script, deepgram_options=deepgram_options, llm_options=llm_options) as (
         deepgram,
         llm,

@@ -172,6 +172,7 @@ class Call:
         self._hang_up = hang_up
         self._transfer = transfer
         self._engine_error: str | None = None
+        self._ending = False
         self.engine: Engine | None = None
         if engine_factory is not None:
             self.engine = engine_factory(
@@ -218,6 +219,7 @@ class Call:
             reason = "internal error"
             await self.socket.close(CLOSE_ERROR, reason)
         finally:
+            self._ending = True  # from here the engine stopping is expected, not a failure
             if self.engine is not None:
                 await self.engine.close()
             for task in tasks:
@@ -234,7 +236,7 @@ class Call:
 
     def _engine_done(self, task: asyncio.Task[None]) -> None:
         """The engine stopping on its own is fatal for the call: end it with the reason."""
-        if task.cancelled():
+        if task.cancelled() or self._ending:
             return
         exc = task.exception()
         self._engine_error = f"engine failed: {exc}" if exc else "engine stopped"

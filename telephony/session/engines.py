@@ -4,23 +4,31 @@ from __future__ import annotations
 
 import httpx
 
+from telephony.deepgram.agent import AgentClient, settings_for_profile
 from telephony.deepgram.flux import FluxClient, FluxOptions
 from telephony.deepgram.speak import SpeakClient
 from telephony.responder import build_responder
+from telephony.session.agent_engine import AgentEngine
 from telephony.session.engine import CallContext, Engine
 from telephony.session.flux_engine import FluxEngine
 
 
-def build_engine(ctx: CallContext, *, llm_http: httpx.AsyncClient | None = None) -> Engine | None:
-    """The engine for the profile's mode; None where no engine runs on the stream."""
+def build_engine(ctx: CallContext, *, http: httpx.AsyncClient | None = None) -> Engine | None:
+    """The engine for the profile's mode; None where no engine runs on the stream.
+
+    `http` is the process-wide pool for LLM streaming and function webhooks.
+    """
     profile, settings = ctx.profile, ctx.settings
     key = settings.deepgram_api_key.get_secret_value()
     if profile.mode == "flux":
         assert profile.responder is not None  # the config schema requires it in flux mode
         return FluxEngine(
             ctx,
-            build_responder(profile.responder, http=llm_http),
+            build_responder(profile.responder, http=http),
             FluxClient(settings.deepgram_url, key, FluxOptions.from_profile(profile.flux)),
             SpeakClient(settings.deepgram_url, key, profile.voice),
         )
-    return None  # agent mode arrives with the Voice Agent engine (issue 5)
+    if profile.mode == "agent":
+        client = AgentClient(settings.deepgram_agent_url, key, settings_for_profile(profile))
+        return AgentEngine(ctx, client, http=http)
+    return None  # transcribe mode forks the stream without a bot (a later release)

@@ -63,6 +63,19 @@ def latency_breakdown(reply: BotReply) -> dict[str, float]:
     return out
 
 
+def _estimate_heard(reply: BotReply, generated: str) -> str:
+    """Segments without text (agent audio): the words in proportion to the audio played.
+
+    Marks prove how much audio played (to 500 ms); which words that was, only the speech rate
+    can say, so the estimate assumes an even rate over the audio received.
+    """
+    segments = reply.ledger.segments
+    total = sum(s.audio_ms for s in segments)
+    played = sum(s.audio_ms for s in segments if s.state is SegmentState.PLAYED)
+    words = generated.split()
+    return " ".join(words[: len(words) * played // total]) if total else ""
+
+
 class BotSpeech:
     """The replies of one call, from first audio to the transcript row."""
 
@@ -153,8 +166,13 @@ class BotSpeech:
             self._write_turn(reply, generated)
         if self._on_finished is not None:
             self._on_finished(reply)
-        if reply.interrupted_at_ms is None and reply.action in ("hangup", "transfer"):
+        if reply.action not in ("hangup", "transfer"):
+            return
+        if reply.interrupted_at_ms is None:
             self._tasks.spawn(self._act(reply.action), reply.action)
+        else:  # the goodbye was cut off: the caller has more to say, stay on the line
+            ms = reply.interrupted_at_ms
+            self.ctx.transcript.event(ms, "action-cancelled", action=reply.action)
 
     def _write_turn(self, reply: BotReply, generated: str) -> None:
         interrupted = reply.interrupted_at_ms is not None
@@ -163,9 +181,9 @@ class BotSpeech:
         transcript = self.ctx.transcript
         turn = reply.turn or transcript.open_turn("bot", "", start_ms, start_ms)
         turn.text, turn.heard, turn.interrupted = generated, reply.ledger.heard_text(), interrupted
-        if not any(s.text for s in reply.ledger.segments):
-            # Audio with no text boundaries (the agent): all or nothing is what marks prove.
-            turn.heard = generated if not interrupted else ""
+        if not any(s.text for s in reply.ledger.segments):  # agent audio carries no text
+            turn.heard = _estimate_heard(reply, generated) if interrupted else generated
+            turn.meta["heard_estimated"] = interrupted
         turn.start_ms, turn.end_ms = start_ms, max(start_ms, end_ms or start_ms)
         turn.interrupted_at_ms = reply.interrupted_at_ms
         if reply.eot_ms is not None and reply.first_audio_ms is not None:

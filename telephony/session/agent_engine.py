@@ -1,0 +1,262 @@
+"""Voice Agent mode: caller audio to Deepgram's /v1/agent/converse, its speech back to Twilio.
+
+Deepgram does listening, thinking and speaking; we own what the caller hears. Agent audio goes
+through the same playout and `BotSpeech` as Flux mode, in segments of at most 500 ms closed by
+marks, so barge-in, heard text, the transcript row and playback-gated actions are one piece of
+code for both modes.
+
+- UserStartedSpeaking -> barge-in (Twilio clear, our queue dropped, the reply marked heard only
+  as far as its echoed marks).
+- AgentAudioDone means Deepgram finished *sending*; the reply ends for us when its last mark
+  echoes.
+- end_call / transfer_call wait for the goodbye to play; a barge-in cancels them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import httpx
+import orjson
+
+from telephony.deepgram import messages as dm
+from telephony.deepgram.agent import AgentClient
+from telephony.session.engine import CallContext
+from telephony.session.speech import BotReply, BotSpeech
+from telephony.session.tasks import TaskSet
+from telephony.twilio.playout import Segment
+
+SEGMENT_MS = 500  # a mark at least this often: heard text is known to within half a second
+ACTION_GRACE_S = 5.0  # end_call with no goodbye audio after this long: act anyway
+SESSION_CAP_S = 7200.0  # Deepgram closes agent sessions after 2 hours
+SESSION_CAP_MARGIN_S = 60.0  # act this long before the cap
+CAP_MESSAGES = {
+    "warn": "Just so you know, we will need to wrap up this call in about a minute.",
+    "transfer": "I'm going to connect you with a colleague now.",
+    "end": "We've reached the time limit for this call. Thank you for calling, goodbye.",
+}
+
+
+class AgentEngine:
+    def __init__(
+        self,
+        ctx: CallContext,
+        client: AgentClient,
+        *,
+        http: httpx.AsyncClient | None = None,
+        session_cap_s: float = SESSION_CAP_S,
+    ) -> None:
+        self.ctx = ctx
+        self.client = client
+        self.speech = BotSpeech(ctx, on_finished=self._reply_finished)
+        self._http = http
+        self._session_cap_s = session_cap_s
+        self._reply: BotReply | None = None
+        self._segment: Segment | None = None
+        self._segment_bytes = 0
+        self._user_started_ms: int | None = None
+        self._last_caller_end_ms: int | None = None
+        self._last_caller_end_at: float | None = None
+        self._pending_action: str | None = None
+        self._action_timer: asyncio.Task[None] | None = None
+        self._nudge_timer: asyncio.Task[None] | None = None
+        self._tasks = TaskSet(ctx.log)
+        agent = ctx.profile.agent
+        self._functions = {f.name: f for f in agent.functions} if agent else {}
+
+    # --- Engine interface -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.client.connect()
+        self._tasks.spawn(self._session_cap(), "session-cap")
+        async for event in self.client.events():
+            if isinstance(event, bytes):
+                self._on_audio(event)
+            else:
+                await self._on_event(event)
+
+    async def on_caller_audio(self, timestamp_ms: int, payload: bytes) -> None:
+        await self.client.send_audio(timestamp_ms, payload)  # buffered until SettingsApplied
+
+    def on_dtmf(self, ms: int, digit: str) -> None:
+        self.ctx.transcript.event(ms, "dtmf", digit=digit)
+        self._tasks.spawn(self.client.inject_user_message(f"The caller pressed {digit}."), "dtmf")
+
+    async def close(self) -> None:
+        self._tasks.cancel_all()
+        self.speech.cancel_actions()
+        with contextlib.suppress(Exception):
+            await self.client.close()
+
+    # --- mid-call control -------------------------------------------------------------------
+
+    async def update_prompt(self, prompt: str) -> None:
+        self.ctx.transcript.event(self.ctx.now_ms(), "prompt-updated")
+        await self.client.update_prompt(prompt)
+
+    async def say(self, message: str) -> None:
+        """Make the agent say something now (InjectAgentMessage)."""
+        await self.client.inject_agent_message(message)
+
+    # --- agent audio -> playout ---------------------------------------------------------------
+
+    def _on_audio(self, data: bytes) -> None:
+        reply = self._reply or self._open_reply()
+        if self._segment is None:
+            self._segment, self._segment_bytes = self.speech.segment(reply), 0
+        self.speech.audio(reply, self._segment, data)
+        self._segment_bytes += len(data)
+        if self._segment_bytes >= SEGMENT_MS * 8:
+            self._close_segment()
+
+    def _close_segment(self) -> None:
+        if self._segment is not None:
+            self.speech.end_segment(self._segment)
+            self._segment = None
+
+    def _open_reply(self) -> BotReply:
+        reply = self.speech.new_reply()
+        reply.eot_ms, reply.eot_at = self._last_caller_end_ms, self._last_caller_end_at
+        self._last_caller_end_ms = self._last_caller_end_at = None
+        self._reply = reply
+        if self._nudge_timer is not None:
+            self._nudge_timer.cancel()
+        return reply
+
+    def _end_reply(self) -> None:
+        """AgentAudioDone: all audio is sent; the reply finishes when its marks echo."""
+        reply = self._reply
+        if reply is None:
+            return
+        self._close_segment()
+        if self._pending_action is not None:
+            reply.action, self._pending_action = self._pending_action, None
+            self._cancel_action_timer()
+        self._reply = None
+        self.speech.generated(reply)
+
+    # --- agent events ---------------------------------------------------------------------
+
+    async def _on_event(self, event: Any) -> None:
+        ms = self.ctx.now_ms()
+        if isinstance(event, dm.UserStartedSpeaking):
+            await self._barge_in(ms)
+        elif isinstance(event, dm.ConversationText):
+            self._on_text(event, ms)
+        elif isinstance(event, dm.AgentStartedSpeaking):
+            reply = self._reply or self._open_reply()
+            reply.meta.update(
+                total_latency=event.total_latency,
+                tts_latency=event.tts_latency,
+                ttt_latency=event.ttt_latency,
+            )
+        elif isinstance(event, dm.AgentThinking):
+            self.ctx.transcript.event(ms, "agent-thinking")
+        elif isinstance(event, dm.AgentAudioDone):
+            self._end_reply()
+        elif isinstance(event, dm.FunctionCallRequest):
+            for call in event.functions:
+                if call.client_side:
+                    self._tasks.spawn(self._function_call(call), f"function-{call.name}")
+        elif isinstance(event, dm.AgentWarning):
+            self.ctx.log.warning("agent warning %s: %s", event.code, event.description)
+            self.ctx.transcript.event(ms, "warning", code=event.code, detail=event.description)
+        elif isinstance(event, dm.InjectionRefused):
+            self.ctx.transcript.event(ms, "injection-refused", detail=event.message)
+
+    def _on_text(self, event: dm.ConversationText, ms: int) -> None:
+        if event.role == "user":
+            start = self._user_started_ms if self._user_started_ms is not None else ms
+            self.ctx.transcript.add_turn("caller", event.content, start, ms)
+            self._user_started_ms = None
+            self._last_caller_end_ms = ms
+            self._last_caller_end_at = asyncio.get_running_loop().time()
+        else:
+            reply = self._reply or self._open_reply()
+            reply.text.append(event.content)
+            if reply.first_text_at is None:
+                reply.first_text_at = asyncio.get_running_loop().time()
+
+    async def _barge_in(self, ms: int) -> None:
+        self._user_started_ms = ms
+        if self._nudge_timer is not None:
+            self._nudge_timer.cancel()
+        if await self.speech.barge_in(ms):
+            self._reply, self._segment = None, None
+            if self._pending_action is not None:  # asked for, goodbye not yet spoken
+                self.ctx.transcript.event(ms, "action-cancelled", action=self._pending_action)
+                self._pending_action = None
+                self._cancel_action_timer()
+
+    def _reply_finished(self, reply: BotReply) -> None:
+        nudge_s = self.ctx.profile.agent.silence_nudge_s if self.ctx.profile.agent else None
+        if nudge_s and reply.interrupted_at_ms is None and reply.action == "none":
+            if self._nudge_timer is not None:
+                self._nudge_timer.cancel()
+            self._nudge_timer = self._tasks.spawn(self._nudge(nudge_s), "nudge")
+
+    async def _nudge(self, after_s: float) -> None:
+        """Caller silence for N s after the bot finished playing: prompt them."""
+        await asyncio.sleep(after_s)
+        self.ctx.transcript.event(self.ctx.now_ms(), "nudge")
+        await self.say(self.ctx.profile.agent.nudge_message)  # type: ignore[union-attr]
+
+    # --- function calls ---------------------------------------------------------------------
+
+    async def _function_call(self, call: dm.FunctionCall) -> None:
+        ms = self.ctx.now_ms()
+        self.ctx.transcript.event(ms, "function-call", name=call.name, arguments=call.arguments)
+        try:
+            content = await self._run_function(call)
+        except Exception as exc:  # any failure is answered, and the call goes on
+            self.ctx.log.warning("function %s failed: %s", call.name, exc)
+            content = orjson.dumps({"error": f"{type(exc).__name__}: {exc}"}).decode()
+        await self.client.function_result(call.id, call.name, content)
+
+    async def _run_function(self, call: dm.FunctionCall) -> str:
+        if call.name in ("end_call", "transfer_call"):
+            self._pending_action = "hangup" if call.name == "end_call" else "transfer"
+            self._action_timer = self._tasks.spawn(self._act_without_goodbye(), "action-grace")
+            return orjson.dumps({"ok": True, "note": "say goodbye; the line closes after"}).decode()
+        function = self._functions.get(call.name)
+        if function is None:
+            return orjson.dumps({"error": f"unknown function {call.name}"}).decode()
+        arguments = orjson.loads(call.arguments or "{}")
+        http = self._http or httpx.AsyncClient()
+        try:
+            response = await http.post(
+                str(function.url), json=arguments, timeout=function.timeout_s
+            )
+        finally:
+            if self._http is None:
+                await http.aclose()
+        if response.status_code >= 400:
+            return orjson.dumps({"error": f"HTTP {response.status_code}"}).decode()
+        return response.text
+
+    async def _act_without_goodbye(self) -> None:
+        """end_call with nothing more said: do not hold the line open forever."""
+        await asyncio.sleep(ACTION_GRACE_S)
+        if self._pending_action is not None and self._reply is None and not self.speech.audible:
+            reply = self.speech.new_reply()
+            reply.action, self._pending_action = self._pending_action, None
+            self.speech.generated(reply)
+
+    def _cancel_action_timer(self) -> None:
+        if self._action_timer is not None:
+            self._action_timer.cancel()
+            self._action_timer = None
+
+    # --- the 2-hour cap -----------------------------------------------------------------------
+
+    async def _session_cap(self) -> None:
+        """Deepgram cuts agent sessions at 2 h: end, transfer or warn first, never a silent cut."""
+        await asyncio.sleep(max(0.0, self._session_cap_s - SESSION_CAP_MARGIN_S))
+        action = self.ctx.profile.agent.session_cap_action if self.ctx.profile.agent else "end"
+        self.ctx.transcript.event(self.ctx.now_ms(), "session-cap", action=action)
+        if action != "warn":
+            self._pending_action = "hangup" if action == "end" else "transfer"
+            self._action_timer = self._tasks.spawn(self._act_without_goodbye(), "action-grace")
+        await self.say(CAP_MESSAGES[action])

@@ -1,0 +1,180 @@
+"""Voice Agent mode end to end: the real app with the fake agent, Twilio caller and REST."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from telephony.deepgram import messages as dm
+from telephony.demo import OfflineCall, run_offline_call
+from telephony.sim.deepgram.tts import tts_text
+from telephony.sim.deepgram_server import AgentStep, Script, ScriptedFunctionCall
+
+MS_PER_CHAR = 30
+
+NUMBERS = """\
+numbers:
+  "+15550005000": agent
+profiles:
+  agent:
+    mode: agent
+    greeting: "Hi there."
+    transfer_number: "+15557770000"
+    agent:
+      think_prompt: "You are a test agent."
+      functions:
+        - name: check_order
+          description: "Look up an order."
+          parameters: {type: object, properties: {order: {type: string}}}
+          url: "http://127.0.0.1:9/unreachable"
+          timeout_s: 0.5
+"""
+
+
+@pytest.fixture
+def numbers(tmp_path: Path) -> Path:
+    path = tmp_path / "numbers.yaml"
+    path.write_text(NUMBERS)
+    return path
+
+
+async def agent_call(numbers: Path, steps: list[AgentStep], **kw) -> OfflineCall:
+    kw.setdefault("max_call_ms", 8_000)
+    return await run_offline_call(
+        mode="agent",
+        script=Script(agent=steps),
+        config_path=numbers,
+        deepgram_options={"speak_ms_per_char": MS_PER_CHAR, "agent_latency_s": 0.1},
+        **kw,
+    )
+
+
+def agent_log(result: OfflineCall):
+    return next(c for c in result.deepgram.connections if c.endpoint == "agent")
+
+
+def turns_of(result: OfflineCall) -> list[tuple[str, str]]:
+    return [(t["role"], t["text"]) for t in result.as_json()["turns"]]
+
+
+async def test_full_agent_call_with_end_call_after_the_goodbye(numbers: Path) -> None:
+    result = await agent_call(
+        numbers,
+        [
+            AgentStep(at_ms=1500, user_text="What are your hours?", reply_text="Nine to five."),
+            AgentStep(
+                at_ms=3500,
+                user_text="Thanks, bye.",
+                reply_text="",
+                function_call=ScriptedFunctionCall("end_call", '{"reason": "done"}'),
+                reply_after_function="Goodbye!",
+            ),
+        ],
+    )
+    out = result.as_json()
+    assert out["mode"] == "agent"
+    assert turns_of(result) == [
+        ("bot", "Hi there."),
+        ("caller", "What are your hours?"),
+        ("bot", "Nine to five."),
+        ("caller", "Thanks, bye."),
+        ("bot", "Goodbye!"),
+    ]
+    for bot in out["turns"][0::2]:
+        assert bot["heard"] == bot["text"] and not bot["interrupted"]
+    meta = result.summary.transcript.turns[2].meta
+    assert {"total_latency", "tts_latency", "ttt_latency"} <= set(meta)  # AgentStartedSpeaking
+    # Settings came first, with μ-law both ways; the fake saw no rule broken.
+    log = agent_log(result)
+    assert log.received_kinds()[0] == "json:Settings"
+    settings = log.received_messages(dm.Settings)[0]
+    assert settings.body["audio"]["input"] == {"encoding": "mulaw", "sample_rate": 8000}
+    assert settings.body["audio"]["output"]["container"] == "none"
+    assert not log.violations
+    # end_call: answered, then the hang-up only after the goodbye had played.
+    responses = log.received_messages(dm.FunctionCallResponse)
+    assert [r.name for r in responses] == ["end_call"]
+    assert [r.form for r in result.rest.requests] == [{"Status": "completed"}]
+    assert tts_text(result.caller.heard, MS_PER_CHAR).endswith("Goodbye!")
+    stop = next(e for e in result.caller.events if e.kind == "stop")
+    assert stop.ms >= max(m.echoed_at_ms for m in result.caller.marks if not m.cleared)
+
+
+async def test_barge_in_clears_and_records_heard_text(numbers: Path) -> None:
+    long_reply = "I can check an order for you, tell you our opening hours, or connect you."
+    result = await agent_call(
+        numbers,
+        [
+            AgentStep(at_ms=1000, user_text="Help me.", reply_text=long_reply),
+            AgentStep(at_ms=2700, user_text="Stop, just the hours.", reply_text="Nine to five."),
+        ],
+    )
+    turns = result.as_json()["turns"]
+    reply = next(t for t in turns if t["text"] == long_reply)
+    assert reply["interrupted"] is True
+    assert result.caller.clears, "Twilio clear was not sent"
+    # Heard text is a strict prefix of the reply, as far as the echoed marks go.
+    assert long_reply.startswith(reply["heard"]) and reply["heard"] != long_reply
+    heard_audio_text = tts_text(result.caller.heard, MS_PER_CHAR)
+    assert long_reply not in heard_audio_text  # the caller did not hear all of it
+    assert "barge-in" in [e["kind"] for e in result.as_json()["events"]]
+    assert turns_of(result)[-1] == ("bot", "Nine to five.")
+
+
+async def test_end_call_cancelled_by_barge_in(numbers: Path) -> None:
+    result = await agent_call(
+        numbers,
+        [
+            AgentStep(
+                at_ms=1000,
+                user_text="Bye.",
+                reply_text="",
+                function_call=ScriptedFunctionCall("end_call", "{}"),
+                reply_after_function="Goodbye, and thank you very much for calling us today.",
+            ),
+            AgentStep(at_ms=2600, user_text="Wait!", reply_text="Yes?"),
+        ],
+        max_call_ms=6_000,
+    )
+    assert result.rest.requests == []  # the goodbye was cut off: the line stays open
+    assert turns_of(result)[-1] == ("bot", "Yes?")
+    assert "action-cancelled" in [e["kind"] for e in result.as_json()["events"]]
+
+
+async def test_function_calls_unknown_and_failing_get_error_responses(numbers: Path) -> None:
+    result = await agent_call(
+        numbers,
+        [
+            AgentStep(
+                at_ms=1000,
+                user_text="Weather?",
+                reply_text="",
+                function_call=ScriptedFunctionCall("check_weather", "{}"),
+                reply_after_function="I cannot check the weather.",
+            ),
+            AgentStep(
+                at_ms=3000,
+                user_text="Order 42?",
+                reply_text="",
+                function_call=ScriptedFunctionCall("check_order", '{"order": "42"}'),
+                reply_after_function="The order system is down.",
+            ),
+        ],
+    )
+    responses = agent_log(result).received_messages(dm.FunctionCallResponse)
+    assert [r.name for r in responses] == ["check_weather", "check_order"]
+    assert "unknown function check_weather" in responses[0].content
+    assert "error" in responses[1].content  # the webhook was unreachable
+    bot = [t for r, t in turns_of(result) if r == "bot"]
+    assert bot[-2:] == ["I cannot check the weather.", "The order system is down."]
+
+
+async def test_audio_before_settings_applied_is_not_lost_and_no_keepalive_while_streaming(
+    numbers: Path,
+) -> None:
+    result = await agent_call(numbers, [], max_call_ms=3_000)
+    log = agent_log(result)
+    assert not log.violations  # no audio before SettingsApplied, no KeepAlive while streaming
+    assert "json:KeepAlive" not in log.received_kinds()
+    assert log.audio_bytes == result.caller.sent_frames * 160
