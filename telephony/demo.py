@@ -171,6 +171,7 @@ async def run_offline_call(
     max_call_ms: int = 30_000,
     deepgram_options: dict[str, Any] | None = None,
     llm_options: dict[str, Any] | None = None,
+    settings_overrides: dict[str, Any] | None = None,
 ) -> OfflineCall:
     script = script or (default_agent_script() if mode == "agent" else default_script())
     async with fakes(script, deepgram_options=deepgram_options, llm_options=llm_options) as (
@@ -192,6 +193,7 @@ async def run_offline_call(
             DEEPGRAM_API_KEY=DEMO_DEEPGRAM_KEY,
             DEEPGRAM_URL=deepgram.url,
             DEEPGRAM_AGENT_URL=deepgram.url,
+            **(settings_overrides or {}),
         )
         app = create_app(settings)
         hangup = asyncio.Event()

@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     # Secret used to sign one-time stream tokens; defaults to the Twilio auth token.
     stream_token_secret: SecretStr | None = Field(None, alias="TELEPHONY_STREAM_TOKEN_SECRET")
     max_bad_frames: int = Field(20, alias="TELEPHONY_MAX_BAD_FRAMES")
+    # Deepgram closes Voice Agent sessions at 2 h; the profile's session_cap_action runs 60 s
+    # before this. Lowered only in tests.
+    agent_session_cap_s: float = Field(7200.0, alias="TELEPHONY_AGENT_SESSION_CAP_S")
     log_format: str = Field("text", alias="TELEPHONY_LOG_FORMAT")
     log_level: str = Field("INFO", alias="TELEPHONY_LOG_LEVEL")
 

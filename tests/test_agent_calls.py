@@ -16,7 +16,17 @@ MS_PER_CHAR = 30
 NUMBERS = """\
 numbers:
   "+15550005000": agent
+  "+15550006000": quiet
 profiles:
+  quiet:
+    mode: agent
+    greeting: "Hello."
+    transfer_number: "+15557770000"
+    agent:
+      think_prompt: "Test."
+      silence_nudge_s: 1
+      nudge_message: "Are you still there?"
+      session_cap_action: transfer
   agent:
     mode: agent
     greeting: "Hi there."
@@ -41,6 +51,7 @@ def numbers(tmp_path: Path) -> Path:
 
 async def agent_call(numbers: Path, steps: list[AgentStep], **kw) -> OfflineCall:
     kw.setdefault("max_call_ms", 8_000)
+    kw.setdefault("number", "+15550005000")
     return await run_offline_call(
         mode="agent",
         script=Script(agent=steps),
@@ -178,3 +189,28 @@ async def test_audio_before_settings_applied_is_not_lost_and_no_keepalive_while_
     assert not log.violations  # no audio before SettingsApplied, no KeepAlive while streaming
     assert "json:KeepAlive" not in log.received_kinds()
     assert log.audio_bytes == result.caller.sent_frames * 160
+
+
+async def test_silent_caller_is_nudged_after_playback(numbers: Path) -> None:
+    result = await agent_call(numbers, [], number="+15550006000", max_call_ms=3_500)
+    injected = agent_log(result).received_messages(dm.InjectAgentMessage)
+    assert [m.message for m in injected][:1] == ["Are you still there?"]
+    assert "nudge" in [e["kind"] for e in result.as_json()["events"]]
+    # The fake speaks the injected message: the caller heard the nudge.
+    assert "Are you still there?" in tts_text(result.caller.heard, MS_PER_CHAR)
+
+
+async def test_session_cap_transfers_before_deepgram_cuts_the_session(numbers: Path) -> None:
+    result = await agent_call(
+        numbers,
+        [],
+        number="+15550006000",
+        max_call_ms=6_000,
+        settings_overrides={"TELEPHONY_AGENT_SESSION_CAP_S": 61.5},  # acts at 1.5 s
+    )
+    events = [e["kind"] for e in result.as_json()["events"]]
+    assert "session-cap" in events
+    # The warning line played, then the transfer went through REST.
+    assert "connect you with a colleague" in tts_text(result.caller.heard, MS_PER_CHAR)
+    assert len(result.rest.requests) == 1
+    assert "<Dial>+15557770000</Dial>" in result.rest.requests[0].form["Twiml"]

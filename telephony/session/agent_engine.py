@@ -29,7 +29,7 @@ from telephony.session.tasks import TaskSet
 from telephony.twilio.playout import Segment
 
 SEGMENT_MS = 500  # a mark at least this often: heard text is known to within half a second
-ACTION_GRACE_S = 5.0  # end_call with no goodbye audio after this long: act anyway
+ACTION_GRACE_S = 3.0  # end_call and then silence for this long: act anyway
 SESSION_CAP_S = 7200.0  # Deepgram closes agent sessions after 2 hours
 SESSION_CAP_MARGIN_S = 60.0  # act this long before the cap
 CAP_MESSAGES = {
@@ -59,7 +59,8 @@ class AgentEngine:
         self._user_started_ms: int | None = None
         self._last_caller_end_ms: int | None = None
         self._last_caller_end_at: float | None = None
-        self._pending_action: str | None = None
+        self._pending_action: str | None = None  # end_call / transfer_call / session cap
+        self._action_after = 0  # ...runs once a reply numbered >= this has played
         self._action_timer: asyncio.Task[None] | None = None
         self._nudge_timer: asyncio.Task[None] | None = None
         self._tasks = TaskSet(ctx.log)
@@ -131,9 +132,6 @@ class AgentEngine:
         if reply is None:
             return
         self._close_segment()
-        if self._pending_action is not None:
-            reply.action, self._pending_action = self._pending_action, None
-            self._cancel_action_timer()
         self._reply = None
         self.speech.generated(reply)
 
@@ -191,8 +189,14 @@ class AgentEngine:
                 self._cancel_action_timer()
 
     def _reply_finished(self, reply: BotReply) -> None:
+        if reply.interrupted_at_ms is not None:
+            return
+        if self._pending_action is not None:
+            if reply.number >= self._action_after and not self.speech.audible:
+                self._run_pending_action()  # the goodbye said after the request has played
+            return
         nudge_s = self.ctx.profile.agent.silence_nudge_s if self.ctx.profile.agent else None
-        if nudge_s and reply.interrupted_at_ms is None and reply.action == "none":
+        if nudge_s:
             if self._nudge_timer is not None:
                 self._nudge_timer.cancel()
             self._nudge_timer = self._tasks.spawn(self._nudge(nudge_s), "nudge")
@@ -217,8 +221,7 @@ class AgentEngine:
 
     async def _run_function(self, call: dm.FunctionCall) -> str:
         if call.name in ("end_call", "transfer_call"):
-            self._pending_action = "hangup" if call.name == "end_call" else "transfer"
-            self._action_timer = self._tasks.spawn(self._act_without_goodbye(), "action-grace")
+            self._request_action("hangup" if call.name == "end_call" else "transfer")
             return orjson.dumps({"ok": True, "note": "say goodbye; the line closes after"}).decode()
         function = self._functions.get(call.name)
         if function is None:
@@ -236,13 +239,26 @@ class AgentEngine:
             return orjson.dumps({"error": f"HTTP {response.status_code}"}).decode()
         return response.text
 
+    def _request_action(self, action: str) -> None:
+        """Hang up / transfer after the next thing the agent says, or after a quiet grace."""
+        self._pending_action, self._action_after = action, self.speech.started
+        self._cancel_action_timer()
+        self._action_timer = self._tasks.spawn(self._act_without_goodbye(), "action-grace")
+
+    def _run_pending_action(self) -> None:
+        action, self._pending_action = self._pending_action, None
+        self._cancel_action_timer()
+        if action is not None:
+            self.speech.act(action)
+
     async def _act_without_goodbye(self) -> None:
-        """end_call with nothing more said: do not hold the line open forever."""
-        await asyncio.sleep(ACTION_GRACE_S)
-        if self._pending_action is not None and self._reply is None and not self.speech.audible:
-            reply = self.speech.new_reply()
-            reply.action, self._pending_action = self._pending_action, None
-            self.speech.generated(reply)
+        """The goodbye came before the request, or none came: do not hold the line open."""
+        while True:
+            await asyncio.sleep(ACTION_GRACE_S)
+            if self._reply is None and not self.speech.audible:
+                self._action_timer = None
+                self._run_pending_action()
+                return
 
     def _cancel_action_timer(self) -> None:
         if self._action_timer is not None:
@@ -257,6 +273,5 @@ class AgentEngine:
         action = self.ctx.profile.agent.session_cap_action if self.ctx.profile.agent else "end"
         self.ctx.transcript.event(self.ctx.now_ms(), "session-cap", action=action)
         if action != "warn":
-            self._pending_action = "hangup" if action == "end" else "transfer"
-            self._action_timer = self._tasks.spawn(self._act_without_goodbye(), "action-grace")
-        await self.say(CAP_MESSAGES[action])
+            self._request_action("hangup" if action == "end" else "transfer")
+        await self.client.inject_agent_message(CAP_MESSAGES[action], behavior="queue")

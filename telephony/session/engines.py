@@ -30,5 +30,5 @@ def build_engine(ctx: CallContext, *, http: httpx.AsyncClient | None = None) -> 
         )
     if profile.mode == "agent":
         client = AgentClient(settings.deepgram_agent_url, key, settings_for_profile(profile))
-        return AgentEngine(ctx, client, http=http)
+        return AgentEngine(ctx, client, http=http, session_cap_s=settings.agent_session_cap_s)
     return None  # transcribe mode forks the stream without a bot (a later release)

@@ -82,6 +82,7 @@ class BotSpeech:
     def __init__(self, ctx: CallContext, *, on_finished: Callable[[BotReply], None] | None = None):
         self.ctx = ctx
         self._numbers = itertools.count()
+        self.started = 0  # replies begun so far; the next reply's number
         self.active: list[BotReply] = []
         self._owner: dict[str, BotReply] = {}  # segment name -> reply
         self._on_finished = on_finished
@@ -92,6 +93,7 @@ class BotSpeech:
         self, user_text: str = "", *, interruptible: bool = True, cls: type[R] = BotReply
     ) -> R:
         reply = cls(next(self._numbers), user_text, interruptible=interruptible)
+        self.started = reply.number + 1
         self.active.append(reply)
         return reply
 
@@ -169,7 +171,7 @@ class BotSpeech:
         if reply.action not in ("hangup", "transfer"):
             return
         if reply.interrupted_at_ms is None:
-            self._tasks.spawn(self._act(reply.action), reply.action)
+            self.act(reply.action)
         else:  # the goodbye was cut off: the caller has more to say, stay on the line
             ms = reply.interrupted_at_ms
             self.ctx.transcript.event(ms, "action-cancelled", action=reply.action)
@@ -190,6 +192,10 @@ class BotSpeech:
             turn.latency_ms = reply.first_audio_ms - reply.eot_ms
         turn.meta.update({"action": reply.action, **reply.meta, **latency_breakdown(reply)})
         transcript.close_turn(turn)
+
+    def act(self, action: Action) -> None:
+        """Hang up or transfer now (callers make sure the goodbye has played)."""
+        self._tasks.spawn(self._act(action), action)
 
     async def _act(self, action: Action) -> None:
         ms = self.ctx.now_ms()
