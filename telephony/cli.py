@@ -78,6 +78,7 @@ def _call(args: argparse.Namespace) -> int:
             script=script,
             audio=audio,
             config_path=Path(args.config),
+            faults=[demo.parse_fault(f) for f in args.fault],
         )
     )
     if args.json:
@@ -116,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--audio", help="a WAV file the caller streams")
     call.add_argument("--script", help="a fake-Deepgram timeline YAML (turns, agent, faults)")
     call.add_argument("--config", default="infra/numbers.example.yaml", help="numbers YAML")
+    call.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="KIND@SECONDS",
+        help="inject a fault through the fake Deepgram (repeatable): "
+        "flux-drop, flux-silent, flux-stuck, flux-error, agent-drop, speak-drop",
+    )
     call.add_argument("--json", action="store_true", help="print one JSON object")
     call.set_defaults(func=_call)
     return parser

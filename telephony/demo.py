@@ -19,13 +19,14 @@ from typing import Any
 import yaml
 
 from routes.app import create_app
-from routes.server import bind_loopback, serve_app
 from telephony.config import load_config
+from telephony.inprocess import bind_loopback, serve_app
 from telephony.session.call import CallSummary
 from telephony.settings import Settings
 from telephony.sim.deepgram_server import (
     AgentStep,
     FakeDeepgram,
+    Fault,
     Script,
     ScriptedFunctionCall,
     ScriptedTurn,
@@ -70,6 +71,27 @@ def default_agent_script() -> Script:
             ),
         ]
     )
+
+
+FAULT_KINDS = {
+    "flux-drop": ("flux", "drop"),
+    "flux-silent": ("flux", "silent"),
+    "flux-stuck": ("flux", "stuck"),
+    "flux-error": ("flux", "error"),
+    "agent-drop": ("agent", "drop"),
+    "speak-drop": ("speak", "drop"),
+}
+
+
+def parse_fault(spec: str) -> Fault:
+    """`KIND@SECONDS`, e.g. `flux-drop@2.5`: break that connection at that point of its audio."""
+    kind, _, at = spec.partition("@")
+    if kind not in FAULT_KINDS or not at:
+        raise ValueError(
+            f"--fault {spec!r}: expected KIND@SECONDS with KIND in {sorted(FAULT_KINDS)}"
+        )
+    endpoint, fault = FAULT_KINDS[kind]
+    return Fault(endpoint=endpoint, at_ms=round(float(at) * 1000), kind=fault)
 
 
 def say_script(text: str, mode: str = "flux") -> Script:
@@ -172,8 +194,11 @@ async def run_offline_call(
     deepgram_options: dict[str, Any] | None = None,
     llm_options: dict[str, Any] | None = None,
     settings_overrides: dict[str, Any] | None = None,
+    faults: Sequence[Fault] = (),
 ) -> OfflineCall:
     script = script or (default_agent_script() if mode == "agent" else default_script())
+    if faults:
+        script.faults = [*script.faults, *faults]
     async with fakes(script, deepgram_options=deepgram_options, llm_options=llm_options) as (
         deepgram,
         llm,
@@ -234,6 +259,7 @@ def format_text(call: OfflineCall) -> str:
                 line += f"  [{turn['latency_ms']} ms]"
         out.append(line)
     for event in call.as_json()["events"]:
-        out.append(f"{event['ms']:>6} ms  event   {event['kind']}")
+        detail = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("ms", "kind"))
+        out.append(f"{event['ms']:>6} ms  event   {event['kind']}  {detail}".rstrip())
     out.append(f"ended: {call.as_json()['end_reason']}")
     return "\n".join(out)

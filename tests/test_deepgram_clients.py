@@ -41,8 +41,9 @@ async def test_flux_chunks_audio_and_reports_turns_on_the_call_clock() -> None:
                     break
         assert end is not None
         assert end.transcript == "hello there"
-        assert abs(client.to_call_ms(end.audio_window_start) - 3200) <= 20
-        assert abs(client.to_call_ms(end.audio_window_end) - 3600) <= 20
+        assert client.first_audio_ms == 3000  # the anchor of this connection on the call clock
+        assert abs(3000 + end.audio_window_start * 1000 - 3200) <= 20
+        assert abs(3000 + end.audio_window_end * 1000 - 3600) <= 20
         await client.close()
         log = fake.logs("flux")[0]
         await log.wait_closed()

@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+import random
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from urllib.parse import urlencode
@@ -76,6 +77,22 @@ async def open_socket(url: str, api_key: str, *, open_timeout_s: float = 5.0) ->
         compression=None,  # audio does not compress; deflate would cost CPU per frame
         proxy=None,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Reconnect delays: immediate first try, then exponential with ±20 % jitter, capped."""
+
+    attempts: int = 6
+    base_s: float = 0.1
+    cap_s: float = 2.0
+
+    def delays(self) -> Iterator[float]:
+        yield 0.0
+        for attempt in range(1, self.attempts):
+            delay = min(self.cap_s, self.base_s * 2 ** (attempt - 1))
+            yield delay * random.uniform(0.8, 1.2)  # jitter: calls that failed together
+            # do not all come back in the same millisecond
 
 
 class KeepAlive:

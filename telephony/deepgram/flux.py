@@ -110,10 +110,6 @@ class FluxClient:
             self.bytes_sent += len(chunk)
             await self.ws.send(chunk)
 
-    def to_call_ms(self, seconds: float) -> int:
-        """A time in this connection's seconds, on the call's millisecond clock."""
-        return (self.first_audio_ms or 0) + round(seconds * 1000)
-
     async def events(self) -> AsyncIterator[dm.FluxServerEvent]:
         """Server events until the socket closes; Error and unexpected closes raise FluxFatal."""
         try:
@@ -169,6 +165,14 @@ class FluxClient:
 
     async def force_end_turn(self) -> None:
         await self.ws.send(dm.force_end_turn())
+
+    async def abort(self) -> None:
+        """Drop a failed or silent socket at once (no closing handshake to wait for)."""
+        if self._ws is not None:
+            self._closing = True
+            self._ws.transport.abort()
+            with contextlib.suppress(Exception):
+                await self._ws.wait_closed()
 
     async def close(self) -> None:
         """Send the buffered tail and CloseStream; Flux closes without a status (1005)."""

@@ -25,8 +25,8 @@ def build_engine(ctx: CallContext, *, http: httpx.AsyncClient | None = None) -> 
         return FluxEngine(
             ctx,
             build_responder(profile.responder, http=http),
-            FluxClient(settings.deepgram_url, key, FluxOptions.from_profile(profile.flux)),
-            SpeakClient(settings.deepgram_url, key, profile.voice),
+            lambda: FluxClient(settings.deepgram_url, key, FluxOptions.from_profile(profile.flux)),
+            lambda: SpeakClient(settings.deepgram_url, key, profile.voice),
         )
     if profile.mode == "agent":
         client = AgentClient(settings.deepgram_agent_url, key, settings_for_profile(profile))

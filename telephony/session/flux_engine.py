@@ -19,11 +19,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from websockets.exceptions import ConnectionClosed
+
 from telephony.deepgram import messages as dm
-from telephony.deepgram.flux import FluxClient
-from telephony.deepgram.speak import SpeakClient
+from telephony.deepgram.clock import CallClock
+from telephony.deepgram.connection import Backoff
+from telephony.deepgram.flux import FluxClient, FluxFatal
+from telephony.deepgram.speak import SpeakClient, SpeakFatal
 from telephony.responder import Message, Responder, ResponderError, SentenceChunker
 from telephony.session.engine import CallContext
 from telephony.session.speech import BotReply, BotSpeech
@@ -31,8 +36,15 @@ from telephony.session.tasks import TaskSet
 from telephony.twilio.playout import Segment
 
 DTMF_GAP_S = 1.5  # digits typed closer together than this form one entry
-EARLY_AUDIO_FRAMES = 500  # 10 s of caller audio kept while Flux connects
+PENDING_FRAMES = 500  # 10 s of caller audio kept while Flux (re)connects; beyond, drops counted
+RECENT_FRAMES = 1500  # 30 s of sent audio kept to replay an open turn after a reconnect
+REPLAY_TAIL_MS = 1000  # with no turn open, what may have been in flight when the socket died
+WATCHDOG_TICK_S = 0.25
+MAX_FAILURES_PER_WINDOW = 5  # Flux losses tolerated per window before the call gives up
+FAILURE_WINDOW_S = 60.0
+FORCE_ANSWER_S = 1.0  # ForceEndTurn unanswered this long: the socket is not listening
 APOLOGY = "Sorry, I'm having trouble right now. Could you say that again?"
+FAILURE_APOLOGY = "Sorry, we're having technical trouble on this line."
 
 
 @dataclass(eq=False)
@@ -44,12 +56,22 @@ class FluxReply(BotReply):
 
 class FluxEngine:
     def __init__(
-        self, ctx: CallContext, responder: Responder, flux: FluxClient, speak: SpeakClient
+        self,
+        ctx: CallContext,
+        responder: Responder,
+        flux: Callable[[], FluxClient],
+        speak: Callable[[], SpeakClient],
+        *,
+        reconnect: Backoff | None = None,
     ) -> None:
         self.ctx = ctx
         self.responder = responder
-        self.flux = flux
-        self.speak = speak
+        self._new_flux = flux
+        self.flux = flux()
+        self._new_speak = speak
+        self.speak = speak()
+        self.clock = CallClock()
+        self._backoff = reconnect or Backoff()
         self.speech = BotSpeech(ctx, on_finished=self._remember)
         self.history: list[Message] = []
         self._speculative: FluxReply | None = None
@@ -59,29 +81,43 @@ class FluxEngine:
         self._dtmf_task: asyncio.Task[None] | None = None
         self._dtmf_for_turn = ""
         self._tasks = TaskSet(ctx.log)
-        self._connected = asyncio.Event()
-        self._early_audio: deque[tuple[int, bytes]] = deque(maxlen=EARLY_AUDIO_FRAMES)
+        self._live = False  # frames go straight to Flux; else they wait in _pending
+        self._pending: deque[tuple[int, bytes]] = deque(maxlen=PENDING_FRAMES)
+        self._recent: deque[tuple[int, bytes]] = deque(maxlen=RECENT_FRAMES)  # sent, for replay
+        self.dropped_frames = 0
+        self._turn_start_ms: int | None = None
+        self._last_turn_end_ms = 0
+        self._last_update = ""
+        self._last_turn_info_at = 0.0
+        self._forced_at: float | None = None
+        self._failures: deque[float] = deque()
 
     # --- Engine interface -------------------------------------------------------------------
 
     async def run(self) -> None:
         await asyncio.gather(self.flux.connect(), self.speak.connect())
-        for timestamp_ms, payload in self._early_audio:  # caller audio from before Flux was up
-            await self.flux.send_audio(timestamp_ms, payload)
-        self._early_audio.clear()
-        self._connected.set()
+        await self._go_live([], "start")  # caller audio from before Flux was up goes first
         greeting = self.ctx.profile.greeting
         if greeting:
             self._say_fixed(greeting, interruptible=self.ctx.profile.greeting_interruptible)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._flux_loop(), name="flux-events")
             tg.create_task(self._speak_loop(), name="speak-events")
+            tg.create_task(self._watchdog(), name="turn-watchdog")
 
     async def on_caller_audio(self, timestamp_ms: int, payload: bytes) -> None:
-        if self._connected.is_set():
-            await self.flux.send_audio(timestamp_ms, payload)
-        else:  # the first ~100 ms: kept (bounded) and sent once Flux is connected
-            self._early_audio.append((timestamp_ms, payload))
+        frame = (timestamp_ms, payload)
+        if self._live:
+            try:
+                await self.flux.send_audio(timestamp_ms, payload)
+                self._recent.append(frame)
+                return
+            except ConnectionClosed:
+                self._live = False  # the events loop sees the close and reconnects
+        # Connecting or reconnecting: keep the audio (bounded, drops counted) for replay.
+        if len(self._pending) == PENDING_FRAMES:
+            self.dropped_frames += 1
+        self._pending.append(frame)
 
     def on_dtmf(self, ms: int, digit: str) -> None:
         self.ctx.transcript.event(ms, "dtmf", digit=digit)
@@ -102,25 +138,153 @@ class FluxEngine:
     # --- Flux events --------------------------------------------------------------------------
 
     async def _flux_loop(self) -> None:
-        async for event in self.flux.events():
-            if isinstance(event, dm.TurnInfo):
-                await self._on_turn(event)
-            elif isinstance(event, dm.ConfigureFailure):
-                self.ctx.log.warning("Flux Configure refused")
-            elif isinstance(event, dm.FluxWarning):
-                self.ctx.log.warning("Flux warning %s: %s", event.code, event.description)
+        while True:
+            try:
+                async for event in self.flux.events():
+                    await self._on_flux_event(event)
+                return  # we closed it: the call is over
+            except FluxFatal as exc:
+                if not await self._reconnect(str(exc)):
+                    return
+
+    async def _on_flux_event(self, event: dm.FluxServerEvent) -> None:
+        if isinstance(event, dm.TurnInfo):
+            self._last_turn_info_at = asyncio.get_running_loop().time()
+            await self._on_turn(event)
+        elif isinstance(event, dm.ConfigureFailure):
+            self.ctx.log.warning("Flux Configure refused")
+        elif isinstance(event, dm.FluxWarning):
+            self.ctx.log.warning("Flux warning %s: %s", event.code, event.description)
+
+    # --- reconnect ------------------------------------------------------------------------------
+
+    async def _reconnect(self, reason: str) -> bool:
+        """Replace a failed Flux socket; audio from the gap (and the open turn) is replayed."""
+        self._live = False
+        self.ctx.log.warning("Flux connection lost: %s", reason)
+        await self.flux.abort()
+        if self._too_many_failures():
+            await self._give_up(f"{reason} (repeated failures)")
+            return False
+        replay = self._replay_frames()
+        for delay in self._backoff.delays():
+            await asyncio.sleep(delay)
+            client = self._new_flux()
+            try:
+                await client.connect()
+            except Exception as exc:  # handshake refused, 429, network: back off and retry
+                self.ctx.log.warning("Flux reconnect failed: %s", exc)
+                continue
+            self.flux = client
+            await self._go_live(replay, reason)
+            return True
+        await self._give_up(reason)
+        return False
+
+    def _too_many_failures(self) -> bool:
+        """A socket that connects and then fails again at once must not loop forever."""
+        now = asyncio.get_running_loop().time()
+        self._failures.append(now)
+        while self._failures and now - self._failures[0] > FAILURE_WINDOW_S:
+            self._failures.popleft()
+        return len(self._failures) > MAX_FAILURES_PER_WINDOW
+
+    def _replay_frames(self) -> list[tuple[int, bytes]]:
+        """Sent frames Flux must hear again: the open turn from its start, else the last 1 s
+        (what was in flight when the socket died), never audio of a turn already ended."""
+        sent = list(self._recent)
+        if not sent:
+            return []
+        if self._turn_open and self._turn_start_ms is not None:
+            start = self._turn_start_ms
+        else:
+            start = max(self._last_turn_end_ms, sent[-1][0] - REPLAY_TAIL_MS)
+        return [frame for frame in sent if frame[0] >= start]
+
+    async def _go_live(self, replay: list[tuple[int, bytes]], reason: str) -> None:
+        """Send the replay, then everything that waited, then switch to direct sending."""
+        self._turn_open = False  # a new connection starts with no turn; replay reopens it
+        self._recent.clear()
+        for ts, payload in replay:
+            await self.flux.send_audio(ts, payload)
+            self._recent.append((ts, payload))
+        while self._pending:  # frames keep arriving while we send: drain until none wait
+            ts, payload = self._pending.popleft()
+            await self.flux.send_audio(ts, payload)
+            self._recent.append((ts, payload))
+        self._live = True
+        offset = self.flux.first_audio_ms
+        if offset is None:  # nothing sent yet: the next frame anchors it
+            offset = self.ctx.now_ms()
+            self.flux.first_audio_ms = offset
+        anchor = self.clock.anchor(offset, reason)
+        self.ctx.transcript.event(
+            self.ctx.now_ms(),
+            "flux-connection",
+            connection=anchor.connection,
+            offset_ms=anchor.offset_ms,
+            reason=reason,
+            replayed_ms=len(replay) * 20,
+            dropped_ms=self.dropped_frames * 20,
+        )
+
+    async def _give_up(self, reason: str) -> None:
+        """Flux is gone for good: apologise, then transfer or hang up as the profile says."""
+        self.ctx.transcript.event(self.ctx.now_ms(), "upstream-failed", reason=reason)
+        reply = self._say_fixed(FAILURE_APOLOGY, interruptible=False)
+        reply.action = "transfer" if self.ctx.profile.on_failure == "transfer" else "hangup"
+
+    # --- stuck turns ----------------------------------------------------------------------------
+
+    async def _watchdog(self) -> None:
+        """An open turn with no TurnInfo past eot_timeout_ms (+ margin) is stuck, or the socket
+        went silent: ForceEndTurn first; if even that gets no answer, end the turn from the last
+        Update ourselves and replace the socket."""
+        loop = asyncio.get_running_loop()
+        eot_timeout_s = (self.flux.options.eot_timeout_ms or 5000) / 1000
+        while True:
+            await asyncio.sleep(WATCHDOG_TICK_S)
+            if not (self._live and self._turn_open):
+                continue
+            now = loop.time()
+            if self._forced_at is not None and now - self._forced_at > FORCE_ANSWER_S:
+                await self._release_stuck_turn()
+            elif self._forced_at is None and now - self._last_turn_info_at > eot_timeout_s + 1:
+                self._forced_at = now
+                self.ctx.transcript.event(self.ctx.now_ms(), "turn-watchdog", step="force-end")
+                with contextlib.suppress(ConnectionClosed):
+                    await self.flux.force_end_turn()
+
+    async def _release_stuck_turn(self) -> None:
+        self._forced_at = None
+        self._turn_open = False
+        ms = self.ctx.now_ms()
+        self.ctx.transcript.event(ms, "turn-watchdog", step="ended-from-update")
+        text = self._last_update.strip()
+        start = self._turn_start_ms if self._turn_start_ms is not None else ms
+        self._recent.clear()  # this turn is settled: do not replay it
+        self._last_turn_end_ms = ms
+        if text:
+            self.ctx.transcript.add_turn("caller", text, start, ms, meta={"trigger": "watchdog"})
+            self._answer(text, ms)
+        await self.flux.abort()  # the events loop sees the close and reconnects
 
     async def _on_turn(self, ev: dm.TurnInfo) -> None:
         kind = ev.event
+        if kind != "EndOfTurn" and ev.transcript:
+            self._last_update = ev.transcript
         if kind == "StartOfTurn":
             self._turn_open = True
-            await self._barge_in(self.flux.to_call_ms(ev.audio_window_start))
+            self._turn_start_ms = self.clock.to_call_ms(ev.audio_window_start)
+            await self._barge_in(self._turn_start_ms)
         elif kind == "EagerEndOfTurn":
             self._start_speculation(ev.transcript)
         elif kind == "TurnResumed":
             self._drop_speculation()
         elif kind == "EndOfTurn":
             self._turn_open = False
+            self._forced_at = None
+            self._last_turn_end_ms = self.clock.to_call_ms(ev.audio_window_end)
             await self._end_of_turn(ev)
 
     async def _end_of_turn(self, ev: dm.TurnInfo) -> None:
@@ -129,8 +293,8 @@ class FluxEngine:
         if not text:
             self._drop_speculation()
             return
-        start_ms = self.flux.to_call_ms(ev.audio_window_start)
-        end_ms = self.flux.to_call_ms(ev.audio_window_end)
+        start_ms = self.clock.to_call_ms(ev.audio_window_start)
+        end_ms = self.clock.to_call_ms(ev.audio_window_end)
         meta = {"trigger": ev.trigger or ""}
         self.ctx.transcript.add_turn("caller", text, start_ms, end_ms, meta=meta)
         self._answer(text, end_ms)
@@ -254,13 +418,40 @@ class FluxEngine:
     # --- Aura audio -> playout --------------------------------------------------------------
 
     async def _speak_loop(self) -> None:
-        async for event in self.speak.events():
-            if isinstance(event, bytes):
-                if self._flush_groups:  # else: audio of a reply that was cancelled
-                    reply, seg = self._flush_groups[0]
-                    self.speech.audio(reply, seg, event)
-            elif isinstance(event, dm.Flushed) and self._flush_groups:
-                self.speech.end_segment(self._flush_groups.popleft()[1])
+        while True:
+            try:
+                async for event in self.speak.events():
+                    self._on_speak_event(event)
+                return  # we closed it: the call is over
+            except SpeakFatal as exc:
+                await self._reconnect_speak(str(exc))
+
+    def _on_speak_event(self, event: bytes | dm.SpeakServerEvent) -> None:
+        if isinstance(event, bytes):
+            if self._flush_groups:  # else: audio of a reply that was cancelled
+                reply, seg = self._flush_groups[0]
+                self.speech.audio(reply, seg, event)
+        elif isinstance(event, dm.Flushed) and self._flush_groups:
+            self.speech.end_segment(self._flush_groups.popleft()[1])
+
+    async def _reconnect_speak(self, reason: str) -> None:
+        """Aura dropped: what it had not yet spoken is lost; close those segments with the
+        audio that did arrive (so their replies finish) and carry on with a new socket."""
+        self.ctx.log.warning("Aura connection lost: %s", reason)
+        while self._flush_groups:
+            self.speech.end_segment(self._flush_groups.popleft()[1])
+        for delay in self._backoff.delays():
+            await asyncio.sleep(delay)
+            client = self._new_speak()
+            try:
+                await client.connect()
+            except Exception as exc:
+                self.ctx.log.warning("Aura reconnect failed: %s", exc)
+                continue
+            self.speak = client
+            self.ctx.transcript.event(self.ctx.now_ms(), "speak-reconnect", reason=reason)
+            return
+        raise SpeakFatal(f"Aura unreachable after {reason}")
 
     # --- DTMF ---------------------------------------------------------------------------------
 

@@ -1,0 +1,99 @@
+"""Resilience: reconnects, the call clock across them, graceful failure (offline, through fakes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from telephony.deepgram.clock import CallClock
+from telephony.deepgram.connection import Backoff
+from telephony.demo import OfflineCall, parse_fault, run_offline_call
+from telephony.sim.deepgram.tts import tts_text
+from telephony.sim.deepgram_server import Fault, Script, ScriptedTurn
+
+MS_PER_CHAR = 30
+
+NUMBERS = """\
+numbers:
+  "+15550001000": front
+profiles:
+  front:
+    mode: flux
+    greeting: "Hi."
+    responder:
+      type: scripted
+      rules:
+        - {pattern: "hours", reply: "Nine to five."}
+        - {pattern: "bye", reply: "Goodbye!", action: hangup}
+      fallback: "Sorry?"
+"""
+
+
+@pytest.fixture
+def numbers(tmp_path: Path) -> Path:
+    path = tmp_path / "numbers.yaml"
+    path.write_text(NUMBERS)
+    return path
+
+
+def test_call_clock_anchors_each_connection() -> None:
+    clock = CallClock()
+    clock.anchor(0, "start")
+    assert clock.to_call_ms(1.25) == 1250
+    second = clock.anchor(4980, "Flux closed: 1006")
+    assert (second.connection, second.offset_ms) == (1, 4980)
+    assert clock.to_call_ms(0.5) == 5480  # times restart at 0 on the new connection
+    assert clock.to_call_ms(0.5, connection=0) == 500
+
+
+def test_backoff_is_immediate_then_exponential_jittered_and_capped() -> None:
+    delays = list(Backoff(attempts=8, base_s=0.1, cap_s=1.0).delays())
+    assert delays[0] == 0.0 and len(delays) == 8
+    for got, nominal in zip(delays[1:], [0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0], strict=True):
+        assert 0.8 * nominal <= got <= 1.2 * nominal
+
+
+def test_fault_spec_parsing() -> None:
+    assert parse_fault("flux-drop@2.5") == Fault(endpoint="flux", at_ms=2500, kind="drop")
+    with pytest.raises(ValueError, match="KIND@SECONDS"):
+        parse_fault("flux-melt@1")
+
+
+async def call(numbers: Path, script: Script, **kw) -> OfflineCall:
+    kw.setdefault("max_call_ms", 8_000)
+    return await run_offline_call(
+        number="+15550001000",
+        script=script,
+        config_path=numbers,
+        deepgram_options={"speak_ms_per_char": MS_PER_CHAR},
+        **kw,
+    )
+
+
+async def test_aura_drop_is_survived(numbers: Path) -> None:
+    result = await call(
+        numbers,
+        Script(
+            turns=[
+                ScriptedTurn(start_ms=1000, end_ms=1600, text="hours please"),
+                ScriptedTurn(start_ms=3500, end_ms=4000, text="bye"),
+            ],
+            faults=[Fault(endpoint="speak", at_ms=1000, kind="drop")],
+        ),
+    )
+    kinds = [e["kind"] for e in result.as_json()["events"]]
+    assert "speak-reconnect" in kinds
+    assert tts_text(result.caller.heard, MS_PER_CHAR).endswith("Goodbye!")
+    assert [r.form for r in result.rest.requests] == [{"Status": "completed"}]
+
+
+async def test_repeated_flux_failures_end_the_call_gracefully(numbers: Path) -> None:
+    # Every Flux connection fails 200 ms into its audio: after the failure budget the caller
+    # hears an apology and the call is hung up (on_failure: hangup), never dead air.
+    faults = [Fault(endpoint="flux", at_ms=200, kind="error", connection=i) for i in range(10)]
+    result = await call(numbers, Script(faults=faults), max_call_ms=10_000)
+    kinds = [e["kind"] for e in result.as_json()["events"]]
+    assert "upstream-failed" in kinds
+    assert tts_text(result.caller.heard, MS_PER_CHAR).endswith("technical trouble on this line.")
+    assert [r.form for r in result.rest.requests] == [{"Status": "completed"}]
