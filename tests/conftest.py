@@ -12,7 +12,7 @@ import pytest
 from starlette.applications import Starlette
 
 from routes.app import create_app
-from routes.server import bind_loopback, serve_app
+from telephony.inprocess import bind_loopback, serve_app
 from telephony.session.call import CallSummary
 from telephony.settings import Settings
 from telephony.sim.deepgram_server import FakeDeepgram

@@ -25,7 +25,7 @@ from starlette.websockets import WebSocket
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 
-from routes.server import bind_loopback, serve_app
+from telephony.inprocess import bind_loopback, serve_app
 from telephony.sim.twilio_caller import (
     FRAME_BYTES,
     MAX_BUFFER_BYTES,

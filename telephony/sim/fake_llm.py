@@ -21,14 +21,13 @@ import asyncio
 import contextlib
 import itertools
 import re
-import socket
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from types import TracebackType
 from typing import Any
 
 import orjson
-import uvicorn
+
+from telephony.inprocess import InProcessServer, StartStop, bind_loopback
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -42,7 +41,7 @@ _SSE_HEADERS = [
 ]
 
 
-class FakeLLM:
+class FakeLLM(StartStop):
     def __init__(
         self,
         *,
@@ -63,8 +62,7 @@ class FakeLLM:
         self.disconnects = 0  # streams the client abandoned
         self._ids = itertools.count(1)
         self._watchers: set[asyncio.Task[None]] = set()
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._server: InProcessServer | None = None
         self._port = 0
 
     @property
@@ -75,42 +73,18 @@ class FakeLLM:
     # --- lifecycle ------------------------------------------------------------------------
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
+        sock = bind_loopback(port, host)
         self._port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self, log_config=None, lifespan="off", access_log=False, backlog=2048
-        )
-        self._server = server = uvicorn.Server(config)
-        # Signals belong to whoever runs this loop, not to an embedded fake.
-        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
-        self._task = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started:
-            if self._task.done():
-                self._task.result()  # start-up failed: raise its error
-            await asyncio.sleep(0.005)
+        self._server = InProcessServer(self, sock, lifespan="off", access_log=False, backlog=2048)
+        await self._server.start()
 
     async def stop(self) -> None:
-        if self._server is None or self._task is None:
+        if self._server is None:
             return
         for watcher in self._watchers:
             watcher.cancel()  # open streams end now instead of holding up shutdown
-        self._server.should_exit = True
-        await self._task
-        self._server = self._task = None
-
-    async def __aenter__(self) -> FakeLLM:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
+        await self._server.stop()
+        self._server = None
 
     # --- replies --------------------------------------------------------------------------
 

@@ -21,7 +21,6 @@ import xml.etree.ElementTree as ET
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from os import PathLike
 from typing import Literal, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
@@ -31,14 +30,13 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.protocol import State
 
+from telephony.audio import FRAME_BYTES, FRAME_MS, TWILIO_RATE, read_wav_as_mulaw8k, silence
+from telephony.audio import tone as tone  # re-exported for scripts, like silence and wav
 from telephony.twilio import messages as tm
 from telephony.twilio.security import sign as twilio_sign
 
-FRAME_MS = 20
-FRAME_BYTES = 160  # 20 ms of μ-law at 8 kHz
-BYTES_PER_S = 8000
-MULAW_SILENCE = b"\xff"
-SILENCE_FRAME = MULAW_SILENCE * FRAME_BYTES
+BYTES_PER_S = TWILIO_RATE  # μ-law: one byte per sample
+SILENCE_FRAME = silence(FRAME_MS)
 MAX_BUFFER_BYTES = 10 * 60 * BYTES_PER_S  # Twilio warns (31931) past ~10 min buffered
 DEFAULT_ACCOUNT_SID = "AC" + "0" * 32
 # Twilio's media client identifies itself like this (observed, unverified); harmless either way.
@@ -47,26 +45,9 @@ USER_AGENT = "Twilio.TmeWs/1.0"
 AudioSource = bytes | bytearray | memoryview
 
 
-# --- audio sources --------------------------------------------------------------------------
+# --- audio sources: `silence(ms)` and `tone(freq_hz, ms)` come from telephony.audio ----------
 
-
-def silence(ms: int) -> bytes:
-    """μ-law digital silence (0xFF)."""
-    return MULAW_SILENCE * (ms * BYTES_PER_S // 1000)
-
-
-def tone(freq_hz: float, ms: int) -> bytes:
-    """A sine tone as μ-law 8 kHz (telephony.audio does the synthesis)."""
-    from telephony.audio import tone as make_tone
-
-    return make_tone(freq_hz, ms)
-
-
-def wav(path: str | PathLike[str]) -> bytes:
-    """A WAV file converted to μ-law 8 kHz mono."""
-    from telephony.audio import read_wav_as_mulaw8k
-
-    return read_wav_as_mulaw8k(path)
+wav = read_wav_as_mulaw8k  # a WAV file converted to μ-law 8 kHz mono
 
 
 # --- the call's script: actions on the call clock ------------------------------------------

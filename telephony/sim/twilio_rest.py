@@ -17,21 +17,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import logging
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
-from types import TracebackType
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+from telephony.inprocess import InProcessServer, StartStop, bind_loopback
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +67,7 @@ def _basic_credentials(header: str) -> tuple[str, str] | None:
     return (user, password) if sep else None
 
 
-class FakeTwilioRest:
+class FakeTwilioRest(StartStop):
     def __init__(
         self, *, account_sid: str = DEFAULT_ACCOUNT_SID, auth_token: str = "test-auth-token"
     ) -> None:
@@ -82,8 +80,7 @@ class FakeTwilioRest:
         self.on_request: OnRequest | None = None
         self.app = Starlette(routes=[Route(CALL_PATH, self._update_call, methods=["POST"])])
         self._callbacks: set[asyncio.Task[None]] = set()
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._server: InProcessServer | None = None
         self._port = 0
 
     @property
@@ -96,43 +93,21 @@ class FakeTwilioRest:
     # --- lifecycle ------------------------------------------------------------------------
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
+        sock = bind_loopback(port, host)
         self._port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_config=None, lifespan="off", access_log=False)
-        self._server = server = uvicorn.Server(config)
-        # Signals belong to whoever runs this loop, not to an embedded fake.
-        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
-        self._task = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started:
-            if self._task.done():
-                self._task.result()  # start-up failed: raise its error
-            await asyncio.sleep(0.005)
+        self._server = InProcessServer(self.app, sock, lifespan="off", access_log=False)
+        await self._server.start()
 
     async def stop(self) -> None:
         if self._callbacks:  # let a demo's "end the stream" callback finish, within reason
             _, late = await asyncio.wait(set(self._callbacks), timeout=1.0)
             for task in late:
                 task.cancel()
-        if self._server is None or self._task is None:
+        if self._server is None:
             return
-        self._server.should_exit = True
-        await self._task
-        self._server = self._task = None
+        await self._server.stop()
+        self._server = None
         self._port = 0
-
-    async def __aenter__(self) -> FakeTwilioRest:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # --- the endpoint ---------------------------------------------------------------------
 
