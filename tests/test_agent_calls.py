@@ -9,7 +9,7 @@ import pytest
 from telephony.deepgram import messages as dm
 from telephony.demo import OfflineCall, run_offline_call
 from telephony.sim.deepgram.tts import tts_text
-from telephony.sim.deepgram_server import AgentStep, Script, ScriptedFunctionCall
+from telephony.sim.deepgram_server import AgentStep, Fault, Script, ScriptedFunctionCall
 
 MS_PER_CHAR = 30
 
@@ -214,3 +214,23 @@ async def test_session_cap_transfers_before_deepgram_cuts_the_session(numbers: P
     assert "connect you with a colleague" in tts_text(result.caller.heard, MS_PER_CHAR)
     assert len(result.rest.requests) == 1
     assert "<Dial>+15557770000</Dial>" in result.rest.requests[0].form["Twiml"]
+
+
+async def test_agent_reconnect_keeps_the_conversation_going(numbers: Path) -> None:
+    result = await agent_call(
+        numbers,
+        [AgentStep(at_ms=1000, user_text="What are your hours?", reply_text="Nine to five.")],
+        max_call_ms=7_000,
+        faults=[Fault(endpoint="agent", at_ms=2500, kind="drop")],
+    )
+    logs = [c for c in result.deepgram.connections if c.endpoint == "agent"]
+    assert len(logs) == 2
+    second = logs[1].received_messages(dm.Settings)[0].body
+    assert "greeting" not in second["agent"]  # the caller already heard it
+    context = second["agent"]["context"]["messages"]
+    assert {"role": "user", "content": "What are your hours?"} in context
+    assert {"role": "assistant", "content": "Nine to five."} in context
+    assert "agent-reconnect" in [e["kind"] for e in result.as_json()["events"]]
+    # The new socket plays the script again: the conversation went on after the drop.
+    assert turns_of(result).count(("bot", "Nine to five.")) == 2
+    assert not logs[1].violations

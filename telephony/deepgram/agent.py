@@ -70,14 +70,17 @@ def settings_for_profile(
     context: list[dict[str, Any]] | None = None,
     tags: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The Settings body for an agent-mode profile. `context`: prior turns, on a reconnect."""
+    """The Settings body for an agent-mode profile.
+
+    `context`: prior turns, on a reconnect — then there is no greeting: the caller has had it.
+    """
     agent = profile.agent
     if agent is None:
         raise ValueError("settings_for_profile needs a profile with an agent section")
     flux = agent.listen_model.startswith("flux")
     return dm.agent_settings(
         prompt=agent.think_prompt,
-        greeting=profile.greeting,
+        greeting=None if context else profile.greeting,
         listen_model=agent.listen_model,
         think_provider={"type": agent.think_provider, "model": agent.think_model},
         speak_model=agent.speak_voice,

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -93,6 +94,25 @@ class Backoff:
             delay = min(self.cap_s, self.base_s * 2 ** (attempt - 1))
             yield delay * random.uniform(0.8, 1.2)  # jitter: calls that failed together
             # do not all come back in the same millisecond
+
+
+class FailureBudget:
+    """Upstream failures tolerated per window; past it, a call stops reconnecting.
+
+    A socket that connects and then fails again at once must not loop forever.
+    """
+
+    def __init__(self, limit: int = 5, window_s: float = 60.0) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._times: deque[float] = deque()
+
+    def spend(self, now: float) -> bool:
+        """Count one failure at `now`; False once more than `limit` fell in the window."""
+        self._times.append(now)
+        while self._times and now - self._times[0] > self.window_s:
+            self._times.popleft()
+        return len(self._times) <= self.limit
 
 
 class KeepAlive:

@@ -16,18 +16,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import orjson
 
 from telephony.deepgram import messages as dm
-from telephony.deepgram.agent import AgentClient
+from telephony.deepgram.agent import AgentClient, AgentFatal
+from telephony.deepgram.connection import Backoff, FailureBudget
 from telephony.session.engine import CallContext
 from telephony.session.speech import BotReply, BotSpeech
 from telephony.session.tasks import TaskSet
 from telephony.twilio.playout import Segment
 
+GAP_FRAMES = 500  # 10 s of caller audio kept while the agent socket is replaced
 SEGMENT_MS = 500  # a mark at least this often: heard text is known to within half a second
 ACTION_GRACE_S = 3.0  # end_call and then silence for this long: act anyway
 SESSION_CAP_S = 7200.0  # Deepgram closes agent sessions after 2 hours
@@ -43,13 +47,18 @@ class AgentEngine:
     def __init__(
         self,
         ctx: CallContext,
-        client: AgentClient,
+        client: Callable[[list[dict[str, str]] | None], AgentClient],
         *,
         http: httpx.AsyncClient | None = None,
         session_cap_s: float = SESSION_CAP_S,
     ) -> None:
         self.ctx = ctx
-        self.client = client
+        self._new_client = client
+        self.client = client(None)
+        self._backoff = Backoff()
+        self._budget = FailureBudget()
+        self._reconnecting = False
+        self._gap_audio: deque[tuple[int, bytes]] = deque(maxlen=GAP_FRAMES)
         self.speech = BotSpeech(ctx, on_finished=self._reply_finished)
         self._http = http
         self._session_cap_s = session_cap_s
@@ -72,14 +81,60 @@ class AgentEngine:
     async def run(self) -> None:
         await self.client.connect()
         self._tasks.spawn(self._session_cap(), "session-cap")
-        async for event in self.client.events():
-            if isinstance(event, bytes):
-                self._on_audio(event)
-            else:
-                await self._on_event(event)
+        while True:
+            try:
+                async for event in self.client.events():
+                    if isinstance(event, bytes):
+                        self._on_audio(event)
+                    else:
+                        await self._on_event(event)
+                return  # we closed it: the call is over
+            except AgentFatal as exc:
+                if not await self._reconnect(str(exc)):
+                    raise
 
     async def on_caller_audio(self, timestamp_ms: int, payload: bytes) -> None:
+        if self._reconnecting:  # kept (bounded) for the next socket
+            self._gap_audio.append((timestamp_ms, payload))
+            return
         await self.client.send_audio(timestamp_ms, payload)  # buffered until SettingsApplied
+
+    async def _reconnect(self, reason: str) -> bool:
+        """A new agent socket whose Settings carry the conversation so far (no new greeting).
+
+        Kept: the transcript, as context for the agent's LLM. Lost: the reply that was being
+        spoken (it ends where the audio stopped) and anything the agent was thinking.
+        """
+        self.ctx.log.warning("agent connection lost: %s", reason)
+        if not self._budget.spend(asyncio.get_running_loop().time()):
+            return False
+        self._reconnecting = True
+        if self._reply is not None:  # the reply being spoken is cut where its audio stopped
+            self._end_reply()
+        with contextlib.suppress(Exception):
+            await self.client.close()
+        context = [
+            {"role": "user" if t.role == "caller" else "assistant", "content": t.heard or t.text}
+            for t in self.ctx.transcript.turns
+            if (t.heard or t.text)
+        ]
+        for delay in self._backoff.delays():
+            await asyncio.sleep(delay)
+            client = self._new_client(context)
+            for ts, payload in self._gap_audio:  # held by the client until SettingsApplied
+                await client.send_audio(ts, payload)
+            self._gap_audio.clear()
+            self.client, self._reconnecting = client, False
+            try:
+                await client.connect()
+            except Exception as exc:  # refused handshake, no Welcome: back off and retry
+                self.ctx.log.warning("agent reconnect failed: %s", exc)
+                self._reconnecting = True
+                continue
+            ms = self.ctx.now_ms()
+            self.ctx.transcript.event(ms, "agent-reconnect", reason=reason, context=len(context))
+            return True
+        return False
 
     def on_dtmf(self, ms: int, digit: str) -> None:
         self.ctx.transcript.event(ms, "dtmf", digit=digit)

@@ -29,6 +29,10 @@ def build_engine(ctx: CallContext, *, http: httpx.AsyncClient | None = None) -> 
             lambda: SpeakClient(settings.deepgram_url, key, profile.voice),
         )
     if profile.mode == "agent":
-        client = AgentClient(settings.deepgram_agent_url, key, settings_for_profile(profile))
+
+        def client(context: list[dict[str, str]] | None) -> AgentClient:
+            body = settings_for_profile(profile, context=context)
+            return AgentClient(settings.deepgram_agent_url, key, body)
+
         return AgentEngine(ctx, client, http=http, session_cap_s=settings.agent_session_cap_s)
     return None  # transcribe mode forks the stream without a bot (a later release)

@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed
 
 from telephony.deepgram import messages as dm
 from telephony.deepgram.clock import CallClock
-from telephony.deepgram.connection import Backoff
+from telephony.deepgram.connection import Backoff, FailureBudget
 from telephony.deepgram.flux import FluxClient, FluxFatal
 from telephony.deepgram.speak import SpeakClient, SpeakFatal
 from telephony.responder import Message, Responder, ResponderError, SentenceChunker
@@ -40,8 +40,6 @@ PENDING_FRAMES = 500  # 10 s of caller audio kept while Flux (re)connects; beyon
 RECENT_FRAMES = 1500  # 30 s of sent audio kept to replay an open turn after a reconnect
 REPLAY_TAIL_MS = 1000  # with no turn open, what may have been in flight when the socket died
 WATCHDOG_TICK_S = 0.25
-MAX_FAILURES_PER_WINDOW = 5  # Flux losses tolerated per window before the call gives up
-FAILURE_WINDOW_S = 60.0
 FORCE_ANSWER_S = 1.0  # ForceEndTurn unanswered this long: the socket is not listening
 APOLOGY = "Sorry, I'm having trouble right now. Could you say that again?"
 FAILURE_APOLOGY = "Sorry, we're having technical trouble on this line."
@@ -90,7 +88,7 @@ class FluxEngine:
         self._last_update = ""
         self._last_turn_info_at = 0.0
         self._forced_at: float | None = None
-        self._failures: deque[float] = deque()
+        self._budget = FailureBudget()
 
     # --- Engine interface -------------------------------------------------------------------
 
@@ -163,7 +161,7 @@ class FluxEngine:
         self._live = False
         self.ctx.log.warning("Flux connection lost: %s", reason)
         await self.flux.abort()
-        if self._too_many_failures():
+        if not self._budget.spend(asyncio.get_running_loop().time()):
             await self._give_up(f"{reason} (repeated failures)")
             return False
         replay = self._replay_frames()
@@ -180,14 +178,6 @@ class FluxEngine:
             return True
         await self._give_up(reason)
         return False
-
-    def _too_many_failures(self) -> bool:
-        """A socket that connects and then fails again at once must not loop forever."""
-        now = asyncio.get_running_loop().time()
-        self._failures.append(now)
-        while self._failures and now - self._failures[0] > FAILURE_WINDOW_S:
-            self._failures.popleft()
-        return len(self._failures) > MAX_FAILURES_PER_WINDOW
 
     def _replay_frames(self) -> list[tuple[int, bytes]]:
         """Sent frames Flux must hear again: the open turn from its start, else the last 1 s
