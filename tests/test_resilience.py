@@ -11,6 +11,7 @@ from telephony.deepgram.connection import Backoff
 from telephony.demo import OfflineCall, parse_fault, run_offline_call
 from telephony.sim.deepgram.tts import tts_text
 from telephony.sim.deepgram_server import Fault, Script, ScriptedTurn
+from telephony.sim.twilio_caller import PauseStream
 
 MS_PER_CHAR = 30
 
@@ -62,11 +63,12 @@ def test_fault_spec_parsing() -> None:
 
 async def call(numbers: Path, script: Script, **kw) -> OfflineCall:
     kw.setdefault("max_call_ms", 8_000)
+    options = {"speak_ms_per_char": MS_PER_CHAR, **kw.pop("deepgram_options", {})}
     return await run_offline_call(
         number="+15550001000",
         script=script,
         config_path=numbers,
-        deepgram_options={"speak_ms_per_char": MS_PER_CHAR},
+        deepgram_options=options,
         **kw,
     )
 
@@ -97,3 +99,24 @@ async def test_repeated_flux_failures_end_the_call_gracefully(numbers: Path) -> 
     assert "upstream-failed" in kinds
     assert tts_text(result.caller.heard, MS_PER_CHAR).endswith("technical trouble on this line.")
     assert [r.form for r in result.rest.requests] == [{"Status": "completed"}]
+
+
+async def test_paused_twilio_stream_keeps_flux_alive_with_pings_only(
+    numbers: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Scaled down: the fake closes Flux after 2 s without audio or ping (real Flux: ~60 s), we
+    # ping every 0.5 s (real: 5 s). The caller's stream pauses for 4 s: no frames at all.
+    monkeypatch.setattr("telephony.deepgram.connection.PING_INTERVAL_S", 0.5)
+    result = await call(
+        numbers,
+        Script(turns=[ScriptedTurn(start_ms=1000, end_ms=1600, text="hours please")]),
+        timeline=[PauseStream(at_ms=2000, ms=4000)],
+        max_call_ms=7_500,
+        deepgram_options={"flux_idle_timeout_s": 2.0},
+    )
+    flux = [c for c in result.deepgram.connections if c.endpoint == "flux"]
+    assert len(flux) == 1, "the Flux socket was lost during the pause"
+    assert "ping" in flux[0].received_kinds()
+    assert "json:KeepAlive" not in flux[0].received_kinds()  # would kill a Flux socket
+    assert not flux[0].violations
+    assert flux[0].close_code == 1005  # closed by our CloseStream at the end, not by idling
