@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from telephony.audio import FRAME_BYTES, FRAME_MS, MULAW_SILENCE
 from telephony.config import Config, Profile
 from telephony.logs import CallLogger, call_logger
 from telephony.session.engine import CallContext, Engine
@@ -33,6 +34,14 @@ CLOSE_ERROR = 1011
 
 START_TIMEOUT_S = 10.0
 BAD_FRAME_WINDOW_S = 5.0
+
+# Gap filling: lost packets are replaced by silence so the engine's audio clock (bytes / 8)
+# stays on the call clock. A bigger jump is a broken stream, not packet loss: fill only this
+# much of it, so hostile timestamps cannot make us loop or send without bound.
+MAX_GAP_FILL_MS = 2000
+GAP_EVENT_MS = 100  # fills this long go into the transcript; shorter ones are only counted
+SILENCE_FRAME = bytes((MULAW_SILENCE,)) * FRAME_BYTES  # shared by every fill, never copied
+BYTES_PER_MS = FRAME_BYTES // FRAME_MS
 
 EngineFactory = Callable[[CallContext], Engine]
 
@@ -67,7 +76,10 @@ class StreamStats:
     last_timestamp_ms: int = -1
     audio_end_ms: int = 0  # call clock at the end of the last frame received
     sequence_gaps: int = 0  # messages missing by sequenceNumber
-    timestamp_gap_ms: int = 0  # audio missing by media.timestamp jumps
+    timestamp_gap_ms: int = 0  # audio missing by media.timestamp jumps (filled + unfilled)
+    filled_gap_ms: int = 0  # of that, replaced by silence on the engine's audio
+    unfilled_gap_ms: int = 0  # of that, beyond MAX_GAP_FILL_MS per jump: engine runs behind
+    timestamp_overlaps: int = 0  # frames whose timestamp went backwards (hostile stream)
     bad_frames: int = 0
     dtmf: list[tuple[int, str]] = field(default_factory=list)
     marks: list[str] = field(default_factory=list)
@@ -284,16 +296,53 @@ class Call:
             raise tm.MessageError(f"wrong streamSid {msg.stream_sid!r}")
         self._track_sequence(msg.sequence)
         stats = self.summary.stats
-        # media.timestamp is the call's audio clock; a jump beyond the audio we have means
-        # frames were lost upstream.
-        if msg.timestamp > stats.audio_end_ms and stats.media_frames:
-            stats.timestamp_gap_ms += msg.timestamp - stats.audio_end_ms
+        ts = msg.timestamp
+        end_ms = ts + len(msg.payload) // BYTES_PER_MS
+        # media.timestamp is the call's audio clock; normally each frame starts where the last
+        # one ended, so the common path costs this one comparison.
+        if ts != stats.audio_end_ms:
+            if ts > stats.audio_end_ms:
+                await self._fill_gap(ts)
+            else:
+                stats.timestamp_overlaps += 1  # forwarded as is; the clock never runs back
+                end_ms = max(end_ms, stats.audio_end_ms)
         stats.media_frames += 1
         stats.audio_bytes += len(msg.payload)
-        stats.last_timestamp_ms = msg.timestamp
-        stats.audio_end_ms = msg.timestamp + len(msg.payload) // 8
+        stats.last_timestamp_ms = ts
+        stats.audio_end_ms = end_ms
         if self.engine is not None:
-            await self.engine.on_caller_audio(msg.timestamp, msg.payload)
+            await self.engine.on_caller_audio(ts, msg.payload)
+
+    async def _fill_gap(self, ts: int) -> None:
+        """Frames were lost upstream: send silence up to `ts` (bounded) in whole frames.
+
+        20 ms frames with their own timestamps, so the engine's buffering and replay treat
+        fill like any other audio; the last is shorter when the gap is not a multiple of 20.
+        """
+        stats = self.summary.stats
+        start_ms = stats.audio_end_ms
+        gap_ms = ts - start_ms
+        fill_ms = min(gap_ms, MAX_GAP_FILL_MS)
+        unfilled_ms = gap_ms - fill_ms
+        if unfilled_ms and not stats.unfilled_gap_ms:  # warn once: a hostile stream repeats it
+            self.log.warning("timestamp jump of %d ms; filled only %d ms", gap_ms, fill_ms)
+        stats.timestamp_gap_ms += gap_ms
+        stats.filled_gap_ms += fill_ms
+        stats.unfilled_gap_ms += unfilled_ms
+        if fill_ms >= GAP_EVENT_MS:
+            extra = {"unfilled_ms": unfilled_ms} if unfilled_ms else {}
+            self.transcript.event(start_ms, "gap-filled", filled_ms=fill_ms, **extra)
+        engine = self.engine
+        if engine is None:
+            return
+        fill_end = start_ms + fill_ms
+        for frame_ts in range(start_ms, fill_end, FRAME_MS):
+            left_ms = fill_end - frame_ts
+            frame = (
+                SILENCE_FRAME if left_ms >= FRAME_MS else SILENCE_FRAME[: left_ms * BYTES_PER_MS]
+            )
+            stats.audio_end_ms = frame_ts + min(left_ms, FRAME_MS)  # now_ms() follows the fill
+            await engine.on_caller_audio(frame_ts, frame)
 
     def _on_control(self, msg: tm.InboundMessage) -> None:
         stats = self.summary.stats
