@@ -13,12 +13,23 @@ A script can be built from dataclasses or loaded from a dict / YAML document:
       - {at_ms: 400, user_text: "hi", reply_text: "Hello!"}
     faults:
       - {endpoint: flux, at_ms: 3000, kind: drop}
+
+Voiced scripts (`voiced: true`, Flux only): turns are found in the audio itself, as on the real
+service, so a client's reconnect replay is heard wherever the speech sits in it. Turns then
+only supply texts, used in list order across all connections of the script (see `Script`):
+
+    voiced: true
+    end_silence_ms: 400
+    turns:
+      - "I need to cancel my order"
+      - {text: "order one two", final_text: "order one two three"}
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from functools import partial
 from os import PathLike
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -30,6 +41,9 @@ Endpoint = Literal["flux", "speak", "agent", "listen"]
 FaultKind = Literal["drop", "close", "silent", "stuck", "error"]
 ENDPOINTS: tuple[str, ...] = get_args(Endpoint)
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
+
+
+VOICE_KNOBS = ("end_silence_ms", "eager_silence_ms", "speech_rms")
 
 
 class ScriptError(ValueError):
@@ -65,6 +79,17 @@ class ScriptedTurn:
                 raise ScriptError("a resumed ScriptedTurn needs eager_ms and final_text")
             if not self.eager_ms < self.resume_at < self.end_ms:
                 raise ScriptError(f"ScriptedTurn needs eager_ms < resumed_ms < end_ms: {self}")
+
+    @classmethod
+    def said(cls, text: str, final_text: str | None = None) -> ScriptedTurn:
+        """A turn for a voiced Script: only the words matter; its times are placeholders.
+
+        `final_text` is the EndOfTurn text if the caller pauses for `eager_silence_ms` or more
+        and then goes on talking (TurnResumed, if the connection enabled eager end of turn).
+        """
+        if final_text is None:
+            return cls(0, 1, text)
+        return cls(0, 3, text, eager_ms=1, resumed=True, final_text=final_text, resumed_ms=2)
 
     @property
     def resume_at(self) -> int:
@@ -152,23 +177,51 @@ class Fault:
 
 @dataclass(slots=True)
 class Script:
+    """Turns, agent steps and faults; with `voiced`, Flux finds turns in the audio content.
+
+    Voiced (Flux only; Nova connections of a voiced script get no turns): a 20 ms stretch of
+    audio is speech when its RMS (decoded to 16-bit PCM) is at least `speech_rms`; μ-law
+    silence (0xFF) is 0. StartOfTurn at the first speech after silence, Update every 250 ms
+    of audio with the words revealed one per 250 ms of speech, EagerEndOfTurn after
+    `eager_silence_ms` of silence (if the connection enabled it), TurnResumed if speech comes
+    back before the end, EndOfTurn (trigger "model") after `end_silence_ms` of silence.
+    Windows and word times are the detected speech, in the connection's own audio seconds.
+    The Nth turn heard gets the Nth text in list order (`start_ms`/`end_ms` are ignored; see
+    `ScriptedTurn.said`). The text cursor is shared by every connection given this script
+    (per FakeDeepgram and tag) and advances only when an EndOfTurn is delivered, so a turn cut
+    off by a dropped connection keeps its text when the client replays it on a new one. Speech
+    after the texts run out is ignored. Faults keep their audio-time meaning.
+    """
+
     turns: list[ScriptedTurn] = field(default_factory=list)
     agent: list[AgentStep] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
+    voiced: bool = False
+    end_silence_ms: int = 400  # voiced: silence after speech that ends a turn
+    eager_silence_ms: int = 200  # voiced: silence after speech for EagerEndOfTurn
+    speech_rms: int = 500  # voiced: 16-bit RMS threshold of speech (about -36 dBFS)
 
     def __post_init__(self) -> None:
-        self.turns = sorted(self.turns, key=lambda t: t.start_ms)
+        if not self.voiced:  # voiced texts are used in list order
+            self.turns = sorted(self.turns, key=lambda t: t.start_ms)
+        if min(self.end_silence_ms, self.eager_silence_ms, self.speech_rms) <= 0:
+            raise ScriptError("end_silence_ms, eager_silence_ms and speech_rms must be > 0")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Script:
-        unknown = set(data) - {"turns", "agent", "faults"}
+        unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise ScriptError(f"unknown script keys: {sorted(unknown)}")
+        voiced = bool(data.get("voiced", False))
+        build_turn = _said if voiced else partial(_build, ScriptedTurn)
+        knobs = {k: data[k] for k in VOICE_KNOBS if k in data}
         try:
             return cls(
-                turns=[_build(ScriptedTurn, d) for d in data.get("turns") or []],
+                turns=[build_turn(d) for d in data.get("turns") or []],
                 agent=[_build(AgentStep, d) for d in data.get("agent") or []],
                 faults=[_build(Fault, d) for d in data.get("faults") or []],
+                voiced=voiced,
+                **knobs,
             )
         except TypeError as exc:
             raise ScriptError(str(exc)) from None
@@ -181,6 +234,17 @@ class Script:
         if not isinstance(data, dict):
             raise ScriptError("a script document must be a mapping")
         return cls.from_dict(data)
+
+
+def _said(d: Any) -> ScriptedTurn:
+    """A voiced script's turn: a text, {text, final_text}, or a full timed turn."""
+    if isinstance(d, str):
+        return ScriptedTurn.said(d)
+    if isinstance(d, Mapping) and "start_ms" not in d and "end_ms" not in d:
+        if unknown := set(d) - {"text", "final_text"}:
+            raise ScriptError(f"voiced turn: unknown keys {sorted(unknown)}")
+        return ScriptedTurn.said(**d)
+    return _build(ScriptedTurn, d)
 
 
 def _build(cls: type, d: Any) -> Any:

@@ -13,7 +13,9 @@ from /v1/auth/grant (`Bearer <api_key>` fails, as on the real service);
 
 Scripts: `set_script(tag, script)` serves connections whose query has `tag=<tag>` (the agent:
 whose Settings `tags` contain it); everything else gets the default script. Faults come from
-the script plus `inject_fault`, and each applies to one connection (see `Fault`).
+the script plus `inject_fault`, and each applies to one connection (see `Fault`). A voiced
+script's text cursor (which text the next heard turn gets) is per FakeDeepgram and tag, and
+`set_script` resets it (see `Script`).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from websockets.http11 import Request, Response
 from telephony.sim.deepgram import params as qp
 from telephony.sim.deepgram.agent import AgentSession
 from telephony.sim.deepgram.base import Assignment, ConnectionLog, Options, Session
-from telephony.sim.deepgram.flux import FluxSession
+from telephony.sim.deepgram.flux import FluxSession, TextCursor, VoicedFluxSession
 from telephony.sim.deepgram.listen import ListenSession
 from telephony.sim.deepgram.script import Fault, Script
 from telephony.sim.deepgram.speak import SpeakSession
@@ -133,6 +135,7 @@ class FakeDeepgram:
         self.rejections: list[Rejection] = []
         self._scripts: dict[str | None, Script] = {None: script or Script()}
         self._injected: dict[str | None, list[Fault]] = defaultdict(list)
+        self._cursors: dict[str | None, TextCursor] = defaultdict(TextCursor)  # voiced scripts
         self._counts: dict[tuple[str, str | None], int] = defaultdict(int)
         self._sessions: set[Session] = set()
         self._new_connection = asyncio.Event()
@@ -194,6 +197,7 @@ class FakeDeepgram:
     def set_script(self, tag: str | None, script: Script) -> None:
         """Serve `script` to connections tagged `tag` (None: the default script)."""
         self._scripts[tag] = script
+        self._cursors.pop(tag, None)  # a voiced script starts from its first text
 
     def inject_fault(self, fault: Fault, tag: str | None = None) -> None:
         """Add a fault for future connections of that tag (None: untagged / unregistered)."""
@@ -324,11 +328,16 @@ class FakeDeepgram:
         tag = acc.params.tag
         assignment = self._assign(acc.endpoint, (tag,))
         log.tag, log.index = assignment.tag, assignment.index
+        script = assignment.script
         session: Session
-        if acc.endpoint == "flux":
-            session = FluxSession(opts, conn, log, acc.params, assignment.script.turns)
-        elif acc.endpoint == "listen":
-            session = ListenSession(opts, conn, log, acc.params, assignment.script.turns)
+        if acc.endpoint == "flux" and script.voiced:
+            cursor = self._cursors[assignment.tag]
+            session = VoicedFluxSession(opts, conn, log, acc.params, script, cursor)
+        elif acc.endpoint == "flux":
+            session = FluxSession(opts, conn, log, acc.params, script.turns)
+        elif acc.endpoint == "listen":  # voiced turns are Flux only
+            turns = [] if script.voiced else script.turns
+            session = ListenSession(opts, conn, log, acc.params, turns)
         else:
             session = SpeakSession(opts, conn, log, acc.params)
         session.set_faults(assignment.faults)
