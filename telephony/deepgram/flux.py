@@ -40,6 +40,7 @@ class FluxOptions:
     eager_eot_threshold: float | None = None
     eot_timeout_ms: int | None = None
     keyterms: tuple[str, ...] = field(default=())
+    tag: str | None = None  # Deepgram usage tag; we send the call SID to attribute usage per call
 
     @classmethod
     def from_profile(cls, flux: Any) -> FluxOptions:
@@ -70,6 +71,7 @@ class FluxOptions:
             "eager_eot_threshold": self.eager_eot_threshold,
             "eot_timeout_ms": self.eot_timeout_ms,
             "keyterm": list(self.keyterms) or None,
+            "tag": self.tag,
         }
 
 

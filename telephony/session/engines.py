@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import httpx
 
 from telephony.deepgram.agent import AgentClient, settings_for_profile
@@ -22,10 +24,11 @@ def build_engine(ctx: CallContext, *, http: httpx.AsyncClient | None = None) -> 
     key = settings.deepgram_api_key.get_secret_value()
     if profile.mode == "flux":
         assert profile.responder is not None  # the config schema requires it in flux mode
+        options = replace(FluxOptions.from_profile(profile.flux), tag=ctx.call_sid)
         return FluxEngine(
             ctx,
             build_responder(profile.responder, http=http),
-            lambda: FluxClient(settings.deepgram_url, key, FluxOptions.from_profile(profile.flux)),
+            lambda: FluxClient(settings.deepgram_url, key, options),
             lambda: SpeakClient(settings.deepgram_url, key, profile.voice),
         )
     if profile.mode == "agent":

@@ -159,6 +159,7 @@ class FluxEngine:
     async def _reconnect(self, reason: str) -> bool:
         """Replace a failed Flux socket; audio from the gap (and the open turn) is replayed."""
         self._live = False
+        lost_at = asyncio.get_running_loop().time()
         self.ctx.log.warning("Flux connection lost: %s", reason)
         await self.flux.abort()
         if not self._budget.spend(asyncio.get_running_loop().time()):
@@ -174,7 +175,7 @@ class FluxEngine:
                 self.ctx.log.warning("Flux reconnect failed: %s", exc)
                 continue
             self.flux = client
-            await self._go_live(replay, reason)
+            await self._go_live(replay, reason, lost_at)
             return True
         await self._give_up(reason)
         return False
@@ -191,7 +192,9 @@ class FluxEngine:
             start = max(self._last_turn_end_ms, sent[-1][0] - REPLAY_TAIL_MS)
         return [frame for frame in sent if frame[0] >= start]
 
-    async def _go_live(self, replay: list[tuple[int, bytes]], reason: str) -> None:
+    async def _go_live(
+        self, replay: list[tuple[int, bytes]], reason: str, lost_at: float | None = None
+    ) -> None:
         """Send the replay, then everything that waited, then switch to direct sending."""
         self._turn_open = False  # a new connection starts with no turn; replay reopens it
         self._recent.clear()
@@ -217,6 +220,9 @@ class FluxEngine:
             replayed_ms=len(replay) * 20,
             dropped_ms=self.dropped_frames * 20,
         )
+        if lost_at is not None:  # socket lost -> new socket live with the replay sent
+            ms = round((asyncio.get_running_loop().time() - lost_at) * 1000, 1)
+            self.ctx.transcript.events[-1].data["reconnect_ms"] = ms
 
     async def _give_up(self, reason: str) -> None:
         """Flux is gone for good: apologise, then transfer or hang up as the profile says."""

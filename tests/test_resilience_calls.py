@@ -1,0 +1,70 @@
+"""Reconnects under load: every call keeps its turns on the call clock (voiced fake Flux).
+
+The fake Flux finds turns from the audio itself, as real Flux does, so audio replayed on a new
+connection is heard where its speech really is: a wrong clock anchor shows up as a wrong time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from telephony.audio import silence, tone
+from telephony.sim.deepgram_server import FakeDeepgram, Fault, Script, ScriptedTurn
+from telephony.sim.twilio_caller import FakeTwilioCaller
+from tests.conftest import AUTH_TOKEN, RunningApp, finished
+
+SPEECH_START_MS, SPEECH_END_MS = 600, 1800
+DROP_AT_MS = 1200  # mid-turn, in the first connection's audio time (= call time)
+CALLS = 100
+
+
+def caller_audio() -> bytes:
+    """Silence, 1.2 s of "speech" (a tone), then silence."""
+    speech = SPEECH_END_MS - SPEECH_START_MS
+    return silence(SPEECH_START_MS) + tone(440, speech) + silence(1200)
+
+
+async def test_flux_drop_mid_turn_keeps_every_turn_on_the_call_clock(
+    running_app: RunningApp, fake_deepgram: FakeDeepgram
+) -> None:
+    # Flux connections carry tag=<call SID>: each call gets its own script, whose fault breaks
+    # that call's first Flux socket mid-turn.
+    for i in range(CALLS):
+        script = Script(
+            turns=[ScriptedTurn.said("hello there")],
+            voiced=True,
+            faults=[Fault(endpoint="flux", at_ms=DROP_AT_MS, kind="drop")],
+        )
+        fake_deepgram.set_script(f"CAload{i:04d}", script)
+    async with httpx.AsyncClient(base_url=running_app.url) as http:
+        caller = FakeTwilioCaller(running_app.url, auth_token=AUTH_TOKEN, http=http)
+        results = await asyncio.gather(
+            *(
+                caller.dial(
+                    "+15550001000",
+                    call_sid=f"CAload{i:04d}",
+                    audio=caller_audio(),
+                    tail_ms=0,
+                    keep_audio=False,
+                )
+                for i in range(CALLS)
+            )
+        )
+    assert all(r.close_code == 1000 for r in results), {r.close_reason for r in results}
+    worst, reconnect_ms = 0, []
+    for i in range(CALLS):
+        summary = await finished(running_app, f"CAload{i:04d}")
+        connections = [e for e in summary.transcript.events if e.kind == "flux-connection"]
+        assert len(connections) == 2, (i, connections)
+        assert connections[1].data["dropped_ms"] == 0  # nothing lost beyond the bound
+        reconnect_ms.append(connections[1].data["reconnect_ms"])
+        caller_turns = [t for t in summary.transcript.turns if t.role == "caller"]
+        assert [t.text for t in caller_turns] == ["hello there"], (i, caller_turns)
+        turn = caller_turns[0]
+        worst = max(worst, abs(turn.start_ms - SPEECH_START_MS), abs(turn.end_ms - SPEECH_END_MS))
+    assert worst <= 20, f"worst timestamp error {worst} ms"
+    reconnect_ms.sort()
+    p50, p99 = reconnect_ms[len(reconnect_ms) // 2], reconnect_ms[int(len(reconnect_ms) * 0.99)]
+    print(f"\n{CALLS} calls: reconnect p50 {p50} ms, p99 {p99} ms; worst time error {worst} ms")
