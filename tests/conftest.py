@@ -38,6 +38,7 @@ profiles:
       fallback: "Sorry, could you say that again?"
   sales:
     mode: flux
+    flux: {eot_timeout_ms: 1000}
     responder:
       type: scripted
       rules: []

@@ -68,3 +68,49 @@ async def test_flux_drop_mid_turn_keeps_every_turn_on_the_call_clock(
     reconnect_ms.sort()
     p50, p99 = reconnect_ms[len(reconnect_ms) // 2], reconnect_ms[int(len(reconnect_ms) * 0.99)]
     print(f"\n{CALLS} calls: reconnect p50 {p50} ms, p99 {p99} ms; worst time error {worst} ms")
+
+
+async def one_call(app: RunningApp, fake: FakeDeepgram, sid: str, fault: Fault) -> None:
+    fake.set_script(
+        sid, Script(turns=[ScriptedTurn.said("hello there")], voiced=True, faults=[fault])
+    )
+    async with httpx.AsyncClient(base_url=app.url) as http:
+        caller = FakeTwilioCaller(app.url, auth_token=AUTH_TOKEN, http=http)
+        audio = silence(SPEECH_START_MS) + tone(440, 1200) + silence(6000)
+        await caller.dial("+15550002000", call_sid=sid, audio=audio, tail_ms=0)
+
+
+async def test_stuck_turn_is_released_by_force_end_turn(
+    running_app: RunningApp, fake_deepgram: FakeDeepgram
+) -> None:
+    # Flux never ends the turn by itself; eot_timeout_ms is 1000 for this profile, so 2 s after
+    # the words stopped we send ForceEndTurn, which the fake answers.
+    await one_call(
+        running_app, fake_deepgram, "CAstuck", Fault(endpoint="flux", at_ms=1000, kind="stuck")
+    )
+    summary = await finished(running_app, "CAstuck")
+    caller = [t for t in summary.transcript.turns if t.role == "caller"]
+    assert [(t.text, t.meta["trigger"]) for t in caller] == [("hello there", "manual")]
+    steps = [e.data["step"] for e in summary.transcript.events if e.kind == "turn-watchdog"]
+    assert steps == ["force-end"]
+    released_at = next(t.end_ms for t in summary.transcript.turns if t.role == "caller")
+    assert abs(released_at - SPEECH_END_MS) <= 20  # ForceEndTurn keeps the real speech times
+    assert any(t.role == "bot" and t.text == "Sales here." for t in summary.transcript.turns)
+
+
+async def test_silent_socket_is_detected_and_replaced(
+    running_app: RunningApp, fake_deepgram: FakeDeepgram
+) -> None:
+    # Mid-turn the socket stops sending anything: ForceEndTurn goes unanswered, so the turn
+    # is ended from the last Update and the socket replaced; the caller is answered.
+    await one_call(
+        running_app, fake_deepgram, "CAsilent", Fault(endpoint="flux", at_ms=1000, kind="silent")
+    )
+    summary = await finished(running_app, "CAsilent")
+    steps = [e.data["step"] for e in summary.transcript.events if e.kind == "turn-watchdog"]
+    assert steps == ["force-end", "ended-from-update"]
+    connections = [e for e in summary.transcript.events if e.kind == "flux-connection"]
+    assert len(connections) == 2
+    caller = [t for t in summary.transcript.turns if t.role == "caller"]
+    assert caller and caller[0].meta["trigger"] == "watchdog" and caller[0].text
+    assert any(t.role == "bot" and t.text == "Sales here." for t in summary.transcript.turns)

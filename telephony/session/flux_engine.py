@@ -86,7 +86,7 @@ class FluxEngine:
         self._turn_start_ms: int | None = None
         self._last_turn_end_ms = 0
         self._last_update = ""
-        self._last_turn_info_at = 0.0
+        self._last_progress_at = 0.0
         self._forced_at: float | None = None
         self._budget = FailureBudget()
 
@@ -147,7 +147,6 @@ class FluxEngine:
 
     async def _on_flux_event(self, event: dm.FluxServerEvent) -> None:
         if isinstance(event, dm.TurnInfo):
-            self._last_turn_info_at = asyncio.get_running_loop().time()
             await self._on_turn(event)
         elif isinstance(event, dm.ConfigureFailure):
             self.ctx.log.warning("Flux Configure refused")
@@ -233,9 +232,9 @@ class FluxEngine:
     # --- stuck turns ----------------------------------------------------------------------------
 
     async def _watchdog(self) -> None:
-        """An open turn with no TurnInfo past eot_timeout_ms (+ margin) is stuck, or the socket
-        went silent: ForceEndTurn first; if even that gets no answer, end the turn from the last
-        Update ourselves and replace the socket."""
+        """An open turn whose words stopped growing eot_timeout_ms (+ 1 s) ago should have
+        ended: it is stuck, or the socket went silent. ForceEndTurn first; if even that gets no
+        answer, end the turn from the last Update ourselves and replace the socket."""
         loop = asyncio.get_running_loop()
         eot_timeout_s = (self.flux.options.eot_timeout_ms or 5000) / 1000
         while True:
@@ -245,7 +244,7 @@ class FluxEngine:
             now = loop.time()
             if self._forced_at is not None and now - self._forced_at > FORCE_ANSWER_S:
                 await self._release_stuck_turn()
-            elif self._forced_at is None and now - self._last_turn_info_at > eot_timeout_s + 1:
+            elif self._forced_at is None and now - self._last_progress_at > eot_timeout_s + 1:
                 self._forced_at = now
                 self.ctx.transcript.event(self.ctx.now_ms(), "turn-watchdog", step="force-end")
                 with contextlib.suppress(ConnectionClosed):
@@ -267,6 +266,10 @@ class FluxEngine:
 
     async def _on_turn(self, ev: dm.TurnInfo) -> None:
         kind = ev.event
+        if kind == "StartOfTurn" or (kind != "EndOfTurn" and ev.transcript != self._last_update):
+            # Progress: the caller is still talking. Updates keep coming while a turn is open,
+            # so "no message" cannot detect a stuck turn; "no new words" can.
+            self._last_progress_at = asyncio.get_running_loop().time()
         if kind != "EndOfTurn" and ev.transcript:
             self._last_update = ev.transcript
         if kind == "StartOfTurn":
