@@ -247,6 +247,7 @@ class AgentConfig(_Model):
     speak_voice: AuraVoice = DEFAULT_VOICE
     functions: list[AgentFunction] = []
     silence_nudge_s: Positive | None = None
+    reply_timeout_s: Positive = 8.0  # caller finished, no agent speech this long: nudge
     nudge_message: str = "Are you still there?"
     session_cap_action: Literal["warn", "transfer", "end"] = "end"
 

@@ -33,6 +33,7 @@ profiles:
     transfer_number: "+15557770000"
     agent:
       think_prompt: "You are a test agent."
+      reply_timeout_s: 1.5
       functions:
         - name: check_order
           description: "Look up an order."
@@ -234,3 +235,18 @@ async def test_agent_reconnect_keeps_the_conversation_going(numbers: Path) -> No
     # The new socket plays the script again: the conversation went on after the drop.
     assert turns_of(result).count(("bot", "Nine to five.")) == 2
     assert not logs[1].violations
+
+
+async def test_slow_agent_reply_is_prompted_so_the_caller_hears_something(numbers: Path) -> None:
+    # The agent takes 3 s to answer; after 1.5 s of nothing we make it say something.
+    result = await run_offline_call(
+        mode="agent",
+        number="+15550005000",
+        script=Script(agent=[AgentStep(at_ms=1500, user_text="Hello?", reply_text="Hi!")]),
+        config_path=numbers,
+        max_call_ms=6_000,
+        deepgram_options={"speak_ms_per_char": MS_PER_CHAR, "speak_first_byte_ms": 3000},
+    )
+    assert "reply-watchdog" in [e["kind"] for e in result.as_json()["events"]]
+    injected = agent_log(result).received_messages(dm.InjectAgentMessage)
+    assert "Sorry, just a moment." in [m.message for m in injected]

@@ -34,6 +34,7 @@ from telephony.twilio.playout import Segment
 GAP_FRAMES = 500  # 10 s of caller audio kept while the agent socket is replaced
 SEGMENT_MS = 500  # a mark at least this often: heard text is known to within half a second
 ACTION_GRACE_S = 3.0  # end_call and then silence for this long: act anyway
+REPLY_OVERDUE_MESSAGE = "Sorry, just a moment."
 SESSION_CAP_S = 7200.0  # Deepgram closes agent sessions after 2 hours
 SESSION_CAP_MARGIN_S = 60.0  # act this long before the cap
 CAP_MESSAGES = {
@@ -72,6 +73,7 @@ class AgentEngine:
         self._action_after = 0  # ...runs once a reply numbered >= this has played
         self._action_timer: asyncio.Task[None] | None = None
         self._nudge_timer: asyncio.Task[None] | None = None
+        self._reply_timer: asyncio.Task[None] | None = None
         self._tasks = TaskSet(ctx.log)
         agent = ctx.profile.agent
         self._functions = {f.name: f for f in agent.functions} if agent else {}
@@ -172,7 +174,24 @@ class AgentEngine:
             self.speech.end_segment(self._segment)
             self._segment = None
 
+    def _watch_for_reply(self) -> None:
+        """The caller finished: if the agent says nothing in time, prompt it (no dead air)."""
+        if self._reply_timer is not None:
+            self._reply_timer.cancel()
+        agent = self.ctx.profile.agent
+        timeout_s = agent.reply_timeout_s if agent else 8.0
+        self._reply_timer = self._tasks.spawn(self._reply_overdue(timeout_s), "reply-watchdog")
+
+    async def _reply_overdue(self, after_s: float) -> None:
+        await asyncio.sleep(after_s)
+        self._reply_timer = None
+        self.ctx.transcript.event(self.ctx.now_ms(), "reply-watchdog")
+        await self.say(REPLY_OVERDUE_MESSAGE)
+
     def _open_reply(self) -> BotReply:
+        if self._reply_timer is not None:
+            self._reply_timer.cancel()
+            self._reply_timer = None
         reply = self.speech.new_reply()
         reply.eot_ms, reply.eot_at = self._last_caller_end_ms, self._last_caller_end_at
         self._last_caller_end_ms = self._last_caller_end_at = None
@@ -223,6 +242,7 @@ class AgentEngine:
         if event.role == "user":
             start = self._user_started_ms if self._user_started_ms is not None else ms
             self.ctx.transcript.add_turn("caller", event.content, start, ms)
+            self._watch_for_reply()
             self._user_started_ms = None
             self._last_caller_end_ms = ms
             self._last_caller_end_at = asyncio.get_running_loop().time()
