@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 
 from telephony.deepgram import messages as dm
+from telephony.deepgram.agent import AgentClient
 from telephony.demo import OfflineCall, run_offline_call
 from telephony.sim.deepgram.tts import tts_text
 from telephony.sim.deepgram_server import AgentStep, Fault, Script, ScriptedFunctionCall
+from telephony.sim.twilio_caller import PauseStream
 
 MS_PER_CHAR = 30
 
@@ -53,11 +55,13 @@ def numbers(tmp_path: Path) -> Path:
 async def agent_call(numbers: Path, steps: list[AgentStep], **kw) -> OfflineCall:
     kw.setdefault("max_call_ms", 8_000)
     kw.setdefault("number", "+15550005000")
+    options = {"speak_ms_per_char": MS_PER_CHAR, "agent_latency_s": 0.1}
+    options.update(kw.pop("deepgram_options_extra", {}))
     return await run_offline_call(
         mode="agent",
         script=Script(agent=steps),
         config_path=numbers,
-        deepgram_options={"speak_ms_per_char": MS_PER_CHAR, "agent_latency_s": 0.1},
+        deepgram_options=options,
         **kw,
     )
 
@@ -250,3 +254,35 @@ async def test_slow_agent_reply_is_prompted_so_the_caller_hears_something(number
     assert "reply-watchdog" in [e["kind"] for e in result.as_json()["events"]]
     injected = agent_log(result).received_messages(dm.InjectAgentMessage)
     assert "Sorry, just a moment." in [m.message for m in injected]
+
+
+async def test_caller_silence_keeps_the_agent_alive_without_keepalives(numbers: Path) -> None:
+    # Twilio keeps sending (silent) frames: that is audio, so no KeepAlive may be sent, and the
+    # fake's idle timeout (scaled to 3 s; real ~10 s) must never fire during 5 s of silence.
+    result = await agent_call(
+        numbers, [], max_call_ms=5_000, deepgram_options_extra={"idle_timeout_s": 3.0}
+    )
+    log = agent_log(result)
+    assert "json:KeepAlive" not in log.received_kinds()
+    assert not log.violations and len([c for c in result.deepgram.connections]) >= 1
+    assert log.closed_by == "client"  # closed by us at the end, not by the idle timeout
+
+
+async def test_paused_stream_gets_keepalives_only_while_idle(
+    numbers: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No frames at all for 4 s: KeepAlives (scaled: after 1 s idle; real 8 s) keep the session
+    # open past the fake's 3 s idle timeout, and none is sent while audio flows.
+    monkeypatch.setitem(AgentClient.__init__.__kwdefaults__, "keepalive_idle_s", 1.0)
+    result = await agent_call(
+        numbers,
+        [],
+        max_call_ms=7_000,
+        timeline=[PauseStream(at_ms=1500, ms=4000)],
+        deepgram_options_extra={"idle_timeout_s": 3.0},
+    )
+    agents = [c for c in result.deepgram.connections if c.endpoint == "agent"]
+    assert len(agents) == 1, "the agent session was lost during the pause"
+    kinds = agents[0].received_kinds()
+    assert "json:KeepAlive" in kinds
+    assert not agents[0].violations  # includes "KeepAlive while audio flows"
