@@ -114,3 +114,39 @@ async def test_silent_socket_is_detected_and_replaced(
     caller = [t for t in summary.transcript.turns if t.role == "caller"]
     assert caller and caller[0].meta["trigger"] == "watchdog" and caller[0].text
     assert any(t.role == "bot" and t.text == "Sales here." for t in summary.transcript.turns)
+
+
+async def test_mid_call_configure_survives_a_reconnect(
+    running_app: RunningApp, fake_deepgram: FakeDeepgram
+) -> None:
+    sid = "CAconfigure"
+    fake_deepgram.set_script(
+        sid,
+        Script(
+            turns=[ScriptedTurn.said("hello there")],
+            voiced=True,
+            faults=[Fault(endpoint="flux", at_ms=2500, kind="drop")],
+        ),
+    )
+
+    async def configure_when_live() -> None:
+        registry = running_app.app.state.registry
+        for _ in range(300):
+            call = registry.live.get(sid)
+            if call is not None and call.engine.flux.first_audio_ms is not None:
+                await call.engine.configure(eot_threshold=0.85, keyterms=["Zebulon"])
+                return
+            await asyncio.sleep(0.01)
+
+    async with httpx.AsyncClient(base_url=running_app.url) as http:
+        caller = FakeTwilioCaller(running_app.url, auth_token=AUTH_TOKEN, http=http)
+        audio = silence(3000) + tone(440, 800) + silence(1500)
+        await asyncio.gather(
+            caller.dial("+15550001000", call_sid=sid, audio=audio, tail_ms=0),
+            configure_when_live(),
+        )
+    flux = [c for c in fake_deepgram.connections if c.endpoint == "flux" and c.tag == sid]
+    assert len(flux) == 2
+    assert flux[0].query["eot_threshold"] == ["0.7"]  # the profile's default
+    assert flux[1].query["eot_threshold"] == ["0.85"]  # the reconnect carries the Configure
+    assert flux[1].query["keyterm"] == ["Zebulon"]

@@ -28,7 +28,8 @@ def build_engine(ctx: CallContext, *, http: httpx.AsyncClient | None = None) -> 
         return FluxEngine(
             ctx,
             build_responder(profile.responder, http=http),
-            lambda: FluxClient(settings.deepgram_url, key, options),
+            lambda opts: FluxClient(settings.deepgram_url, key, opts),
+            options,
             lambda: SpeakClient(settings.deepgram_url, key, profile.voice),
         )
     if profile.mode == "agent":

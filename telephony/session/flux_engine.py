@@ -20,14 +20,14 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from websockets.exceptions import ConnectionClosed
 
 from telephony.deepgram import messages as dm
 from telephony.deepgram.clock import CallClock
 from telephony.deepgram.connection import Backoff, FailureBudget
-from telephony.deepgram.flux import FluxClient, FluxFatal
+from telephony.deepgram.flux import FluxClient, FluxFatal, FluxOptions
 from telephony.deepgram.speak import SpeakClient, SpeakFatal
 from telephony.responder import Message, Responder, ResponderError, SentenceChunker
 from telephony.session.engine import CallContext
@@ -57,7 +57,8 @@ class FluxEngine:
         self,
         ctx: CallContext,
         responder: Responder,
-        flux: Callable[[], FluxClient],
+        flux: Callable[[FluxOptions], FluxClient],
+        options: FluxOptions,
         speak: Callable[[], SpeakClient],
         *,
         reconnect: Backoff | None = None,
@@ -65,7 +66,8 @@ class FluxEngine:
         self.ctx = ctx
         self.responder = responder
         self._new_flux = flux
-        self.flux = flux()
+        self.options = options  # what Flux confirmed last: a reconnect's URL carries it
+        self.flux = flux(options)
         self._new_speak = speak
         self.speak = speak()
         self.clock = CallClock()
@@ -148,10 +150,42 @@ class FluxEngine:
     async def _on_flux_event(self, event: dm.FluxServerEvent) -> None:
         if isinstance(event, dm.TurnInfo):
             await self._on_turn(event)
+        elif isinstance(event, dm.ConfigureSuccess):
+            self._configured(event)
         elif isinstance(event, dm.ConfigureFailure):
             self.ctx.log.warning("Flux Configure refused")
         elif isinstance(event, dm.FluxWarning):
             self.ctx.log.warning("Flux warning %s: %s", event.code, event.description)
+
+    # --- mid-call Configure ---------------------------------------------------------------------
+
+    async def configure(
+        self,
+        *,
+        eot_threshold: float | None = None,
+        eager_eot_threshold: float | None = None,
+        eot_timeout_ms: int | None = None,
+        keyterms: list[str] | None = None,
+    ) -> None:
+        """Change Flux's turn settings mid-call (applied once Flux confirms them)."""
+        await self.flux.configure(
+            eot_threshold=eot_threshold,
+            eager_eot_threshold=eager_eot_threshold,
+            eot_timeout_ms=eot_timeout_ms,
+            keyterms=keyterms,
+        )
+
+    def _configured(self, ok: dm.ConfigureSuccess) -> None:
+        """Remember what Flux applied, so a reconnect's URL carries it."""
+        th = ok.thresholds
+        self.options = replace(
+            self.options,
+            eot_threshold=th.get("eot_threshold", self.options.eot_threshold),
+            eager_eot_threshold=th.get("eager_eot_threshold", self.options.eager_eot_threshold),
+            eot_timeout_ms=th.get("eot_timeout_ms", self.options.eot_timeout_ms),
+            keyterms=tuple(ok.keyterms),
+        )
+        self.ctx.transcript.event(self.ctx.now_ms(), "flux-configured", thresholds=dict(th))
 
     # --- reconnect ------------------------------------------------------------------------------
 
@@ -167,7 +201,7 @@ class FluxEngine:
         replay = self._replay_frames()
         for delay in self._backoff.delays():
             await asyncio.sleep(delay)
-            client = self._new_flux()
+            client = self._new_flux(self.options)
             try:
                 await client.connect()
             except Exception as exc:  # handshake refused, 429, network: back off and retry
