@@ -153,6 +153,29 @@ def _demo_config(source: Path, llm_url: str) -> Path:
     return out
 
 
+def settings_for_fakes(
+    config: Path,
+    public_url: str,
+    deepgram: FakeDeepgram,
+    rest: FakeTwilioRest,
+    auth_token: str,
+    deepgram_key: str,
+    **overrides: Any,
+) -> Settings:
+    """Settings that point the app at the fakes: the same code talks to the real services."""
+    return Settings(
+        TELEPHONY_CONFIG=config,
+        TELEPHONY_PUBLIC_URL=public_url,
+        TWILIO_AUTH_TOKEN=auth_token,
+        TWILIO_ACCOUNT_SID=rest.account_sid,
+        TWILIO_API_URL=rest.url,
+        DEEPGRAM_API_KEY=deepgram_key,
+        DEEPGRAM_URL=deepgram.url,
+        DEEPGRAM_AGENT_URL=deepgram.url,
+        **overrides,
+    )
+
+
 def first_number(config_path: Path, mode: str) -> str:
     config = load_config(config_path)
     for number, name in config.numbers.items():
@@ -209,15 +232,13 @@ async def run_offline_call(
         number = number or first_number(config, mode)
         sock = bind_loopback()
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        settings = Settings(
-            TELEPHONY_CONFIG=config,
-            TELEPHONY_PUBLIC_URL=url,
-            TWILIO_AUTH_TOKEN=DEMO_AUTH_TOKEN,
-            TWILIO_ACCOUNT_SID=rest.account_sid,
-            TWILIO_API_URL=rest.url,
-            DEEPGRAM_API_KEY=DEMO_DEEPGRAM_KEY,
-            DEEPGRAM_URL=deepgram.url,
-            DEEPGRAM_AGENT_URL=deepgram.url,
+        settings = settings_for_fakes(
+            config,
+            url,
+            deepgram,
+            rest,
+            DEMO_AUTH_TOKEN,
+            DEMO_DEEPGRAM_KEY,
             **(settings_overrides or {}),
         )
         app = create_app(settings)

@@ -12,6 +12,7 @@ import pytest
 from starlette.applications import Starlette
 
 from routes.app import create_app
+from telephony.demo import settings_for_fakes
 from telephony.inprocess import bind_loopback, serve_app
 from telephony.session.call import CallSummary
 from telephony.settings import Settings
@@ -86,15 +87,13 @@ async def running_app(
 ) -> AsyncIterator[RunningApp]:
     sock = bind_loopback()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    settings = Settings(
-        TELEPHONY_CONFIG=numbers_yaml,
-        TELEPHONY_PUBLIC_URL=url,
-        TWILIO_AUTH_TOKEN=AUTH_TOKEN,
-        TWILIO_ACCOUNT_SID=fake_rest.account_sid,
-        TWILIO_API_URL=fake_rest.url,
-        DEEPGRAM_API_KEY=DEEPGRAM_KEY,
-        DEEPGRAM_URL=fake_deepgram.url,
-        DEEPGRAM_AGENT_URL=fake_deepgram.url,
+    settings = settings_for_fakes(
+        numbers_yaml,
+        url,
+        fake_deepgram,
+        fake_rest,
+        AUTH_TOKEN,
+        DEEPGRAM_KEY,
         TELEPHONY_MAX_BAD_FRAMES=5,
     )
     app = create_app(settings)

@@ -15,12 +15,11 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from telephony.audio import Chunker, MulawToLinear16k
 from telephony.deepgram import messages as dm
-from telephony.deepgram.connection import build_url, open_socket
+from telephony.deepgram.connection import DeepgramSocket, build_url
 
 log = logging.getLogger(__name__)
 
@@ -75,32 +74,20 @@ class FluxOptions:
         }
 
 
-class FluxClient:
+class FluxClient(DeepgramSocket):
     """One Flux connection. Not reusable after close: reconnecting means a new client."""
 
     def __init__(
         self, base_url: str, api_key: str, options: FluxOptions, *, chunk_ms: int = 80
     ) -> None:
+        super().__init__(build_url(base_url, FLUX_PATH, options.query()), api_key)
         self.options = options
-        self.url = build_url(base_url, FLUX_PATH, options.query())
-        self._api_key = api_key
-        self._ws: ClientConnection | None = None
         self._chunker = Chunker(chunk_ms=chunk_ms, bytes_per_ms=options.bytes_per_ms)
         self._transcode = MulawToLinear16k() if options.encoding == "linear16" else None
         self.first_audio_ms: int | None = None  # call clock of this connection's first byte
         self.bytes_sent = 0
         self._configure_in_flight = False
         self._configure_next: str | None = None
-        self._closing = False
-
-    async def connect(self) -> None:
-        self._ws = await open_socket(self.url, self._api_key)
-
-    @property
-    def ws(self) -> ClientConnection:
-        if self._ws is None:
-            raise RuntimeError("FluxClient.connect() first")
-        return self._ws
 
     async def send_audio(self, timestamp_ms: int, ulaw: bytes) -> None:
         """One Twilio frame; sends a binary message whenever a whole chunk is buffered."""

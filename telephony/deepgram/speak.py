@@ -14,11 +14,10 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 
-from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from telephony.deepgram import messages as dm
-from telephony.deepgram.connection import build_url, open_socket
+from telephony.deepgram.connection import DeepgramSocket, build_url
 
 log = logging.getLogger(__name__)
 
@@ -54,26 +53,14 @@ class FlushBudget:
         return True
 
 
-class SpeakClient:
+class SpeakClient(DeepgramSocket):
     def __init__(
         self, base_url: str, api_key: str, voice: str, *, budget: FlushBudget | None = None
     ) -> None:
         params = {"model": voice, "encoding": "mulaw", "sample_rate": 8000, "container": "none"}
-        self.url = build_url(base_url, SPEAK_PATH, params)
-        self._api_key = api_key
-        self._ws: ClientConnection | None = None
+        super().__init__(build_url(base_url, SPEAK_PATH, params), api_key)
         self.budget = budget or FlushBudget()
         self._clearing = False  # audio before `Cleared` belongs to a reply we cancelled
-        self._closing = False
-
-    async def connect(self) -> None:
-        self._ws = await open_socket(self.url, self._api_key)
-
-    @property
-    def ws(self) -> ClientConnection:
-        if self._ws is None:
-            raise RuntimeError("SpeakClient.connect() first")
-        return self._ws
 
     async def speak(self, text: str) -> None:
         if text.strip():

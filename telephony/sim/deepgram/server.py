@@ -30,7 +30,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -40,6 +39,7 @@ from websockets.datastructures import Headers
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 
+from telephony.inprocess import StartStop
 from telephony.sim.deepgram import params as qp
 from telephony.sim.deepgram.agent import AgentSession
 from telephony.sim.deepgram.base import Assignment, ConnectionLog, Options, Session
@@ -95,7 +95,7 @@ def _mask(value: str) -> str:
     return f"{head} ***" if rest else "***"
 
 
-class FakeDeepgram:
+class FakeDeepgram(StartStop):
     def __init__(
         self,
         *,
@@ -171,18 +171,6 @@ class FakeDeepgram:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
-
-    async def __aenter__(self) -> FakeDeepgram:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     @property
     def port(self) -> int:
