@@ -130,6 +130,7 @@ async def media_socket(ws: WebSocket) -> None:
         engine_factory=lambda ctx: build_engine(ctx, http=app.state.llm_http),
         hang_up=rest.hang_up,
         transfer=rest.transfer,
+        redirect=rest.update_twiml,
         settings=settings,
     )
     app.state.registry.add(call)

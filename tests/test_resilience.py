@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -91,14 +92,42 @@ async def test_aura_drop_is_survived(numbers: Path) -> None:
 
 
 async def test_repeated_flux_failures_end_the_call_gracefully(numbers: Path) -> None:
-    # Every Flux connection fails 200 ms into its audio: after the failure budget the caller
-    # hears an apology and the call is hung up (on_failure: hangup), never dead air.
+    # Every Flux connection fails 200 ms into its audio: past the failure budget the call is
+    # handed to Twilio's own <Say> apology and <Hangup> (on_failure: hangup) — no dead air,
+    # and nothing that depends on Deepgram.
     faults = [Fault(endpoint="flux", at_ms=200, kind="error", connection=i) for i in range(10)]
     result = await call(numbers, Script(faults=faults), max_call_ms=10_000)
     kinds = [e["kind"] for e in result.as_json()["events"]]
     assert "upstream-failed" in kinds
-    assert tts_text(result.caller.heard, MS_PER_CHAR).endswith("technical trouble on this line.")
-    assert [r.form for r in result.rest.requests] == [{"Status": "completed"}]
+    assert len(result.rest.requests) == 1
+    root = ET.fromstring(result.rest.requests[0].form["Twiml"])
+    assert [child.tag for child in root] == ["Say", "Hangup"]
+    assert "technical trouble" in (root.find("Say").text or "")
+
+
+async def test_agent_failures_hand_the_call_to_a_person(tmp_path: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text(
+        'numbers: {"+15550001000": a}\n'
+        "profiles:\n"
+        "  a:\n"
+        "    mode: agent\n"
+        "    on_failure: transfer\n"
+        '    transfer_number: "+15557770000"\n'
+        "    agent: {think_prompt: hi}\n"
+    )
+    faults = [Fault(endpoint="agent", at_ms=200, kind="drop", connection=i) for i in range(10)]
+    result = await run_offline_call(
+        number="+15550001000",
+        mode="agent",
+        script=Script(faults=faults),
+        config_path=path,
+        max_call_ms=10_000,
+    )
+    assert "upstream-failed" in [e["kind"] for e in result.as_json()["events"]]
+    root = ET.fromstring(result.rest.requests[-1].form["Twiml"])
+    assert [child.tag for child in root] == ["Say", "Dial"]
+    assert root.find("Dial").text == "+15557770000"
 
 
 async def test_paused_twilio_stream_keeps_flux_alive_with_pings_only(

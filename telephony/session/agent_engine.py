@@ -27,6 +27,7 @@ from telephony.deepgram import messages as dm
 from telephony.deepgram.agent import AgentClient, AgentFatal
 from telephony.deepgram.connection import Backoff, FailureBudget
 from telephony.session.engine import CallContext
+from telephony.session.fallback import fail_over
 from telephony.session.speech import BotReply, BotSpeech
 from telephony.session.tasks import TaskSet
 from telephony.twilio.playout import Segment
@@ -93,7 +94,9 @@ class AgentEngine:
                 return  # we closed it: the call is over
             except AgentFatal as exc:
                 if not await self._reconnect(str(exc)):
-                    raise
+                    await self.ctx.playout.clear()
+                    await fail_over(self.ctx, str(exc))
+                    await asyncio.Event().wait()  # Twilio now runs the new TwiML and stops us
 
     async def on_caller_audio(self, timestamp_ms: int, payload: bytes) -> None:
         if self._reconnecting:  # kept (bounded) for the next socket

@@ -160,6 +160,7 @@ class Call:
         engine_factory: EngineFactory | None = None,
         hang_up: Callable[[str], Awaitable[None]] | None = None,
         transfer: Callable[[str, str], Awaitable[None]] | None = None,
+        redirect: Callable[[str, str], Awaitable[None]] | None = None,
         settings: Settings | None = None,
     ) -> None:
         start = setup.start
@@ -183,6 +184,7 @@ class Call:
         self.playout = Playout(socket.send_text, start.stream_sid)
         self._hang_up = hang_up
         self._transfer = transfer
+        self._redirect = redirect
         self._engine_error: str | None = None
         self._ending = False
         self.engine: Engine | None = None
@@ -199,6 +201,7 @@ class Call:
                     now_ms=self._now_ms,
                     hang_up=self._rest_hang_up,
                     transfer=self._rest_transfer,
+                    redirect=self._rest_redirect,
                 )
             )
 
@@ -216,6 +219,10 @@ class Call:
     async def _rest_transfer(self, number: str) -> None:
         if self._transfer is not None:
             await self._transfer(self.call_sid, number)
+
+    async def _rest_redirect(self, twiml: str) -> None:
+        if self._redirect is not None:
+            await self._redirect(self.call_sid, twiml)
 
     async def run(self) -> CallSummary:
         self.log.info("call started", extra={"profile": self.summary.profile})

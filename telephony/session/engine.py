@@ -48,3 +48,4 @@ class CallContext:
     now_ms: Callable[[], int]  # the call's audio clock: end of the last caller frame received
     hang_up: Callable[[], Awaitable[None]]  # REST hang-up (after the goodbye has played)
     transfer: Callable[[str], Awaitable[None]]  # REST transfer to a number
+    redirect: Callable[[str], Awaitable[None]]  # REST: run this TwiML on the call instead

@@ -31,6 +31,7 @@ from telephony.deepgram.flux import FluxClient, FluxFatal, FluxOptions
 from telephony.deepgram.speak import SpeakClient, SpeakFatal
 from telephony.responder import Message, Responder, ResponderError, SentenceChunker
 from telephony.session.engine import CallContext
+from telephony.session.fallback import fail_over
 from telephony.session.speech import BotReply, BotSpeech
 from telephony.session.tasks import TaskSet
 from telephony.twilio.playout import Segment
@@ -42,7 +43,6 @@ REPLAY_TAIL_MS = 1000  # with no turn open, what may have been in flight when th
 WATCHDOG_TICK_S = 0.25
 FORCE_ANSWER_S = 1.0  # ForceEndTurn unanswered this long: the socket is not listening
 APOLOGY = "Sorry, I'm having trouble right now. Could you say that again?"
-FAILURE_APOLOGY = "Sorry, we're having technical trouble on this line."
 
 
 @dataclass(eq=False)
@@ -258,10 +258,10 @@ class FluxEngine:
             self.ctx.transcript.events[-1].data["reconnect_ms"] = ms
 
     async def _give_up(self, reason: str) -> None:
-        """Flux is gone for good: apologise, then transfer or hang up as the profile says."""
-        self.ctx.transcript.event(self.ctx.now_ms(), "upstream-failed", reason=reason)
-        reply = self._say_fixed(FAILURE_APOLOGY, interruptible=False)
-        reply.action = "transfer" if self.ctx.profile.on_failure == "transfer" else "hangup"
+        """Flux is gone for good: apologise and hand over (through Twilio alone)."""
+        await self.speak.clear()
+        await self.ctx.playout.clear()
+        await fail_over(self.ctx, reason)
 
     # --- stuck turns ----------------------------------------------------------------------------
 

@@ -72,6 +72,19 @@ async def send_with_retries(
         attempt += 1
 
 
+def apology_twiml(message: str, transfer_to: str | None = None) -> str:
+    """`<Say>` the apology, then `<Dial>` a person or `<Hangup>`: needs nothing but Twilio."""
+    response = VoiceResponse()
+    response.say(message)
+    if transfer_to is not None:
+        if not _E164.fullmatch(transfer_to):
+            raise TwilioCallsError(f"transfer number is not E.164: {transfer_to!r}")
+        response.dial(transfer_to)
+    else:
+        response.hangup()
+    return response.to_xml(xml_declaration=False)
+
+
 def dial_twiml(number: str, *, caller_id: str | None = None) -> str:
     """`<Response><Dial>number</Dial></Response>`, built (and escaped) by VoiceResponse."""
     for label, value in (("number", number), ("caller_id", caller_id)):
