@@ -7,6 +7,13 @@ import asyncio
 import pytest
 
 from telephony.deepgram import messages as dm
+from telephony.deepgram.connection import (
+    NOVA_KEEPALIVE,
+    KeepAlive,
+    KeepAliveSpec,
+    build_url,
+    open_socket,
+)
 from telephony.deepgram.flux import FluxClient, FluxFatal, FluxOptions
 from telephony.deepgram.speak import FlushBudget, SpeakClient
 from telephony.sim.deepgram_server import FakeDeepgram, Script, ScriptedTurn
@@ -156,3 +163,25 @@ async def test_speak_never_exceeds_the_flush_limit() -> None:
         log = fake.logs("speak")[0]
         await log.wait_closed()
     assert not log.violations  # Aura never had to refuse a flush
+
+
+async def test_nova_keepalive_rule_keeps_an_idle_listen_socket_open() -> None:
+    """Nova /v1/listen: a JSON KeepAlive text frame after 3-5 s without audio (scaled here to
+    1 s against a fake that closes after 3 s idle); never a binary frame."""
+    assert 3.0 <= NOVA_KEEPALIVE.idle_s <= 5.0
+    async with FakeDeepgram(api_key=KEY, idle_timeout_s=3.0) as fake:
+        url = build_url(
+            fake.url, "/v1/listen", {"model": "nova-3", "encoding": "mulaw", "sample_rate": 8000}
+        )
+        ws = await open_socket(url, KEY)
+        keepalive = KeepAlive(ws, KeepAliveSpec(NOVA_KEEPALIVE.rule, idle_s=1.0))
+        await ws.send(FRAME)
+        keepalive.audio_sent()
+        await asyncio.sleep(5)
+        log = fake.logs("listen")[0]
+        assert not log.closed, "the fake closed the idle socket: KeepAlive did not reach it"
+        await keepalive.stop()
+        await ws.close()
+    assert keepalive.sent >= 3
+    assert log.received_kinds().count("json:KeepAlive") == keepalive.sent
+    assert not log.violations  # e.g. a binary KeepAlive
