@@ -15,6 +15,8 @@ from telephony.config import ConfigStore
 from telephony.responder import make_http_client
 from telephony.session.registry import CallRegistry
 from telephony.settings import Settings
+from telephony.store.schema import upgrade
+from telephony.store.transcripts import TranscriptStore
 from telephony.twilio.calls import TwilioCalls
 from telephony.twilio.security import StreamTokens
 
@@ -38,6 +40,10 @@ def create_app(settings: Settings | None = None, config: ConfigStore | None = No
         if not settings.validate_signatures:
             log.warning("!!! Twilio signature validation is OFF (development only) !!!")
         _install_sighup(store)
+        await upgrade(settings.database_url)  # migrations are applied on start
+        transcripts = TranscriptStore(settings.database_url)
+        await transcripts.start()
+        app.state.transcripts = transcripts
         watcher = asyncio.create_task(store.watch(), name="config-watch")
         app.state.llm_http = make_http_client()
         app.state.twilio_calls = TwilioCalls(
@@ -53,6 +59,7 @@ def create_app(settings: Settings | None = None, config: ConfigStore | None = No
                 await watcher
             await app.state.twilio_calls.aclose()
             await app.state.llm_http.aclose()
+            await transcripts.stop()  # flushes every buffered row
 
     app = Starlette(routes=[*health.routes, *twilio.routes], lifespan=lifespan)
     app.state.settings = settings

@@ -134,10 +134,22 @@ async def media_socket(ws: WebSocket) -> None:
         settings=settings,
     )
     app.state.registry.add(call)
+    transcripts = app.state.transcripts
+    summary = call.summary
+    transcripts.call_started(
+        summary.call_sid,
+        from_number=summary.from_number,
+        to_number=summary.to_number,
+        profile=summary.profile,
+        mode=setup.profile.mode,
+        started_at=summary.started_at,
+    )
+    transcripts.attach(summary.call_sid, call.transcript)
     try:
         await call.run()
     finally:
         app.state.registry.done(call)
+        transcripts.call_ended(summary, mode=setup.profile.mode)
 
 
 routes = [

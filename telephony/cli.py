@@ -37,6 +37,15 @@ def _config_check(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from telephony.settings import Settings
+    from telephony.store.schema import upgrade_blocking
+
+    upgrade_blocking(Settings().database_url)
+    print("database schema is up to date")
+    return 0
+
+
 def _emulator(args: argparse.Namespace) -> int:
     from telephony.logs import setup_logging
     from telephony.settings import Settings
@@ -105,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     check = config_sub.add_parser("check", help="validate a numbers YAML file")
     check.add_argument("path")
     check.set_defaults(func=_config_check)
+
+    db = sub.add_parser("db", help="transcript database tools")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser("upgrade", help="apply migrations (also done on start)").set_defaults(
+        func=_db_upgrade
+    )
 
     emulator = sub.add_parser("emulator", help="run the fake Deepgram server")
     emulator.add_argument("--host", default="127.0.0.1")

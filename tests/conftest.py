@@ -62,6 +62,14 @@ class RunningApp:
         return httpx.AsyncClient(base_url=self.url)
 
 
+@pytest.fixture(autouse=True)
+def database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test's app writes transcripts to its own SQLite file (never ./data)."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/telephony.db"
+    monkeypatch.setenv("TELEPHONY_DATABASE_URL", url)
+    return url
+
+
 @pytest.fixture
 def numbers_yaml(tmp_path: Path) -> Path:
     path = tmp_path / "numbers.yaml"

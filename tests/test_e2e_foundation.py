@@ -99,3 +99,24 @@ async def test_hot_reload_new_calls_new_config_live_calls_keep_theirs(
     assert store.last_error and store.version > version
     assert store.current.numbers["+15550001000"] == "sales"  # previous config kept
     live.cancel()
+
+
+async def test_a_call_lands_in_the_transcript_store(running_app: RunningApp) -> None:
+    await caller(running_app).dial(
+        "+15550001000",
+        call_sid="CAstored",
+        audio=silence_ms(300),
+        timeline=[SendDtmf(100, "9"), HangUp(400)],
+        realtime=False,
+    )
+    await finished(running_app, "CAstored")
+    store = running_app.app.state.transcripts
+    stored = None
+    for _ in range(300):  # write-behind: committed within about a second
+        stored = await store.get_call("CAstored")
+        if stored and stored.get("ended_at") and stored["events"]:
+            break
+        await asyncio.sleep(0.01)
+    assert stored is not None and stored["profile"] == "support" and stored["mode"] == "flux"
+    assert stored["end_reason"] == "stop"
+    assert sorted(e["kind"] for e in stored["events"]) == ["dtmf", "flux-connection"]

@@ -88,3 +88,16 @@ def test_config_check_command_exit_codes(tmp_path: Path) -> None:
     assert f"{bad}:4: profiles.p.flux.eot_threshold: must be between 0.5 and 0.9" in out.stderr
     # A missing field is reported at the mapping that lacks it.
     assert f"{bad}:2: profiles.p.responder: required when mode is flux" in out.stderr
+
+
+def test_db_upgrade_command(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/sub/telephony.db"
+    out = subprocess.run(
+        [sys.executable, "-m", "telephony.cli", "db", "upgrade"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "TELEPHONY_DATABASE_URL": url},
+    )
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "sub" / "telephony.db").exists()

@@ -1,0 +1,170 @@
+"""SQLAlchemy Core tables, engine setup and the programmatic Alembic upgrade.
+
+Times of call audio (turns, events, duration) are integer milliseconds of call audio time.
+Wall-clock instants (calls.started_at, users.created_at, audit_log.at) are epoch seconds.
+The tables are created by the Alembic revisions in ``telephony/store/migrations``; keep the
+two in step (a schema change is a new revision, never an edit of an old one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    Double,
+    ForeignKey,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    event,
+    false,
+    make_url,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+# SQLite only autoincrements an INTEGER PRIMARY KEY.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData()
+
+calls = Table(
+    "calls",
+    metadata,
+    Column("sid", String(64), primary_key=True),
+    Column("from_number", String(32), nullable=False, server_default=""),
+    Column("to_number", String(32), nullable=False, server_default=""),
+    Column("profile", String(64), nullable=False, server_default=""),
+    Column("mode", String(16), nullable=False, server_default=""),
+    Column("started_at", Double, nullable=False, index=True),  # epoch s
+    Column("ended_at", Double, nullable=True),  # epoch s
+    Column("end_reason", String(64), nullable=False, server_default=""),
+    Column("duration_ms", Integer, nullable=True),  # call audio time
+    Column("recording_path", Text, nullable=True),
+)
+
+turns = Table(
+    "turns",
+    metadata,
+    Column("call_sid", String(64), ForeignKey("calls.sid", ondelete="CASCADE"), nullable=False),
+    Column("idx", Integer, nullable=False),  # Turn.index: order within the call
+    Column("role", String(16), nullable=False),
+    Column("text", Text, nullable=False, server_default=""),
+    Column("heard", Text, nullable=True),
+    Column("interrupted", Boolean, nullable=False, server_default=false()),
+    Column("interrupted_at_ms", Integer, nullable=True),
+    Column("start_ms", Integer, nullable=False),
+    Column("end_ms", Integer, nullable=False),
+    Column("latency_ms", Integer, nullable=True),
+    Column("meta", JSON, nullable=True),
+    PrimaryKeyConstraint("call_sid", "idx", name="pk_turns"),  # unique (call_sid, idx)
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column(
+        "call_sid",
+        String(64),
+        ForeignKey("calls.sid", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("ms", Integer, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("data", JSON, nullable=True),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("role", String(32), nullable=False),
+    Column("password_hash", Text, nullable=False),
+    Column("created_at", Double, nullable=False),  # epoch s
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("at", Double, nullable=False, index=True),  # epoch s
+    Column("user_name", String(128), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", Text, nullable=False, server_default=""),
+    Column("detail", JSON, nullable=True),
+)
+
+TABLES = ("calls", "turns", "events", "users", "audit_log")
+
+
+def _json_dumps(value: Any) -> str:
+    # Meta/data dicts come from engines; never let an odd value poison a batch.
+    return json.dumps(value, default=str, separators=(",", ":"))
+
+
+def make_engine(database_url: str, **kw: Any) -> AsyncEngine:
+    """An async engine; for a SQLite file: parent dir created, WAL and foreign keys on."""
+    url = make_url(database_url)
+    sqlite = url.get_backend_name() == "sqlite"
+    if sqlite and url.database and url.database != ":memory:":
+        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(url, json_serializer=_json_dumps, **kw)
+    if sqlite:
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=5000")
+            cur.close()
+
+    return engine
+
+
+def alembic_config() -> Any:
+    """Alembic Config built in code (no alembic.ini)."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return cfg
+
+
+def _upgrade_sync(connection: Connection, revision: str) -> None:
+    from alembic import command
+
+    cfg = alembic_config()
+    cfg.attributes["connection"] = connection
+    command.upgrade(cfg, revision)
+
+
+async def upgrade(database: str | AsyncEngine, revision: str = "head") -> None:
+    """Run ``alembic upgrade head`` on a URL (or an existing async engine)."""
+    engine = make_engine(database) if isinstance(database, str) else database
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_upgrade_sync, revision)
+    finally:
+        if isinstance(database, str):
+            await engine.dispose()
+
+
+def upgrade_blocking(database_url: str) -> None:
+    """For CLIs outside an event loop."""
+    asyncio.run(upgrade(database_url))

@@ -1,0 +1,385 @@
+"""Write-behind transcript store, and read queries for the UI.
+
+The call path only enqueues (``put_nowait`` on a bounded queue): it never waits for the
+database. One writer task drains the queue into a buffer, writes the buffer in one transaction
+at least every ``flush_interval`` seconds, and on a database error keeps the buffer and retries
+with backoff. While it retries it stops draining, so the queue fills up and further rows are
+counted in ``dropped`` (with an error log) instead of growing memory or blocking the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import Insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from telephony.session.transcript import Event, Transcript, Turn
+from telephony.store.schema import calls, events, make_engine, turns
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["call_started", "call_ended", "turn", "event"]
+
+_START_COLS = ("from_number", "to_number", "profile", "mode", "started_at", "recording_path")
+_END_COLS = ("ended_at", "end_reason", "duration_ms")
+_TURN_COLS = (
+    "role",
+    "text",
+    "heard",
+    "interrupted",
+    "interrupted_at_ms",
+    "start_ms",
+    "end_ms",
+    "latency_ms",
+    "meta",
+)
+
+
+@dataclass(slots=True)
+class _Row:
+    kind: Kind
+    values: dict[str, Any]
+
+
+def _permanent(exc: BaseException) -> bool:
+    """Errors caused by the rows themselves: retrying the same rows can never succeed."""
+    if isinstance(exc, IntegrityError | DataError):
+        return True
+    return isinstance(exc, StatementError) and not isinstance(exc, DBAPIError)
+
+
+class TranscriptStore:
+    """Non-blocking sink for calls, turns and events; batched, retried writes."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine | str,
+        *,
+        queue_size: int = 10_000,
+        flush_interval: float = 0.5,
+        max_batch: int = 1_000,
+        min_backoff: float = 0.1,
+        max_backoff: float = 5.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        self._owns_engine = isinstance(engine, str)
+        # Public seam: the writer reads it on every attempt, so it may be swapped live.
+        self.engine: AsyncEngine = make_engine(engine) if isinstance(engine, str) else engine
+        self._queue: asyncio.Queue[_Row | None] = asyncio.Queue(queue_size)
+        self._buffer: list[_Row] = []
+        self.flush_interval = flush_interval
+        self.max_batch = max_batch
+        self.min_backoff = min_backoff
+        self.max_backoff = max_backoff
+        self.stop_timeout = stop_timeout
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.dropped = 0  # rows refused because the queue was full (or lost at stop)
+        self.retries = 0  # failed write attempts that were retried
+        self.failed = 0  # rows the database rejected as invalid (logged)
+        self.written = 0  # rows committed
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._stopping = False
+            self._task = asyncio.create_task(self._run(), name="transcript-store-writer")
+
+    async def stop(self) -> None:
+        """Flush everything queued (bounded by ``stop_timeout``), then stop the writer."""
+        task, self._task = self._task, None
+        if task is not None:
+            self._stopping = True
+            with contextlib.suppress(asyncio.QueueFull):
+                self._queue.put_nowait(None)  # wake the writer; if full it is awake anyway
+            with contextlib.suppress(TimeoutError):  # on timeout wait_for cancels the writer
+                await asyncio.wait_for(task, self.stop_timeout)
+        lost = len(self._buffer) + sum(1 for r in self._drain() if r is not None)
+        self._buffer.clear()
+        if lost:
+            self.dropped += lost
+            log.error("transcript store stopped with %d rows unwritten", lost)
+        if self._owns_engine:
+            await self.engine.dispose()
+
+    @property
+    def queue_depth(self) -> int:
+        """Rows waiting: queued plus buffered in the writer."""
+        return self._queue.qsize() + len(self._buffer)
+
+    # -- the call path: never blocks -----------------------------------------------------
+
+    def call_started(
+        self,
+        call_sid: str,
+        *,
+        from_number: str = "",
+        to_number: str = "",
+        profile: str = "",
+        mode: str = "",
+        started_at: float | None = None,
+        recording_path: str | None = None,
+    ) -> None:
+        self._put(
+            "call_started",
+            {
+                "sid": call_sid,
+                "from_number": from_number,
+                "to_number": to_number,
+                "profile": profile,
+                "mode": mode,
+                "started_at": time.time() if started_at is None else started_at,
+                "recording_path": recording_path,
+            },
+        )
+
+    def call_ended(
+        self, summary: Any, *, duration_ms: int | None = None, mode: str | None = None
+    ) -> None:
+        """``summary``: a ``CallSummary`` (or anything with its fields)."""
+        ended_at = summary.ended_at or time.time()
+        if duration_ms is None:
+            stats = getattr(summary, "stats", None)
+            audio_end = getattr(stats, "audio_end_ms", 0) or 0
+            duration_ms = audio_end or max(0, round((ended_at - summary.started_at) * 1000))
+        values = {
+            "sid": summary.call_sid,
+            "from_number": summary.from_number,
+            "to_number": summary.to_number,
+            "profile": summary.profile,
+            "started_at": summary.started_at,
+            "ended_at": ended_at,
+            "end_reason": summary.end_reason,
+            "duration_ms": duration_ms,
+        }
+        if mode is not None:
+            values["mode"] = mode
+        self._put("call_ended", values)
+
+    def turn(self, call_sid: str, turn: Turn) -> None:
+        """Upserted by (call_sid, idx): a bot turn may be written again when it closes."""
+        self._put(
+            "turn",
+            {
+                "call_sid": call_sid,
+                "idx": turn.index,
+                "role": turn.role,
+                "text": turn.text,
+                "heard": turn.heard,
+                "interrupted": turn.interrupted,
+                "interrupted_at_ms": turn.interrupted_at_ms,
+                "start_ms": turn.start_ms,
+                "end_ms": turn.end_ms,
+                "latency_ms": turn.latency_ms,
+                "meta": dict(turn.meta),  # snapshot: the Turn may change later
+            },
+        )
+
+    def event(self, call_sid: str, event: Event) -> None:
+        self._put(
+            "event",
+            {"call_sid": call_sid, "ms": event.ms, "kind": event.kind, "data": dict(event.data)},
+        )
+
+    def attach(self, call_sid: str, transcript: Transcript) -> None:
+        """Subscribe to a call's transcript hooks."""
+        transcript.on_turn = lambda t: self.turn(call_sid, t)
+        transcript.on_event = lambda e: self.event(call_sid, e)
+
+    def _put(self, kind: Kind, values: dict[str, Any]) -> None:
+        try:
+            self._queue.put_nowait(_Row(kind, values))
+        except asyncio.QueueFull:
+            self.dropped += 1
+            # One line per drop would flood the log during an outage: log at powers of two
+            if self.dropped & (self.dropped - 1) == 0 or self.dropped % 1000 == 0:
+                log.error(
+                    "transcript store queue full: dropped %s row (%d dropped so far)",
+                    kind,
+                    self.dropped,
+                    extra={"call_sid": values.get("sid") or values.get("call_sid")},
+                )
+
+    # -- the writer --------------------------------------------------------------------
+
+    def _drain(self) -> list[_Row | None]:
+        out: list[_Row | None] = []
+        while not self._queue.empty():
+            out.append(self._queue.get_nowait())
+        return out
+
+    def _take(self, limit: int) -> None:
+        while len(self._buffer) < limit and not self._queue.empty():
+            row = self._queue.get_nowait()
+            if row is not None:
+                self._buffer.append(row)
+
+    async def _run(self) -> None:
+        backoff = self.min_backoff
+        while True:
+            if not self._buffer:
+                if self._stopping and self._queue.empty():
+                    return
+                row = await self._queue.get()  # idle: wait for the first row
+                if row is not None:
+                    self._buffer.append(row)
+                # Gather for up to flush_interval so a batch shares one commit.
+                deadline = asyncio.get_running_loop().time() + self.flush_interval
+                while not self._stopping and len(self._buffer) < self.max_batch:
+                    self._take(self.max_batch)
+                    remaining = deadline - asyncio.get_running_loop().time()
+                    if remaining <= 0 or len(self._buffer) >= self.max_batch:
+                        break
+                    try:
+                        row = await asyncio.wait_for(self._queue.get(), remaining)
+                    except TimeoutError:
+                        break
+                    if row is not None:
+                        self._buffer.append(row)
+            self._take(self.max_batch)
+            if not self._buffer:
+                continue
+            exc = await self._attempt()
+            if exc is None:
+                backoff = self.min_backoff
+                continue
+            self.retries += 1
+            log.warning(
+                "transcript store write failed (%d rows kept, retry in %.2fs): %s",
+                len(self._buffer),
+                backoff,
+                exc,
+            )
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.max_backoff)
+
+    async def _attempt(self) -> Exception | None:
+        """Write the buffer; on success it is emptied. Returns the transient error, if any."""
+        try:
+            await self._flush(self._buffer)
+        except Exception as exc:
+            if not _permanent(exc):
+                return exc
+        else:
+            self.written += len(self._buffer)
+            self._buffer.clear()
+            return None
+        try:
+            await self._flush_one_by_one()
+        except Exception as exc:
+            return exc
+        return None
+
+    async def _flush_one_by_one(self) -> None:
+        """Isolate rows the database rejects; the rest are written. Transient errors raise
+        through to the caller's retry path with the unwritten rows still buffered."""
+        while self._buffer:
+            row = self._buffer[0]
+            try:
+                await self._flush([row])
+            except Exception as exc:
+                if not _permanent(exc):
+                    raise
+                self.failed += 1
+                log.error("transcript store rejected %s row %r: %s", row.kind, row.values, exc)
+            else:
+                self.written += 1
+            self._buffer.pop(0)
+
+    def _insert(self, table: Any) -> Any:
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        return dialect.insert(table)
+
+    def _upsert(self, table: Any, keys: list[str], cols: tuple[str, ...]) -> Insert:
+        stmt = self._insert(table)
+        return stmt.on_conflict_do_update(
+            index_elements=keys, set_={c: stmt.excluded[c] for c in cols}
+        )
+
+    async def _flush(self, rows: list[_Row]) -> None:
+        """Write rows in one transaction. Column sets of the kinds are disjoint enough that
+        the kinds commute, so each kind goes in one statement (last write wins per key)."""
+        started: dict[str, dict[str, Any]] = {}
+        ended: dict[str, dict[str, Any]] = {}
+        turn_rows: dict[tuple[str, int], dict[str, Any]] = {}
+        event_rows: list[dict[str, Any]] = []
+        sids: set[str] = set()
+        for row in rows:
+            v = row.values
+            if row.kind == "call_started":
+                started[v["sid"]] = v
+            elif row.kind == "call_ended":
+                ended[v["sid"]] = v
+            elif row.kind == "turn":
+                turn_rows[(v["call_sid"], v["idx"])] = v
+                sids.add(v["call_sid"])
+            else:
+                event_rows.append(v)
+                sids.add(v["call_sid"])
+        async with self.engine.begin() as conn:
+            if started:
+                await conn.execute(
+                    self._upsert(calls, ["sid"], _START_COLS), list(started.values())
+                )
+            # A call row must exist for the foreign keys even if call_started was dropped.
+            stubs = sids - started.keys() - ended.keys()
+            if stubs:
+                now = time.time()
+                await conn.execute(
+                    self._insert(calls).on_conflict_do_nothing(index_elements=["sid"]),
+                    [{"sid": s, "started_at": now} for s in sorted(stubs)],
+                )
+            if ended:
+                await self._write_ended(conn, list(ended.values()))
+            if turn_rows:
+                await conn.execute(
+                    self._upsert(turns, ["call_sid", "idx"], _TURN_COLS), list(turn_rows.values())
+                )
+            if event_rows:
+                await conn.execute(self._insert(events), event_rows)
+
+    async def _write_ended(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+        with_mode = [r for r in rows if "mode" in r]
+        without = [r for r in rows if "mode" not in r]
+        if with_mode:
+            await conn.execute(self._upsert(calls, ["sid"], (*_END_COLS, "mode")), with_mode)
+        if without:
+            await conn.execute(self._upsert(calls, ["sid"], _END_COLS), without)
+
+    # -- reads for the UI --------------------------------------------------------------
+
+    async def list_calls(self, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+        q = (
+            select(calls)
+            .order_by(calls.c.started_at.desc(), calls.c.sid)
+            .limit(limit)
+            .offset(offset)
+        )
+        async with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in await conn.execute(q)]
+
+    async def get_call(self, sid: str) -> dict[str, Any] | None:
+        """The call row with ``turns`` (by idx) and ``events`` (by ms, then arrival)."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(calls).where(calls.c.sid == sid))).first()
+            if row is None:
+                return None
+            call = dict(row._mapping)
+            t = await conn.execute(
+                select(turns).where(turns.c.call_sid == sid).order_by(turns.c.idx)
+            )
+            call["turns"] = [dict(r._mapping) for r in t]
+            e = await conn.execute(
+                select(events).where(events.c.call_sid == sid).order_by(events.c.ms, events.c.id)
+            )
+            call["events"] = [dict(r._mapping) for r in e]
+        return call

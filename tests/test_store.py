@@ -1,0 +1,259 @@
+"""Store: migrations and the write-behind transcript store, on SQLite and real PostgreSQL.
+
+Every test runs on both backends. The PostgreSQL case uses a fresh schema per test (via the
+connection's search_path) on 127.0.0.1:5432/test; if the server is unreachable it fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy import func, inspect, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from telephony.session.call import CallSummary, StreamStats
+from telephony.session.transcript import Event, Transcript, Turn
+from telephony.store.schema import TABLES, make_engine, turns, upgrade
+from telephony.store.transcripts import TranscriptStore
+
+PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@dataclass
+class Db:
+    backend: str
+    engine: AsyncEngine  # migrated, isolated
+    bad_engine: AsyncEngine  # points somewhere unusable
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Db]:
+    if request.param == "sqlite":
+        engine = make_engine(f"sqlite+aiosqlite:///{tmp_path}/data/store.db")
+        # Not make_engine: that would create the missing directory.
+        bad = create_async_engine(f"sqlite+aiosqlite:///{tmp_path}/no/such/dir/store.db")
+        schema = None
+    else:
+        schema = f"store_test_{uuid.uuid4().hex[:12]}"
+        conn = await asyncpg.connect(PG_DSN, timeout=5)  # unreachable server: the test fails
+        try:
+            await conn.execute(f'CREATE SCHEMA "{schema}"')
+        finally:
+            await conn.close()
+        engine = make_engine(PG_URL, connect_args={"server_settings": {"search_path": schema}})
+        bad = make_engine("postgresql+asyncpg://postgres@127.0.0.1:1/test")
+    await upgrade(engine)
+    try:
+        yield Db(request.param, engine, bad)
+    finally:
+        await engine.dispose()
+        await bad.dispose()
+        if schema is not None:
+            conn = await asyncpg.connect(PG_DSN, timeout=5)
+            try:
+                await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+            finally:
+                await conn.close()
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], within: float = 5.0) -> Any:
+    """Poll until ``check`` returns something truthy."""
+    deadline = time.monotonic() + within
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+async def count_turns(engine: AsyncEngine, sid: str) -> int:
+    async with engine.connect() as conn:
+        q = select(func.count()).select_from(turns).where(turns.c.call_sid == sid)
+        return (await conn.execute(q)).scalar_one()
+
+
+def summary(sid: str, started_at: float = 1_700_000_000.0) -> CallSummary:
+    return CallSummary(
+        call_sid=sid,
+        stream_sid="MZ1",
+        profile="support",
+        from_number="+15551230000",
+        to_number="+15550001000",
+        started_at=started_at,
+        ended_at=started_at + 12.5,
+        end_reason="caller-hangup",
+        stats=StreamStats(audio_end_ms=12_340),
+    )
+
+
+async def test_upgrade_creates_tables_and_is_idempotent(db: Db) -> None:
+    await upgrade(db.engine)  # second run: a no-op, not an error
+    async with db.engine.connect() as conn:
+        names = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
+        version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
+        uniques = await conn.run_sync(lambda c: inspect(c).get_pk_constraint("turns"))
+    assert names == {*TABLES, "alembic_version"}
+    assert version == [("0001_initial",)]
+    assert uniques["constrained_columns"] == ["call_sid", "idx"]
+
+
+async def test_call_round_trips_through_writer(db: Db) -> None:
+    store = TranscriptStore(db.engine)
+    await store.start()
+    store.call_started(
+        "CA1",
+        from_number="+15551230000",
+        to_number="+15550001000",
+        profile="support",
+        mode="flux",
+        started_at=1_700_000_000.0,
+    )
+    transcript = Transcript()
+    store.attach("CA1", transcript)
+    transcript.add_turn("caller", "my card number is", 100, 1_900, meta={"eot": 0.91})
+    transcript.event(1_950, "barge-in", by="caller")
+    bot = transcript.open_turn("bot", "Sure, one moment.", 2_300, 3_800, latency_ms=400)
+    bot.heard = "Sure, one"
+    bot.interrupted, bot.interrupted_at_ms = True, 3_100
+    transcript.close_turn(bot)
+    store.event("CA1", Event(3_000, "dtmf", {"digit": "5"}))
+    store.call_ended(summary("CA1"))
+    await store.stop()
+
+    call = await store.get_call("CA1")
+    assert call is not None
+    assert call["mode"] == "flux" and call["profile"] == "support"
+    assert call["end_reason"] == "caller-hangup" and call["ended_at"] == 1_700_000_012.5
+    assert call["duration_ms"] == 12_340 and call["recording_path"] is None
+    t0, t1 = call["turns"]
+    assert (t0["idx"], t0["role"], t0["text"], t0["start_ms"], t0["end_ms"]) == (
+        0,
+        "caller",
+        "my card number is",
+        100,
+        1_900,
+    )
+    assert t0["meta"] == {"eot": 0.91} and t0["interrupted"] is False
+    assert (t1["role"], t1["heard"], t1["interrupted"], t1["interrupted_at_ms"]) == (
+        "bot",
+        "Sure, one",
+        True,
+        3_100,
+    )
+    assert t1["latency_ms"] == 400
+    assert [(e["ms"], e["kind"], e["data"]) for e in call["events"]] == [
+        (1_950, "barge-in", {"by": "caller"}),
+        (3_000, "dtmf", {"digit": "5"}),
+    ]
+    assert [c["sid"] for c in await store.list_calls()] == ["CA1"]
+    assert await store.get_call("CA-missing") is None
+    assert (store.written, store.dropped, store.failed, store.queue_depth) == (6, 0, 0, 0)
+
+
+async def test_bot_turn_upsert(db: Db) -> None:
+    store = TranscriptStore(db.engine, flush_interval=0.05)
+    await store.start()
+    store.call_started("CA2", started_at=1.0)
+    bot = Turn(3, "bot", "Let me check", 500, 900)
+    store.turn("CA2", bot)  # written when it opens...
+    await eventually(lambda: count_turns(db.engine, "CA2"))
+    bot.text, bot.end_ms, bot.interrupted, bot.heard = "Let me check that", 1_400, True, "Let me"
+    store.turn("CA2", bot)  # ...and again when it closes (separate batch)
+    late = Turn(4, "bot", "a", 2_000, 2_100)
+    store.turn("CA2", late)
+    late.text = "ab"
+    store.turn("CA2", late)  # twice in one batch
+    await store.stop()
+
+    call = await store.get_call("CA2")
+    assert call is not None
+    assert [(t["idx"], t["text"], t["end_ms"]) for t in call["turns"]] == [
+        (3, "Let me check that", 1_400),
+        (4, "ab", 2_100),
+    ]
+    assert call["turns"][0]["interrupted"] is True and call["turns"][0]["heard"] == "Let me"
+
+
+async def test_rows_committed_within_a_second_without_stop(db: Db) -> None:
+    store = TranscriptStore(db.engine)  # default flush_interval 0.5 s
+    await store.start()
+    try:
+        t0 = time.monotonic()
+        store.call_started("CA3", started_at=1.0)
+        store.turn("CA3", Turn(0, "caller", "hello", 0, 800))
+        await eventually(lambda: count_turns(db.engine, "CA3"), within=3.0)
+        assert time.monotonic() - t0 < 1.5  # loose bound around the ~0.5 s flush interval
+    finally:
+        await store.stop()
+
+
+async def test_stop_flushes(db: Db) -> None:
+    store = TranscriptStore(db.engine, flush_interval=60.0)  # only stop() will flush
+    await store.start()
+    store.call_started("CA4", started_at=1.0)
+    for i in range(5):
+        store.turn("CA4", Turn(i, "caller", f"t{i}", i * 100, i * 100 + 50))
+    await asyncio.sleep(0.1)
+    assert await count_turns(db.engine, "CA4") == 0
+    t0 = time.monotonic()
+    await store.stop()
+    assert time.monotonic() - t0 < 2.0
+    assert await count_turns(db.engine, "CA4") == 5
+    assert store.queue_depth == 0 and store.dropped == 0
+
+
+async def test_full_queue_counts_drops_instead_of_blocking(db: Db) -> None:
+    store = TranscriptStore(db.engine, queue_size=3)  # not started: nothing drains
+    t0 = time.monotonic()
+    store.call_started("CA5", started_at=1.0)
+    for i in range(4):
+        store.turn("CA5", Turn(i, "caller", "x", 0, 1))
+    assert time.monotonic() - t0 < 0.1
+    assert store.dropped == 2 and store.queue_depth == 3
+    await store.start()
+    await store.stop()
+    assert await count_turns(db.engine, "CA5") == 2
+    assert store.dropped == 2 and store.written == 3
+
+
+async def test_db_unavailable_rows_retried_then_written(db: Db) -> None:
+    store = TranscriptStore(db.bad_engine, flush_interval=0.05, min_backoff=0.02, max_backoff=0.1)
+    await store.start()
+    try:
+        store.call_started("CA6", started_at=1.0)
+        for i in range(3):
+            store.turn("CA6", Turn(i, "caller", f"t{i}", 0, 1))
+        store.event("CA6", Event(5, "hangup"))
+        await eventually(lambda: asyncio.sleep(0, store.retries >= 2))
+        assert store.queue_depth == 5 and store.dropped == 0 and store.written == 0
+        store.engine = db.engine  # the database comes back
+        await eventually(lambda: count_turns(db.engine, "CA6"))
+        call = await store.get_call("CA6")
+        assert call is not None and len(call["turns"]) == 3 and len(call["events"]) == 1
+        assert store.written == 5 and store.dropped == 0 and store.queue_depth == 0
+    finally:
+        await store.stop()
+
+
+async def test_rejected_row_is_counted_and_the_rest_written(db: Db) -> None:
+    store = TranscriptStore(db.engine, flush_interval=0.05)
+    await store.start()
+    store.call_started("CA7", started_at=1.0)
+    store.turn("CA7", Turn(0, "caller", "ok", 0, 1))
+    store.turn("CA7", Turn(1, None, "bad: role is NOT NULL", 0, 1))  # type: ignore[arg-type]
+    store.turn("CA7", Turn(2, "bot", "ok too", 2, 3))
+    await store.stop()
+    call = await store.get_call("CA7")
+    assert call is not None and [t["idx"] for t in call["turns"]] == [0, 2]
+    assert (store.failed, store.written, store.retries) == (1, 3, 0)
