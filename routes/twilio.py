@@ -144,7 +144,7 @@ async def media_socket(ws: WebSocket) -> None:
         mode=setup.profile.mode,
         started_at=summary.started_at,
     )
-    transcripts.attach(summary.call_sid, call.transcript)
+    transcripts.attach(summary.call_sid, call.transcript, redact=setup.profile.redaction)
     try:
         await call.run()
     finally:

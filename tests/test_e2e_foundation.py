@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from telephony.sim.deepgram_server import FakeDeepgram, Script, ScriptedTurn
 from telephony.sim.twilio_caller import FakeTwilioCaller, HangUp, SendDtmf, SendRaw, StreamFormat
 from telephony.sim.twilio_caller import silence as silence_ms
 from tests.conftest import AUTH_TOKEN, NUMBERS_YAML, RunningApp, finished
@@ -120,3 +121,24 @@ async def test_a_call_lands_in_the_transcript_store(running_app: RunningApp) -> 
     assert stored is not None and stored["profile"] == "support" and stored["mode"] == "flux"
     assert stored["end_reason"] == "stop"
     assert sorted(e["kind"] for e in stored["events"]) == ["dtmf", "flux-connection"]
+
+
+async def test_card_numbers_never_reach_the_store(
+    running_app: RunningApp, fake_deepgram: FakeDeepgram
+) -> None:
+    said = "my card is four one one one one one one one one one one one one one one one"
+    fake_deepgram.set_script(None, Script(turns=[ScriptedTurn(300, 1200, said)]))
+    await caller(running_app).dial(
+        "+15550001000", call_sid="CApii", audio=silence_ms(3000), timeline=[HangUp(3000)]
+    )
+    await finished(running_app, "CApii")
+    store = running_app.app.state.transcripts
+    stored = None
+    for _ in range(300):
+        stored = await store.get_call("CApii")
+        if stored and any(t["role"] == "caller" for t in stored["turns"]):
+            break
+        await asyncio.sleep(0.01)
+    caller_turn = next(t for t in stored["turns"] if t["role"] == "caller")
+    assert caller_turn["text"] == "my card is [REDACTED:card]"
+    assert caller_turn["meta"]["redacted"][0][2] == "card"

@@ -257,3 +257,14 @@ async def test_rejected_row_is_counted_and_the_rest_written(db: Db) -> None:
     call = await store.get_call("CA7")
     assert call is not None and [t["idx"] for t in call["turns"]] == [0, 2]
     assert (store.failed, store.written, store.retries) == (1, 3, 0)
+
+
+def test_redacted_turn_replaces_pii_and_keeps_spans() -> None:
+    from telephony.session.transcript import Turn
+    from telephony.store.transcripts import redacted_turn
+
+    turn = Turn(3, "caller", "my card is 4111 1111 1111 1111 thanks", 100, 900, meta={"a": 1})
+    out = redacted_turn(turn)
+    assert out.text == "my card is [REDACTED:card] thanks"
+    assert out.meta["redacted"] == [(11, 30, "card")] and out.meta["a"] == 1
+    assert turn.text.startswith("my card is 4111")  # the live transcript is not changed

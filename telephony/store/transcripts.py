@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from sqlalchemy import Insert, select
@@ -22,6 +22,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from telephony.session.transcript import Event, Transcript, Turn
+from telephony.store.redact import redact
 from telephony.store.schema import calls, events, make_engine, turns
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,15 @@ def _permanent(exc: BaseException) -> bool:
     if isinstance(exc, IntegrityError | DataError):
         return True
     return isinstance(exc, StatementError) and not isinstance(exc, DBAPIError)
+
+
+def redacted_turn(turn: Turn) -> Turn:
+    """A copy of `turn` with card numbers, SSNs, phone numbers and emails replaced; the
+    spans (offsets in the original text) are kept in meta["redacted"] for the UI."""
+    text, heard = redact(turn.text), redact(turn.heard) if turn.heard else None
+    spans = [(s.start, s.end, s.kind) for s in text.spans]
+    meta = {**turn.meta, "redacted": spans} if spans else dict(turn.meta)
+    return replace(turn, text=text.text, heard=heard.text if heard else turn.heard, meta=meta)
 
 
 class TranscriptStore:
@@ -190,9 +200,12 @@ class TranscriptStore:
             {"call_sid": call_sid, "ms": event.ms, "kind": event.kind, "data": dict(event.data)},
         )
 
-    def attach(self, call_sid: str, transcript: Transcript) -> None:
-        """Subscribe to a call's transcript hooks."""
-        transcript.on_turn = lambda t: self.turn(call_sid, t)
+    def attach(self, call_sid: str, transcript: Transcript, *, redact: bool = False) -> None:
+        """Subscribe to a call's transcript hooks; with `redact`, PII never reaches the store."""
+        if redact:
+            transcript.on_turn = lambda t: self.turn(call_sid, redacted_turn(t))
+        else:
+            transcript.on_turn = lambda t: self.turn(call_sid, t)
         transcript.on_event = lambda e: self.event(call_sid, e)
 
     def _put(self, kind: Kind, values: dict[str, Any]) -> None:
