@@ -46,6 +46,40 @@ def _db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _users_add(args: argparse.Namespace) -> int:
+    import asyncio
+    import getpass
+
+    from telephony.settings import Settings
+    from telephony.store.schema import make_engine, upgrade
+    from telephony.store.users import UserError, add_user
+
+    # From a prompt on a terminal; from stdin otherwise (never from the command line).
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {args.name}: ")
+        if getpass.getpass("again: ") != password:
+            print("passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+
+    async def add() -> None:
+        engine = make_engine(Settings().database_url)
+        try:
+            await upgrade(engine)
+            await add_user(engine, args.name, args.role, password)
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(add())
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"user {args.name} ({args.role}) added")
+    return 0
+
+
 def _emulator(args: argparse.Namespace) -> int:
     from telephony.logs import setup_logging
     from telephony.settings import Settings
@@ -120,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub.add_parser("upgrade", help="apply migrations (also done on start)").set_defaults(
         func=_db_upgrade
     )
+
+    users_cmd = sub.add_parser("users", help="staff UI accounts")
+    users_sub = users_cmd.add_subparsers(dest="users_command", required=True)
+    add = users_sub.add_parser("add", help="add a user (password from a prompt or stdin)")
+    add.add_argument("name")
+    add.add_argument("--role", choices=["staff", "admin"], default="staff")
+    add.set_defaults(func=_users_add)
 
     emulator = sub.add_parser("emulator", help="run the fake Deepgram server")
     emulator.add_argument("--host", default="127.0.0.1")
