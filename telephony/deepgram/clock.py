@@ -28,10 +28,6 @@ class CallClock:
         self.anchors.append(entry)
         return entry
 
-    @property
-    def current(self) -> Anchor | None:
-        return self.anchors[-1] if self.anchors else None
-
     def to_call_ms(self, seconds: float, connection: int | None = None) -> int:
         """A connection-relative time in seconds, as call time in ms (latest connection)."""
         anchors = self.anchors

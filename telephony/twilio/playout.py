@@ -157,11 +157,6 @@ class Playout:
         """True while the caller may still hear bot audio (queued, partial or unechoed)."""
         return bool(self._queue or self._framer.pending or self._in_flight or self._open)
 
-    @property
-    def queued_ms(self) -> int:
-        frames = sum(1 for it in self._queue if it.frame is not None)
-        return frames * 20 + self._framer.pending // 8
-
     # --- the pacing task --------------------------------------------------------------------
 
     async def run(self) -> None:

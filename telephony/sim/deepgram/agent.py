@@ -185,19 +185,11 @@ class AgentSession(Session):
             return self.steps[self.next_step].at_ms or 0, "start"
         return math.inf, ""
 
-    async def _advance(self) -> None:
-        while not self.closing:
-            at, kind = self._next_event()
-            if self.next_fault_ms <= at and self.next_fault_ms <= self.clock.ms:
-                await self.fire(self.faults.pop(0))
-                continue
-            if at > self.clock.ms:
-                self.next_at = min(at, self.next_fault_ms)
-                return
-            if kind == "start":
-                await self._user_starts(self.steps[self.next_step])
-            else:
-                await self._user_finishes()
+    async def _emit(self, kind: str, at: float) -> None:
+        if kind == "start":
+            await self._user_starts(self.steps[self.next_step])
+        else:
+            await self._user_finishes()
 
     async def _user_starts(self, step: AgentStep) -> None:
         self.next_step += 1

@@ -135,6 +135,9 @@ class Session:
     endpoint: ClassVar[str]
     parse_client: ClassVar[Callable[[str | bytes], Any]]
 
+    clock: AudioClock  # set by each endpoint: its audio time drives the timeline
+    next_at: float = math.inf  # audio ms of the next scripted event
+
     def __init__(self, opts: Options, ws: ServerConnection, log: ConnectionLog) -> None:
         self.opts = opts
         self.ws = ws
@@ -253,6 +256,27 @@ class Session:
 
     def error_message(self, code: str, description: str) -> dm._Wire:
         raise NotImplementedError
+
+    # --- the scripted timeline ----------------------------------------------------------------
+
+    def _next_event(self) -> tuple[float, str]:
+        """(audio ms, kind) of the next scripted event; (inf, "") when none is left."""
+        return math.inf, ""
+
+    async def _emit(self, kind: str, at: float) -> None:
+        raise NotImplementedError
+
+    async def _advance(self) -> None:
+        """Emit everything due at the current audio time, faults first, in audio-time order."""
+        while not self.closing:
+            at, kind = self._next_event()
+            if self.next_fault_ms <= at and self.next_fault_ms <= self.clock.ms:
+                await self.fire(self.faults.pop(0))
+                continue
+            if at > self.clock.ms:
+                self.next_at = min(at, self.next_fault_ms)
+                return
+            await self._emit(kind, at)
 
     # --- faults ------------------------------------------------------------------------------
 

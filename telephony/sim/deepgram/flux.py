@@ -236,18 +236,6 @@ class FluxSession(Session):
         at, _, kind = min(candidates)
         return at, kind
 
-    async def _advance(self) -> None:
-        """Emit everything due at the current audio time, in audio-time order."""
-        while not self.closing:
-            at, kind = self._next_event()
-            if self.next_fault_ms <= at and self.next_fault_ms <= self.clock.ms:
-                await self.fire(self.faults.pop(0))
-                continue
-            if at > self.clock.ms:
-                self.next_at = min(at, self.next_fault_ms)
-                return
-            await self._emit(kind, at)
-
     async def _emit(self, kind: str, at: float) -> None:
         if kind == "StartOfTurn":
             spec = self.turns[self.next_turn]

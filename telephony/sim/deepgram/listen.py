@@ -130,20 +130,17 @@ class ListenSession(Session):
 
     # --- output ------------------------------------------------------------------------------
 
-    async def _advance(self) -> None:
-        while not self.closing:
-            at = self.events[self.cursor][0] if self.cursor < len(self.events) else math.inf
-            if self.next_fault_ms <= at and self.next_fault_ms <= self.clock.ms:
-                await self.fire(self.faults.pop(0))
-                continue
-            if at > self.clock.ms:
-                self.next_at = min(at, self.next_fault_ms)
-                return
-            _, _, kind, i = self.events[self.cursor]
-            self.cursor += 1
-            await self._emit(kind, at, self.turns[i])
+    def _next_event(self) -> tuple[float, str]:
+        if self.cursor >= len(self.events):
+            return math.inf, ""
+        return self.events[self.cursor][0], self.events[self.cursor][2]
 
-    async def _emit(self, kind: str, at: float, turn: NovaTurn) -> None:
+    async def _emit(self, kind: str, at: float) -> None:
+        turn = self.turns[self.events[self.cursor][3]]
+        self.cursor += 1
+        await self._emit_turn_event(kind, at, turn)
+
+    async def _emit_turn_event(self, kind: str, at: float, turn: NovaTurn) -> None:
         if self.stick_next and not turn.ended:  # a "stuck" fault that fired between turns
             turn.stuck, self.stick_next = True, False
         if kind == "speech_started":
