@@ -5,17 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import signal
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
 
-from routes import health, twilio
+from routes import admin, auth, health, staff, twilio
+from routes.templates import STATIC_DIR
 from telephony.config import ConfigStore
+from telephony.metrics import Metrics
 from telephony.responder import make_http_client
 from telephony.session.registry import CallRegistry
 from telephony.settings import Settings
-from telephony.store.schema import upgrade
+from telephony.store.schema import make_engine, upgrade
 from telephony.store.transcripts import TranscriptStore
 from telephony.twilio.calls import TwilioCalls
 from telephony.twilio.security import StreamTokens
@@ -31,6 +36,13 @@ def _install_sighup(store: ConfigStore) -> None:
         log.info("SIGHUP reload unavailable here; the file watcher still reloads")
 
 
+def _session_secret(settings: Settings) -> bytes:
+    if settings.session_secret is not None:
+        return settings.session_secret.get_secret_value().encode()
+    log.warning("TELEPHONY_SESSION_SECRET unset: staff logins will not survive a restart")
+    return secrets.token_bytes(32)
+
+
 def create_app(settings: Settings | None = None, config: ConfigStore | None = None) -> Starlette:
     settings = settings or Settings()
     store = config or ConfigStore(settings.config_path)
@@ -41,9 +53,11 @@ def create_app(settings: Settings | None = None, config: ConfigStore | None = No
             log.warning("!!! Twilio signature validation is OFF (development only) !!!")
         _install_sighup(store)
         await upgrade(settings.database_url)  # migrations are applied on start
+        app.state.db = make_engine(settings.database_url)  # the staff UI's reads, audit log
         transcripts = TranscriptStore(settings.database_url)
         await transcripts.start()
         app.state.transcripts = transcripts
+        app.state.metrics = Metrics.for_app(transcripts, app.state.registry)
         watcher = asyncio.create_task(store.watch(), name="config-watch")
         app.state.llm_http = make_http_client()
         app.state.twilio_calls = TwilioCalls(
@@ -60,11 +74,16 @@ def create_app(settings: Settings | None = None, config: ConfigStore | None = No
             await app.state.twilio_calls.aclose()
             await app.state.llm_http.aclose()
             await transcripts.stop()  # flushes every buffered row
+            await app.state.db.dispose()
 
-    app = Starlette(routes=[*health.routes, *twilio.routes], lifespan=lifespan)
+    pages = [*auth.routes, *staff.routes, *admin.routes]
+    static = Mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app = Starlette(routes=[*health.routes, *twilio.routes, *pages, static], lifespan=lifespan)
     app.state.settings = settings
     app.state.config = store
     app.state.tokens = StreamTokens(settings.token_secret(), ttl_s=settings.stream_token_ttl_s)
     app.state.registry = CallRegistry()
     app.state.draining = False
+    app.state.session_keys = auth.SessionKeys(_session_secret(settings), settings.session_ttl_s)
+    app.state.login_limiter = auth.LoginLimiter()
     return app

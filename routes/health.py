@@ -1,9 +1,9 @@
-"""Liveness and readiness."""
+"""Liveness, readiness and Prometheus metrics."""
 
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 
@@ -25,4 +25,13 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
 
-routes = [Route("/healthz", healthz), Route("/readyz", readyz)]
+async def metrics(request: Request) -> Response:
+    """The app's own registry (telephony/metrics.py), in the format the scraper accepts."""
+    exported = getattr(request.app.state, "metrics", None)
+    if exported is None:  # before the lifespan has started the store
+        return PlainTextResponse("metrics not available yet\n", status_code=503)
+    body, content_type = exported.exposition(request.headers.get("accept", ""))
+    return Response(body, headers={"Content-Type": content_type})
+
+
+routes = [Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics)]

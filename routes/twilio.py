@@ -15,6 +15,7 @@ from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 from telephony.session.call import CLOSE_POLICY, Call, StreamRefused, handshake
 from telephony.session.engines import build_engine
 from telephony.settings import Settings
+from telephony.store.recording import CallRecorder
 from telephony.twilio.security import valid_signature
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,9 @@ async def media_socket(ws: WebSocket) -> None:
         await socket.close(CLOSE_POLICY, reason)
         return
     rest = app.state.twilio_calls
+    recorder = None
+    if setup.profile.recording:
+        recorder = CallRecorder(setup.start.call_sid, settings.recordings_dir)
     call = Call(
         socket,
         setup,
@@ -132,6 +136,7 @@ async def media_socket(ws: WebSocket) -> None:
         transfer=rest.transfer,
         redirect=rest.update_twiml,
         settings=settings,
+        recorder=recorder,
     )
     app.state.registry.add(call)
     transcripts = app.state.transcripts
@@ -150,6 +155,12 @@ async def media_socket(ws: WebSocket) -> None:
     finally:
         app.state.registry.done(call)
         transcripts.call_ended(summary, mode=setup.profile.mode)
+        if recorder is not None:
+            # After the call is over and recorded as ended: writing the WAV (on the recording
+            # thread) never holds up the hang-up. The file is linked to the call once it exists.
+            path = await recorder.finish()
+            if path is not None:
+                transcripts.call_ended(summary, mode=setup.profile.mode, recording_path=str(path))
 
 
 routes = [

@@ -1,4 +1,4 @@
-"""`telephony` command line: serve, config check, emulator."""
+"""`telephony` command line: serve, config check, db, users, retention, emulator, call."""
 
 from __future__ import annotations
 
@@ -80,6 +80,39 @@ def _users_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _retention_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from telephony.config import ConfigError, load_config
+    from telephony.settings import Settings
+    from telephony.store.retention import RetentionResult, run_retention
+    from telephony.store.schema import make_engine, upgrade
+
+    settings = Settings()
+    try:  # each call's retention comes from its profile in the current YAML
+        profiles = load_config(settings.config_path).profiles
+    except ConfigError as exc:
+        print("\n".join(exc.errors), file=sys.stderr)
+        return 1
+
+    async def run() -> RetentionResult:
+        engine = make_engine(settings.database_url)
+        try:
+            await upgrade(engine)
+            return await run_retention(
+                engine, profiles, default_days=args.default_days, dry_run=args.dry_run
+            )
+        finally:
+            await engine.dispose()
+
+    result = asyncio.run(run())
+    if args.dry_run:
+        for sid in result.calls:  # what would go, one SID per line, then the summary
+            print(sid)
+    print(result.summary())
+    return 0
+
+
 def _emulator(args: argparse.Namespace) -> int:
     from telephony.logs import setup_logging
     from telephony.settings import Settings
@@ -131,6 +164,13 @@ def _call(args: argparse.Namespace) -> int:
     return 0 if call.summary is not None else 1
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="telephony", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -161,6 +201,24 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("name")
     add.add_argument("--role", choices=["staff", "admin"], default="staff")
     add.set_defaults(func=_users_add)
+
+    retention = sub.add_parser("retention", help="data retention")
+    retention_sub = retention.add_subparsers(dest="retention_command", required=True)
+    ret_run = retention_sub.add_parser(
+        "run",
+        help="delete calls (turns, events, recordings) older than their profile's "
+        "retention_days; audited",
+    )
+    ret_run.add_argument(
+        "--dry-run", action="store_true", help="list what would go; delete nothing (audited)"
+    )
+    ret_run.add_argument(
+        "--default-days",
+        type=_positive_int,
+        default=30,
+        help="retention of calls whose profile is no longer in the YAML (default 30)",
+    )
+    ret_run.set_defaults(func=_retention_run)
 
     emulator = sub.add_parser("emulator", help="run the fake Deepgram server")
     emulator.add_argument("--host", default="127.0.0.1")

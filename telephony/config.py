@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import re
+import time
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -705,6 +706,7 @@ class ConfigStore:
         self._config = load_config(self.path)  # a bad file at start-up is fatal
         self.version = 1
         self.last_error: str | None = None
+        self.loaded_at = time.time()  # epoch s of the version in use
 
     @property
     def current(self) -> Config:
@@ -755,5 +757,6 @@ class ConfigStore:
         self._config = result
         self.version += 1
         self.last_error = None
+        self.loaded_at = time.time()
         log.info("config reloaded: version %d from %s", self.version, self.path)
         return True

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import tempfile
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -172,7 +173,7 @@ def settings_for_fakes(
         DEEPGRAM_API_KEY=deepgram_key,
         DEEPGRAM_URL=deepgram.url,
         DEEPGRAM_AGENT_URL=deepgram.url,
-        **overrides,
+        **{"TELEPHONY_SESSION_SECRET": secrets.token_urlsafe(32), **overrides},
     )
 
 

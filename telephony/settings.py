@@ -19,12 +19,18 @@ class Settings(BaseSettings):
     database_url: str = Field(
         "sqlite+aiosqlite:///data/telephony.db", alias="TELEPHONY_DATABASE_URL"
     )
+    # Per-call stereo WAVs of profiles with `recording: true` (<CallSid>.wav), and their spools.
+    recordings_dir: Path = Field(Path("data/recordings"), alias="TELEPHONY_RECORDINGS_DIR")
     public_url: str = Field("http://127.0.0.1:8000", alias="TELEPHONY_PUBLIC_URL")
     # Turning signature checks off is for local development only; start-up logs a warning.
     validate_signatures: bool = Field(True, alias="TELEPHONY_VALIDATE_SIGNATURES")
     stream_token_ttl_s: float = Field(30.0, alias="TELEPHONY_STREAM_TOKEN_TTL_S")
     # Secret used to sign one-time stream tokens; defaults to the Twilio auth token.
     stream_token_secret: SecretStr | None = Field(None, alias="TELEPHONY_STREAM_TOKEN_SECRET")
+    # Signs staff UI session cookies. Unset: a random key per process (everyone is logged out
+    # on restart, and several instances behind one load balancer would not share sessions).
+    session_secret: SecretStr | None = Field(None, alias="TELEPHONY_SESSION_SECRET")
+    session_ttl_s: float = Field(8 * 3600.0, alias="TELEPHONY_SESSION_TTL_S")
     max_bad_frames: int = Field(20, alias="TELEPHONY_MAX_BAD_FRAMES")
     # Deepgram closes Voice Agent sessions at 2 h; the profile's session_cap_action runs 60 s
     # before this. Lowered only in tests.

@@ -70,6 +70,14 @@ def database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return url
 
 
+@pytest.fixture(autouse=True)
+def recordings_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Call recordings, likewise, go to the test's own directory (never ./data)."""
+    path = tmp_path / "recordings"
+    monkeypatch.setenv("TELEPHONY_RECORDINGS_DIR", str(path))
+    return path
+
+
 @pytest.fixture
 def numbers_yaml(tmp_path: Path) -> Path:
     path = tmp_path / "numbers.yaml"

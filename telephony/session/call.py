@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from telephony.audio import FRAME_BYTES, FRAME_MS, MULAW_SILENCE
 from telephony.config import Config, Profile
@@ -24,6 +24,9 @@ from telephony.settings import Settings
 from telephony.twilio import messages as tm
 from telephony.twilio.playout import Playout
 from telephony.twilio.security import StreamTokens, TokenError
+
+if TYPE_CHECKING:
+    from telephony.store.recording import CallRecorder
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +165,7 @@ class Call:
         transfer: Callable[[str, str], Awaitable[None]] | None = None,
         redirect: Callable[[str, str], Awaitable[None]] | None = None,
         settings: Settings | None = None,
+        recorder: CallRecorder | None = None,
     ) -> None:
         start = setup.start
         self.socket = socket
@@ -182,6 +186,11 @@ class Call:
         )
         self.transcript = self.summary.transcript
         self.playout = Playout(socket.send_text, start.stream_sid)
+        # Recording: caller frames go in below (after gap fill), bot frames from the playout.
+        self.recorder = recorder
+        if recorder is not None:
+            self.playout.on_frame = recorder.bot
+            self.playout.on_clear = recorder.clear
         self._hang_up = hang_up
         self._transfer = transfer
         self._redirect = redirect
@@ -317,6 +326,8 @@ class Call:
         stats.audio_bytes += len(msg.payload)
         stats.last_timestamp_ms = ts
         stats.audio_end_ms = end_ms
+        if self.recorder is not None:
+            self.recorder.caller(ts, msg.payload)
         if self.engine is not None:
             await self.engine.on_caller_audio(ts, msg.payload)
 

@@ -31,6 +31,7 @@ Kind = Literal["call_started", "call_ended", "turn", "event"]
 
 _START_COLS = ("from_number", "to_number", "profile", "mode", "started_at", "recording_path")
 _END_COLS = ("ended_at", "end_reason", "duration_ms")
+_END_OPTIONAL_COLS = ("mode", "recording_path")  # upserted only when the row carries them
 _TURN_COLS = (
     "role",
     "text",
@@ -153,9 +154,16 @@ class TranscriptStore:
         )
 
     def call_ended(
-        self, summary: Any, *, duration_ms: int | None = None, mode: str | None = None
+        self,
+        summary: Any,
+        *,
+        duration_ms: int | None = None,
+        mode: str | None = None,
+        recording_path: str | None = None,
     ) -> None:
-        """``summary``: a ``CallSummary`` (or anything with its fields)."""
+        """``summary``: a ``CallSummary`` (or anything with its fields). ``mode`` and
+        ``recording_path`` are written only when given (a recording is linked once its file
+        exists, which may be a second ``call_ended`` for the same call)."""
         ended_at = summary.ended_at or time.time()
         if duration_ms is None:
             stats = getattr(summary, "stats", None)
@@ -173,6 +181,8 @@ class TranscriptStore:
         }
         if mode is not None:
             values["mode"] = mode
+        if recording_path is not None:
+            values["recording_path"] = recording_path
         self._put("call_ended", values)
 
     def turn(self, call_sid: str, turn: Turn) -> None:
@@ -361,12 +371,13 @@ class TranscriptStore:
                 await conn.execute(self._insert(events), event_rows)
 
     async def _write_ended(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-        with_mode = [r for r in rows if "mode" in r]
-        without = [r for r in rows if "mode" not in r]
-        if with_mode:
-            await conn.execute(self._upsert(calls, ["sid"], (*_END_COLS, "mode")), with_mode)
-        if without:
-            await conn.execute(self._upsert(calls, ["sid"], _END_COLS), without)
+        # One statement per set of optional columns present, so an absent one is never nulled.
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for r in rows:
+            extra = tuple(c for c in _END_OPTIONAL_COLS if c in r)
+            groups.setdefault(extra, []).append(r)
+        for extra, group in groups.items():
+            await conn.execute(self._upsert(calls, ["sid"], (*_END_COLS, *extra)), group)
 
     # -- reads for the UI --------------------------------------------------------------
 

@@ -94,3 +94,9 @@ async def authenticate(engine: AsyncEngine, name: str, password: str) -> Role | 
         verify_password(password, hash_password("timing-equaliser"))
         return None
     return found.role if verify_password(password, found.password_hash) else None
+
+
+async def role_of(engine: AsyncEngine, name: str) -> Role | None:
+    """The user's current role, or None if the account no longer exists."""
+    async with engine.connect() as conn:
+        return (await conn.execute(select(users.c.role).where(users.c.name == name))).scalar()

@@ -100,6 +100,10 @@ class Playout:
         self._run_frames = 0  # frames sent in the current run
         self.frames_sent = 0
         self.on_segment_done: Callable[[Segment], None] | None = None
+        # Recording taps (None unless the call is recorded): every media frame with the
+        # monotonic time it plays, told before it is sent; and the time a `clear` went out.
+        self.on_frame: Callable[[bytes, float], None] | None = None
+        self.on_clear: Callable[[float], None] | None = None
 
     # --- what the engine calls --------------------------------------------------------------
 
@@ -140,6 +144,8 @@ class Playout:
             seg.state = SegmentState.CLEARED
             self._done(seg)
         if had_audio:
+            if self.on_clear is not None:
+                self.on_clear(self._clock())
             await self._send(tm.clear_message(self._sid))
         return unheard
 
@@ -181,6 +187,8 @@ class Playout:
                 return
             item = self._queue.popleft()
             if item.frame is not None:
+                if self.on_frame is not None:
+                    self.on_frame(item.frame, self._run_start + self._run_frames * FRAME_S)
                 self._run_frames += 1
                 self.frames_sent += 1
                 await self._send(tm.media_message(self._sid, item.frame))

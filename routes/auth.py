@@ -1,0 +1,268 @@
+"""Staff UI login: signed session cookies, CSRF tokens, and the role check for every page.
+
+The session cookie holds `name|expiry|nonce` and an HMAC of it; it is HttpOnly and SameSite=Strict.
+The role is not trusted from the cookie: it is read from the users table on every request, so
+removing or demoting an account takes effect at once. Forms carry a CSRF token that is an HMAC
+of the session nonce (or, before login, of a separate pre-login cookie).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, quote
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from routes.templates import render
+from telephony.store import audit
+from telephony.store.users import Role, authenticate, role_of
+
+log = logging.getLogger(__name__)
+
+SESSION_COOKIE = "tel_session"
+PRELOGIN_COOKIE = "tel_prelogin"
+MAX_FORM_BYTES = 16 * 1024
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    name: str
+    role: Role
+    nonce: str  # per login; the CSRF token is derived from it
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+class SessionKeys:
+    """Signs and checks cookies and CSRF tokens with one secret."""
+
+    def __init__(self, secret: bytes, ttl_s: float) -> None:
+        self._key = hashlib.sha256(b"staff-session\0" + secret).digest()
+        self.ttl_s = ttl_s
+
+    def _mac(self, data: str) -> str:
+        digest = hmac.new(self._key, data.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+    def issue(self, name: str, now: float | None = None) -> tuple[str, str]:
+        """(cookie value, nonce) for a fresh login."""
+        nonce = secrets.token_urlsafe(12)
+        expires = int((now or time.time()) + self.ttl_s)
+        body = f"{name}|{expires}|{nonce}"
+        return f"{body}|{self._mac(body)}", nonce
+
+    def verify(self, cookie: str, now: float | None = None) -> tuple[str, str] | None:
+        """(name, nonce) of a valid, unexpired cookie."""
+        try:
+            name, expires, nonce, mac = cookie.split("|")
+            fresh = int(expires) > (now or time.time())
+        except ValueError:
+            return None
+        ok = hmac.compare_digest(mac, self._mac(f"{name}|{expires}|{nonce}"))
+        return (name, nonce) if ok and fresh else None
+
+    def csrf(self, nonce: str) -> str:
+        return self._mac("csrf|" + nonce)
+
+    def csrf_ok(self, nonce: str, token: str) -> bool:
+        return bool(token) and hmac.compare_digest(token, self.csrf(nonce))
+
+
+def _keys(request: Request) -> SessionKeys:
+    return request.app.state.session_keys
+
+
+def _secure(request: Request) -> bool:
+    return request.app.state.settings.public_url.startswith("https://")
+
+
+async def current_user(request: Request) -> User | None:
+    cookie = request.cookies.get(SESSION_COOKIE)
+    found = _keys(request).verify(cookie) if cookie else None
+    if found is None:
+        return None
+    name, nonce = found
+    role = await role_of(request.app.state.db, name)
+    return User(name, role, nonce) if role else None
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """A small urlencoded form (login, admin buttons); larger bodies are refused."""
+    body = await request.body()
+    if len(body) > MAX_FORM_BYTES:
+        return {}
+    return dict(parse_qsl(body.decode(errors="replace"), keep_blank_values=True))
+
+
+def _wants_html(request: Request) -> bool:
+    return "text/html" in request.headers.get("accept", "")
+
+
+def _forbidden(request: Request, user: User) -> Response:
+    log.warning("staff UI: %s (%s) refused %s", user.name, user.role, request.url.path)
+    return render(request, "error.html", {"message": "Admins only."}, status_code=403, user=user)
+
+
+def require(role: Role = "staff") -> Callable[[Handler], Handler]:
+    """Page decorator: anonymous -> login (401 for non-HTML clients); wrong role -> 403."""
+
+    def decorate(handler: Handler) -> Handler:
+        async def guarded(request: Request) -> Response:
+            user = await current_user(request)
+            if user is None:
+                if _wants_html(request):
+                    target = quote(
+                        request.url.path + ("?" + request.url.query if request.url.query else "")
+                    )
+                    return RedirectResponse(f"/login?next={target}", status_code=303)
+                return Response("login required", status_code=401)
+            if role == "admin" and not user.is_admin:
+                return _forbidden(request, user)
+            request.state.user = user
+            return await handler(request)
+
+        guarded.__name__ = handler.__name__
+        guarded.__doc__ = handler.__doc__
+        return guarded
+
+    return decorate
+
+
+async def check_csrf(request: Request, form: dict[str, str]) -> bool:
+    user: User = request.state.user
+    return _keys(request).csrf_ok(user.nonce, form.get("csrf", ""))
+
+
+def _safe_next(target: str) -> str:
+    """Only local paths: never an open redirect to another site."""
+    if target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/calls"
+
+
+# --- login / logout ---------------------------------------------------------------------------
+
+
+async def login_page(request: Request) -> Response:
+    nonce = request.cookies.get(PRELOGIN_COOKIE) or secrets.token_urlsafe(12)
+    return _login_form(request, nonce, error="", status_code=200)
+
+
+def _login_form(request: Request, nonce: str, *, error: str, status_code: int) -> Response:
+    response = render(
+        request,
+        "login.html",
+        {
+            "csrf": _keys(request).csrf(nonce),
+            "next": _safe_next(request.query_params.get("next", "/calls")),
+            "error": error,
+        },
+        status_code=status_code,
+    )
+    response.set_cookie(
+        PRELOGIN_COOKIE, nonce, httponly=True, samesite="strict", secure=_secure(request)
+    )
+    return response
+
+
+async def login_submit(request: Request) -> Response:
+    form = await read_form(request)
+    nonce = request.cookies.get(PRELOGIN_COOKIE, "")
+    db = request.app.state.db
+    name = form.get("name", "").strip()[:128]
+    if not nonce or not _keys(request).csrf_ok(nonce, form.get("csrf", "")):
+        return _login_form(
+            request,
+            nonce or secrets.token_urlsafe(12),
+            error="Form expired, please try again.",
+            status_code=400,
+        )
+    limiter = request.app.state.login_limiter
+    client = request.client.host if request.client else "?"
+    if not limiter.allowed(client, name):
+        await audit.record(db, name or "?", "login.throttled", client)
+        return _login_form(
+            request, nonce, error="Too many attempts; wait a few minutes.", status_code=429
+        )
+    role = await authenticate(db, name, form.get("password", ""))
+    if role is None:
+        limiter.failed(client, name)
+        await audit.record(db, name or "?", "login.failed", client)
+        return _login_form(request, nonce, error="Wrong name or password.", status_code=401)
+    limiter.succeeded(client, name)
+    cookie, _ = _keys(request).issue(name)
+    await audit.record(db, name, "login", client, {"role": role})
+    response = RedirectResponse(_safe_next(form.get("next", "/calls")), status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        cookie,
+        max_age=int(_keys(request).ttl_s),
+        httponly=True,
+        samesite="strict",
+        secure=_secure(request),
+    )
+    response.delete_cookie(PRELOGIN_COOKIE)
+    return response
+
+
+@require("staff")
+async def logout(request: Request) -> Response:
+    form = await read_form(request)
+    if not await check_csrf(request, form):
+        return Response("bad CSRF token", status_code=400)
+    await audit.record(request.app.state.db, request.state.user.name, "logout")
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE)
+    return response
+
+
+class LoginLimiter:
+    """Failed logins per (client address, account name), in a sliding window.
+
+    In memory and per process: it slows guessing from one place without any shared store; a
+    distributed attacker is the reverse proxy's job.
+    """
+
+    def __init__(self, max_failures: int = 5, window_s: float = 300.0) -> None:
+        self.max_failures = max_failures
+        self.window_s = window_s
+        self._failures: dict[tuple[str, str], list[float]] = {}
+
+    def _recent(self, key: tuple[str, str], now: float) -> list[float]:
+        times = [t for t in self._failures.get(key, []) if now - t < self.window_s]
+        if times:
+            self._failures[key] = times
+        else:
+            self._failures.pop(key, None)
+        return times
+
+    def allowed(self, client: str, name: str, now: float | None = None) -> bool:
+        return len(self._recent((client, name), now or time.monotonic())) < self.max_failures
+
+    def failed(self, client: str, name: str, now: float | None = None) -> None:
+        now = now or time.monotonic()
+        self._recent((client, name), now)
+        self._failures.setdefault((client, name), []).append(now)
+
+    def succeeded(self, client: str, name: str) -> None:
+        self._failures.pop((client, name), None)
+
+
+routes = [
+    Route("/login", login_page, methods=["GET"]),
+    Route("/login", login_submit, methods=["POST"]),
+    Route("/logout", logout, methods=["POST"]),
+]

@@ -1,0 +1,215 @@
+"""Staff review UI: the call list (filters, search, live calls) and one call's timeline.
+
+Every view of a transcript, export and recording is written to the audit log before it is
+returned. Pages poll small HTML fragments (`/calls/rows`, `/calls/{sid}/timeline`) to update
+live calls; the fragments reuse the page templates, so there is one rendering of each row.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import (
+    FileResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
+from starlette.routing import Route
+
+from routes.auth import require
+from routes.templates import render
+from telephony.store import audit
+from telephony.store.export import as_json, as_text, timeline
+from telephony.store.queries import CallFilter, count_calls, get_call, profiles_seen, search_calls
+
+PAGE_SIZE = 50
+
+
+@dataclass
+class ListQuery:
+    """The list page's query string, parsed: the filter plus the form's echo and problems."""
+
+    filter: CallFilter
+    form: dict[str, str]
+    errors: list[str] = field(default_factory=list)
+    page: int = 1
+
+
+def _day(value: str, tz_minutes: int, errors: list[str], label: str) -> datetime | None:
+    """Midnight of a YYYY-MM-DD day in the viewer's time zone, as a UTC datetime."""
+    if not value:
+        return None
+    try:
+        day = date.fromisoformat(value)
+    except ValueError:
+        errors.append(f"{label}: not a date (YYYY-MM-DD)")
+        return None
+    # JavaScript's getTimezoneOffset(): minutes to add to local time to get UTC.
+    return datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(minutes=tz_minutes)
+
+
+def _int(value: str, errors: list[str], label: str, lo: int, hi: int) -> int | None:
+    if not value:
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        errors.append(f"{label}: not a whole number")
+        return None
+    if not lo <= n <= hi:
+        errors.append(f"{label}: must be between {lo} and {hi}")
+        return None
+    return n
+
+
+def parse_list_query(params: Any) -> ListQuery:
+    keys = ("q", "number", "profile", "from", "to", "tz", "interrupted", "min_latency", "status")
+    form = {k: params.get(k, "").strip()[:500] for k in keys}
+    errors: list[str] = []
+    tz = _int(form["tz"], errors, "time zone", -14 * 60, 14 * 60) or 0
+    after = _day(form["from"], tz, errors, "from")
+    before = _day(form["to"], tz, errors, "to")
+    page = _int(params.get("page", ""), errors, "page", 1, 100_000) or 1
+    interrupted = {"yes": True, "no": False}.get(form["interrupted"])
+    status = form["status"] if form["status"] in ("live", "ended") else ""
+    flt = CallFilter(
+        q=form["q"],
+        number=form["number"],
+        profile=form["profile"],
+        started_after=after.timestamp() if after else None,
+        # "to" is inclusive of the whole day.
+        started_before=(before + timedelta(days=1)).timestamp() if before else None,
+        interrupted=interrupted,
+        min_latency_ms=_int(form["min_latency"], errors, "minimum latency", 0, 600_000),
+        status=status,
+        limit=PAGE_SIZE,
+        offset=(page - 1) * PAGE_SIZE,
+    )
+    return ListQuery(flt, form, errors, page)
+
+
+async def _rows(request: Request, query: ListQuery) -> tuple[list[dict[str, Any]], int]:
+    db = request.app.state.db
+    rows = await search_calls(db, query.filter)
+    total = await count_calls(db, replace(query.filter, limit=0, offset=0))
+    return rows, total
+
+
+@require("staff")
+async def call_list(request: Request) -> Response:
+    query = parse_list_query(request.query_params)
+    rows, total = await _rows(request, query)
+    if query.form["q"]:
+        await audit.record(
+            request.app.state.db, request.state.user.name, "calls.search", query.form["q"]
+        )
+    context = {
+        "rows": rows,
+        "total": total,
+        "query": query,
+        "profiles": await profiles_seen(request.app.state.db),
+        "page_size": PAGE_SIZE,
+        "pages": max(1, -(-total // PAGE_SIZE)),
+    }
+    return render(request, "calls.html", context)
+
+
+@require("staff")
+async def call_rows(request: Request) -> Response:
+    """The list's table body alone, for the page's polling of live calls."""
+    query = parse_list_query(request.query_params)
+    rows, total = await _rows(request, query)
+    response = render(request, "_call_rows.html", {"rows": rows, "query": query})
+    response.headers["x-total"] = str(total)
+    return response
+
+
+async def _call_or_404(request: Request) -> dict[str, Any] | Response:
+    call = await get_call(request.app.state.db, request.path_params["sid"])
+    if call is None:
+        return render(request, "error.html", {"message": "No such call."}, status_code=404)
+    return call
+
+
+def _has_recording(call: dict[str, Any]) -> bool:
+    path = call.get("recording_path")
+    return bool(path) and Path(path).is_file()
+
+
+@require("staff")
+async def call_page(request: Request) -> Response:
+    call = await _call_or_404(request)
+    if isinstance(call, Response):
+        return call
+    await audit.record(request.app.state.db, request.state.user.name, "call.view", call["sid"])
+    context = {"call": call, "items": timeline(call), "has_recording": _has_recording(call)}
+    return render(request, "call.html", context)
+
+
+@require("staff")
+async def call_timeline(request: Request) -> Response:
+    """The timeline fragment alone, polled while the call is live (the view was audited)."""
+    call = await _call_or_404(request)
+    if isinstance(call, Response):
+        return call
+    response = render(request, "_timeline.html", {"call": call, "items": timeline(call)})
+    response.headers["x-live"] = "1" if call.get("ended_at") is None else "0"
+    return response
+
+
+@require("staff")
+async def call_export(request: Request) -> Response:
+    call = await _call_or_404(request)
+    if isinstance(call, Response):
+        return call
+    fmt = request.url.path.rsplit(".", 1)[-1]  # json | txt
+    user = request.state.user.name
+    await audit.record(request.app.state.db, user, "call.export", call["sid"], {"format": fmt})
+    filename = f"call-{call['sid']}.{fmt}"
+    headers = {
+        "content-disposition": f'attachment; filename="{filename}"',
+        "cache-control": "no-store",
+    }
+    if fmt == "json":
+        body = json.dumps(as_json(call), indent=2, default=str)
+        return Response(body, media_type="application/json", headers=headers)
+    return PlainTextResponse(as_text(call), headers=headers)
+
+
+@require("staff")
+async def call_recording(request: Request) -> Response:
+    call = await _call_or_404(request)
+    if isinstance(call, Response):
+        return call
+    if not _has_recording(call):
+        return PlainTextResponse("no recording", status_code=404)
+    # The player asks for byte ranges as it seeks: audit the first request, not every range.
+    first = request.headers.get("range", "bytes=0-").startswith("bytes=0-")
+    if first:
+        user = request.state.user.name
+        await audit.record(request.app.state.db, user, "call.recording", call["sid"])
+    response = FileResponse(call["recording_path"], media_type="audio/wav")
+    response.headers["cache-control"] = "no-store"
+    return response
+
+
+async def home(request: Request) -> Response:
+    return RedirectResponse("/calls", status_code=303)
+
+
+routes = [
+    Route("/", home),
+    Route("/calls", call_list),
+    Route("/calls/rows", call_rows),
+    Route("/calls/{sid}", call_page),
+    Route("/calls/{sid}/timeline", call_timeline),
+    Route("/calls/{sid}/export.json", call_export),
+    Route("/calls/{sid}/export.txt", call_export),
+    Route("/calls/{sid}/recording.wav", call_recording),
+]

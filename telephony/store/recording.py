@@ -1,0 +1,314 @@
+"""Per-call stereo recordings: the caller on the left, the bot on the right, as heard.
+
+Both tracks are μ-law bytes on the call's audio clock (8 bytes per ms of Twilio's
+`media.timestamp`):
+
+- caller: every inbound frame at its timestamp. Lost frames are padded with silence the way the
+  call's gap fill pads them for the engine (a jump of more than `MAX_GAP_MS` is squeezed to
+  `MAX_GAP_MS`), so the track is continuous and its length *is* the call clock.
+- bot: every frame the playout sends, placed where it plays. The playout knows that on its own
+  monotonic clock; the newest caller frame anchors the two clocks (call ms ≈ its
+  media.timestamp + the time since it arrived).
+  Frames of one paced run are laid end to end. A `clear` cuts the track at the moment it went
+  out: whatever was sent but had not played yet never reached the caller, so it is not kept.
+
+The audio path only appends to two bytearrays. Every `flush_ms` of caller audio the part that
+can no longer change (everything older than `hold_ms` before the newest caller audio; a clear
+cannot reach further back) is handed to one worker thread shared by every recorder in the
+process, which appends it to two spool files. `finish()` hands over the rest and has the same
+thread write `<dir>/<CallSid>.wav` (stereo PCM16 8 kHz, the shorter track padded with silence)
+through a temporary file and a rename, then delete the spools. The event loop never touches
+the disk and never waits for the thread except in `finish()`, which awaits it asynchronously.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import re
+import sys
+import threading
+import warnings
+import wave
+from collections.abc import Callable
+from pathlib import Path
+
+from telephony.audio import MULAW_SILENCE, TWILIO_RATE
+
+with warnings.catch_warnings():
+    # stdlib audioop (3.11/3.12) warns on import; on >= 3.13 `audioop-lts` installs the same name.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import audioop
+
+log = logging.getLogger(__name__)
+
+BYTES_PER_MS = TWILIO_RATE // 1000  # μ-law 8 kHz: one byte per sample
+MAX_GAP_MS = 2000  # as the call's gap fill (telephony.session.call.MAX_GAP_FILL_MS)
+FLUSH_MS = 5000  # hand caller audio to the worker in chunks of this much
+HOLD_MS = 1000  # bot audio this close to "now" stays in memory: a clear may still cut it
+WAV_CHUNK = 64 * 1024  # samples per channel converted at a time when the WAV is written
+_SILENCE = bytes((MULAW_SILENCE,)) * (MAX_GAP_MS * BYTES_PER_MS)
+_CONTIGUOUS_S = 0.001  # a frame due within 1 ms of the previous one's end continues its run
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+_executor: concurrent.futures.ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def recording_executor() -> concurrent.futures.ThreadPoolExecutor:
+    """The one worker thread every recorder in this process writes through (in order)."""
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="recording"
+            )
+        return _executor
+
+
+def _silence(n: int) -> bytes:
+    if n <= len(_SILENCE):
+        return _SILENCE[:n]
+    return bytes((MULAW_SILENCE,)) * n
+
+
+class CallRecorder:
+    """One call's recording. Loop side: `caller`, `bot`, `clear` (cheap), `finish` (async).
+
+    `clock` is the monotonic clock the playout paces on (the event loop's by default).
+    """
+
+    def __init__(
+        self,
+        call_sid: str,
+        directory: str | os.PathLike[str],
+        *,
+        clock: Callable[[], float] | None = None,
+        executor: concurrent.futures.Executor | None = None,
+        flush_ms: int = FLUSH_MS,
+        hold_ms: int = HOLD_MS,
+    ) -> None:
+        self.call_sid = call_sid
+        directory = Path(directory).absolute()
+        name = _UNSAFE.sub("_", call_sid) or "call"
+        self.path = directory / f"{name}.wav"
+        self._caller_spool = directory / f"{name}.caller.ulaw.part"
+        self._bot_spool = directory / f"{name}.bot.ulaw.part"
+        self._tmp = directory / f"{name}.wav.tmp"
+        self._clock = clock or asyncio.get_running_loop().time
+        self._executor = executor or recording_executor()
+        self._flush_bytes = flush_ms * BYTES_PER_MS
+        self._hold_bytes = hold_ms * BYTES_PER_MS
+        # Loop side. Positions are absolute byte offsets on the recording's clock.
+        self._caller = bytearray()  # caller audio after `_caller_spooled`
+        self._caller_spooled = 0  # caller bytes handed to the worker
+        self._caller_end_ms = 0  # call clock at the end of the caller track
+        # The clocks' anchor: the newest caller frame started at byte `_anchor_pos` and
+        # arrived at monotonic `_anchor_t` (before any, the call clock's 0 is "now").
+        self._anchor_t = self._clock()
+        self._anchor_pos = 0
+        self._bot = bytearray()  # bot track from `_bot_base` on
+        self._bot_base = 0
+        self._bot_floor = 0  # the bot track before this is with the worker: final
+        self._run_end_t: float | None = None  # monotonic end of the last bot frame's run
+        self.squeezed_ms = 0  # caller clock jumps beyond MAX_GAP_MS, left out of the file
+        self._finished = False
+        self._submit_ok = True
+        self._broken = False  # set by a failure on the loop side: recording stops
+        # Worker side (touched only by the worker thread).
+        self._bot_written = 0
+        self._error: BaseException | None = None
+        self._started = False
+
+    # --- the audio path (event loop; no I/O, no conversions) --------------------------------
+
+    def caller(self, ts_ms: int, payload: bytes) -> None:
+        """An inbound frame at `ts_ms` on the call clock, as the call received it."""
+        if self._broken:
+            return
+        try:
+            now = self._clock()
+            end_ms = self._caller_end_ms
+            if ts_ms != end_ms:
+                if ts_ms > end_ms:  # lost frames: silence, as the call's gap fill does
+                    gap = ts_ms - end_ms
+                    fill = min(gap, MAX_GAP_MS)
+                    self.squeezed_ms += gap - fill
+                    self._caller += _silence(fill * BYTES_PER_MS)
+                    end_ms += fill
+                else:  # overlap (the clock never runs back): keep only what is new
+                    payload = payload[(end_ms - ts_ms) * BYTES_PER_MS :]
+            self._caller += payload
+            self._caller_end_ms = end_ms + len(payload) // BYTES_PER_MS
+            self._anchor_t = now
+            self._anchor_pos = self._caller_spooled + len(self._caller) - len(payload)
+            if len(self._caller) >= self._flush_bytes:
+                self._flush(final=False)
+        except Exception:
+            self._break()
+
+    def bot(self, frame: bytes, play_at: float) -> None:
+        """A media frame sent to Twilio that plays at monotonic time `play_at`."""
+        if self._broken:
+            return
+        try:
+            run_end = self._run_end_t
+            if run_end is not None and abs(play_at - run_end) < _CONTIGUOUS_S:
+                pos = self._bot_base + len(self._bot)  # the run goes on: no jitter inside
+            else:
+                pos = self._pos_at(play_at)
+            self._run_end_t = play_at + len(frame) / TWILIO_RATE
+            if pos < self._bot_floor:  # only if the clocks jumped by more than hold_ms
+                frame = frame[self._bot_floor - pos :]
+                pos = self._bot_floor
+            bot = self._bot
+            if not bot:
+                self._bot_base = pos
+                bot += frame
+                return
+            at = pos - self._bot_base
+            if at > len(bot):
+                bot += _silence(at - len(bot))
+            bot[at : at + len(frame)] = frame  # append, or overwrite what a new run replaces
+            if len(bot) >= 2 * self._flush_bytes:  # only if the caller's frames stopped
+                self._flush(final=False)
+        except Exception:
+            self._break()
+
+    def clear(self, at: float) -> None:
+        """Twilio `clear` at monotonic `at`: bot audio that had not played by then is dropped."""
+        if self._broken:
+            return
+        try:
+            self._run_end_t = None
+            cut = max(self._pos_at(at), self._bot_floor) - self._bot_base
+            if cut < len(self._bot):
+                del self._bot[max(cut, 0) :]
+        except Exception:
+            self._break()
+
+    def _break(self) -> None:
+        """A bug here must never reach the call: log it, stop recording, keep no file."""
+        log.exception("recording abandoned", extra={"call_sid": self.call_sid})
+        self._broken = True
+        self._caller, self._bot = bytearray(), bytearray()
+
+    def _pos_at(self, t: float) -> int:
+        """Byte position on the recording of monotonic time `t`: call ms ≈ newest
+        media.timestamp + time since it arrived (so transport delays count as zero)."""
+        return self._anchor_pos + round((t - self._anchor_t) * TWILIO_RATE)
+
+    def _flush(self, *, final: bool) -> None:
+        caller, self._caller = self._caller, bytearray()
+        self._caller_spooled += len(caller)
+        bot_start = self._bot_base
+        if final:
+            bot, self._bot = bytes(self._bot), bytearray()
+        else:  # what a clear could still cut stays: everything from `hold_ms` before now
+            keep_from = self._pos_at(self._clock()) - self._hold_bytes - self._bot_base
+            n = min(max(keep_from, 0), len(self._bot))
+            bot = bytes(self._bot[:n])
+            del self._bot[:n]
+        self._bot_base += len(bot)
+        self._bot_floor = max(self._bot_floor, self._bot_base)
+        if (caller or bot) and self._submit_ok:
+            try:
+                self._executor.submit(self._spool, caller, bot_start, bot)  # caller: ours no more
+            except RuntimeError as exc:  # executor shut down (interpreter exit): stop quietly
+                self._submit_ok = False
+                log.error("recording stopped: %s", exc, extra={"call_sid": self.call_sid})
+
+    # --- finishing --------------------------------------------------------------------------
+
+    async def finish(self) -> Path | None:
+        """Write the WAV; its path, or None (logged with the call SID) if that failed.
+
+        Runs on the worker thread; shielded, so a cancelled caller does not lose the file.
+        """
+        if self._finished:
+            return None
+        self._finished = True
+        try:
+            if not self._broken:
+                self._flush(final=True)
+            future = self._executor.submit(self._write_wav)
+            return await asyncio.shield(asyncio.wrap_future(future))
+        except Exception:
+            log.exception("recording failed", extra={"call_sid": self.call_sid})
+            return None
+
+    # --- the worker thread ------------------------------------------------------------------
+
+    def _spool(self, caller: bytes | bytearray, bot_start: int, bot: bytes) -> None:
+        if self._error is not None:
+            return
+        try:
+            if not self._started:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._caller_spool.write_bytes(b"")  # a stale spool of this SID is replaced
+                self._bot_spool.write_bytes(b"")
+                self._started = True
+            if caller:
+                with self._caller_spool.open("ab") as f:
+                    f.write(caller)
+            if bot:
+                skip = max(self._bot_written - bot_start, 0)
+                with self._bot_spool.open("ab") as f:
+                    f.write(_silence(max(bot_start - self._bot_written, 0)))
+                    f.write(bot[skip:])
+                self._bot_written = max(self._bot_written, bot_start + len(bot))
+        except Exception as exc:
+            self._error = exc
+            log.error("recording spool failed: %s", exc, extra={"call_sid": self.call_sid})
+
+    def _write_wav(self) -> Path | None:
+        try:
+            if self._error is not None:
+                raise self._error
+            if self._broken:
+                return None  # already logged; the spools are removed below
+            if not self._started:
+                self._spool(b"", 0, b"")  # a call without audio: an empty recording
+                if self._error is not None:
+                    raise self._error
+            tmp = self._tmp
+            caller_len = self._caller_spool.stat().st_size
+            bot_len = self._bot_spool.stat().st_size
+            with (
+                self._caller_spool.open("rb") as left,
+                self._bot_spool.open("rb") as right,
+                wave.open(str(tmp), "wb") as out,
+            ):
+                out.setnchannels(2)
+                out.setsampwidth(2)
+                out.setframerate(TWILIO_RATE)
+                for _ in range(0, max(caller_len, bot_len), WAV_CHUNK):
+                    out.writeframes(_stereo(left.read(WAV_CHUNK), right.read(WAV_CHUNK)))
+            os.replace(tmp, self.path)
+            return self.path
+        except Exception:
+            log.exception("recording failed", extra={"call_sid": self.call_sid})
+            return None
+        finally:
+            for leftover in (self._caller_spool, self._bot_spool, self._tmp):
+                try:
+                    leftover.unlink(missing_ok=True)
+                except OSError as exc:
+                    log.warning(
+                        "cannot remove %s: %s", leftover, exc, extra={"call_sid": self.call_sid}
+                    )
+
+
+def _stereo(left: bytes, right: bytes) -> bytes:
+    """Two μ-law chunks -> interleaved little-endian PCM16, the shorter padded with silence."""
+    n = max(len(left), len(right))
+    left += _silence(n - len(left))
+    right += _silence(n - len(right))
+    pcm = audioop.add(
+        audioop.tostereo(audioop.ulaw2lin(left, 2), 2, 1, 0),
+        audioop.tostereo(audioop.ulaw2lin(right, 2), 2, 0, 1),
+        2,
+    )
+    return audioop.byteswap(pcm, 2) if sys.byteorder == "big" else pcm

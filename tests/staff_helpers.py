@@ -1,0 +1,81 @@
+"""Shared by the staff UI tests: accounts, a stored call, and logging in over HTTP."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import httpx
+
+from telephony.session.call import CallSummary
+from telephony.session.transcript import Event, Turn
+from telephony.store.schema import make_engine
+from telephony.store.transcripts import TranscriptStore
+from telephony.store.users import add_user
+
+STAFF = ("alice", "staff", "alice-password-1")
+ADMIN = ("root", "admin", "root-password-12")
+
+_CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+def csrf_of(html: str) -> str:
+    found = _CSRF.search(html)
+    assert found, "page has no CSRF field"
+    return found.group(1)
+
+
+async def add_accounts(database_url: str) -> None:
+    engine = make_engine(database_url)
+    try:
+        for name, role, password in (STAFF, ADMIN):
+            await add_user(engine, name, role, password)
+    finally:
+        await engine.dispose()
+
+
+async def store_call(
+    database_url: str,
+    sid: str,
+    *,
+    turns: list[Turn],
+    events: list[Event] = (),  # type: ignore[assignment]
+    ended: bool = True,
+    profile: str = "support",
+    from_number: str = "+15557654321",
+    to_number: str = "+15550001000",
+    started_at: float | None = None,
+    recording_path: str | None = None,
+) -> None:
+    """Write a call through the real write-behind store (and flush it)."""
+    store = TranscriptStore(database_url)
+    await store.start()
+    started = time.time() - 60 if started_at is None else started_at
+    store.call_started(
+        sid,
+        from_number=from_number,
+        to_number=to_number,
+        profile=profile,
+        mode="flux",
+        started_at=started,
+        recording_path=recording_path,
+    )
+    for turn in turns:
+        store.turn(sid, turn)
+    for event in events:
+        store.event(sid, event)
+    if ended:
+        summary = CallSummary(sid, "MZ" + sid[2:], profile, from_number, to_number, started)
+        summary.ended_at = started + 30
+        summary.end_reason = "caller hung up"
+        store.call_ended(summary, duration_ms=30_000)
+    await store.stop()
+    assert store.written > 0 and store.dropped == 0
+
+
+async def login(client: httpx.AsyncClient, name: str, password: str) -> httpx.Response:
+    page = await client.get("/login")
+    return await client.post(
+        "/login",
+        data={"csrf": csrf_of(page.text), "name": name, "password": password, "next": "/calls"},
+    )

@@ -1,0 +1,201 @@
+"""The staff UI in real headless Chromium (Debian's /usr/bin/chromium, driven by Playwright).
+
+A call is made with the `telephony call` command (the offline demo through the real app and
+the fakes) into this test's database; the UI is then served on that database and used as
+staff would: log in, search, open the call, click a turn and see the player seek. A screenshot
+of the call page is kept in test-artifacts/ (or $TEST_ARTIFACTS_DIR).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from telephony.session.transcript import Turn
+from tests.conftest import RunningApp
+from tests.staff_helpers import ADMIN, STAFF, add_accounts, store_call
+
+CHROMIUM = "/usr/bin/chromium"
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS_DIR", REPO / "test-artifacts"))
+
+DEMO_YAML = (REPO / "infra" / "numbers.example.yaml").read_text()
+
+
+def _recording_yaml(tmp_path: Path) -> Path:
+    """The demo's numbers file with recording switched on for the scripted front desk."""
+    lines = DEMO_YAML.splitlines()
+    start = lines.index("  front-desk:")
+    at = next(i for i in range(start, len(lines)) if lines[i].strip().startswith("recording:"))
+    assert lines[at] == "    recording: false", "front-desk's recording line moved"
+    lines[at] = "    recording: true"
+    path = tmp_path / "demo-numbers.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def demo_call(tmp_path: Path, database: str) -> dict:
+    """`telephony call` (default script: a question, a barge-in, goodbye) into our database."""
+    env = {
+        **os.environ,
+        "TELEPHONY_DATABASE_URL": database,
+        "TELEPHONY_RECORDINGS_DIR": str(tmp_path / "recordings"),
+    }
+    config = str(_recording_yaml(tmp_path))
+    cmd = [sys.executable, "-m", "telephony.cli", "call", "--json", "--config", config]
+    out = subprocess.run(
+        [*cmd, "--number", "+15550001000"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def artifacts_dir() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+        )
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+async def log_in(page: Page, base: str, who: tuple[str, str, str], target: str) -> None:
+    await page.goto(base + target)
+    await expect(page).to_have_url(f"{base}/login?next={target}")
+    await page.get_by_label("Name").fill(who[0])
+    await page.get_by_label("Password").fill(who[2])
+    await page.get_by_role("button", name="Log in").click()
+
+
+async def test_staff_search_open_call_and_seek(
+    running_app: RunningApp, database: str, demo_call: dict, browser: Browser
+) -> None:
+    await add_accounts(database)
+    sid = demo_call["call_sid"]
+    base = running_app.url
+    page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+    await log_in(page, base, STAFF, "/calls")
+    await expect(page).to_have_url(f"{base}/calls")
+    await expect(page.locator("header .who")).to_contain_text("alice")
+
+    # Full-text search finds the call by what the caller said.
+    await page.get_by_placeholder("words the caller or bot said").fill("opening hours")
+    await page.get_by_role("button", name="Filter").click()
+    await expect(page.locator("#total")).to_have_text("1")
+    row = page.locator(f'tr[data-sid="{sid}"]')
+    await expect(row).to_contain_text("+15550001000")
+    await page.get_by_placeholder("words the caller or bot said").fill("zebra crossing")
+    await page.get_by_role("button", name="Filter").click()
+    await expect(page.locator("#total")).to_have_text("0")
+    await page.go_back()
+    await page.locator(f'tr[data-sid="{sid}"] a').click()
+
+    # The call page: timeline with the barge-in and the unheard part struck through.
+    await expect(page).to_have_url(f"{base}/calls/{sid}")
+    timeline = page.locator("#timeline")
+    await expect(timeline.locator("tr.turn.caller").first).to_contain_text("opening hours")
+    await expect(timeline.locator("tr.event.barge-in")).to_have_count(1)
+    interrupted = timeline.locator("tr.turn.bot.interrupted")
+    await expect(interrupted.locator("del.unheard")).to_contain_text("nine to five")
+
+    # The player loads the recording; clicking a turn seeks it to that turn's start.
+    player = page.locator("#player")
+    await page.wait_for_function(
+        "document.getElementById('player').readyState >= 1", timeout=10_000
+    )
+    duration = await player.evaluate("a => a.duration")
+    goodbye = timeline.locator("tr.turn.caller", has_text="goodbye")
+    start_ms = int(await goodbye.get_attribute("data-ms") or 0)
+    assert 0 < start_ms / 1000 < duration
+    await goodbye.click()
+    await expect(goodbye).to_have_class("turn caller current")
+    position = await player.evaluate("a => a.currentTime")
+    assert abs(position - start_ms / 1000) < 0.25, (position, start_ms)
+    first = timeline.locator("tr.turn.bot").first
+    await first.click()
+    position = await player.evaluate("a => a.currentTime")
+    first_ms = int(await first.get_attribute("data-ms") or 0)
+    assert abs(position - first_ms / 1000) < 0.25
+
+    await page.screenshot(path=str(ARTIFACTS / "staff-call-page.png"), full_page=True)
+    assert not errors, errors
+
+    # The staff user is refused the admin page, in the browser too.
+    await page.goto(base + "/admin")
+    await expect(page.get_by_role("alert")).to_have_text("Admins only.")
+    await page.close()
+
+
+async def test_anonymous_browser_sees_only_the_login(
+    running_app: RunningApp, database: str, browser: Browser
+) -> None:
+    sid = "CA" + "9" * 32
+    await store_call(database, sid, turns=[Turn(0, "caller", "my secret complaint", 0, 900)])
+    page = await browser.new_page()
+    for target in ("/calls", f"/calls/{sid}", "/admin"):
+        response = await page.goto(running_app.url + target)
+        assert response is not None
+        await expect(page).to_have_url(f"{running_app.url}/login?next={target}")
+        await expect(page.get_by_role("button", name="Log in")).to_be_visible()
+        assert "secret complaint" not in await page.content()
+    # A wrong password keeps the visitor on the login form with an error.
+    await page.get_by_label("Name").fill(ADMIN[0])
+    await page.get_by_label("Password").fill("wrong-password-here")
+    await page.get_by_role("button", name="Log in").click()
+    await expect(page.get_by_role("alert")).to_have_text("Wrong name or password.")
+    await page.close()
+
+
+async def test_live_call_updates_without_reload(
+    running_app: RunningApp, database: str, browser: Browser
+) -> None:
+    await add_accounts(database)
+    sid = "CA" + "7" * 32
+    await store_call(
+        database, sid, turns=[Turn(0, "caller", "hello is anyone there", 0, 900)], ended=False
+    )
+    page = await browser.new_page()
+    await log_in(page, running_app.url, ADMIN, "/calls")
+    row = page.locator(f'tr[data-sid="{sid}"]')
+    await expect(row).to_contain_text("in progress")
+    await page.evaluate("window.__marker = 1")  # survives only if the page is not reloaded
+    await store_call(
+        database,
+        sid,
+        turns=[
+            Turn(0, "caller", "hello is anyone there", 0, 900),
+            Turn(1, "bot", "Yes, how can I help?", 1000, 2000, heard="Yes, how can I help?"),
+        ],
+        ended=True,
+    )
+    await expect(row).to_contain_text("caller hung up", timeout=10_000)
+    await expect(row.locator("td").nth(6)).to_have_text("2")
+    assert await page.evaluate("window.__marker") == 1
+    await page.close()
