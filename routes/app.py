@@ -7,6 +7,7 @@ import contextlib
 import logging
 import secrets
 import signal
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None, config: ConfigStore | None = No
     app.state.tokens = StreamTokens(settings.token_secret(), ttl_s=settings.stream_token_ttl_s)
     app.state.registry = CallRegistry()
     app.state.draining = False
+    app.state.status_seen = OrderedDict()  # status callbacks already recorded (retries)
     app.state.session_keys = auth.SessionKeys(_session_secret(settings), settings.session_ttl_s)
     app.state.login_limiter = auth.LoginLimiter()
     return app

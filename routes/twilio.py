@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import OrderedDict
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
@@ -14,6 +15,7 @@ from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 
 from telephony.session.call import CLOSE_POLICY, Call, StreamRefused, handshake
 from telephony.session.engines import build_engine
+from telephony.session.transcript import Event
 from telephony.settings import Settings
 from telephony.store.recording import CallRecorder
 from telephony.twilio.security import valid_signature
@@ -36,10 +38,23 @@ def _refusal(message: str) -> Response:
     return Response(str(resp), media_type=XML)
 
 
+def _overflow(settings: Settings) -> Response:
+    """Busy: another instance (if configured) or a polite message and hang up."""
+    if settings.overflow_redirect_url:
+        resp = VoiceResponse()
+        resp.redirect(settings.overflow_redirect_url, method="POST")
+        return Response(str(resp), media_type=XML)
+    return _refusal(settings.busy_message)
+
+
 def _connect_stream(settings: Settings, params: dict[str, str]) -> Response:
     resp = VoiceResponse()
     connect = Connect()
-    stream = Stream(url=settings.media_stream_url)
+    stream = Stream(
+        url=settings.media_stream_url,
+        status_callback=settings.public_url.rstrip("/") + "/twilio/status",
+        status_callback_method="POST",
+    )
     for name, value in params.items():
         stream.parameter(name=name, value=value)  # the SDK XML-escapes values
     connect.append(stream)
@@ -67,6 +82,13 @@ async def voice_webhook(request: Request) -> Response:
     if route.profile is None:
         log.info("unknown number refused", extra={"call_sid": call_sid, "to": to})
         return _refusal(route.message)
+    registry = request.app.state.registry
+    if request.app.state.draining or registry.load() >= settings.max_calls:
+        why = "draining" if request.app.state.draining else f"at capacity ({settings.max_calls})"
+        log.warning("call turned away: %s", why, extra={"call_sid": call_sid})
+        registry.refused.append((call_sid, why))
+        return _overflow(settings)
+    registry.reserve(call_sid, settings.stream_token_ttl_s)
     token = request.app.state.tokens.mint(call_sid, route.profile_name)
     params = {
         "call_token": token,
@@ -75,6 +97,54 @@ async def voice_webhook(request: Request) -> Response:
         "to": to,
     }
     return _connect_stream(settings, params)
+
+
+STATUS_FIELDS = (
+    "CallStatus",
+    "CallDuration",
+    "StreamSid",
+    "StreamEvent",
+    "StreamError",
+    "SequenceNumber",
+    "Timestamp",
+    "ErrorCode",
+)
+STATUS_MEMORY = 10_000  # callbacks remembered per instance, to drop Twilio's retries
+
+
+async def status_callback(request: Request) -> Response:
+    """Call and stream status callbacks: signed like the webhook, recorded once as events."""
+    settings: Settings = request.app.state.settings
+    form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
+    signature = request.headers.get("x-twilio-signature", "")
+    if settings.validate_signatures and not valid_signature(
+        settings.twilio_auth_token.get_secret_value(),
+        _signed_url(settings, request),
+        form,
+        signature,
+    ):
+        log.warning(
+            "status callback refused: bad signature", extra={"call_sid": form.get("CallSid")}
+        )
+        return Response("invalid signature", status_code=403)
+    call_sid = form.get("CallSid", "")
+    if not call_sid:
+        return Response("CallSid is required", status_code=400)
+    data = {k: form[k] for k in STATUS_FIELDS if form.get(k)}
+    key = (call_sid, *(f"{k}={v}" for k, v in sorted(data.items())))
+    seen: OrderedDict[tuple[str, ...], None] = request.app.state.status_seen
+    if key in seen:
+        return Response(status_code=204)  # a retry: already recorded
+    seen[key] = None
+    while len(seen) > STATUS_MEMORY:
+        seen.popitem(last=False)
+    kind = "stream-status" if "StreamEvent" in data else "call-status"
+    if data.get("StreamError") or data.get("ErrorCode"):
+        log.warning("twilio reports an error: %s", data, extra={"call_sid": call_sid})
+    live = request.app.state.registry.live.get(call_sid)
+    ms = live.summary.stats.audio_end_ms if live else int(data.get("CallDuration", "0") or 0) * 1000
+    request.app.state.transcripts.event(call_sid, Event(ms, kind, data))
+    return Response(status_code=204)
 
 
 class StarletteTwilioSocket:
@@ -131,6 +201,8 @@ async def media_socket(ws: WebSocket) -> None:
         socket,
         setup,
         max_bad_frames=settings.max_bad_frames,
+        max_audio_ahead_ms=settings.max_audio_ahead_ms,
+        max_control_per_s=settings.max_control_per_s,
         engine_factory=lambda ctx: build_engine(ctx, http=app.state.llm_http),
         hang_up=rest.hang_up,
         transfer=rest.transfer,
@@ -166,4 +238,5 @@ async def media_socket(ws: WebSocket) -> None:
 routes = [
     Route("/twilio/voice", voice_webhook, methods=["POST"]),
     WebSocketRoute("/twilio/media", media_socket),
+    Route("/twilio/status", status_callback, methods=["POST"]),
 ]

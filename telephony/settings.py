@@ -31,7 +31,20 @@ class Settings(BaseSettings):
     # on restart, and several instances behind one load balancer would not share sessions).
     session_secret: SecretStr | None = Field(None, alias="TELEPHONY_SESSION_SECRET")
     session_ttl_s: float = Field(8 * 3600.0, alias="TELEPHONY_SESSION_TTL_S")
+    # Calls one instance carries at once; callers beyond it hear busy_message from the webhook.
+    max_calls: int = Field(200, alias="TELEPHONY_MAX_CALLS", ge=1)
+    busy_message: str = Field(
+        "Sorry, all our lines are busy right now. Please call again in a few minutes.",
+        alias="TELEPHONY_BUSY_MESSAGE",
+    )
+    # While draining (SIGTERM) or full: send new calls here with TwiML <Redirect> instead of
+    # the busy message, e.g. the load balancer's webhook URL so another instance answers.
+    overflow_redirect_url: str = Field("", alias="TELEPHONY_OVERFLOW_REDIRECT_URL")
     max_bad_frames: int = Field(20, alias="TELEPHONY_MAX_BAD_FRAMES")
+    # A stream whose audio runs this far ahead of real time is closed (a real one never does).
+    max_audio_ahead_ms: int = Field(2000, alias="TELEPHONY_MAX_AUDIO_AHEAD_MS", ge=100)
+    # Non-media messages (marks, DTMF, ...) per second, averaged over 5 s, before closing.
+    max_control_per_s: float = Field(50.0, alias="TELEPHONY_MAX_CONTROL_PER_S", gt=0)
     # Deepgram closes Voice Agent sessions at 2 h; the profile's session_cap_action runs 60 s
     # before this. Lowered only in tests.
     agent_session_cap_s: float = Field(7200.0, alias="TELEPHONY_AGENT_SESSION_CAP_S")

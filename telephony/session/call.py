@@ -42,6 +42,13 @@ BAD_FRAME_WINDOW_S = 5.0
 # stays on the call clock. A bigger jump is a broken stream, not packet loss: fill only this
 # much of it, so hostile timestamps cannot make us loop or send without bound.
 MAX_GAP_FILL_MS = 2000
+# A real stream's audio clock never runs ahead of the wall clock (it lags after a stall and
+# catches up). Checked every AHEAD_CHECK_FRAMES frames (one clock read per second of audio).
+AHEAD_CHECK_FRAMES = 50
+CONTROL_WINDOW_S = 5.0
+TIME_LIMIT_TWIML = (
+    "<Response><Say>This call has reached its time limit. Goodbye.</Say><Hangup/></Response>"
+)
 GAP_EVENT_MS = 100  # fills this long go into the transcript; shorter ones are only counted
 SILENCE_FRAME = bytes((MULAW_SILENCE,)) * FRAME_BYTES  # shared by every fill, never copied
 BYTES_PER_MS = FRAME_BYTES // FRAME_MS
@@ -160,6 +167,8 @@ class Call:
         setup: CallSetup,
         *,
         max_bad_frames: int = 20,
+        max_audio_ahead_ms: int = 2000,
+        max_control_per_s: float = 50.0,
         engine_factory: EngineFactory | None = None,
         hang_up: Callable[[str], Awaitable[None]] | None = None,
         transfer: Callable[[str, str], Awaitable[None]] | None = None,
@@ -174,6 +183,12 @@ class Call:
         self.log: CallLogger = call_logger(start.call_sid)
         self.max_bad_frames = max_bad_frames
         self._bad_times: deque[float] = deque()
+        self.max_audio_ahead_ms = max_audio_ahead_ms
+        self._audio_origin: float | None = None  # monotonic time of the first media frame
+        self._control_limit = round(max_control_per_s * CONTROL_WINDOW_S)
+        self._control_times: deque[float] = deque()
+        self._limit_reason: str | None = None  # a bound this call broke, or its time limit
+        self.max_call_s = float(setup.profile.max_call_seconds)
         self._next_sequence = start.sequence + 1
         params = start.custom_parameters
         self.summary = CallSummary(
@@ -235,7 +250,10 @@ class Call:
 
     async def run(self) -> CallSummary:
         self.log.info("call started", extra={"profile": self.summary.profile})
-        tasks = [asyncio.create_task(self.playout.run(), name="playout")]
+        tasks = [
+            asyncio.create_task(self.playout.run(), name="playout"),
+            asyncio.create_task(self._time_limit(), name="time-limit"),
+        ]
         if self.engine is not None:
             engine_task = asyncio.create_task(self.engine.run(), name="engine")
             engine_task.add_done_callback(self._engine_done)
@@ -253,7 +271,7 @@ class Call:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        self.summary.end_reason = self._engine_error or reason
+        self.summary.end_reason = self._limit_reason or self._engine_error or reason
         self.summary.ended_at = time.time()
         stats = self.summary.stats
         self.log.info(
@@ -261,6 +279,18 @@ class Call:
             extra={"reason": self.summary.end_reason, "frames": stats.media_frames},
         )
         return self.summary
+
+    async def _time_limit(self) -> None:
+        """The profile's max_call_seconds: say goodbye through Twilio and end the stream."""
+        await asyncio.sleep(self.max_call_s)
+        self._limit_reason = "max call duration"
+        self.log.warning("call reached its time limit of %.0f s", self.max_call_s)
+        self.transcript.event(self._now_ms(), "time-limit", seconds=self.max_call_s)
+        try:
+            await self._rest_redirect(TIME_LIMIT_TWIML)
+        except Exception as exc:  # the stream is closed below whatever REST says
+            self.log.error("time-limit redirect failed: %s", exc)
+        await self.socket.close(CLOSE_NORMAL, "max call duration")
 
     def _engine_done(self, task: asyncio.Task[None]) -> None:
         """The engine stopping on its own is fatal for the call: end it with the reason."""
@@ -283,8 +313,20 @@ class Call:
                 msg = tm.parse_inbound(frame)
                 if isinstance(msg, tm.Media):
                     await self._on_media(msg)
+                    if self._limit_reason is not None:
+                        await socket.close(CLOSE_POLICY, self._limit_reason)
+                        return self._limit_reason
                     continue
                 self._check_stream(msg)
+                if self._control_flood():
+                    self._limit_reason = "control message flood"
+                    self.log.warning(
+                        "closing: more than %d control messages in %.0f s",
+                        self._control_limit,
+                        CONTROL_WINDOW_S,
+                    )
+                    await socket.close(CLOSE_POLICY, self._limit_reason)
+                    return self._limit_reason
             except tm.MessageError as exc:
                 if self._on_bad_frame(exc, frame):
                     await socket.close(CLOSE_POLICY, "too many malformed frames")
@@ -323,6 +365,8 @@ class Call:
                 stats.timestamp_overlaps += 1  # forwarded as is; the clock never runs back
                 end_ms = max(end_ms, stats.audio_end_ms)
         stats.media_frames += 1
+        if stats.media_frames % AHEAD_CHECK_FRAMES == 1:
+            self._check_pace(end_ms)
         stats.audio_bytes += len(msg.payload)
         stats.last_timestamp_ms = ts
         stats.audio_end_ms = end_ms
@@ -371,6 +415,26 @@ class Call:
         elif isinstance(msg, tm.Mark):
             stats.marks.append(msg.name)
             self.playout.on_mark(msg.name)
+
+    def _check_pace(self, end_ms: int) -> None:
+        """Audio arriving faster than real time (burning Deepgram credit) breaks the call."""
+        now = time.monotonic()
+        if self._audio_origin is None:
+            self._audio_origin = now - end_ms / 1000
+            return
+        ahead_ms = end_ms - (now - self._audio_origin) * 1000
+        if ahead_ms > self.max_audio_ahead_ms and self._limit_reason is None:
+            self._limit_reason = "media faster than real time"
+            self.log.warning("closing: caller audio %.0f ms ahead of real time", ahead_ms)
+
+    def _control_flood(self) -> bool:
+        """Marks, DTMF and the like: a few per second at most on a real call."""
+        now = time.monotonic()
+        times = self._control_times
+        times.append(now)
+        while times and now - times[0] > CONTROL_WINDOW_S:
+            times.popleft()
+        return len(times) > self._control_limit
 
     def _on_bad_frame(self, exc: tm.MessageError, frame: str | bytes) -> bool:
         """Log and count; True when the flood limit is reached and the call must end."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -14,13 +15,27 @@ class CallRegistry:
     live: dict[str, Call] = field(default_factory=dict)
     finished: deque[CallSummary] = field(init=False)
     refused: deque[tuple[str | None, str]] = field(init=False)  # (call SID, reason)
+    # Calls answered by the webhook whose media socket has not arrived yet: call SID ->
+    # monotonic expiry (the stream token's TTL). They count against the instance's capacity.
+    reserved: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.finished = deque(maxlen=self.recent)
         self.refused = deque(maxlen=self.recent)
 
     def add(self, call: Call) -> None:
+        self.reserved.pop(call.call_sid, None)
         self.live[call.call_sid] = call
+
+    def reserve(self, call_sid: str, ttl_s: float, now: float | None = None) -> None:
+        self.reserved[call_sid] = (time.monotonic() if now is None else now) + ttl_s
+
+    def load(self, now: float | None = None) -> int:
+        """Live calls plus answered calls whose socket is still on its way."""
+        now = time.monotonic() if now is None else now
+        for sid in [s for s, expiry in self.reserved.items() if expiry <= now]:
+            del self.reserved[sid]
+        return len(self.live) + len(self.reserved)
 
     def done(self, call: Call) -> None:
         self.live.pop(call.call_sid, None)
