@@ -353,3 +353,18 @@ def test_heard_split(text: str, heard: str | None, expected: tuple[str, str]) ->
 def test_text_export_of_live_call() -> None:
     call = {"sid": "CAx", "started_at": 0.0, "ended_at": None, "turns": [], "events": []}
     assert "in progress" in as_text(call)
+
+
+async def test_cookies_are_secure_outside_development(staff_app: RunningApp) -> None:
+    """Behind https (any real deployment) the session cookie is Secure; plain http is dev."""
+    staff_app.settings.public_url = "https://calls.example.com"
+    async with staff_app.http() as client:
+        page = await client.get("/login")
+        assert "secure" in page.headers["set-cookie"].lower()  # the pre-login cookie too
+        # httpx keeps Secure cookies off plain http: hand the pre-login cookie over by hand.
+        client.headers["cookie"] = f"tel_prelogin={page.cookies['tel_prelogin']}"
+        resp = await client.post(
+            "/login", data={"csrf": csrf_of(page.text), "name": STAFF[0], "password": STAFF[2]}
+        )
+    session = next(h for h in resp.headers.get_list("set-cookie") if "tel_session=" in h)
+    assert "Secure" in session and "HttpOnly" in session

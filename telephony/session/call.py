@@ -188,6 +188,7 @@ class Call:
         self._control_limit = round(max_control_per_s * CONTROL_WINDOW_S)
         self._control_times: deque[float] = deque()
         self._limit_reason: str | None = None  # a bound this call broke, or its time limit
+        self._too_fast = False  # set by the pace check, acted on by the receive loop
         self.max_call_s = float(setup.profile.max_call_seconds)
         self._next_sequence = start.sequence + 1
         params = start.custom_parameters
@@ -313,7 +314,8 @@ class Call:
                 msg = tm.parse_inbound(frame)
                 if isinstance(msg, tm.Media):
                     await self._on_media(msg)
-                    if self._limit_reason is not None:
+                    if self._too_fast:
+                        self._limit_reason = "media faster than real time"
                         await socket.close(CLOSE_POLICY, self._limit_reason)
                         return self._limit_reason
                     continue
@@ -423,8 +425,8 @@ class Call:
             self._audio_origin = now - end_ms / 1000
             return
         ahead_ms = end_ms - (now - self._audio_origin) * 1000
-        if ahead_ms > self.max_audio_ahead_ms and self._limit_reason is None:
-            self._limit_reason = "media faster than real time"
+        if ahead_ms > self.max_audio_ahead_ms and not self._too_fast:
+            self._too_fast = True
             self.log.warning("closing: caller audio %.0f ms ahead of real time", ahead_ms)
 
     def _control_flood(self) -> bool:
