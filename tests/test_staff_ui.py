@@ -98,6 +98,31 @@ async def test_anonymous_is_refused_everywhere(staff_app: RunningApp, path: str)
         assert "Refund" not in api.text and "refund" not in browser.text
 
 
+@pytest.mark.parametrize("path", ["/admin/reload", "/logout"])
+async def test_anonymous_posts_are_refused(staff_app: RunningApp, path: str) -> None:
+    async with staff_app.http() as client:
+        assert (await client.post(path, data={"csrf": "x"})).status_code == 401
+
+
+def test_every_staff_route_is_in_the_role_table(staff_app: RunningApp) -> None:
+    """A new page must be added to the tables above (and so be tested for refusal)."""
+    from starlette.routing import Route
+
+    open_paths = {
+        "/login",
+        "/",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/twilio/voice",
+        "/twilio/status",
+    }
+    tested = {p.replace(SID, "{sid}") for p in PROTECTED_GETS} | {"/admin/reload", "/logout"}
+    tested |= {"/calls/{sid}/export.json", "/calls/{sid}/export.txt"}
+    paths = {r.path for r in staff_app.app.routes if isinstance(r, Route)}
+    assert paths - open_paths - tested == set()
+
+
 async def test_role_table(staff_app: RunningApp) -> None:
     """Staff see calls but not admin pages; admins see everything."""
     for who in (STAFF, ADMIN):
