@@ -62,7 +62,8 @@ def _connect_stream(settings: Settings, params: dict[str, str]) -> Response:
     return Response(str(resp), media_type=XML)
 
 
-async def voice_webhook(request: Request) -> Response:
+async def _signed_form(request: Request, what: str) -> dict[str, str] | None:
+    """Twilio's form, if X-Twilio-Signature proves Twilio sent it (or checks are off)."""
     settings: Settings = request.app.state.settings
     # Twilio posts form-encoded single values; parse_qsl avoids a multipart dependency.
     form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
@@ -73,7 +74,15 @@ async def voice_webhook(request: Request) -> Response:
         form,
         signature,
     ):
-        log.warning("webhook refused: bad signature", extra={"call_sid": form.get("CallSid")})
+        log.warning("%s refused: bad signature", what, extra={"call_sid": form.get("CallSid")})
+        return None
+    return form
+
+
+async def voice_webhook(request: Request) -> Response:
+    settings: Settings = request.app.state.settings
+    form = await _signed_form(request, "webhook")
+    if form is None:
         return Response("invalid signature", status_code=403)
     call_sid, to = form.get("CallSid", ""), form.get("To", "")
     if not call_sid or not to:
@@ -114,18 +123,8 @@ STATUS_MEMORY = 10_000  # callbacks remembered per instance, to drop Twilio's re
 
 async def status_callback(request: Request) -> Response:
     """Call and stream status callbacks: signed like the webhook, recorded once as events."""
-    settings: Settings = request.app.state.settings
-    form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
-    signature = request.headers.get("x-twilio-signature", "")
-    if settings.validate_signatures and not valid_signature(
-        settings.twilio_auth_token.get_secret_value(),
-        _signed_url(settings, request),
-        form,
-        signature,
-    ):
-        log.warning(
-            "status callback refused: bad signature", extra={"call_sid": form.get("CallSid")}
-        )
+    form = await _signed_form(request, "status callback")
+    if form is None:
         return Response("invalid signature", status_code=403)
     call_sid = form.get("CallSid", "")
     if not call_sid:
