@@ -16,12 +16,13 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from sqlalchemy import Insert, select
+from sqlalchemy import Insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from telephony.session.transcript import Event, Transcript, Turn
+from telephony.store.queries import CallFilter, get_call, search_calls
 from telephony.store.redact import redact
 from telephony.store.schema import calls, events, make_engine, turns
 
@@ -379,31 +380,11 @@ class TranscriptStore:
         for extra, group in groups.items():
             await conn.execute(self._upsert(calls, ["sid"], (*_END_COLS, *extra)), group)
 
-    # -- reads for the UI --------------------------------------------------------------
+    # -- reads (the UI's queries live in store/queries.py) ------------------------------
 
     async def list_calls(self, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
-        q = (
-            select(calls)
-            .order_by(calls.c.started_at.desc(), calls.c.sid)
-            .limit(limit)
-            .offset(offset)
-        )
-        async with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in await conn.execute(q)]
+        return await search_calls(self.engine, CallFilter(limit=limit, offset=offset))
 
     async def get_call(self, sid: str) -> dict[str, Any] | None:
         """The call row with ``turns`` (by idx) and ``events`` (by ms, then arrival)."""
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(select(calls).where(calls.c.sid == sid))).first()
-            if row is None:
-                return None
-            call = dict(row._mapping)
-            t = await conn.execute(
-                select(turns).where(turns.c.call_sid == sid).order_by(turns.c.idx)
-            )
-            call["turns"] = [dict(r._mapping) for r in t]
-            e = await conn.execute(
-                select(events).where(events.c.call_sid == sid).order_by(events.c.ms, events.c.id)
-            )
-            call["events"] = [dict(r._mapping) for r in e]
-        return call
+        return await get_call(self.engine, sid)
