@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import secrets
 import signal
@@ -44,7 +45,16 @@ def _session_secret(settings: Settings) -> bytes:
     return secrets.token_bytes(32)
 
 
-def create_app(settings: Settings | None = None, config: ConfigStore | None = None) -> Starlette:
+def create_app(
+    settings: Settings | None = None,
+    config: ConfigStore | None = None,
+    *,
+    freeze_heap: bool = False,
+) -> Starlette:
+    """The service. `freeze_heap` (the `telephony serve` process): once started, every object
+    alive (modules, classes, the app, its pools) leaves the garbage collector's view, so a full
+    collection scans only what calls create: scanning the ~130k startup objects took 50-90 ms,
+    a stall of every call's audio (measured with `telephony bench`)."""
     settings = settings or Settings()
     store = config or ConfigStore(settings.config_path)
 
@@ -66,6 +76,9 @@ def create_app(settings: Settings | None = None, config: ConfigStore | None = No
             auth_token=settings.twilio_auth_token.get_secret_value(),
             api_url=settings.twilio_api_url,
         )
+        if freeze_heap:
+            gc.collect()
+            gc.freeze()
         try:
             yield
         finally:

@@ -14,6 +14,7 @@ async def healthz(request: Request) -> JSONResponse:
         {
             "status": "ok",
             "live_calls": len(registry.live),
+            "draining": request.app.state.draining,
             "config_version": store.version,
             "config_error": store.last_error,
         }

@@ -1,4 +1,4 @@
-"""`telephony` command line: serve, config check, db, users, retention, emulator, call."""
+"""`telephony` command line: serve, config check, db, users, retention, emulator, call, bench."""
 
 from __future__ import annotations
 
@@ -12,21 +12,29 @@ def _serve(args: argparse.Namespace) -> int:
 
     from routes.app import create_app
     from telephony.config import ConfigError
+    from telephony.drain import SHUTDOWN_GRACE_S, DrainingServer
     from telephony.logs import setup_logging
     from telephony.settings import Settings
 
     settings = Settings()
     setup_logging(settings.log_format, settings.log_level)
     try:
-        app = create_app(settings)
+        app = create_app(settings, freeze_heap=True)  # see create_app: no GC stalls
     except ConfigError as exc:
         print("\n".join(exc.errors), file=sys.stderr)
         return 1
     config = uvicorn.Config(
-        app, host=args.host, port=args.port, log_config=None, ws_max_size=args.ws_max_size
+        app,
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        ws_max_size=args.ws_max_size,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
     )
-    uvicorn.Server(config).run()
-    return 0
+    # SIGTERM/SIGINT drain the calls first (telephony/drain.py), then uvicorn shuts down.
+    server = DrainingServer(config, app.state, settings.drain_timeout_s)
+    server.run()
+    return 1 if server.forced else 0
 
 
 def _config_check(args: argparse.Namespace) -> int:
@@ -122,7 +130,7 @@ def _emulator(args: argparse.Namespace) -> int:
     setup_logging(settings.log_format, settings.log_level)
     # The key clients must present: DEEPGRAM_API_KEY, or "test-key" when unset.
     key = settings.deepgram_api_key.get_secret_value() or "test-key"
-    print(f"fake Deepgram on ws://{args.host}:{args.port}", flush=True)
+    # run_emulator prints "fake Deepgram listening on ws://HOST:PORT" once it accepts.
     run_emulator(args.host, args.port, key)
     return 0
 
@@ -137,8 +145,13 @@ def _call(args: argparse.Namespace) -> int:
     from telephony.sim.deepgram_server import Script
 
     setup_logging("text", "WARNING")
-    script = None
-    if args.script:
+    script = staff = None
+    if args.script and args.mode == "transcribe":  # `staff:` holds the other side's turns
+        import yaml
+
+        data = yaml.safe_load(Path(args.script).read_text()) or {}
+        script, staff = demo.split_transcribe_script(data)
+    elif args.script:
         script = Script.from_yaml(Path(args.script))
     elif args.say:
         script = demo.say_script(args.say, args.mode)
@@ -155,6 +168,7 @@ def _call(args: argparse.Namespace) -> int:
             audio=audio,
             config_path=Path(args.config),
             faults=[demo.parse_fault(f) for f in args.fault],
+            staff_script=staff,
         )
     )
     if args.json:
@@ -162,6 +176,12 @@ def _call(args: argparse.Namespace) -> int:
     else:
         print(demo.format_text(call))
     return 0 if call.summary is not None else 1
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from telephony import bench
+
+    return bench.main(args)
 
 
 def _positive_int(text: str) -> int:
@@ -175,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="telephony", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the service under uvicorn")
+    serve = sub.add_parser(
+        "serve", help="run the service under uvicorn (SIGTERM drains calls, then exits)"
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument(
@@ -226,10 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
     emulator.set_defaults(func=_emulator)
     call = sub.add_parser("call", help="an offline call through the app and the fakes")
     call.add_argument("--number", help="the dialled number (default: first of --mode)")
-    call.add_argument("--mode", choices=["flux", "agent"], default="flux")
+    call.add_argument("--mode", choices=["flux", "agent", "transcribe"], default="flux")
     call.add_argument("--say", help="what the caller says (one scripted turn)")
     call.add_argument("--audio", help="a WAV file the caller streams")
-    call.add_argument("--script", help="a fake-Deepgram timeline YAML (turns, agent, faults)")
+    call.add_argument(
+        "--script",
+        help="a fake-Deepgram timeline YAML (turns, agent, faults; transcribe mode: turns for "
+        "the caller, staff for the person who answers)",
+    )
     call.add_argument("--config", default="infra/numbers.example.yaml", help="numbers YAML")
     call.add_argument(
         "--fault",
@@ -241,6 +267,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     call.add_argument("--json", action="store_true", help="print one JSON object")
     call.set_defaults(func=_call)
+
+    bench = sub.add_parser(
+        "bench",
+        help="load benchmark: N concurrent calls through the service, then a bare relay",
+    )
+    bench.add_argument("--calls", type=_positive_int, default=50, help="concurrent calls")
+    bench.add_argument("--seconds", type=float, default=30.0, help="measurement window")
+    bench.add_argument("--mode", choices=["flux", "agent"], default="flux")
+    bench.add_argument("--json", metavar="FILE", help="write the JSON report here ('-': stdout)")
+    bench.add_argument("--ramp", type=float, help="seconds over which calls start")
+    bench.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    bench.set_defaults(func=_bench)
     return parser
 
 

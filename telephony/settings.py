@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     # While draining (SIGTERM) or full: send new calls here with TwiML <Redirect> instead of
     # the busy message, e.g. the load balancer's webhook URL so another instance answers.
     overflow_redirect_url: str = Field("", alias="TELEPHONY_OVERFLOW_REDIRECT_URL")
+    # On SIGTERM/SIGINT live calls run on for up to this long (new ones are turned away), then
+    # get a goodbye and are ended; the process exits once they are over. Keep the platform's
+    # kill timeout (Kubernetes terminationGracePeriodSeconds, compose stop_grace_period) above.
+    drain_timeout_s: float = Field(300.0, alias="TELEPHONY_DRAIN_TIMEOUT_S", ge=0)
     max_bad_frames: int = Field(20, alias="TELEPHONY_MAX_BAD_FRAMES")
     # A stream whose audio runs this far ahead of real time is closed (a real one never does).
     max_audio_ahead_ms: int = Field(2000, alias="TELEPHONY_MAX_AUDIO_AHEAD_MS", ge=100)

@@ -54,8 +54,11 @@ async def test_emulator_command_serves_fake_deepgram() -> None:
     )
     try:
         assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 10)
-        assert f"127.0.0.1:{port}" in line.decode()
+        ready = f"fake Deepgram listening on ws://127.0.0.1:{port}"  # printed once it accepts
+        line = b""
+        while ready not in line.decode():
+            line = await asyncio.wait_for(proc.stdout.readline(), 10)
+            assert line, "emulator exited"
         url = (
             f"ws://127.0.0.1:{port}/v2/listen?model=flux-general-en&encoding=mulaw&sample_rate=8000"
         )

@@ -38,7 +38,9 @@ class CallRegistry:
         return len(self.live) + len(self.reserved)
 
     def done(self, call: Call) -> None:
-        self.live.pop(call.call_sid, None)
+        # A transfer's transcription stream may already be live under the same call SID.
+        if self.live.get(call.call_sid) is call:
+            del self.live[call.call_sid]
         self.finished.append(call.summary)
 
     def find_finished(self, call_sid: str) -> CallSummary | None:

@@ -146,9 +146,17 @@ def alembic_config() -> Any:
     return cfg
 
 
+# Several instances starting at once on one PostgreSQL database take turns migrating: the
+# first applies the migrations, the others wait, then find the schema at head. (A transaction
+# lock, released when upgrade()'s transaction ends.) Any 64-bit key unique to this schema.
+MIGRATION_LOCK_KEY = 0x7E1E_9407_0000_0001
+
+
 def _upgrade_sync(connection: Connection, revision: str) -> None:
     from alembic import command
 
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
     cfg = alembic_config()
     cfg.attributes["connection"] = connection
     command.upgrade(cfg, revision)

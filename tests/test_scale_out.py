@@ -1,0 +1,179 @@
+"""Scale-out: two `telephony serve` processes behind one public URL, sharing PostgreSQL.
+
+What the deployment (infra/, README "Deployment and scale-out") relies on, run for real:
+
+- both start at once on an empty database (the migrations take turns, nobody crashes);
+- the webhook is answered by one instance and the media socket lands on the other: per-call
+  data rides in the Stream <Parameter>s (a token signed with the shared secret), so any
+  instance can take either hop; the call then lives on the instance holding its socket;
+- the transcript is in the shared database, complete, whichever instance wrote it.
+
+Needs the PostgreSQL server on 127.0.0.1:5432 that tests/test_store.py uses; a fresh database
+is created and dropped per test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from telephony.sim.deepgram_server import FakeDeepgram, Script, ScriptedTurn
+from telephony.sim.twilio_caller import CallResult, FakeTwilioCaller, silence
+from telephony.sim.twilio_rest import FakeTwilioRest
+from tests.conftest import AUTH_TOKEN, DEEPGRAM_KEY
+from tests.serve_process import Server, capture_call_results, eventually, serve_process
+
+PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+PUBLIC_URL = "https://bridge.example.test"  # the load balancer's address, as Twilio sees it
+
+YAML = """\
+numbers:
+  "+15550001000": support
+profiles:
+  support:
+    mode: flux
+    greeting: "Hi."
+    responder:
+      type: scripted
+      rules:
+        - {pattern: "one", reply: "Reply one."}
+        - {pattern: "bye", reply: "Goodbye.", action: hangup}
+      fallback: "Sorry?"
+"""
+TURNS = [
+    ScriptedTurn(start_ms=800, end_ms=1200, text="turn one"),
+    ScriptedTurn(start_ms=2400, end_ms=2800, text="okay bye"),
+]
+
+
+@pytest.fixture
+async def database() -> AsyncIterator[str]:  # overrides conftest's SQLite file
+    name = f"scale_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(PG_DSN, timeout=5)  # unreachable server: the test fails
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    try:
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        conn = await asyncpg.connect(PG_DSN, timeout=5)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+@pytest.fixture
+async def fakes() -> AsyncIterator[tuple[FakeDeepgram, FakeTwilioRest]]:
+    async with (
+        FakeDeepgram(api_key=DEEPGRAM_KEY, script=Script(turns=TURNS), speak_ms_per_char=30) as dg,
+        FakeTwilioRest(auth_token=AUTH_TOKEN) as rest,
+    ):
+        yield dg, rest
+
+
+async def live_calls(server: Server) -> int:
+    async with httpx.AsyncClient(timeout=2) as http:
+        return int((await http.get(server.url + "/healthz")).json()["live_calls"])
+
+
+async def test_webhook_on_one_instance_media_on_the_other(
+    tmp_path: Path,
+    database: str,
+    fakes: tuple[FakeDeepgram, FakeTwilioRest],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    deepgram, rest = fakes
+    results: list[CallResult] = capture_call_results(monkeypatch)
+    hangup = asyncio.Event()
+
+    async def on_rest(call_sid: str, form: dict[str, str]) -> None:
+        if form.get("Status") == "completed":
+            hangup.set()
+
+    rest.on_request = on_rest
+    shared = {
+        "TELEPHONY_DATABASE_URL": database,
+        "TELEPHONY_PUBLIC_URL": PUBLIC_URL,
+        "TELEPHONY_STREAM_TOKEN_SECRET": "shared-stream-token-secret",
+        "TELEPHONY_SESSION_SECRET": "shared-session-secret",
+        # A holds a reservation for the call whose socket went to B until the token's TTL
+        # runs out, and its drain waits for that; short here so the test is.
+        "TELEPHONY_STREAM_TOKEN_TTL_S": "5",
+    }
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async with contextlib.AsyncExitStack() as stack:
+        # Both start at the same moment on the empty database.
+        started = await asyncio.gather(
+            *(
+                stack.enter_async_context(
+                    serve_process(tmp_path / name, YAML, deepgram, rest, **shared)
+                )
+                for name in ("a", "b")
+            ),
+            return_exceptions=True,  # both settle (and get cleaned up) before any error
+        )
+        for outcome in started:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        a, b = started
+        # Twilio POSTs the webhook to the balancer, which picks A; the media socket to the
+        # balancer, which picks B.
+        caller = FakeTwilioCaller(a.url, auth_token=AUTH_TOKEN, public_url=PUBLIC_URL)
+        media_on_b = b.url.replace("http://", "ws://") + "/twilio/media"
+        dial = asyncio.create_task(
+            caller.dial(
+                "+15550001000",
+                audio=silence(10_000),
+                tail_ms=None,
+                hangup=hangup,
+                max_call_ms=10_000,
+                connect_url=media_on_b,
+            )
+        )
+        try:
+
+            async def on_b() -> bool:
+                assert not dial.done(), f"call ended early:\n{a.output()}\n{b.output()}"
+                return await live_calls(b) == 1
+
+            await eventually(on_b, within=10, what="the call to go live on B")
+            assert await live_calls(a) == 0  # A only answered the webhook
+            result = await asyncio.wait_for(dial, 15)
+        finally:
+            if not dial.done():
+                dial.cancel()
+        for server in (a, b):
+            server.proc.terminate()  # SIGTERM: a drain with nothing left to wait for
+        codes = await asyncio.gather(*(asyncio.wait_for(s.proc.wait(), 10) for s in (a, b)))
+        assert codes == [0, 0], f"{a.output()}\n{b.output()}"
+
+    assert results and result.error is None and result.closed_by == "caller", result
+    assert result.parameters["profile"] == "support"
+    conn = await asyncpg.connect(database.replace("postgresql+asyncpg", "postgresql"), timeout=5)
+    try:
+        call = await conn.fetchrow(
+            "SELECT ended_at, end_reason FROM calls WHERE sid = $1", result.call_sid
+        )
+        turns = await conn.fetch(
+            "SELECT role, text FROM turns WHERE call_sid = $1 ORDER BY idx", result.call_sid
+        )
+    finally:
+        await conn.close()
+    assert call is not None and call["ended_at"] is not None and call["end_reason"] == "stop"
+    assert [(t["role"], t["text"]) for t in turns] == [
+        ("bot", "Hi."),
+        ("caller", "turn one"),
+        ("bot", "Reply one."),
+        ("caller", "okay bye"),
+        ("bot", "Goodbye."),
+    ]
