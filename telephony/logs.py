@@ -1,6 +1,10 @@
 """Logging: one JSON object per line in production, readable text in development.
 
-Call logs go through `call_logger(sid)` so every line carries the call SID.
+Call logs go through `call_logger(sid)` so every line carries the call SID. Lines logged
+elsewhere while a call runs (the Deepgram clients, the responder, libraries) get it too:
+`bind_call_sid` puts the SID in a context variable that every task the call starts inherits,
+and the handler's `CallSidFilter` copies it onto records that lack one (read only when a line
+is logged: nothing on the audio path).
 """
 
 from __future__ import annotations
@@ -9,9 +13,12 @@ import logging
 import sys
 import time
 from collections.abc import MutableMapping
+from contextvars import ContextVar
 from typing import Any
 
 import orjson
+
+_CALL_SID: ContextVar[str | None] = ContextVar("telephony_call_sid", default=None)
 
 # Record attributes that are not user extras (uvicorn adds color_message for its own console).
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
@@ -43,8 +50,25 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+def bind_call_sid(call_sid: str) -> None:
+    """Log lines of the current task, and of tasks it starts from now on, carry `call_sid`."""
+    _CALL_SID.set(call_sid)
+
+
+class CallSidFilter(logging.Filter):
+    """Adds the bound call SID (see `bind_call_sid`) to records that have none."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "call_sid" not in record.__dict__:
+            call_sid = _CALL_SID.get()
+            if call_sid is not None:
+                record.call_sid = call_sid
+        return True
+
+
 def setup_logging(fmt: str = "text", level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(CallSidFilter())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -8,22 +8,40 @@ Two kinds of metric live here:
 - **Read at scrape time** from live objects by a custom collector (the transcript store's
   counters and queue depth, the number of live calls). The objects already keep these numbers,
   so the call path pays nothing: nothing is incremented twice and nothing runs per frame.
-- **Recorded as they happen** (for instance per-turn latency): add the instrument as an
-  attribute of ``Metrics`` built with ``registry=self.registry``, and have the session code call
-  it. Keep names prefixed ``telephony_`` and times in seconds, as Prometheus expects.
+- **Recorded as they happen**, at event time, never per audio frame: each call's transcript
+  gets a ``CallMetrics`` listener (``Metrics.watch_call``) that turns the events the call
+  records anyway (barge-ins, Deepgram reconnects with their dropped audio) and its closed bot
+  turns (latencies on the call clock, from Twilio's mark echoes) into counters and histograms;
+  ``Metrics.call_ended`` counts the end reason when the call is over. Keep names prefixed
+  ``telephony_`` and times in seconds, as Prometheus expects.
+
+Per-turn latency is what the caller perceived, on the call's own clock (Twilio's
+``media.timestamp``): from the caller's end of speech to the moment the first bot audio began to
+play (the first segment's mark echo minus its length), and to the moment the whole reply had
+played (its last mark echo). The same figures are kept on each bot turn's ``meta``
+(``eot_ms``, ``first_audio_played_ms``, ``finished_playing_ms``), so the store and the staff UI
+see them too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sized
-from typing import Protocol
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-__all__ = ["CallsCollector", "LiveCalls", "Metrics", "StoreCollector", "StoreStats"]
+__all__ = [
+    "CallMetrics",
+    "CallsCollector",
+    "LiveCalls",
+    "Metrics",
+    "StoreCollector",
+    "StoreStats",
+    "reason_label",
+]
 
 
 class StoreStats(Protocol):
@@ -42,7 +60,12 @@ class LiveCalls(Protocol):
     """What the calls collector reads (``telephony.session.registry.CallRegistry``)."""
 
     @property
-    def live(self) -> Sized: ...
+    def live(self) -> Mapping[str, Any]: ...
+
+
+def keepalives_of(call: Any) -> int:
+    """JSON KeepAlives the call's engine has sent to Deepgram (Voice Agent, Nova; Flux: none)."""
+    return int(getattr(getattr(call, "engine", None), "keepalives_sent", 0) or 0)
 
 
 # (exposed name, TranscriptStore attribute, help). Counters: they only grow while the store
@@ -101,28 +124,148 @@ class StoreCollector(Collector):
             yield counter
 
 
-class CallsCollector(Collector):
-    """Live calls on this instance, from the app's ``CallRegistry`` (its ``live`` dict)."""
+KEEPALIVES_HELP = (
+    "JSON KeepAlive messages sent to Deepgram (Voice Agent and Nova, only while no audio flows; "
+    "Flux is kept alive by WebSocket pings)."
+)
 
-    def __init__(self, calls: LiveCalls) -> None:
+
+class CallsCollector(Collector):
+    """Live calls on this instance, from the app's ``CallRegistry`` (its ``live`` dict), and
+    the KeepAlives their engines sent: the live calls' own counters plus those of calls that
+    have ended (``Metrics.call_ended`` adds them up)."""
+
+    def __init__(self, calls: LiveCalls, metrics: Metrics | None = None) -> None:
         self.calls = calls
+        self.metrics = metrics
 
     def describe(self) -> Iterable[Metric]:
         yield GaugeMetricFamily("telephony_calls_active", "Calls in progress on this instance.")
+        yield CounterMetricFamily("telephony_deepgram_keepalives", KEEPALIVES_HELP)
 
     def collect(self) -> Iterable[Metric]:
+        live = self.calls.live
         yield GaugeMetricFamily(
-            "telephony_calls_active",
-            "Calls in progress on this instance.",
-            value=len(self.calls.live),
+            "telephony_calls_active", "Calls in progress on this instance.", value=len(live)
         )
+        ended = self.metrics.keepalives_of_ended_calls if self.metrics is not None else 0
+        total = ended + sum(keepalives_of(call) for call in list(live.values()))
+        yield CounterMetricFamily("telephony_deepgram_keepalives", KEEPALIVES_HELP, value=total)
+
+
+def reason_label(reason: str) -> str:
+    """A call's end reason as a label: the part before any ':' (details vary per call)."""
+    return reason.split(":", 1)[0].strip().lower()[:60] or "unknown"
+
+
+# Seconds. Replies are LLM + TTS round trips (hundreds of ms to a few s); whole replies last
+# seconds to tens of seconds.
+FIRST_AUDIO_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
+REPLY_PLAYED_BUCKETS = (0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0)
+DEEPGRAM_ENDPOINTS = ("flux", "speak", "agent", "listen")
+MAX_END_REASONS = 50  # distinct end-reason labels; further ones count as "other"
+# transcript event kind -> the Deepgram endpoint that reconnected
+RECONNECT_EVENTS = {
+    "flux-connection": "flux",  # also the first connection (reason "start")
+    "listen-connection": "listen",  # likewise, per side of the call
+    "speak-reconnect": "speak",
+    "agent-reconnect": "agent",
+}
+
+
+class CallMetrics:
+    """One call's transcript listener: counts at event time, never per frame."""
+
+    __slots__ = ("_dropped_ms", "_first_audio", "_metrics", "_reply_played")
+
+    def __init__(self, metrics: Metrics, mode: str) -> None:
+        self._metrics = metrics
+        self._first_audio = metrics.turn_first_audio.labels(mode)
+        self._reply_played = metrics.turn_reply_played.labels(mode)
+        self._dropped_ms: dict[tuple[str, Any], int] = {}  # events report running totals
+
+    def on_turn(self, turn: Any) -> None:
+        if turn.role != "bot":
+            return
+        meta = turn.meta
+        eot = meta.get("eot_ms")
+        if eot is None:  # a greeting or nudge: no caller turn to answer
+            return
+        first = meta.get("first_audio_played_ms")
+        if first is not None:
+            self._first_audio.observe(max(0, first - eot) / 1000)
+        done = meta.get("finished_playing_ms")
+        if done is not None:
+            self._reply_played.observe(max(0, done - eot) / 1000)
+
+    def on_event(self, event: Any) -> None:
+        kind = event.kind
+        if kind == "barge-in":
+            self._metrics.barge_ins.inc()
+            return
+        endpoint = RECONNECT_EVENTS.get(kind)
+        if endpoint is None:
+            return
+        data = event.data
+        if data.get("reason", "start") != "start" or kind.endswith("-reconnect"):
+            self._metrics.deepgram_reconnects.labels(endpoint).inc()
+        dropped = data.get("dropped_ms")
+        if dropped:
+            key = (kind, data.get("track"))
+            new = dropped - self._dropped_ms.get(key, 0)
+            self._dropped_ms[key] = dropped
+            if new > 0:
+                self._metrics.dropped_audio.inc(new / 1000)
 
 
 class Metrics:
     """Every metric of one app, in the app's own registry."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
+        self.registry = registry = registry or CollectorRegistry()
+        self.calls_ended = Counter(
+            "telephony_calls_ended",
+            "Calls ended on this instance, by end reason (stop: the caller hung up).",
+            ["reason"],
+            registry=registry,
+        )
+        self.turn_first_audio = Histogram(
+            "telephony_turn_first_audio_seconds",
+            "Per bot turn, on the call clock: the caller's end of speech -> the first bot audio "
+            "began to play (from Twilio's mark echo).",
+            ["mode"],
+            buckets=FIRST_AUDIO_BUCKETS,
+            registry=registry,
+        )
+        self.turn_reply_played = Histogram(
+            "telephony_turn_reply_played_seconds",
+            "Per bot turn that played to the end, on the call clock: the caller's end of speech "
+            "-> the reply finished playing (its last mark echo).",
+            ["mode"],
+            buckets=REPLY_PLAYED_BUCKETS,
+            registry=registry,
+        )
+        self.deepgram_reconnects = Counter(
+            "telephony_deepgram_reconnects",
+            "Deepgram sockets replaced after a failure, by endpoint.",
+            ["endpoint"],
+            registry=registry,
+        )
+        for endpoint in DEEPGRAM_ENDPOINTS:
+            self.deepgram_reconnects.labels(endpoint)
+        self.barge_ins = Counter(
+            "telephony_barge_ins",
+            "Caller speech that interrupted the bot (Twilio clear sent).",
+            registry=registry,
+        )
+        self.dropped_audio = Counter(
+            "telephony_caller_audio_dropped_seconds",
+            "Caller audio dropped because a Deepgram socket was down longer than the reconnect "
+            "buffer holds.",
+            registry=registry,
+        )
+        self.keepalives_of_ended_calls = 0
+        self._reasons: set[str] = set()
 
     @classmethod
     def for_app(cls, store: StoreStats, calls: LiveCalls) -> Metrics:
@@ -136,7 +279,25 @@ class Metrics:
         self.registry.register(StoreCollector(store))
 
     def watch_calls(self, calls: LiveCalls) -> None:
-        self.registry.register(CallsCollector(calls))
+        self.registry.register(CallsCollector(calls, self))
+
+    def watch_call(self, transcript: Any, mode: str) -> CallMetrics:
+        """Count one call's barge-ins, reconnects and turn latencies from its transcript."""
+        listener = CallMetrics(self, mode)
+        transcript.listeners.append(listener)
+        return listener
+
+    def call_ended(self, call: Any) -> None:
+        """A call is over (after it left the registry's live calls): its end reason, and its
+        KeepAlives move from the live sum to the ended calls' total."""
+        label = reason_label(call.summary.end_reason)
+        if label not in self._reasons:
+            if len(self._reasons) >= MAX_END_REASONS:
+                label = "other"
+            else:
+                self._reasons.add(label)
+        self.calls_ended.labels(label).inc()
+        self.keepalives_of_ended_calls += keepalives_of(call)
 
     def exposition(self, accept: str = "") -> tuple[bytes, str]:
         """The scrape body and its content type, negotiated from the Accept header: the

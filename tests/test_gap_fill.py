@@ -142,9 +142,17 @@ async def test_huge_jump_is_filled_only_up_to_the_bound(setup_for) -> None:
 
 
 async def test_absurd_timestamp_does_not_loop_or_crash(setup_for) -> None:
-    summary, engine = await run_call(setup_for, [0, 10**30])
+    # The largest timestamp the parser takes (18 digits): the fill stops at its bound.
+    summary, engine = await run_call(setup_for, [0, 10**17])
     assert summary.stats.filled_gap_ms == MAX_GAP_FILL_MS
     assert len(engine.audio) == 2 + MAX_GAP_FILL_MS // 20
+
+
+async def test_timestamp_past_64_bits_is_a_malformed_frame(setup_for) -> None:
+    summary, engine = await run_call(setup_for, [0, 10**30, 20])
+    assert summary.stats.bad_frames == 1  # skipped and counted; the call goes on
+    assert summary.stats.filled_gap_ms == 0
+    assert [ms for ms, _, _ in engine.audio] == [0, 20]
 
 
 async def test_backwards_timestamp_is_forwarded_and_counted(setup_for) -> None:

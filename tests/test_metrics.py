@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
 
 import prometheus_client
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from telephony.metrics import Metrics
+from telephony.demo import run_offline_call
+from telephony.metrics import MAX_END_REASONS, Metrics
 from telephony.session.registry import CallRegistry
-from tests.conftest import RunningApp
+from telephony.session.transcript import Transcript
+from telephony.sim.deepgram_server import Script, ScriptedTurn
+from tests.conftest import NUMBERS_YAML, RunningApp
 
 STORE_COUNTERS = {
     "telephony_store_rows_written": "written",
@@ -45,11 +51,26 @@ def test_exposition_names_types_and_values() -> None:
     text = body.decode()
     assert "# TYPE telephony_store_rows_dropped_total counter" in text
     parsed = families(text)
-    assert set(parsed) == {
+    assert {name for name in parsed if not name.endswith("_created")} == {
         "telephony_store_queue_depth",
         "telephony_calls_active",
         *STORE_COUNTERS,
+        "telephony_deepgram_keepalives",
+        "telephony_calls_ended",
+        "telephony_turn_first_audio_seconds",
+        "telephony_turn_reply_played_seconds",
+        "telephony_deepgram_reconnects",
+        "telephony_barge_ins",
+        "telephony_caller_audio_dropped_seconds",
     }
+    assert parsed["telephony_turn_first_audio_seconds"].type == "histogram"
+    reconnects = parsed["telephony_deepgram_reconnects"]
+    assert {s.labels["endpoint"] for s in reconnects.samples if s.name.endswith("_total")} == {
+        "flux",
+        "speak",
+        "agent",
+        "listen",
+    }  # every endpoint shows 0 before its first reconnect
     for name, family in parsed.items():
         assert family.documentation, f"{name} has no HELP"
     depth = parsed["telephony_store_queue_depth"]
@@ -113,3 +134,108 @@ async def test_metrics_endpoint(running_app: RunningApp) -> None:
     assert parsed["telephony_calls_active"].samples[0].value == 0
     assert parsed["telephony_store_queue_depth"].samples[0].value == store.queue_depth
     assert parsed["telephony_store_rows_written"].samples[0].value == store.written
+
+
+class FakeCall:
+    """What Metrics.call_ended reads of a call."""
+
+    def __init__(self, reason: str) -> None:
+        self.summary = SimpleNamespace(end_reason=reason)
+        self.engine = None
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def test_turn_latency_histograms_from_the_transcript() -> None:
+    metrics = Metrics()
+    transcript = Transcript()
+    metrics.watch_call(transcript, "flux")
+    greeting = transcript.open_turn("bot", "Hi.", 0, 500)
+    greeting.meta["first_audio_played_ms"] = 100  # no eot_ms: not an answer, not counted
+    transcript.close_turn(greeting)
+    transcript.add_turn("caller", "hours?", 1000, 1800)
+    reply = transcript.open_turn("bot", "Nine to five.", 2100, 3000)
+    reply.meta.update(eot_ms=1800, first_audio_played_ms=2150, finished_playing_ms=4300)
+    transcript.close_turn(reply)
+    cut = transcript.open_turn("bot", "Long answer.", 5000, 6000, interrupted=True)
+    cut.meta.update(eot_ms=4500, first_audio_played_ms=5400)  # barged in: never finished
+    transcript.close_turn(cut)
+
+    name = "telephony_turn_first_audio_seconds"
+    assert sample(metrics, name + "_count", mode="flux") == 2
+    assert sample(metrics, name + "_sum", mode="flux") == pytest.approx(0.35 + 0.9)
+    assert sample(metrics, name + "_bucket", mode="flux", le="0.4") == 1
+    assert sample(metrics, name + "_bucket", mode="flux", le="1.0") == 2
+    played = "telephony_turn_reply_played_seconds"
+    assert sample(metrics, played + "_count", mode="flux") == 1
+    assert sample(metrics, played + "_sum", mode="flux") == pytest.approx(2.5)
+    assert sample(metrics, name + "_count", mode="agent") == 0
+
+
+def test_barge_ins_reconnects_and_dropped_audio_from_events() -> None:
+    metrics = Metrics()
+    transcript = Transcript()
+    metrics.watch_call(transcript, "flux")
+    transcript.event(0, "flux-connection", reason="start")  # the first socket: no reconnect
+    transcript.event(2000, "barge-in")
+    transcript.event(3000, "flux-connection", reason="socket closed", dropped_ms=0)
+    transcript.event(9000, "flux-connection", reason="socket closed", dropped_ms=400)
+    transcript.event(9500, "flux-connection", reason="socket closed", dropped_ms=1000)
+    transcript.event(9600, "speak-reconnect", reason="timeout")
+    transcript.event(9700, "dtmf", digit="1")  # not counted anywhere
+
+    assert sample(metrics, "telephony_barge_ins_total") == 1
+    reconnects = "telephony_deepgram_reconnects_total"
+    assert sample(metrics, reconnects, endpoint="flux") == 3
+    assert sample(metrics, reconnects, endpoint="speak") == 1
+    assert sample(metrics, reconnects, endpoint="agent") == 0
+    # dropped_ms is a running total per socket: 400 then 1000 is 1 s dropped, not 1.4 s.
+    assert sample(metrics, "telephony_caller_audio_dropped_seconds_total") == pytest.approx(1.0)
+
+
+def test_calls_ended_by_reason_with_bounded_labels() -> None:
+    metrics = Metrics()
+    metrics.call_ended(FakeCall("stop"))
+    metrics.call_ended(FakeCall("stop"))
+    metrics.call_ended(FakeCall("Flux failed: 3 reconnects in 10 s"))
+    for i in range(MAX_END_REASONS + 5):
+        metrics.call_ended(FakeCall(f"odd reason {i}"))
+    ended = "telephony_calls_ended_total"
+    assert sample(metrics, ended, reason="stop") == 2
+    assert sample(metrics, ended, reason="flux failed") == 1  # the detail after ':' is dropped
+    labels = {
+        s.labels["reason"] for f in metrics.registry.collect() for s in f.samples if s.name == ended
+    }
+    assert len(labels) == MAX_END_REASONS + 1 and "other" in labels
+    assert sample(metrics, ended, reason="other") == 7  # 2 + 50 + 5 distinct: 7 overflow
+
+
+async def test_a_call_with_a_barge_in_shows_in_the_metrics(tmp_path: Path) -> None:
+    numbers = tmp_path / "numbers.yaml"
+    numbers.write_text(NUMBERS_YAML)
+    result = await run_offline_call(
+        number="+15550001000",
+        script=Script(
+            turns=[
+                ScriptedTurn(start_ms=1000, end_ms=1800, text="What are your hours?"),
+                ScriptedTurn(start_ms=2600, end_ms=3200, text="Sorry, bye."),
+            ]
+        ),
+        config_path=numbers,
+        deepgram_options={"speak_ms_per_char": 30},
+        max_call_ms=8000,
+    )
+    parsed = {s.name: s for f in families(result.metrics).values() for s in f.samples}
+    turns = result.summary.transcript.turns
+    answered = [t for t in turns if {"eot_ms", "first_audio_played_ms"} <= t.meta.keys()]
+    assert answered  # a reply cut off before its first audio played has no first-audio time
+    assert parsed["telephony_turn_first_audio_seconds_count"].value == len(answered)
+    assert parsed["telephony_barge_ins_total"].value == 1
+    ended = [s for f in families(result.metrics).values() for s in f.samples]
+    assert any(
+        s.name == "telephony_calls_ended_total" and s.labels == {"reason": "stop"} and s.value == 1
+        for s in ended
+    )
+    assert parsed["telephony_calls_active"].value == 0

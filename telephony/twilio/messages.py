@@ -11,7 +11,6 @@ dict access, not a validation framework.
 from __future__ import annotations
 
 import base64
-import binascii
 from dataclasses import dataclass, field
 
 import orjson
@@ -103,7 +102,8 @@ def _str(d: dict, key: str, where: str) -> str:
 def _int_str(d: dict, key: str, where: str) -> int:
     """Twilio sends sequenceNumber, chunk and timestamp as decimal strings."""
     value = _str(d, key, where)
-    if not value.isdigit() or not value.isascii():
+    # At most 18 digits: fits 64 bits, and int() refuses strings past 4300 digits anyway.
+    if not value.isdigit() or not value.isascii() or len(value) > 18:
         raise MessageError(f"{where}.{key}: expected a decimal string, got {value[:20]!r}")
     return int(value)
 
@@ -117,9 +117,10 @@ def _int(d: dict, key: str, where: str) -> int:
 
 def _parse_media(msg: dict) -> Media:
     media = _obj(msg.get("media"), "media")
+    b64 = _str(media, "payload", "media")
     try:
-        payload = base64.b64decode(_str(media, "payload", "media"), validate=True)
-    except binascii.Error as exc:
+        payload = base64.b64decode(b64, validate=True)
+    except ValueError as exc:  # binascii.Error, or a non-ASCII character in the string
         raise MessageError(f"media.payload: not base64 ({exc})") from None
     return Media(
         sequence=_int_str(msg, "sequenceNumber", "media"),
@@ -266,6 +267,8 @@ def parse_outbound(text: str | bytes, stream_sid: str) -> OutboundMessage:
     except orjson.JSONDecodeError as exc:
         raise MessageError(f"31951: not JSON: {exc}") from None
     event = msg.get("event")
+    if not isinstance(event, str):
+        raise MessageError(f"31951: unknown event {event!r}")
     if msg.get("streamSid") != stream_sid:
         raise MessageError(f"31951: wrong streamSid {msg.get('streamSid')!r}")
     allowed = _OUTBOUND_KEYS.get(event, {"event", "streamSid"})
@@ -275,9 +278,10 @@ def parse_outbound(text: str | bytes, stream_sid: str) -> OutboundMessage:
         media = _obj(msg["media"], "media")
         if set(media) != {"payload"}:
             raise MessageError("31951: media must have only payload")
+        b64 = _str(media, "payload", "media")
         try:
-            return OutboundMedia(base64.b64decode(_str(media, "payload", "media"), validate=True))
-        except binascii.Error:
+            return OutboundMedia(base64.b64decode(b64, validate=True))
+        except ValueError:  # binascii.Error, or a non-ASCII character in the string
             raise MessageError("31951: media.payload is not base64") from None
     if event == "mark":
         mark = _obj(msg["mark"], "mark")
@@ -295,7 +299,8 @@ class InboundBuilder:
     call_sid: str
     account_sid: str
     sequence: int = 0
-    chunk: int = 0
+    chunk: int = 0  # media chunks of the inbound track
+    outbound_chunk: int = 0  # of the outbound track (counted per track: unverified)
     custom_parameters: dict[str, str] = field(default_factory=dict)
 
     def _next(self) -> str:
@@ -328,11 +333,16 @@ class InboundBuilder:
         ).decode()
 
     def media(self, payload: bytes, timestamp_ms: int, track: str = "inbound") -> str:
-        self.chunk += 1
+        if track == "outbound":
+            self.outbound_chunk += 1
+            chunk = self.outbound_chunk
+        else:
+            self.chunk += 1
+            chunk = self.chunk
         b64 = base64.b64encode(payload).decode("ascii")
         return (
             f'{{"event":"media","sequenceNumber":"{self._next()}","streamSid":"{self.stream_sid}",'
-            f'"media":{{"track":"{track}","chunk":"{self.chunk}",'
+            f'"media":{{"track":"{track}","chunk":"{chunk}",'
             f'"timestamp":"{timestamp_ms}","payload":"{b64}"}}}}'
         )
 

@@ -1,0 +1,49 @@
+"""`telephony bench` end to end at a tiny size: the report's shape and that real traffic flowed.
+
+Speed targets are the benchmark's business (README, Performance); this only checks that both
+phases ran, measured something and saw no errors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from telephony.bench import REPORT_KEYS, percentile
+
+
+@pytest.mark.parametrize("mode", ["flux", "agent"])
+def test_tiny_bench_reports_every_figure(tmp_path: Path, mode: str) -> None:
+    out = tmp_path / "report.json"
+    argv = [sys.executable, "-m", "telephony.cli", "bench", "--calls", "2", "--seconds", "2"]
+    argv += ["--mode", mode, "--json", str(out)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+
+    assert set(REPORT_KEYS) <= set(report)
+    assert report["errors"] == 0, report["error_detail"]
+    assert report["calls"] == 2 and report["seconds"] >= 2
+    for key in REPORT_KEYS:
+        value = report[key]
+        assert isinstance(value, int | float) and math.isfinite(value), (key, value)
+    assert report["server_cpu_s_per_call_minute"] > 0 and report["relay_cpu_s_per_call_minute"] > 0
+    assert 0 < report["inbound_latency_p50_ms"] <= report["inbound_latency_p99_ms"]
+    # The fakes answer after their own delay; the bridge can only add to it.
+    assert report["eot_to_first_audio_p50_ms"] >= report["fake_upstream_delay_ms"]
+    assert report["samples"]["jitter"] > 0 and report["samples"]["outbound"] > 0
+    assert report["end_reasons"] == {"stop": 3}  # two calls and the warm-up, all hung up
+    assert "CPU s per call-minute" in done.stdout  # the human-readable table too
+
+
+def test_percentile_is_nearest_rank() -> None:
+    samples = list(range(1, 101))
+    assert percentile(samples, 50) == 50
+    assert percentile(samples, 99) == 99
+    assert percentile(samples, 100) == 100
+    assert percentile([7.0], 99) == 7.0
