@@ -27,6 +27,7 @@ from routes.templates import render
 from telephony.store import audit
 from telephony.store.export import as_json, as_text, timeline
 from telephony.store.queries import CallFilter, count_calls, get_call, profiles_seen, search_calls
+from telephony.store.redact import redact
 
 PAGE_SIZE = 50
 
@@ -142,13 +143,30 @@ def _has_recording(call: dict[str, Any]) -> bool:
     return bool(path) and Path(path).is_file()
 
 
+def _interim(request: Request, sid: str) -> dict[str, str]:
+    """Live words not yet settled into a turn (transcribe engines, per side), for a call in
+    progress on this instance. Never stored; redacted like the turns when the profile says."""
+    call = request.app.state.registry.live.get(sid)
+    interim = getattr(getattr(call, "engine", None), "interim", None)
+    if not interim:
+        return {}
+    if call.profile.redaction:
+        return {role: redact(text).text for role, text in interim.items()}
+    return dict(interim)
+
+
 @require("staff")
 async def call_page(request: Request) -> Response:
     call = await _call_or_404(request)
     if isinstance(call, Response):
         return call
     await audit.record(request.app.state.db, request.state.user.name, "call.view", call["sid"])
-    context = {"call": call, "items": timeline(call), "has_recording": _has_recording(call)}
+    context = {
+        "call": call,
+        "items": timeline(call),
+        "has_recording": _has_recording(call),
+        "interim": _interim(request, call["sid"]),
+    }
     return render(request, "call.html", context)
 
 
@@ -158,7 +176,8 @@ async def call_timeline(request: Request) -> Response:
     call = await _call_or_404(request)
     if isinstance(call, Response):
         return call
-    response = render(request, "_timeline.html", {"call": call, "items": timeline(call)})
+    context = {"call": call, "items": timeline(call), "interim": _interim(request, call["sid"])}
+    response = render(request, "_timeline.html", context)
     response.headers["x-live"] = "1" if call.get("ended_at") is None else "0"
     return response
 

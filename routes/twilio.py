@@ -3,21 +3,34 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections import OrderedDict
 from urllib.parse import parse_qsl
 
+from starlette.datastructures import State
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketState
 from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 
-from telephony.session.call import CLOSE_POLICY, Call, StreamRefused, handshake
+from telephony.config import TranscribeConfig
+from telephony.logs import bind_call_sid
+from telephony.session.call import (
+    CLOSE_POLICY,
+    Call,
+    Continuation,
+    StreamRefused,
+    handshake,
+    token_scope,
+)
 from telephony.session.engines import build_engine
+from telephony.session.registry import CallRegistry
 from telephony.session.transcript import Event
 from telephony.settings import Settings
 from telephony.store.recording import CallRecorder
+from telephony.twilio.calls import fork_and_dial
 from telephony.twilio.security import valid_signature
 
 log = logging.getLogger(__name__)
@@ -52,7 +65,7 @@ def _connect_stream(settings: Settings, params: dict[str, str]) -> Response:
     connect = Connect()
     stream = Stream(
         url=settings.media_stream_url,
-        status_callback=settings.public_url.rstrip("/") + "/twilio/status",
+        status_callback=_status_url(settings),
         status_callback_method="POST",
     )
     for name, value in params.items():
@@ -60,6 +73,58 @@ def _connect_stream(settings: Settings, params: dict[str, str]) -> Response:
     connect.append(stream)
     resp.append(connect)
     return Response(str(resp), media_type=XML)
+
+
+def _status_url(settings: Settings) -> str:
+    return settings.public_url.rstrip("/") + "/twilio/status"
+
+
+def _fork_and_dial(settings: Settings, params: dict[str, str], cfg: TranscribeConfig) -> Response:
+    """Transcribe mode: fork both sides to us, and put a person on the call."""
+    resp = fork_and_dial(
+        settings.media_stream_url,
+        params,
+        number=cfg.dial,
+        queue=cfg.queue,
+        status_callback=_status_url(settings),
+    )
+    return Response(str(resp), media_type=XML)
+
+
+def transfer_twiml(state: State, call: Call, number: str) -> str:
+    """A bot call handed to a person, still transcribed: the fork's `<Parameter>`s say where
+    the transcript continues (the bot part's audio end and turn count), bound to the token."""
+    summary, transcript = call.summary, call.transcript
+    params = {
+        "profile": summary.profile,
+        "from": summary.from_number,
+        "to": summary.to_number,
+        "continues": "1",
+        "offset_ms": str(summary.stats.audio_end_ms),
+        "turn_base": str(transcript.first_index + len(transcript.turns)),
+        "dial": number,
+    }
+    token = state.tokens.mint(call.call_sid, token_scope(params))
+    settings: Settings = state.settings
+    resp = fork_and_dial(
+        settings.media_stream_url,
+        {"call_token": token, **params},
+        number=number,
+        status_callback=_status_url(settings),
+    )
+    return resp.to_xml(xml_declaration=False)
+
+
+def _resume_point(registry: CallRegistry, sid: str, cont: Continuation) -> Continuation:
+    """Where a continuation starts: after everything the bot part recorded. Its parameters
+    were fixed at the transfer; if that part is (or was) on this instance, what it added
+    since (a last caller turn, the audio until `stop`) is counted too."""
+    live = registry.live.get(sid)
+    summary = live.summary if live is not None else registry.find_finished(sid)
+    if summary is None:
+        return cont
+    turns = summary.transcript.first_index + len(summary.transcript.turns)
+    return Continuation(max(cont.offset_ms, summary.stats.audio_end_ms), max(cont.turn_base, turns))
 
 
 async def _signed_form(request: Request, what: str) -> dict[str, str] | None:
@@ -105,6 +170,9 @@ async def voice_webhook(request: Request) -> Response:
         "from": form.get("From", ""),
         "to": to,
     }
+    if route.profile.mode == "transcribe":
+        assert route.profile.transcribe is not None  # the config schema requires it
+        return _fork_and_dial(settings, params, route.profile.transcribe)
     return _connect_stream(settings, params)
 
 
@@ -193,26 +261,45 @@ async def media_socket(ws: WebSocket) -> None:
         await socket.close(CLOSE_POLICY, reason)
         return
     rest = app.state.twilio_calls
+    registry: CallRegistry = app.state.registry
+    sid = setup.start.call_sid
+    bind_call_sid(sid)  # every line this call's tasks log carries its SID
+    cont = setup.continuation
+    if cont is not None:  # transcription after a transfer: the same call, carried on
+        cont = setup.continuation = _resume_point(registry, sid, cont)
     recorder = None
-    if setup.profile.recording:
+    if setup.profile.recording and cont is None:  # the bot part's recording stays whole
         recorder = CallRecorder(setup.start.call_sid, settings.recordings_dir)
+    handed_over = False  # this call was transferred with its transcription continuing
+
+    async def transfer(call_sid: str, number: str) -> None:
+        nonlocal handed_over
+        if not setup.profile.transcribe_after_transfer:
+            await rest.transfer(call_sid, number)
+            return
+        handed_over = True
+        await rest.update_twiml(call_sid, transfer_twiml(app.state, call, number), "transfer")
+
     call = Call(
         socket,
         setup,
         max_bad_frames=settings.max_bad_frames,
         max_audio_ahead_ms=settings.max_audio_ahead_ms,
         max_control_per_s=settings.max_control_per_s,
-        engine_factory=lambda ctx: build_engine(ctx, http=app.state.llm_http),
+        engine_factory=lambda ctx: build_engine(
+            ctx, http=app.state.llm_http, transcribe=cont is not None
+        ),
         hang_up=rest.hang_up,
-        transfer=rest.transfer,
+        transfer=transfer,
         redirect=rest.update_twiml,
         settings=settings,
         recorder=recorder,
     )
-    app.state.registry.add(call)
+    registry.add(call)
     transcripts = app.state.transcripts
     summary = call.summary
-    transcripts.call_started(
+    started = functools.partial(
+        transcripts.call_started,
         summary.call_sid,
         from_number=summary.from_number,
         to_number=summary.to_number,
@@ -220,17 +307,31 @@ async def media_socket(ws: WebSocket) -> None:
         mode=setup.profile.mode,
         started_at=summary.started_at,
     )
+    if cont is None:
+        started()
+    else:
+        transcripts.call_resumed(summary)  # the same calls row: live again
     transcripts.attach(summary.call_sid, call.transcript, redact=setup.profile.redaction)
+    app.state.metrics.watch_call(call.transcript, setup.profile.mode)
+    if cont is not None:  # where the call page shows the bot handing over to a person
+        params = setup.start.custom_parameters
+        call.transcript.event(cont.offset_ms, "handover", to="staff", dial=params.get("dial", ""))
     try:
         await call.run()
     finally:
-        app.state.registry.done(call)
-        transcripts.call_ended(summary, mode=setup.profile.mode)
+        registry.done(call)
+        app.state.metrics.call_ended(call)
+        # Handed over and its transcription stream already live: that one ends the call row.
+        continued = handed_over and registry.live.get(sid) is not None
+        if not continued:
+            transcripts.call_ended(summary, mode=setup.profile.mode)
         if recorder is not None:
             # After the call is over and recorded as ended: writing the WAV (on the recording
             # thread) never holds up the hang-up. The file is linked to the call once it exists.
             path = await recorder.finish()
-            if path is not None:
+            if path is not None and continued:
+                started(recording_path=str(path))  # the row stays live
+            elif path is not None:
                 transcripts.call_ended(summary, mode=setup.profile.mode, recording_path=str(path))
 
 

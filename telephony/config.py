@@ -31,6 +31,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -99,7 +100,11 @@ def _aura_voice(value: str) -> str:
 def _regex(value: str) -> str:
     try:
         re.compile(value, re.IGNORECASE)
-    except re.error as exc:
+    except RecursionError:
+        raise PydanticCustomError(
+            "regex", "not a valid regular expression: nested too deeply"
+        ) from None
+    except (re.error, OverflowError) as exc:  # OverflowError: a{4294967296}
         raise PydanticCustomError(
             "regex", "not a valid regular expression: {error}", {"error": str(exc)}
         ) from None
@@ -278,9 +283,94 @@ class AgentConfig(_Model):
         return value
 
 
+NOVA_MODEL_RE = re.compile(r"^nova-[23](-[a-z0-9]+)*$")
+LANGUAGE_RE = re.compile(r"^(multi|[a-z]{2,3}(-[A-Za-z0-9]{2,8})*)$")
+RedactKind = Literal["pci", "pii", "phi", "numbers", "ssn"]
+
+
+def _nova_model(value: str) -> str:
+    if not NOVA_MODEL_RE.match(value):
+        raise PydanticCustomError("nova", 'must be a Nova model like "nova-3" or "nova-2"')
+    return value
+
+
+def _language(value: str) -> str:
+    if not LANGUAGE_RE.match(value):
+        raise PydanticCustomError("language", 'must be a BCP-47 tag like "en" or "en-US"')
+    return value
+
+
+def _endpointing(value: object) -> int | bool:
+    """Milliseconds of silence that end an utterance, or false (Deepgram's `endpointing`)."""
+    if value is False:
+        return False
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PydanticCustomError("endpointing", "must be milliseconds (10..10000) or false")
+    if not 10 <= value <= 10000:
+        raise PydanticCustomError("range", "must be between 10 and 10000")
+    return value
+
+
+def _tag(value: str) -> str:
+    if not 0 < len(value) <= 128:
+        raise PydanticCustomError("tag", "must be 1 to 128 characters")
+    return value
+
+
 class TranscribeConfig(_Model):
-    dial: E164  # the call is forwarded here and both sides are transcribed
-    listen_model: Literal["nova-3", "nova-2"] = "nova-3"
+    """Live transcription with Nova (`/v1/listen`), one socket per side of the call.
+
+    In a transcribe profile `dial` or `queue` says where Twilio forwards the call while both
+    sides are transcribed; flux and agent profiles use the rest (the Nova options) for the
+    transcription that continues after a transfer (`transcribe_after_transfer`).
+    """
+
+    dial: E164 | None = None  # transcribe mode: the agent's number ...
+    queue: Annotated[str, Field(min_length=1, max_length=64)] | None = None  # ... or a queue
+    listen_model: Annotated[str, AfterValidator(_nova_model)] = "nova-3"
+    language: Annotated[str, AfterValidator(_language)] = "en"
+    interim_results: bool = True  # live view only: interim text is never stored
+    endpointing: Annotated[int | bool, PlainValidator(_endpointing)] = 300  # ms, or false
+    utterance_end_ms: Annotated[int, between(1000, 10000)] | None = 1000
+    vad_events: bool = True
+    smart_format: bool = True
+    punctuate: bool = True
+    diarize: bool = False
+    numerals: bool = False
+    profanity_filter: bool = False
+    redact: list[RedactKind] = []  # Deepgram's own redaction, before our `redaction`
+    keyterms: list[str] = []  # nova-3 only
+    keywords: list[str] = []  # nova-2 only ("word" or "word:boost")
+    tags: list[Annotated[str, AfterValidator(_tag)]] = []  # usage tags; call SID and side added
+
+    @field_validator("utterance_end_ms")
+    @classmethod
+    def _needs_interim(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and info.data.get("interim_results") is False:
+            raise PydanticCustomError(
+                "needs_interim", "needs interim_results: true (or set utterance_end_ms: null)"
+            )
+        return value
+
+    @field_validator("keyterms")
+    @classmethod
+    def _keyterms_nova3(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if value and not str(info.data.get("listen_model", "nova-3")).startswith("nova-3"):
+            raise PydanticCustomError("nova3_only", "keyterms need a nova-3 model (use keywords)")
+        return value
+
+    @field_validator("keywords")
+    @classmethod
+    def _keywords_nova2(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if value and str(info.data.get("listen_model", "nova-3")).startswith("nova-3"):
+            raise PydanticCustomError("nova2_only", "keywords are for nova-2; nova-3 uses keyterms")
+        return value
+
+    @model_validator(mode="after")
+    def _one_target(self) -> TranscribeConfig:
+        if self.dial is not None and self.queue is not None:
+            raise ValueError("give dial or queue, not both")
+        return self
 
 
 # --- profile --------------------------------------------------------------------------------
@@ -312,6 +402,9 @@ class Profile(_Model):
     transcribe: TranscribeConfig | None = Field(None, validate_default=True)
     on_failure: Literal["transfer", "hangup"] = "hangup"
     transfer_number: E164 | None = Field(None, validate_default=True)
+    # flux/agent: after a transfer to transfer_number, keep transcribing the call (both sides,
+    # with the `transcribe` section's Nova options) into the same transcript
+    transcribe_after_transfer: bool = False
     recording: bool = False
     retention_days: Annotated[int, Field(ge=1)] = 30
     redaction: bool = True
@@ -323,8 +416,34 @@ class Profile(_Model):
     def _section_for_mode(cls, value: object, info: ValidationInfo) -> object:
         # responder is flux mode's section; agent and transcribe are named after their mode.
         needed_by = "flux" if info.field_name == "responder" else info.field_name
-        if value is None and info.data.get("mode") == needed_by:
+        mode = info.data.get("mode")
+        if value is None and mode == needed_by:
             raise PydanticCustomError("required_for_mode", f"required when mode is {needed_by}")
+        if isinstance(value, TranscribeConfig):
+            target = value.dial is not None or value.queue is not None
+            if mode == "transcribe" and not target:
+                raise PydanticCustomError(
+                    "transcribe_target", "needs dial (a number) or queue: who takes the call"
+                )
+            if mode in ("flux", "agent") and target:
+                raise PydanticCustomError(
+                    "transcribe_target",
+                    "dial and queue are for transcribe mode; a flux or agent profile hands "
+                    "over to transfer_number",
+                )
+        return value
+
+    @field_validator("transcribe_after_transfer")
+    @classmethod
+    def _after_transfer(cls, value: bool, info: ValidationInfo) -> bool:
+        if not value:
+            return value
+        if info.data.get("mode") == "transcribe":
+            raise PydanticCustomError(
+                "after_transfer", "only for flux and agent profiles (transcribe mode always is)"
+            )
+        if "transfer_number" in info.data and info.data["transfer_number"] is None:
+            raise PydanticCustomError("after_transfer", "needs transfer_number")
         return value
 
     @field_validator("transfer_number")
@@ -423,10 +542,18 @@ def _reference_errors(data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
 # --- loading with line numbers ----------------------------------------------------------------
 
 
+def _one_line(text: str) -> str:
+    """Control characters (a key "a\\nb", a \\r in a value) escaped: one error, one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class ConfigError(Exception):
-    """Every problem in the file, each as 'file:line: path: message'."""
+    """Every problem in the file, each as 'file:line: path: message' on one line."""
 
     def __init__(self, errors: list[str]) -> None:
+        errors = [_one_line(e) for e in errors]
         super().__init__("\n".join(errors))
         self.errors = errors
 
@@ -485,6 +612,55 @@ def _walk(node: yaml.Node, loc: Loc, doc: _Doc, keys: yaml.constructor.SafeConst
             _walk(item, child, doc, keys)
 
 
+# The document with every alias expanded: a real file has a few thousand nodes. Aliases can
+# multiply a small file a billionfold ("billion laughs"); such files are refused before anything
+# walks or expands them.
+MAX_YAML_NODES = 100_000
+MAX_YAML_CHARS = 10_000_000  # scalar text, likewise expanded
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse alias bombs and recursive aliases. Iterative, and linear in the distinct nodes
+    (an alias is the same node object again, so each node's expanded size is computed once)."""
+    sizes: dict[int, tuple[int, int]] = {}  # id(node) -> expanded (nodes, scalar chars)
+    open_nodes: set[int] = set()  # nodes whose children are being sized: the current path
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            open_nodes.discard(key)
+            nodes, chars = 1, len(node.value) if isinstance(node, yaml.ScalarNode) else 0
+            for child in _children(node):
+                n, c = sizes[id(child)]
+                nodes, chars = nodes + n, chars + c
+            if nodes > MAX_YAML_NODES or chars > MAX_YAML_CHARS:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"aliases expand the document past {MAX_YAML_NODES} nodes or "
+                    f"{MAX_YAML_CHARS} characters",
+                    node.start_mark,
+                )
+            sizes[key] = (nodes, chars)
+        elif key in open_nodes:
+            raise yaml.composer.ComposerError(
+                None, None, "recursive alias: a node contains itself", node.start_mark
+            )
+        elif key not in sizes:
+            open_nodes.add(key)
+            stack.append((node, True))
+            stack.extend((child, False) for child in _children(node))
+
+
 def _parse(text: str) -> tuple[Any, _Doc]:
     """YAML text -> (data, line index). Raises yaml.YAMLError."""
     loader = yaml.SafeLoader(text)
@@ -493,6 +669,7 @@ def _parse(text: str) -> tuple[Any, _Doc]:
         doc = _Doc()
         if node is None:
             return None, doc
+        _check_expansion(node)
         # Walk before constructing: construction flattens `<<` merges into the node in place.
         _walk(node, (), doc, yaml.constructor.SafeConstructor())
         return loader.construct_document(node), doc
@@ -642,10 +819,22 @@ def load_config(path: str | Path) -> Config:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{source}: cannot read: {exc}"]) from None
+    return parse_config_text(text, source)
+
+
+def parse_config_text(text: str, source: str = "<text>") -> Config:
+    """`load_config` for YAML already in memory; errors name `source` as the file."""
     try:
         data, doc = _parse(text)
     except yaml.YAMLError as exc:
         raise ConfigError([_yaml_error(source, text, exc)]) from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError([f"{source}:1: YAML error: nested too deeply"]) from None
+    except (ValueError, OverflowError, LookupError, AttributeError, TypeError) as exc:
+        # PyYAML's constructors fail like this on some values: 2001-13-45, a 5000-digit int,
+        # `!!int ""` (IndexError), `!!bool x` (KeyError), `!!timestamp x` (AttributeError).
+        why = f"{type(exc).__name__}: {exc}"
+        raise ConfigError([f"{source}:1: YAML error: cannot read a value ({why})"]) from None
     config, problems = _problems(data, doc)
     if config is None:
         lines = []
@@ -665,6 +854,12 @@ def summary(config: Config) -> str:
     for name, profile in config.profiles.items():
         if hours := profile.business_hours:
             out.append(f"  {name}: after hours ({hours.timezone}) -> {hours.after_hours_profile}")
+        if profile.mode == "transcribe" and (t := profile.transcribe) is not None:
+            target = t.dial or f"queue {t.queue}"
+            model = t.listen_model
+            out.append(f"  {name}: forwarded to {target}, both sides transcribed ({model})")
+        if profile.transcribe_after_transfer:
+            out.append(f"  {name}: transfers to {profile.transfer_number} stay transcribed")
     if config.default_profile:
         out.append(f"default profile: {config.default_profile}")
     else:

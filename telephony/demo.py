@@ -53,6 +53,32 @@ def default_script() -> Script:
     )
 
 
+def default_transcribe_scripts() -> tuple[Script, Script]:
+    """A forwarded call, both sides transcribed: (the caller's turns, the staff member's).
+
+    Times are each side's audio time from the fork's start (the person answers at once)."""
+    caller = Script(
+        turns=[
+            ScriptedTurn(start_ms=1200, end_ms=2600, text="Hi, I'd like to move my delivery."),
+            ScriptedTurn(start_ms=5200, end_ms=6400, text="Thursday morning, please."),
+        ]
+    )
+    staff = Script(
+        turns=[
+            ScriptedTurn(start_ms=3000, end_ms=4800, text="Sure, which day suits you better?"),
+            ScriptedTurn(start_ms=6800, end_ms=8000, text="Done, Thursday morning it is."),
+        ]
+    )
+    return caller, staff
+
+
+def split_transcribe_script(data: dict[str, Any]) -> tuple[Script, Script]:
+    """A transcribe-mode `--script`: `turns` are the caller's, `staff` the staff member's."""
+    data = dict(data)
+    staff = data.pop("staff", None) or []
+    return Script.from_dict(data), Script.from_dict({"turns": staff})
+
+
 def default_agent_script() -> Script:
     """An agent conversation: a question, a barge-in, then goodbye through end_call."""
     return Script(
@@ -96,6 +122,8 @@ def parse_fault(spec: str) -> Fault:
 
 
 def say_script(text: str, mode: str = "flux") -> Script:
+    if mode == "transcribe":  # the caller says it once the person has answered
+        return Script(turns=[ScriptedTurn(start_ms=800, end_ms=800 + 80 * len(text), text=text)])
     if mode == "agent":
         return Script(agent=[AgentStep(at_ms=3000, user_text=text, reply_text="Okay.")])
     return Script(turns=[ScriptedTurn(start_ms=3200, end_ms=3200 + 80 * len(text), text=text)])
@@ -106,19 +134,23 @@ class OfflineCall:
     """What a demo call produced: the caller's view and the service's transcript."""
 
     caller: CallResult
-    summary: CallSummary | None
+    summary: CallSummary | None  # the last stream of the call (its end is the call's end)
     mode: str
     deepgram: FakeDeepgram
     rest: FakeTwilioRest
     llm: FakeLLM
     extra: dict[str, Any] = field(default_factory=dict)
+    # Every stream of the call in order: the bot part, then its transcription after a transfer.
+    parts: list[CallSummary] = field(default_factory=list)
+    metrics: str = ""  # the service's /metrics text once the call had ended
 
     def as_json(self) -> dict[str, Any]:
         summary = self.summary
+        parts = self.parts or ([summary] if summary is not None else [])
         turns = []
         events: list[dict[str, Any]] = []
-        if summary is not None:
-            for t in summary.transcript.turns:
+        for part in parts:
+            for t in part.transcript.turns:
                 turns.append(
                     {
                         "role": t.role,
@@ -130,7 +162,9 @@ class OfflineCall:
                         "latency_ms": t.latency_ms,
                     }
                 )
-            events = [e.as_dict() for e in summary.transcript.events]
+            events += [e.as_dict() for e in part.transcript.events]
+        if len(parts) > 1:  # stable: each part's events keep their order
+            events.sort(key=lambda e: e["ms"])
         return {
             "call_sid": self.caller.call_sid,
             "mode": self.mode,
@@ -219,7 +253,15 @@ async def run_offline_call(
     llm_options: dict[str, Any] | None = None,
     settings_overrides: dict[str, Any] | None = None,
     faults: Sequence[Fault] = (),
+    staff_script: Script | None = None,
+    agent_audio: bytes | None = None,
 ) -> OfflineCall:
+    """One offline call. Transcribe mode (and a flux/agent call transferred with its
+    transcription): `script` gives the caller's Nova turns, `staff_script` the staff side's
+    (Nova sockets are tagged with the side), and `agent_audio` is what the person who answers
+    says (the fork's outbound track; silence long enough for `staff_script` by default)."""
+    if script is None and mode == "transcribe":
+        script, staff_script = default_transcribe_scripts()
     script = script or (default_agent_script() if mode == "agent" else default_script())
     if faults:
         script.faults = [*script.faults, *faults]
@@ -228,6 +270,19 @@ async def run_offline_call(
         llm,
         rest,
     ):
+        # Nova sockets carry tags (call SID, side): the sides' own scripts. Flux and agent
+        # calls get silent ones, so a transfer's transcription does not replay the bot's turns.
+        deepgram.set_script("staff", staff_script or Script())
+        if mode != "transcribe":
+            deepgram.set_script("caller", Script())
+        if mode == "transcribe" and audio is None:
+            end_ms = max(
+                (t.end_ms for t in [*script.turns, *(staff_script or Script()).turns]),
+                default=0,
+            )
+            audio = caller_silence(end_ms + 1500)
+        if agent_audio is None and staff_script is not None and staff_script.turns:
+            agent_audio = caller_silence(max(t.end_ms for t in staff_script.turns) + 1500)
         os.environ[DEMO_LLM_KEY_ENV] = "demo-llm-key"
         config = _demo_config(config_path, llm.url)
         number = number or first_number(config, mode)
@@ -244,10 +299,15 @@ async def run_offline_call(
         )
         app = create_app(settings)
         hangup = asyncio.Event()
+        updates: asyncio.Queue[str] = asyncio.Queue()
 
         async def on_rest(call_sid: str, form: dict[str, str]) -> None:
-            # Twilio ends the media stream when a call is hung up or redirected.
-            hangup.set()
+            # Twilio ends the media stream when a call is hung up or redirected; TwiML that
+            # forks the call again (a transfer that stays transcribed) opens a new stream.
+            if "<Start>" in form.get("Twiml", ""):
+                updates.put_nowait(form["Twiml"])
+            else:
+                hangup.set()
 
         rest.on_request = on_rest
         async with serve_app(app, sock):
@@ -256,23 +316,29 @@ async def run_offline_call(
                 number,
                 audio=audio if audio is not None else caller_silence(max_call_ms),
                 timeline=timeline,
-                tail_ms=None,
+                tail_ms=500 if mode == "transcribe" else None,  # people hang up; bots decide
                 hangup=hangup,
                 max_call_ms=max_call_ms,
+                agent_audio=agent_audio or b"",
+                twiml_updates=updates,
             )
-            summary = None
-            for _ in range(200):  # the server finishes the call just after the socket closes
-                summary = app.state.registry.find_finished(result.call_sid)
-                if summary is not None:
+            streams = 1 + sum(1 for f in result.forks if f.stream_url)
+            parts: list[CallSummary] = []
+            for _ in range(300):  # the server finishes the call just after the socket closes
+                parts = [s for s in app.state.registry.finished if s.call_sid == result.call_sid]
+                if len(parts) >= streams:
                     break
                 await asyncio.sleep(0.01)
-        return OfflineCall(result, summary, mode, deepgram, rest, llm)
+            parts.sort(key=lambda s: s.started_at)
+            metrics = app.state.metrics.exposition()[0].decode()
+        summary = parts[-1] if parts else None
+        return OfflineCall(result, summary, mode, deepgram, rest, llm, parts=parts, metrics=metrics)
 
 
 def format_text(call: OfflineCall) -> str:
     out = [f"call {call.caller.call_sid} ({call.mode})"]
     for turn in call.as_json()["turns"]:
-        who = "caller" if turn["role"] == "caller" else "bot   "
+        who = f"{turn['role']:<6}"
         line = f"{turn['start_ms']:>6} ms  {who}  {turn['text']}"
         if turn["role"] == "bot":
             if turn["interrupted"]:

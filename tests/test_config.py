@@ -76,9 +76,12 @@ def errors(text: str) -> list[str]:
 def test_example_file_passes_check() -> None:
     ok, text = check(EXAMPLE)
     assert ok, text
-    assert f"{EXAMPLE}: OK: 3 numbers, 4 profiles" in text
+    assert f"{EXAMPLE}: OK: 4 numbers, 5 profiles" in text
     assert "+15550001000 -> front-desk (flux)" in text
     assert "+15550003000 -> concierge (agent)" in text
+    assert "+15550004000 -> support-desk (transcribe)" in text
+    assert "support-desk: forwarded to +15550009002, both sides transcribed (nova-3)" in text
+    assert "front-desk: transfers to +15550009000 stay transcribed" in text
     assert "default profile: front-desk" in text
 
 
@@ -433,8 +436,8 @@ def test_all_errors_are_reported_in_file_order(in_tmp: Path) -> None:
         "numbers.yaml:14: profiles.sales.flux.eot_threshold: must be between 0.5 and 0.9",
         "numbers.yaml:15: profiles.sales.recordings: unknown field (allowed: mode, greeting,"
         " greeting_interruptible, responder, voice, flux, agent, transcribe, on_failure,"
-        " transfer_number, recording, retention_days, redaction, max_call_seconds,"
-        " business_hours)",
+        " transfer_number, transcribe_after_transfer, recording, retention_days, redaction,"
+        " max_call_seconds, business_hours)",
     ]
 
 
@@ -697,3 +700,178 @@ def test_builtin_agent_functions_cannot_be_redefined(tmp_path: Path) -> None:
     ok, text = check(path)
     assert not ok
     assert f"{path}:6: profiles.a.agent.functions: end_call are built in" in text
+
+
+# --- transcribe mode (Nova) -------------------------------------------------------------------
+
+TRANSCRIBE_CASES = {
+    "transcribe mode needs a target": (
+        """\
+        profiles:
+          desk:
+            mode: transcribe
+            transcribe: {listen_model: nova-3}
+        """,
+        "numbers.yaml:4: profiles.desk.transcribe: needs dial (a number) or queue: who takes"
+        " the call",
+    ),
+    "transcribe mode needs the section": (
+        """\
+        profiles:
+          desk:
+            mode: transcribe
+        """,
+        "numbers.yaml:2: profiles.desk.transcribe: required when mode is transcribe",
+    ),
+    "dial or queue, not both": (
+        """\
+        profiles:
+          desk:
+            mode: transcribe
+            transcribe: {dial: "+15550009000", queue: support}
+        """,
+        "numbers.yaml:4: profiles.desk.transcribe: give dial or queue, not both",
+    ),
+    "dial is for transcribe mode": (
+        """\
+        profiles:
+          sales:
+            mode: flux
+            responder: {type: scripted, fallback: x}
+            transcribe: {dial: "+15550009000"}
+        """,
+        "numbers.yaml:5: profiles.sales.transcribe: dial and queue are for transcribe mode; a"
+        " flux or agent profile hands over to transfer_number",
+    ),
+    "not a nova model": (
+        """\
+        profiles:
+          desk:
+            mode: transcribe
+            transcribe:
+              dial: "+15550009000"
+              listen_model: flux-general-en
+        """,
+        "numbers.yaml:6: profiles.desk.transcribe.listen_model: must be a Nova model like"
+        ' "nova-3" or "nova-2"',
+    ),
+    "endpointing range": (
+        """\
+        profiles:
+          desk:
+            mode: transcribe
+            transcribe: {dial: "+15550009000", endpointing: 5}
+        """,
+        "numbers.yaml:4: profiles.desk.transcribe.endpointing: must be between 10 and 10000",
+    ),
+    "utterance end needs interim results": (
+        """\
+        profiles:
+          desk:
+            mode: transcribe
+            transcribe:
+              dial: "+15550009000"
+              interim_results: false
+              utterance_end_ms: 1500
+        """,
+        "numbers.yaml:7: profiles.desk.transcribe.utterance_end_ms: needs interim_results:"
+        " true (or set utterance_end_ms: null)",
+    ),
+    "keywords are nova-2": (
+        """\
+        profiles:
+          desk:
+            mode: transcribe
+            transcribe:
+              dial: "+15550009000"
+              keywords: [Acme]
+        """,
+        "numbers.yaml:6: profiles.desk.transcribe.keywords: keywords are for nova-2; nova-3"
+        " uses keyterms",
+    ),
+    "keyterms are nova-3": (
+        """\
+        profiles:
+          desk:
+            mode: transcribe
+            transcribe:
+              dial: "+15550009000"
+              listen_model: nova-2
+              keyterms: [Acme]
+        """,
+        "numbers.yaml:7: profiles.desk.transcribe.keyterms: keyterms need a nova-3 model (use"
+        " keywords)",
+    ),
+    "redact kinds": (
+        """\
+        profiles:
+          desk:
+            mode: transcribe
+            transcribe: {dial: "+15550009000", redact: [cards]}
+        """,
+        "numbers.yaml:4: profiles.desk.transcribe.redact[0]: must be 'pci', 'pii', 'phi',"
+        " 'numbers' or 'ssn' (got 'cards')",
+    ),
+    "after transfer needs a transfer number": (
+        """\
+        profiles:
+          sales:
+            mode: flux
+            responder: {type: scripted, fallback: x}
+            transcribe_after_transfer: true
+        """,
+        "numbers.yaml:5: profiles.sales.transcribe_after_transfer: needs transfer_number",
+    ),
+    "after transfer is for bot profiles": (
+        """\
+        profiles:
+          desk:
+            mode: transcribe
+            transcribe: {queue: support}
+            transcribe_after_transfer: true
+        """,
+        "numbers.yaml:5: profiles.desk.transcribe_after_transfer: only for flux and agent"
+        " profiles (transcribe mode always is)",
+    ),
+}
+
+
+@pytest.mark.parametrize(("text", "expected"), TRANSCRIBE_CASES.values(), ids=TRANSCRIBE_CASES)
+def test_transcribe_errors(in_tmp: Path, text: str, expected: str) -> None:
+    assert errors(text) == [expected]
+
+
+def test_transcribe_defaults_and_options(in_tmp: Path) -> None:
+    config = load_config(
+        write(
+            """\
+            profiles:
+              desk:
+                mode: transcribe
+                transcribe: {queue: support, endpointing: false, utterance_end_ms: null}
+              bot:
+                mode: agent
+                agent: {think_prompt: hi}
+                transfer_number: "+15550009000"
+                transcribe_after_transfer: true
+            """
+        )
+    )
+    desk = config.profiles["desk"].transcribe
+    assert desk is not None
+    assert (desk.dial, desk.queue, desk.endpointing, desk.utterance_end_ms) == (
+        None,
+        "support",
+        False,
+        None,
+    )
+    assert (desk.listen_model, desk.language, desk.interim_results) == ("nova-3", "en", True)
+    assert (desk.smart_format, desk.punctuate, desk.vad_events, desk.diarize) == (
+        True,
+        True,
+        True,
+        False,
+    )
+    bot = config.profiles["bot"]
+    assert bot.transcribe_after_transfer and bot.transcribe is None  # Nova defaults
+    assert not config.profiles["desk"].transcribe_after_transfer

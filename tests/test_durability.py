@@ -15,28 +15,23 @@ import logging
 import os
 import signal
 import sqlite3
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from telephony.inprocess import bind_loopback
 from telephony.session.transcript import Event
-from telephony.sim import twilio_caller
 from telephony.sim.deepgram.tts import tts_text
 from telephony.sim.deepgram_server import FakeDeepgram, Script, ScriptedTurn
 from telephony.sim.twilio_caller import CallResult, FakeTwilioCaller, silence
 from telephony.sim.twilio_rest import FakeTwilioRest
 from tests.conftest import AUTH_TOKEN, DEEPGRAM_KEY, RunningApp, finished
+from tests.serve_process import Server, capture_call_results, eventually, serve_process
 
-REPO = Path(__file__).resolve().parents[1]
 MS_PER_CHAR = 30  # fake Aura: 30 ms of speech per character keeps the call short
 COMMIT_WINDOW_S = 1.0  # the store's promise: a finished turn is committed within ~1 s
 MARGIN_S = 0.5  # slack on top of the promise, for a loaded test machine
@@ -44,36 +39,10 @@ MARGIN_S = 0.5  # slack on top of the promise, for a loaded test machine
 # --- helpers ------------------------------------------------------------------------------------
 
 
-async def eventually(
-    check: Callable[[], Awaitable[Any]], *, within: float, what: str, every: float = 0.02
-) -> Any:
-    """Poll until `check` returns something truthy (a deadline for progress, not a speed test)."""
-    deadline = time.monotonic() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(every)
-
-
 @pytest.fixture
 def live_results(monkeypatch: pytest.MonkeyPatch) -> list[CallResult]:
-    """The fake caller's CallResult objects, readable while their call is still going.
-
-    `dial` only returns its result when the call ends; these tests must act on what the caller
-    has observed so far (marks echoed = bot speech heard, frames sent = the caller's clock).
-    """
-    made: list[CallResult] = []
-
-    def capture(*args: Any, **kwargs: Any) -> CallResult:
-        result = CallResult(*args, **kwargs)
-        made.append(result)
-        return result
-
-    monkeypatch.setattr(twilio_caller, "CallResult", capture)
-    return made
+    """The fake caller's results, readable while their call is still going."""
+    return capture_call_results(monkeypatch)
 
 
 def scrape(text: str) -> dict[str, float]:
@@ -131,14 +100,6 @@ KILL_AFTER_COMMITTED = 5  # greeting + two exchanges in the file before we pull 
 KILL_DURING = CRASH_TURNS[3]
 
 
-def free_port() -> int:
-    sock = bind_loopback()
-    try:
-        return int(sock.getsockname()[1])
-    finally:
-        sock.close()
-
-
 def read_turns(db: Path) -> list[tuple[int, str, str, str | None]] | None:
     """The committed turns, read-only (never blocks or checkpoints the server's WAL)."""
     try:
@@ -152,17 +113,6 @@ def read_turns(db: Path) -> list[tuple[int, str, str, str | None]] | None:
     finally:
         conn.close()
     return rows
-
-
-@dataclass
-class Server:
-    proc: asyncio.subprocess.Process
-    url: str
-    log: Path
-    db: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
 
 
 @dataclass
@@ -204,53 +154,8 @@ async def server(
 ) -> AsyncIterator[Server]:
     """`telephony serve` as a real subprocess, pointed at the in-process fakes."""
     deepgram, rest = crash_fakes
-    config = tmp_path / "numbers.yaml"
-    config.write_text(CRASH_YAML)
-    db = tmp_path / "crash.db"
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TELEPHONY_", "TWILIO_"))}
-    env.pop("DEEPGRAM_API_KEY", None)
-    env.update(
-        PYTHONPATH=str(REPO),
-        TELEPHONY_DATABASE_URL=f"sqlite+aiosqlite:///{db}",
-        TELEPHONY_CONFIG=str(config),
-        TELEPHONY_PUBLIC_URL=url,
-        TELEPHONY_LOG_LEVEL="WARNING",
-        TWILIO_AUTH_TOKEN=AUTH_TOKEN,
-        TWILIO_ACCOUNT_SID=rest.account_sid,
-        TWILIO_API_URL=rest.url,
-        DEEPGRAM_API_KEY=DEEPGRAM_KEY,
-        DEEPGRAM_URL=deepgram.url,
-        DEEPGRAM_AGENT_URL=deepgram.url,
-    )
-    log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "telephony.cli", "serve", "--port", str(port)),
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-    running = Server(proc, url, log, db)
-    try:
-
-        async def ready() -> bool:
-            if proc.returncode is not None:
-                raise AssertionError(f"telephony serve exited early:\n{running.output()}")
-            try:
-                async with httpx.AsyncClient(timeout=2) as http:
-                    return (await http.get(url + "/readyz")).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await eventually(ready, within=60, what="telephony serve /readyz", every=0.1)
+    async with serve_process(tmp_path, CRASH_YAML, deepgram, rest) as running:
         yield running
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await asyncio.wait_for(proc.wait(), 10)
 
 
 async def test_sigkill_mid_call_loses_at_most_the_turn_in_progress(

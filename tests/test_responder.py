@@ -179,8 +179,8 @@ def llm_config(url: str, **kw: object) -> LLMResponderConfig:
 
 def active_connections(http: httpx.AsyncClient) -> int:
     # httpx exposes no public pool view; connections still serving a response count.
-    pool = http._transport._pool  # type: ignore[attr-defined]
-    return sum(1 for c in pool.connections if not c.is_idle())
+    shards = http._transport.shards  # type: ignore[attr-defined]  # see ShardedTransport
+    return sum(1 for t in shards for c in t._pool.connections if not c.is_idle())
 
 
 async def test_llm_streams_the_reply(fake: FakeLLM, http: httpx.AsyncClient) -> None:

@@ -8,6 +8,7 @@ replayed audio included — never to wall-clock time.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass, field
 
 
@@ -35,3 +36,36 @@ class CallClock:
             raise ValueError("no connection is anchored yet")
         entry = anchors[-1] if connection is None else anchors[connection]
         return entry.offset_ms + round(seconds * 1000)
+
+
+@dataclass
+class AudioMap:
+    """One connection's audio time -> call time, when its audio is not contiguous on the call
+    clock.
+
+    Deepgram counts time in audio bytes received; the call clock is Twilio's media.timestamp.
+    They advance together while frames follow each other; where a frame's timestamp jumps (a
+    gap nobody filled: a paused stream beyond the call's gap fill, a track whose audio starts
+    late) a breakpoint is noted, so the times after it map to the right call time. The first
+    frame of a connection is its first breakpoint (the anchor). Costs one comparison per frame.
+    """
+
+    conn_ms: list[float] = field(default_factory=list)  # connection audio ms, ascending
+    call_ms: list[int] = field(default_factory=list)  # call time at that point
+
+    def note(self, conn_ms: float, call_ms: int) -> None:
+        """From `conn_ms` of connection audio on, the audio is the call's `call_ms` onwards."""
+        if self.conn_ms and self.conn_ms[-1] == conn_ms:  # nothing sent since the last jump
+            self.call_ms[-1] = call_ms
+            return
+        self.conn_ms.append(conn_ms)
+        self.call_ms.append(call_ms)
+
+    def to_call_ms(self, seconds: float) -> int:
+        """A connection-relative time in seconds (Deepgram's unit), as call time in ms."""
+        if not self.conn_ms:
+            raise ValueError("no audio has been sent on this connection yet")
+        ms = seconds * 1000
+        # A time exactly on a breakpoint is the end of the audio before it (a word's end).
+        i = max(0, bisect_left(self.conn_ms, ms - 1e-6) - 1)
+        return self.call_ms[i] + round(ms - self.conn_ms[i])

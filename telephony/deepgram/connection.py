@@ -85,11 +85,28 @@ def build_url(base: str, path: str, params: Mapping[str, ParamValue] | None = No
     return f"{url}?{urlencode(items)}" if items else url
 
 
+class _RedactAuthorization(logging.Filter):
+    """websockets logs every handshake header at DEBUG (`> Authorization: Token <key>`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 2 and str(args[0]).lower() == "authorization":
+            record.args = (args[0], "[redacted]")
+        return True
+
+
+# The Deepgram sockets' own websockets logger: a child of websockets.client (configured with
+# it), whose header lines never carry the API key.
+_WS_LOG = logging.getLogger("websockets.client.deepgram")
+_WS_LOG.addFilter(_RedactAuthorization())
+
+
 async def open_socket(url: str, api_key: str, *, open_timeout_s: float = 5.0) -> ClientConnection:
     """Connect with `Authorization: Token <key>`; handshake errors raise websockets' errors."""
     return await connect(
         url,
         additional_headers={"Authorization": f"Token {api_key}"},
+        logger=_WS_LOG,
         open_timeout=open_timeout_s,
         ping_interval=PING_INTERVAL_S,
         ping_timeout=PING_INTERVAL_S * 2,

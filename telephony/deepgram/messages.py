@@ -15,6 +15,7 @@ is not confirmed by a primary source (see /work/shared/protocol.md) the field sa
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
@@ -304,6 +305,7 @@ class Word(_Wire):
     confidence: float = 1.0
     start: float | None = None  # Flux: may be absent
     end: float | None = None
+    speaker: int | None = None  # Nova with diarize=true: 0, 1, ... per voice on the channel
 
 
 _CONVERTERS["tuple[Word, ...]"] = _tuple_of(_nested(Word))
@@ -387,9 +389,11 @@ def _num(v: Any, where: str) -> float:
     """Configure thresholds: Deepgram's own example sends numbers as strings ("0.8")."""
     if isinstance(v, str):
         try:
-            return float(v)
+            v = float(v)
         except ValueError:
             raise _fail(where, f"not a number: {v[:20]!r}") from None
+        if not math.isfinite(v):  # "nan", "inf", "1e999": eot_timeout_ms's int() would raise
+            raise _fail(where, f"not a finite number: {v}")
     return _as_float(v, where)
 
 

@@ -60,6 +60,7 @@ class AgentEngine:
         self._backoff = Backoff()
         self._budget = FailureBudget()
         self._reconnecting = False
+        self._keepalives_before = 0  # sent on agent sockets this call has replaced
         self._gap_audio: deque[tuple[int, bytes]] = deque(maxlen=GAP_FRAMES)
         self.speech = BotSpeech(ctx, on_finished=self._reply_finished)
         self._http = http
@@ -116,6 +117,7 @@ class AgentEngine:
         self._reconnecting = True
         if self._reply is not None:  # the reply being spoken is cut where its audio stopped
             self._end_reply()
+        self._keepalives_before += self.client.keepalives_sent
         with contextlib.suppress(Exception):
             await self.client.close()
         context = [
@@ -140,6 +142,11 @@ class AgentEngine:
             self.ctx.transcript.event(ms, "agent-reconnect", reason=reason, context=len(context))
             return True
         return False
+
+    @property
+    def keepalives_sent(self) -> int:
+        """JSON KeepAlives sent on every agent socket of this call (for the metrics)."""
+        return self._keepalives_before + self.client.keepalives_sent
 
     def on_dtmf(self, ms: int, digit: str) -> None:
         self.ctx.transcript.event(ms, "dtmf", digit=digit)

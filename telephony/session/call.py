@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -81,7 +81,8 @@ class StreamRefused(Exception):
 class StreamStats:
     """What arrived on the socket; the basis for gap filling and audit."""
 
-    media_frames: int = 0
+    media_frames: int = 0  # the inbound track (the caller)
+    outbound_frames: int = 0  # the outbound track of a both_tracks fork
     audio_bytes: int = 0
     last_timestamp_ms: int = -1
     audio_end_ms: int = 0  # call clock at the end of the last frame received
@@ -114,6 +115,34 @@ class CallSetup:
     start: tm.Start
     profile_name: str
     profile: Profile
+    continuation: Continuation | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Continuation:
+    """A stream that continues a call's transcript: transcription after the bot transferred
+    the call to a person (`transcribe_after_transfer`). Its `<Parameter>`s say where."""
+
+    offset_ms: int  # call time of this stream's timestamp 0 (the bot part's audio end)
+    turn_base: int  # index of its first turn (after the bot part's turns)
+
+
+def token_scope(params: Mapping[str, str]) -> str:
+    """What a stream token is bound to besides the call SID: the profile and, for a
+    continuation, where it continues (so none of them can be swapped)."""
+    profile = params.get("profile", "")
+    if "continues" not in params:
+        return profile
+    return f"{profile}|continues|{params.get('offset_ms', '')}|{params.get('turn_base', '')}"
+
+
+def _continuation(params: Mapping[str, str], sid: str) -> Continuation | None:
+    if "continues" not in params:
+        return None
+    offset, base = params.get("offset_ms", ""), params.get("turn_base", "")
+    if not (offset.isdigit() and base.isdigit() and offset.isascii() and base.isascii()):
+        raise StreamRefused("malformed continuation parameters", sid)
+    return Continuation(int(offset), int(base))
 
 
 async def _receive_json_event(socket: TwilioSocket) -> tm.InboundMessage:
@@ -140,7 +169,7 @@ async def handshake(socket: TwilioSocket, tokens: StreamTokens, config: Config) 
     params = msg.custom_parameters
     profile_name = params.get("profile", "")
     try:
-        tokens.redeem(params.get("call_token", ""), sid, profile_name)
+        tokens.redeem(params.get("call_token", ""), sid, token_scope(params))
     except TokenError as exc:
         raise StreamRefused(str(exc), sid) from None
     fmt = msg.media_format
@@ -151,7 +180,8 @@ async def handshake(socket: TwilioSocket, tokens: StreamTokens, config: Config) 
     profile = config.profiles.get(profile_name)
     if profile is None:
         raise StreamRefused(f"unknown profile {profile_name!r}", sid)
-    return CallSetup(start=msg, profile_name=profile_name, profile=profile)
+    continuation = _continuation(params, sid)
+    return CallSetup(msg, profile_name, profile, continuation)
 
 
 class Call:
@@ -201,6 +231,14 @@ class Call:
             started_at=time.time(),
         )
         self.transcript = self.summary.transcript
+        # A continuation (transcription after a transfer) carries on the call's clock and
+        # turn numbering where the bot part stopped; its time limit counts from the call start.
+        self.continuation = setup.continuation
+        self._clock_offset_ms = setup.continuation.offset_ms if setup.continuation else 0
+        if setup.continuation is not None:
+            self.summary.stats.audio_end_ms = self._clock_offset_ms
+            self.transcript.first_index = setup.continuation.turn_base
+            self.max_call_s = max(1.0, self.max_call_s - self._clock_offset_ms / 1000)
         self.playout = Playout(socket.send_text, start.stream_sid)
         # Recording: caller frames go in below (after gap fill), bot frames from the playout.
         self.recorder = recorder
@@ -229,6 +267,9 @@ class Call:
                     redirect=self._rest_redirect,
                 )
             )
+        # Twilio's `outbound` track (a both_tracks fork): what the caller hears. Only engines
+        # that transcribe it take it; its frames never touch the inbound clock or gap fill.
+        self._on_outbound_audio = getattr(self.engine, "on_outbound_audio", None)
 
     @property
     def call_sid(self) -> str:
@@ -284,14 +325,33 @@ class Call:
     async def _time_limit(self) -> None:
         """The profile's max_call_seconds: say goodbye through Twilio and end the stream."""
         await asyncio.sleep(self.max_call_s)
-        self._limit_reason = "max call duration"
         self.log.warning("call reached its time limit of %.0f s", self.max_call_s)
-        self.transcript.event(self._now_ms(), "time-limit", seconds=self.max_call_s)
-        try:
-            await self._rest_redirect(TIME_LIMIT_TWIML)
-        except Exception as exc:  # the stream is closed below whatever REST says
-            self.log.error("time-limit redirect failed: %s", exc)
-        await self.socket.close(CLOSE_NORMAL, "max call duration")
+        if self.profile.mode == "transcribe" or self.continuation is not None:
+            # People hold this call: stop transcribing it (close the fork), never hang up.
+            self._limit_reason = "max call duration"
+            self.transcript.event(self._now_ms(), "time-limit", seconds=self.max_call_s)
+            await self.socket.close(CLOSE_NORMAL, self._limit_reason)
+            return
+        await self.end("max call duration", TIME_LIMIT_TWIML, "time-limit", seconds=self.max_call_s)
+
+    async def end(self, reason: str, twiml: str | None, event: str, **data: object) -> None:
+        """End the call from our side: `twiml` (a goodbye) runs on the call through Twilio's
+        REST API, then the stream is closed with `reason`, which becomes the end reason.
+        `twiml=None` only closes the stream (a call we merely listen to goes on without us).
+
+        The transcript gets an `event` (with `data`). Does nothing if the call is already
+        ending. Used by the time limit and by the server's drain.
+        """
+        if self._ending or self._limit_reason is not None:
+            return
+        self._limit_reason = reason
+        self.transcript.event(self._now_ms(), event, **data)
+        if twiml is not None:
+            try:
+                await self._rest_redirect(twiml)
+            except Exception as exc:  # the stream is closed below whatever REST says
+                self.log.error("%s: goodbye redirect failed: %s", reason, exc)
+        await self.socket.close(CLOSE_NORMAL, reason)
 
     def _engine_done(self, task: asyncio.Task[None]) -> None:
         """The engine stopping on its own is fatal for the call: end it with the reason."""
@@ -355,8 +415,13 @@ class Call:
         if msg.stream_sid != self.stream_sid:
             raise tm.MessageError(f"wrong streamSid {msg.stream_sid!r}")
         self._track_sequence(msg.sequence)
+        if msg.track == "outbound":
+            self.summary.stats.outbound_frames += 1
+            if self._on_outbound_audio is not None:
+                await self._on_outbound_audio(msg.timestamp + self._clock_offset_ms, msg.payload)
+            return
         stats = self.summary.stats
-        ts = msg.timestamp
+        ts = msg.timestamp + self._clock_offset_ms
         end_ms = ts + len(msg.payload) // BYTES_PER_MS
         # media.timestamp is the call's audio clock; normally each frame starts where the last
         # one ended, so the common path costs this one comparison.

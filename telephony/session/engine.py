@@ -1,8 +1,11 @@
-"""The interface a call drives, implemented by the Flux engine and the Voice Agent engine.
+"""The interface a call drives, implemented by the Flux, Voice Agent and Transcribe engines.
 
 The call owns the Twilio socket, the playout and the transcript; an engine owns its Deepgram
-sockets and decides what to say. Both engines report through the same `CallContext`, so
-transcript rows, barge-in handling and actions have one implementation.
+sockets and decides what to say. Engines report through the same `CallContext`, so
+transcript rows, barge-in handling and actions have one implementation. An engine that also
+takes Twilio's `outbound` track (a both_tracks fork: what the caller hears) has an
+`on_outbound_audio(timestamp_ms, payload)` method, with the same no-blocking rule as
+`on_caller_audio`; the call looks for it once.
 """
 
 from __future__ import annotations

@@ -8,20 +8,35 @@ import httpx
 
 from telephony.deepgram.agent import AgentClient, settings_for_profile
 from telephony.deepgram.flux import FluxClient, FluxOptions
+from telephony.deepgram.listen import ListenClient, ListenOptions
 from telephony.deepgram.speak import SpeakClient
 from telephony.responder import build_responder
 from telephony.session.agent_engine import AgentEngine
 from telephony.session.engine import CallContext, Engine
 from telephony.session.flux_engine import FluxEngine
+from telephony.session.transcribe_engine import TranscribeEngine
+from telephony.session.transcript import Role
 
 
-def build_engine(ctx: CallContext, *, http: httpx.AsyncClient | None = None) -> Engine | None:
+def build_engine(
+    ctx: CallContext, *, http: httpx.AsyncClient | None = None, transcribe: bool = False
+) -> Engine | None:
     """The engine for the profile's mode; None where no engine runs on the stream.
 
-    `http` is the process-wide pool for LLM streaming and function webhooks.
+    `http` is the process-wide pool for LLM streaming and function webhooks. `transcribe`:
+    this stream is the transcription that continues a flux or agent call after its transfer.
     """
     profile, settings = ctx.profile, ctx.settings
     key = settings.deepgram_api_key.get_secret_value()
+    if profile.mode == "transcribe" or transcribe:
+        base = ListenOptions.from_profile(profile.transcribe)
+
+        def listen(role: Role) -> ListenClient:
+            # Usage tags: the call and the side first (the fake Deepgram picks scripts by them)
+            options = replace(base, tags=(ctx.call_sid, role, *base.tags))
+            return ListenClient(settings.deepgram_url, key, options)
+
+        return TranscribeEngine(ctx, listen)
     if profile.mode == "flux":
         assert profile.responder is not None  # the config schema requires it in flux mode
         options = replace(FluxOptions.from_profile(profile.flux), tag=ctx.call_sid)
@@ -39,4 +54,4 @@ def build_engine(ctx: CallContext, *, http: httpx.AsyncClient | None = None) -> 
             return AgentClient(settings.deepgram_agent_url, key, body)
 
         return AgentEngine(ctx, client, http=http, session_cap_s=settings.agent_session_cap_s)
-    return None  # transcribe mode forks the stream without a bot (a later release)
+    return None

@@ -41,6 +41,10 @@ class BotReply:
     first_text_at: float | None = None  # monotonic: first text sent to TTS
     first_audio_ms: int | None = None
     first_audio_at: float | None = None
+    # When the caller heard it, on the call clock, from Twilio's mark echoes: the first segment
+    # began playing (its echo minus its length), the last echo (the reply finished playing).
+    first_played_ms: int | None = None
+    last_played_ms: int | None = None
     interrupted_at_ms: int | None = None
     turn: Turn | None = None  # opened in the transcript when its first audio arrives
     meta: dict[str, object] = field(default_factory=dict)
@@ -148,7 +152,20 @@ class BotSpeech:
     def _segment_done(self, seg: Segment) -> None:
         reply = self._owner.get(seg.name)
         if reply is not None:
+            if seg.state is SegmentState.PLAYED:
+                self._played(reply, seg)
             self._maybe_finish(reply)
+
+    def _played(self, reply: BotReply, seg: Segment) -> None:
+        """A mark echoed: the caller has heard `seg`, up to now on the call clock."""
+        ms = self.ctx.now_ms()
+        if reply.first_played_ms is None:
+            # Twilio plays buffered audio without gaps, so the segment began at the latest its
+            # length before its echo; and never before its first audio was sent.
+            began = ms - seg.audio_ms
+            sent = reply.first_audio_ms
+            reply.first_played_ms = began if sent is None else max(began, sent)
+        reply.last_played_ms = ms
 
     def _maybe_finish(self, reply: BotReply) -> None:
         if not reply.finished and reply.generated_done and reply.all_segments_done():
@@ -191,6 +208,13 @@ class BotSpeech:
         if reply.eot_ms is not None and reply.first_audio_ms is not None:
             turn.latency_ms = reply.first_audio_ms - reply.eot_ms
         turn.meta.update({"action": reply.action, **reply.meta, **latency_breakdown(reply)})
+        if reply.eot_ms is not None:
+            turn.meta["eot_ms"] = reply.eot_ms  # the caller's end of speech this answers
+        if reply.first_played_ms is not None:
+            turn.meta["first_audio_played_ms"] = reply.first_played_ms
+        played = all(s.state is SegmentState.PLAYED for s in reply.ledger.segments)
+        if reply.last_played_ms is not None and played and not interrupted:
+            turn.meta["finished_playing_ms"] = reply.last_played_ms
         transcript.close_turn(turn)
 
     def act(self, action: Action) -> None:

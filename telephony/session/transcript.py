@@ -1,16 +1,16 @@
-"""A call's transcript: caller and bot turns and timeline events, on the call's audio clock.
+"""A call's transcript: caller, bot and staff turns and timeline events, on the call's clock.
 
-Both engines (Flux and Agent) write here, so rows have one shape in both modes. Times are
-integer milliseconds of call audio time (Twilio's media.timestamp), never wall-clock.
+Every engine (Flux, Agent, Transcribe) writes here, so rows have one shape in all modes. Times
+are integer milliseconds of call audio time (Twilio's media.timestamp), never wall-clock.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-Role = Literal["caller", "bot"]
+Role = Literal["caller", "bot", "staff"]  # staff: the person a call is forwarded to
 
 
 @dataclass(slots=True)
@@ -40,6 +40,14 @@ class Event:
         return {"ms": self.ms, "kind": self.kind, **self.data}
 
 
+class TranscriptListener(Protocol):
+    """Told of every closed turn and every event of a transcript (e.g. the call's metrics)."""
+
+    def on_turn(self, turn: Turn) -> None: ...
+
+    def on_event(self, event: Event) -> None: ...
+
+
 @dataclass
 class Transcript:
     turns: list[Turn] = field(default_factory=list)
@@ -48,6 +56,11 @@ class Transcript:
     # not block.
     on_turn: Callable[[Turn], None] | None = None
     on_event: Callable[[Event], None] | None = None
+    # Further subscribers (metrics), told after the hooks above; the same rules apply.
+    listeners: list[TranscriptListener] = field(default_factory=list)
+    # A stream that continues a call's transcript (transcription after a transfer) numbers
+    # its turns after the ones already stored.
+    first_index: int = 0
 
     def add_turn(self, role: Role, text: str, start_ms: int, end_ms: int, **kw: Any) -> Turn:
         """A finished turn (caller turns arrive whole)."""
@@ -55,7 +68,7 @@ class Transcript:
 
     def open_turn(self, role: Role, text: str, start_ms: int, end_ms: int, **kw: Any) -> Turn:
         """A turn that has begun (bot speech): it takes its place in the order now."""
-        turn = Turn(len(self.turns), role, text, start_ms, end_ms, **kw)
+        turn = Turn(self.first_index + len(self.turns), role, text, start_ms, end_ms, **kw)
         self.turns.append(turn)
         return turn
 
@@ -63,6 +76,8 @@ class Transcript:
         """The turn's fields are final: hand it to persistence."""
         if self.on_turn is not None:
             self.on_turn(turn)
+        for listener in self.listeners:
+            listener.on_turn(turn)
         return turn
 
     def event(self, ms: int, kind: str, **data: Any) -> Event:
@@ -70,4 +85,6 @@ class Transcript:
         self.events.append(event)
         if self.on_event is not None:
             self.on_event(event)
+        for listener in self.listeners:
+            listener.on_event(event)
         return event

@@ -6,6 +6,14 @@ and `stop`. What the service sends back is parsed as strictly as Twilio does and
 real time, so a mark is echoed only once the audio before it has played and `clear` drops
 unplayed audio. Message formats come from telephony.twilio.messages, never from here.
 
+`<Connect><Stream>` is the bidirectional stream; `<Start><Stream track="both_tracks">` then
+`<Dial>` is a one-way fork while a person takes the call: each 20 ms tick then carries an
+`inbound` frame (the caller's audio) and an `outbound` frame (what the caller hears: the
+dialled person's `agent_audio`, from the fork's start), with the same timestamp. TwiML that a
+REST update runs on the live call (`twiml_updates`, e.g. a transfer) ends the current stream
+with `stop`, as Twilio does, and a `<Start><Stream>` in it opens a new stream for the same
+call, whose caller audio carries on where the call clock is (`CallResult.forks`).
+
 Used by tests, by the benchmark (hundreds of concurrent calls) and by `telephony call`, so a call
 costs one receive task plus the dialling coroutine's send loop: no task per frame. The player is
 advanced lazily from the monotonic clock, on every received message and every 20 ms tick.
@@ -14,6 +22,7 @@ advanced lazily from the monotonic clock, on every received message and every 20
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import secrets
 import time
@@ -98,6 +107,15 @@ class StreamFormat:
     tracks: tuple[str, ...] = ("inbound",)
 
 
+# <Stream track=...> (with <Start>) -> the tracks Twilio sends; <Connect> is inbound only.
+STREAM_TRACKS = {
+    None: ("inbound",),
+    "inbound_track": ("inbound",),
+    "outbound_track": ("outbound",),
+    "both_tracks": ("inbound", "outbound"),
+}
+
+
 # --- results --------------------------------------------------------------------------------
 
 
@@ -141,6 +159,10 @@ class CallResult:
     hung_up: bool = False  # TwiML ended the call with <Hangup/> or <Reject/>
     stream_url: str | None = None
     parameters: dict[str, str] = field(default_factory=dict)
+    fork: bool = False  # a one-way <Start><Stream> (the service must send nothing on it)
+    track: str | None = None  # its <Stream track=...>
+    dialled: list[str] = field(default_factory=list)  # <Dial> targets: numbers, "queue:NAME"
+    forks: list[CallResult] = field(default_factory=list)  # streams opened by later TwiML
     ws_status: int | None = None  # HTTP status when the upgrade was refused
     heard: bytes = b""  # μ-law actually played; cleared and unplayed audio excluded
     heard_segments: list[HeardSegment] = field(default_factory=list)
@@ -280,6 +302,9 @@ class _Script:
     hangup: asyncio.Event | None
     keep_audio: bool
     max_call_ms: int
+    agent_audio: AudioSource = b""
+    updates: asyncio.Queue[str] | None = None
+    offset_ms: int = 0  # call clock at this stream's timestamp 0 (a later stream of the call)
 
 
 class FakeTwilioCaller:
@@ -324,6 +349,8 @@ class FakeTwilioCaller:
         hangup: asyncio.Event | None = None,
         keep_audio: bool = True,
         max_call_ms: int = 600_000,
+        agent_audio: AudioSource = b"",
+        twiml_updates: asyncio.Queue[str] | None = None,
     ) -> CallResult:
         """Place one call and return what happened.
 
@@ -333,7 +360,10 @@ class FakeTwilioCaller:
         The call lasts at least until the last timeline action. realtime=False sends frames
         without pacing (content-only tests). sign/ws_sign: True = correct X-Twilio-Signature,
         False = none, a str = send that. parameter_overrides: change (None = drop) the
-        customParameters echoed in `start`, e.g. to forge a token.
+        customParameters echoed in `start`, e.g. to forge a token. agent_audio: what the
+        dialled person says on a both_tracks fork (the outbound track), from the fork's start.
+        twiml_updates: TwiML run on the live call by a REST update (put it here when the fake
+        REST API receives it): the stream ends and a `<Start><Stream>` in it is followed.
         """
         result = CallResult(
             call_sid=call_sid or _new_sid("CA"),
@@ -357,10 +387,41 @@ class FakeTwilioCaller:
             hangup=hangup,
             keep_audio=keep_audio,
             max_call_ms=max_call_ms,
+            agent_audio=agent_audio,
+            updates=twiml_updates,
         )
-        await _MediaStream(self, result, clock, script).run()
+        stream = _MediaStream(self, result, clock, script)
+        await stream.run()
         clock.finish()
+        await self._follow_updates(result, script, stream.t0)
         return result
+
+    async def _follow_updates(self, result: CallResult, script: _Script, origin: float) -> None:
+        """New TwiML on the live call: a `<Start><Stream>` in it is a new stream of the call,
+        on the same call clock (origin: the first stream's start)."""
+        updates = script.updates
+        while updates is not None and not updates.empty() and origin:
+            if script.hangup is not None and script.hangup.is_set():
+                return
+            fork = CallResult(
+                call_sid=result.call_sid,
+                stream_sid=_new_sid("MZ"),
+                to=result.to,
+                from_number=result.from_number,
+            )
+            fork.twiml = updates.get_nowait()
+            result.forks.append(fork)
+            clock = _Clock(fork)
+            if not _read_twiml(fork, fork.twiml.encode(), clock):
+                clock.finish()
+                return
+            offset_ms = round((time.monotonic() - origin) * 1000 / FRAME_MS) * FRAME_MS
+            later = dataclasses.replace(
+                script, offset_ms=offset_ms, parameter_overrides={}, stream_format=StreamFormat()
+            )
+            stream = _MediaStream(self, fork, clock, later)
+            await stream.run()
+            clock.finish()
 
     # -- the webhook hop --
 
@@ -429,9 +490,20 @@ def _read_twiml(result: CallResult, body: bytes, clock: _Clock) -> bool:
     result.verbs = [child.tag for child in root]
     result.said = [(say.text or "") for say in root.iter("Say")]
     result.hung_up = any(verb in ("Hangup", "Reject") for verb in result.verbs)
+    for dial in root.iter("Dial"):
+        queue = dial.find("Queue")
+        result.dialled.append(f"queue:{queue.text}" if queue is not None else (dial.text or ""))
     stream = root.find("./Connect/Stream")
     if stream is None:
+        stream = root.find("./Start/Stream")
+        result.fork = stream is not None
+    if stream is None:
         clock.event("twiml", ",".join(result.verbs))
+        return False
+    result.track = stream.get("track")
+    allowed = STREAM_TRACKS if result.fork else (None, "inbound_track")
+    if result.track not in allowed:
+        result.error = f"31941: invalid <Stream track={result.track!r}>"
         return False
     result.stream_url = stream.get("url")
     result.parameters = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
@@ -484,6 +556,8 @@ class _MediaStream:
         self.player = PlayoutBuffer(time.monotonic(), keep_audio=script.keep_audio)
         self.closed = False  # the socket is gone (either side)
         self.stopped = False  # we sent `stop`: the caller sends nothing more
+        self.t0 = 0.0  # monotonic start of the stream (0: it never opened)
+        self.tracks = STREAM_TRACKS[result.track]
 
     async def run(self) -> None:
         ws = await self._open()
@@ -491,7 +565,7 @@ class _MediaStream:
             return
         receiver: asyncio.Task[None] | None = None
         try:
-            t0 = time.monotonic()
+            t0 = self.t0 = time.monotonic()
             self.clock.start(t0)
             self.player.origin = t0
             await ws.send(self.builder.connected())
@@ -541,7 +615,8 @@ class _MediaStream:
 
     def _start_message(self) -> str:
         fmt = self.script.stream_format
-        text = self.builder.start(fmt.encoding, fmt.sample_rate, fmt.tracks)
+        tracks = self.tracks if self.result.fork else fmt.tracks
+        text = self.builder.start(fmt.encoding, fmt.sample_rate, tracks)
         if fmt.channels == 1:
             return text
         msg = orjson.loads(text)  # InboundBuilder fixes channels=1; patch for format tests
@@ -555,50 +630,69 @@ class _MediaStream:
         script = self.script
         if script.tail_ms is None:
             return None
+        tail_ticks = math.ceil(script.tail_ms / FRAME_MS)
         audio_ticks = math.ceil(len(script.audio) / FRAME_BYTES)
         last_action = script.timeline[-1].at_ms if script.timeline else -FRAME_MS
-        return max(
-            audio_ticks + math.ceil(script.tail_ms / FRAME_MS),
-            math.ceil(last_action / FRAME_MS) + 1,
-        )
+        end = max(audio_ticks + tail_ticks, math.ceil(last_action / FRAME_MS) + 1)
+        if "outbound" in self.tracks:  # the dialled person's audio counts from the fork's start
+            agent_ticks = math.ceil(len(script.agent_audio) / FRAME_BYTES)
+            end = max(end, script.offset_ms // FRAME_MS + agent_ticks + tail_ticks)
+        return end
 
-    def _frame(self, n: int) -> bytes:
-        if n * FRAME_BYTES >= len(self.script.audio):
+    @staticmethod
+    def _frame_of(audio: AudioSource, n: int) -> bytes:
+        if n * FRAME_BYTES >= len(audio):
             return SILENCE_FRAME  # the tail: a live line keeps sending
-        frame = bytes(self.script.audio[n * FRAME_BYTES : (n + 1) * FRAME_BYTES])
+        frame = bytes(audio[n * FRAME_BYTES : (n + 1) * FRAME_BYTES])
         if len(frame) == FRAME_BYTES:
             return frame
         return frame + SILENCE_FRAME[len(frame) :]
 
+    def _frame(self, n: int) -> bytes:
+        return self._frame_of(self.script.audio, n)
+
     async def _send_frames(self, ws: ClientConnection, t0: float) -> None:
+        """Tick n of this stream is tick `base + n` of the call: timestamps restart at 0 on a
+        later stream of the call, the caller's audio and the timeline go on."""
         script = self.script
-        actions = deque(script.timeline)
+        base = script.offset_ms // FRAME_MS
+        actions = deque(a for a in script.timeline if a.at_ms >= script.offset_ms)
         end = self._end_tick()
         audio_ticks = math.ceil(len(script.audio) / FRAME_BYTES)
+        inbound, outbound = "inbound" in self.tracks, "outbound" in self.tracks
         pace_t, pace_n = t0, 0  # deadline of tick n = pace_t + (n - pace_n) * 20 ms
         paused_until = 0
         n = 0
-        while not self.closed and (end is None or n < end):
+        while not self.closed and (end is None or base + n < end):
             ts = n * FRAME_MS
-            if ts >= script.max_call_ms or (script.hangup and script.hangup.is_set()):
+            call_ts = script.offset_ms + ts
+            if call_ts >= script.max_call_ms or (script.hangup and script.hangup.is_set()):
+                return
+            if script.updates is not None and not script.updates.empty():
+                self.clock.event("twiml_update", "the stream ends")  # Twilio runs the new TwiML
                 return
             # An open-ended tail is always real time: unpaced, it would flood the server.
-            paced = script.realtime or (end is None and n >= audio_ticks)
-            if paced and not script.realtime and n == audio_ticks:
+            paced = script.realtime or (end is None and base + n >= audio_ticks)
+            if paced and not script.realtime and base + n == audio_ticks:
                 pace_t, pace_n = time.monotonic(), n
             await self._tick_wait(paced, pace_t + (n - pace_n) * FRAME_MS / 1000)
-            while actions and actions[0].at_ms <= ts:
+            while actions and actions[0].at_ms <= call_ts:
                 action = actions.popleft()
                 if isinstance(action, HangUp):
-                    self.clock.event("hangup", f"at {ts}")
+                    self.clock.event("hangup", f"at {call_ts}")
                     return
                 if isinstance(action, PauseStream):
                     paused_until = max(paused_until, action.at_ms + action.ms)
                 await self._act(ws, action, ts)
             await self._echo(ws, self.player.advance(time.monotonic()))
-            if ts >= paused_until and not self.closed:
-                await ws.send(self.builder.media(self._frame(n), ts))
-                self.result.sent_frames += 1
+            if call_ts >= paused_until and not self.closed:
+                if inbound:
+                    await ws.send(self.builder.media(self._frame(base + n), ts))
+                    self.result.sent_frames += 1
+                if outbound:  # same timestamp: both tracks count from the stream's start
+                    frame = self._frame_of(script.agent_audio, n)
+                    await ws.send(self.builder.media(frame, ts, "outbound"))
+                    self.result.sent_frames += 1
             n += 1
 
     @staticmethod
@@ -650,6 +744,9 @@ class _MediaStream:
     async def _handle(self, ws: ClientConnection, data: str | bytes, now: float) -> None:
         if self.stopped:
             return  # we hung up: nothing plays any more
+        if self.result.fork:  # Twilio plays nothing from a one-way stream (reaction unverified)
+            self._warn(f"one-way <Start><Stream>: message ignored: {data[:60]!r}", now)
+            return
         if isinstance(data, bytes):
             self._warn(f"31950: binary frame ({len(data)} bytes)", now)
             return

@@ -114,7 +114,7 @@ def as_text(call: dict[str, Any]) -> str:
         if item.turn is not None:
             t = item.turn
             heard, unheard = heard_split(t["text"], t.get("heard"))
-            who = "Caller" if t["role"] == "caller" else "Bot"
+            who = {"caller": "Caller", "staff": "Staff"}.get(t["role"], "Bot")
             latency = f" ({t['latency_ms']} ms)" if t.get("latency_ms") is not None else ""
             lines.append(f"{at} {who}{latency}: {heard.strip() or '(nothing heard)'}")
             if unheard.strip():

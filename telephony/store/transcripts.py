@@ -186,6 +186,23 @@ class TranscriptStore:
             values["recording_path"] = recording_path
         self._put("call_ended", values)
 
+    def call_resumed(self, summary: Any) -> None:
+        """The call goes on in a new stream (its transcription after a transfer to a person):
+        the same row is live again (ended_at cleared) until that stream's ``call_ended``."""
+        self._put(
+            "call_ended",
+            {
+                "sid": summary.call_sid,
+                "from_number": summary.from_number,
+                "to_number": summary.to_number,
+                "profile": summary.profile,
+                "started_at": summary.started_at,  # only used if the row does not exist yet
+                "ended_at": None,
+                "end_reason": "",
+                "duration_ms": None,
+            },
+        )
+
     def turn(self, call_sid: str, turn: Turn) -> None:
         """Upserted by (call_sid, idx): a bot turn may be written again when it closes."""
         self._put(

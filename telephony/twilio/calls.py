@@ -11,10 +11,10 @@ import asyncio
 import functools
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import httpx
-from twilio.twiml.voice_response import VoiceResponse
+from twilio.twiml.voice_response import Dial, Start, VoiceResponse
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,37 @@ def dial_twiml(number: str, *, caller_id: str | None = None) -> str:
         response.dial(number, caller_id=caller_id)
     # No XML declaration: Twilio does not need it and it counts towards the 4000 chars.
     return response.to_xml(xml_declaration=False)
+
+
+def fork_and_dial(
+    stream_url: str,
+    params: Mapping[str, str],
+    *,
+    number: str | None = None,
+    queue: str | None = None,
+    status_callback: str | None = None,
+) -> VoiceResponse:
+    """`<Start><Stream track="both_tracks">` (a one-way fork of both sides, our `<Parameter>`s
+    XML-escaped by the SDK), then `<Dial>` a number or a `<Queue>`: a person takes the call
+    while we transcribe it. Twilio runs `<Dial>` at once; the fork lasts until the call ends."""
+    if (number is None) == (queue is None):
+        raise TwilioCallsError("fork_and_dial needs a number or a queue")
+    if number is not None and not _E164.fullmatch(number):
+        raise TwilioCallsError(f"dial number is not E.164: {number!r}")
+    response = VoiceResponse()
+    start = Start()
+    extra = {"status_callback": status_callback, "status_callback_method": "POST"}
+    stream = start.stream(url=stream_url, track="both_tracks", **(extra if status_callback else {}))
+    for name, value in params.items():
+        stream.parameter(name=name, value=value)
+    response.append(start)
+    if number is not None:
+        response.dial(number)
+    else:
+        dial = Dial()
+        dial.queue(queue)
+        response.append(dial)
+    return response
 
 
 def _twilio_error(response: httpx.Response) -> tuple[int | None, str]:

@@ -2,7 +2,8 @@
 
 Per turn: SpeechStarted at start_ms (vad_events), an interim Results every 250 ms of audio
 (interim_results), a final Results at end_ms (is_final, speech_final unless
-endpointing=false), UtteranceEnd utterance_end_ms after it. Rules enforced: KeepAlive must be
+endpointing=false), UtteranceEnd utterance_end_ms after it; with diarize=true every word has
+`speaker` 0. Rules enforced: KeepAlive must be
 a text frame (binary is a violation); an empty binary frame closes the stream (pending finals,
 Metadata, close 1000); no audio or text for `idle_timeout_s` closes 1011 NET-0001.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -165,6 +166,8 @@ class ListenSession(Session):
         from_finalize: bool = False,
     ) -> dm.Results:
         words = turn.words[turn.finalized : upto]
+        if self.params.diarize:  # one voice per side in a script: speaker 0
+            words = [replace(w, speaker=0) for w in words]
         start = (words[0].start or 0.0) if words else at / 1000
         if is_final:
             turn.finalized = max(turn.finalized, upto)

@@ -226,7 +226,13 @@ class ListenParams:
     endpointing_ms: int | None  # None: endpointing=false (no speech_final)
     utterance_end_ms: int | None
     vad_events: bool
-    tag: str | None
+    tag: str | None  # the first tag
+    tags: tuple[str, ...] = ()  # every tag (repeatable)
+    diarize: bool = False
+
+
+# Options that take true/false on /v1/listen (anything else is a 400).
+LISTEN_BOOLEANS = ("smart_format", "punctuate", "diarize", "numerals", "profanity_filter")
 
 
 def _endpointing(q: Query) -> int | None:
@@ -249,6 +255,10 @@ def listen_params(q: Query) -> ListenParams:
         raise ParamError("Flux models are served on /v2/listen, not /v1/listen")
     if "keyterm" in q and not model.startswith("nova-3"):
         raise ParamError("keyterm needs a nova-3 model")
+    if "keywords" in q and model.startswith("nova-3"):  # Deepgram's keywords page: not Nova-3
+        raise ParamError("keywords is not supported on nova-3 (use keyterm)")
+    for name in LISTEN_BOOLEANS:
+        _boolean(q, name)
     encoding, rate = _encoding_and_rate(q, LISTEN_ENCODINGS, None, strict_pair=False)
     if encoding is None:
         rate = None  # only read with an encoding
@@ -265,4 +275,6 @@ def listen_params(q: Query) -> ListenParams:
         utterance_end_ms=utterance_end,
         vad_events=bool(_boolean(q, "vad_events")),
         tag=_one(q, "tag"),
+        tags=tuple(q.get("tag", ())),
+        diarize=bool(_boolean(q, "diarize")),
     )

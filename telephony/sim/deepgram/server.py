@@ -12,7 +12,8 @@ from /v1/auth/grant (`Bearer <api_key>` fails, as on the real service);
 `Sec-WebSocket-Protocol: token, <api_key>` for header-less clients.
 
 Scripts: `set_script(tag, script)` serves connections whose query has `tag=<tag>` (the agent:
-whose Settings `tags` contain it); everything else gets the default script. Faults come from
+whose Settings `tags` contain it; Nova with several tags: `<tag1>:<tag2>` first, then each tag
+in order); everything else gets the default script. Faults come from
 the script plus `inject_fault`, and each applies to one connection (see `Fault`). A voiced
 script's text cursor (which text the next heard turn gets) is per FakeDeepgram and tag, and
 `set_script` resets it (see `Script`).
@@ -313,8 +314,12 @@ class FakeDeepgram(StartStop):
         opts = self.options
         if acc.endpoint == "agent":
             return AgentSession(opts, conn, log, self._assign)  # assigned at Settings
-        tag = acc.params.tag
-        assignment = self._assign(acc.endpoint, (tag,))
+        tags: tuple[str | None, ...] = (acc.params.tag,)
+        if acc.endpoint == "listen" and len(acc.params.tags) > 1:
+            # Several tags (e.g. a call and the side of it): "<first>:<second>" is tried first
+            # so one call's sides can have their own scripts, then each tag in order.
+            tags = (f"{acc.params.tags[0]}:{acc.params.tags[1]}", *acc.params.tags)
+        assignment = self._assign(acc.endpoint, tags)
         log.tag, log.index = assignment.tag, assignment.index
         script = assignment.script
         session: Session

@@ -1,0 +1,286 @@
+"""Transcribe mode: people talk, Nova (`/v1/listen`) transcribes both sides live; no bot.
+
+Twilio forks the call's audio to us (`<Start><Stream track="both_tracks">`): `inbound` frames
+are the caller, `outbound` frames what the caller hears (the person who took the call, the
+"staff" role). Each side has its own Nova socket (see telephony/deepgram/listen.py for why not
+`multichannel`), its own turns and its own reconnects.
+
+Turns (per side): interim `Results` only update `interim` (the staff UI's live view; never
+stored). Final `Results` (`is_final`) are settled text and are collected; `speech_final`
+(endpointing saw a pause) or `UtteranceEnd` closes the turn, which is then written through the
+same transcript, store and redaction path as every other mode. At the end of the call the
+`Finalize` finals close the last turn. Times are on the call clock through each connection's
+`AudioMap`.
+
+Failures: a socket that drops is replaced (backoff, `FailureBudget`) and the audio since the
+last final is replayed, so no settled word is repeated and no unsettled one lost. A side that
+cannot be transcribed any more is recorded (`transcription-failed`) and dropped; the call itself
+is never touched — people are talking, there is nothing to apologise for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from websockets.exceptions import ConnectionClosed
+
+from telephony.deepgram import messages as dm
+from telephony.deepgram.connection import Backoff, FailureBudget
+from telephony.deepgram.listen import ListenClient, ListenFatal
+from telephony.session.engine import CallContext
+from telephony.session.transcript import Role
+
+PENDING_FRAMES = 500  # 10 s of audio kept while a socket (re)connects; beyond, drops counted
+RECENT_FRAMES = 1500  # 30 s of sent audio kept to replay what was not final when a socket died
+TRACKS: dict[Role, str] = {"caller": "inbound", "staff": "outbound"}  # role -> Twilio track
+
+
+@dataclass(slots=True)
+class _Final:
+    """A settled piece of a turn (one final Results), on the call clock."""
+
+    text: str
+    start_ms: int
+    end_ms: int
+    confidence: float
+    speakers: set[int] = field(default_factory=set)
+
+
+class TrackTranscriber:
+    """One side of the call: its Nova socket, reconnects, and turns."""
+
+    def __init__(
+        self,
+        ctx: CallContext,
+        role: Role,
+        new_client: Callable[[], ListenClient],
+        *,
+        reconnect: Backoff | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.role = role
+        self._new_client = new_client
+        self._backoff = reconnect or Backoff()
+        self._budget = FailureBudget()
+        self.client: ListenClient | None = None
+        self.connections = 0
+        self._live = False  # frames go straight to Nova; else they wait in _pending
+        self._pending: deque[tuple[int, bytes]] = deque(maxlen=PENDING_FRAMES)
+        self._recent: deque[tuple[int, bytes]] = deque(maxlen=RECENT_FRAMES)
+        self.dropped_frames = 0
+        self._finals: list[_Final] = []  # the open turn
+        self._interim = ""
+        self._settled_ms: int | None = None  # call time up to which Nova's finals are in
+        self._closing = False
+        self.failed: str | None = None
+
+    @property
+    def interim(self) -> str:
+        """What this side is saying right now (the open turn): for the live view only."""
+        return " ".join([*(f.text for f in self._finals), self._interim]).strip()
+
+    # --- audio in (the audio path: no waiting beyond the socket's own send) ----------------
+
+    async def on_audio(self, timestamp_ms: int, payload: bytes) -> None:
+        frame = (timestamp_ms, payload)
+        if self._live and self.client is not None:
+            try:
+                await self.client.send_audio(timestamp_ms, payload)
+                self._recent.append(frame)
+                return
+            except ConnectionClosed:
+                self._live = False  # the events loop sees the close and reconnects
+        if self.failed is not None or self._closing:
+            return
+        if len(self._pending) == PENDING_FRAMES:
+            self.dropped_frames += 1
+        self._pending.append(frame)
+
+    # --- the socket's life --------------------------------------------------------------------
+
+    async def run(self) -> None:
+        if not await self._connect([], "start"):
+            return
+        while True:
+            assert self.client is not None
+            try:
+                async for event in self.client.events():
+                    self._on_event(event)
+                return  # we closed it: the call is over
+            except ListenFatal as exc:
+                if self._closing or not await self._reconnect(str(exc)):
+                    return
+
+    async def _reconnect(self, reason: str) -> bool:
+        self._live = False
+        self.ctx.log.warning("Nova (%s) connection lost: %s", self.role, reason)
+        if self.client is not None:
+            await self.client.abort()
+        if not self._budget.spend(asyncio.get_running_loop().time()):
+            self._give_up(f"{reason} (repeated failures)")
+            return False
+        # What Nova had not settled yet is heard again on the new socket.
+        settled = self._settled_ms
+        replay = [f for f in self._recent if settled is None or f[0] >= settled]
+        self._interim = ""
+        return await self._connect(replay, reason)
+
+    async def _connect(self, replay: list[tuple[int, bytes]], reason: str) -> bool:
+        for delay in self._backoff.delays():
+            await asyncio.sleep(delay)
+            if self._closing:
+                return False
+            client = self._new_client()
+            try:
+                await client.connect()
+            except Exception as exc:  # handshake refused, 429, network: back off and retry
+                self.ctx.log.warning("Nova (%s) connect failed: %s", self.role, exc)
+                continue
+            self.client = client
+            await self._go_live(replay, reason)
+            return True
+        self._give_up(f"{reason}: Nova unreachable")
+        return False
+
+    async def _go_live(self, replay: list[tuple[int, bytes]], reason: str) -> None:
+        """Send the replay, then everything that waited, then switch to direct sending."""
+        client = self.client
+        assert client is not None
+        self._recent.clear()
+        for ts, payload in replay:
+            await client.send_audio(ts, payload)
+            self._recent.append((ts, payload))
+        while self._pending:  # frames keep arriving while we send: drain until none wait
+            ts, payload = self._pending.popleft()
+            await client.send_audio(ts, payload)
+            self._recent.append((ts, payload))
+        self._live = True
+        self.ctx.transcript.event(
+            self.ctx.now_ms(),
+            "listen-connection",
+            track=self.role,
+            connection=self.connections,
+            offset_ms=client.first_audio_ms,  # None: this side has sent no audio yet
+            reason=reason,
+            replayed_ms=len(replay) * 20,
+            dropped_ms=self.dropped_frames * 20,
+        )
+        self.connections += 1
+
+    def _give_up(self, reason: str) -> None:
+        """This side is not transcribed any more; the call goes on untouched."""
+        self.failed = reason
+        self._live = False
+        self._pending.clear()
+        self.ctx.log.error("Nova (%s) given up: %s", self.role, reason)
+        self._close_turn("failed")
+        self.ctx.transcript.event(
+            self.ctx.now_ms(), "transcription-failed", track=self.role, reason=reason
+        )
+
+    async def close(self) -> None:
+        """The call is over: Finalize so the last words are kept, then close."""
+        self._closing = True
+        client = self.client
+        if client is not None:
+            if self._live:
+                await client.finish()  # the events loop closes the turn from the finals
+            else:
+                await client.abort()
+        self._live = False
+        self._close_turn("hangup")  # whatever settled but was not closed
+
+    # --- events -> turns ----------------------------------------------------------------------
+
+    def _on_event(self, event: dm.Results | dm.UtteranceEnd | object) -> None:
+        if isinstance(event, dm.Results):
+            self._on_results(event)
+        elif isinstance(event, dm.UtteranceEnd):
+            self._close_turn("utterance_end")
+
+    def _on_results(self, r: dm.Results) -> None:
+        if not r.is_final:
+            self._interim = r.transcript.strip()
+            return
+        client = self.client
+        assert client is not None
+        self._interim = ""
+        if client.first_audio_ms is None:  # e.g. Finalize's empty answer on a silent side
+            return
+        self._settled_ms = client.to_call_ms(r.start + r.duration)
+        text = r.transcript.strip()
+        if text:
+            words = r.words
+            first = words[0].start if words and words[0].start is not None else r.start
+            last = words[-1].end if words and words[-1].end is not None else r.start + r.duration
+            speakers = {w.speaker for w in words if w.speaker is not None}
+            self._finals.append(
+                _Final(text, client.to_call_ms(first), client.to_call_ms(last), r.confidence)
+            )
+            self._finals[-1].speakers.update(speakers)
+        if r.speech_final:
+            self._close_turn("speech_final")
+        elif r.from_finalize:
+            self._close_turn("finalize")
+
+    def _close_turn(self, trigger: str) -> None:
+        finals, self._finals = self._finals, []
+        if not finals:
+            return
+        text = " ".join(f.text for f in finals)
+        meta: dict[str, object] = {
+            "trigger": trigger,
+            "confidence": round(sum(f.confidence for f in finals) / len(finals), 3),
+        }
+        speakers = sorted(set().union(*(f.speakers for f in finals)))
+        if speakers:
+            meta["speakers"] = speakers
+        start, end = finals[0].start_ms, max(f.end_ms for f in finals)
+        self.ctx.transcript.add_turn(self.role, text, start, max(start, end), meta=meta)
+
+
+class TranscribeEngine:
+    """Both sides of a call transcribed; the Engine a transcribe stream's Call drives."""
+
+    def __init__(
+        self,
+        ctx: CallContext,
+        new_client: Callable[[Role], ListenClient],
+        *,
+        reconnect: Backoff | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.tracks: dict[Role, TrackTranscriber] = {
+            role: TrackTranscriber(
+                ctx, role, lambda role=role: new_client(role), reconnect=reconnect
+            )
+            for role in TRACKS
+        }
+
+    @property
+    def interim(self) -> dict[Role, str]:
+        """Per side, the words of the turn in progress (the staff UI's live view)."""
+        return {role: text for role, track in self.tracks.items() if (text := track.interim)}
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for role, track in self.tracks.items():
+                tg.create_task(track.run(), name=f"listen-{role}")
+        if all(track.failed for track in self.tracks.values()):
+            raise RuntimeError("transcription failed on both sides")
+
+    async def on_caller_audio(self, timestamp_ms: int, payload: bytes) -> None:
+        await self.tracks["caller"].on_audio(timestamp_ms, payload)
+
+    async def on_outbound_audio(self, timestamp_ms: int, payload: bytes) -> None:
+        """Twilio's `outbound` track: what the caller hears, i.e. the person who answered."""
+        await self.tracks["staff"].on_audio(timestamp_ms, payload)
+
+    def on_dtmf(self, ms: int, digit: str) -> None:
+        """A forked stream carries no DTMF; nothing to do if one arrives anyway."""
+
+    async def close(self) -> None:
+        await asyncio.gather(*(track.close() for track in self.tracks.values()))
