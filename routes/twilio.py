@@ -12,7 +12,7 @@ from starlette.datastructures import State
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 
 from telephony.config import TranscribeConfig
@@ -215,20 +215,35 @@ async def status_callback(request: Request) -> Response:
 
 
 class StarletteTwilioSocket:
-    """Adapts Starlette's WebSocket to the session's TwilioSocket protocol."""
+    """Adapts Starlette's WebSocket to the session's TwilioSocket protocol.
+
+    Frames go straight through the ASGI receive and send callables once the socket is open:
+    Starlette's per-message state checks cost more than the rest of a frame's handling, and
+    the only transition mid-call (the client leaving) is recorded here as Starlette would.
+    Close still goes through Starlette, so its state stays right for the end of the call.
+    """
 
     def __init__(self, ws: WebSocket) -> None:
         self.ws = ws
+        self._receive = ws._receive
+        self._send = ws._send
 
     async def receive(self) -> str | bytes | None:
-        msg = await self.ws.receive()
+        msg = await self._receive()
         if msg["type"] == "websocket.disconnect":
+            self.ws.client_state = WebSocketState.DISCONNECTED
             return None
         text = msg.get("text")
         return text if text is not None else msg.get("bytes", b"")
 
     async def send_text(self, text: str) -> None:
-        await self.ws.send_text(text)
+        if self.ws.application_state is not WebSocketState.CONNECTED:
+            raise WebSocketDisconnect(1006, "media socket already closed")
+        try:
+            await self._send({"type": "websocket.send", "text": text})
+        except OSError:  # the client went away under us, as Starlette reports it
+            self.ws.application_state = WebSocketState.DISCONNECTED
+            raise WebSocketDisconnect(1006) from None
 
     async def close(self, code: int, reason: str) -> None:
         if self.ws.application_state != WebSocketState.DISCONNECTED:

@@ -48,12 +48,9 @@ class Segment:
     state: SegmentState = SegmentState.QUEUED
 
 
-@dataclass(slots=True)
-class _Item:
-    """Queued work: either a frame of audio or the mark closing a segment."""
-
-    frame: bytes | None = None
-    segment: Segment | None = None
+# Queued work: a frame of audio (bytes, queued as the framer made it: no wrapper per frame) or
+# the Segment whose mark closes it.
+_Item = bytes | Segment
 
 
 @dataclass
@@ -115,22 +112,22 @@ class Playout:
             self._open.audio_ms += len(audio) // 8
         frames = self._framer.push(audio)
         if frames:
-            self._queue.extend(_Item(frame=f) for f in frames)
+            self._queue.extend(frames)
             self._wake.set()
 
     def end_segment(self, segment: Segment) -> None:
         """Close `segment` with a mark after all audio queued so far (padding the last frame)."""
         last = self._framer.flush()  # the tail, padded with μ-law silence
         if last is not None:
-            self._queue.append(_Item(frame=last))
-        self._queue.append(_Item(segment=segment))
+            self._queue.append(last)
+        self._queue.append(segment)
         if self._open is segment:
             self._open = None
         self._wake.set()
 
     async def clear(self) -> list[Segment]:
         """Barge-in: drop our queue, send Twilio `clear`; returns every segment not heard."""
-        unheard = [it.segment for it in self._queue if it.segment is not None]
+        unheard = [it for it in self._queue if isinstance(it, Segment)]
         unheard += self._in_flight.values()
         if self._open is not None:
             unheard.append(self._open)
@@ -186,14 +183,14 @@ class Playout:
                 await asyncio.sleep(due - now + self._batch_s)
                 return
             item = self._queue.popleft()
-            if item.frame is not None:
+            if isinstance(item, bytes):
                 if self.on_frame is not None:
-                    self.on_frame(item.frame, self._run_start + self._run_frames * FRAME_S)
+                    self.on_frame(item, self._run_start + self._run_frames * FRAME_S)
                 self._run_frames += 1
                 self.frames_sent += 1
-                await self._send(tm.media_message(self._sid, item.frame))
-            elif item.segment is not None:
-                seg = item.segment
+                await self._send(tm.media_message(self._sid, item))
+            else:
+                seg = item
                 seg.state = SegmentState.SENT
                 self._in_flight[seg.name] = seg
                 await self._send(tm.mark_message(self._sid, seg.name))
