@@ -12,6 +12,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
@@ -28,6 +29,8 @@ from telephony.twilio.calls import TwilioCalls
 from telephony.twilio.security import StreamTokens
 
 log = logging.getLogger(__name__)
+
+GC_YOUNG, GC_MIDDLE, GC_FULL_AFTER = 700, 10, 100  # gc.set_threshold for `telephony serve`
 
 
 def _install_sighup(store: ConfigStore) -> None:
@@ -79,6 +82,11 @@ def create_app(
         if freeze_heap:
             gc.collect()
             gc.freeze()
+            # A full collection scans every live call's objects: 30-50 ms at 200 calls, a
+            # stall of every call's audio. Calls in progress make next to no cyclic garbage
+            # (none in 5 s at 200 calls, measured), so full collections can be ten times
+            # rarer than Python's default (after 100 middle-generation ones, not 10).
+            gc.set_threshold(GC_YOUNG, GC_MIDDLE, GC_FULL_AFTER)
         try:
             yield
         finally:
@@ -92,7 +100,11 @@ def create_app(
 
     pages = [*auth.routes, *staff.routes, *admin.routes]
     static = Mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    app = Starlette(routes=[*health.routes, *twilio.routes, *pages, static], lifespan=lifespan)
+    app = Starlette(
+        routes=[*health.routes, *twilio.routes, *pages, static],
+        middleware=[Middleware(twilio.MediaFastPath)],
+        lifespan=lifespan,
+    )
     app.state.settings = settings
     app.state.config = store
     app.state.tokens = StreamTokens(settings.token_secret(), ttl_s=settings.stream_token_ttl_s)

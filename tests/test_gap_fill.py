@@ -31,6 +31,9 @@ class FakeSocket:
     async def send_text(self, text: str) -> None:
         self.sent.append(text)
 
+    async def send_many(self, texts: list[str]) -> None:
+        self.sent.extend(texts)
+
     async def close(self, code: int, reason: str) -> None:
         self.closed = (code, reason)
 

@@ -147,3 +147,28 @@ async def test_partial_audio_without_a_segment_is_cleared_too() -> None:
         unheard = await playout.clear()
     assert unheard == [seg] and seg.state is SegmentState.CLEARED
     assert wire.events() == ["clear"]
+
+
+async def test_each_wake_sends_its_due_frames_and_mark_in_one_batch() -> None:
+    """With `send_many`, a wake-up's frames (and a mark after them) leave in one call: the
+    socket can write them as one TCP segment. Batches after the lead are `batch_frames` long."""
+    wire = Wire()
+    batches: list[list[str]] = []
+
+    async def send_many(texts: list[str]) -> None:
+        batches.append([orjson.loads(t)["event"] for t in texts])
+        for text in texts:
+            await wire.send(text)
+
+    async with playing(wire, send_many=send_many, lead_ms=100, batch_frames=3) as playout:
+        seg = Segment("r1:s1", "Hello.")
+        playout.add_audio(b"\x01" * 160 * 20, seg)  # 400 ms
+        playout.end_segment(seg)
+        await wait_idle(playout, wire, marks=1)
+    assert sum(len(b) for b in batches) == 21  # 20 frames and the mark
+    assert batches[0] == ["media"] * 6  # the lead: frames 0..5 play within 100 ms
+    # Then a wake per 3 frames (one woken late carries more): far fewer sends than messages.
+    assert len(batches) <= 1 + 15 // 3 + 1
+    assert all(len(b) >= 3 for b in batches[1:-1])
+    assert batches[-1][-1] == "mark"  # the mark rides with the last frames
+    assert wire.events()[-1] == "mark:r1:s1"

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from telephony.config import LLMResponderConfig, ScriptedResponderConfig
 from telephony.responder import (
@@ -335,6 +338,48 @@ async def test_parser_reports_broken_streams(body: bytes, message: str) -> None:
     async with canned(body) as client:
         responder = LLMResponder(base_url="http://llm/v1", model="m", api_key="k", http=client)
         with pytest.raises(ResponderError, match=message):
+            await responder.respond([], "hi").text()
+
+
+def chunked(body: bytes, cuts: list[int]) -> httpx.AsyncClient:
+    """Serve `body` cut at the given offsets, as a network would deliver it."""
+    bounds = sorted({0, len(body), *(c % (len(body) + 1) for c in cuts)})
+    parts = [body[a:b] for a, b in itertools.pairwise(bounds)]
+
+    class Parts(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            for part in parts:
+                yield part
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=Parts(), headers={"content-type": "text/event-stream"})
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handler))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=30),
+    newline=st.sampled_from(["\n", "\r\n", "\r"]),
+)
+def test_events_split_anywhere_with_any_line_end_give_the_same_reply(
+    cuts: list[int], newline: str
+) -> None:
+    events = [": keep-alive", CONTENT % "Héllo", CONTENT % ", wörld", STOP, "data: [DONE]"]
+    body = "".join(e + newline * 2 for e in events).encode()
+
+    async def run() -> str:
+        async with chunked(body, cuts) as client:
+            responder = LLMResponder(base_url="http://llm/v1", model="m", api_key="k", http=client)
+            return await responder.respond([], "hi").text()
+
+    assert asyncio.run(run()) == "Héllo, wörld"
+
+
+async def test_a_stream_without_line_ends_is_refused_not_buffered_forever() -> None:
+    async with chunked(b"data: " + b"x" * (2 << 20), list(range(0, 2 << 20, 65536))) as client:
+        responder = LLMResponder(base_url="http://llm/v1", model="m", api_key="k", http=client)
+        with pytest.raises(ResponderError, match="line over"):
             await responder.respond([], "hi").text()
 
 

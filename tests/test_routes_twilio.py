@@ -231,3 +231,42 @@ async def test_wrong_stream_sid_counts_as_malformed(running_app: RunningApp) -> 
     await closed_with(ws)
     stats = (await finished(running_app, "CA22")).stats
     assert (stats.bad_frames, stats.media_frames) == (1, 0)
+
+
+async def test_send_many_is_one_write_through_uvicorn_and_refused_once_the_peer_left() -> None:
+    """Under uvicorn's websockets-sansio protocol (what `telephony serve` runs) a playout wake's
+    messages go out in one transport write, in order; after the caller hangs up they are
+    refused the way a single send is."""
+    from starlette.websockets import WebSocket, WebSocketDisconnect
+
+    from routes.twilio import StarletteTwilioSocket
+    from telephony.inprocess import InProcessServer, bind_loopback
+
+    outcome: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    writes: list[bytes] = []
+    writes_for_three: list[int] = []
+
+    async def app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        ws = WebSocket(scope, receive, send)
+        await ws.accept()
+        socket = StarletteTwilioSocket(ws)
+        assert socket._write_many is not None, "uvicorn's sans-I/O protocol not recognised"
+        transport = send.__self__.transport
+        real_write = transport.write
+        transport.write = lambda data: (writes.append(data), real_write(data))[1]
+        await socket.send_many(["one", "two", "three"])
+        writes_for_three.append(len(writes))
+        assert await socket.receive() is None  # the client closes
+        try:
+            await socket.send_many(["late"])
+        except WebSocketDisconnect:
+            outcome.set_result("refused")
+        else:
+            outcome.set_result("sent after close")
+
+    sock = bind_loopback()
+    async with InProcessServer(app, sock, ws="websockets-sansio"):
+        async with connect(f"ws://127.0.0.1:{sock.getsockname()[1]}/") as client:
+            assert [await client.recv() for _ in range(3)] == ["one", "two", "three"]
+        assert await asyncio.wait_for(outcome, 5) == "refused"
+    assert writes_for_three == [1]  # the three messages: one write

@@ -65,6 +65,10 @@ class TwilioSocket(Protocol):
 
     async def send_text(self, text: str) -> None: ...
 
+    async def send_many(self, texts: list[str]) -> None:
+        """Several messages in order, in one write where the socket can."""
+        ...
+
     async def close(self, code: int, reason: str) -> None: ...
 
 
@@ -239,7 +243,7 @@ class Call:
             self.summary.stats.audio_end_ms = self._clock_offset_ms
             self.transcript.first_index = setup.continuation.turn_base
             self.max_call_s = max(1.0, self.max_call_s - self._clock_offset_ms / 1000)
-        self.playout = Playout(socket.send_text, start.stream_sid)
+        self.playout = Playout(socket.send_text, start.stream_sid, send_many=socket.send_many)
         # Recording: caller frames go in below (after gap fill), bot frames from the playout.
         self.recorder = recorder
         if recorder is not None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 
 from websockets.exceptions import ConnectionClosed
 
+from telephony.audio import FRAME_MS
 from telephony.deepgram import messages as dm
 from telephony.deepgram.clock import CallClock
 from telephony.deepgram.connection import Backoff, FailureBudget
@@ -34,11 +35,10 @@ from telephony.session.engine import CallContext
 from telephony.session.fallback import fail_over
 from telephony.session.speech import BotReply, BotSpeech
 from telephony.session.tasks import TaskSet
+from telephony.session.upstream import Upstream
 from telephony.twilio.playout import Segment
 
 DTMF_GAP_S = 1.5  # digits typed closer together than this form one entry
-PENDING_FRAMES = 500  # 10 s of caller audio kept while Flux (re)connects; beyond, drops counted
-RECENT_FRAMES = 1500  # 30 s of sent audio kept to replay an open turn after a reconnect
 REPLAY_TAIL_MS = 1000  # with no turn open, what may have been in flight when the socket died
 WATCHDOG_TICK_S = 0.25
 FORCE_ANSWER_S = 1.0  # ForceEndTurn unanswered this long: the socket is not listening
@@ -81,10 +81,7 @@ class FluxEngine:
         self._dtmf_task: asyncio.Task[None] | None = None
         self._dtmf_for_turn = ""
         self._tasks = TaskSet(ctx.log)
-        self._live = False  # frames go straight to Flux; else they wait in _pending
-        self._pending: deque[tuple[int, bytes]] = deque(maxlen=PENDING_FRAMES)
-        self._recent: deque[tuple[int, bytes]] = deque(maxlen=RECENT_FRAMES)  # sent, for replay
-        self.dropped_frames = 0
+        self.upstream = Upstream()  # caller audio to Flux: sent, held, replayed
         self._turn_start_ms: int | None = None
         self._last_turn_end_ms = 0
         self._last_update = ""
@@ -106,18 +103,7 @@ class FluxEngine:
             tg.create_task(self._watchdog(), name="turn-watchdog")
 
     async def on_caller_audio(self, timestamp_ms: int, payload: bytes) -> None:
-        frame = (timestamp_ms, payload)
-        if self._live:
-            try:
-                await self.flux.send_audio(timestamp_ms, payload)
-                self._recent.append(frame)
-                return
-            except ConnectionClosed:
-                self._live = False  # the events loop sees the close and reconnects
-        # Connecting or reconnecting: keep the audio (bounded, drops counted) for replay.
-        if len(self._pending) == PENDING_FRAMES:
-            self.dropped_frames += 1
-        self._pending.append(frame)
+        await self.upstream.push(timestamp_ms, payload)
 
     def on_dtmf(self, ms: int, digit: str) -> None:
         self.ctx.transcript.event(ms, "dtmf", digit=digit)
@@ -191,7 +177,7 @@ class FluxEngine:
 
     async def _reconnect(self, reason: str) -> bool:
         """Replace a failed Flux socket; audio from the gap (and the open turn) is replayed."""
-        self._live = False
+        self.upstream.live = False
         lost_at = asyncio.get_running_loop().time()
         self.ctx.log.warning("Flux connection lost: %s", reason)
         await self.flux.abort()
@@ -216,29 +202,21 @@ class FluxEngine:
     def _replay_frames(self) -> list[tuple[int, bytes]]:
         """Sent frames Flux must hear again: the open turn from its start, else the last 1 s
         (what was in flight when the socket died), never audio of a turn already ended."""
-        sent = list(self._recent)
-        if not sent:
+        last = self.upstream.last_sent_ms()
+        if last is None:
             return []
         if self._turn_open and self._turn_start_ms is not None:
             start = self._turn_start_ms
         else:
-            start = max(self._last_turn_end_ms, sent[-1][0] - REPLAY_TAIL_MS)
-        return [frame for frame in sent if frame[0] >= start]
+            start = max(self._last_turn_end_ms, last - REPLAY_TAIL_MS)
+        return self.upstream.sent_since(start)
 
     async def _go_live(
         self, replay: list[tuple[int, bytes]], reason: str, lost_at: float | None = None
     ) -> None:
         """Send the replay, then everything that waited, then switch to direct sending."""
         self._turn_open = False  # a new connection starts with no turn; replay reopens it
-        self._recent.clear()
-        for ts, payload in replay:
-            await self.flux.send_audio(ts, payload)
-            self._recent.append((ts, payload))
-        while self._pending:  # frames keep arriving while we send: drain until none wait
-            ts, payload = self._pending.popleft()
-            await self.flux.send_audio(ts, payload)
-            self._recent.append((ts, payload))
-        self._live = True
+        await self.upstream.go_live(self.flux.send_audio, replay)
         offset = self.flux.first_audio_ms
         if offset is None:  # nothing sent yet: the next frame anchors it
             offset = self.ctx.now_ms()
@@ -250,8 +228,8 @@ class FluxEngine:
             connection=anchor.connection,
             offset_ms=anchor.offset_ms,
             reason=reason,
-            replayed_ms=len(replay) * 20,
-            dropped_ms=self.dropped_frames * 20,
+            replayed_ms=len(replay) * FRAME_MS,
+            dropped_ms=self.upstream.dropped_frames * FRAME_MS,
         )
         if lost_at is not None:  # socket lost -> new socket live with the replay sent
             ms = round((asyncio.get_running_loop().time() - lost_at) * 1000, 1)
@@ -273,7 +251,7 @@ class FluxEngine:
         eot_timeout_s = (self.flux.options.eot_timeout_ms or 5000) / 1000
         while True:
             await asyncio.sleep(WATCHDOG_TICK_S)
-            if not (self._live and self._turn_open):
+            if not (self.upstream.live and self._turn_open):
                 continue
             now = loop.time()
             if self._forced_at is not None and now - self._forced_at > FORCE_ANSWER_S:
@@ -291,8 +269,8 @@ class FluxEngine:
         self.ctx.transcript.event(ms, "turn-watchdog", step="ended-from-update")
         text = self._last_update.strip()
         start = self._turn_start_ms if self._turn_start_ms is not None else ms
-        self._recent.clear()  # this turn is settled: do not replay it
         self._last_turn_end_ms = ms
+        self.upstream.forget_before(ms)  # this turn is settled: do not replay it
         if text:
             self.ctx.transcript.add_turn("caller", text, start, ms, meta={"trigger": "watchdog"})
             self._answer(text, ms)
@@ -318,6 +296,7 @@ class FluxEngine:
             self._turn_open = False
             self._forced_at = None
             self._last_turn_end_ms = self.clock.to_call_ms(ev.audio_window_end)
+            self.upstream.forget_before(self._last_turn_end_ms)  # never replayed again
             await self._end_of_turn(ev)
 
     async def _end_of_turn(self, ev: dm.TurnInfo) -> None:

@@ -21,20 +21,17 @@ is never touched — people are talking, there is nothing to apologise for.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from websockets.exceptions import ConnectionClosed
-
+from telephony.audio import FRAME_MS
 from telephony.deepgram import messages as dm
 from telephony.deepgram.connection import Backoff, FailureBudget
 from telephony.deepgram.listen import ListenClient, ListenFatal
 from telephony.session.engine import CallContext
 from telephony.session.transcript import Role
+from telephony.session.upstream import Upstream
 
-PENDING_FRAMES = 500  # 10 s of audio kept while a socket (re)connects; beyond, drops counted
-RECENT_FRAMES = 1500  # 30 s of sent audio kept to replay what was not final when a socket died
 TRACKS: dict[Role, str] = {"caller": "inbound", "staff": "outbound"}  # role -> Twilio track
 
 
@@ -67,10 +64,7 @@ class TrackTranscriber:
         self._budget = FailureBudget()
         self.client: ListenClient | None = None
         self.connections = 0
-        self._live = False  # frames go straight to Nova; else they wait in _pending
-        self._pending: deque[tuple[int, bytes]] = deque(maxlen=PENDING_FRAMES)
-        self._recent: deque[tuple[int, bytes]] = deque(maxlen=RECENT_FRAMES)
-        self.dropped_frames = 0
+        self.upstream = Upstream()  # this track's audio to Nova: sent, held, replayed
         self._finals: list[_Final] = []  # the open turn
         self._interim = ""
         self._settled_ms: int | None = None  # call time up to which Nova's finals are in
@@ -85,19 +79,7 @@ class TrackTranscriber:
     # --- audio in (the audio path: no waiting beyond the socket's own send) ----------------
 
     async def on_audio(self, timestamp_ms: int, payload: bytes) -> None:
-        frame = (timestamp_ms, payload)
-        if self._live and self.client is not None:
-            try:
-                await self.client.send_audio(timestamp_ms, payload)
-                self._recent.append(frame)
-                return
-            except ConnectionClosed:
-                self._live = False  # the events loop sees the close and reconnects
-        if self.failed is not None or self._closing:
-            return
-        if len(self._pending) == PENDING_FRAMES:
-            self.dropped_frames += 1
-        self._pending.append(frame)
+        await self.upstream.push(timestamp_ms, payload)
 
     # --- the socket's life --------------------------------------------------------------------
 
@@ -115,7 +97,7 @@ class TrackTranscriber:
                     return
 
     async def _reconnect(self, reason: str) -> bool:
-        self._live = False
+        self.upstream.live = False
         self.ctx.log.warning("Nova (%s) connection lost: %s", self.role, reason)
         if self.client is not None:
             await self.client.abort()
@@ -124,7 +106,7 @@ class TrackTranscriber:
             return False
         # What Nova had not settled yet is heard again on the new socket.
         settled = self._settled_ms
-        replay = [f for f in self._recent if settled is None or f[0] >= settled]
+        replay = self.upstream.sent_since(settled)
         self._interim = ""
         return await self._connect(replay, reason)
 
@@ -149,15 +131,7 @@ class TrackTranscriber:
         """Send the replay, then everything that waited, then switch to direct sending."""
         client = self.client
         assert client is not None
-        self._recent.clear()
-        for ts, payload in replay:
-            await client.send_audio(ts, payload)
-            self._recent.append((ts, payload))
-        while self._pending:  # frames keep arriving while we send: drain until none wait
-            ts, payload = self._pending.popleft()
-            await client.send_audio(ts, payload)
-            self._recent.append((ts, payload))
-        self._live = True
+        await self.upstream.go_live(client.send_audio, replay)
         self.ctx.transcript.event(
             self.ctx.now_ms(),
             "listen-connection",
@@ -165,16 +139,16 @@ class TrackTranscriber:
             connection=self.connections,
             offset_ms=client.first_audio_ms,  # None: this side has sent no audio yet
             reason=reason,
-            replayed_ms=len(replay) * 20,
-            dropped_ms=self.dropped_frames * 20,
+            replayed_ms=len(replay) * FRAME_MS,
+            dropped_ms=self.upstream.dropped_frames * FRAME_MS,
         )
         self.connections += 1
 
     def _give_up(self, reason: str) -> None:
         """This side is not transcribed any more; the call goes on untouched."""
         self.failed = reason
-        self._live = False
-        self._pending.clear()
+        self.upstream.live = self.upstream.accepting = False
+        self.upstream.drop_held()
         self.ctx.log.error("Nova (%s) given up: %s", self.role, reason)
         self._close_turn("failed")
         self.ctx.transcript.event(
@@ -184,13 +158,14 @@ class TrackTranscriber:
     async def close(self) -> None:
         """The call is over: Finalize so the last words are kept, then close."""
         self._closing = True
+        self.upstream.accepting = False
         client = self.client
         if client is not None:
-            if self._live:
+            if self.upstream.live:
                 await client.finish()  # the events loop closes the turn from the finals
             else:
                 await client.abort()
-        self._live = False
+        self.upstream.live = False
         self._close_turn("hangup")  # whatever settled but was not closed
 
     # --- events -> turns ----------------------------------------------------------------------
@@ -211,6 +186,7 @@ class TrackTranscriber:
         if client.first_audio_ms is None:  # e.g. Finalize's empty answer on a silent side
             return
         self._settled_ms = client.to_call_ms(r.start + r.duration)
+        self.upstream.forget_before(self._settled_ms)  # final: never replayed
         text = r.transcript.strip()
         if text:
             words = r.words

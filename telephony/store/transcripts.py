@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -337,14 +338,10 @@ class TranscriptStore:
             self._buffer.pop(0)
 
     def _insert(self, table: Any) -> Any:
-        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
-        return dialect.insert(table)
+        return _dialect_insert(self.engine.dialect.name, table)
 
     def _upsert(self, table: Any, keys: list[str], cols: tuple[str, ...]) -> Insert:
-        stmt = self._insert(table)
-        return stmt.on_conflict_do_update(
-            index_elements=keys, set_={c: stmt.excluded[c] for c in cols}
-        )
+        return _upsert_statement(self.engine.dialect.name, table, tuple(keys), cols)
 
     async def _flush(self, rows: list[_Row]) -> None:
         """Write rows in one transaction. Column sets of the kinds are disjoint enough that
@@ -405,3 +402,20 @@ class TranscriptStore:
     async def get_call(self, sid: str) -> dict[str, Any] | None:
         """The call row with ``turns`` (by idx) and ``events`` (by ms, then arrival)."""
         return await get_call(self.engine, sid)
+
+
+def _dialect_insert(dialect_name: str, table: Any) -> Any:
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+@functools.cache
+def _upsert_statement(
+    dialect_name: str, table: Any, keys: tuple[str, ...], cols: tuple[str, ...]
+) -> Insert:
+    """Built once per shape: each build makes an `excluded` alias of the whole table (dozens of
+    objects in reference loops), which every flush would otherwise leave to the cyclic GC."""
+    stmt = _dialect_insert(dialect_name, table)
+    return stmt.on_conflict_do_update(
+        index_elements=list(keys), set_={c: stmt.excluded[c] for c in cols}
+    )
