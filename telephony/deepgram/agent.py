@@ -32,6 +32,7 @@ from telephony.deepgram.connection import (
     KeepAliveSpec,
     build_url,
     open_socket,
+    parse_or_skip,
 )
 
 log = logging.getLogger(__name__)
@@ -260,7 +261,7 @@ class AgentClient:
                 if isinstance(raw, bytes):
                     yield raw
                     continue
-                event = self._parse(raw)
+                event = parse_or_skip(raw, dm.parse_agent_server, "agent")
                 if event is None:
                     continue
                 if isinstance(event, dm.AgentError):
@@ -274,18 +275,6 @@ class AgentClient:
             return
         if not self._closing:  # a clean close we did not ask for still ends the session
             raise await self._fatal(f"agent closed: {ws.close_code} {ws.close_reason or ''}")
-
-    @staticmethod
-    def _parse(raw: str) -> dm.AgentServerEvent | None:
-        try:
-            event = dm.parse_agent_server(raw)
-        except dm.DeepgramMessageError as exc:
-            log.warning("unparseable agent message skipped: %s", exc)
-            return None
-        if isinstance(event, dm.Unknown):  # History, LatencyReport, newer types
-            log.debug("agent message %s skipped", event.type)
-            return None
-        return event
 
     async def _fatal(self, why: str) -> AgentFatal:
         await self._stop_keepalive()

@@ -17,14 +17,19 @@ import contextlib
 import logging
 import random
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import TypeVar
 from urllib.parse import urlencode
 
 from websockets.asyncio.client import ClientConnection, connect
 
+from telephony.deepgram.messages import DeepgramMessageError, Unknown
+
 log = logging.getLogger(__name__)
+
+E = TypeVar("E")
 
 ParamValue = str | int | float | bool | Sequence[str] | None
 
@@ -184,3 +189,17 @@ class KeepAlive:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+def parse_or_skip(raw: str, parse: Callable[[str], E | Unknown], endpoint: str) -> E | None:
+    """A server text message, typed; None for one to skip: unparseable (logged, the call goes
+    on) or of a type we do not know (newer API versions add some)."""
+    try:
+        event = parse(raw)
+    except DeepgramMessageError as exc:
+        log.warning("unparseable %s message skipped: %s", endpoint, exc)
+        return None
+    if isinstance(event, Unknown):
+        log.debug("%s message %s skipped", endpoint, event.type)
+        return None
+    return event

@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed
 
 from telephony.audio import Chunker, MulawToLinear16k
 from telephony.deepgram import messages as dm
-from telephony.deepgram.connection import DeepgramSocket, build_url
+from telephony.deepgram.connection import DeepgramSocket, build_url, parse_or_skip
 
 log = logging.getLogger(__name__)
 
@@ -105,17 +105,13 @@ class FluxClient(DeepgramSocket):
             async for raw in self.ws:
                 if isinstance(raw, bytes):
                     continue  # Flux sends no binary; ignore rather than fail the call
-                try:
-                    event = dm.parse_flux_server(raw)
-                except dm.DeepgramMessageError as exc:
-                    log.warning("unparseable Flux message skipped: %s", exc)
+                event = parse_or_skip(raw, dm.parse_flux_server, "Flux")
+                if event is None:
                     continue
                 if isinstance(event, dm.FluxError):
                     raise FluxFatal(f"Flux error {event.code}: {event.description}")
                 if isinstance(event, dm.ConfigureSuccess | dm.ConfigureFailure):
                     await self._configure_acked()
-                if isinstance(event, dm.Unknown):
-                    continue
                 yield event
         except ConnectionClosed as exc:
             raise FluxFatal(f"Flux closed: {exc.rcvd or 'no close frame'}") from None

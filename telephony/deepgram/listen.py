@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -34,7 +35,13 @@ from websockets.exceptions import ConnectionClosed
 from telephony.audio import Chunker
 from telephony.deepgram import messages as dm
 from telephony.deepgram.clock import AudioMap
-from telephony.deepgram.connection import NOVA_KEEPALIVE, DeepgramSocket, KeepAlive, build_url
+from telephony.deepgram.connection import (
+    NOVA_KEEPALIVE,
+    DeepgramSocket,
+    KeepAlive,
+    build_url,
+    parse_or_skip,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +53,10 @@ CLOSE_WAIT_S = 2.0  # for Metadata and the close after CloseStream
 
 class ListenFatal(Exception):
     """Nova sent an Error or closed the socket unasked: the connection is unusable."""
+
+
+def _frozen(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,23 +84,9 @@ class ListenOptions:
         """From the YAML profile's `transcribe` section (None: the defaults)."""
         if cfg is None:
             return cls()
-        return cls(
-            model=cfg.listen_model,
-            language=cfg.language,
-            interim_results=cfg.interim_results,
-            endpointing=cfg.endpointing,
-            utterance_end_ms=cfg.utterance_end_ms,
-            vad_events=cfg.vad_events,
-            smart_format=cfg.smart_format,
-            punctuate=cfg.punctuate,
-            diarize=cfg.diarize,
-            numerals=cfg.numerals,
-            profanity_filter=cfg.profanity_filter,
-            redact=tuple(cfg.redact),
-            keyterms=tuple(cfg.keyterms),
-            keywords=tuple(cfg.keywords),
-            tags=tuple(cfg.tags),
-        )
+        values = cfg.model_dump()
+        values["model"] = values.pop("listen_model")
+        return cls(**{f.name: _frozen(values[f.name]) for f in dataclasses.fields(cls)})
 
     def query(self) -> dict[str, Any]:
         return {
@@ -170,15 +167,11 @@ class ListenClient(DeepgramSocket):
             async for raw in self.ws:
                 if isinstance(raw, bytes):
                     continue  # Nova sends no binary
-                try:
-                    event = dm.parse_listen_server(raw)
-                except dm.DeepgramMessageError as exc:
-                    log.warning("unparseable Nova message skipped: %s", exc)
+                event = parse_or_skip(raw, dm.parse_listen_server, "Nova")
+                if event is None:
                     continue
                 if isinstance(event, dm.ListenError):
                     raise ListenFatal(f"Nova error {event.code}: {event.description}")
-                if isinstance(event, dm.Unknown):
-                    continue
                 if isinstance(event, dm.ListenMetadata):
                     self.metadata = event
                 yield event

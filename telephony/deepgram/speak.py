@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from websockets.exceptions import ConnectionClosed
 
 from telephony.deepgram import messages as dm
-from telephony.deepgram.connection import DeepgramSocket, build_url
+from telephony.deepgram.connection import DeepgramSocket, build_url, parse_or_skip
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +93,8 @@ class SpeakClient(DeepgramSocket):
                     if not self._clearing and raw:
                         yield raw
                     continue
-                try:
-                    event = dm.parse_speak_server(raw)
-                except dm.DeepgramMessageError as exc:
-                    log.warning("unparseable Aura message skipped: %s", exc)
+                event = parse_or_skip(raw, dm.parse_speak_server, "Aura")
+                if event is None:
                     continue
                 if isinstance(event, dm.SpeakError):
                     raise SpeakFatal(f"Aura error {event.code}: {event.description}")
@@ -106,8 +104,7 @@ class SpeakClient(DeepgramSocket):
                     continue  # the end of audio we already dropped
                 if isinstance(event, dm.SpeakWarning):
                     log.warning("Aura warning %s: %s", event.code, event.description)
-                if not isinstance(event, dm.Unknown):
-                    yield event
+                yield event
         except ConnectionClosed as exc:
             raise SpeakFatal(f"Aura closed: {exc.rcvd or 'no close frame'}") from None
         if not self._closing:
