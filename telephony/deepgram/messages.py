@@ -1,10 +1,14 @@
 """Deepgram WebSocket messages: one definition of each, both directions.
 
 Covers Flux (/v2/listen), Aura (/v1/speak), the Voice Agent (/v1/agent/converse) and Nova
-(/v1/listen). Every JSON message is a frozen dataclass whose field names are the wire keys, so
+(/v1/listen). Every JSON message is a dataclass whose field names are the wire keys, so
 `encode(msg)` builds it and `parse_*` reads it back; the real clients and the fake server in
 telephony/sim share these, so they cannot disagree about the wire format. Client messages also
 have small builder functions (`configure(...)`, `speak(text)`, ...) returning the JSON text.
+
+Messages are values: nothing changes one after it is built. They are not `frozen=True` only
+because a frozen dataclass's __init__ costs about three times as much, and a Flux Update carries
+a Word per word, several times a second per call.
 
 Parsing is strict about what a message needs (type, required fields, field types) and lenient
 about the rest: an unknown `type` becomes `Unknown(type, raw)` rather than an error, since
@@ -191,7 +195,13 @@ def _as_list(v: Any, where: str) -> list[Any]:
 
 def _tuple_of(item: Callable[[Any, str], Any]) -> Callable[[Any, str], tuple[Any, ...]]:
     def convert(v: Any, where: str) -> tuple[Any, ...]:
-        return tuple(item(x, f"{where}[{i}]") for i, x in enumerate(_as_list(v, where)))
+        items = _as_list(v, where)
+        try:
+            return tuple([item(x, where) for x in items])
+        except DeepgramMessageError:
+            for i, x in enumerate(items):  # again, to name the index of the bad item
+                item(x, f"{where}[{i}]")
+            raise
 
     return convert
 
@@ -225,20 +235,21 @@ for _name in ("str", "int", "float", "bool", "dict[str, Any]"):
     _CONVERTERS[f"{_name} | None"] = _optional(_CONVERTERS[_name])
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Spec:
     cls: type
     names: tuple[str, ...]
-    fields: tuple[tuple[str, Callable[[Any, str], Any], bool], ...]  # name, convert, required
+    # name, convert, required, and the field's place for error text ("TurnInfo.words"), built
+    # once here: formatting it per field per message was most of a Flux Update's parse time.
+    fields: tuple[tuple[str, Callable[[Any, str], Any], bool, str], ...]
 
     def build(self, d: Mapping[str, Any]) -> Any:
-        where = self.cls.TYPE or self.cls.__name__  # type: ignore[attr-defined]
         kwargs: dict[str, Any] = {}
-        for name, convert, required in self.fields:
+        for name, convert, required, where in self.fields:
             if name in d:
-                kwargs[name] = convert(d[name], f"{where}.{name}")
+                kwargs[name] = convert(d[name], where)
             elif required:
-                raise _fail(where, f"missing {name!r}")
+                raise _fail(self.cls.TYPE or self.cls.__name__, f"missing {name!r}")  # type: ignore[attr-defined]
         return self.cls(**kwargs)
 
 
@@ -253,12 +264,13 @@ def _message(cls: _W) -> _W:
         if f.type not in _CONVERTERS:
             raise TypeError(f"{cls.__name__}.{f.name}: no converter for {f.type!r}")
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        fields.append((f.name, _CONVERTERS[f.type], required))
+        where = f"{cls.TYPE or cls.__name__}.{f.name}"  # type: ignore[attr-defined]
+        fields.append((f.name, _CONVERTERS[f.type], required, where))
     _SPECS[cls] = _Spec(cls, tuple(f[0] for f in fields), tuple(fields))
     return cls
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Unknown:
     """A message whose `type` this module does not know (kept whole, never an error)."""
 
@@ -297,7 +309,7 @@ def _const(msg: _Wire) -> str:
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Word(_Wire):
     """A word with times in seconds from the connection's first audio byte (Flux and Nova)."""
 
@@ -321,7 +333,7 @@ EOT_TIMEOUT_MS_RANGE = (500, 60000)
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FluxConnected(_Wire):
     TYPE: ClassVar[str] = "Connected"
     request_id: str = ""
@@ -329,7 +341,7 @@ class FluxConnected(_Wire):
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TurnInfo(_Wire):
     TYPE: ClassVar[str] = "TurnInfo"
     event: str  # one of FLUX_EVENTS
@@ -345,7 +357,7 @@ class TurnInfo(_Wire):
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ConfigureSuccess(_Wire):
     TYPE: ClassVar[str] = "ConfigureSuccess"
     thresholds: dict[str, Any]
@@ -355,7 +367,7 @@ class ConfigureSuccess(_Wire):
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ConfigureFailure(_Wire):
     TYPE: ClassVar[str] = "ConfigureFailure"
     description: str | None = None  # unverified (pipecat reads error_code/description)
@@ -364,7 +376,7 @@ class ConfigureFailure(_Wire):
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FluxWarning(_Wire):
     TYPE: ClassVar[str] = "Warning"
     code: str = ""
@@ -374,7 +386,7 @@ class FluxWarning(_Wire):
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FluxError(_Wire):
     """Fatal: the server closes after it."""
 
@@ -397,7 +409,7 @@ def _num(v: Any, where: str) -> float:
     return _as_float(v, where)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Configure(_Wire):
     """Client -> Flux: change thresholds/keyterms mid-stream; omitted values are kept."""
 
@@ -442,13 +454,13 @@ _SPECS[Configure] = _Spec(Configure, (), ())  # custom to_dict/from_dict; regist
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ForceEndTurn(_Wire):
     TYPE: ClassVar[str] = "ForceEndTurn"
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CloseStream(_Wire):
     TYPE: ClassVar[str] = "CloseStream"
 
@@ -525,7 +537,7 @@ def close_stream() -> str:
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Metadata(_Wire):
     """Speak: sent once when the socket opens."""
 
@@ -537,21 +549,21 @@ class Metadata(_Wire):
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Flushed(_Wire):
     TYPE: ClassVar[str] = "Flushed"
     sequence_id: int = 0
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Cleared(_Wire):
     TYPE: ClassVar[str] = "Cleared"
     sequence_id: int = 0
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SpeakWarning(_Wire):
     TYPE: ClassVar[str] = "Warning"
     description: str = ""
@@ -559,7 +571,7 @@ class SpeakWarning(_Wire):
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SpeakError(_Wire):
     """Speak `Error` (shape unverified: mirrors Warning)."""
 
@@ -569,26 +581,26 @@ class SpeakError(_Wire):
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Speak(_Wire):
     TYPE: ClassVar[str] = "Speak"
     text: str
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Flush(_Wire):
     TYPE: ClassVar[str] = "Flush"
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Clear(_Wire):
     TYPE: ClassVar[str] = "Clear"
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Close(_Wire):
     TYPE: ClassVar[str] = "Close"
 
@@ -630,20 +642,20 @@ def close() -> str:
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Welcome(_Wire):
     TYPE: ClassVar[str] = "Welcome"
     request_id: str = ""
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SettingsApplied(_Wire):
     TYPE: ClassVar[str] = "SettingsApplied"
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ConversationText(_Wire):
     TYPE: ClassVar[str] = "ConversationText"
     role: str  # "user" | "assistant"
@@ -651,20 +663,20 @@ class ConversationText(_Wire):
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UserStartedSpeaking(_Wire):
     TYPE: ClassVar[str] = "UserStartedSpeaking"
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AgentThinking(_Wire):
     TYPE: ClassVar[str] = "AgentThinking"
     content: str = ""
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AgentStartedSpeaking(_Wire):
     TYPE: ClassVar[str] = "AgentStartedSpeaking"
     total_latency: float = 0.0
@@ -673,7 +685,7 @@ class AgentStartedSpeaking(_Wire):
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AgentAudioDone(_Wire):
     """The server finished *sending* the reply; the caller has not necessarily heard it."""
 
@@ -681,7 +693,7 @@ class AgentAudioDone(_Wire):
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FunctionCall(_Wire):
     id: str
     name: str
@@ -693,14 +705,14 @@ _CONVERTERS["tuple[FunctionCall, ...]"] = _tuple_of(_nested(FunctionCall))
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FunctionCallRequest(_Wire):
     TYPE: ClassVar[str] = "FunctionCallRequest"
     functions: tuple[FunctionCall, ...]
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FunctionCallResponse(_Wire):
     """Client -> server for client-side functions; server -> client for server-side ones."""
 
@@ -711,38 +723,38 @@ class FunctionCallResponse(_Wire):
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PromptUpdated(_Wire):
     TYPE: ClassVar[str] = "PromptUpdated"
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SpeakUpdated(_Wire):
     TYPE: ClassVar[str] = "SpeakUpdated"
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ThinkUpdated(_Wire):
     TYPE: ClassVar[str] = "ThinkUpdated"
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ListenUpdated(_Wire):
     TYPE: ClassVar[str] = "ListenUpdated"
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InjectionRefused(_Wire):
     TYPE: ClassVar[str] = "InjectionRefused"
     message: str = ""
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AgentWarning(_Wire):
     TYPE: ClassVar[str] = "Warning"
     code: str = ""
@@ -750,7 +762,7 @@ class AgentWarning(_Wire):
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AgentError(_Wire):
     """Fatal: e.g. CLIENT_MESSAGE_TIMEOUT, UNPARSABLE_CLIENT_MESSAGE."""
 
@@ -765,7 +777,7 @@ SETTINGS_KEYS = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Settings(_Wire):
     """The agent's one `Settings`: the body is passed through as a dict (Deepgram's schema)."""
 
@@ -784,7 +796,7 @@ _SPECS[Settings] = _Spec(Settings, (), ())
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class KeepAlive(_Wire):
     """Agent and Nova only (text frame). On Flux it kills the socket."""
 
@@ -792,35 +804,35 @@ class KeepAlive(_Wire):
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UpdatePrompt(_Wire):
     TYPE: ClassVar[str] = "UpdatePrompt"
     prompt: str
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UpdateSpeak(_Wire):
     TYPE: ClassVar[str] = "UpdateSpeak"
     speak: dict[str, Any]
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UpdateThink(_Wire):
     TYPE: ClassVar[str] = "UpdateThink"
     think: dict[str, Any]
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UpdateListen(_Wire):
     TYPE: ClassVar[str] = "UpdateListen"
     listen: dict[str, Any]
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InjectAgentMessage(_Wire):
     TYPE: ClassVar[str] = "InjectAgentMessage"
     message: str
@@ -828,7 +840,7 @@ class InjectAgentMessage(_Wire):
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InjectUserMessage(_Wire):
     TYPE: ClassVar[str] = "InjectUserMessage"
     content: str
@@ -1009,7 +1021,7 @@ def function_call_response(id: str, name: str, content: str) -> str:
 # --- Nova /v1/listen -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Results(_Wire):
     """A transcript segment; flattened from `channel.alternatives[0]` on the wire."""
 
@@ -1070,7 +1082,7 @@ _SPECS[Results] = _Spec(Results, (), ())
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UtteranceEnd(_Wire):
     """Needs interim_results and utterance_end_ms."""
 
@@ -1080,7 +1092,7 @@ class UtteranceEnd(_Wire):
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SpeechStarted(_Wire):
     """Needs vad_events=true."""
 
@@ -1090,7 +1102,7 @@ class SpeechStarted(_Wire):
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ListenMetadata(_Wire):
     """Nova's summary, sent when the stream closes (CloseStream or an empty binary frame)."""
 
@@ -1104,7 +1116,7 @@ class ListenMetadata(_Wire):
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ListenError(_Wire):
     """Nova JSON `Error` (unverified: Nova mostly reports errors in the close frame)."""
 
@@ -1114,7 +1126,7 @@ class ListenError(_Wire):
 
 
 @_message
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Finalize(_Wire):
     TYPE: ClassVar[str] = "Finalize"
 
