@@ -1,7 +1,8 @@
 """`telephony serve` as a real subprocess against the in-process fakes, for the tests that need
 a real process: signals (SIGKILL in test_durability, SIGTERM drain in test_drain).
 
-Also the helpers those tests share: polling with a deadline, and the fake caller's live results.
+Also the helpers those tests share: the numbers YAML of a scripted Flux bot, polling with a
+deadline, and the fake caller's live results.
 """
 
 from __future__ import annotations
@@ -27,6 +28,31 @@ from telephony.sim.twilio_rest import FakeTwilioRest
 from tests.conftest import AUTH_TOKEN, DEEPGRAM_KEY
 
 REPO = Path(__file__).resolve().parents[1]
+NUMBER = "+15550001000"
+
+
+def scripted_yaml(replies: dict[str, str], *, goodbye: str | None = None) -> str:
+    """Numbers YAML: NUMBER -> a Flux bot that greets "Hi.", answers each caller turn
+    containing a key with its reply, and hangs up after "Goodbye." when `goodbye` is said."""
+    rules = [f'        - {{pattern: "{k}", reply: "{v}"}}' for k, v in replies.items()]
+    if goodbye is not None:
+        rules.append(f'        - {{pattern: "{goodbye}", reply: "Goodbye.", action: hangup}}')
+    return "\n".join(
+        [
+            "numbers:",
+            f'  "{NUMBER}": support',
+            "profiles:",
+            "  support:",
+            "    mode: flux",
+            '    greeting: "Hi."',
+            "    responder:",
+            "      type: scripted",
+            "      rules:",
+            *rules,
+            '      fallback: "Sorry?"',
+            "",
+        ]
+    )
 
 
 async def eventually(

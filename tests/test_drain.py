@@ -31,27 +31,19 @@ from telephony.sim.deepgram_server import FakeDeepgram, Script, ScriptedTurn
 from telephony.sim.twilio_caller import CallResult, FakeTwilioCaller, silence
 from telephony.sim.twilio_rest import FakeTwilioRest
 from tests.conftest import AUTH_TOKEN, DEEPGRAM_KEY
-from tests.serve_process import Server, capture_call_results, eventually, serve_process
+from tests.serve_process import (
+    Server,
+    capture_call_results,
+    eventually,
+    scripted_yaml,
+    serve_process,
+)
 
 MS_PER_CHAR = 30  # fake Aura: 30 ms of speech per character keeps the calls short
 NUMBER = "+15550001000"
 BUSY = Settings.model_fields["busy_message"].default
 
-YAML = """\
-numbers:
-  "+15550001000": support
-profiles:
-  support:
-    mode: flux
-    greeting: "Hi."
-    responder:
-      type: scripted
-      rules:
-        - {pattern: "one", reply: "Reply one."}
-        - {pattern: "two", reply: "Reply two."}
-        - {pattern: "bye", reply: "Goodbye.", action: hangup}
-      fallback: "Sorry?"
-"""
+YAML = scripted_yaml({"one": "Reply one.", "two": "Reply two."}, goodbye="bye")
 
 TURNS = [
     ScriptedTurn(start_ms=800, end_ms=1200, text="turn one"),

@@ -30,7 +30,13 @@ from telephony.sim.deepgram_server import FakeDeepgram, Script, ScriptedTurn
 from telephony.sim.twilio_caller import CallResult, FakeTwilioCaller, silence
 from telephony.sim.twilio_rest import FakeTwilioRest
 from tests.conftest import AUTH_TOKEN, DEEPGRAM_KEY, RunningApp, finished
-from tests.serve_process import Server, capture_call_results, eventually, serve_process
+from tests.serve_process import (
+    Server,
+    capture_call_results,
+    eventually,
+    scripted_yaml,
+    serve_process,
+)
 
 MS_PER_CHAR = 30  # fake Aura: 30 ms of speech per character keeps the call short
 COMMIT_WINDOW_S = 1.0  # the store's promise: a finished turn is committed within ~1 s
@@ -64,21 +70,7 @@ async def metrics(app: RunningApp) -> dict[str, float]:
 
 # --- 1. SIGKILL mid-call ------------------------------------------------------------------------
 
-CRASH_YAML = """\
-numbers:
-  "+15550001000": support
-profiles:
-  support:
-    mode: flux
-    greeting: "Hi."
-    responder:
-      type: scripted
-      rules:
-        - {pattern: "one", reply: "Reply one."}
-        - {pattern: "two", reply: "Reply two."}
-        - {pattern: "three", reply: "Reply three."}
-      fallback: "Sorry?"
-"""
+CRASH_YAML = scripted_yaml({"one": "Reply one.", "two": "Reply two.", "three": "Reply three."})
 
 # Caller turns on the caller's audio clock. Each finished exchange adds two transcript turns
 # (caller, then the bot's reply); the greeting is turn 0. The last turn is long: the process is

@@ -28,25 +28,18 @@ from telephony.sim.deepgram_server import FakeDeepgram, Script, ScriptedTurn
 from telephony.sim.twilio_caller import CallResult, FakeTwilioCaller, silence
 from telephony.sim.twilio_rest import FakeTwilioRest
 from tests.conftest import AUTH_TOKEN, DEEPGRAM_KEY
-from tests.serve_process import Server, capture_call_results, eventually, serve_process
+from tests.serve_process import (
+    Server,
+    capture_call_results,
+    eventually,
+    scripted_yaml,
+    serve_process,
+)
 
 PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 PUBLIC_URL = "https://bridge.example.test"  # the load balancer's address, as Twilio sees it
 
-YAML = """\
-numbers:
-  "+15550001000": support
-profiles:
-  support:
-    mode: flux
-    greeting: "Hi."
-    responder:
-      type: scripted
-      rules:
-        - {pattern: "one", reply: "Reply one."}
-        - {pattern: "bye", reply: "Goodbye.", action: hangup}
-      fallback: "Sorry?"
-"""
+YAML = scripted_yaml({"one": "Reply one."}, goodbye="bye")
 TURNS = [
     ScriptedTurn(start_ms=800, end_ms=1200, text="turn one"),
     ScriptedTurn(start_ms=2400, end_ms=2800, text="okay bye"),
