@@ -11,6 +11,8 @@ bulk of what the garbage collector scanned and promoted (measured with `telephon
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 
@@ -66,10 +68,14 @@ class Upstream:
 
     def forget_before(self, ms: int) -> None:
         """Audio before `ms` is settled (a turn ended there): it will never be replayed."""
-        recent_ts, recent = self._recent_ts, self._recent
-        while recent_ts and recent_ts[0] < ms:
-            recent_ts.popleft()
-            recent.popleft()
+        # Timestamps ascend (a rare overlapping frame from Twilio can step back: it repeats
+        # audio already here, so a cut off by one frame there is harmless), so a binary search
+        # finds the cut; copying the short tail beats popping a turn's frames one by one.
+        cut = bisect.bisect_left(self._recent_ts, ms)
+        if cut:
+            keep = self._recent_ts.maxlen
+            self._recent_ts = deque(itertools.islice(self._recent_ts, cut, None), keep)
+            self._recent = deque(itertools.islice(self._recent, cut, None), keep)
 
     def drop_held(self) -> None:
         self._pending_ts.clear()
