@@ -9,10 +9,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
@@ -24,6 +23,7 @@ from telephony.session.call import CallSummary, StreamStats
 from telephony.session.transcript import Event, Transcript, Turn
 from telephony.store.schema import TABLES, alembic_config, make_engine, turns, upgrade
 from telephony.store.transcripts import TranscriptStore
+from tests.serve_process import eventually
 
 PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -64,18 +64,6 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Db
                 await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
             finally:
                 await conn.close()
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], within: float = 5.0) -> Any:
-    """Poll until ``check`` returns something truthy."""
-    deadline = time.monotonic() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 async def count_turns(engine: AsyncEngine, sid: str) -> int:
@@ -169,7 +157,7 @@ async def test_bot_turn_upsert(db: Db) -> None:
     store.call_started("CA2", started_at=1.0)
     bot = Turn(3, "bot", "Let me check", 500, 900)
     store.turn("CA2", bot)  # written when it opens...
-    await eventually(lambda: count_turns(db.engine, "CA2"))
+    await eventually(lambda: count_turns(db.engine, "CA2"), within=5, what="CA2's turns")
     bot.text, bot.end_ms, bot.interrupted, bot.heard = "Let me check that", 1_400, True, "Let me"
     store.turn("CA2", bot)  # ...and again when it closes (separate batch)
     late = Turn(4, "bot", "a", 2_000, 2_100)
@@ -194,7 +182,7 @@ async def test_rows_committed_within_a_second_without_stop(db: Db) -> None:
         t0 = time.monotonic()
         store.call_started("CA3", started_at=1.0)
         store.turn("CA3", Turn(0, "caller", "hello", 0, 800))
-        await eventually(lambda: count_turns(db.engine, "CA3"), within=3.0)
+        await eventually(lambda: count_turns(db.engine, "CA3"), within=3, what="CA3's turns")
         assert time.monotonic() - t0 < 1.5  # loose bound around the ~0.5 s flush interval
     finally:
         await store.stop()
@@ -237,10 +225,10 @@ async def test_db_unavailable_rows_retried_then_written(db: Db) -> None:
         for i in range(3):
             store.turn("CA6", Turn(i, "caller", f"t{i}", 0, 1))
         store.event("CA6", Event(5, "hangup"))
-        await eventually(lambda: asyncio.sleep(0, store.retries >= 2))
+        await eventually(lambda: asyncio.sleep(0, store.retries >= 2), within=5, what="retries")
         assert store.queue_depth == 5 and store.dropped == 0 and store.written == 0
         store.engine = db.engine  # the database comes back
-        await eventually(lambda: count_turns(db.engine, "CA6"))
+        await eventually(lambda: count_turns(db.engine, "CA6"), within=5, what="CA6's turns")
         call = await store.get_call("CA6")
         assert call is not None and len(call["turns"]) == 3 and len(call["events"]) == 1
         assert store.written == 5 and store.dropped == 0 and store.queue_depth == 0
