@@ -24,7 +24,8 @@ from telephony.store.queries import (
 from telephony.store.schema import alembic_config, calls, turns, upgrade
 from telephony.store.transcripts import TranscriptStore
 from tests import test_store
-from tests.test_store import Db, count_turns, eventually
+from tests.serve_process import eventually
+from tests.test_store import Db, count_turns
 
 db = test_store.db  # the fixture: each test on SQLite and PostgreSQL, a fresh migrated db
 
@@ -423,7 +424,7 @@ async def test_upserted_turn_is_found_by_new_text_only(db: Db) -> None:
         store.call_started("CA8", profile="support", started_at=8000.0)
         bot = Turn(0, "bot", "Let me check the weather", 0, 900, heard="Let me check")
         store.turn("CA8", bot)  # written when it opens...
-        await eventually(lambda: count_turns(db.engine, "CA8"))
+        await eventually(lambda: count_turns(db.engine, "CA8"), within=5, what="CA8's turns")
         assert await sids(db.engine, q="weather") == ["CA8"]
         bot.text, bot.heard, bot.interrupted = "Your parcel ships tomorrow", "Your parcel", True
         store.turn("CA8", bot)  # ...and again, with new text, in a later batch (an UPDATE)
