@@ -6,7 +6,6 @@ import contextlib
 import functools
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
 from urllib.parse import parse_qsl
 
 from starlette.datastructures import State
@@ -18,14 +17,18 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 from websockets.exceptions import InvalidState
 
+from routes.sansio import batch_writer, frame_pump
 from telephony.config import TranscribeConfig
 from telephony.logs import bind_call_sid
 from telephony.session.call import (
     CLOSE_POLICY,
     Call,
     Continuation,
+    FrameHandler,
+    StreamEnd,
     StreamRefused,
     handshake,
+    read_frames,
     token_scope,
 )
 from telephony.session.engines import build_engine
@@ -35,13 +38,6 @@ from telephony.settings import Settings
 from telephony.store.recording import CallRecorder
 from telephony.twilio.calls import fork_and_dial
 from telephony.twilio.security import valid_signature
-
-try:
-    from uvicorn.protocols.websockets.websockets_sansio_impl import (
-        WebSocketsSansIOProtocol as _SansIOProtocol,
-    )
-except ImportError:  # an older uvicorn: messages are sent one by one
-    _SansIOProtocol = None  # type: ignore[assignment,misc]
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +234,7 @@ class StarletteTwilioSocket:
         self._receive = ws._receive
         self._send = ws._send
         self._write_many = batch_writer(ws._send)
+        self._pump = frame_pump(ws._receive)
 
     async def receive(self) -> str | bytes | None:
         msg = await self._receive()
@@ -246,6 +243,14 @@ class StarletteTwilioSocket:
             return None
         text = msg.get("text")
         return text if text is not None else msg.get("bytes", b"")
+
+    async def pump(self, handler: FrameHandler) -> StreamEnd | None:
+        if self._pump is None:
+            return await read_frames(self.receive, handler)
+        end = await self._pump(handler)
+        if end is None:  # the disconnect stays queued; Starlette's state says it as receive does
+            self.ws.client_state = WebSocketState.DISCONNECTED
+        return end
 
     async def send_text(self, text: str) -> None:
         if self.ws.application_state is not WebSocketState.CONNECTED:
@@ -274,30 +279,6 @@ class StarletteTwilioSocket:
             # Close reasons are capped at 123 bytes; RuntimeError means the peer closed first.
             with contextlib.suppress(RuntimeError):
                 await self.ws.close(code, reason[:120])
-
-
-def batch_writer(send: Send) -> Callable[[list[str]], None] | None:
-    """Several text messages in one transport write, when uvicorn serves the socket with its
-    websockets-sansio protocol (`telephony serve` asks for it); None under any other server.
-
-    ASGI has no batched send: each message is its own write, its own TCP segment. The playout
-    sends a wake-up's frames together (3 x 20 ms), so this cuts outbound writes to a third.
-    The frames are framed by the connection's own sans-I/O protocol object, exactly as
-    uvicorn's send would, and the same closed-socket states are refused.
-    """
-    protocol = getattr(send, "__self__", None)
-    if _SansIOProtocol is None or not isinstance(protocol, _SansIOProtocol):
-        return None
-    conn, transport = protocol.conn, protocol.transport
-
-    def write(texts: list[str]) -> None:
-        if protocol.close_sent or transport.is_closing():
-            raise OSError("media socket closed")
-        for text in texts:
-            conn.send_text(text.encode())  # InvalidState once the peer has closed
-        transport.write(b"".join(conn.data_to_send()))
-
-    return write
 
 
 async def media_socket(ws: WebSocket) -> None:

@@ -28,7 +28,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         log_config=None,
-        ws="websockets-sansio",  # routes/twilio.py batch_writer writes a playout wake in one go
+        ws="websockets-sansio",  # routes/sansio.py: batched writes, frames handled as parsed
         ws_max_size=args.ws_max_size,
         timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
     )

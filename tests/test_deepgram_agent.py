@@ -99,7 +99,7 @@ async def session(
 
 async def feed(client: AgentClient, frames: int, start_ms: int = 0) -> None:
     for i in range(frames):
-        await client.send_audio(start_ms + i * 20, FRAME)
+        client.send_audio(start_ms + i * 20, FRAME)
 
 
 def of(cls: type) -> Callable[[Event], bool]:
@@ -290,7 +290,7 @@ async def test_keepalive_only_while_audio_is_idle() -> None:
             loop = asyncio.get_running_loop()
             t0 = loop.time()
             for i in range(75):  # 1.5 s of audio in real time, as Twilio sends it
-                await client.send_audio(i * 20, FRAME)
+                client.send_audio(i * 20, FRAME)
                 await asyncio.sleep(max(0.0, t0 + (i + 1) * 0.02 - loop.time()))
             assert client.keepalives_sent == 0
             await asyncio.sleep(3.6)  # audio stopped: longer than the fake's idle timeout
@@ -342,7 +342,7 @@ async def test_our_close_ends_events_quietly() -> None:
         await drain.until(of(dm.SettingsApplied))
         await client.close()
         await asyncio.wait_for(drain.task, 2)  # no AgentFatal
-        await client.send_audio(0, FRAME)  # after close: dropped, not raised
+        client.send_audio(0, FRAME)  # after close: dropped, not raised
 
 
 async def test_no_welcome_is_fatal() -> None:

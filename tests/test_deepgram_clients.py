@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from websockets.asyncio.server import serve
+from websockets.exceptions import ConnectionClosed
 
 from telephony.deepgram import messages as dm
 from telephony.deepgram.connection import (
     NOVA_KEEPALIVE,
+    STALLED_BYTES,
     KeepAlive,
     KeepAliveSpec,
     build_url,
     open_socket,
+    send_now,
 )
 from telephony.deepgram.flux import FluxClient, FluxFatal, FluxOptions
 from telephony.deepgram.speak import FlushBudget, SpeakClient
@@ -39,7 +43,7 @@ async def test_flux_chunks_audio_and_reports_turns_on_the_call_clock() -> None:
         client = FluxClient(fake.url, KEY, FluxOptions(keyterms=("Acme", "Zed")))
         await client.connect()
         for i in range(50):  # 1 s of audio, starting at call time 3000 ms
-            await client.send_audio(3000 + i * 20, FRAME)
+            client.send_audio(3000 + i * 20, FRAME)
         end = None
         async with asyncio.timeout(5):
             async for event in client.events():
@@ -97,7 +101,7 @@ async def test_linear16_transcodes_to_16k() -> None:
         client = FluxClient(fake.url, KEY, FluxOptions(encoding="linear16"))
         await client.connect()
         for i in range(8):
-            await client.send_audio(i * 20, FRAME)
+            client.send_audio(i * 20, FRAME)
         await client.close()
         log = fake.logs("flux")[0]
         await log.wait_closed()
@@ -185,3 +189,31 @@ async def test_nova_keepalive_rule_keeps_an_idle_listen_socket_open() -> None:
     assert keepalive.sent >= 3
     assert log.received_kinds().count("json:KeepAlive") == keepalive.sent
     assert not log.violations  # e.g. a binary KeepAlive
+
+
+async def test_audio_to_a_peer_that_stopped_reading_gives_the_socket_up() -> None:
+    """`send_now` never awaits a drain: once the unsent backlog passes STALLED_BYTES the socket
+    is aborted (the engine then reconnects and replays), instead of buffering without bound."""
+
+    done = asyncio.Event()
+
+    async def never_reads(ws: object) -> None:
+        await done.wait()
+
+    async with serve(never_reads, "127.0.0.1", 0, max_queue=1, close_timeout=0.2) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        ws = await open_socket(f"ws://127.0.0.1:{port}/", KEY)
+        chunk = b"\x7f" * 65536
+        backlog = 0
+        for _ in range(2000):  # 128 MiB: far past any kernel buffer
+            if not send_now(ws, chunk):
+                break
+            backlog = max(backlog, ws.transport.get_write_buffer_size())
+            await asyncio.sleep(0)  # the transport writes what the kernel takes
+        else:
+            pytest.fail("the socket was never given up")
+        assert STALLED_BYTES < backlog <= STALLED_BYTES + len(chunk)
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5)  # its events loop sees the close
+        assert not send_now(ws, chunk)
+        done.set()

@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 
 from telephony.config import load_config
-from telephony.session.call import MAX_GAP_FILL_MS, SILENCE_FRAME, Call, CallSetup, CallSummary
+from telephony.session.call import (
+    MAX_GAP_FILL_MS,
+    SILENCE_FRAME,
+    Call,
+    CallSetup,
+    CallSummary,
+    FrameHandler,
+    StreamEnd,
+    read_frames,
+)
 from telephony.twilio import messages as tm
 from tests.conftest import NUMBERS_YAML, RunningApp, finished
 from tests.test_routes_twilio import closed_with, start_stream
@@ -28,6 +37,9 @@ class FakeSocket:
     async def receive(self) -> str | bytes | None:
         return self.frames.pop(0) if self.frames else None
 
+    async def pump(self, handler: FrameHandler) -> StreamEnd | None:
+        return await read_frames(self.receive, handler)
+
     async def send_text(self, text: str) -> None:
         self.sent.append(text)
 
@@ -46,7 +58,7 @@ class RecordingEngine:
     async def run(self) -> None:
         await self.stopped.wait()
 
-    async def on_caller_audio(self, timestamp_ms: int, payload: bytes) -> None:
+    def on_caller_audio(self, timestamp_ms: int, payload: bytes) -> None:
         # An unbounded fill must fail the test (the call ends in error), not hang it.
         assert len(self.audio) < MAX_FRAMES, "engine flooded"
         self.audio.append((timestamp_ms, len(payload), payload))

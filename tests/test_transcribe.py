@@ -197,7 +197,7 @@ async def test_fake_listen_picks_a_script_per_call_and_side() -> None:
             events: list = []
             reader = asyncio.create_task(consume(client, events))
             for i in range(40):
-                await client.send_audio(i * 20, b"\xff" * 160)
+                client.send_audio(i * 20, b"\xff" * 160)
             await client.finish()
             await asyncio.wait_for(reader, 5)
             texts = [e.transcript for e in events if isinstance(e, dm.Results) and e.transcript]
@@ -222,7 +222,7 @@ async def test_last_words_after_hang_up_need_finalize(closing: str) -> None:
         events: list = []
         reader = asyncio.create_task(consume(client, events))
         for i in range(75):  # 1.5 s of audio: "one two three" have started
-            await client.send_audio(i * 20, b"\xff" * 160)
+            client.send_audio(i * 20, b"\xff" * 160)
         if closing == "finalize":
             await client.finish()
         else:

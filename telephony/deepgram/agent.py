@@ -33,6 +33,7 @@ from telephony.deepgram.connection import (
     build_url,
     open_socket,
     parse_or_skip,
+    send_now,
 )
 
 log = logging.getLogger(__name__)
@@ -200,7 +201,7 @@ class AgentClient:
 
     # --- caller audio ------------------------------------------------------------------------
 
-    async def send_audio(self, timestamp_ms: int, ulaw: bytes) -> None:
+    def send_audio(self, timestamp_ms: int, ulaw: bytes) -> None:
         """One Twilio frame. Before SettingsApplied it is buffered; afterwards batched and sent.
 
         A dead socket is not raised here (the media loop must not die of it): events() reports it.
@@ -210,7 +211,7 @@ class AgentClient:
         if not self._live:
             self._buffer(timestamp_ms, ulaw)
             return
-        await self._send_frame(timestamp_ms, ulaw)
+        self._send_frame(timestamp_ms, ulaw)
 
     def _buffer(self, timestamp_ms: int, ulaw: bytes) -> None:
         # Oldest out first: what remains joins the live stream without a gap.
@@ -221,31 +222,26 @@ class AgentClient:
             self._early_bytes -= len(old)
             self.dropped_bytes += len(old)
 
-    async def _send_frame(self, timestamp_ms: int, ulaw: bytes) -> None:
+    def _send_frame(self, timestamp_ms: int, ulaw: bytes) -> None:
         if self.first_audio_ms is None:
             self.first_audio_ms = timestamp_ms
         chunk = self._chunker.push(ulaw)
         if chunk is not None:
-            await self._send_chunk(chunk)
+            self.bytes_sent += len(chunk)
+            if self._keepalive is not None:
+                self._keepalive.audio_sent()
+            send_now(self.ws, chunk)  # a closed socket: events() ends the session
 
-    async def _send_chunk(self, chunk: bytes) -> None:
-        self.bytes_sent += len(chunk)
-        if self._keepalive is not None:
-            self._keepalive.audio_sent()
-        with contextlib.suppress(ConnectionClosed):
-            await self.ws.send(chunk)
-
-    async def _go_live(self) -> None:
+    def _go_live(self) -> None:
         """SettingsApplied: start KeepAlive, send the early audio in order, then go direct."""
         self.settings_applied.set()
         self._keepalive = KeepAlive(self.ws, self._keepalive_spec)
         if self._early:
             log.debug("sending %d ms of audio held until SettingsApplied", self._early_bytes // 8)
-        # Frames arriving while this awaits are appended and drained here too: order is kept.
         while self._early:
             timestamp_ms, ulaw = self._early.popleft()
             self._early_bytes -= len(ulaw)
-            await self._send_frame(timestamp_ms, ulaw)
+            self._send_frame(timestamp_ms, ulaw)
         self._live = True
 
     # --- server events -----------------------------------------------------------------------
@@ -267,7 +263,7 @@ class AgentClient:
                 if isinstance(event, dm.AgentError):
                     raise await self._fatal(f"agent error {event.code}: {event.description}")
                 if isinstance(event, dm.SettingsApplied) and not self.settings_applied.is_set():
-                    await self._go_live()
+                    self._go_live()
                 yield event
         except ConnectionClosed as exc:
             if not self._closing:

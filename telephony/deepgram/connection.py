@@ -24,6 +24,7 @@ from typing import TypeVar
 from urllib.parse import urlencode
 
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.protocol import State
 
 from telephony.deepgram.messages import DeepgramMessageError, Unknown
 
@@ -119,6 +120,35 @@ async def open_socket(url: str, api_key: str, *, open_timeout_s: float = 5.0) ->
         compression=None,  # audio does not compress; deflate would cost CPU per frame
         proxy=None,
     )
+
+
+# A peer that stops reading: past this many unsent bytes the socket is given up (see send_now).
+STALLED_BYTES = 256 * 1024  # 32 s of μ-law 8 kHz, 8 s of linear16 16 kHz
+
+
+def send_now(ws: ClientConnection, audio: bytes) -> bool:
+    """Write one binary message without awaiting: the audio path's send. False if the socket
+    is not open (or has just been given up): the caller keeps the audio for the next socket.
+
+    websockets' `send` is a coroutine that wraps this same write in an async context manager
+    and then awaits a drain; per audio chunk on hundreds of calls that machinery cost more than
+    the write. Here the message is framed by the connection's own protocol object and handed to
+    the transport, exactly as `send` does when all goes well. Instead of awaiting a drain, a
+    socket whose unsent bytes pass STALLED_BYTES is aborted: its peer stopped reading (and
+    websockets' pings, queued behind the same backlog, could never time out), so the events
+    loop sees a closed socket and the engine reconnects and replays. We never send fragmented
+    messages, so no fragment can be in progress here.
+    """
+    transport = ws.transport
+    if ws.protocol.state is not State.OPEN or transport.is_closing():
+        return False
+    if transport.get_write_buffer_size() > STALLED_BYTES:
+        log.warning("Deepgram socket stopped reading (%d bytes unsent): dropping it", STALLED_BYTES)
+        transport.abort()
+        return False
+    ws.protocol.send_binary(audio)
+    ws.send_data()
+    return True
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed
 
 from telephony.audio import Chunker, MulawToLinear16k
 from telephony.deepgram import messages as dm
-from telephony.deepgram.connection import DeepgramSocket, build_url, parse_or_skip
+from telephony.deepgram.connection import DeepgramSocket, build_url, parse_or_skip, send_now
 
 log = logging.getLogger(__name__)
 
@@ -89,15 +89,17 @@ class FluxClient(DeepgramSocket):
         self._configure_in_flight = False
         self._configure_next: str | None = None
 
-    async def send_audio(self, timestamp_ms: int, ulaw: bytes) -> None:
-        """One Twilio frame; sends a binary message whenever a whole chunk is buffered."""
+    def send_audio(self, timestamp_ms: int, ulaw: bytes) -> bool:
+        """One Twilio frame; sends a binary message whenever a whole chunk is buffered. False
+        when the socket is no longer open (the frame is not taken; see `send_now`)."""
         if self.first_audio_ms is None:
             self.first_audio_ms = timestamp_ms
         data = self._transcode.convert(ulaw) if self._transcode is not None else ulaw
         chunk = self._chunker.push(data)
-        if chunk is not None:
-            self.bytes_sent += len(chunk)
-            await self.ws.send(chunk)
+        if chunk is None:
+            return True
+        self.bytes_sent += len(chunk)
+        return send_now(self.ws, chunk)
 
     async def events(self) -> AsyncIterator[dm.FluxServerEvent]:
         """Server events until the socket closes; Error and unexpected closes raise FluxFatal."""

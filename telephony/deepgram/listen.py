@@ -41,6 +41,7 @@ from telephony.deepgram.connection import (
     KeepAlive,
     build_url,
     parse_or_skip,
+    send_now,
 )
 
 log = logging.getLogger(__name__)
@@ -137,10 +138,11 @@ class ListenClient(DeepgramSocket):
         await super().connect()
         self.keepalive = KeepAlive(self.ws, NOVA_KEEPALIVE)
 
-    async def send_audio(self, timestamp_ms: int, ulaw: bytes) -> None:
-        """One Twilio frame; a binary message whenever a whole chunk is buffered."""
+    def send_audio(self, timestamp_ms: int, ulaw: bytes) -> bool:
+        """One Twilio frame; a binary message whenever a whole chunk is buffered. False when
+        the socket is no longer open (the frame is not taken; see `send_now`)."""
         if not ulaw:
-            return  # an empty binary frame would close the stream
+            return True  # an empty binary frame would close the stream
         if timestamp_ms != self._next_ts:  # the first frame, or a jump nobody filled
             if self.first_audio_ms is None:
                 self.first_audio_ms = timestamp_ms
@@ -148,10 +150,11 @@ class ListenClient(DeepgramSocket):
         self.bytes_in += len(ulaw)
         self._next_ts = timestamp_ms + len(ulaw) // BYTES_PER_MS
         chunk = self._chunker.push(ulaw)
-        if chunk is not None:
-            await self.ws.send(chunk)
-            if self.keepalive is not None:
-                self.keepalive.audio_sent()
+        if chunk is None:
+            return True
+        if self.keepalive is not None:
+            self.keepalive.audio_sent()
+        return send_now(self.ws, chunk)
 
     def to_call_ms(self, seconds: float) -> int:
         return self.map.to_call_ms(seconds)

@@ -99,11 +99,11 @@ class AgentEngine:
                     await fail_over(self.ctx, str(exc))
                     await asyncio.Event().wait()  # Twilio now runs the new TwiML and stops us
 
-    async def on_caller_audio(self, timestamp_ms: int, payload: bytes) -> None:
+    def on_caller_audio(self, timestamp_ms: int, payload: bytes) -> None:
         if self._reconnecting:  # kept (bounded) for the next socket
             self._gap_audio.append((timestamp_ms, payload))
             return
-        await self.client.send_audio(timestamp_ms, payload)  # buffered until SettingsApplied
+        self.client.send_audio(timestamp_ms, payload)  # buffered until SettingsApplied
 
     async def _reconnect(self, reason: str) -> bool:
         """A new agent socket whose Settings carry the conversation so far (no new greeting).
@@ -129,7 +129,7 @@ class AgentEngine:
             await asyncio.sleep(delay)
             client = self._new_client(context)
             for ts, payload in self._gap_audio:  # held by the client until SettingsApplied
-                await client.send_audio(ts, payload)
+                client.send_audio(ts, payload)
             self._gap_audio.clear()
             self.client, self._reconnecting = client, False
             try:

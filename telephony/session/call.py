@@ -56,11 +56,28 @@ BYTES_PER_MS = FRAME_BYTES // FRAME_MS
 EngineFactory = Callable[[CallContext], Engine]
 
 
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """Why a call stops reading its media stream: the end reason, and how to close it."""
+
+    reason: str
+    code: int = CLOSE_POLICY
+    close_reason: str = ""  # sent to Twilio with the close; the end reason if empty
+
+
+FrameHandler = Callable[[str | bytes], StreamEnd | None]
+
+
 class TwilioSocket(Protocol):
     """The media WebSocket as the session needs it; routes adapt Starlette's to this."""
 
     async def receive(self) -> str | bytes | None:
         """The next frame (text or binary), or None once the peer has gone."""
+        ...
+
+    async def pump(self, handler: FrameHandler) -> StreamEnd | None:
+        """Hand every frame to `handler` (synchronously, in order) until it returns a StreamEnd,
+        which is returned, or the peer goes (None). `read_frames` is the plain way to do it."""
         ...
 
     async def send_text(self, text: str) -> None: ...
@@ -70,6 +87,16 @@ class TwilioSocket(Protocol):
         ...
 
     async def close(self, code: int, reason: str) -> None: ...
+
+
+async def read_frames(
+    receive: Callable[[], Awaitable[str | bytes | None]], handler: FrameHandler
+) -> StreamEnd | None:
+    """`TwilioSocket.pump` for a socket that can only be read frame by frame."""
+    while (frame := await receive()) is not None:
+        if (end := handler(frame)) is not None:
+            return end
+    return None
 
 
 class StreamRefused(Exception):
@@ -191,8 +218,10 @@ async def handshake(socket: TwilioSocket, tokens: StreamTokens, config: Config) 
 class Call:
     """A call after a good handshake. `run()` returns when the stream ends, with the reason.
 
-    Three things run per call: this receive loop (Twilio -> engine, marks -> playout), the
-    playout's pacing task (engine -> Twilio) and the engine's own tasks (Deepgram sockets).
+    Three things run per call: the media socket's frames, each handled to the end as it arrives
+    (`on_frame`: Twilio -> engine, marks -> playout; nothing on that path awaits, so the socket
+    may call it straight from its parser), the playout's pacing task (engine -> Twilio) and the
+    engine's own tasks (Deepgram sockets).
     """
 
     def __init__(
@@ -222,7 +251,7 @@ class Call:
         self._control_limit = round(max_control_per_s * CONTROL_WINDOW_S)
         self._control_times: deque[float] = deque()
         self._limit_reason: str | None = None  # a bound this call broke, or its time limit
-        self._too_fast = False  # set by the pace check, acted on by the receive loop
+        self._too_fast = False  # set by the pace check, acted on by on_frame
         self.max_call_s = float(setup.profile.max_call_seconds)
         self._next_sequence = start.sequence + 1
         params = start.custom_parameters
@@ -305,7 +334,7 @@ class Call:
             engine_task.add_done_callback(self._engine_done)
             tasks.append(engine_task)
         try:
-            reason = await self._receive_loop()
+            reason = await self._read_stream()
         except Exception:
             self.log.exception("call failed")
             reason = "internal error"
@@ -366,42 +395,44 @@ class Call:
         self.log.error("%s", self._engine_error, exc_info=exc)
         asyncio.get_running_loop().create_task(self.socket.close(CLOSE_ERROR, "upstream failure"))
 
-    async def _receive_loop(self) -> str:
-        socket = self.socket
-        while True:
-            frame = await socket.receive()
-            if frame is None:
-                return "twilio closed the socket"
-            try:
-                if isinstance(frame, bytes):
-                    raise tm.MessageError("binary frame (Twilio sends text only)")
-                msg = tm.parse_inbound(frame)
-                if isinstance(msg, tm.Media):
-                    await self._on_media(msg)
-                    if self._too_fast:
-                        self._limit_reason = "media faster than real time"
-                        await socket.close(CLOSE_POLICY, self._limit_reason)
-                        return self._limit_reason
-                    continue
-                self._check_stream(msg)
-                if self._control_flood():
-                    self._limit_reason = "control message flood"
-                    self.log.warning(
-                        "closing: more than %d control messages in %.0f s",
-                        self._control_limit,
-                        CONTROL_WINDOW_S,
-                    )
-                    await socket.close(CLOSE_POLICY, self._limit_reason)
-                    return self._limit_reason
-            except tm.MessageError as exc:
-                if self._on_bad_frame(exc, frame):
-                    await socket.close(CLOSE_POLICY, "too many malformed frames")
-                    return "too many malformed frames"
-                continue
-            if isinstance(msg, tm.Stop):
-                await socket.close(CLOSE_NORMAL, "stream stopped")
-                return "stop"
-            self._on_control(msg)
+    async def _read_stream(self) -> str:
+        """Frames to `on_frame` until the stream ends; close it as the ending says."""
+        end = await self.socket.pump(self.on_frame)
+        if end is None:
+            return "twilio closed the socket"
+        await self.socket.close(end.code, end.close_reason or end.reason)
+        return end.reason
+
+    def on_frame(self, frame: str | bytes) -> StreamEnd | None:
+        """One frame off the media socket, handled to the end without awaiting (so the socket
+        can hand frames over as they are parsed); a StreamEnd when the call must stop."""
+        try:
+            if isinstance(frame, bytes):
+                raise tm.MessageError("binary frame (Twilio sends text only)")
+            msg = tm.parse_inbound(frame)
+            if isinstance(msg, tm.Media):
+                self._on_media(msg)
+                if self._too_fast:
+                    self._limit_reason = "media faster than real time"
+                    return StreamEnd(self._limit_reason)
+                return None
+            self._check_stream(msg)
+            if self._control_flood():
+                self._limit_reason = "control message flood"
+                self.log.warning(
+                    "closing: more than %d control messages in %.0f s",
+                    self._control_limit,
+                    CONTROL_WINDOW_S,
+                )
+                return StreamEnd(self._limit_reason)
+        except tm.MessageError as exc:
+            if self._on_bad_frame(exc, frame):
+                return StreamEnd("too many malformed frames")
+            return None
+        if isinstance(msg, tm.Stop):
+            return StreamEnd("stop", CLOSE_NORMAL, "stream stopped")
+        self._on_control(msg)
+        return None
 
     def _check_stream(self, msg: tm.InboundMessage) -> None:
         if isinstance(msg, tm.Connected | tm.Start):
@@ -415,14 +446,14 @@ class Call:
             self.summary.stats.sequence_gaps += sequence - self._next_sequence
         self._next_sequence = max(self._next_sequence, sequence + 1)
 
-    async def _on_media(self, msg: tm.Media) -> None:
+    def _on_media(self, msg: tm.Media) -> None:
         if msg.stream_sid != self.stream_sid:
             raise tm.MessageError(f"wrong streamSid {msg.stream_sid!r}")
         self._track_sequence(msg.sequence)
         if msg.track == "outbound":
             self.summary.stats.outbound_frames += 1
             if self._on_outbound_audio is not None:
-                await self._on_outbound_audio(msg.timestamp + self._clock_offset_ms, msg.payload)
+                self._on_outbound_audio(msg.timestamp + self._clock_offset_ms, msg.payload)
             return
         stats = self.summary.stats
         ts = msg.timestamp + self._clock_offset_ms
@@ -431,7 +462,7 @@ class Call:
         # one ended, so the common path costs this one comparison.
         if ts != stats.audio_end_ms:
             if ts > stats.audio_end_ms:
-                await self._fill_gap(ts)
+                self._fill_gap(ts)
             else:
                 stats.timestamp_overlaps += 1  # forwarded as is; the clock never runs back
                 end_ms = max(end_ms, stats.audio_end_ms)
@@ -444,9 +475,9 @@ class Call:
         if self.recorder is not None:
             self.recorder.caller(ts, msg.payload)
         if self.engine is not None:
-            await self.engine.on_caller_audio(ts, msg.payload)
+            self.engine.on_caller_audio(ts, msg.payload)
 
-    async def _fill_gap(self, ts: int) -> None:
+    def _fill_gap(self, ts: int) -> None:
         """Frames were lost upstream: send silence up to `ts` (bounded) in whole frames.
 
         20 ms frames with their own timestamps, so the engine's buffering and replay treat
@@ -475,7 +506,7 @@ class Call:
                 SILENCE_FRAME if left_ms >= FRAME_MS else SILENCE_FRAME[: left_ms * BYTES_PER_MS]
             )
             stats.audio_end_ms = frame_ts + min(left_ms, FRAME_MS)  # now_ms() follows the fill
-            await engine.on_caller_audio(frame_ts, frame)
+            engine.on_caller_audio(frame_ts, frame)
 
     def _on_control(self, msg: tm.InboundMessage) -> None:
         stats = self.summary.stats

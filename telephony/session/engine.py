@@ -4,8 +4,8 @@ The call owns the Twilio socket, the playout and the transcript; an engine owns 
 sockets and decides what to say. Engines report through the same `CallContext`, so
 transcript rows, barge-in handling and actions have one implementation. An engine that also
 takes Twilio's `outbound` track (a both_tracks fork: what the caller hears) has an
-`on_outbound_audio(timestamp_ms, payload)` method, with the same no-blocking rule as
-`on_caller_audio`; the call looks for it once.
+`on_outbound_audio(timestamp_ms, payload)` method, synchronous like `on_caller_audio`; the
+call looks for it once.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ class Engine(Protocol):
         """Connect upstream and converse until cancelled or the call ends."""
         ...
 
-    async def on_caller_audio(self, timestamp_ms: int, payload: bytes) -> None:
-        """One Twilio media frame (μ-law 8 kHz). Must not block: it is on the audio path."""
+    def on_caller_audio(self, timestamp_ms: int, payload: bytes) -> None:
+        """One Twilio media frame (μ-law 8 kHz). Synchronous: the call hands it over before
+        reading the next frame, so it writes to a socket or holds the frame, never waits."""
         ...
 
     def on_dtmf(self, ms: int, digit: str) -> None: ...

@@ -102,8 +102,8 @@ class FluxEngine:
             tg.create_task(self._speak_loop(), name="speak-events")
             tg.create_task(self._watchdog(), name="turn-watchdog")
 
-    async def on_caller_audio(self, timestamp_ms: int, payload: bytes) -> None:
-        await self.upstream.push(timestamp_ms, payload)
+    def on_caller_audio(self, timestamp_ms: int, payload: bytes) -> None:
+        self.upstream.push(timestamp_ms, payload)
 
     def on_dtmf(self, ms: int, digit: str) -> None:
         self.ctx.transcript.event(ms, "dtmf", digit=digit)
@@ -216,7 +216,7 @@ class FluxEngine:
     ) -> None:
         """Send the replay, then everything that waited, then switch to direct sending."""
         self._turn_open = False  # a new connection starts with no turn; replay reopens it
-        await self.upstream.go_live(self.flux.send_audio, replay)
+        self.upstream.go_live(self.flux.send_audio, replay)  # False: the events loop reconnects
         offset = self.flux.first_audio_ms
         if offset is None:  # nothing sent yet: the next frame anchors it
             offset = self.ctx.now_ms()

@@ -76,10 +76,10 @@ class TrackTranscriber:
         """What this side is saying right now (the open turn): for the live view only."""
         return " ".join([*(f.text for f in self._finals), self._interim]).strip()
 
-    # --- audio in (the audio path: no waiting beyond the socket's own send) ----------------
+    # --- audio in (the audio path: nothing here awaits) ------------------------------------
 
-    async def on_audio(self, timestamp_ms: int, payload: bytes) -> None:
-        await self.upstream.push(timestamp_ms, payload)
+    def on_audio(self, timestamp_ms: int, payload: bytes) -> None:
+        self.upstream.push(timestamp_ms, payload)
 
     # --- the socket's life --------------------------------------------------------------------
 
@@ -131,7 +131,7 @@ class TrackTranscriber:
         """Send the replay, then everything that waited, then switch to direct sending."""
         client = self.client
         assert client is not None
-        await self.upstream.go_live(client.send_audio, replay)
+        self.upstream.go_live(client.send_audio, replay)  # False: the events loop reconnects
         self.ctx.transcript.event(
             self.ctx.now_ms(),
             "listen-connection",
@@ -248,12 +248,12 @@ class TranscribeEngine:
         if all(track.failed for track in self.tracks.values()):
             raise RuntimeError("transcription failed on both sides")
 
-    async def on_caller_audio(self, timestamp_ms: int, payload: bytes) -> None:
-        await self.tracks["caller"].on_audio(timestamp_ms, payload)
+    def on_caller_audio(self, timestamp_ms: int, payload: bytes) -> None:
+        self.tracks["caller"].on_audio(timestamp_ms, payload)
 
-    async def on_outbound_audio(self, timestamp_ms: int, payload: bytes) -> None:
+    def on_outbound_audio(self, timestamp_ms: int, payload: bytes) -> None:
         """Twilio's `outbound` track: what the caller hears, i.e. the person who answered."""
-        await self.tracks["staff"].on_audio(timestamp_ms, payload)
+        self.tracks["staff"].on_audio(timestamp_ms, payload)
 
     def on_dtmf(self, ms: int, digit: str) -> None:
         """A forked stream carries no DTMF; nothing to do if one arrives anyway."""

@@ -4,9 +4,11 @@ While the socket is live every frame is sent at once and kept in a bounded "rece
 so that after a reconnect the part Deepgram had not settled can be replayed; while it
 (re)connects, frames are held (bounded, drops counted) and go first once it is live again.
 
-Per frame this costs one send and two deque appends: timestamps and audio sit in parallel deques
-rather than one tuple per frame, because 50 tuples a second per call kept for 30 s were the
-bulk of what the garbage collector scanned and promoted (measured with `telephony bench`).
+Nothing here awaits: a frame is written to the socket's transport (or held) before the call
+reads the next one (`telephony.deepgram.connection.send_now`). Per frame this costs one send and
+two deque appends: timestamps and audio sit in parallel deques rather than one tuple per frame,
+because 50 tuples a second per call kept for 30 s were the bulk of what the garbage collector
+scanned and promoted (measured with `telephony bench`).
 """
 
 from __future__ import annotations
@@ -14,14 +16,13 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
-
-from websockets.exceptions import ConnectionClosed
+from collections.abc import Callable
 
 PENDING_FRAMES = 500  # 10 s held while the socket (re)connects; beyond, drops counted
 RECENT_FRAMES = 1500  # 30 s of sent audio kept for a replay
 
-SendAudio = Callable[[int, bytes], Awaitable[None]]
+# A socket's send: True once the frame is taken, False when the socket is no longer open.
+SendAudio = Callable[[int, bytes], bool]
 Frame = tuple[int, bytes]
 
 
@@ -40,19 +41,19 @@ class Upstream:
         self._recent_ts: deque[int] = deque(maxlen=recent_frames)
         self._recent: deque[bytes] = deque(maxlen=recent_frames)
 
-    async def push(self, timestamp_ms: int, payload: bytes) -> None:
+    def push(self, timestamp_ms: int, payload: bytes) -> None:
         """The audio path: send now when live, else hold for the next socket."""
         if self.live:
-            try:
-                await self._send(timestamp_ms, payload)  # type: ignore[misc]  # set when live
-            except ConnectionClosed:
-                self.live = False  # the socket's events loop sees the close and reconnects
-            else:
+            if self._send(timestamp_ms, payload):  # type: ignore[misc]  # set when live
                 self._recent_ts.append(timestamp_ms)
                 self._recent.append(payload)
                 return
+            self.live = False  # the socket's events loop sees the close and reconnects
         if not self.accepting:
             return
+        self._hold(timestamp_ms, payload)
+
+    def _hold(self, timestamp_ms: int, payload: bytes) -> None:
         if len(self._pending) == self._pending.maxlen:
             self.dropped_frames += 1
         self._pending_ts.append(timestamp_ms)
@@ -81,18 +82,24 @@ class Upstream:
         self._pending_ts.clear()
         self._pending.clear()
 
-    async def go_live(self, send: SendAudio, replay: list[Frame]) -> None:
-        """Send the replay, then everything held, then switch to sending each frame directly."""
+    def go_live(self, send: SendAudio, replay: list[Frame]) -> bool:
+        """Send the replay, then everything held, then switch to sending each frame directly.
+
+        False if the new socket closed on the way: what it did not take is held again (after
+        what it took, which is in the recent window) for the socket after it.
+        """
         self._send = send
         self._recent_ts.clear()
         self._recent.clear()
-        for ts, payload in self._replay_then_held(replay):
-            await send(ts, payload)
+        held = list(zip(self._pending_ts, self._pending, strict=True))
+        self.drop_held()
+        frames = itertools.chain(replay, held)
+        for ts, payload in frames:
+            if not send(ts, payload):
+                for frame in itertools.chain([(ts, payload)], frames):
+                    self._hold(*frame)
+                return False
             self._recent_ts.append(ts)
             self._recent.append(payload)
         self.live = True
-
-    def _replay_then_held(self, replay: list[Frame]) -> Iterator[Frame]:
-        yield from replay
-        while self._pending:  # frames keep arriving while we send: drain until none wait
-            yield self._pending_ts.popleft(), self._pending.popleft()
+        return True
