@@ -35,6 +35,7 @@ from telephony.config import (
     ResponderConfig,
     ScriptedResponderConfig,
 )
+from telephony.http_backend import use_asyncio_backend
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +190,9 @@ class ShardedTransport(httpx.AsyncBaseTransport):
     """
 
     def __init__(self, shards: int, **transport: Any) -> None:
-        self.shards = [httpx.AsyncHTTPTransport(**transport) for _ in range(shards)]
+        self.shards = [
+            use_asyncio_backend(httpx.AsyncHTTPTransport(**transport)) for _ in range(shards)
+        ]
         self._active = [0] * shards  # requests in flight per shard (until the body is closed)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
