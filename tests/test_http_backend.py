@@ -88,6 +88,15 @@ async def test_a_streamed_body_arrives_whole_however_it_is_cut_and_the_connectio
         assert srv["connections"] == 1  # kept alive
 
 
+def test_under_uvloop_as_telephony_serve_runs() -> None:
+    """`telephony serve` runs uvloop, whose transports are not asyncio's classes."""
+    uvloop = pytest.importorskip("uvloop")  # uvicorn[standard] installs it
+    streamed = test_a_streamed_body_arrives_whole_however_it_is_cut_and_the_connection_is_reused
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(streamed())
+        runner.run(test_a_connection_the_server_closed_while_idle_is_not_reused())
+
+
 async def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
