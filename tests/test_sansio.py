@@ -62,6 +62,14 @@ async def serve_one(
         return await asyncio.wait_for(outcome, 5)
 
 
+async def closed_with(ws: Any) -> tuple[int, str]:
+    """The close code and reason the server ends the connection with."""
+    with pytest.raises(ConnectionClosed) as closed:
+        await asyncio.wait_for(ws.recv(), 5)
+    assert closed.value.rcvd is not None
+    return closed.value.rcvd.code, closed.value.rcvd.reason
+
+
 def collect_until(word: str) -> Pumped:
     async def pumped(socket: StarletteTwilioSocket, frames: list[str | bytes]) -> StreamEnd | None:
         def handler(frame: str | bytes) -> StreamEnd | None:
@@ -88,9 +96,7 @@ async def test_every_frame_reaches_the_handler_in_order_until_it_ends_the_stream
             await ws.send(text if i % 7 else text.encode())  # binary frames too
         await ws.send("stop")
         await ws.send("after the end")  # never handed over
-        with pytest.raises(ConnectionClosed) as closed:
-            await asyncio.wait_for(ws.recv(), 5)
-        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1000, "told to stop")
+        assert await closed_with(ws) == (1000, "told to stop")
 
     result = await serve_one(direct, collect_until("stop"), client)
     assert result["direct"] is direct
@@ -131,8 +137,7 @@ async def test_frames_that_came_before_the_pump_go_first() -> None:
         await asyncio.sleep(0.05)
         await ws.send("late")
         await ws.send("stop")
-        with pytest.raises(ConnectionClosed):
-            await asyncio.wait_for(ws.recv(), 5)
+        await closed_with(ws)
 
     result = await serve_one(True, pumped, client)
     assert result["frames"] == [*(f"early {i}" for i in range(5)), "late", "stop"]
@@ -157,9 +162,7 @@ async def test_a_failing_handler_fails_the_pump_not_the_connection() -> None:
         await ws.send("fine")
         await ws.send("bad")
         await ws.send("ignored")
-        with pytest.raises(ConnectionClosed) as closed:
-            await asyncio.wait_for(ws.recv(), 5)
-        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1011, "internal error")
+        assert await closed_with(ws) == (1011, "internal error")
 
     result = await serve_one(True, pumped, client)
     assert str(result["error"]) == "handler broke"
@@ -183,8 +186,7 @@ async def test_the_handler_runs_in_the_calls_own_context() -> None:
         await ws.send("hello")
         await asyncio.sleep(0.1)  # the pump is in place, reading was not paused in between
         await ws.send("who?")
-        with pytest.raises(ConnectionClosed):
-            await asyncio.wait_for(ws.recv(), 5)
+        await closed_with(ws)
 
     result = await serve_one(True, pumped, client)
     assert result["frames"] == ["CAcontext"]
@@ -206,9 +208,7 @@ async def test_a_close_from_another_task_ends_the_pump() -> None:
     async def client(ws: Any) -> None:
         await ws.send("hello")
         await ws.send("one")
-        with pytest.raises(ConnectionClosed) as closed:
-            await asyncio.wait_for(ws.recv(), 5)
-        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1000, "time limit")
+        assert await closed_with(ws) == (1000, "time limit")
 
     result = await serve_one(True, pumped, client)
     assert result["frames"] == ["one"]
