@@ -227,10 +227,10 @@ class AgentClient:
             self.first_audio_ms = timestamp_ms
         chunk = self._chunker.push(ulaw)
         if chunk is not None:
-            self.bytes_sent += len(chunk)
             if self._keepalive is not None:
                 self._keepalive.audio_sent()
-            send_now(self.ws, chunk)  # a closed socket: events() ends the session
+            if send_now(self.ws, chunk):  # a closed socket: events() ends the session
+                self.bytes_sent += len(chunk)
 
     def _go_live(self) -> None:
         """SettingsApplied: start KeepAlive, send the early audio in order, then go direct."""

@@ -98,8 +98,10 @@ class FluxClient(DeepgramSocket):
         chunk = self._chunker.push(data)
         if chunk is None:
             return True
+        if not send_now(self.ws, chunk):
+            return False
         self.bytes_sent += len(chunk)
-        return send_now(self.ws, chunk)
+        return True
 
     async def events(self) -> AsyncIterator[dm.FluxServerEvent]:
         """Server events until the socket closes; Error and unexpected closes raise FluxFatal."""
