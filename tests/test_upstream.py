@@ -90,3 +90,14 @@ def test_a_socket_that_closes_during_the_replay_leaves_the_rest_held_in_order() 
     third = Socket()
     assert up.go_live(third.send, up.sent_since(None))
     assert third.sent == [frame(i) for i in range(-2, 4)]  # each frame once, in order
+
+
+def test_a_socket_given_up_for_good_drops_what_waited_and_holds_nothing_more() -> None:
+    up = Upstream()
+    for i in range(3):
+        up.push(*frame(i))  # held while connecting
+    up.stop()
+    up.push(*frame(3))
+    socket = Socket()
+    assert up.go_live(socket.send, [])
+    assert socket.sent == []  # nothing was kept for a socket that never comes

@@ -437,19 +437,19 @@ class Call:
     def _check_stream(self, msg: tm.InboundMessage) -> None:
         if isinstance(msg, tm.Connected | tm.Start):
             raise tm.MessageError(f"unexpected {type(msg).__name__.lower()} mid-stream")
+        self._track_sequence(msg)
+
+    def _track_sequence(self, msg: tm.Media | tm.Mark | tm.Dtmf | tm.Stop) -> None:
+        """Every message after start: this stream's, and counted by sequenceNumber."""
         if msg.stream_sid != self.stream_sid:
             raise tm.MessageError(f"wrong streamSid {msg.stream_sid!r}")
-        self._track_sequence(msg.sequence)
-
-    def _track_sequence(self, sequence: int) -> None:
+        sequence = msg.sequence
         if sequence > self._next_sequence:
             self.summary.stats.sequence_gaps += sequence - self._next_sequence
         self._next_sequence = max(self._next_sequence, sequence + 1)
 
     def _on_media(self, msg: tm.Media) -> None:
-        if msg.stream_sid != self.stream_sid:
-            raise tm.MessageError(f"wrong streamSid {msg.stream_sid!r}")
-        self._track_sequence(msg.sequence)
+        self._track_sequence(msg)
         if msg.track == "outbound":
             self.summary.stats.outbound_frames += 1
             if self._on_outbound_audio is not None:

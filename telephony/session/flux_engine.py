@@ -237,6 +237,7 @@ class FluxEngine:
 
     async def _give_up(self, reason: str) -> None:
         """Flux is gone for good: apologise and hand over (through Twilio alone)."""
+        self.upstream.stop()  # no socket will take the audio any more
         await self.speak.clear()
         await self.ctx.playout.clear()
         await fail_over(self.ctx, reason)

@@ -147,8 +147,7 @@ class TrackTranscriber:
     def _give_up(self, reason: str) -> None:
         """This side is not transcribed any more; the call goes on untouched."""
         self.failed = reason
-        self.upstream.live = self.upstream.accepting = False
-        self.upstream.drop_held()
+        self.upstream.stop()
         self.ctx.log.error("Nova (%s) given up: %s", self.role, reason)
         self._close_turn("failed")
         self.ctx.transcript.event(

@@ -78,6 +78,11 @@ class Upstream:
             self._recent_ts = deque(itertools.islice(self._recent_ts, cut, None), keep)
             self._recent = deque(itertools.islice(self._recent, cut, None), keep)
 
+    def stop(self) -> None:
+        """The socket is given up for good: nothing is sent or held from now on."""
+        self.live = self.accepting = False
+        self.drop_held()
+
     def drop_held(self) -> None:
         self._pending_ts.clear()
         self._pending.clear()
