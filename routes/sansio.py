@@ -18,6 +18,7 @@ from typing import Any
 
 from starlette.types import Receive, Send
 
+from routes.frame_reader import FrameReader, can_read
 from telephony.session.call import FrameHandler, StreamEnd
 
 try:
@@ -28,6 +29,11 @@ except ImportError:  # an older uvicorn: plain ASGI
     _SansIOProtocol = None  # type: ignore[assignment,misc]
 
 Pump = Callable[[FrameHandler], Awaitable[StreamEnd | None]]
+
+# How `telephony serve` runs uvicorn's WebSocket side. permessage-deflate is declined (RFC 7692
+# lets a server): it would cost a zlib pass per 20 ms frame each way and a compressor's memory
+# per call, for base64 audio on a server-to-server link, and it keeps FrameReader out.
+UVICORN_WS: dict[str, Any] = {"ws": "websockets-sansio", "ws_per_message_deflate": False}
 
 
 def _protocol(callable_: Receive | Send) -> Any:
@@ -87,14 +93,19 @@ def frame_pump(receive: Receive) -> Pump | None:
             direct.put_nowait(queue.get_nowait())
         if done.done():
             return done.result()
+        reader = FrameReader(protocol, direct.deliver) if can_read(protocol) else None
         if protocol.read_paused:  # uvicorn paused after the last message the app read
             protocol.transport.resume_reading()
         # uvicorn pauses reading after queueing a message unless it believes it already has.
         protocol.read_paused = True
         protocol.queue = direct
+        if reader is not None:
+            reader.install()
         try:
             return await done
         finally:
+            if reader is not None:
+                reader.uninstall()
             protocol.queue = queue
             protocol.read_paused = False  # true again: reading was never paused meanwhile
 
@@ -117,22 +128,32 @@ class _DirectQueue:
         self.context = context
 
     def put_nowait(self, message: dict[str, Any]) -> None:
+        if self.done.done():
+            self.queue.put_nowait(message)  # the call is ending: nobody reads these
+        elif message["type"] != "websocket.receive":
+            self.queue.put_nowait(message)  # the disconnect: Starlette reads it after the pump
+            self.done.set_result(None)
+        else:
+            text = message.get("text")
+            self.deliver(text if text is not None else message["bytes"])
+
+    def deliver(self, data: str | bytes) -> bool:
+        """One message to the handler (or, once the pump has ended, to the real queue);
+        False once the pump has ended."""
         done = self.done
         if done.done():
-            self.queue.put_nowait(message)  # the call is ending: nobody reads these
-            return
-        if message["type"] != "websocket.receive":
-            self.queue.put_nowait(message)  # the disconnect: Starlette reads it after the pump
-            done.set_result(None)
-            return
-        text = message.get("text")
+            key = "text" if isinstance(data, str) else "bytes"
+            self.queue.put_nowait({"type": "websocket.receive", key: data})
+            return False
         try:
-            end = self.context.run(self.handler, text if text is not None else message["bytes"])
+            end = self.context.run(self.handler, data)
         except Exception as exc:  # never into uvicorn's data_received: it would drop the socket
             done.set_exception(exc)
-            return
+            return False
         if end is not None:
             done.set_result(end)
+            return False
+        return True
 
     # uvicorn's receive() is not called while the pump runs; these keep it whole if it were.
     async def get(self) -> Any:

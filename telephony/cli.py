@@ -11,6 +11,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from routes.app import create_app
+    from routes.sansio import UVICORN_WS
     from telephony.config import ConfigError
     from telephony.drain import SHUTDOWN_GRACE_S, DrainingServer
     from telephony.logs import setup_logging
@@ -28,7 +29,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         log_config=None,
-        ws="websockets-sansio",  # routes/sansio.py: batched writes, frames handled as parsed
+        **UVICORN_WS,  # routes/sansio.py: batched writes, frames handled as parsed
         ws_max_size=args.ws_max_size,
         timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
     )

@@ -239,6 +239,7 @@ async def test_send_many_is_one_write_through_uvicorn_and_refused_once_the_peer_
     refused the way a single send is."""
     from starlette.websockets import WebSocket, WebSocketDisconnect
 
+    from routes.sansio import UVICORN_WS
     from routes.twilio import StarletteTwilioSocket
     from telephony.inprocess import InProcessServer, bind_loopback
 
@@ -265,7 +266,7 @@ async def test_send_many_is_one_write_through_uvicorn_and_refused_once_the_peer_
             outcome.set_result("sent after close")
 
     sock = bind_loopback()
-    async with InProcessServer(app, sock, ws="websockets-sansio"):
+    async with InProcessServer(app, sock, **UVICORN_WS):
         async with connect(f"ws://127.0.0.1:{sock.getsockname()[1]}/") as client:
             assert [await client.recv() for _ in range(3)] == ["one", "two", "three"]
         assert await asyncio.wait_for(outcome, 5) == "refused"

@@ -13,6 +13,8 @@ from starlette.websockets import WebSocket, WebSocketState
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from routes import sansio
+from routes.sansio import UVICORN_WS
 from routes.twilio import StarletteTwilioSocket
 from telephony.inprocess import InProcessServer, bind_loopback
 from telephony.session.call import CLOSE_ERROR, StreamEnd
@@ -23,7 +25,10 @@ Pumped = Callable[[StarletteTwilioSocket, list[str | bytes]], Awaitable[StreamEn
 
 
 async def serve_one(
-    direct: bool, pumped: Pumped, client: Callable[[Any], Awaitable[None]]
+    direct: bool,
+    pumped: Pumped,
+    client: Callable[[Any], Awaitable[None]],
+    uvicorn_ws: dict[str, Any] = UVICORN_WS,
 ) -> Outcome:
     """One WebSocket served by uvicorn (websockets-sansio): the app reads one frame the
     ordinary way (as the handshake does), then pumps; `client` drives the other end. Not
@@ -56,7 +61,7 @@ async def serve_one(
         outcome.set_result(result)
 
     sock = bind_loopback()
-    async with InProcessServer(app, sock, ws="websockets-sansio"):
+    async with InProcessServer(app, sock, **uvicorn_ws):
         async with connect(f"ws://127.0.0.1:{sock.getsockname()[1]}/") as ws:
             await client(ws)
         return await asyncio.wait_for(outcome, 5)
@@ -213,3 +218,68 @@ async def test_a_close_from_another_task_ends_the_pump() -> None:
     result = await serve_one(True, pumped, client)
     assert result["frames"] == ["one"]
     assert result["end"] is None
+
+
+async def mixed_traffic(
+    monkeypatch: pytest.MonkeyPatch, uvicorn_ws: dict[str, Any] = UVICORN_WS
+) -> int:
+    """Ordinary frames are parsed by routes/frame_reader.py, and large ones; pings (answered)
+    and fragmented messages in between go through websockets; all arrive in order. Returns
+    how many the reader parsed."""
+    parsed: list[str | bytes] = []
+
+    class CountingReader(sansio.FrameReader):
+        def __init__(self, protocol: Any, deliver: Callable[[str | bytes], bool]) -> None:
+            def counting(message: str | bytes) -> bool:
+                parsed.append(message)
+                return deliver(message)
+
+            super().__init__(protocol, counting)
+
+    monkeypatch.setattr(sansio, "FrameReader", CountingReader)
+    sent: list[str | bytes] = []
+
+    async def client(ws: Any) -> None:
+        await ws.send("hello")
+        await asyncio.sleep(0.05)  # the pump is in place
+        for i in range(300):
+            if i % 50 == 10:
+                await (await ws.ping())  # the pong comes back
+            if i % 50 == 20:
+                sent.append(f"fragmented {i}")
+                await ws.send([f"fragmented {i}"[:5], f"fragmented {i}"[5:]])
+            if i % 50 == 30:
+                sent.append("z" * 70000)  # 64-bit length
+                await ws.send(sent[-1])
+            sent.append(f"frame {i} " + "x" * (i % 200))
+            await ws.send(sent[-1] if i % 9 else sent[-1].encode())
+            if i % 9 == 0:
+                sent[-1] = sent[-1].encode()  # type: ignore[union-attr]
+        await ws.send("stop")
+        assert await closed_with(ws) == (1000, "told to stop")
+
+    result = await serve_one(True, collect_until("stop"), client, uvicorn_ws)
+    assert result["frames"] == [*sent, "stop"]
+    assert not any(str(m).startswith("fragmented") for m in parsed)
+    return len(parsed)
+
+
+async def test_ordinary_frames_go_through_the_frame_reader(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert await mixed_traffic(monkeypatch) == 307  # all but the fragmented ones
+
+
+async def test_with_compression_negotiated_websockets_reads_every_frame(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server that accepts permessage-deflate (the client here offers it) gets compressed
+    frames, which only websockets can read: the reader stays out, nothing is lost."""
+    assert await mixed_traffic(monkeypatch, {**UVICORN_WS, "ws_per_message_deflate": True}) == 0
+
+
+def test_ordinary_frames_go_through_the_frame_reader_under_uvloop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`telephony serve` runs uvloop: its transports swap protocols too."""
+    uvloop = pytest.importorskip("uvloop")  # uvicorn[standard] installs it
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(mixed_traffic(monkeypatch)) == 307
