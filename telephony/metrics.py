@@ -25,7 +25,9 @@ see them too.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import gc
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -162,6 +164,8 @@ def reason_label(reason: str) -> str:
 # seconds to tens of seconds.
 FIRST_AUDIO_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
 REPLY_PLAYED_BUCKETS = (0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0)
+# A pause past 5 ms shows in pacing jitter; past the playout lead (120 ms) callers could hear it.
+GC_PAUSE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 DEEPGRAM_ENDPOINTS = ("flux", "speak", "agent", "listen")
 MAX_END_REASONS = 50  # distinct end-reason labels; further ones count as "other"
 # transcript event kind -> the Deepgram endpoint that reconnected
@@ -264,6 +268,14 @@ class Metrics:
             "buffer holds.",
             registry=registry,
         )
+        self.gc_pauses = Histogram(
+            "telephony_gc_pause_seconds",
+            "Garbage collections, by generation: each stops the event loop, and every call's "
+            "audio, for its duration.",
+            ["generation"],
+            buckets=GC_PAUSE_BUCKETS,
+            registry=registry,
+        )
         self.keepalives_of_ended_calls = 0
         self._reasons: set[str] = set()
 
@@ -280,6 +292,22 @@ class Metrics:
 
     def watch_calls(self, calls: LiveCalls) -> None:
         self.registry.register(CallsCollector(calls, self))
+
+    def watch_gc(self) -> Callable[[], None]:
+        """Time every garbage collection of this process until the returned function is
+        called (the app's shutdown). A collection is a few hundred a minute, not per frame."""
+        started = 0.0
+        pauses = [self.gc_pauses.labels(str(generation)) for generation in range(3)]
+
+        def on_gc(phase: str, info: dict[str, Any]) -> None:
+            nonlocal started
+            if phase == "start":
+                started = time.perf_counter()
+            else:
+                pauses[info["generation"]].observe(time.perf_counter() - started)
+
+        gc.callbacks.append(on_gc)
+        return lambda: gc.callbacks.remove(on_gc)
 
     def watch_call(self, transcript: Any, mode: str) -> CallMetrics:
         """Count one call's barge-ins, reconnects and turn latencies from its transcript."""

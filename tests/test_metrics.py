@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -62,6 +63,7 @@ def test_exposition_names_types_and_values() -> None:
         "telephony_deepgram_reconnects",
         "telephony_barge_ins",
         "telephony_caller_audio_dropped_seconds",
+        "telephony_gc_pause_seconds",
     }
     assert parsed["telephony_turn_first_audio_seconds"].type == "histogram"
     reconnects = parsed["telephony_deepgram_reconnects"]
@@ -239,3 +241,31 @@ async def test_a_call_with_a_barge_in_shows_in_the_metrics(tmp_path: Path) -> No
         for s in ended
     )
     assert parsed["telephony_calls_active"].value == 0
+
+
+def test_garbage_collections_are_timed_by_generation_until_unwatched() -> None:
+    metrics = Metrics.for_app(FakeStore(), CallRegistry())
+
+    def count(generation: int) -> float:
+        value = metrics.registry.get_sample_value(
+            "telephony_gc_pause_seconds_count", {"generation": str(generation)}
+        )
+        return value or 0.0
+
+    def total(generation: int) -> float:
+        value = metrics.registry.get_sample_value(
+            "telephony_gc_pause_seconds_sum", {"generation": str(generation)}
+        )
+        return value or 0.0
+
+    unwatch = metrics.watch_gc()
+    try:
+        gc.collect(1)
+        gc.collect(2)
+        assert count(1) >= 1 and count(2) >= 1
+        assert total(2) > 0  # a full collection takes measurable time
+    finally:
+        unwatch()
+    before = count(2)
+    gc.collect(2)
+    assert count(2) == before
