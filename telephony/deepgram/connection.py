@@ -26,6 +26,7 @@ from urllib.parse import urlencode
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.protocol import State
 
+from telephony.client_frames import binary_frame
 from telephony.deepgram.messages import DeepgramMessageError, Unknown
 
 log = logging.getLogger(__name__)
@@ -132,8 +133,10 @@ def send_now(ws: ClientConnection, audio: bytes) -> bool:
 
     websockets' `send` is a coroutine that wraps this same write in an async context manager
     and then awaits a drain; per audio chunk on hundreds of calls that machinery cost more than
-    the write. Here the message is framed by the connection's own protocol object and handed to
-    the transport, exactly as `send` does when all goes well. Instead of awaiting a drain, a
+    the write. Here the frame is written to the transport whole (telephony/client_frames.py:
+    byte for byte websockets' framing, with a cheaper source of masking keys); the frames
+    websockets writes itself (pings, pongs, text) are whole too, so they never interleave
+    within one. Instead of awaiting a drain, a
     socket whose unsent bytes pass STALLED_BYTES is aborted: its peer stopped reading (and
     websockets' pings, queued behind the same backlog, could never time out), so the events
     loop sees a closed socket and the engine reconnects and replays. We never send fragmented
@@ -146,8 +149,7 @@ def send_now(ws: ClientConnection, audio: bytes) -> bool:
         log.warning("Deepgram socket stopped reading (%d bytes unsent): dropping it", STALLED_BYTES)
         transport.abort()
         return False
-    ws.protocol.send_binary(audio)
-    ws.send_data()
+    transport.write(binary_frame(audio))
     return True
 
 

@@ -60,6 +60,7 @@ from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
+from telephony.client_frames import text_frame
 from telephony.deepgram import messages as dm
 from telephony.sim.deepgram.agent import AgentSession
 from telephony.sim.deepgram.flux import FluxSession
@@ -400,9 +401,9 @@ class LeanCall(asyncio.Protocol):
             self.loop.call_later(1.0, transport.close)
 
     def _send(self, text: str) -> None:
-        if self.ws.state is State.OPEN:
-            self.ws.send_text(text.encode())
-            self._flush()
+        transport = self.transport
+        if self.ws.state is State.OPEN and transport is not None and not transport.is_closing():
+            transport.write(text_frame(text.encode()))  # as ws.send_text would, but leaner
 
     def start(self) -> None:
         """After the upgrade: `connected`, `start`, then a frame every 20 ms."""
