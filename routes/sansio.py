@@ -5,7 +5,8 @@ ASGI gives a WebSocket app one message per `send` and one per `receive`. Per cal
 inbound frames a second, each put on a queue by the protocol and taken off it by the call's
 task after a wake-up, and every outbound frame its own write. On hundreds of calls those layers
 cost more than the frames' own handling (measured with `telephony bench`), so where the server
-is uvicorn's sans-I/O protocol these reach its connection object directly. Under any other
+is uvicorn's sans-I/O protocol these reach its connection object directly (and, while a call
+pumps, routes/frame_reader.py parses its ordinary frames ahead of websockets). Under any other
 server both return None and the call uses plain ASGI.
 """
 
