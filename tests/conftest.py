@@ -19,6 +19,11 @@ from telephony.settings import Settings
 from telephony.sim.deepgram_server import FakeDeepgram
 from telephony.sim.twilio_rest import FakeTwilioRest
 
+try:
+    import uvloop  # uvicorn[standard] installs it; `telephony serve` runs on it
+except ImportError:  # pragma: no cover
+    uvloop = None
+
 AUTH_TOKEN = "test-auth-token"
 DEEPGRAM_KEY = "test-deepgram-key"
 
@@ -45,6 +50,15 @@ profiles:
       rules: []
       fallback: "Sales here."
 """
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict:
+    """Tests marked `both_loops` run twice: on asyncio's loop and on uvloop, whose transports
+    are other classes (the media socket's fast paths reach into them); the rest on asyncio's."""
+    factories = {"asyncio": asyncio.new_event_loop}
+    if uvloop is not None and item.get_closest_marker("both_loops") is not None:
+        factories["uvloop"] = uvloop.new_event_loop
+    return factories
 
 
 @dataclass

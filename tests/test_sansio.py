@@ -20,6 +20,11 @@ from telephony.inprocess import InProcessServer, bind_loopback
 from telephony.session.call import CLOSE_ERROR, StreamEnd
 
 WHO = contextvars.ContextVar("who", default="nobody")
+
+
+pytestmark = pytest.mark.both_loops  # asyncio's loop and uvloop: see tests/conftest.py
+
+
 Outcome = dict[str, Any]
 Pumped = Callable[[StarletteTwilioSocket, list[str | bytes]], Awaitable[StreamEnd | None]]
 
@@ -274,12 +279,3 @@ async def test_with_compression_negotiated_websockets_reads_every_frame(
     """A server that accepts permessage-deflate (the client here offers it) gets compressed
     frames, which only websockets can read: the reader stays out, nothing is lost."""
     assert await mixed_traffic(monkeypatch, {**UVICORN_WS, "ws_per_message_deflate": True}) == 0
-
-
-def test_ordinary_frames_go_through_the_frame_reader_under_uvloop(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """`telephony serve` runs uvloop: its transports swap protocols too."""
-    uvloop = pytest.importorskip("uvloop")  # uvicorn[standard] installs it
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        assert runner.run(mixed_traffic(monkeypatch)) == 307
