@@ -131,16 +131,15 @@ def send_now(ws: ClientConnection, audio: bytes) -> bool:
     """Write one binary message without awaiting: the audio path's send. False if the socket
     is not open (or has just been given up): the caller keeps the audio for the next socket.
 
-    websockets' `send` is a coroutine that wraps this same write in an async context manager
-    and then awaits a drain; per audio chunk on hundreds of calls that machinery cost more than
-    the write. Here the frame is written to the transport whole (telephony/client_frames.py:
-    byte for byte websockets' framing, with a cheaper source of masking keys); the frames
-    websockets writes itself (pings, pongs, text) are whole too, so they never interleave
-    within one. Instead of awaiting a drain, a
-    socket whose unsent bytes pass STALLED_BYTES is aborted: its peer stopped reading (and
-    websockets' pings, queued behind the same backlog, could never time out), so the events
-    loop sees a closed socket and the engine reconnects and replays. We never send fragmented
-    messages, so no fragment can be in progress here.
+    websockets' `send` is a coroutine that wraps the write in an async context manager and then
+    awaits a drain; per audio chunk on hundreds of calls that machinery cost more than the
+    write. Here the frame goes to the transport whole (telephony/client_frames.py: websockets'
+    framing byte for byte, with a cheaper source of masking keys); what websockets writes
+    itself (pings, pongs, text) goes out whole too, so frames never interleave. Instead of
+    awaiting a drain, a socket whose unsent bytes pass STALLED_BYTES is aborted: its peer
+    stopped reading (and websockets' pings, queued behind the same backlog, could never time
+    out), so the events loop sees a closed socket and the engine reconnects and replays. We
+    never send fragmented messages, so no fragment can be in progress here.
     """
     transport = ws.transport
     if ws.protocol.state is not State.OPEN or transport.is_closing():

@@ -4,9 +4,10 @@ and the fake LLM in one asyncio process, with the probes the benchmark reports.
 Cost model (it must drive hundreds of calls from one core, so the figures are the service's,
 not the generator's):
 
-- A caller is one `asyncio.Protocol` on websockets' sans-I/O `ClientProtocol`: no task per call
-  and none per frame. Its 20 ms frames are sent by one timer handle per call (`call_at` on an
-  absolute deadline, so lateness never accumulates); the same tick plays out the bot audio
+- A caller is one `asyncio.Protocol` on websockets' sans-I/O `ClientProtocol` (its frames
+  written by `telephony.client_frames`): no task per call and none per frame. Its 20 ms frames
+  are sent by one timer handle per call (`call_at` on an absolute deadline, so lateness never
+  accumulates); the same tick plays out the bot audio
   (positions only, no bytes kept) and echoes the marks whose audio has played. Received frames
   are parsed by `telephony.twilio.messages.parse_outbound`, as strictly as Twilio does.
 - Fake Deepgram is `FakeDeepgram` (audio frames counted, not logged) whose Flux, Aura and Agent
