@@ -101,7 +101,11 @@ class FrameReader(asyncio.Protocol):
         self.limit = _frame_limit(self.conn)
         self.synced = _at_boundary(self.conn)  # the next byte starts a frame
         self.clean = _may_parse(self.conn)
-        self.pending = b""  # the start of a frame not yet whole
+        # The start of a frame not yet whole, and how many bytes it needs before it is worth
+        # parsing again: a frame trickling in byte by byte costs one append per read, not a
+        # copy of all that came before.
+        self.pending = bytearray()
+        self.needed = 0
         self.owed = 0  # bytes websockets still needs to finish the frame it is reading
 
     def install(self) -> None:
@@ -111,7 +115,7 @@ class FrameReader(asyncio.Protocol):
         """Give the transport back to uvicorn's protocol, with any partial frame held here."""
         self.synced = False
         self.protocol.transport.set_protocol(self.protocol)
-        pending, self.pending = self.pending, b""
+        pending, self.pending = bytes(self.pending), bytearray()
         if pending:
             self.protocol.data_received(pending)
 
@@ -134,8 +138,10 @@ class FrameReader(asyncio.Protocol):
             self._give(paid, owed=self.owed - len(paid))
             data = data[len(paid) :]
         if self.pending:
-            data = self.pending + data
-            self.pending = b""
+            self.pending += data
+            if len(self.pending) < self.needed:
+                return
+            data, self.pending = bytes(self.pending), bytearray()
         if not data:
             return
         if self.synced:
@@ -159,6 +165,7 @@ class FrameReader(asyncio.Protocol):
         view = memoryview(data)
         size = len(data)
         pos = 0
+        needed = 2
         while size - pos >= 2:
             head = data[pos]
             second = data[pos + 1]
@@ -167,11 +174,13 @@ class FrameReader(asyncio.Protocol):
             if length == _LENGTH_16:
                 start += 2
                 if size < start:
+                    needed = start - pos
                     break
                 length = int.from_bytes(view[start - 2 : start], "big")
             elif length == _LENGTH_64:
                 start += 8
                 if size < start:
+                    needed = start - pos
                     break
                 length = int.from_bytes(view[start - 8 : start], "big")
             if second & _MASKED:
@@ -185,6 +194,7 @@ class FrameReader(asyncio.Protocol):
                 and self.conn.state is State.OPEN  # closing: uvicorn drops what arrives
             ):
                 if end > size:
+                    needed = end - pos
                     break
                 message = self._unmask(head, view[start - 4 : start], view[start:end])
                 if message is not None:
@@ -201,7 +211,8 @@ class FrameReader(asyncio.Protocol):
             self._give(view[pos:end])
             pos = end
         if pos < size:
-            self.pending = data[pos:]
+            self.pending = bytearray(view[pos:])
+            self.needed = needed
 
     @staticmethod
     def _unmask(head: int, mask: memoryview, masked: memoryview) -> str | bytes | None:

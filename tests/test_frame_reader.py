@@ -258,3 +258,15 @@ def test_negotiated_extensions_keep_the_reader_out() -> None:
     server = UvicornLike()
     server.conn.extensions = [object()]  # e.g. permessage-deflate: RSV1 frames
     assert not can_read(server)
+
+
+def test_frames_trickling_in_byte_by_byte() -> None:
+    """A client sending one byte per read: held here (each byte appended, not copied with all
+    that came before) until each frame is whole, then parsed as usual."""
+    messages = [("text", b"x" * 300), ("ping", b"p"), ("binary", b"y" * 4000), ("text", b"z")]
+    data = client_bytes(messages)
+    chunks = [data[i : i + 1] for i in range(len(data))]
+    got, parsed = through_reader(chunks)
+    assert got.messages == reference(chunks).messages == ["x" * 300, b"y" * 4000, "z"]
+    assert parsed == 3
+    assert got.sent == b"\x8a\x01p"
