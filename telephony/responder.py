@@ -224,9 +224,8 @@ class _ReleasingStream(httpx.AsyncByteStream):
         self._owner: ShardedTransport | None = owner
         self._shard = shard
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._stream:
-            yield chunk
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._stream.__aiter__()  # no generator layer of our own per chunk
 
     async def aclose(self) -> None:
         try:
@@ -375,9 +374,12 @@ async def _sse_chunks(response: httpx.Response) -> AsyncGenerator[dict[str, Any]
 
     Lines are split from the raw body here (orjson reads bytes): httpx's aiter_lines adds a
     text decoder and two generator layers per token, a measurable cost with hundreds of calls.
+    An uncompressed body skips aiter_bytes' decoder layer too.
     """
     finished = False
-    async with contextlib.aclosing(response.aiter_bytes()) as body:
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    raw = encoding in ("", "identity") and not response.is_stream_consumed  # (content= bodies)
+    async with contextlib.aclosing(response.aiter_raw() if raw else response.aiter_bytes()) as body:
         async for line in _lines(body):
             if not line.startswith(b"data:"):
                 continue  # blank separators, `:` comments, event:/id: fields

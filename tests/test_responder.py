@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import itertools
 import time
 from collections.abc import AsyncIterator, Callable
@@ -390,3 +391,23 @@ async def test_http_error_carries_status_and_excerpt() -> None:
             await responder.respond([], "hi").text()
         assert err.value.status == 502
         assert len(str(err.value)) < 400
+
+
+async def test_a_compressed_stream_is_decoded() -> None:
+    """Uncompressed bodies are read raw; a server that gzips its event stream anyway is
+    decoded (through httpx's decoder), cut wherever the network cuts it."""
+    body = gzip.compress(sse(CONTENT % "Zipped", STOP, "data: [DONE]"))
+    parts = [body[:7], body[7:30], body[30:]]
+
+    class Parts(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            for part in parts:
+                yield part
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        headers = {"content-type": "text/event-stream", "content-encoding": "gzip"}
+        return httpx.Response(200, stream=Parts(), headers=headers)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        responder = LLMResponder(base_url="http://llm/v1", model="m", api_key="k", http=client)
+        assert await responder.respond([], "hi").text() == "Zipped"
