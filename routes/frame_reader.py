@@ -100,6 +100,7 @@ class FrameReader(asyncio.Protocol):
         self.deliver = deliver
         self.limit = _frame_limit(self.conn)
         self.synced = _at_boundary(self.conn)  # the next byte starts a frame
+        self.ended = False  # the pump has ended: every byte is uvicorn's until uninstalled
         self.clean = _may_parse(self.conn)
         # The start of a frame not yet whole, and how many bytes it needs before it is worth
         # parsing again: a frame trickling in byte by byte costs one append per read, not a
@@ -113,7 +114,7 @@ class FrameReader(asyncio.Protocol):
 
     def uninstall(self) -> None:
         """Give the transport back to uvicorn's protocol, with any partial frame held here."""
-        self.synced = False
+        self.synced, self.ended = False, True
         self.protocol.transport.set_protocol(self.protocol)
         pending, self.pending = bytes(self.pending), bytearray()
         if pending:
@@ -148,7 +149,7 @@ class FrameReader(asyncio.Protocol):
             self._read(data)
         else:  # websockets is inside a frame the reader never saw the start of
             self.protocol.data_received(data)
-            self.synced = _at_boundary(self.conn)
+            self.synced = not self.ended and _at_boundary(self.conn)
             self.clean = self.synced and _may_parse(self.conn)
 
     def _give(self, data: bytes | memoryview, owed: int = 0) -> None:
@@ -200,7 +201,7 @@ class FrameReader(asyncio.Protocol):
                 if message is not None:
                     pos = end
                     if not self.deliver(message):  # the pump has ended: the rest is uvicorn's
-                        self.synced = False
+                        self.synced, self.ended = False, True
                         if pos < size:
                             self.protocol.data_received(data[pos:])
                         return

@@ -270,3 +270,12 @@ def test_frames_trickling_in_byte_by_byte() -> None:
     assert got.messages == reference(chunks).messages == ["x" * 300, b"y" * 4000, "z"]
     assert parsed == 3
     assert got.sent == b"\x8a\x01p"
+
+
+def test_after_the_pump_ends_every_byte_is_websockets() -> None:
+    """Between the pump's end and the reader's removal, later reads go to websockets (and so
+    to uvicorn's queue), never to the ended call."""
+    chunks = [client_bytes([("text", word)]) for word in (b"one", b"two", b"three", b"four")]
+    got, parsed = through_reader(chunks, stop_after=1)
+    assert parsed == 1
+    assert got.messages == ["one", "two", "three", "four"]
