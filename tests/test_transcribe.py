@@ -601,3 +601,10 @@ def test_telephony_call_transcribe_json() -> None:
     assert all(t["text"] for t in out["turns"])
     starts = [t["start_ms"] for t in out["turns"]]
     assert starts == sorted(starts)
+
+
+def test_a_profile_without_nova_options_gets_the_clients_own_defaults() -> None:
+    """TranscribeConfig (the YAML) and ListenOptions (the socket's query) each state Nova's
+    defaults: a profile that sets none must ask Deepgram for exactly what the client would."""
+    assert ListenOptions.from_profile(TranscribeConfig()) == ListenOptions()
+    assert ListenOptions.from_profile(None) == ListenOptions()
