@@ -38,8 +38,7 @@ _WHOLE_TEXT = 0x81
 _WHOLE_BINARY = 0x82
 _WHOLE = (_WHOLE_TEXT, _WHOLE_BINARY)
 _MASKED = 0x80
-_LENGTH_16 = 126
-_LENGTH_64 = 127
+_EXTENDED_LENGTH = {126: 2, 127: 8}  # 7-bit length codes for a 16- and a 64-bit length
 
 _FRAME_LOOP = Protocol.parse.__code__
 _WAITING_FOR_DATA = StreamReader.at_eof.__code__
@@ -172,18 +171,13 @@ class FrameReader(asyncio.Protocol):
             second = data[pos + 1]
             length = second & 0x7F
             start = pos + 2
-            if length == _LENGTH_16:
-                start += 2
+            extended = _EXTENDED_LENGTH.get(length, 0)  # bytes of a 16- or 64-bit length
+            if extended:
+                start += extended
                 if size < start:
                     needed = start - pos
                     break
-                length = int.from_bytes(view[start - 2 : start], "big")
-            elif length == _LENGTH_64:
-                start += 8
-                if size < start:
-                    needed = start - pos
-                    break
-                length = int.from_bytes(view[start - 8 : start], "big")
+                length = int.from_bytes(view[start - extended : start], "big")
             if second & _MASKED:
                 start += 4
             end = start + length
