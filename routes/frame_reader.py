@@ -28,10 +28,7 @@ from typing import Any
 from websockets.protocol import Protocol, State
 from websockets.streams import StreamReader
 
-try:
-    from websockets.speedups import apply_mask
-except ImportError:  # websockets built without its C extension
-    from websockets.utils import apply_mask
+from telephony.client_frames import apply_mask  # websockets' C masking, one choice for both
 
 # First header byte of a whole, unextended text or binary frame: FIN, RSV1-3 clear, opcode.
 _WHOLE_TEXT = 0x81
@@ -71,6 +68,16 @@ def _frame_limit(conn: Any) -> int | None:
     return min(limits) if limits else None
 
 
+_CONN_ATTRIBUTES = (
+    "parser",
+    "reader",
+    "current_size",
+    "state",
+    "max_message_size",
+    "max_fragment_size",
+)
+
+
 def can_read(protocol: Any) -> bool:
     """The connection's shape is the one this reader was written against (websockets' sans-I/O
     ServerProtocol with no extension negotiated, a transport that can swap protocols)."""
@@ -79,9 +86,7 @@ def can_read(protocol: Any) -> bool:
     return (
         conn is not None
         and not getattr(conn, "extensions", True)
-        and all(hasattr(conn, a) for a in ("parser", "reader", "current_size", "state"))
-        and hasattr(conn, "max_message_size")
-        and hasattr(conn, "max_fragment_size")
+        and all(hasattr(conn, a) for a in _CONN_ATTRIBUTES)
         and hasattr(transport, "set_protocol")
     )
 

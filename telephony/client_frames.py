@@ -20,6 +20,8 @@ try:
 except ImportError:  # websockets built without its C extension
     from websockets.utils import apply_mask
 
+__all__ = ["MaskKeys", "apply_mask", "binary_frame", "text_frame"]
+
 _TEXT = 0x81  # FIN + opcode 1
 _BINARY = 0x82  # FIN + opcode 2
 _MASKED = 0x80
