@@ -25,6 +25,10 @@ every frame with the chunking wait), outbound latency (Aura's first audio of a r
 Twilio frame at the caller), pacing jitter of the bot audio at the caller, EndOfTurn -> first bot
 audio at the caller (the fakes' own delays included: LLM first token + Aura first byte, reported
 as `fake_upstream_delay_ms`). "Bridge-added" latency is the service's figure minus the relay's.
+Where Linux stamps received packets (`kernel_receive_times`), "at the caller" and "at fake
+Deepgram" mean when the bytes reached that socket (telephony/sim/stamped.py), so the
+generator's own event-loop lateness stays out of the figures; it is reported apart, as
+`caller_read_lag_p99_ms`.
 
 Errors: calls that could not be placed or that the far end closed, malformed frames at the
 caller, caller turns that got no bot audio within 5 s, protocol violations the fake Deepgram saw,
@@ -63,6 +67,7 @@ import yaml
 from telephony.sim import load
 from telephony.sim.fake_llm import FakeLLM
 from telephony.sim.load import BenchDeepgram, Dialer, LeanCall, Probes
+from telephony.sim.stamped import kernel_stamps_available
 
 AUTH_TOKEN = "bench-auth-token"
 DEEPGRAM_KEY = "bench-deepgram-key"
@@ -519,7 +524,15 @@ async def run_bench(opts: BenchOptions) -> dict[str, Any]:
     return report(opts, phases["server"], phases["relay"])
 
 
-SAMPLE_SETS = ("inbound", "inbound_all", "outbound", "jitter", "eot_to_audio", "send_lag")
+SAMPLE_SETS = (
+    "inbound",
+    "inbound_all",
+    "outbound",
+    "jitter",
+    "eot_to_audio",
+    "send_lag",
+    "read_lag",
+)
 
 
 def dump_samples(directory: Path, phases: dict[str, Phase]) -> None:
@@ -582,6 +595,9 @@ def report(opts: BenchOptions, server: Phase, relay: Phase) -> dict[str, Any]:
         + opts.tts_first_byte_ms,
         "caller_send_lag_p99_ms": p(sp.send_lag, 99),
         "relay_caller_send_lag_p99_ms": p(rp.send_lag, 99),
+        "caller_read_lag_p99_ms": p(sp.read_lag, 99),
+        "relay_caller_read_lag_p99_ms": p(rp.read_lag, 99),
+        "kernel_receive_times": kernel_stamps_available(),
         "load_cpu_percent": _r(100 * server.load_cpu_s / server.window_s, 1),
         "relay_load_cpu_percent": _r(100 * relay.load_cpu_s / relay.window_s, 1),
         "bot_frames": sp.bot_frames,
@@ -654,6 +670,12 @@ def format_report(r: dict[str, Any]) -> str:
             "EndOfTurn -> audio ms",
             f"p50 {r['eot_to_first_audio_p50_ms']}  p99 {r['eot_to_first_audio_p99_ms']}"
             f"  (fakes' own delay {r['fake_upstream_delay_ms']})",
+        ),
+        (
+            "generator lag ms p99",
+            f"send {r['caller_send_lag_p99_ms']}/{r['relay_caller_send_lag_p99_ms']}  read "
+            f"{r['caller_read_lag_p99_ms']}/{r['relay_caller_read_lag_p99_ms']}"
+            f"  (kernel receive times: {r['kernel_receive_times']})",
         ),
         ("other processes' CPU %", str(r["host_other_cpu_percent"])),
         ("errors", f"{r['errors']} {r['error_detail'] or ''}".rstrip()),

@@ -39,7 +39,7 @@ from routes.app import create_app
 from telephony.demo import settings_for_fakes
 from telephony.inprocess import bind_loopback, serve_app
 from telephony.logs import setup_logging
-from telephony.sim.deepgram.server import _Connection as FakeDeepgramConnection
+from telephony.sim.deepgram.server import FakeConnection as FakeDeepgramConnection
 from telephony.sim.deepgram_server import (
     AgentStep,
     FakeDeepgram,

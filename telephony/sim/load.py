@@ -13,8 +13,9 @@ not the generator's):
 - Fake Deepgram is `FakeDeepgram` (audio frames counted, not logged) whose Flux, Aura and Agent
   sessions carry the probes below; the fake LLM is `FakeLLM`.
 
-Probes (all times `time.monotonic()`: CLOCK_MONOTONIC is system-wide on Linux, so times taken
-here compare with nothing but times taken here — every probe starts and ends in this process):
+Probes (all times on `time.monotonic()`'s clock: CLOCK_MONOTONIC is system-wide on Linux, so
+times taken here compare with nothing but times taken here — every probe starts and ends in this
+process):
 
 - **Inbound** (caller frame sent -> its bytes at fake Deepgram): every caller frame carries its
   call index and frame number in its first 4 payload bytes (the fakes do not listen to the
@@ -36,6 +37,14 @@ here compare with nothing but times taken here — every probe starts and ends i
   bot audio within `NO_REPLY_S` counts as an error.
 - **Send lag**: how late each caller frame left against its 20 ms grid (the generator's own
   health: if this grows, the generator is the bottleneck).
+- **Read lag**: how long after the kernel received a caller's bytes this loop read them (the
+  generator's own lateness, which kernel receive times keep out of the probes above).
+
+Receive times: where Linux stamps received packets, the callers and fake Deepgram read their
+sockets through `telephony.sim.stamped.StampedTransport`, and every probe that ends on a
+receive ("at the caller", "at fake Deepgram") uses the time the bytes reached the socket.
+Fake Deepgram times a binary frame as websockets parses it (`_StampedConnection`), not when
+the session's task gets to it.
 """
 
 from __future__ import annotations
@@ -66,8 +75,9 @@ from telephony.deepgram import messages as dm
 from telephony.sim.deepgram.agent import AgentSession
 from telephony.sim.deepgram.flux import FluxSession
 from telephony.sim.deepgram.script import AgentStep, Script, ScriptedTurn
-from telephony.sim.deepgram.server import FakeDeepgram
+from telephony.sim.deepgram.server import FakeConnection, FakeDeepgram
 from telephony.sim.deepgram.speak import SpeakSession
+from telephony.sim.stamped import StampedTransport, kernel_stamps_available
 from telephony.twilio import messages as tm
 from telephony.twilio.security import sign as twilio_sign
 
@@ -139,6 +149,7 @@ class Probes:
         self.jitter = array("d")
         self.eot_to_audio = array("d")
         self.send_lag = array("d")
+        self.read_lag = array("d")
         self.tts_sent: dict[int, float] = {}
         self._tts_ids = itertools.count(1)
         self.errors: Counter[str] = Counter()
@@ -150,11 +161,10 @@ class Probes:
         self.calls[call.index] = call
         self.by_sid[call.call_sid] = call
 
-    def on_inbound(self, data: bytes) -> None:
-        """A binary message at fake Deepgram: the latency of each tagged frame in it."""
+    def on_inbound(self, data: bytes, now: float) -> None:
+        """A binary frame reached fake Deepgram at `now`: the latency of each tagged frame."""
         if not self.recording:
             return
-        now = time.monotonic()
         last = len(data) - FRAME_BYTES
         sent_at, capacity = self.sent_at, self.capacity
         for offset in range(0, last + 1, FRAME_BYTES):
@@ -195,10 +205,6 @@ class Probes:
 class _ProbedFlux(FluxSession):
     probes: Probes
 
-    async def on_binary(self, data: bytes, now: float) -> None:
-        self.probes.on_inbound(data)
-        await super().on_binary(data, now)
-
     async def send(self, msg: dm._Wire) -> None:
         if isinstance(msg, dm.TurnInfo) and msg.event == "EndOfTurn":
             self.probes.end_of_turn(self.probes.by_sid.get(self.params.tag or ""))
@@ -230,7 +236,6 @@ class _ProbedAgent(AgentSession):
     async def on_binary(self, data: bytes, now: float) -> None:
         if self._call is None:
             self._call = self.probes.call_of(data)
-        self.probes.on_inbound(data)
         await super().on_binary(data, now)
 
     async def send(self, msg: dm._Wire) -> None:
@@ -257,14 +262,42 @@ _PROBED: dict[type, type] = {
 }
 
 
+class _StampedConnection(FakeConnection):
+    """Fake Deepgram's end of a socket, read with kernel receive times (telephony.sim.stamped):
+    the inbound probe times each binary frame as websockets parses it, at the time its bytes
+    reached the socket, not when a session task got round to it."""
+
+    probes: Probes | None = None  # set once the handshake is done (BenchDeepgram._session)
+    _stamped: StampedTransport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._stamped = StampedTransport(transport, self)
+        super().connection_made(self._stamped)  # type: ignore[arg-type]  # a proxy
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stamped.detach()
+        super().connection_lost(exc)
+
+    def process_event(self, event: Any) -> None:
+        probes = self.probes
+        # The bridge never fragments its audio: a whole binary frame is a whole message.
+        if probes is not None and isinstance(event, Frame) and event.opcode is Opcode.BINARY:
+            probes.on_inbound(event.data, self._stamped.received_at)
+        super().process_event(event)
+
+
 class BenchDeepgram(FakeDeepgram):
     """FakeDeepgram whose Flux, Aura and Agent sessions report to `probes`."""
 
     def __init__(self, probes: Probes, **kwargs: Any) -> None:
         super().__init__(log_audio=False, **kwargs)
         self.probes = probes
+        if kernel_stamps_available():
+            self.connection_class = _StampedConnection
 
     def _session(self, conn: Any, log: Any, acc: Any) -> Any:
+        if isinstance(conn, _StampedConnection):
+            conn.probes = self.probes
         session = super()._session(conn, log, acc)
         probed = _PROBED.get(type(session))
         if probed is not None:
@@ -348,6 +381,7 @@ class LeanCall(asyncio.Protocol):
         )
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
+        self._stamped: StampedTransport | None = None
         self.opened: asyncio.Future[None] = self.loop.create_future()
         self.closed: asyncio.Future[None] = self.loop.create_future()
         self.player = _Player()
@@ -370,6 +404,9 @@ class LeanCall(asyncio.Protocol):
     # --- connection ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if kernel_stamps_available():
+            self._stamped = StampedTransport(transport, self)
+            transport = self._stamped  # type: ignore[assignment]  # a proxy
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
         request = self.ws.connect()
         for name, value in self._headers.items():
@@ -378,6 +415,8 @@ class LeanCall(asyncio.Protocol):
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._stamped is not None:
+            self._stamped.detach()
         if self._timer is not None:
             self._timer.cancel()
         self._end_run()
@@ -459,6 +498,12 @@ class LeanCall(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         now = time.monotonic()
+        if self._stamped is not None:
+            # Probes use the time the bytes reached the socket; how late this loop read them
+            # is the generator's own health, reported apart.
+            if self.probes.recording:
+                self.probes.read_lag.append((now - self._stamped.received_at) * 1000)
+            now = self._stamped.received_at
         self.ws.receive_data(data)
         for event in self.ws.events_received():
             if isinstance(event, Frame):

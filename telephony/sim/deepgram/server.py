@@ -78,8 +78,9 @@ class _Accepted:
     params: Any
 
 
-class _Connection(ServerConnection):
-    """Notes incoming pings for the session (Flux counts them as activity)."""
+class FakeConnection(ServerConnection):
+    """Fake Deepgram's end of a socket: notes incoming pings for the session (Flux counts them
+    as activity)."""
 
     accepted: _Accepted | None = None
     session: Session | None = None
@@ -97,6 +98,8 @@ def _mask(value: str) -> str:
 
 
 class FakeDeepgram(StartStop):
+    connection_class: type[FakeConnection] = FakeConnection  # the benchmark's stamps its reads
+
     def __init__(
         self,
         *,
@@ -154,7 +157,7 @@ class FakeDeepgram(StartStop):
             port,
             process_request=self._process_request,
             select_subprotocol=lambda _conn, offered: "token" if "token" in offered else None,
-            create_connection=_Connection,
+            create_connection=self.connection_class,
             compression=None,  # cheaper for the benchmark; audio does not compress anyway
             ping_interval=None,  # clients keep the connection alive, not the server
             close_timeout=2,
@@ -240,7 +243,7 @@ class FakeDeepgram(StartStop):
             for k in ("authorization", "sec-websocket-protocol", "user-agent")
             if (v := request.headers.get(k)) is not None
         }
-        assert isinstance(conn, _Connection)
+        assert isinstance(conn, FakeConnection)
         conn.accepted = _Accepted(endpoint, url.path, query, auth, headers, params)
         return None
 
@@ -282,7 +285,7 @@ class FakeDeepgram(StartStop):
     # --- connections -------------------------------------------------------------------------
 
     async def _handler(self, conn: ServerConnection) -> None:
-        assert isinstance(conn, _Connection) and conn.accepted is not None
+        assert isinstance(conn, FakeConnection) and conn.accepted is not None
         acc = conn.accepted
         log = ConnectionLog(
             endpoint=acc.endpoint,
