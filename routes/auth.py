@@ -2,8 +2,10 @@
 
 The session cookie holds `name|expiry|nonce` and an HMAC of it; it is HttpOnly and SameSite=Strict.
 The role is not trusted from the cookie: it is read from the users table on every request, so
-removing or demoting an account takes effect at once. Forms carry a CSRF token that is an HMAC
-of the session nonce (or, before login, of a separate pre-login cookie).
+removing or demoting an account takes effect at once, and so does a logout: it records the
+session's nonce as revoked in the database, so a copy of the cookie stops working on every
+instance. Forms carry a CSRF token that is an HMAC of the session nonce (or, before login, of
+a separate pre-login cookie).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from starlette.routing import Route
 
 from routes.templates import render
 from telephony.store import audit
-from telephony.store.users import Role, authenticate, role_of
+from telephony.store.users import Role, authenticate, end_session, session_role
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,8 @@ Handler = Callable[[Request], Awaitable[Response]]
 class User:
     name: str
     role: Role
-    nonce: str  # per login; the CSRF token is derived from it
+    nonce: str  # per login; the CSRF token is derived from it, a logout revokes it
+    expires: int  # epoch s: the session cookie's own expiry
 
     @property
     def is_admin(self) -> bool:
@@ -64,15 +67,15 @@ class SessionKeys:
         body = f"{name}|{expires}|{nonce}"
         return f"{body}|{self._mac(body)}", nonce
 
-    def verify(self, cookie: str, now: float | None = None) -> tuple[str, str] | None:
-        """(name, nonce) of a valid, unexpired cookie."""
+    def verify(self, cookie: str, now: float | None = None) -> tuple[str, str, int] | None:
+        """(name, nonce, expiry in epoch s) of a valid, unexpired cookie."""
         try:
             name, expires, nonce, mac = cookie.split("|")
-            fresh = int(expires) > (now or time.time())
+            expiry = int(expires)
         except ValueError:
             return None
         ok = hmac.compare_digest(mac, self._mac(f"{name}|{expires}|{nonce}"))
-        return (name, nonce) if ok and fresh else None
+        return (name, nonce, expiry) if ok and expiry > (now or time.time()) else None
 
     def csrf(self, nonce: str) -> str:
         return self._mac("csrf|" + nonce)
@@ -94,9 +97,9 @@ async def current_user(request: Request) -> User | None:
     found = _keys(request).verify(cookie) if cookie else None
     if found is None:
         return None
-    name, nonce = found
-    role = await role_of(request.app.state.db, name)
-    return User(name, role, nonce) if role else None
+    name, nonce, expires = found
+    role = await session_role(request.app.state.db, name, nonce)
+    return User(name, role, nonce, expires) if role else None
 
 
 async def read_form(request: Request) -> dict[str, str]:
@@ -223,7 +226,9 @@ async def logout(request: Request) -> Response:
     form = await read_form(request)
     if not await check_csrf(request, form):
         return Response("bad CSRF token", status_code=400)
-    await audit.record(request.app.state.db, request.state.user.name, "logout")
+    user: User = request.state.user
+    await end_session(request.app.state.db, user.nonce, user.expires)
+    await audit.record(request.app.state.db, user.name, "logout")
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE)
     return response

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from routes.auth import SESSION_COOKIE
 from telephony.session.transcript import Event, Turn
 from telephony.store.export import as_text, heard_split
 from telephony.store.schema import audit_log, make_engine, users
@@ -212,12 +213,19 @@ async def test_login_never_redirects_off_site(staff_app: RunningApp) -> None:
 
 
 async def test_logout_needs_csrf_and_ends_session(staff_app: RunningApp, database: str) -> None:
-    async with client_as(staff_app, STAFF) as client:
+    async with client_as(staff_app, STAFF) as client, client_as(staff_app, STAFF) as other:
         assert (await client.post("/logout", data={"csrf": "x"})).status_code == 400
         page = await client.get("/calls")
+        kept = client.cookies[SESSION_COOKIE]  # a copy, as a stolen cookie would be
         resp = await client.post("/logout", data={"csrf": csrf_of(page.text)})
         assert resp.status_code == 303
         assert (await client.get("/calls")).status_code == 401
+        # The copy is still signed and unexpired, yet the session is over (server-side).
+        async with staff_app.http() as thief:
+            thief.cookies.set(SESSION_COOKIE, kept)
+            assert (await thief.get("/calls")).status_code == 401
+        # The same user's other login is another session: it goes on.
+        assert (await other.get("/calls")).status_code == 200
     assert ("alice", "logout") in [
         (r["user_name"], r["action"]) for r in await audit_rows(database)
     ]

@@ -21,8 +21,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from telephony.session.call import CallSummary, StreamStats
 from telephony.session.transcript import Event, Transcript, Turn
-from telephony.store.schema import TABLES, alembic_config, make_engine, turns, upgrade
+from telephony.store.schema import (
+    TABLES,
+    alembic_config,
+    make_engine,
+    revoked_sessions,
+    turns,
+    upgrade,
+)
 from telephony.store.transcripts import TranscriptStore
+from telephony.store.users import add_user, end_session, session_role
 from tests.serve_process import eventually
 
 PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -247,6 +255,19 @@ async def test_rejected_row_is_counted_and_the_rest_written(db: Db) -> None:
     call = await store.get_call("CA7")
     assert call is not None and [t["idx"] for t in call["turns"]] == [0, 2]
     assert (store.failed, store.written, store.retries) == (1, 3, 0)
+
+
+async def test_ended_sessions_stay_ended_until_their_cookies_expire(db: Db) -> None:
+    await add_user(db.engine, "bob", "staff", "correct horse battery")
+    await end_session(db.engine, "old", expires_at=1000.0, now=500.0)
+    await end_session(db.engine, "old", expires_at=1000.0, now=500.0)  # twice: no error
+    assert await session_role(db.engine, "bob", "old") is None
+    assert await session_role(db.engine, "bob", "fresh") == "staff"
+    assert await session_role(db.engine, "nobody", "fresh") is None
+    await end_session(db.engine, "new", expires_at=3000.0, now=2000.0)
+    async with db.engine.connect() as conn:
+        rows = (await conn.execute(select(revoked_sessions.c.nonce))).scalars().all()
+    assert rows == ["new"]  # "old" expired at 1000: its cookie fails on its expiry alone
 
 
 def test_redacted_turn_replaces_pii_and_keeps_spans() -> None:

@@ -31,6 +31,7 @@ from sqlalchemy import (
     false,
     make_url,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -109,7 +110,23 @@ audit_log = Table(
     Column("detail", JSON, nullable=True),
 )
 
-TABLES = ("calls", "turns", "events", "users", "audit_log")
+# Staff sessions ended by logout before their cookie expires: a signed cookie is otherwise
+# valid until then, on every instance. Rows past `expires_at` are dropped at the next logout.
+revoked_sessions = Table(
+    "revoked_sessions",
+    metadata,
+    Column("nonce", String(64), primary_key=True),
+    Column("expires_at", Double, nullable=False, index=True),  # epoch s: the cookie's own
+)
+
+
+def dialect_insert(dialect_name: str, table: Any) -> Any:
+    """INSERT with the dialect's ON CONFLICT clauses (both SQLite and PostgreSQL have them)."""
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+TABLES = ("calls", "turns", "events", "users", "audit_log", "revoked_sessions")
 
 
 def _json_dumps(value: Any) -> str:

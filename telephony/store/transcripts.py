@@ -18,14 +18,13 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from sqlalchemy import Insert
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from telephony.session.transcript import Event, Transcript, Turn
 from telephony.store.queries import CallFilter, get_call, search_calls
 from telephony.store.redact import redact
-from telephony.store.schema import calls, events, make_engine, turns
+from telephony.store.schema import calls, dialect_insert, events, make_engine, turns
 
 log = logging.getLogger(__name__)
 
@@ -338,7 +337,7 @@ class TranscriptStore:
             self._buffer.pop(0)
 
     def _insert(self, table: Any) -> Any:
-        return _dialect_insert(self.engine.dialect.name, table)
+        return dialect_insert(self.engine.dialect.name, table)
 
     def _upsert(self, table: Any, keys: list[str], cols: tuple[str, ...]) -> Insert:
         return _upsert_statement(self.engine.dialect.name, table, tuple(keys), cols)
@@ -404,18 +403,13 @@ class TranscriptStore:
         return await get_call(self.engine, sid)
 
 
-def _dialect_insert(dialect_name: str, table: Any) -> Any:
-    dialect = postgresql if dialect_name == "postgresql" else sqlite
-    return dialect.insert(table)
-
-
 @functools.cache
 def _upsert_statement(
     dialect_name: str, table: Any, keys: tuple[str, ...], cols: tuple[str, ...]
 ) -> Insert:
     """Built once per shape: each build makes an `excluded` alias of the whole table (dozens of
     objects in reference loops), which every flush would otherwise leave to the cyclic GC."""
-    stmt = _dialect_insert(dialect_name, table)
+    stmt = dialect_insert(dialect_name, table)
     return stmt.on_conflict_do_update(
         index_elements=list(keys), set_={c: stmt.excluded[c] for c in cols}
     )

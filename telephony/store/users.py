@@ -9,11 +9,11 @@ import secrets
 import time
 from typing import Literal
 
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from telephony.store.schema import users
+from telephony.store.schema import dialect_insert, revoked_sessions, users
 
 Role = Literal["staff", "admin"]
 ROLES: tuple[Role, ...] = ("staff", "admin")
@@ -96,7 +96,25 @@ async def authenticate(engine: AsyncEngine, name: str, password: str) -> Role | 
     return found.role if verify_password(password, found.password_hash) else None
 
 
-async def role_of(engine: AsyncEngine, name: str) -> Role | None:
-    """The user's current role, or None if the account no longer exists."""
+async def session_role(engine: AsyncEngine, name: str, nonce: str) -> Role | None:
+    """The user's current role, or None if the account no longer exists or this session
+    (`nonce`, one per login) was ended by a logout."""
+    ended = select(revoked_sessions.c.nonce).where(revoked_sessions.c.nonce == nonce).exists()
+    query = select(users.c.role).where(users.c.name == name, ~ended)
     async with engine.connect() as conn:
-        return (await conn.execute(select(users.c.role).where(users.c.name == name))).scalar()
+        return (await conn.execute(query)).scalar()
+
+
+async def end_session(
+    engine: AsyncEngine, nonce: str, expires_at: float, now: float | None = None
+) -> None:
+    """Logout: the session's cookie stops working on every instance, though still signed and
+    unexpired. Rows of cookies that have expired anyway are dropped on the way."""
+    now = time.time() if now is None else now
+    async with engine.begin() as conn:
+        await conn.execute(delete(revoked_sessions).where(revoked_sessions.c.expires_at < now))
+        # Two logouts of one session at once: it is ended either way.
+        ended = dialect_insert(engine.dialect.name, revoked_sessions)
+        await conn.execute(
+            ended.values(nonce=nonce, expires_at=expires_at).on_conflict_do_nothing()
+        )
