@@ -37,7 +37,13 @@ from telephony.session.engine import CallContext
 from telephony.session.transcribe_engine import TrackTranscriber
 from telephony.session.transcript import Transcript
 from telephony.settings import Settings
-from telephony.sim.deepgram_server import FakeDeepgram, Script, ScriptedTurn
+from telephony.sim.deepgram_server import (
+    AgentStep,
+    FakeDeepgram,
+    Script,
+    ScriptedFunctionCall,
+    ScriptedTurn,
+)
 from telephony.sim.twilio_caller import CallResult, FakeTwilioCaller, HangUp, PauseStream, silence
 from telephony.sim.twilio_rest import FakeTwilioRest
 from telephony.store.queries import get_call
@@ -47,6 +53,7 @@ from tests.conftest import AUTH_TOKEN, DEEPGRAM_KEY, RunningApp, finished
 from tests.staff_helpers import STAFF, add_accounts, login
 
 DESK, QUEUE_DESK, BOT, SHORT = "+15550005000", "+15550006000", "+15550007000", "+15550008000"
+AGENT_BOT = "+15550007001"
 AGENT_NUMBER, TRANSFER_NUMBER = "+15550009002", "+15557770000"
 TOLERANCE_MS = 20  # one Twilio frame
 
@@ -56,6 +63,7 @@ numbers:
   "{QUEUE_DESK}": queue-desk
   "{BOT}": bot
   "{SHORT}": short-desk
+  "{AGENT_BOT}": agent-bot
 profiles:
   desk:
     mode: transcribe
@@ -80,6 +88,12 @@ profiles:
       type: scripted
       rules: [{{pattern: "human", reply: "Transferring you now.", action: transfer}}]
       fallback: "Sorry?"
+  agent-bot:
+    mode: agent
+    greeting: "Hi."
+    transfer_number: "{TRANSFER_NUMBER}"
+    transcribe_after_transfer: true
+    agent: {{think_prompt: "Test."}}
 """
 
 
@@ -577,6 +591,67 @@ async def test_transfer_from_a_flux_bot_continues_as_one_transcript(
         page = await http.get(f"/calls/{sid}")
     assert "handed over to a person" in page.text
     assert "Staff" in page.text and "Hello this is Sam" in page.text
+
+
+async def test_transfer_from_a_voice_agent_continues_as_one_transcript(
+    running_app: RunningApp, fake_deepgram: FakeDeepgram, fake_rest: FakeTwilioRest
+) -> None:
+    """The agent's transfer_call: the goodbye plays, then the same handover as Flux's."""
+    sid = "CA" + "8" * 32
+    transfer = AgentStep(
+        at_ms=800,
+        user_text="I want a human",
+        reply_text="",
+        function_call=ScriptedFunctionCall("transfer_call", "{}"),
+        reply_after_function="Transferring you now.",
+    )
+    fake_deepgram.set_script(None, Script(agent=[transfer]))  # agent sessions carry no SID tag
+    fake_deepgram.set_script(f"{sid}:caller", script((1800, 2600, "my order never arrived")))
+    fake_deepgram.set_script(f"{sid}:staff", script((600, 1400, "Hello this is Sam")))
+    updates: asyncio.Queue[str] = asyncio.Queue()
+
+    async def on_rest(call_sid: str, form: dict[str, str]) -> None:
+        updates.put_nowait(form["Twiml"])
+
+    fake_rest.on_request = on_rest
+    async with running_app.http() as http:
+        caller = FakeTwilioCaller(running_app.url, auth_token=AUTH_TOKEN, http=http)
+        result = await caller.dial(
+            AGENT_BOT,
+            call_sid=sid,
+            audio=silence(9000),
+            agent_audio=silence(3000),
+            tail_ms=0,
+            twiml_updates=updates,
+        )
+
+    [request] = fake_rest.requests
+    root = ET.fromstring(request.form["Twiml"])
+    assert [child.tag for child in root] == ["Start", "Dial"]
+    assert root.find("./Dial").text == TRANSFER_NUMBER  # type: ignore[union-attr]
+    [fork] = result.forks
+    assert fork.fork and fork.track == "both_tracks" and fork.close_code == 1000
+    assert fork.parameters["continues"] == "1"
+    assert result.close_code == 1000
+    [agent] = fake_deepgram.logs("agent")
+    assert [r.name for r in agent.received_messages(dm.FunctionCallResponse)] == ["transfer_call"]
+    assert not agent.violations
+
+    call = await stored(running_app, sid, turns=5)
+    turns = call["turns"]
+    assert [(t["role"], t["text"]) for t in turns] == [
+        ("bot", "Hi."),
+        ("caller", "I want a human"),
+        ("bot", "Transferring you now."),
+        ("staff", "Hello this is Sam"),
+        ("caller", "my order never arrived"),
+    ]
+    assert turns[2]["heard"] == "Transferring you now."  # played in full before the handover
+    [handover] = [e for e in call["events"] if e["kind"] == "handover"]
+    at = handover["ms"]
+    assert turns[2]["end_ms"] <= at <= turns[2]["end_ms"] + 200
+    assert near(turns[3]["start_ms"], at + 600) and near(turns[4]["start_ms"], at + 1800)
+    assert call["mode"] == "agent" and call["end_reason"] == "stop"
 
 
 # --- the CLI ------------------------------------------------------------------------------
