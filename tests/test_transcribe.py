@@ -524,36 +524,42 @@ async def test_keepalive_through_20_s_of_silence_keeps_both_sockets(
             assert not before or t - before[-1] >= 3.0
 
 
-# --- a Flux bot hands over to a person: one transcript --------------------------------------
+# --- a bot hands over to a person: one transcript --------------------------------------------
 
 
-async def test_transfer_from_a_flux_bot_continues_as_one_transcript(
-    running_app: RunningApp, fake_deepgram: FakeDeepgram, fake_rest: FakeTwilioRest, database: str
-) -> None:
-    sid = "CA" + "6" * 32
-    fake_deepgram.set_script(sid, script((1000, 1800, "I want a human")))  # Flux (tag = SID)
+async def call_with_transfer(
+    app: RunningApp,
+    fake: FakeDeepgram,
+    rest: FakeTwilioRest,
+    number: str,
+    sid: str,
+    *,
+    audio_ms: int,
+) -> CallResult:
+    """A call whose bot transfers it: Twilio runs the REST update's TwiML on the live call, and
+    the person (staff side) and the caller go on through Nova."""
     # Nova times count from the transcription stream's start (the person answers at once).
-    fake_deepgram.set_script(f"{sid}:caller", script((1800, 2600, "my order never arrived")))
-    fake_deepgram.set_script(f"{sid}:staff", script((600, 1400, "Hello this is Sam")))
+    fake.set_script(f"{sid}:caller", script((1800, 2600, "my order never arrived")))
+    fake.set_script(f"{sid}:staff", script((600, 1400, "Hello this is Sam")))
     updates: asyncio.Queue[str] = asyncio.Queue()
 
     async def on_rest(call_sid: str, form: dict[str, str]) -> None:
-        updates.put_nowait(form["Twiml"])  # Twilio runs it on the live call
+        updates.put_nowait(form["Twiml"])
 
-    fake_rest.on_request = on_rest
-    async with running_app.http() as http:
-        caller = FakeTwilioCaller(running_app.url, auth_token=AUTH_TOKEN, http=http)
+    rest.on_request = on_rest
+    async with app.http() as http:
+        caller = FakeTwilioCaller(app.url, auth_token=AUTH_TOKEN, http=http)
         result = await caller.dial(
-            BOT,
+            number,
             call_sid=sid,
-            audio=silence(7000),
+            audio=silence(audio_ms),
             agent_audio=silence(3000),
             tail_ms=0,
             twiml_updates=updates,
         )
 
     # The transfer is one REST update: fork both sides to us again, then dial the person.
-    [request] = fake_rest.requests
+    [request] = rest.requests
     root = ET.fromstring(request.form["Twiml"])
     assert [child.tag for child in root] == ["Start", "Dial"]
     assert root.find("./Dial").text == TRANSFER_NUMBER  # type: ignore[union-attr]
@@ -561,6 +567,15 @@ async def test_transfer_from_a_flux_bot_continues_as_one_transcript(
     assert fork.fork and fork.track == "both_tracks" and fork.close_code == 1000
     assert fork.parameters["continues"] == "1" and fork.parameters["call_token"]
     assert result.close_code == 1000  # the bot's stream ended with stop when the TwiML changed
+    return result
+
+
+async def test_transfer_from_a_flux_bot_continues_as_one_transcript(
+    running_app: RunningApp, fake_deepgram: FakeDeepgram, fake_rest: FakeTwilioRest, database: str
+) -> None:
+    sid = "CA" + "6" * 32
+    fake_deepgram.set_script(sid, script((1000, 1800, "I want a human")))  # Flux (tag = SID)
+    await call_with_transfer(running_app, fake_deepgram, fake_rest, BOT, sid, audio_ms=7000)
 
     call = await stored(running_app, sid, turns=5)
     turns = call["turns"]
@@ -606,33 +621,7 @@ async def test_transfer_from_a_voice_agent_continues_as_one_transcript(
         reply_after_function="Transferring you now.",
     )
     fake_deepgram.set_script(None, Script(agent=[transfer]))  # agent sessions carry no SID tag
-    fake_deepgram.set_script(f"{sid}:caller", script((1800, 2600, "my order never arrived")))
-    fake_deepgram.set_script(f"{sid}:staff", script((600, 1400, "Hello this is Sam")))
-    updates: asyncio.Queue[str] = asyncio.Queue()
-
-    async def on_rest(call_sid: str, form: dict[str, str]) -> None:
-        updates.put_nowait(form["Twiml"])
-
-    fake_rest.on_request = on_rest
-    async with running_app.http() as http:
-        caller = FakeTwilioCaller(running_app.url, auth_token=AUTH_TOKEN, http=http)
-        result = await caller.dial(
-            AGENT_BOT,
-            call_sid=sid,
-            audio=silence(9000),
-            agent_audio=silence(3000),
-            tail_ms=0,
-            twiml_updates=updates,
-        )
-
-    [request] = fake_rest.requests
-    root = ET.fromstring(request.form["Twiml"])
-    assert [child.tag for child in root] == ["Start", "Dial"]
-    assert root.find("./Dial").text == TRANSFER_NUMBER  # type: ignore[union-attr]
-    [fork] = result.forks
-    assert fork.fork and fork.track == "both_tracks" and fork.close_code == 1000
-    assert fork.parameters["continues"] == "1"
-    assert result.close_code == 1000
+    await call_with_transfer(running_app, fake_deepgram, fake_rest, AGENT_BOT, sid, audio_ms=9000)
     [agent] = fake_deepgram.logs("agent")
     assert [r.name for r in agent.received_messages(dm.FunctionCallResponse)] == ["transfer_call"]
     assert not agent.violations
