@@ -7,8 +7,11 @@ connection is heard where its speech really is: a wrong clock anchor shows up as
 from __future__ import annotations
 
 import asyncio
+import sys
+from typing import Any
 
 import httpx
+import pytest
 
 from telephony.audio import silence, tone
 from telephony.sim.deepgram_server import FakeDeepgram, Fault, Script, ScriptedTurn
@@ -96,6 +99,32 @@ async def test_stuck_turn_is_released_by_force_end_turn(
     released_at = next(t.end_ms for t in summary.transcript.turns if t.role == "caller")
     assert abs(released_at - SPEECH_END_MS) <= 20  # ForceEndTurn keeps the real speech times
     assert any(t.role == "bot" and t.text == "Sales here." for t in summary.transcript.turns)
+
+
+async def test_the_watchdog_sleeps_until_a_turn_could_be_stuck(
+    running_app: RunningApp, fake_deepgram: FakeDeepgram, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No clock ticks per call: over ~8 s with one healthy turn the watchdog wakes a handful of
+    times (each when something could first be due), not four times a second."""
+    sleeps: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def counted(delay: float, *args: Any) -> Any:
+        if sys._getframe(1).f_code.co_name == "_watchdog":
+            sleeps.append(delay)
+        return await real_sleep(delay, *args)
+
+    monkeypatch.setattr(asyncio, "sleep", counted)
+    calm = Script(turns=[ScriptedTurn.said("hello there")], voiced=True)
+    fake_deepgram.set_script("CAcalm", calm)
+    async with httpx.AsyncClient(base_url=running_app.url) as http:
+        caller = FakeTwilioCaller(running_app.url, auth_token=AUTH_TOKEN, http=http)
+        audio = silence(SPEECH_START_MS) + tone(440, 1200) + silence(6000)
+        await caller.dial("+15550002000", call_sid="CAcalm", audio=audio, tail_ms=0)
+    summary = await finished(running_app, "CAcalm")
+    assert not [e for e in summary.transcript.events if e.kind == "turn-watchdog"]
+    assert 1 <= len(sleeps) <= 6, sleeps  # a 0.25 s clock would have slept ~30 times
+    assert min(sleeps) > 0.25
 
 
 async def test_silent_socket_is_detected_and_replaced(

@@ -40,7 +40,7 @@ from telephony.twilio.playout import Segment
 
 DTMF_GAP_S = 1.5  # digits typed closer together than this form one entry
 REPLAY_TAIL_MS = 1000  # with no turn open, what may have been in flight when the socket died
-WATCHDOG_TICK_S = 0.25
+WATCHDOG_TICK_S = 0.25  # how often the stuck-turn watchdog looks while Flux reconnects
 FORCE_ANSWER_S = 1.0  # ForceEndTurn unanswered this long: the socket is not listening
 APOLOGY = "Sorry, I'm having trouble right now. Could you say that again?"
 
@@ -249,15 +249,27 @@ class FluxEngine:
         ended: it is stuck, or the socket went silent. ForceEndTurn first; if even that gets no
         answer, end the turn from the last Update ourselves and replace the socket."""
         loop = asyncio.get_running_loop()
-        eot_timeout_s = (self.flux.options.eot_timeout_ms or 5000) / 1000
+        stuck_after_s = (self.flux.options.eot_timeout_ms or 5000) / 1000 + 1
         while True:
-            await asyncio.sleep(WATCHDOG_TICK_S)
-            if not (self.upstream.live and self._turn_open):
-                continue
+            # Sleep until the first moment anything could be due, not on a clock: hundreds of
+            # calls would otherwise wake four times a second each to find nothing to do.
             now = loop.time()
-            if self._forced_at is not None and now - self._forced_at > FORCE_ANSWER_S:
+            if not self.upstream.live:
+                due = now + WATCHDOG_TICK_S  # reconnecting: look again soon
+            elif not self._turn_open:
+                # A turn that opens from now on has words newer than now (StartOfTurn is
+                # progress), so it cannot be stuck before this.
+                due = now + stuck_after_s
+            elif self._forced_at is not None:
+                due = self._forced_at + FORCE_ANSWER_S
+            else:
+                due = self._last_progress_at + stuck_after_s
+            if due > now:
+                await asyncio.sleep(due - now)
+                continue
+            if self._forced_at is not None:
                 await self._release_stuck_turn()
-            elif self._forced_at is None and now - self._last_progress_at > eot_timeout_s + 1:
+            else:
                 self._forced_at = now
                 self.ctx.transcript.event(self.ctx.now_ms(), "turn-watchdog", step="force-end")
                 with contextlib.suppress(ConnectionClosed):
