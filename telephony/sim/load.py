@@ -40,9 +40,10 @@ process):
 - **Read lag**: how long after the kernel received a caller's bytes this loop read them (the
   generator's own lateness, which kernel receive times keep out of the probes above).
 
-Receive times: where Linux stamps received packets, the callers and fake Deepgram read their
-sockets through `telephony.sim.stamped.StampedTransport`, and every probe that ends on a
-receive ("at the caller", "at fake Deepgram") uses the time the bytes reached the socket.
+Receive times: the callers and fake Deepgram read their sockets through
+`telephony.sim.stamped.StampedTransport`, and every probe that ends on a receive ("at the
+caller", "at fake Deepgram") uses the time the bytes reached the socket (where Linux stamps
+received packets; elsewhere, the time they were read).
 Fake Deepgram times a binary frame as websockets parses it (`_StampedConnection`), not when
 the session's task gets to it.
 """
@@ -77,7 +78,7 @@ from telephony.sim.deepgram.flux import FluxSession
 from telephony.sim.deepgram.script import AgentStep, Script, ScriptedTurn
 from telephony.sim.deepgram.server import FakeConnection, FakeDeepgram
 from telephony.sim.deepgram.speak import SpeakSession
-from telephony.sim.stamped import StampedTransport, kernel_stamps_available
+from telephony.sim.stamped import StampedTransport
 from telephony.twilio import messages as tm
 from telephony.twilio.security import sign as twilio_sign
 
@@ -292,8 +293,7 @@ class BenchDeepgram(FakeDeepgram):
     def __init__(self, probes: Probes, **kwargs: Any) -> None:
         super().__init__(log_audio=False, **kwargs)
         self.probes = probes
-        if kernel_stamps_available():
-            self.connection_class = _StampedConnection
+        self.connection_class = _StampedConnection
 
     def _session(self, conn: Any, log: Any, acc: Any) -> Any:
         if isinstance(conn, _StampedConnection):
@@ -404,10 +404,8 @@ class LeanCall(asyncio.Protocol):
     # --- connection ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if kernel_stamps_available():
-            self._stamped = StampedTransport(transport, self)
-            transport = self._stamped  # type: ignore[assignment]  # a proxy
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        self._stamped = StampedTransport(transport, self)
+        self.transport = self._stamped  # type: ignore[assignment]  # a proxy
         request = self.ws.connect()
         for name, value in self._headers.items():
             request.headers[name] = value
@@ -497,13 +495,13 @@ class LeanCall(asyncio.Protocol):
     # --- receiving ----------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        now = time.monotonic()
-        if self._stamped is not None:
-            # Probes use the time the bytes reached the socket; how late this loop read them
-            # is the generator's own health, reported apart.
-            if self.probes.recording:
-                self.probes.read_lag.append((now - self._stamped.received_at) * 1000)
-            now = self._stamped.received_at
+        read_at = time.monotonic()
+        assert self._stamped is not None
+        # Probes use the time the bytes reached the socket; how late this loop read them is the
+        # generator's own health, reported apart.
+        now = self._stamped.received_at
+        if self.probes.recording:
+            self.probes.read_lag.append((read_at - now) * 1000)
         self.ws.receive_data(data)
         for event in self.ws.events_received():
             if isinstance(event, Frame):

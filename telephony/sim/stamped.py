@@ -6,7 +6,8 @@ lateness: one busy loop drives hundreds of callers, fake Deepgram and the fake L
 bare relay's pacing jitter measured that way moved between 1.6 and 5.2 ms with nothing but the
 host's load changing. Linux stamps every received packet (`SO_TIMESTAMPNS`); read with
 `recvmsg`, the stamp says when the last byte of a read reached this host's socket, which is
-what Twilio or Deepgram would see, whatever the generator was doing.
+what Twilio or Deepgram would see, whatever the generator was doing. Where the kernel gives no
+stamp (another OS), a read is timed when it is read, as before.
 
 `StampedTransport` wraps a connected transport (asyncio's or uvloop's): the wrapped transport
 keeps writing and closing, its own reading stays paused, and a duplicate of its socket is read
@@ -18,6 +19,8 @@ clock, set before the protocol's `data_received` runs. The protocol must call `d
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import os
 import socket
 import struct
@@ -30,6 +33,7 @@ _ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size)
 READ_SIZE = 65536
 
 
+@functools.cache
 def kernel_stamps_available() -> bool:
     """True where a TCP socket accepts SO_TIMESTAMPNS (Linux)."""
     try:
@@ -71,7 +75,8 @@ class StampedTransport:
         fileno = transport.get_extra_info("socket").fileno()
         self._sock: socket.socket | None = socket.socket(fileno=os.dup(fileno))
         self._sock.setblocking(False)
-        self._sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        with contextlib.suppress(OSError):  # without kernel stamps, a read is timed as it is read
+            self._sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self.resume_reading()
 
     # --- the transport's interface: ours for reading and closing, the wrapped one's for the rest
