@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 from websockets.asyncio.server import serve
@@ -171,14 +172,14 @@ async def test_speak_never_exceeds_the_flush_limit() -> None:
 
 async def test_nova_keepalive_rule_keeps_an_idle_listen_socket_open() -> None:
     """Nova /v1/listen: a JSON KeepAlive text frame after 3-5 s without audio (scaled here to
-    1 s against a fake that closes after 3 s idle); never a binary frame."""
+    1.5 s against a fake that closes after 3 s idle); never a binary frame."""
     assert 3.0 <= NOVA_KEEPALIVE.idle_s <= 5.0
     async with FakeDeepgram(api_key=KEY, idle_timeout_s=3.0) as fake:
         url = build_url(
             fake.url, "/v1/listen", {"model": "nova-3", "encoding": "mulaw", "sample_rate": 8000}
         )
         ws = await open_socket(url, KEY)
-        keepalive = KeepAlive(ws, KeepAliveSpec(NOVA_KEEPALIVE.rule, idle_s=1.0))
+        keepalive = KeepAlive(ws, KeepAliveSpec(NOVA_KEEPALIVE.rule, idle_s=1.5))
         await ws.send(FRAME)
         keepalive.audio_sent()
         await asyncio.sleep(5)
@@ -189,6 +190,12 @@ async def test_nova_keepalive_rule_keeps_an_idle_listen_socket_open() -> None:
     assert keepalive.sent >= 3
     assert log.received_kinds().count("json:KeepAlive") == keepalive.sent
     assert not log.violations  # e.g. a binary KeepAlive
+    # Each is sent the moment audio has been idle long enough (no coarse clock): idle_s after
+    # the audio, then idle_s apart.
+    [audio_at] = [t for t, kind, _ in log.received if kind == "audio"]
+    sent_at = [t for t, kind, _ in log.received if kind == "json:KeepAlive"]
+    gaps = [b - a for a, b in itertools.pairwise([audio_at, *sent_at])]
+    assert all(1.45 <= gap <= 1.7 for gap in gaps), gaps
 
 
 async def test_audio_to_a_peer_that_stopped_reading_gives_the_socket_up() -> None:

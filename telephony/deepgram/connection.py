@@ -206,14 +206,18 @@ class KeepAlive:
 
     async def _run(self) -> None:
         idle_s = self._spec.idle_s
-        last_keepalive = 0.0
+        last_keepalive = -idle_s
         while True:
-            await asyncio.sleep(1.0)
+            # Sleep until audio could first have been idle long enough, not on a clock: while
+            # audio flows this wakes once per idle_s per call, and a KeepAlive is never late.
             now = self._loop.time()
-            if now - self.last_audio >= idle_s and now - last_keepalive >= idle_s:
-                await self._ws.send(KEEPALIVE_MESSAGE)
-                last_keepalive = now
-                self.sent += 1
+            due = max(self.last_audio, last_keepalive) + idle_s
+            if due > now:
+                await asyncio.sleep(due - now)
+                continue
+            await self._ws.send(KEEPALIVE_MESSAGE)
+            last_keepalive = now
+            self.sent += 1
 
     async def stop(self) -> None:
         if self._task is not None:
