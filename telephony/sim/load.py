@@ -290,10 +290,11 @@ class _StampedConnection(FakeConnection):
 class BenchDeepgram(FakeDeepgram):
     """FakeDeepgram whose Flux, Aura and Agent sessions report to `probes`."""
 
+    connection_class = _StampedConnection
+
     def __init__(self, probes: Probes, **kwargs: Any) -> None:
         super().__init__(log_audio=False, **kwargs)
         self.probes = probes
-        self.connection_class = _StampedConnection
 
     def _session(self, conn: Any, log: Any, acc: Any) -> Any:
         if isinstance(conn, _StampedConnection):
@@ -380,8 +381,7 @@ class LeanCall(asyncio.Protocol):
             self.stream_sid, call_sid, account_sid, custom_parameters=parameters
         )
         self.loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
-        self._stamped: StampedTransport | None = None
+        self.transport: StampedTransport | None = None  # writes go to the loop's transport
         self.opened: asyncio.Future[None] = self.loop.create_future()
         self.closed: asyncio.Future[None] = self.loop.create_future()
         self.player = _Player()
@@ -404,8 +404,7 @@ class LeanCall(asyncio.Protocol):
     # --- connection ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._stamped = StampedTransport(transport, self)
-        self.transport = self._stamped  # type: ignore[assignment]  # a proxy
+        self.transport = StampedTransport(transport, self)
         request = self.ws.connect()
         for name, value in self._headers.items():
             request.headers[name] = value
@@ -413,8 +412,8 @@ class LeanCall(asyncio.Protocol):
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._stamped is not None:
-            self._stamped.detach()
+        if self.transport is not None:
+            self.transport.detach()
         if self._timer is not None:
             self._timer.cancel()
         self._end_run()
@@ -496,10 +495,10 @@ class LeanCall(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         read_at = time.monotonic()
-        assert self._stamped is not None
+        assert self.transport is not None
         # Probes use the time the bytes reached the socket; how late this loop read them is the
         # generator's own health, reported apart.
-        now = self._stamped.received_at
+        now = self.transport.received_at
         if self.probes.recording:
             self.probes.read_lag.append((read_at - now) * 1000)
         self.ws.receive_data(data)
