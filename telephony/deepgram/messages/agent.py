@@ -1,0 +1,404 @@
+"""Voice Agent `/v1/agent/converse` messages, both directions, and the Settings builder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from telephony.deepgram.messages.flux import (
+    ForceEndTurn,
+)
+from telephony.deepgram.messages.wire import (
+    _CONVERTERS,
+    _SPECS,
+    DeepgramMessageError,
+    Unknown,
+    _const,
+    _message,
+    _nested,
+    _parser,
+    _Spec,
+    _tuple_of,
+    _Wire,
+    encode,
+)
+
+# --- Voice Agent /v1/agent/converse --------------------------------------------------------
+
+
+@_message
+@dataclass(slots=True)
+class Welcome(_Wire):
+    TYPE: ClassVar[str] = "Welcome"
+    request_id: str = ""
+
+
+@_message
+@dataclass(slots=True)
+class SettingsApplied(_Wire):
+    TYPE: ClassVar[str] = "SettingsApplied"
+
+
+@_message
+@dataclass(slots=True)
+class ConversationText(_Wire):
+    TYPE: ClassVar[str] = "ConversationText"
+    role: str  # "user" | "assistant"
+    content: str
+
+
+@_message
+@dataclass(slots=True)
+class UserStartedSpeaking(_Wire):
+    TYPE: ClassVar[str] = "UserStartedSpeaking"
+
+
+@_message
+@dataclass(slots=True)
+class AgentThinking(_Wire):
+    TYPE: ClassVar[str] = "AgentThinking"
+    content: str = ""
+
+
+@_message
+@dataclass(slots=True)
+class AgentStartedSpeaking(_Wire):
+    TYPE: ClassVar[str] = "AgentStartedSpeaking"
+    total_latency: float = 0.0
+    tts_latency: float = 0.0
+    ttt_latency: float = 0.0
+
+
+@_message
+@dataclass(slots=True)
+class AgentAudioDone(_Wire):
+    """The server finished *sending* the reply; the caller has not necessarily heard it."""
+
+    TYPE: ClassVar[str] = "AgentAudioDone"
+
+
+@_message
+@dataclass(slots=True)
+class FunctionCall(_Wire):
+    id: str
+    name: str
+    arguments: str  # a JSON *string*
+    client_side: bool = True
+
+
+_CONVERTERS["tuple[FunctionCall, ...]"] = _tuple_of(_nested(FunctionCall))
+
+
+@_message
+@dataclass(slots=True)
+class FunctionCallRequest(_Wire):
+    TYPE: ClassVar[str] = "FunctionCallRequest"
+    functions: tuple[FunctionCall, ...]
+
+
+@_message
+@dataclass(slots=True)
+class FunctionCallResponse(_Wire):
+    """Client -> server for client-side functions; server -> client for server-side ones."""
+
+    TYPE: ClassVar[str] = "FunctionCallResponse"
+    id: str
+    name: str
+    content: str
+
+
+@_message
+@dataclass(slots=True)
+class PromptUpdated(_Wire):
+    TYPE: ClassVar[str] = "PromptUpdated"
+
+
+@_message
+@dataclass(slots=True)
+class SpeakUpdated(_Wire):
+    TYPE: ClassVar[str] = "SpeakUpdated"
+
+
+@_message
+@dataclass(slots=True)
+class ThinkUpdated(_Wire):
+    TYPE: ClassVar[str] = "ThinkUpdated"
+
+
+@_message
+@dataclass(slots=True)
+class ListenUpdated(_Wire):
+    TYPE: ClassVar[str] = "ListenUpdated"
+
+
+@_message
+@dataclass(slots=True)
+class InjectionRefused(_Wire):
+    TYPE: ClassVar[str] = "InjectionRefused"
+    message: str = ""
+
+
+@_message
+@dataclass(slots=True)
+class AgentWarning(_Wire):
+    TYPE: ClassVar[str] = "Warning"
+    code: str = ""
+    description: str = ""
+
+
+@_message
+@dataclass(slots=True)
+class AgentError(_Wire):
+    """Fatal: e.g. CLIENT_MESSAGE_TIMEOUT, UNPARSABLE_CLIENT_MESSAGE."""
+
+    TYPE: ClassVar[str] = "Error"
+    code: str = ""
+    description: str = ""
+
+
+# Settings' top-level keys per Deepgram's "Configure the Voice Agent" page; others are rejected.
+SETTINGS_KEYS = frozenset(
+    {"type", "tags", "experimental", "mip_opt_out", "flags", "audio", "agent"}
+)
+
+
+@dataclass(slots=True)
+class Settings(_Wire):
+    """The agent's one `Settings`: the body is passed through as a dict (Deepgram's schema)."""
+
+    TYPE: ClassVar[str] = "Settings"
+    body: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.TYPE, **{k: v for k, v in self.body.items() if k != "type"}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Settings:
+        return cls({k: v for k, v in d.items() if k != "type"})
+
+
+_SPECS[Settings] = _Spec(Settings, (), ())
+
+
+@_message
+@dataclass(slots=True)
+class KeepAlive(_Wire):
+    """Agent and Nova only (text frame). On Flux it kills the socket."""
+
+    TYPE: ClassVar[str] = "KeepAlive"
+
+
+@_message
+@dataclass(slots=True)
+class UpdatePrompt(_Wire):
+    TYPE: ClassVar[str] = "UpdatePrompt"
+    prompt: str
+
+
+@_message
+@dataclass(slots=True)
+class UpdateSpeak(_Wire):
+    TYPE: ClassVar[str] = "UpdateSpeak"
+    speak: dict[str, Any]
+
+
+@_message
+@dataclass(slots=True)
+class UpdateThink(_Wire):
+    TYPE: ClassVar[str] = "UpdateThink"
+    think: dict[str, Any]
+
+
+@_message
+@dataclass(slots=True)
+class UpdateListen(_Wire):
+    TYPE: ClassVar[str] = "UpdateListen"
+    listen: dict[str, Any]
+
+
+@_message
+@dataclass(slots=True)
+class InjectAgentMessage(_Wire):
+    TYPE: ClassVar[str] = "InjectAgentMessage"
+    message: str
+    behavior: str | None = None  # "default" | "queue" | "interrupt"
+
+
+@_message
+@dataclass(slots=True)
+class InjectUserMessage(_Wire):
+    TYPE: ClassVar[str] = "InjectUserMessage"
+    content: str
+
+
+AgentServerEvent = (
+    Welcome
+    | SettingsApplied
+    | ConversationText
+    | UserStartedSpeaking
+    | AgentThinking
+    | AgentStartedSpeaking
+    | AgentAudioDone
+    | FunctionCallRequest
+    | FunctionCallResponse
+    | PromptUpdated
+    | SpeakUpdated
+    | ThinkUpdated
+    | ListenUpdated
+    | InjectionRefused
+    | AgentWarning
+    | AgentError
+)
+AgentClientMessage = (
+    Settings
+    | KeepAlive
+    | UpdatePrompt
+    | UpdateSpeak
+    | UpdateThink
+    | UpdateListen
+    | InjectAgentMessage
+    | InjectUserMessage
+    | FunctionCallResponse
+    | ForceEndTurn
+)
+
+# History, LatencyReport and other newer types parse as Unknown.
+parse_agent_server: Callable[[str | bytes], AgentServerEvent | Unknown] = _parser(
+    Welcome,
+    SettingsApplied,
+    ConversationText,
+    UserStartedSpeaking,
+    AgentThinking,
+    AgentStartedSpeaking,
+    AgentAudioDone,
+    FunctionCallRequest,
+    FunctionCallResponse,
+    PromptUpdated,
+    SpeakUpdated,
+    ThinkUpdated,
+    ListenUpdated,
+    InjectionRefused,
+    AgentWarning,
+    AgentError,
+)
+parse_agent_client: Callable[[str | bytes], AgentClientMessage | Unknown] = _parser(
+    Settings,
+    KeepAlive,
+    UpdatePrompt,
+    UpdateSpeak,
+    UpdateThink,
+    UpdateListen,
+    InjectAgentMessage,
+    InjectUserMessage,
+    FunctionCallResponse,
+    ForceEndTurn,
+)
+
+
+def settings_problems(body: Mapping[str, Any]) -> list[str]:
+    """Why a Settings body would be rejected (empty: acceptable). Shape checks only."""
+    problems = [f"unknown field {k!r}" for k in body if k not in SETTINGS_KEYS]
+    if body.get("type", "Settings") != "Settings":
+        problems.append(f"type must be 'Settings', got {body.get('type')!r}")
+    for key in ("audio", "agent"):
+        if not isinstance(body.get(key), dict):
+            problems.append(f"missing or non-object {key!r}")
+    audio = body.get("audio")
+    if isinstance(audio, dict):
+        for side in ("input", "output"):
+            if side in audio and not isinstance(audio[side], dict):
+                problems.append(f"audio.{side} must be an object")
+    if "tags" in body and not (
+        isinstance(body["tags"], list) and all(isinstance(t, str) for t in body["tags"])
+    ):
+        problems.append("tags must be a list of strings")
+    return problems
+
+
+def settings(body: Mapping[str, Any]) -> str:
+    """The agent `Settings` message from a dict (with or without "type")."""
+    if problems := settings_problems(body):
+        raise DeepgramMessageError("Settings: " + "; ".join(problems))
+    return encode(Settings(dict(body)))
+
+
+def agent_settings(
+    *,
+    prompt: str,
+    greeting: str | None = None,
+    listen_model: str = "flux-general-en",
+    think_provider: Mapping[str, Any] | None = None,
+    speak_model: str = "aura-2-thalia-en",
+    functions: list[Mapping[str, Any]] | None = None,
+    context_messages: list[Mapping[str, Any]] | None = None,
+    eot_threshold: float | None = None,
+    eot_timeout_ms: int | None = None,
+    keyterms: list[str] | None = None,
+    tags: list[str] | None = None,
+) -> dict[str, Any]:
+    """A Settings body for Twilio: μ-law 8 kHz both ways, so payloads pass through untouched."""
+    listen: dict[str, Any] = {"type": "deepgram", "model": listen_model}
+    if listen_model.startswith("flux"):
+        listen["version"] = "v2"  # selects Flux
+    for key, value in (
+        ("eot_threshold", eot_threshold),
+        ("eot_timeout_ms", eot_timeout_ms),
+        ("keyterms", keyterms),
+    ):
+        if value is not None:
+            listen[key] = value
+    think: dict[str, Any] = {
+        "provider": dict(think_provider or {"type": "open_ai", "model": "gpt-4o-mini"}),
+        "prompt": prompt,
+    }
+    if functions:
+        think["functions"] = [dict(f) for f in functions]
+    agent: dict[str, Any] = {
+        "listen": {"provider": listen},
+        "think": think,
+        "speak": {"provider": {"type": "deepgram", "model": speak_model}},
+    }
+    if greeting:
+        agent["greeting"] = greeting
+    if context_messages:
+        agent["context"] = {"messages": [dict(m) for m in context_messages]}
+    mulaw = {"encoding": "mulaw", "sample_rate": 8000}
+    body: dict[str, Any] = {"audio": {"input": mulaw, "output": {**mulaw, "container": "none"}}}
+    body["agent"] = agent
+    if tags:
+        body["tags"] = list(tags)
+    return body
+
+
+_KEEP_ALIVE = _const(KeepAlive())
+
+
+def keep_alive() -> str:
+    """Agent/Nova `KeepAlive` text frame: only while *not* sending audio (never on Flux)."""
+    return _KEEP_ALIVE
+
+
+def update_prompt(prompt: str) -> str:
+    return encode(UpdatePrompt(prompt))
+
+
+def update_speak(speak: Mapping[str, Any]) -> str:
+    return encode(UpdateSpeak(dict(speak)))
+
+
+def inject_agent_message(message: str, behavior: str | None = None) -> str:
+    if not message:
+        raise DeepgramMessageError("InjectAgentMessage: empty message")
+    return encode(InjectAgentMessage(message, behavior))
+
+
+def inject_user_message(content: str) -> str:
+    if not content:
+        raise DeepgramMessageError("InjectUserMessage: empty content")
+    return encode(InjectUserMessage(content))
+
+
+def function_call_response(id: str, name: str, content: str) -> str:
+    """Reply to a client-side FunctionCallRequest with the same id and name."""
+    return encode(FunctionCallResponse(id, name, content))
