@@ -8,7 +8,7 @@ import contextlib
 import orjson
 
 from telephony.twilio import messages as tm
-from telephony.twilio.playout import Ledger, Playout, Segment, SegmentState
+from telephony.twilio.playout import Ledger, Playout, Segment, SegmentState, words_within
 
 
 class Wire:
@@ -172,3 +172,77 @@ async def test_each_wake_sends_its_due_frames_and_mark_in_one_batch() -> None:
     assert all(len(b) >= 3 for b in batches[1:-1])
     assert batches[-1][-1] == "mark"  # the mark rides with the last frames
     assert wire.events()[-1] == "mark:r1:s1"
+
+
+# --- marks inside a segment, and what a cut-off segment was heard of -------------------------
+
+
+async def test_a_long_segment_is_marked_every_500_ms_and_echoes_count_its_audio() -> None:
+    wire = Wire()
+    async with playing(wire, lead_ms=5000) as playout:
+        seg = Segment("r0:s0", "one two three four five six seven eight nine ten")
+        for _ in range(13):  # 1300 ms arriving in 100 ms chunks
+            playout.add_audio(b"\x04" * 800, seg)
+        playout.end_segment(seg)
+        await wait_idle(playout, wire, marks=3)
+        assert [e for e in wire.events() if e.startswith("mark:")] == [
+            "mark:r0:s0.1",  # after 500 ms
+            "mark:r0:s0.2",  # after 1000 ms
+            "mark:r0:s0",  # closing: after the last frame
+        ]
+        assert wire.events().index("mark:r0:s0.1") == 25  # right after frame 25
+        assert playout.on_mark("r0:s0.1") is seg and seg.state is SegmentState.SENT
+        assert seg.played_ms == 500 and seg.heard() == ("one two three four", True)
+        playout.on_mark("r0:s0.2")
+        assert seg.played_ms == 1000
+        playout.on_mark("r0:s0")
+    assert seg.state is SegmentState.PLAYED and seg.heard() == (seg.text, False)
+
+
+async def test_a_clear_settles_the_segment_in_flight_by_what_had_played() -> None:
+    """No echo will come for audio Twilio held at the clear: the playout knows how much of
+    each segment it sent and when that plays, so what had played is sent minus still held."""
+
+    class Clock:
+        t = 100.0
+
+        def __call__(self) -> float:
+            return self.t
+
+    clock = Clock()
+    wire = Wire()
+    async with playing(wire, lead_ms=5000, clock=clock) as playout:
+        first, second = Segment("s0", "first sentence."), Segment("s1", "and the second one")
+        playout.add_audio(b"\x05" * 160 * 10, first)  # 200 ms
+        playout.end_segment(first)
+        playout.add_audio(b"\x06" * 160 * 40, second)  # 800 ms, its audio still coming
+        await wait_idle(playout, wire, marks=2)  # all sent at t=100: plays 100.0 .. 101.0
+        clock.t = 100.6  # 600 ms played: all of `first`, 400 of `second`
+        unheard = await playout.clear()
+    assert unheard == [first, second]
+    assert (first.played_ms, first.estimated) == (200, True)
+    assert first.heard() == ("first sentence.", False)
+    assert (second.played_ms, second.estimated, second.complete) == (400, True, False)
+    # Its audio was still arriving: the text's length at the default rate says how long it
+    # all takes (18 chars x 65 ms = 1170 ms), so 400 ms is about a third of its words.
+    assert second.heard() == ("and the", True)
+    second.complete = True  # had its 800 ms been all of it: half of its 18 characters
+    assert second.heard() == ("and the", True)
+
+
+def test_a_segment_cut_at_its_source_is_heard_in_proportion_to_its_text() -> None:
+    # The source died after 1 s of a text that takes 2 s: its mark echoed, half was heard.
+    seg = Segment("s", "alpha beta gamma delta", audio_ms=1000, played_ms=1000)
+    seg.complete, seg.state = False, SegmentState.PLAYED
+    assert seg.heard(ms_per_char=2000 / 22) == ("alpha beta", True)
+    seg.complete = True  # whole: an echoed closing mark means all of it was heard
+    assert seg.heard() == ("alpha beta gamma delta", False)
+
+
+def test_words_within_counts_a_word_once_half_of_it_is_in() -> None:
+    text = "We are open nine to five"
+    assert words_within(text, 0) == ""
+    assert words_within(text, 7) == "We are"  # "are" ends at 6
+    assert words_within(text, 8.5) == "We are"  # "open" half in only at 9
+    assert words_within(text, 9) == "We are open"
+    assert words_within(text, 100) == text

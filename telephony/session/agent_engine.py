@@ -1,9 +1,9 @@
 """Voice Agent mode: caller audio to Deepgram's /v1/agent/converse, its speech back to Twilio.
 
 Deepgram does listening, thinking and speaking; we own what the caller hears. Agent audio goes
-through the same playout and `BotSpeech` as Flux mode, in segments of at most 500 ms closed by
-marks, so barge-in, heard text, the transcript row and playback-gated actions are one piece of
-code for both modes.
+through the same playout and `BotSpeech` as Flux mode (one segment per reply, its text from
+ConversationText, marked every 500 ms by the playout), so barge-in, heard text, the transcript
+row and playback-gated actions are one piece of code for both modes.
 
 - UserStartedSpeaking -> barge-in (Twilio clear, our queue dropped, the reply marked heard only
   as far as its echoed marks).
@@ -28,12 +28,11 @@ from telephony.deepgram.agent import AgentClient, AgentFatal
 from telephony.deepgram.connection import Backoff, FailureBudget
 from telephony.session.engine import CallContext
 from telephony.session.fallback import fail_over
-from telephony.session.speech import BotReply, BotSpeech
+from telephony.session.speech import CUT_BY_CALL_END, CUT_BY_CALLER, BotReply, BotSpeech
 from telephony.session.tasks import TaskSet
 from telephony.twilio.playout import Segment
 
 GAP_FRAMES = 500  # 10 s of caller audio kept while the agent socket is replaced
-SEGMENT_MS = 500  # a mark at least this often: heard text is known to within half a second
 ACTION_GRACE_S = 3.0  # end_call and then silence for this long: act anyway
 REPLY_OVERDUE_MESSAGE = "Sorry, just a moment."
 SESSION_CAP_S = 7200.0  # Deepgram closes agent sessions after 2 hours
@@ -66,8 +65,7 @@ class AgentEngine:
         self._http = http
         self._session_cap_s = session_cap_s
         self._reply: BotReply | None = None
-        self._segment: Segment | None = None
-        self._segment_bytes = 0
+        self._segment: Segment | None = None  # the reply being spoken
         self._user_started_ms: int | None = None
         self._last_caller_end_ms: int | None = None
         self._last_caller_end_at: float | None = None
@@ -116,7 +114,7 @@ class AgentEngine:
             return False
         self._reconnecting = True
         if self._reply is not None:  # the reply being spoken is cut where its audio stopped
-            self._end_reply()
+            self._end_reply(complete=False)
         self._keepalives_before += self.client.keepalives_sent
         with contextlib.suppress(Exception):
             await self.client.close()
@@ -153,6 +151,7 @@ class AgentEngine:
         self._tasks.spawn(self.client.inject_user_message(f"The caller pressed {digit}."), "dtmf")
 
     async def close(self) -> None:
+        self.speech.close()
         self._tasks.cancel_all()
         self.speech.cancel_actions()
         with contextlib.suppress(Exception):
@@ -173,16 +172,8 @@ class AgentEngine:
     def _on_audio(self, data: bytes) -> None:
         reply = self._reply or self._open_reply()
         if self._segment is None:
-            self._segment, self._segment_bytes = self.speech.segment(reply), 0
+            self._segment = self.speech.segment(reply, " ".join(reply.text))
         self.speech.audio(reply, self._segment, data)
-        self._segment_bytes += len(data)
-        if self._segment_bytes >= SEGMENT_MS * 8:
-            self._close_segment()
-
-    def _close_segment(self) -> None:
-        if self._segment is not None:
-            self.speech.end_segment(self._segment)
-            self._segment = None
 
     def _watch_for_reply(self) -> None:
         """The caller finished: if the agent says nothing in time, prompt it (no dead air)."""
@@ -210,12 +201,15 @@ class AgentEngine:
             self._nudge_timer.cancel()
         return reply
 
-    def _end_reply(self) -> None:
-        """AgentAudioDone: all audio is sent; the reply finishes when its marks echo."""
+    def _end_reply(self, *, complete: bool = True) -> None:
+        """AgentAudioDone (`complete`) or the socket died: no more audio for this reply; it
+        finishes when its marks echo."""
         reply = self._reply
         if reply is None:
             return
-        self._close_segment()
+        if self._segment is not None:
+            self.speech.end_segment(self._segment, complete=complete)
+            self._segment = None
         self._reply = None
         self.speech.generated(reply)
 
@@ -259,6 +253,8 @@ class AgentEngine:
         else:
             reply = self._reply or self._open_reply()
             reply.text.append(event.content)
+            if self._segment is not None:  # audio came first: the text is the segment's too
+                self._segment.text = " ".join(reply.text)
             if reply.first_text_at is None:
                 reply.first_text_at = asyncio.get_running_loop().time()
 
@@ -274,7 +270,7 @@ class AgentEngine:
                 self._cancel_action_timer()
 
     def _reply_finished(self, reply: BotReply) -> None:
-        if reply.interrupted_at_ms is not None:
+        if reply.cut_by in (CUT_BY_CALLER, CUT_BY_CALL_END):  # a drop still counts as said
             return
         if self._pending_action is not None:
             if reply.number >= self._action_after and not self.speech.audible:

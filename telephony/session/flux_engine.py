@@ -114,6 +114,7 @@ class FluxEngine:
         self._dtmf_task = self._tasks.spawn(self._dtmf_entry(delay), "dtmf")
 
     async def close(self) -> None:
+        self.speech.close()
         self._tasks.cancel_all()
         self.speech.cancel_actions()
         with contextlib.suppress(Exception):
@@ -464,7 +465,7 @@ class FluxEngine:
         audio that did arrive (so their replies finish) and carry on with a new socket."""
         self.ctx.log.warning("Aura connection lost: %s", reason)
         while self._flush_groups:
-            self.speech.end_segment(self._flush_groups.popleft()[1])
+            self.speech.end_segment(self._flush_groups.popleft()[1], complete=False)
         for delay in self._backoff.delays():
             await asyncio.sleep(delay)
             client = self._new_speak()

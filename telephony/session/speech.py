@@ -1,9 +1,13 @@
 """Bot speech as the caller hears it, shared by the Flux and the Voice Agent engines.
 
-A reply's audio goes to the playout in segments, each closed by a mark. A segment's text is
-heard once its mark echoes; a clear makes every pending segment unheard. When all of a
-reply's segments are settled the bot turn is written: generated text, heard text, whether and
-when it was interrupted, latency. Hang-up and transfer run only after the whole reply played.
+A reply's audio goes to the playout in segments (a text unit: a sentence or Flush group in Flux
+mode, the whole reply in agent mode), marked at least every 500 ms by the playout. What the
+caller heard of a segment is all of it once its closing mark echoes; a segment cut short (a
+barge-in's clear, the call ending, the speech source dropping) is heard in proportion to the
+audio of it that played (`Segment.heard`), and the turn says the heard text is estimated.
+When all of a reply's segments are settled the bot turn is written: generated text, heard text,
+whether, when and by what it was cut off, latency. Hang-up and transfer run only after the
+whole reply played.
 """
 
 from __future__ import annotations
@@ -17,9 +21,13 @@ from typing import TypeVar
 from telephony.session.engine import CallContext
 from telephony.session.tasks import TaskSet
 from telephony.session.transcript import Turn
-from telephony.twilio.playout import Ledger, Segment, SegmentState
+from telephony.twilio.playout import DEFAULT_MS_PER_CHAR, Ledger, Segment, SegmentState
 
 Action = str  # "none" | "hangup" | "transfer"
+# What cut a reply off before the caller heard all of it (`BotReply.cut_by`).
+CUT_BY_CALLER = "caller"  # barge-in
+CUT_BY_DROP = "drop"  # the speech source (Aura, the agent socket) died mid-reply
+CUT_BY_CALL_END = "call-end"  # hang-up, transfer, drain: the call ended while it played
 R = TypeVar("R", bound="BotReply")
 
 
@@ -46,6 +54,7 @@ class BotReply:
     first_played_ms: int | None = None
     last_played_ms: int | None = None
     interrupted_at_ms: int | None = None
+    cut_by: str | None = None  # CUT_BY_*: set with interrupted_at_ms
     turn: Turn | None = None  # opened in the transcript when its first audio arrives
     meta: dict[str, object] = field(default_factory=dict)
 
@@ -67,19 +76,6 @@ def latency_breakdown(reply: BotReply) -> dict[str, float]:
     return out
 
 
-def _estimate_heard(reply: BotReply, generated: str) -> str:
-    """Segments without text (agent audio): the words in proportion to the audio played.
-
-    Marks prove how much audio played (to 500 ms); which words that was, only the speech rate
-    can say, so the estimate assumes an even rate over the audio received.
-    """
-    segments = reply.ledger.segments
-    total = sum(s.audio_ms for s in segments)
-    played = sum(s.audio_ms for s in segments if s.state is SegmentState.PLAYED)
-    words = generated.split()
-    return " ".join(words[: len(words) * played // total]) if total else ""
-
-
 class BotSpeech:
     """The replies of one call, from first audio to the transcript row."""
 
@@ -91,6 +87,10 @@ class BotSpeech:
         self._owner: dict[str, BotReply] = {}  # segment name -> reply
         self._on_finished = on_finished
         self._tasks = TaskSet(ctx.log, on_error=self._action_failed)
+        # This call's speech rate, from segments whose audio arrived whole: how long the text
+        # of a segment cut off at its source would have taken.
+        self._rate_ms = 0
+        self._rate_chars = 0
         ctx.playout.on_segment_done = self._segment_done
 
     def new_reply(
@@ -121,8 +121,18 @@ class BotSpeech:
             reply.turn = self.ctx.transcript.open_turn("bot", "", ms, ms)
         self.ctx.playout.add_audio(data, seg)
 
-    def end_segment(self, seg: Segment) -> None:
-        self.ctx.playout.end_segment(seg)
+    def end_segment(self, seg: Segment, *, complete: bool = True) -> None:
+        """All of `seg`'s audio is queued; `complete=False` if its source died first."""
+        if complete and seg.text and seg.audio_ms:
+            self._rate_ms += seg.audio_ms
+            self._rate_chars += len(seg.text)
+        self.ctx.playout.end_segment(seg, complete=complete)
+
+    @property
+    def ms_per_char(self) -> float:
+        if self._rate_chars < 20:  # too little measured to trust
+            return DEFAULT_MS_PER_CHAR
+        return self._rate_ms / self._rate_chars
 
     def generated(self, reply: BotReply) -> None:
         """No more text or audio for this reply: it finishes once its audio has settled."""
@@ -139,7 +149,7 @@ class BotSpeech:
         if not replies or not all(r.interruptible for r in replies):
             return False
         for reply in replies:
-            reply.interrupted_at_ms = ms
+            reply.interrupted_at_ms, reply.cut_by = ms, CUT_BY_CALLER
             reply.generated_done = True
         if before_clear is not None:
             before_clear()
@@ -148,6 +158,19 @@ class BotSpeech:
         for reply in replies:
             self._finish(reply)
         return True
+
+    def close(self) -> None:
+        """The call ended: replies still playing are written with what of them played."""
+        replies = self.audible
+        ms = self.ctx.now_ms()
+        for reply in replies:
+            reply.interrupted_at_ms, reply.cut_by = ms, CUT_BY_CALL_END
+            reply.generated_done = True
+        self.ctx.playout.stop()  # settles every pending segment by the clock
+        for reply in replies:
+            self._finish(reply)
+        for reply in list(self.active):  # held speculation: never heard, never written
+            self.drop(reply)
 
     def _segment_done(self, seg: Segment) -> None:
         reply = self._owner.get(seg.name)
@@ -180,18 +203,29 @@ class BotSpeech:
             self._owner.pop(seg.name, None)
         if reply in self.active:
             self.active.remove(reply)
+        self._cut_at_source(reply)
         generated = " ".join(t for t in reply.text if t)
         if generated:
             self._write_turn(reply, generated)
         if self._on_finished is not None:
             self._on_finished(reply)
-        if reply.action not in ("hangup", "transfer"):
+        if reply.action not in ("hangup", "transfer") or reply.cut_by == CUT_BY_CALL_END:
             return
-        if reply.interrupted_at_ms is None:
+        if reply.cut_by != CUT_BY_CALLER:  # played in full, or as far as its source got
             self.act(reply.action)
         else:  # the goodbye was cut off: the caller has more to say, stay on the line
             ms = reply.interrupted_at_ms
             self.ctx.transcript.event(ms, "action-cancelled", action=reply.action)
+
+    def _cut_at_source(self, reply: BotReply) -> None:
+        """A reply whose last segment lost its audio at the source ended where that audio
+        stopped playing: the caller heard nothing after it."""
+        segments = reply.ledger.segments
+        if reply.cut_by is None and segments and not segments[-1].complete:
+            reply.cut_by = CUT_BY_DROP
+            reply.interrupted_at_ms = (
+                reply.last_played_ms if reply.last_played_ms is not None else self.ctx.now_ms()
+            )
 
     def _write_turn(self, reply: BotReply, generated: str) -> None:
         interrupted = reply.interrupted_at_ms is not None
@@ -199,10 +233,15 @@ class BotSpeech:
         start_ms = reply.first_audio_ms if reply.first_audio_ms is not None else end_ms
         transcript = self.ctx.transcript
         turn = reply.turn or transcript.open_turn("bot", "", start_ms, start_ms)
-        turn.text, turn.heard, turn.interrupted = generated, reply.ledger.heard_text(), interrupted
-        if not any(s.text for s in reply.ledger.segments):  # agent audio carries no text
-            turn.heard = _estimate_heard(reply, generated) if interrupted else generated
-            turn.meta["heard_estimated"] = interrupted
+        rate = self.ms_per_char
+        turn.text, turn.heard, turn.interrupted = (
+            generated,
+            reply.ledger.heard_text(rate),
+            interrupted,
+        )
+        turn.meta["heard_estimated"] = reply.ledger.estimated(rate)
+        if reply.cut_by is not None:
+            turn.meta["cut_by"] = reply.cut_by
         turn.start_ms, turn.end_ms = start_ms, max(start_ms, end_ms or start_ms)
         turn.interrupted_at_ms = reply.interrupted_at_ms
         if reply.eot_ms is not None and reply.first_audio_ms is not None:

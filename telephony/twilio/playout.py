@@ -6,9 +6,12 @@ no earlier than `lead_ms` before it is due to play (deadline = run start + n × 
 monotonic clock, so pacing never drifts).
 
 A mark is sent right after the last frame of the audio it covers (never before: Twilio echoes a
-mark at once when nothing is buffered, which would fake "played"). Its echo means that audio was
-heard; after a `clear`, every mark not yet echoed is unheard — including the echoes Twilio
-returns for them at once.
+mark at once when nothing is buffered, which would fake "played"). Marks close every segment
+(a sentence, or whatever text unit the engine gives) and also fall inside it at least every
+`MARK_EVERY_MS` of audio, so what the caller heard is known to within half a second by echoes
+alone. At a `clear` (or when the call ends) nothing more will echo: every pending segment is
+then settled by the pacing clock instead, as the audio sent minus what Twilio still held, which
+is exact to a frame as long as Twilio plays what it buffered without gaps (it does).
 
 One pacing task per call, idle on an Event when there is nothing to send: no per-frame tasks
 or timers.
@@ -29,38 +32,96 @@ from telephony.twilio import messages as tm
 log = logging.getLogger(__name__)
 
 FRAME_S = FRAME_MS / 1000
+MARK_EVERY_MS = 500  # a mark at least this often inside a segment
+MARK_EVERY_FRAMES = MARK_EVERY_MS // FRAME_MS
+# With no measured rate yet, speech runs at about this many ms per character (Aura speaks
+# ~150 words a minute: ~14 characters a second, spaces included).
+DEFAULT_MS_PER_CHAR = 65
 
 
 class SegmentState(Enum):
     QUEUED = "queued"  # audio not all sent yet
-    SENT = "sent"  # mark sent, echo awaited
-    PLAYED = "played"  # echo received: the caller heard it
-    CLEARED = "cleared"  # dropped by a clear: the caller did not hear (all of) it
+    SENT = "sent"  # closing mark sent, echo awaited
+    PLAYED = "played"  # closing mark echoed: the caller heard all of its audio
+    CLEARED = "cleared"  # settled by a clear or the call's end: heard up to `played_ms`
 
 
 @dataclass(slots=True)
 class Segment:
-    """A span of bot speech closed by one mark: the unit of the heard-text ledger."""
+    """A span of bot speech with its text: the unit of the heard-text ledger.
+
+    `complete` is False while its audio may still grow, and stays False when the speech
+    source died before sending all of it (its text then says more than its audio).
+    """
 
     name: str
     text: str
-    audio_ms: int = 0
+    audio_ms: int = 0  # audio received for it
     state: SegmentState = SegmentState.QUEUED
+    complete: bool = False
+    played_ms: int = 0  # of `audio_ms`, what the caller heard (echoes; the clock once settled)
+    estimated: bool = False  # `played_ms` came from the pacing clock, not a mark
+    sent_ms: int = 0  # audio sent to Twilio
+    plays_until: float = 0.0  # monotonic time its last sent frame finishes playing
+    marks: int = 0  # marks placed inside it so far
+
+    def heard(self, ms_per_char: float = DEFAULT_MS_PER_CHAR) -> tuple[str, bool]:
+        """The text the caller heard, and whether it is an estimate (part of the segment).
+
+        All of it once the closing mark echoed for complete audio. Otherwise the words in
+        proportion to the audio played, out of the audio the whole text takes: the audio
+        received if complete, else at least what the text takes at `ms_per_char`.
+        """
+        played = min(self.played_ms, self.audio_ms)
+        if self.complete and (self.state is SegmentState.PLAYED or played >= self.audio_ms):
+            return self.text, False
+        full = self.audio_ms if self.complete else max(self.audio_ms, len(self.text) * ms_per_char)
+        if played <= 0 or full <= 0:
+            return "", bool(self.text)
+        if played >= full - FRAME_MS:
+            return self.text, False
+        return words_within(self.text, len(self.text) * played / full), True
 
 
-# Queued work: a frame of audio (bytes, queued as the framer made it: no wrapper per frame) or
-# the Segment whose mark closes it.
-_Item = bytes | Segment
+def words_within(text: str, chars: float) -> str:
+    """The words of `text` whose middle falls within its first `chars` characters."""
+    out: list[str] = []
+    pos = 0
+    for word in text.split():
+        start = text.index(word, pos)
+        pos = start + len(word)
+        if start + len(word) / 2 > chars:
+            break
+        out.append(word)
+    return " ".join(out)
+
+
+@dataclass(slots=True)
+class _Mark:
+    """A mark in the queue: when it echoes, `segment` has played up to `through_ms`."""
+
+    segment: Segment
+    name: str
+    through_ms: int
+    closes: bool  # the segment's closing mark
+
+
+# Queued work: a frame of audio (bytes, queued as the framer made it: no wrapper per frame), a
+# mark, or a Segment: the frames after it are that segment's audio.
+_Item = bytes | _Mark | Segment
 
 
 @dataclass
 class Ledger:
-    """Segments in order; heard text is the text of the echoed ones."""
+    """Segments in order; heard text is what the caller heard of each."""
 
     segments: list[Segment] = field(default_factory=list)
 
-    def heard_text(self) -> str:
-        return " ".join(s.text for s in self.segments if s.state is SegmentState.PLAYED and s.text)
+    def heard_text(self, ms_per_char: float = DEFAULT_MS_PER_CHAR) -> str:
+        return " ".join(t for s in self.segments if (t := s.heard(ms_per_char)[0]))
+
+    def estimated(self, ms_per_char: float = DEFAULT_MS_PER_CHAR) -> bool:
+        return any(s.heard(ms_per_char)[1] for s in self.segments)
 
     def generated_text(self) -> str:
         return " ".join(s.text for s in self.segments if s.text)
@@ -95,8 +156,10 @@ class Playout:
         self._clock = clock or asyncio.get_running_loop().time
         self._queue: deque[_Item] = deque()
         self._framer = Framer(FRAME_BYTES, MULAW_SILENCE)  # holds audio shorter than a frame
-        self._open: Segment | None = None  # segment collecting audio, not yet marked
-        self._in_flight: dict[str, Segment] = {}  # marks sent, echo awaited
+        self._open: Segment | None = None  # segment collecting audio, not yet closed
+        self._open_frames = 0  # frames queued for the open segment
+        self._sending: Segment | None = None  # whose frames the pacing task is sending
+        self._in_flight: dict[str, _Mark] = {}  # marks sent, echo awaited
         self._wake = asyncio.Event()
         self._run_start = 0.0  # monotonic time frame 0 of the current run plays
         self._run_frames = 0  # frames sent in the current run
@@ -112,52 +175,101 @@ class Playout:
     def add_audio(self, audio: bytes, segment: Segment | None = None) -> None:
         """Queue μ-law audio of any length; whole 160-byte frames go out, the rest waits."""
         if segment is not None and segment is not self._open:
-            self._open = segment
-        if self._open is not None:
-            self._open.audio_ms += len(audio) // 8
+            self._open, self._open_frames = segment, 0
+            self._queue.append(segment)
+        seg = self._open
+        if seg is not None:
+            seg.audio_ms += len(audio) // 8
         frames = self._framer.push(audio)
-        if frames:
+        if not frames:
+            return
+        if seg is not None:
+            self._queue_marked(seg, frames)
+        else:
             self._queue.extend(frames)
-            self._wake.set()
+        self._wake.set()
 
-    def end_segment(self, segment: Segment) -> None:
-        """Close `segment` with a mark after all audio queued so far (padding the last frame)."""
+    def _queue_marked(self, seg: Segment, frames: list[bytes]) -> None:
+        """The open segment's frames, with a mark after every MARK_EVERY_FRAMES of them."""
+        done = self._open_frames
+        i = 0
+        while (cut := (done // MARK_EVERY_FRAMES + 1) * MARK_EVERY_FRAMES - done) <= len(
+            frames
+        ) - i:
+            self._queue.extend(frames[i : i + cut])
+            i, done = i + cut, done + cut
+            seg.marks += 1
+            self._queue.append(_Mark(seg, f"{seg.name}.{seg.marks}", done * FRAME_MS, False))
+        self._queue.extend(frames[i:] if i else frames)
+        self._open_frames = done + len(frames) - i
+
+    def end_segment(self, segment: Segment, *, complete: bool = True) -> None:
+        """Close `segment` with a mark after all audio queued so far (padding the last frame).
+
+        `complete=False`: its source died before sending all of its audio."""
         last = self._framer.flush()  # the tail, padded with μ-law silence
         if last is not None:
             self._queue.append(last)
-        self._queue.append(segment)
+        segment.complete = complete
+        self._queue.append(_Mark(segment, segment.name, segment.audio_ms, True))
         if self._open is segment:
             self._open = None
         self._wake.set()
 
     async def clear(self) -> list[Segment]:
-        """Barge-in: drop our queue, send Twilio `clear`; returns every segment not heard."""
-        unheard = [it for it in self._queue if isinstance(it, Segment)]
-        unheard += self._in_flight.values()
-        if self._open is not None:
-            unheard.append(self._open)
-            self._open = None
+        """Barge-in: drop our queue, send Twilio `clear`; returns every segment not heard
+        in full, each settled by the clock (what of it had played when the clear went out)."""
         had_audio = bool(self._queue or self._in_flight or self._framer.pending)
-        self._queue.clear()
-        self._framer.clear()
-        self._in_flight.clear()
-        self._run_frames = 0
-        for seg in unheard:
-            seg.state = SegmentState.CLEARED
-            self._done(seg)
+        unheard = self._settle()
         if had_audio:
             if self.on_clear is not None:
                 self.on_clear(self._clock())
             await self._send(tm.clear_message(self._sid))
         return unheard
 
+    def stop(self) -> list[Segment]:
+        """The call is over: settle every pending segment by the clock; nothing is sent."""
+        return self._settle()
+
+    def _settle(self) -> list[Segment]:
+        """Empty the queue; every segment not yet echoed is CLEARED with what of it played."""
+        now = self._clock()
+        pending: dict[int, Segment] = {}  # in playing order, each once
+        for mark in self._in_flight.values():
+            pending[id(mark.segment)] = mark.segment
+        for item in self._queue:
+            seg = item.segment if isinstance(item, _Mark) else item
+            if isinstance(seg, Segment):
+                pending[id(seg)] = seg
+        if self._open is not None:
+            pending[id(self._open)] = self._open
+            self._open = None
+        self._queue.clear()
+        self._framer.clear()
+        self._in_flight.clear()
+        self._sending = None
+        self._run_frames = 0
+        unheard = list(pending.values())
+        for seg in unheard:
+            # Audio sent minus what Twilio still held; never less than the echoes proved.
+            held_ms = max(0.0, seg.plays_until - now) * 1000
+            by_clock = min(seg.audio_ms, round(seg.sent_ms - held_ms))
+            if by_clock > seg.played_ms:
+                seg.played_ms, seg.estimated = by_clock, True
+            seg.state = SegmentState.CLEARED
+            self._done(seg)
+        return unheard
+
     def on_mark(self, name: str) -> Segment | None:
         """Twilio echoed a mark: its audio has played. Echoes of cleared marks are ignored."""
-        seg = self._in_flight.pop(name, None)
-        if seg is None:
+        mark = self._in_flight.pop(name, None)
+        if mark is None:
             return None
-        seg.state = SegmentState.PLAYED
-        self._done(seg)
+        seg = mark.segment
+        seg.played_ms = max(seg.played_ms, mark.through_ms)
+        if mark.closes:
+            seg.state = SegmentState.PLAYED
+            self._done(seg)
         return seg
 
     @property
@@ -184,27 +296,43 @@ class Playout:
         # Send every item whose frame plays within the lead window, then sleep until the next.
         out: list[str] = []
         sleep_s = 0.0
+        sending = self._sending
+        first = since = self._run_frames  # frames before this batch; before `sending`'s own
         while self._queue:
             due = self._run_start + self._run_frames * FRAME_S - self._lead_s
-            if due > now:
-                sleep_s = due - now + self._batch_s
-                break
-            item = self._queue.popleft()
+            item = self._queue[0]
             if isinstance(item, bytes):
+                if due > now:
+                    sleep_s = due - now + self._batch_s
+                    break
+                self._queue.popleft()
                 if self.on_frame is not None:
                     self.on_frame(item, self._run_start + self._run_frames * FRAME_S)
                 self._run_frames += 1
-                self.frames_sent += 1
                 out.append(tm.media_message(self._sid, item))
-            else:
-                seg = item
-                seg.state = SegmentState.SENT
-                self._in_flight[seg.name] = seg
-                out.append(tm.mark_message(self._sid, seg.name))
+                continue
+            self._queue.popleft()
+            if isinstance(item, Segment):  # the frames from here on are this one's
+                self._account(sending, self._run_frames - since)
+                sending, since = item, self._run_frames
+                continue
+            if item.closes:
+                item.segment.state = SegmentState.SENT
+            self._in_flight[item.name] = item
+            out.append(tm.mark_message(self._sid, item.name))
+        self._account(sending, self._run_frames - since)
+        self._sending = sending
+        self.frames_sent += self._run_frames - first
         if out:
             await self._send_many(out)
         if sleep_s:
             await asyncio.sleep(sleep_s)
+
+    def _account(self, seg: Segment | None, frames: int) -> None:
+        """`frames` of `seg` just went out: they play until the current run's end."""
+        if seg is not None and frames:
+            seg.sent_ms += frames * FRAME_MS
+            seg.plays_until = self._run_start + self._run_frames * FRAME_S
 
     async def _send_each(self, texts: list[str]) -> None:
         for text in texts:
