@@ -234,6 +234,43 @@ async def test_logout_needs_csrf_and_ends_session(staff_app: RunningApp, databas
 # --- the call page and exports ------------------------------------------------------------------
 
 
+async def test_a_reply_cut_off_by_a_drop_or_the_call_end_says_so(
+    staff_app: RunningApp, database: str
+) -> None:
+    sid = "CA" + "7" * 32
+    said = "We are open from nine until five."
+    turns = [
+        Turn(
+            0,
+            "bot",
+            said,
+            0,
+            900,
+            heard="We are open",
+            interrupted=True,
+            interrupted_at_ms=900,
+            meta={"cut_by": "drop", "heard_estimated": True},
+        ),
+        Turn(
+            1,
+            "bot",
+            said,
+            2000,
+            2500,
+            heard="We",
+            interrupted=True,
+            interrupted_at_ms=2500,
+            meta={"cut_by": "call-end", "heard_estimated": True},
+        ),
+    ]
+    await store_call(database, sid, turns=turns)
+    async with client_as(staff_app, STAFF) as client:
+        html = (await client.get(f"/calls/{sid}")).text
+    assert "cut off: connection lost at 0:00.9" in html
+    assert "cut off: call ended at 0:02.5" in html
+    assert "heard text estimated from audio played" in html
+
+
 async def test_call_page_shows_heard_vs_generated_and_events(
     staff_app: RunningApp, database: str
 ) -> None:
