@@ -134,8 +134,8 @@ async def test_staff_search_open_call_and_seek(
     start_ms = int(await goodbye.get_attribute("data-ms") or 0)
     await goodbye.click()
     await expect(goodbye).to_have_class("turn caller current")
-    await page.wait_for_function(
-        "document.getElementById('player').readyState >= 1", timeout=10_000
+    await page.wait_for_function(  # a function: a bare expression is eval'd, which CSP refuses
+        "() => document.getElementById('player').readyState >= 1", timeout=10_000
     )
     duration = await player.evaluate("a => a.duration")
     assert 0 < start_ms / 1000 < duration
