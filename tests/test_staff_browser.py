@@ -295,3 +295,29 @@ async def test_transferred_call_plays_to_its_last_turn_and_audits_only_playing(
     assert [(r["user_name"], r["target"]) for r in recordings] == [(STAFF[0], sid)]
     assert not errors, errors
     await page.close()
+
+
+async def test_live_call_page_timeline_follows_the_call(
+    running_app: RunningApp, database: str, browser: Browser
+) -> None:
+    """The call page of a live call: new turns appear in place (only changed rows are touched,
+    so a focused row keeps focus), and the page reloads once the call has ended."""
+    await add_accounts(database)
+    sid = "CA" + "3" * 32
+    first = [Turn(0, "caller", "hello is anyone there", 0, 900)]
+    await store_call(database, sid, turns=first, ended=False)
+    page = await browser.new_page()
+    await log_in(page, running_app.url, STAFF, f"/calls/{sid}")
+    timeline = page.locator("#timeline")
+    await expect(timeline.locator("tr.turn")).to_have_count(1)
+    row = timeline.locator("tr.turn").first
+    await row.focus()
+    await page.evaluate("window.__marker = 1")
+    turns = [*first, Turn(1, "bot", "Yes, how can I help?", 1000, 2000, heard="Yes")]
+    await store_call(database, sid, turns=turns, ended=False)
+    await expect(timeline.locator("tr.turn.bot")).to_contain_text("how can I help", timeout=10_000)
+    assert await row.evaluate("r => document.activeElement === r"), "focus moved"
+    assert await page.evaluate("window.__marker") == 1  # updated in place, not reloaded
+    await store_call(database, sid, turns=turns, ended=True)
+    await expect(page.locator("#call-status")).to_contain_text("caller hung up", timeout=10_000)
+    await page.close()
