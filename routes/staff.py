@@ -25,7 +25,7 @@ from starlette.routing import Route
 from routes.auth import require
 from routes.templates import render
 from telephony.store import audit
-from telephony.store.export import as_json, as_text, timeline
+from telephony.store.export import as_json, as_text, clock, timeline
 from telephony.store.queries import CallFilter, count_calls, get_call, profiles_seen, search_calls
 from telephony.store.redact import redact
 
@@ -143,6 +143,19 @@ def _has_recording(call: dict[str, Any]) -> bool:
     return bool(path) and Path(path).is_file()
 
 
+def _right_channel(call: dict[str, Any]) -> str:
+    """Who the recording's right channel is (telephony/store/recording.py): what the caller
+    heard, i.e. the bot, or on a forked call the person who took it (transcribe mode, or after
+    a bot's handover; the transcript's "Staff")."""
+    person = "agent (the person who took the call)"
+    if call.get("mode") == "transcribe":
+        return person
+    handover = next((e for e in call.get("events", ()) if e["kind"] == "handover"), None)
+    if handover is None:
+        return "bot as the caller heard it"
+    return f"bot, then from the handover at {clock(handover['ms'])} the {person}"
+
+
 def _interim(request: Request, sid: str) -> dict[str, str]:
     """Live words not yet settled into a turn (transcribe engines, per side), for a call in
     progress on this instance. Never stored; redacted like the turns when the profile says."""
@@ -165,6 +178,7 @@ async def call_page(request: Request) -> Response:
         "call": call,
         "items": timeline(call),
         "has_recording": _has_recording(call),
+        "right_channel": _right_channel(call),
         "interim": _interim(request, call["sid"]),
     }
     return render(request, "call.html", context)
@@ -208,7 +222,8 @@ async def call_recording(request: Request) -> Response:
         return call
     if not _has_recording(call):
         return PlainTextResponse("no recording", status_code=404)
-    # The player asks for byte ranges as it seeks: audit the first request, not every range.
+    # The only place a recording is audited: the page's player preloads nothing, so this runs
+    # when someone plays it. It asks for byte ranges as it seeks: audit the first request only.
     first = request.headers.get("range", "bytes=0-").startswith("bytes=0-")
     if first:
         user = request.state.user.name

@@ -312,8 +312,9 @@ async def media_socket(ws: WebSocket) -> None:
     if cont is not None:  # transcription after a transfer: the same call, carried on
         cont = setup.continuation = _resume_point(registry, sid, cont)
     recorder = None
-    if setup.profile.recording and cont is None:  # the bot part's recording stays whole
-        recorder = CallRecorder(setup.start.call_sid, settings.recordings_dir)
+    if setup.profile.recording:  # a continuation extends the bot part's file (see recording.py)
+        start_ms = cont.offset_ms if cont is not None else 0
+        recorder = CallRecorder(sid, settings.recordings_dir, start_ms=start_ms)
     handed_over = False  # this call was transferred with its transcription continuing
 
     async def transfer(call_sid: str, number: str) -> None:

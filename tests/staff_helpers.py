@@ -46,6 +46,7 @@ async def store_call(
     to_number: str = "+15550001000",
     started_at: float | None = None,
     recording_path: str | None = None,
+    mode: str = "flux",
 ) -> None:
     """Write a call through the real write-behind store (and flush it)."""
     store = TranscriptStore(database_url)
@@ -56,7 +57,7 @@ async def store_call(
         from_number=from_number,
         to_number=to_number,
         profile=profile,
-        mode="flux",
+        mode=mode,
         started_at=started,
         recording_path=recording_path,
     )

@@ -238,6 +238,46 @@ async def test_a_bug_on_the_audio_path_stops_the_recording_not_the_call(
     assert listing(tmp_path) == []  # the spool of the first 5 s is gone too
 
 
+async def test_outbound_track_is_the_right_channel_at_its_timestamps(tmp_path: Path, executor):
+    """A both_tracks fork (transcribe mode): the person on the call is the right channel."""
+    rec = CallRecorder("CAfork", tmp_path, clock=Clock(), executor=executor)
+    for n in range(10):
+        rec.caller(n * 20, frame(n))
+        if n != 4:  # one outbound frame lost: silence in its place
+            rec.outbound(n * 20, frame(40 + n))
+    _, left, right = read_wav(await rec.finish())
+    assert left == b"".join(frame(n) for n in range(10))
+    assert right == b"".join(SIL * 160 if n == 4 else frame(40 + n) for n in range(10))
+
+
+@pytest.mark.parametrize("earlier_ms", [3000, 1000, None])  # longer, shorter, none at all
+async def test_a_continuation_rewrites_the_call_recording_after_its_start(
+    tmp_path: Path, executor, earlier_ms: int | None
+) -> None:
+    """After a transfer the fork's recorder starts at the call time it continues from and
+    rewrites `<CallSid>.wav`: the earlier part cut (or padded) to exactly that, then its own."""
+    start_ms = 2000
+    earlier = b""
+    if earlier_ms is not None:
+        first = CallRecorder("CAxfer", tmp_path, clock=Clock(), executor=executor)
+        for n in range(earlier_ms // 20):
+            first.caller(n * 20, frame(n))
+        await first.finish()
+        earlier = b"".join(frame(n) for n in range(earlier_ms // 20))[: start_ms * 8]
+    fork = CallRecorder("CAxfer", tmp_path, clock=Clock(), executor=executor, start_ms=start_ms)
+    for n in range(50):
+        fork.caller(start_ms + n * 20, frame(n + 7))
+        fork.outbound(start_ms + n * 20, frame(n + 60))
+    path = await fork.finish()
+
+    assert path == tmp_path / "CAxfer.wav" and listing(tmp_path) == ["CAxfer.wav"]
+    params, left, right = read_wav(path)
+    assert params.nframes == (start_ms + 1000) * 8
+    prefix = earlier + SIL * (start_ms * 8 - len(earlier))
+    assert left == prefix + b"".join(frame(n + 7) for n in range(50))
+    assert right == SIL * (start_ms * 8) + b"".join(frame(n + 60) for n in range(50))
+
+
 # --- the playout's taps ------------------------------------------------------------------------
 
 
@@ -411,3 +451,126 @@ async def test_a_barge_in_leaves_the_cleared_reply_out_of_the_recording(
     assert rms(right, reply.start_ms + 25, clear_ms - 25) > 1000  # played: recorded
     assert rms(right, clear_ms + 25, goodbye.start_ms - 25) == 0  # cleared: silent
     assert goodbye.start_ms - clear_ms > 300  # (a real stretch of silence was checked)
+
+
+# --- a transfer that stays transcribed, and transcribe mode: the person on the right ----------
+
+TRANSFER_NUMBER = "+15557770000"
+TRANSFER_YAML = f"""\
+numbers:
+  "+15550007000": recorded-bot
+  "+15550005000": recorded-desk
+profiles:
+  recorded-bot:
+    mode: flux
+    recording: true
+    greeting: "Hi."
+    transfer_number: "{TRANSFER_NUMBER}"
+    transcribe_after_transfer: true
+    responder:
+      type: scripted
+      rules: [{{pattern: "human", reply: "Transferring you now.", action: transfer}}]
+      fallback: "Sorry?"
+  recorded-desk:
+    mode: transcribe
+    recording: true
+    transcribe: {{dial: "+15550009002"}}
+"""
+# Call clock of the caller's tone after the transfer; fork time of the person's answer.
+CALLER_TONE_MS = (5000, 5600)
+AGENT_TONE_MS = (600, 1400)
+CALLER_AUDIO = (
+    silence(1000)
+    + tone(440, 800)  # "I want a human"
+    + silence(CALLER_TONE_MS[0] - 1800)
+    + tone(880, CALLER_TONE_MS[1] - CALLER_TONE_MS[0])
+    + silence(1500)
+)
+
+
+def transfer_config(directory: Path) -> Path:
+    path = directory / "transfer-numbers.yaml"
+    path.write_text(TRANSFER_YAML)
+    return path
+
+
+async def recorded_transfer_call(directory: Path) -> OfflineCall:
+    """A recorded Flux call whose bot hands over to a person (Twilio's fork continues the
+    transcript). The caller asks for a human (a 440 Hz tone) and later says something else
+    (880 Hz); the person answers with a 500 Hz tone while the fake Nova hears "Hello this is
+    Sam", 600 ms into the fork. Both parties' audio is known, so the WAV can be checked."""
+    agent_start, agent_end = AGENT_TONE_MS
+    return await run_offline_call(
+        number="+15550007000",
+        script=Script(turns=[ScriptedTurn(start_ms=1000, end_ms=1800, text="I want a human")]),
+        staff_script=Script(turns=[ScriptedTurn(agent_start, agent_end, "Hello this is Sam")]),
+        agent_audio=silence(agent_start) + tone(500, agent_end - agent_start) + silence(600),
+        config_path=transfer_config(directory),
+        audio=CALLER_AUDIO,
+        max_call_ms=CALLER_TONE_MS[1] + 1500,
+        deepgram_options={"speak_ms_per_char": MS_PER_CHAR},
+    )
+
+
+async def test_a_transferred_call_is_recorded_whole_on_the_call_clock(
+    tmp_path: Path, database: str, recordings_dir: Path
+) -> None:
+    """The fork's tracks after a transfer go into the call's one WAV: caller left, bot then
+    the person right, where the stored turns say they are."""
+    result = await recorded_transfer_call(tmp_path)
+    sid = result.caller.call_sid
+    assert len(result.parts) == 2, "the call was not transferred"
+    path = await recording_of(database, sid)
+    assert listing(recordings_dir) == [path.name]  # one file, no spools left
+    params, left, right = read_wav(path)
+    engine = make_engine(database)
+    try:
+        call = await TranscriptStore(engine).get_call(sid)
+    finally:
+        await engine.dispose()
+    [handover] = [e for e in call["events"] if e["kind"] == "handover"]
+    at = handover["ms"]
+    end_ms = result.parts[-1].stats.audio_end_ms
+    assert abs(params.nframes / 8 - end_ms) <= 20  # the whole call, not the bot's part
+
+    # Right: the bot until the handover, then the person, on the fork's clock from `at`.
+    assert tts_text(right[: at * 8], MS_PER_CHAR) == "Hi.Transferring you now."
+    assert rms(right, at + 25, at + AGENT_TONE_MS[0] - 25) == 0
+    staff = [t for t in call["turns"] if t["role"] == "staff"]
+    assert [t["text"] for t in staff] == ["Hello this is Sam"]
+    assert abs(staff[0]["start_ms"] - (at + AGENT_TONE_MS[0])) <= 40
+    assert rms(right, staff[0]["start_ms"] + 50, staff[0]["end_ms"] - 50) > 1000  # lines up
+    assert rms(right, at + AGENT_TONE_MS[1] + 25, end_ms) == 0
+
+    # Left: the caller throughout; before the handover exactly as sent.
+    assert left[: at * 8] == CALLER_AUDIO[: at * 8]
+    # The fork's caller audio: on the service's call clock from `at`. The fake caller's clock
+    # ran on while the fork connected, so its audio lands about that much earlier (as a real
+    # call's would: what is said while Twilio opens the fork is not streamed); the two clocks
+    # also round to whole frames differently.
+    start, end = CALLER_TONE_MS
+    onset_ms = next(i for i in range(at * 8, len(left)) if left[i] != MULAW_SILENCE) / 8
+    assert start - 300 <= onset_ms <= start + 45, (onset_ms, start)
+    shift = start - onset_ms
+    assert rms(left, onset_ms, end - shift) > 1000 and rms(left, end - shift + 1, end_ms) == 0
+    # Every turn starts inside the recording.
+    assert all(t["start_ms"] < params.nframes / 8 for t in call["turns"])
+
+
+async def test_a_transcribe_mode_recording_has_the_person_on_the_right(
+    tmp_path: Path, database: str
+) -> None:
+    agent_audio = silence(700) + tone(500, 900) + silence(400)
+    caller_audio = silence(200) + tone(440, 400) + silence(1400)
+    result = await run_offline_call(
+        number="+15550005000",
+        mode="transcribe",
+        config_path=transfer_config(tmp_path),
+        audio=caller_audio,
+        agent_audio=agent_audio,
+        staff_script=Script(turns=[ScriptedTurn(700, 1600, "Hello")]),
+        script=Script(turns=[ScriptedTurn(200, 600, "Hi")]),
+    )
+    _, left, right = read_wav(await recording_of(database, result.caller.call_sid))
+    assert left[: len(caller_audio)] == caller_audio
+    assert right[: len(agent_audio)] == agent_audio  # outbound frames, at their timestamps

@@ -21,6 +21,8 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from telephony.session.transcript import Turn
 from tests.conftest import RunningApp
 from tests.staff_helpers import ADMIN, STAFF, add_accounts, store_call
+from tests.test_recording import recorded_transfer_call
+from tests.test_staff_ui import audit_rows
 
 CHROMIUM = "/usr/bin/chromium"
 REPO = Path(__file__).resolve().parent.parent
@@ -125,17 +127,18 @@ async def test_staff_search_open_call_and_seek(
     interrupted = timeline.locator("tr.turn.bot.interrupted")
     await expect(interrupted.locator("del.unheard")).to_contain_text("nine to five")
 
-    # The player loads the recording; clicking a turn seeks it to that turn's start.
+    # Clicking a turn loads the recording (nothing is preloaded) and seeks to the turn's start.
     player = page.locator("#player")
-    await page.wait_for_function(
-        "document.getElementById('player').readyState >= 1", timeout=10_000
-    )
-    duration = await player.evaluate("a => a.duration")
+    assert await player.evaluate("a => a.readyState") == 0
     goodbye = timeline.locator("tr.turn.caller", has_text="goodbye")
     start_ms = int(await goodbye.get_attribute("data-ms") or 0)
-    assert 0 < start_ms / 1000 < duration
     await goodbye.click()
     await expect(goodbye).to_have_class("turn caller current")
+    await page.wait_for_function(  # a function: a bare expression is eval'd, which CSP refuses
+        "() => document.getElementById('player').readyState >= 1", timeout=10_000
+    )
+    duration = await player.evaluate("a => a.duration")
+    assert 0 < start_ms / 1000 < duration
     position = await player.evaluate("a => a.currentTime")
     assert abs(position - start_ms / 1000) < 0.25, (position, start_ms)
     first = timeline.locator("tr.turn.bot").first
@@ -198,4 +201,123 @@ async def test_live_call_updates_without_reload(
     await expect(row).to_contain_text("caller hung up", timeout=10_000)
     await expect(row.locator("td").nth(6)).to_have_text("2")
     assert await page.evaluate("window.__marker") == 1
+    await page.close()
+
+
+async def rows_requests(page: Page) -> list[str]:
+    """URLs of the calls list's refreshes, appended as the page makes them."""
+    seen: list[str] = []
+    page.on("request", lambda r: seen.append(r.url) if "/calls/rows" in r.url else None)
+    return seen
+
+
+async def test_calls_list_refreshes_only_while_a_call_is_live(
+    running_app: RunningApp, database: str, browser: Browser
+) -> None:
+    """No live call: no refresh at all. A live call: refreshes that update its row but leave
+    keyboard focus and a text selection where the user put them."""
+    await add_accounts(database)
+    ended, live = "CA" + "5" * 32, "CA" + "6" * 32
+    await store_call(database, ended, turns=[Turn(0, "caller", "all done", 0, 900)])
+    page = await browser.new_page()
+    refreshes = await rows_requests(page)
+    await log_in(page, running_app.url, STAFF, "/calls")
+    await expect(page.locator(f'tr[data-sid="{ended}"]')).to_be_visible()
+    await page.wait_for_timeout(3_600)  # longer than one refresh period
+    assert refreshes == []
+
+    hello = [Turn(0, "caller", "hello is anyone there", 0, 900)]
+    await store_call(database, live, turns=hello, ended=False, from_number="+15551230000")
+    await page.reload()
+    row = page.locator(f'tr[data-sid="{live}"]')
+    await expect(row).to_contain_text("in progress")
+    # Keyboard focus on the live call's link; the caller's number selected as if to copy it.
+    link = row.locator("a")
+    await link.focus()
+    select = "td => getSelection().selectAllChildren(td)"
+    await row.locator("td").nth(1).evaluate(select)
+    assert await link.evaluate("a => document.activeElement === a")
+    turns = [*hello, Turn(1, "bot", "Yes, how can I help?", 1000, 2000, heard="Yes")]
+    await store_call(database, live, turns=turns, ended=False, from_number="+15551230000")
+    await expect(row.locator("td").nth(6)).to_have_text("2", timeout=10_000)  # refreshed
+    for n in range(2):  # that refresh, then one that changed nothing: neither moved them
+        assert await link.evaluate("a => document.activeElement === a"), "focus moved"
+        assert await page.evaluate("getSelection().toString()") == "+15551230000"
+        if n == 0:
+            seen = len(refreshes)
+            for _ in range(100):
+                await page.wait_for_timeout(100)
+                if len(refreshes) > seen:
+                    break
+            await page.wait_for_timeout(300)  # its rows applied
+    assert len(refreshes) >= 2
+    await page.close()
+
+
+async def test_transferred_call_plays_to_its_last_turn_and_audits_only_playing(
+    running_app: RunningApp, database: str, browser: Browser, tmp_path: Path
+) -> None:
+    """A recorded call a bot handed over to a person: opening its page fetches no audio (so
+    no `call.recording` audit row); the player's hint names the channels; clicking the last
+    turn (the person's, after the handover) seeks inside the audio and plays it."""
+    result = await recorded_transfer_call(tmp_path)
+    sid = result.caller.call_sid
+    await add_accounts(database)
+    page = await browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await log_in(page, running_app.url, STAFF, f"/calls/{sid}")
+    await expect(page.locator("tr.event.handover")).to_have_count(1)
+    hint = page.locator("#channels")
+    await expect(hint).to_contain_text("Left: caller")
+    await expect(hint).to_contain_text("right: bot, then from the handover at")
+    await expect(hint).to_contain_text("the agent (the person who took the call)")
+
+    await page.wait_for_timeout(1_000)  # time enough for any preload
+    recordings = [r for r in await audit_rows(database) if r["action"] == "call.recording"]
+    assert recordings == []
+
+    last = page.locator("#timeline tr.turn").last
+    await expect(last).to_have_class("turn staff")
+    start_s = int(await last.get_attribute("data-ms") or 0) / 1000
+    await last.click()
+    player = page.locator("#player")
+    await page.wait_for_function(
+        "(t) => { const a = document.getElementById('player');"
+        " return a.readyState >= 1 && !a.paused && a.currentTime > t + 0.2; }",
+        arg=start_s,
+        timeout=10_000,
+    )
+    duration, position = await player.evaluate("a => [a.duration, a.currentTime]")
+    assert start_s < position < duration, (start_s, position, duration)
+    assert not await player.evaluate("a => a.ended")
+    recordings = [r for r in await audit_rows(database) if r["action"] == "call.recording"]
+    assert [(r["user_name"], r["target"]) for r in recordings] == [(STAFF[0], sid)]
+    assert not errors, errors
+    await page.close()
+
+
+async def test_live_call_page_timeline_follows_the_call(
+    running_app: RunningApp, database: str, browser: Browser
+) -> None:
+    """The call page of a live call: new turns appear in place (only changed rows are touched,
+    so a focused row keeps focus), and the page reloads once the call has ended."""
+    await add_accounts(database)
+    sid = "CA" + "3" * 32
+    first = [Turn(0, "caller", "hello is anyone there", 0, 900)]
+    await store_call(database, sid, turns=first, ended=False)
+    page = await browser.new_page()
+    await log_in(page, running_app.url, STAFF, f"/calls/{sid}")
+    timeline = page.locator("#timeline")
+    await expect(timeline.locator("tr.turn")).to_have_count(1)
+    row = timeline.locator("tr.turn").first
+    await row.focus()
+    await page.evaluate("window.__marker = 1")
+    turns = [*first, Turn(1, "bot", "Yes, how can I help?", 1000, 2000, heard="Yes")]
+    await store_call(database, sid, turns=turns, ended=False)
+    await expect(timeline.locator("tr.turn.bot")).to_contain_text("how can I help", timeout=10_000)
+    assert await row.evaluate("r => document.activeElement === r"), "focus moved"
+    assert await page.evaluate("window.__marker") == 1  # updated in place, not reloaded
+    await store_call(database, sid, turns=turns, ended=True)
+    await expect(page.locator("#call-status")).to_contain_text("caller hung up", timeout=10_000)
     await page.close()

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import wave
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -290,6 +292,52 @@ async def test_call_page_shows_heard_vs_generated_and_events(
     assert "default-src 'self'" in resp.headers["content-security-policy"]
     views = [r for r in await audit_rows(database) if r["action"] == "call.view"]
     assert [(v["user_name"], v["target"]) for v in views] == [("alice", SID)]
+
+
+@pytest.mark.parametrize(
+    ("mode", "events", "right"),
+    [
+        ("flux", [], "right: bot as the caller heard it."),
+        ("agent", [], "right: bot as the caller heard it."),
+        ("transcribe", [], "right: agent (the person who took the call)."),
+        (
+            "flux",
+            [Event(15_000, "handover", {"to": "staff"})],
+            "right: bot, then from the handover at 0:15.0 the agent (the person who took the "
+            "call).",
+        ),
+    ],
+)
+async def test_recording_is_audited_when_played_not_when_the_page_opens(
+    staff_app: RunningApp, database: str, tmp_path: Path, mode: str, events: list, right: str
+) -> None:
+    """The player preloads nothing: opening the page is a `call.view`, only fetching the audio
+    is a `call.recording` (once, not per byte range). Its hint says who each channel is."""
+    sid = "CA" + "4" * 32
+    wav = tmp_path / f"{sid}.wav"
+    with wave.open(str(wav), "wb") as out:
+        out.setnchannels(2)
+        out.setsampwidth(2)
+        out.setframerate(8000)
+        out.writeframes(bytes(4 * 8000))
+    await store_call(database, sid, turns=TURNS, events=events, mode=mode, recording_path=str(wav))
+
+    def played() -> list[str]:
+        return [r["target"] for r in rows if r["action"] == "call.recording"]
+
+    async with client_as(staff_app, STAFF) as client:
+        page = await client.get(f"/calls/{sid}")
+        assert 'preload="none"' in page.text
+        assert f"Left: caller · {right}" in page.text
+        rows = await audit_rows(database)
+        assert played() == []
+        assert (await client.get(f"/calls/{sid}/recording.wav")).status_code == 200
+        rows = await audit_rows(database)
+        assert played() == [sid]
+        seek = await client.get(f"/calls/{sid}/recording.wav", headers={"range": "bytes=800-"})
+        assert seek.status_code == 206
+        rows = await audit_rows(database)
+        assert played() == [sid]
 
 
 async def test_unknown_call_is_404(staff_app: RunningApp) -> None:

@@ -17,8 +17,55 @@ function fillTimeZone() {
   }
 }
 
-// Replace the element's rows with the fragment at data-poll, while anything is live.
+// Copy `from`'s attributes onto `to` (a row's class says whether its call is live).
+function syncAttributes(to, from) {
+  for (const { name } of Array.from(to.attributes)) {
+    if (!from.hasAttribute(name)) to.removeAttribute(name);
+  }
+  for (const { name, value } of Array.from(from.attributes)) {
+    if (to.getAttribute(name) !== value) to.setAttribute(name, value);
+  }
+}
+
+// Bring the rows in `el` up to date with a fragment of rows, touching only what changed: a
+// row is matched by its data-sid (else its position) and only its cells whose HTML differs
+// are replaced. Replacing the whole body (innerHTML) would drop keyboard focus to <body> and
+// clear any text selection in it on every refresh; this way both survive unless the very
+// cell they are in changed. Unchanged rows are never moved, only new ones inserted.
+function updateRows(el, html) {
+  const tpl = document.createElement("template");
+  tpl.innerHTML = html;
+  localiseTimes(tpl.content);  // compare like with like: the page's times are localised
+  const key = (row, i) => row.dataset.sid || "#" + i;
+  const old = new Map(Array.from(el.rows, (row, i) => [key(row, i), row]));
+  const incoming = Array.from(tpl.content.children).filter((n) => n.tagName === "TR");
+  const rows = incoming.map((fresh, i) => {
+    const row = old.get(key(fresh, i));
+    if (!row) return fresh;
+    old.delete(key(fresh, i));
+    if (row.cells.length !== fresh.cells.length) {
+      row.replaceWith(fresh);
+      return fresh;
+    }
+    syncAttributes(row, fresh);
+    Array.from(fresh.cells).forEach((cell, j) => {
+      if (row.cells[j].outerHTML !== cell.outerHTML) row.cells[j].replaceWith(cell);
+    });
+    return row;
+  });
+  for (const gone of old.values()) gone.remove();
+  rows.forEach((row, i) => {
+    if (el.rows[i] !== row) el.insertBefore(row, el.rows[i] || null);
+  });
+}
+
+// Refresh the element's rows from the fragment at data-poll every POLL_MS. The calls list
+// (data-poll-while="tr.live") polls only while it lists a live call: with none there is
+// nothing to follow, and a page that never changes needs no requests. A call page's timeline
+// has data-poll only while its call is live and stops when the server says it ended.
 function poll(el) {
+  const whileSel = el.dataset.pollWhile;
+  const wanted = () => !whileSel || el.querySelector(whileSel) !== null;
   let timer = null;
   async function tick() {
     if (document.hidden) return schedule();
@@ -33,8 +80,7 @@ function poll(el) {
       return;
     }
     if (!resp.ok) return schedule();
-    el.innerHTML = await resp.text();
-    localiseTimes(el);
+    updateRows(el, await resp.text());
     const total = resp.headers.get("x-total");
     const counter = document.getElementById("total");
     if (total !== null && counter) counter.textContent = total;
@@ -46,7 +92,7 @@ function poll(el) {
   }
   function schedule() {
     clearTimeout(timer);
-    timer = setTimeout(tick, POLL_MS);
+    if (wanted()) timer = setTimeout(tick, POLL_MS);
   }
   schedule();
 }

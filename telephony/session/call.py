@@ -452,8 +452,11 @@ class Call:
         self._track_sequence(msg)
         if msg.track == "outbound":
             self.summary.stats.outbound_frames += 1
+            out_ts = msg.timestamp + self._clock_offset_ms
+            if self.recorder is not None:  # the person on the call: the recording's right side
+                self.recorder.outbound(out_ts, msg.payload)
             if self._on_outbound_audio is not None:
-                self._on_outbound_audio(msg.timestamp + self._clock_offset_ms, msg.payload)
+                self._on_outbound_audio(out_ts, msg.payload)
             return
         stats = self.summary.stats
         ts = msg.timestamp + self._clock_offset_ms

@@ -1,4 +1,5 @@
-"""Per-call stereo recordings: the caller on the left, the bot on the right, as heard.
+"""Per-call stereo recordings: the caller on the left, on the right what the caller heard
+(the bot, or the person who took the call).
 
 Both tracks are μ-law bytes on the call's audio clock (8 bytes per ms of Twilio's
 `media.timestamp`):
@@ -11,6 +12,9 @@ Both tracks are μ-law bytes on the call's audio clock (8 bytes per ms of Twilio
   media.timestamp + the time since it arrived).
   Frames of one paced run are laid end to end. A `clear` cuts the track at the moment it went
   out: whatever was sent but had not played yet never reached the caller, so it is not kept.
+- the person: on a `both_tracks` fork (transcribe mode, or after a transfer) Twilio's
+  `outbound` track is what the caller hears, so it is the right channel, each frame at its
+  timestamp (less the caller track's squeezed gaps: both tracks of a fork share timestamps).
 
 The audio path only appends to two bytearrays. Every `flush_ms` of caller audio the part that
 can no longer change (everything older than `hold_ms` before the newest caller audio; a clear
@@ -19,6 +23,18 @@ process, which appends it to two spool files. `finish()` hands over the rest and
 thread write `<dir>/<CallSid>.wav` (stereo PCM16 8 kHz, the shorter track padded with silence)
 through a temporary file and a rename, then delete the spools. The event loop never touches
 the disk and never waits for the thread except in `finish()`, which awaits it asynchronously.
+
+A transfer that stays transcribed (`transcribe_after_transfer`) makes one call two streams:
+the bot's, whose recorder writes `<CallSid>.wav` when it stops, then Twilio's fork, whose
+recorder starts at `start_ms` (the call time the fork continues from) and spools apart. When
+the fork ends it rewrites the same file: the bot part's first `start_ms` (cut or padded with
+silence to exactly that), then its own tracks. So the call has one WAV on one clock, and every
+stored turn time (the fork's are offset by the same `start_ms`) points into it. One file
+rather than a second one the player joins: the browser's own player, seeking and the
+recording route stay as they are. Both parts must use the same directory (one instance, or a
+volume shared by all): a fork that finds no earlier part keeps silence in its place. The bot
+part's file is written as its stream stops, long before the fork's; on one instance the single
+worker thread also keeps that order.
 """
 
 from __future__ import annotations
@@ -50,6 +66,7 @@ FLUSH_MS = 5000  # hand caller audio to the worker in chunks of this much
 HOLD_MS = 1000  # bot audio this close to "now" stays in memory: a clear may still cut it
 WAV_CHUNK = 64 * 1024  # samples per channel converted at a time when the WAV is written
 _SILENCE = bytes((MULAW_SILENCE,)) * (MAX_GAP_MS * BYTES_PER_MS)
+_PCM_FRAME = 4  # one stereo PCM16 sample pair in the WAV
 _CONTIGUOUS_S = 0.001  # a frame due within 1 ms of the previous one's end continues its run
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -75,9 +92,12 @@ def _silence(n: int) -> bytes:
 
 
 class CallRecorder:
-    """One call's recording. Loop side: `caller`, `bot`, `clear` (cheap), `finish` (async).
+    """One call's recording. Loop side: `caller`, `bot`, `outbound`, `clear` (cheap), `finish`
+    (async).
 
     `clock` is the monotonic clock the playout paces on (the event loop's by default).
+    `start_ms` > 0: this stream continues the call from that call time (a fork after a
+    transfer); `finish` puts it after that much of the call's existing recording.
     """
 
     def __init__(
@@ -89,36 +109,41 @@ class CallRecorder:
         executor: concurrent.futures.Executor | None = None,
         flush_ms: int = FLUSH_MS,
         hold_ms: int = HOLD_MS,
+        start_ms: int = 0,
     ) -> None:
         self.call_sid = call_sid
         directory = Path(directory).absolute()
         name = _UNSAFE.sub("_", call_sid) or "call"
         self.path = directory / f"{name}.wav"
-        self._caller_spool = directory / f"{name}.caller.ulaw.part"
-        self._bot_spool = directory / f"{name}.bot.ulaw.part"
-        self._tmp = directory / f"{name}.wav.tmp"
+        # A continuation's spools and temporary file never share a name with the first part's.
+        part = f"{name}.from{start_ms}" if start_ms > 0 else name
+        self._caller_spool = directory / f"{part}.caller.ulaw.part"
+        self._bot_spool = directory / f"{part}.bot.ulaw.part"
+        self._tmp = directory / f"{part}.wav.tmp"
+        # Byte position of the spools' first byte on the call clock (0 but for a continuation).
+        self._base = max(start_ms, 0) * BYTES_PER_MS
         self._clock = clock or asyncio.get_running_loop().time
         self._executor = executor or recording_executor()
         self._flush_bytes = flush_ms * BYTES_PER_MS
         self._hold_bytes = hold_ms * BYTES_PER_MS
         # Loop side. Positions are absolute byte offsets on the recording's clock.
         self._caller = bytearray()  # caller audio after `_caller_spooled`
-        self._caller_spooled = 0  # caller bytes handed to the worker
-        self._caller_end_ms = 0  # call clock at the end of the caller track
+        self._caller_spooled = self._base  # end of the caller audio handed to the worker
+        self._caller_end_ms = self._base // BYTES_PER_MS  # call clock at the caller track's end
         # The clocks' anchor: the newest caller frame started at byte `_anchor_pos` and
-        # arrived at monotonic `_anchor_t` (before any, the call clock's 0 is "now").
+        # arrived at monotonic `_anchor_t` (before any, the start of the recording is "now").
         self._anchor_t = self._clock()
-        self._anchor_pos = 0
-        self._bot = bytearray()  # bot track from `_bot_base` on
-        self._bot_base = 0
-        self._bot_floor = 0  # the bot track before this is with the worker: final
+        self._anchor_pos = self._base
+        self._bot = bytearray()  # right track (bot or person) from `_bot_base` on
+        self._bot_base = self._base
+        self._bot_floor = self._base  # the right track before this is with the worker: final
         self._run_end_t: float | None = None  # monotonic end of the last bot frame's run
         self.squeezed_ms = 0  # caller clock jumps beyond MAX_GAP_MS, left out of the file
         self._finished = False
         self._submit_ok = True
         self._broken = False  # set by a failure on the loop side: recording stops
         # Worker side (touched only by the worker thread).
-        self._bot_written = 0
+        self._bot_written = self._base
         self._error: BaseException | None = None
         self._started = False
 
@@ -160,22 +185,37 @@ class CallRecorder:
             else:
                 pos = self._pos_at(play_at)
             self._run_end_t = play_at + len(frame) / TWILIO_RATE
-            if pos < self._bot_floor:  # only if the clocks jumped by more than hold_ms
-                frame = frame[self._bot_floor - pos :]
-                pos = self._bot_floor
-            bot = self._bot
-            if not bot:
-                self._bot_base = pos
-                bot += frame
-                return
-            at = pos - self._bot_base
-            if at > len(bot):
-                bot += _silence(at - len(bot))
-            bot[at : at + len(frame)] = frame  # append, or overwrite what a new run replaces
-            if len(bot) >= 2 * self._flush_bytes:  # only if the caller's frames stopped
-                self._flush(final=False)
+            self._put_right(pos, frame)
         except Exception:
             self._break()
+
+    def outbound(self, ts_ms: int, payload: bytes) -> None:
+        """An `outbound` frame of a both_tracks fork at `ts_ms` on the call clock: the person
+        the caller is talking to. Placed by its timestamp, as the caller's are (Twilio gives
+        both tracks of a fork the same clock), less the caller gaps squeezed out so far."""
+        if self._broken:
+            return
+        try:
+            self._put_right((ts_ms - self.squeezed_ms) * BYTES_PER_MS, payload)
+        except Exception:
+            self._break()
+
+    def _put_right(self, pos: int, frame: bytes) -> None:
+        """`frame` on the right track at byte `pos`: appended, or over what it replaces."""
+        if pos < self._bot_floor:  # only if the clocks jumped by more than hold_ms
+            frame = frame[self._bot_floor - pos :]
+            pos = self._bot_floor
+        bot = self._bot
+        if not bot:
+            self._bot_base = pos
+            bot += frame
+            return
+        at = pos - self._bot_base
+        if at > len(bot):
+            bot += _silence(at - len(bot))
+        bot[at : at + len(frame)] = frame  # append, or overwrite what a new run replaces
+        if len(bot) >= 2 * self._flush_bytes:  # only if the caller's frames stopped
+            self._flush(final=False)
 
     def clear(self, at: float) -> None:
         """Twilio `clear` at monotonic `at`: bot audio that had not played by then is dropped."""
@@ -270,7 +310,7 @@ class CallRecorder:
             if self._broken:
                 return None  # already logged; the spools are removed below
             if not self._started:
-                self._spool(b"", 0, b"")  # a call without audio: an empty recording
+                self._spool(b"", self._base, b"")  # a call without audio: an empty recording
                 if self._error is not None:
                     raise self._error
             tmp = self._tmp
@@ -284,6 +324,8 @@ class CallRecorder:
                 out.setnchannels(2)
                 out.setsampwidth(2)
                 out.setframerate(TWILIO_RATE)
+                if self._base:
+                    self._write_earlier_part(out, self._base)
                 for _ in range(0, max(caller_len, bot_len), WAV_CHUNK):
                     out.writeframes(_stereo(left.read(WAV_CHUNK), right.read(WAV_CHUNK)))
             os.replace(tmp, self.path)
@@ -299,6 +341,38 @@ class CallRecorder:
                     log.warning(
                         "cannot remove %s: %s", leftover, exc, extra={"call_sid": self.call_sid}
                     )
+
+    def _write_earlier_part(self, out: wave.Wave_write, frames: int) -> None:
+        """The call's recording so far (the bot part, before a transfer), cut or padded with
+        silence to exactly `frames`, so this part starts where its call time says."""
+        written = 0
+        try:
+            with wave.open(str(self.path), "rb") as earlier:
+                fmt = (earlier.getnchannels(), earlier.getsampwidth(), earlier.getframerate())
+                if fmt != (2, 2, TWILIO_RATE):
+                    raise wave.Error(f"unexpected format {fmt}")
+                while written < frames:
+                    chunk = earlier.readframes(min(WAV_CHUNK, frames - written))
+                    if not chunk:
+                        break
+                    out.writeframes(chunk)
+                    written += len(chunk) // _PCM_FRAME
+        except FileNotFoundError:
+            log.warning(
+                "no earlier recording of this call: silence in its place",
+                extra={"call_sid": self.call_sid},
+            )
+        except (OSError, EOFError, wave.Error) as exc:
+            log.error(
+                "earlier recording unreadable (%s): silence in its place",
+                exc,
+                extra={"call_sid": self.call_sid},
+            )
+        silent = bytes(_PCM_FRAME * WAV_CHUNK)  # PCM16 zeros: μ-law silence decoded
+        while written < frames:
+            n = min(WAV_CHUNK, frames - written)
+            out.writeframes(silent[: n * _PCM_FRAME])
+            written += n
 
 
 def _stereo(left: bytes, right: bytes) -> bytes:
