@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -125,7 +126,8 @@ async def test_staff_search_open_call_and_seek(
     await expect(timeline.locator("tr.turn.caller").first).to_contain_text("opening hours")
     await expect(timeline.locator("tr.event.barge-in")).to_have_count(1)
     interrupted = timeline.locator("tr.turn.bot.interrupted")
-    await expect(interrupted.locator("del.unheard")).to_contain_text("nine to five")
+    await expect(interrupted.locator("span.heard")).to_contain_text("We are open")
+    await expect(interrupted.locator("del.unheard")).to_contain_text("Friday")
 
     # Clicking a turn loads the recording (nothing is preloaded) and seeks to the turn's start.
     player = page.locator("#player")
@@ -227,7 +229,10 @@ async def test_calls_list_refreshes_only_while_a_call_is_live(
     assert refreshes == []
 
     hello = [Turn(0, "caller", "hello is anyone there", 0, 900)]
-    await store_call(database, live, turns=hello, ended=False, from_number="+15551230000")
+    # One start time for both writes (store_call's default is "a minute ago", read each time,
+    # which would change the focused link's cell when a second ticks over between them).
+    live_call = {"ended": False, "from_number": "+15551230000", "started_at": time.time() - 60}
+    await store_call(database, live, turns=hello, **live_call)
     await page.reload()
     row = page.locator(f'tr[data-sid="{live}"]')
     await expect(row).to_contain_text("in progress")
@@ -238,7 +243,7 @@ async def test_calls_list_refreshes_only_while_a_call_is_live(
     await row.locator("td").nth(1).evaluate(select)
     assert await link.evaluate("a => document.activeElement === a")
     turns = [*hello, Turn(1, "bot", "Yes, how can I help?", 1000, 2000, heard="Yes")]
-    await store_call(database, live, turns=turns, ended=False, from_number="+15551230000")
+    await store_call(database, live, turns=turns, **live_call)
     await expect(row.locator("td").nth(6)).to_have_text("2", timeout=10_000)  # refreshed
     for n in range(2):  # that refresh, then one that changed nothing: neither moved them
         assert await link.evaluate("a => document.activeElement === a"), "focus moved"
