@@ -174,7 +174,8 @@ class ListenClient(DeepgramSocket):
                 if event is None:
                     continue
                 if isinstance(event, dm.ListenError):
-                    raise ListenFatal(f"Nova error {event.code}: {event.description}")
+                    what = event.variant or event.code  # `code` is legacy on the wire
+                    raise ListenFatal(f"Nova error {what}: {event.description}")
                 if isinstance(event, dm.ListenMetadata):
                     self.metadata = event
                 yield event
