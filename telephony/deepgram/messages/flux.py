@@ -98,7 +98,7 @@ class FluxError(_Wire):
     code: str = ""
     description: str = ""
     sequence_id: int = 0
-    request_id: str = ""
+    request_id: str | None = None  # not on Flux's Error (Deepgram's SDK has none); kept if sent
 
 
 def _num(v: Any, where: str) -> float:
