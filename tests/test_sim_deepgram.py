@@ -756,11 +756,20 @@ async def test_fault_silent_keeps_reading_but_sends_nothing(make_fake: MakeFake)
 
 
 async def test_fault_error_sends_error_then_1011(make_fake: MakeFake) -> None:
+    fake = await make_fake(script=Script(faults=[Fault("flux", 0, "error", reason="boom")]))
+    async with dial(fake, FLUX) as ws:
+        got = await collect(ws, dm.parse_flux_server)
+    assert got.names() == ["Connected", "Error"] and got.close_code == 1011
+    assert got.events[-1].description == "boom"
+
+
+async def test_fault_error_on_speak_is_only_a_close_frame(make_fake: MakeFake) -> None:
+    # Aura has no JSON Error: the close frame's code and reason are the error.
     fake = await make_fake(script=Script(faults=[Fault("speak", 0, "error", reason="boom")]))
     async with dial(fake, SPEAK) as ws:
         got = await collect(ws, dm.parse_speak_server)
-    assert got.names() == ["Metadata", "Error"] and got.close_code == 1011
-    assert got.events[-1].description == "boom"
+    assert got.names() == ["Metadata"]
+    assert (got.close_code, got.close_reason) == (1011, "boom")
 
 
 async def test_agent_fault_fires_on_audio_after_settings(make_fake: MakeFake) -> None:
