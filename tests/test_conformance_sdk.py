@@ -448,6 +448,8 @@ async def _flux_session(fakes: list[FakeDeepgram]) -> None:
         await _until(events, lambda e: isinstance(e, dm.ConfigureSuccess))
         await client.configure(language_hints=["fr"])  # flux-general-en: refused
         await _until(events, lambda e: isinstance(e, dm.ConfigureFailure))
+        await client.force_end_turn()  # no turn yet: a Warning
+        await _until(events, lambda e: isinstance(e, dm.FluxWarning))
         for i in range(100):  # 2 s: the first turn times out, the second is open
             client.send_audio(i * 20, FRAME)
         await _until(events, lambda e: _is_turn("StartOfTurn")(e) and e.turn_index == 1)
@@ -797,7 +799,14 @@ def test_fake_server_messages_validate_strictly_against_the_sdk(wire: Wire, endp
 
 def test_the_runs_captured_every_message_the_fakes_can_send(wire: Wire) -> None:
     expected = {
-        "flux": {"Connected", "TurnInfo", "ConfigureSuccess", "ConfigureFailure", "Error"},
+        "flux": {
+            "Connected",
+            "TurnInfo",
+            "ConfigureSuccess",
+            "ConfigureFailure",
+            "Warning",
+            "Error",
+        },
         "speak": {"Metadata", "Flushed", "Cleared", "Warning"},
         "agent": {
             "Welcome",

@@ -334,7 +334,8 @@ async def test_flux_force_end_turn_is_manual_and_ignored_without_a_turn(
 ) -> None:
     fake = await make_fake(script=Script(turns=[FIVE_WORDS]))
     async with dial(fake, FLUX) as ws:
-        await ws.send(dm.force_end_turn())  # no open turn: ignored
+        await ws.send(dm.force_end_turn())  # no open turn: a Warning, nothing else
+        warned = await collect(ws, dm.parse_flux_server, until=is_type("Warning"))
         await feed(ws, 700)
         await ws.send(dm.force_end_turn())
         got = await collect(ws, dm.parse_flux_server, until=is_type("EndOfTurn"))
@@ -344,6 +345,7 @@ async def test_flux_force_end_turn_is_manual_and_ignored_without_a_turn(
     assert (end.event, end.trigger, end.transcript) == ("EndOfTurn", "manual", "please cancel my")
     assert end.audio_window_end == 0.7
     assert got.names().count("EndOfTurn") == 1 and later.events == []
+    assert warned.events[-1].code == "FORCE_END_TURN_NO_ACTIVE_TURN"
 
 
 async def test_flux_configure_success_and_failure(make_fake: MakeFake) -> None:
