@@ -6,6 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+# The API key `telephony emulator` accepts when DEEPGRAM_API_KEY is unset.
+EMULATOR_DEFAULT_KEY = "test-key"
+
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
@@ -124,16 +127,33 @@ def _retention_run(args: argparse.Namespace) -> int:
 
 
 def _emulator(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import yaml
+
     from telephony.logs import setup_logging
     from telephony.settings import Settings
-    from telephony.sim.deepgram_server import run_emulator
+    from telephony.sim.deepgram_server import Script, ScriptError, run_emulator
 
     settings = Settings()
     setup_logging(settings.log_format, settings.log_level)
+    script, tagged = None, {}
+    if args.script:  # the `telephony call --script` timeline; `staff:` for "staff"-tagged sockets
+        try:
+            data = yaml.safe_load(Path(args.script).read_text()) or {}
+            if not isinstance(data, dict):
+                raise ScriptError("a script document must be a mapping")
+            staff = data.pop("staff", None)
+            script = Script.from_dict(data)
+            if staff:
+                tagged["staff"] = Script.from_dict({"turns": staff})
+        except (OSError, yaml.YAMLError, ScriptError) as exc:
+            print(f"error: --script {args.script}: {exc}", file=sys.stderr)
+            return 2
     # The key clients must present: DEEPGRAM_API_KEY, or "test-key" when unset.
-    key = settings.deepgram_api_key.get_secret_value() or "test-key"
+    key = settings.deepgram_api_key.get_secret_value() or EMULATOR_DEFAULT_KEY
     # run_emulator prints "fake Deepgram listening on ws://HOST:PORT" once it accepts.
-    run_emulator(args.host, args.port, key)
+    run_emulator(args.host, args.port, key, script, tagged)
     return 0
 
 
@@ -244,9 +264,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ret_run.set_defaults(func=_retention_run)
 
-    emulator = sub.add_parser("emulator", help="run the fake Deepgram server")
+    emulator = sub.add_parser(
+        "emulator",
+        help="run the fake Deepgram server",
+        description="The fake Deepgram (Flux /v2/listen, Aura /v1/speak, Voice Agent "
+        "/v1/agent/converse, Nova /v1/listen) on one port. Clients authenticate with "
+        "'Authorization: Token KEY', where KEY is $DEEPGRAM_API_KEY, or "
+        f"'{EMULATOR_DEFAULT_KEY}' when that is unset.",
+    )
     emulator.add_argument("--host", default="127.0.0.1")
     emulator.add_argument("--port", type=int, default=8765)
+    emulator.add_argument(
+        "--script",
+        metavar="TIMELINE.yaml",
+        help="what the fake says, as for `telephony call --script`: turns (Flux/Nova), agent "
+        "steps, faults; staff: turns for Nova sockets tagged 'staff'",
+    )
     emulator.set_defaults(func=_emulator)
     call = sub.add_parser("call", help="an offline call through the app and the fakes")
     call.add_argument("--number", help="the dialled number (default: first of --mode)")

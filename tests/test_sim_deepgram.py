@@ -1,7 +1,7 @@
 """The fake Deepgram server, driven by real websockets clients on a loopback port.
 
 Scripts are keyed on audio time, so audio is fed faster than real time and the expected events
-are exact. Behaviours marked "unverified" in /work/shared/protocol.md say so where tested.
+are exact. Behaviours marked "unverified" in docs/protocol.md say so where tested.
 """
 
 from __future__ import annotations
@@ -334,7 +334,8 @@ async def test_flux_force_end_turn_is_manual_and_ignored_without_a_turn(
 ) -> None:
     fake = await make_fake(script=Script(turns=[FIVE_WORDS]))
     async with dial(fake, FLUX) as ws:
-        await ws.send(dm.force_end_turn())  # no open turn: ignored
+        await ws.send(dm.force_end_turn())  # no open turn: a Warning, nothing else
+        warned = await collect(ws, dm.parse_flux_server, until=is_type("Warning"))
         await feed(ws, 700)
         await ws.send(dm.force_end_turn())
         got = await collect(ws, dm.parse_flux_server, until=is_type("EndOfTurn"))
@@ -344,6 +345,7 @@ async def test_flux_force_end_turn_is_manual_and_ignored_without_a_turn(
     assert (end.event, end.trigger, end.transcript) == ("EndOfTurn", "manual", "please cancel my")
     assert end.audio_window_end == 0.7
     assert got.names().count("EndOfTurn") == 1 and later.events == []
+    assert warned.events[-1].code == "FORCE_END_TURN_NO_ACTIVE_TURN"
 
 
 async def test_flux_configure_success_and_failure(make_fake: MakeFake) -> None:
@@ -756,11 +758,20 @@ async def test_fault_silent_keeps_reading_but_sends_nothing(make_fake: MakeFake)
 
 
 async def test_fault_error_sends_error_then_1011(make_fake: MakeFake) -> None:
+    fake = await make_fake(script=Script(faults=[Fault("flux", 0, "error", reason="boom")]))
+    async with dial(fake, FLUX) as ws:
+        got = await collect(ws, dm.parse_flux_server)
+    assert got.names() == ["Connected", "Error"] and got.close_code == 1011
+    assert got.events[-1].description == "boom"
+
+
+async def test_fault_error_on_speak_is_only_a_close_frame(make_fake: MakeFake) -> None:
+    # Aura has no JSON Error: the close frame's code and reason are the error.
     fake = await make_fake(script=Script(faults=[Fault("speak", 0, "error", reason="boom")]))
     async with dial(fake, SPEAK) as ws:
         got = await collect(ws, dm.parse_speak_server)
-    assert got.names() == ["Metadata", "Error"] and got.close_code == 1011
-    assert got.events[-1].description == "boom"
+    assert got.names() == ["Metadata"]
+    assert (got.close_code, got.close_reason) == (1011, "boom")
 
 
 async def test_agent_fault_fires_on_audio_after_settings(make_fake: MakeFake) -> None:

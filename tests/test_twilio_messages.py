@@ -1,4 +1,4 @@
-"""Twilio Media Streams messages: the examples from protocol.md, strictness, fuzzing."""
+"""Twilio Media Streams messages: the examples from docs/protocol.md, strictness, fuzzing."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Voice Agent `/v1/agent/converse` client: caller audio in, agent speech and events out.
 
-The flow (protocol.md §5): Welcome -> our one Settings -> SettingsApplied -> binary audio both
+The flow (docs/protocol.md §5): Welcome -> our one Settings -> SettingsApplied -> binary audio both
 ways. Audio is μ-law 8 kHz both ways, so Twilio payloads pass through untouched; they go up in
 ~80 ms messages (4 Twilio frames). Caller audio that arrives before SettingsApplied (the agent
 ignores it) is kept, bounded, and sent in order right after it, so the caller's first words

@@ -1,6 +1,6 @@
 """What every Deepgram socket shares: URL building, auth, and the keep-alive rule per endpoint.
 
-Each endpoint keeps its socket alive by its own rule (protocol.md §2–6):
+Each endpoint keeps its socket alive by its own rule (docs/protocol.md §2–6):
 - Flux `/v2/listen`: WebSocket pings only. A JSON KeepAlive kills the socket.
 - Nova `/v1/listen`: a `{"type":"KeepAlive"}` text frame every 3–5 s without audio.
 - Agent `/v1/agent/converse`: KeepAlive about every 8 s, and only while no audio flows.

@@ -12,7 +12,7 @@ failure or reconnect of one side leaves the other alone, and roles follow from t
 The cost is two concurrent connections per call (Deepgram's rate limit counts sockets) and
 Deepgram billing the silence of both sides, as it would with multichannel.
 
-Rules (protocol.md §6): μ-law 8 kHz passes through untouched, in ~80 ms binary messages that
+Rules (docs/protocol.md §6): μ-law 8 kHz passes through untouched, in ~80 ms binary messages that
 are never empty (a zero-length binary frame closes the stream). KeepAlive is a JSON *text*
 frame, sent only after ~4 s without audio (`NOVA_KEEPALIVE`); Nova closes an idle socket after
 ~10 s (NET-0001). At the end: the buffered tail, `Finalize`, a bounded wait for the final
@@ -174,7 +174,8 @@ class ListenClient(DeepgramSocket):
                 if event is None:
                     continue
                 if isinstance(event, dm.ListenError):
-                    raise ListenFatal(f"Nova error {event.code}: {event.description}")
+                    what = event.variant or event.code  # `code` is legacy on the wire
+                    raise ListenFatal(f"Nova error {what}: {event.description}")
                 if isinstance(event, dm.ListenMetadata):
                     self.metadata = event
                 yield event

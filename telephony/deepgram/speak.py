@@ -26,7 +26,13 @@ CLOSE_TIMEOUT_S = 2.0
 
 
 class SpeakFatal(Exception):
-    """Aura closed the socket or sent an Error."""
+    """Aura closed the socket. Its errors (bad text, rate limits, internal faults) arrive only
+    as the close frame's code and reason, kept here; Deepgram defines no JSON Error for Aura."""
+
+    def __init__(self, message: str, code: int | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
 
 
 class FlushBudget:
@@ -57,7 +63,9 @@ class SpeakClient(DeepgramSocket):
     def __init__(
         self, base_url: str, api_key: str, voice: str, *, budget: FlushBudget | None = None
     ) -> None:
-        params = {"model": voice, "encoding": "mulaw", "sample_rate": 8000, "container": "none"}
+        # No `container`: the socket sends raw audio only, and Deepgram's SDK offers no such
+        # parameter on it.
+        params = {"model": voice, "encoding": "mulaw", "sample_rate": 8000}
         super().__init__(build_url(base_url, SPEAK_PATH, params), api_key)
         self.budget = budget or FlushBudget()
         self._clearing = False  # audio before `Cleared` belongs to a reply we cancelled
@@ -96,7 +104,7 @@ class SpeakClient(DeepgramSocket):
                 event = parse_or_skip(raw, dm.parse_speak_server, "Aura")
                 if event is None:
                     continue
-                if isinstance(event, dm.SpeakError):
+                if isinstance(event, dm.SpeakError):  # not sent by Aura; kept as a safety net
                     raise SpeakFatal(f"Aura error {event.code}: {event.description}")
                 if isinstance(event, dm.Cleared):
                     self._clearing = False
@@ -106,9 +114,12 @@ class SpeakClient(DeepgramSocket):
                     log.warning("Aura warning %s: %s", event.code, event.description)
                 yield event
         except ConnectionClosed as exc:
-            raise SpeakFatal(f"Aura closed: {exc.rcvd or 'no close frame'}") from None
+            frame = exc.rcvd  # the error, as Aura reports it: code and reason
+            code, reason = (frame.code, frame.reason) if frame else (None, "")
+            raise SpeakFatal(f"Aura closed: {frame or 'no close frame'}", code, reason) from None
         if not self._closing:
-            raise SpeakFatal(f"Aura closed: {self.ws.close_code or 'no status'}")
+            code, reason = self.ws.close_code, self.ws.close_reason or ""
+            raise SpeakFatal(f"Aura closed: {code or 'no status'} {reason}".rstrip(), code, reason)
 
     async def close(self) -> None:
         if self._ws is None:

@@ -186,9 +186,11 @@ class TrackTranscriber:
             return
         self._settled_ms = client.to_call_ms(r.start + r.duration)
         self.upstream.forget_before(self._settled_ms)  # final: never replayed
-        text = r.transcript.strip()
+        words = r.words
+        # The words as the transcript spells them: with punctuate/smart_format Nova's `word`
+        # is bare and lowercase, `punctuated_word` is the formatted one.
+        text = " ".join(w.punctuated_word or w.word for w in words) or r.transcript.strip()
         if text:
-            words = r.words
             first = words[0].start if words and words[0].start is not None else r.start
             last = words[-1].end if words and words[-1].end is not None else r.start + r.duration
             speakers = {w.speaker for w in words if w.speaker is not None}

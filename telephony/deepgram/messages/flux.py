@@ -98,7 +98,7 @@ class FluxError(_Wire):
     code: str = ""
     description: str = ""
     sequence_id: int = 0
-    request_id: str = ""
+    request_id: str | None = None  # not on Flux's Error (Deepgram's SDK has none); kept if sent
 
 
 def _num(v: Any, where: str) -> float:
@@ -193,7 +193,7 @@ def flux_threshold_problems(
     eager_eot_threshold: float | None = None,
     eot_timeout_ms: float | None = None,
 ) -> list[str]:
-    """Why these Flux thresholds are invalid (empty: valid). Ranges from protocol.md §3."""
+    """Why these Flux thresholds are invalid (empty: valid). Ranges from docs/protocol.md §3."""
     problems = [
         _range_problem("eot_threshold", eot_threshold, *EOT_THRESHOLD_RANGE),
         _range_problem("eager_eot_threshold", eager_eot_threshold, *EAGER_EOT_THRESHOLD_RANGE),

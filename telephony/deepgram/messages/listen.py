@@ -131,11 +131,13 @@ class ListenMetadata(_Wire):
 @_message
 @dataclass(slots=True)
 class ListenError(_Wire):
-    """Nova JSON `Error` (unverified: Nova mostly reports errors in the close frame)."""
+    """Nova JSON `Error` (Nova mostly reports errors in the close frame)."""
 
     TYPE: ClassVar[str] = "Error"
-    code: str = ""
+    code: str = ""  # deprecated on the wire: legacy frames only
     description: str = ""
+    variant: str | None = None  # the category: "SchemaError" = a client text it could not parse
+    message: str | None = None  # SchemaError: the client message it could not parse
 
 
 @_message

@@ -57,7 +57,8 @@ class SpeakWarning(_Wire):
 @_message
 @dataclass(slots=True)
 class SpeakError(_Wire):
-    """Speak `Error` (shape unverified: mirrors Warning)."""
+    """Not sent by Aura, whose errors are close frames (Deepgram's SDK defines no Speak Error);
+    parsed only so that one, should it ever come, still ends the socket."""
 
     TYPE: ClassVar[str] = "Error"
     description: str = ""

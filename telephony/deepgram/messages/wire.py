@@ -216,6 +216,9 @@ class Word(_Wire):
     start: float | None = None  # Flux: may be absent
     end: float | None = None
     speaker: int | None = None  # Nova with diarize=true: 0, 1, ... per voice on the channel
+    # Nova with punctuate/smart_format: `word` stays lowercase and bare, this is the word as
+    # it stands in the transcript ("Hello,").
+    punctuated_word: str | None = None
 
 
 _CONVERTERS["tuple[Word, ...]"] = _tuple_of(_nested(Word))

@@ -24,6 +24,7 @@ from telephony.sim.deepgram.script import Fault, Script
 Entry = tuple[float, str, Any]  # (loop.time(), kind, detail)
 CHUNK_MS = 200  # outbound speech chunk: 1600 bytes of μ-law 8 kHz, like Aura's
 NET_0001 = "NET-0001"  # Deepgram's "no audio or text message within the timeout window"
+NET_0000 = "NET-0000"  # Deepgram's internal error (or nothing sent in time)
 
 
 @dataclass
@@ -249,12 +250,14 @@ class Session:
         if transport is not None:
             transport.abort()
 
-    async def fail(self, error: dm._Wire, code: int, reason: str = "") -> None:
-        """Send a fatal Error message, then close."""
-        await self.send(error)
+    async def fail(self, error: dm._Wire | None, code: int, reason: str = "") -> None:
+        """Send a fatal Error message (if the endpoint has one), then close."""
+        if error is not None:
+            await self.send(error)
         self.close(code, reason)
 
-    def error_message(self, code: str, description: str) -> dm._Wire:
+    def error_message(self, code: str, description: str) -> dm._Wire | None:
+        """The endpoint's fatal JSON Error; None where errors are only a close frame (Aura)."""
         raise NotImplementedError
 
     # --- the scripted timeline ----------------------------------------------------------------
@@ -301,7 +304,9 @@ class Session:
             self.silent = True
         elif fault.kind == "error":
             error = self.error_message("INTERNAL_SERVER_ERROR", fault.reason or "injected fault")
-            await self.fail(error, 1011, fault.reason)
+            # Without a JSON Error the close frame's reason is all the client learns.
+            reason = fault.reason or ("" if error is not None else NET_0000)
+            await self.fail(error, 1011, reason)
         elif fault.kind == "stuck":
             self.on_stuck()
 

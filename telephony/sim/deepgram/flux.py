@@ -3,9 +3,10 @@
 Per turn: StartOfTurn at start_ms (first word), Update every 250 ms of audio while the turn is
 ongoing, EagerEndOfTurn at eager_ms (only if eager_eot_threshold is set), TurnResumed for a
 resumed turn, EndOfTurn at end_ms (trigger "model"). If audio stops mid-turn the turn never
-ends, exactly as on the real service (the "stuck turn" trap). Rules enforced: JSON KeepAlive
-(or any unknown message) closes the socket with no status (1005); idle without audio or
-WebSocket ping for `flux_idle_timeout_s` closes 1011 NET-0001.
+ends, exactly as on the real service (the "stuck turn" trap). ForceEndTurn ends the open turn
+(trigger "manual"), or with none open gets a Warning FORCE_END_TURN_NO_ACTIVE_TURN. Rules
+enforced: JSON KeepAlive (or any unknown message) closes the socket with no status (1005); idle
+without audio or WebSocket ping for `flux_idle_timeout_s` closes 1011 NET-0001.
 
 A voiced Script gets `VoicedFluxSession` instead: the same events, but turns are found in the
 audio content (speech = RMS over a threshold per 20 ms), so replayed audio after a reconnect
@@ -35,6 +36,7 @@ with warnings.catch_warnings():
     import audioop
 
 UPDATE_MS = 250
+NO_ACTIVE_TURN = "FORCE_END_TURN_NO_ACTIVE_TURN"
 WORD_CONFIDENCE = 0.98
 OPEN_CONFIDENCE = 0.02  # end_of_turn_confidence while the caller is clearly mid-turn
 
@@ -148,9 +150,13 @@ class FluxSession(Session):
         if isinstance(msg, dm.Configure):
             await self._configure(msg)
         elif isinstance(msg, dm.ForceEndTurn):
-            if self.turn is not None:  # ignored with no open turn (unverified for raw Flux)
+            if self.turn is not None:
                 await self._end_turn(self.clock.ms, "manual", self._heard(self.clock.ms))
                 await self._advance()
+            else:  # nothing to end: a Warning (Deepgram's 2026 example code), the socket stays
+                text = "ForceEndTurn received with no turn in progress"
+                warning = dm.FluxWarning(NO_ACTIVE_TURN, text, self._seq(), self._rid)
+                await self.send(warning)
         elif isinstance(msg, dm.CloseStream):
             if self.turn is not None:  # the last Update is the final text; no EndOfTurn
                 await self._emit_turn("Update", self.clock.ms, OPEN_CONFIDENCE)

@@ -3,7 +3,9 @@
 Per turn: SpeechStarted at start_ms (vad_events), an interim Results every 250 ms of audio
 (interim_results), a final Results at end_ms (is_final, speech_final unless
 endpointing=false), UtteranceEnd utterance_end_ms after it; with diarize=true every word has
-`speaker` 0. Rules enforced: KeepAlive must be
+`speaker` 0. As on Nova, `word` is lowercase without punctuation; with punctuate or
+smart_format each word also has `punctuated_word` (the script's own spelling) and the
+transcript is made of those. Rules enforced: KeepAlive must be
 a text frame (binary is a violation); an empty binary frame closes the stream (pending finals,
 Metadata, close 1000); no audio or text for `idle_timeout_s` closes 1011 NET-0001.
 """
@@ -15,7 +17,9 @@ import math
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
+from uuid import NAMESPACE_URL, uuid5
 
+import orjson
 from websockets.asyncio.server import ServerConnection
 
 from telephony.deepgram import messages as dm
@@ -27,6 +31,21 @@ from telephony.sim.deepgram.tts import bytes_per_ms
 
 # Event order at equal times: SpeechStarted, final, interim, UtteranceEnd.
 _PRIORITY = {"speech_started": 0, "final": 1, "interim": 2, "utterance_end": 3}
+_PUNCTUATION = '.,;:!?"()[]{}'  # stripped from the ends of `word`; apostrophes stay (i'd)
+
+
+def nova_words(text: str, start_ms: float, end_ms: float, punctuated: bool) -> list[dm.Word]:
+    """A turn's words as Nova sends them: `word` bare and lowercase, `punctuated_word` the
+    text's own spelling when punctuate/smart_format is on."""
+    words = spread_words(text.split(), start_ms, end_ms)
+    return [
+        replace(
+            w,
+            word=w.word.strip(_PUNCTUATION).lower() or w.word,
+            punctuated_word=w.word if punctuated else None,
+        )
+        for w in words
+    ]
 
 
 @dataclass(slots=True)
@@ -60,8 +79,9 @@ class ListenSession(Session):
         self.clock = AudioClock(rate)
         self.sha = hashlib.sha256()
         self.turns = [
-            NovaTurn(t, spread_words(t.final.split(), t.start_ms, t.end_ms)) for t in turns
+            NovaTurn(t, nova_words(t.final, t.start_ms, t.end_ms, params.punctuated)) for t in turns
         ]
+        self.metadata = self._metadata()
         self.events = self._schedule()
         self.cursor = 0
         self.next_at = math.inf
@@ -113,14 +133,21 @@ class ListenSession(Session):
         else:
             what = msg.type if isinstance(msg, dm.Unknown) else f"invalid message ({msg})"
             self.violation(f"{what} is not a /v1/listen message")
-            await self.send(dm.ListenError("UNPARSABLE_CLIENT_MESSAGE", str(what)))  # unverified
+            raw = orjson.dumps(msg.raw).decode() if isinstance(msg, dm.Unknown) else str(msg)
+            error = dm.ListenError(
+                code="UNPARSABLE_CLIENT_MESSAGE",  # legacy field; its value is unverified
+                description=f"{what} is not a valid message",
+                variant="SchemaError",
+                message=raw,
+            )
+            await self.send(error)
 
     def tick(self, now: float) -> None:
         if not self.closing and now - self.last_activity > self.opts.idle_timeout_s:
             self.close(1011, NET_0001)
 
     def error_message(self, code: str, description: str) -> dm._Wire:
-        return dm.ListenError(code, description)
+        return dm.ListenError(code, description, variant="InternalServerError")  # unverified
 
     def on_stuck(self) -> None:
         turn = self._open_turn()
@@ -172,7 +199,7 @@ class ListenSession(Session):
         if is_final:
             turn.finalized = max(turn.finalized, upto)
         return dm.Results(
-            transcript=" ".join(w.word for w in words),
+            transcript=" ".join(w.punctuated_word or w.word for w in words),
             is_final=is_final,
             speech_final=speech_final,
             from_finalize=from_finalize,
@@ -181,8 +208,23 @@ class ListenSession(Session):
             confidence=0.97 if words else 0.0,
             words=tuple(words),
             channel_index=(0, 1),
-            metadata={"request_id": self.log.request_id, "model_info": {"name": self.params.model}},
+            metadata=self.metadata,
         )
+
+    def _metadata(self) -> dict[str, Any]:
+        """Results.metadata: the request and the model (and the diarizer, when one ran)."""
+        model = self.params.model
+        family = "-".join(model.split("-")[:2])  # nova-3-medical -> nova-3
+        metadata: dict[str, Any] = {
+            "request_id": self.log.request_id,
+            # Nova's own look like "2-general-nova", "2024-01-18.26916", "nova-2".
+            "model_info": {"name": model, "version": "fake", "arch": family},
+            "model_uuid": str(uuid5(NAMESPACE_URL, f"nova/{model}")),
+        }
+        if self.params.diarize:
+            diarizer = str(uuid5(NAMESPACE_URL, "nova/diarizer"))
+            metadata["diarize_info"] = {"model_uuid": diarizer, "arch": "v1"}
+        return metadata
 
     def _open_turn(self) -> NovaTurn | None:
         ms = self.clock.ms

@@ -152,8 +152,9 @@ class Fault:
     kinds: "drop" abrupt TCP close, no close frame (client sees 1006); "close" close frame with
     `code`/`reason`; "silent" the server sends nothing more but keeps reading; "stuck" (flux,
     listen) the current or next turn never ends by itself; "error" an Error message, then
-    close 1011. `connection` picks the connection by its 0-based index among connections of
-    that endpoint and tag (None: the first only), so a reconnect is healthy by default.
+    close 1011 (speak: the close alone, its reason `reason` or NET-0000). `connection` picks
+    the connection by its 0-based index among connections of that endpoint and tag (None: the
+    first only), so a reconnect is healthy by default.
     """
 
     endpoint: Endpoint

@@ -27,7 +27,7 @@ import contextlib
 import os
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -358,8 +358,13 @@ async def serve_forever(
     api_key: str = "test-key",
     script: Script | None = None,
     realtime: bool = True,
+    tagged: Mapping[str, Script] | None = None,
 ) -> None:
+    """`script` for every connection; `tagged` scripts for connections with that tag (e.g.
+    "staff": the transcribe mode's other side, as `telephony call` sets it)."""
     fake = FakeDeepgram(api_key=api_key, script=script, realtime=realtime)
+    for tag, tagged_script in (tagged or {}).items():
+        fake.set_script(tag, tagged_script)
     await fake.start(host, port)
     print(f"fake Deepgram listening on {fake.url}", flush=True)
     try:
@@ -368,10 +373,16 @@ async def serve_forever(
         await fake.stop()
 
 
-def run_emulator(host: str, port: int, api_key: str, script: Script | None = None) -> None:
+def run_emulator(
+    host: str,
+    port: int,
+    api_key: str,
+    script: Script | None = None,
+    tagged: Mapping[str, Script] | None = None,
+) -> None:
     """Serve the fake until interrupted (blocks)."""
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_forever(port, host, api_key, script))
+        asyncio.run(serve_forever(port, host, api_key, script, tagged=tagged))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,8 +4,9 @@ Audio is the deterministic tone-per-character speech of `tts.py`, `speak_ms_per_
 character, sent in 200 ms chunks faster than real time after `speak_first_byte_ms`, then
 `Flushed`. Rules enforced: more than `flush_limit` flushes within `flush_window_s` -> Warning
 and the flush is refused; empty Speak text -> violation and close 1008 (the real service
-answers 400; how it reports that on an open socket is unverified). One task per burst of
-flushes sends the audio; Clear cancels it.
+answers 400; how it reports that on an open socket is unverified). Errors (an "error" fault)
+are a close frame with code and reason, never a JSON message, as on Aura. One task per burst
+of flushes sends the audio; Clear cancels it.
 """
 
 from __future__ import annotations
@@ -80,8 +81,10 @@ class SpeakSession(Session):
     async def _fire_wall_clock_faults(self, now: float) -> None:
         await self.fire_due_faults((now - self.opened) * 1000)
 
-    def error_message(self, code: str, description: str) -> dm._Wire:
-        return dm.SpeakError(description=description, code=code)
+    def error_message(self, code: str, description: str) -> None:
+        # Aura has no JSON Error message (Deepgram's SDK defines none): errors arrive as the
+        # close frame's code and reason only.
+        return None
 
     # --- Flush / Clear -----------------------------------------------------------------------
 
