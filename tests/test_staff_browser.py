@@ -195,7 +195,7 @@ async def test_live_call_updates_without_reload(
         ],
         ended=True,
     )
-    await expect(row).to_contain_text("caller hung up", timeout=10_000)
+    await expect(row).to_contain_text("Caller hung up", timeout=10_000)
     await expect(row.locator("td").nth(6)).to_have_text("2")
     assert await page.evaluate("window.__marker") == 1
     await page.close()
