@@ -196,6 +196,7 @@ async def test_transfer_makes_the_rest_request_after_the_line_played(numbers: Pa
     assert "<Dial>+15557770000</Dial>" in twiml
     assert tts_text(result.caller.heard, MS_PER_CHAR).endswith("Transferring you now.")
     assert "transfer" in [e["kind"] for e in result.as_json()["events"]]
+    assert result.as_json()["end_reason"] == "transferred"
 
 
 async def test_eager_then_resumed_cancels_the_speculative_reply(
