@@ -115,7 +115,7 @@ async def test_two_turn_conversation(numbers: Path) -> None:
     # Hang-up: one REST request, Status=completed, only after the goodbye's mark echoed.
     assert [r.form for r in result.rest.requests] == [{"Status": "completed"}]
     # The bot hung up: Twilio's `stop` followed our REST request (issue 19).
-    assert (result.summary.end_reason, result.summary.end_detail) == ("bot-hangup", "stop")
+    assert result.summary.end_reason == "bot-hangup" and result.summary.end_detail == "stop"
     # No Deepgram rule was broken.
     assert all(not c.violations for c in result.deepgram.connections)
     assert "json:KeepAlive" not in flux_log(result).received_kinds()
