@@ -33,7 +33,7 @@ class Outcome(StrEnum):
     TRANSFERRED = "transferred"  # the bot transferred the call to a person
     FAILOVER = "failover"  # Deepgram gave up: Twilio apologised and dialled or hung up
     MAX_DURATION = "max-duration"  # the profile's max_call_seconds ended it (or its transcription)
-    DRAINED = "drained"  # the server's drain (SIGTERM) ended it with a goodbye
+    DRAINED = "drained"  # the server's drain (SIGTERM) ended it (or its transcription)
     REFUSED = "refused"  # the media stream was refused at the handshake (never became a call)
     ERROR = "error"  # the stream broke, the engine failed, or an internal error
     RESTART = "restart"  # left open by an instance that died; closed by the next sweep

@@ -171,7 +171,7 @@ class TranscriptStore:
             self.dropped += lost
             log.error("transcript store stopped with %d rows unwritten", lost)
         if self.instance is not None:
-            try:  # gone cleanly: whatever is still open is swept by the others at once
+            try:  # gone cleanly: anything still open is swept by the others' next sweep
                 await instances.forget(self.engine, self.instance)
             except Exception as exc:
                 log.warning("could not remove this instance's heartbeat: %s", exc)
