@@ -23,6 +23,7 @@ from telephony.metrics import Metrics
 from telephony.responder import make_http_client
 from telephony.session.registry import CallRegistry
 from telephony.settings import Settings
+from telephony.store.instances import Instance
 from telephony.store.schema import make_engine, upgrade
 from telephony.store.transcripts import TranscriptStore
 from telephony.twilio.calls import TwilioCalls
@@ -69,7 +70,11 @@ def create_app(
         _install_sighup(store)
         await upgrade(settings.database_url)  # migrations are applied on start
         app.state.db = make_engine(settings.database_url)  # the staff UI's reads, audit log
-        transcripts = TranscriptStore(settings.database_url)
+        # The heartbeat, and closing (outcome `restart`) calls a dead instance left open:
+        # telephony/store/instances.py. start() runs the first sweep.
+        instance = Instance(name=settings.instance_id)
+        log.info("instance id %s", instance.id)
+        transcripts = TranscriptStore(settings.database_url, instance=instance)
         await transcripts.start()
         app.state.transcripts = transcripts
         app.state.metrics = Metrics.for_app(transcripts, app.state.registry)

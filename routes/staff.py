@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from routes.auth import require
 from routes.templates import render
+from telephony.session.outcome import LABELS
 from telephony.store import audit
 from telephony.store.export import as_json, as_text, clock, timeline
 from telephony.store.queries import CallFilter, count_calls, get_call, profiles_seen, search_calls
@@ -70,7 +71,10 @@ def _int(value: str, errors: list[str], label: str, lo: int, hi: int) -> int | N
 
 
 def parse_list_query(params: Any) -> ListQuery:
-    keys = ("q", "number", "profile", "from", "to", "tz", "interrupted", "min_latency", "status")
+    keys = (
+        *("q", "number", "profile", "from", "to", "tz"),
+        *("interrupted", "min_latency", "status", "outcome"),
+    )
     form = {k: params.get(k, "").strip()[:500] for k in keys}
     errors: list[str] = []
     tz = _int(form["tz"], errors, "time zone", -14 * 60, 14 * 60) or 0
@@ -79,6 +83,7 @@ def parse_list_query(params: Any) -> ListQuery:
     page = _int(params.get("page", ""), errors, "page", 1, 100_000) or 1
     interrupted = {"yes": True, "no": False}.get(form["interrupted"])
     status = form["status"] if form["status"] in ("live", "ended") else ""
+    outcome = form["outcome"] if form["outcome"] in LABELS else ""
     flt = CallFilter(
         q=form["q"],
         number=form["number"],
@@ -89,6 +94,7 @@ def parse_list_query(params: Any) -> ListQuery:
         interrupted=interrupted,
         min_latency_ms=_int(form["min_latency"], errors, "minimum latency", 0, 600_000),
         status=status,
+        outcome=outcome,
         limit=PAGE_SIZE,
         offset=(page - 1) * PAGE_SIZE,
     )
@@ -115,6 +121,7 @@ async def call_list(request: Request) -> Response:
         "total": total,
         "query": query,
         "profiles": await profiles_seen(request.app.state.db),
+        "outcomes": LABELS,
         "page_size": PAGE_SIZE,
         "pages": max(1, -(-total // PAGE_SIZE)),
     }

@@ -13,6 +13,7 @@ from markupsafe import Markup, escape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
+from telephony.session.outcome import label as outcome_label
 from telephony.store.export import clock, heard_split
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
@@ -56,7 +57,9 @@ _env = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-_env.filters.update(clock=clock, iso=iso, utc=utc, marked=marked, snippet=snippet)
+_env.filters.update(
+    clock=clock, iso=iso, utc=utc, marked=marked, snippet=snippet, outcome=outcome_label
+)
 _env.globals["heard_split"] = heard_split
 _env.globals["now"] = time.time
 

@@ -196,7 +196,9 @@ STATUS_MEMORY = 10_000  # callbacks remembered per instance, to drop Twilio's re
 
 
 async def status_callback(request: Request) -> Response:
-    """Call and stream status callbacks: signed like the webhook, recorded once as events."""
+    """Call and stream status callbacks: signed like the webhook, recorded once as events of
+    calls we carried (never creating a row: see TranscriptStore.status). They do not change a
+    call's outcome, which its stream's end decides (telephony/session/outcome.py)."""
     form = await _signed_form(request, "status callback")
     if form is None:
         return Response("invalid signature", status_code=403)
@@ -216,7 +218,7 @@ async def status_callback(request: Request) -> Response:
         log.warning("twilio reports an error: %s", data, extra={"call_sid": call_sid})
     live = request.app.state.registry.live.get(call_sid)
     ms = live.summary.stats.audio_end_ms if live else int(data.get("CallDuration", "0") or 0) * 1000
-    request.app.state.transcripts.event(call_sid, Event(ms, kind, data))
+    request.app.state.transcripts.status(call_sid, Event(ms, kind, data))
     return Response(status_code=204)
 
 
@@ -302,6 +304,16 @@ async def media_socket(ws: WebSocket) -> None:
         sid = exc.call_sid if isinstance(exc, StreamRefused) else None
         log.warning("media stream refused: %s", reason, extra={"call_sid": sid})
         app.state.registry.refused.append((sid, reason))
+        start = exc.start if isinstance(exc, StreamRefused) else None
+        if start is not None:  # a call we answered (its token says so): staff see why it failed
+            params = start.custom_parameters
+            app.state.transcripts.call_refused(
+                start.call_sid,
+                reason,
+                from_number=params.get("from", ""),
+                to_number=params.get("to", ""),
+                profile=params.get("profile", ""),
+            )
         await socket.close(CLOSE_POLICY, reason)
         return
     rest = app.state.twilio_calls

@@ -64,6 +64,7 @@ from typing import Any
 import httpx
 import yaml
 
+from telephony.session.outcome import Outcome
 from telephony.sim import load
 from telephony.sim.fake_llm import FakeLLM
 from telephony.sim.load import BenchDeepgram, Dialer, LeanCall, Probes
@@ -75,7 +76,7 @@ LLM_KEY = "bench-llm-key"
 LLM_KEY_ENV = "TELEPHONY_BENCH_LLM_KEY"
 NUMBERS = {"flux": "+15550009000", "agent": "+15550009001"}
 SERVER_CORE, LOAD_CORE = 0, 1
-CLEAN_END_REASONS = {"stop", "twilio closed the socket"}  # the caller hung up
+CLEAN_END_REASONS = {str(Outcome.CALLER_HANGUP)}  # the fake callers hang up
 WARMUP_MAX_S = 8.0
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0

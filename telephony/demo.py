@@ -168,7 +168,8 @@ class OfflineCall:
         return {
             "call_sid": self.caller.call_sid,
             "mode": self.mode,
-            "end_reason": summary.end_reason if summary else None,
+            "end_reason": str(summary.end_reason) if summary else None,  # an Outcome
+            "end_detail": summary.end_detail if summary else None,
             "turns": turns,
             "events": events,
         }

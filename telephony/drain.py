@@ -10,7 +10,7 @@ SIGINT over:
    live calls go on, and calls answered just before (socket on its way) still connect.
 2. The drain waits until no call is live or expected, or for TELEPHONY_DRAIN_TIMEOUT_S. Calls
    still live then hear a goodbye through Twilio's REST API and their streams are closed
-   (`Call.end`, the time limit's path) with the end reason "server draining".
+   (`Call.end`, the time limit's path): end reason `drained`, detail "server draining".
 3. Then uvicorn shuts down as usual; the app's lifespan shutdown flushes the transcript store,
    and the process exits 0.
 
@@ -31,11 +31,12 @@ from typing import Protocol
 import uvicorn
 
 from telephony.session.call import Call
+from telephony.session.outcome import Outcome
 from telephony.session.registry import CallRegistry
 
 log = logging.getLogger(__name__)
 
-DRAIN_REASON = "server draining"  # the end reason recorded for calls the drain ends
+DRAIN_REASON = "server draining"  # the end detail of calls the drain ends (outcome: drained)
 DRAIN_TWIML = (
     "<Response><Say>Sorry, this line has to close now for maintenance. Please call again."
     " Goodbye.</Say><Hangup/></Response>"
@@ -115,7 +116,8 @@ async def end_live_calls(registry: CallRegistry, why: str, grace_s: float) -> No
                     twiml = _goodbye(call)
                     what = "with a goodbye" if twiml else "stream only (the call goes on)"
                     call.log.warning("ending the call: %s, %s", DRAIN_REASON, what)
-                    task = loop.create_task(call.end(DRAIN_REASON, twiml, "drain", why=why))
+                    end = call.end(DRAIN_REASON, twiml, "drain", outcome=Outcome.DRAINED, why=why)
+                    task = loop.create_task(end)
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
             await asyncio.sleep(POLL_S)

@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     # Deepgram closes Voice Agent sessions at 2 h; the profile's session_cap_action runs 60 s
     # before this. Lowered only in tests.
     agent_session_cap_s: float = Field(7200.0, alias="TELEPHONY_AGENT_SESSION_CAP_S")
+    # A name for this instance, stable across its restarts and unique among running ones (a
+    # StatefulSet pod or compose service name): calls its previous incarnation left open are
+    # closed at start-up instead of once its heartbeat is stale (telephony/store/instances.py).
+    instance_id: str = Field("", alias="TELEPHONY_INSTANCE_ID", max_length=64)
     log_format: str = Field("text", alias="TELEPHONY_LOG_FORMAT")
     log_level: str = Field("INFO", alias="TELEPHONY_LOG_LEVEL")
 

@@ -8,6 +8,7 @@ import time
 import httpx
 
 from telephony.session.call import CallSummary
+from telephony.session.outcome import Outcome
 from telephony.session.transcript import Event, Turn
 from telephony.store.schema import make_engine
 from telephony.store.transcripts import TranscriptStore
@@ -47,6 +48,8 @@ async def store_call(
     started_at: float | None = None,
     recording_path: str | None = None,
     mode: str = "flux",
+    outcome: Outcome = Outcome.CALLER_HANGUP,
+    end_detail: str = "stop",
 ) -> None:
     """Write a call through the real write-behind store (and flush it)."""
     store = TranscriptStore(database_url)
@@ -68,7 +71,7 @@ async def store_call(
     if ended:
         summary = CallSummary(sid, "MZ" + sid[2:], profile, from_number, to_number, started)
         summary.ended_at = started + 30
-        summary.end_reason = "caller hung up"
+        summary.end_reason, summary.end_detail = outcome, end_detail
         store.call_ended(summary, duration_ms=30_000)
     await store.stop()
     assert store.written > 0 and store.dropped == 0

@@ -115,6 +115,8 @@ async def test_full_agent_call_with_end_call_after_the_goodbye(numbers: Path) ->
     assert tts_text(result.caller.heard, MS_PER_CHAR).endswith("Goodbye!")
     stop = next(e for e in result.caller.events if e.kind == "stop")
     assert stop.ms >= max(m.echoed_at_ms for m in result.caller.marks if not m.cleared)
+    assert "hangup" in [e["kind"] for e in out["events"]]  # the timeline still says so
+    assert out["end_reason"] == "bot-hangup"  # issue 19: not "stop", as a caller hang-up was
 
 
 async def test_barge_in_clears_and_records_heard_text(numbers: Path) -> None:
@@ -156,6 +158,7 @@ async def test_end_call_cancelled_by_barge_in(numbers: Path) -> None:
     assert result.rest.requests == []  # the goodbye was cut off: the line stays open
     assert turns_of(result)[-1] == ("bot", "Yes?")
     assert "action-cancelled" in [e["kind"] for e in result.as_json()["events"]]
+    assert result.as_json()["end_reason"] == "caller-hangup"  # the bot never hung up
 
 
 async def test_function_calls_unknown_and_failing_get_error_responses(numbers: Path) -> None:
@@ -219,6 +222,7 @@ async def test_session_cap_transfers_before_deepgram_cuts_the_session(numbers: P
     assert "connect you with a colleague" in tts_text(result.caller.heard, MS_PER_CHAR)
     assert len(result.rest.requests) == 1
     assert "<Dial>+15557770000</Dial>" in result.rest.requests[0].form["Twiml"]
+    assert result.as_json()["end_reason"] == "transferred"
 
 
 async def test_agent_reconnect_keeps_the_conversation_going(numbers: Path) -> None:

@@ -37,7 +37,7 @@ def test_tiny_bench_reports_every_figure(tmp_path: Path, mode: str) -> None:
     # The fakes answer after their own delay; the bridge can only add to it.
     assert report["eot_to_first_audio_p50_ms"] >= report["fake_upstream_delay_ms"]
     assert report["samples"]["jitter"] > 0 and report["samples"]["outbound"] > 0
-    assert report["end_reasons"] == {"stop": 3}  # two calls and the warm-up, all hung up
+    assert report["end_reasons"] == {"caller-hangup": 3}  # two calls and the warm-up, all hung up
     assert "CPU s per call-minute" in done.stdout  # the human-readable table too
 
 

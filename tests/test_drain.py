@@ -103,11 +103,12 @@ async def exit_code(server: Server, within: float) -> int:
 
 
 def stored(db: Path, call_sid: str) -> tuple[tuple[Any, ...], list[tuple[Any, ...]], list[str]]:
-    """(ended_at, end_reason), turns, event kinds: read after the process has exited."""
+    """(ended_at, end_reason, end_detail), turns, event kinds: read after the process has
+    exited."""
     conn = sqlite3.connect(db)
     try:
         call = conn.execute(
-            "SELECT ended_at, end_reason FROM calls WHERE sid = ?", (call_sid,)
+            "SELECT ended_at, end_reason, end_detail FROM calls WHERE sid = ?", (call_sid,)
         ).fetchone()
         turns = conn.execute(
             "SELECT role, text, heard FROM turns WHERE call_sid = ? ORDER BY idx", (call_sid,)
@@ -182,8 +183,8 @@ async def test_sigterm_mid_call_drains_then_exits_with_the_transcript_flushed(
     assert call_over - signalled > 1.0  # the call really ran on after the signal
     assert exited - call_over < 5, "the process lingered after its last call"
 
-    (ended_at, end_reason), turns, kinds = stored(server.db, result.call_sid)
-    assert ended_at is not None and end_reason == "stop"
+    (ended_at, end_reason, detail), turns, kinds = stored(server.db, result.call_sid)
+    assert ended_at is not None and (end_reason, detail) == ("bot-hangup", "stop")
     assert [(role, text) for role, text, _ in turns] == FULL_CONVERSATION
     assert all(heard == text for role, text, heard in turns if role == "bot")
     assert "hangup" in kinds and "drain" not in kinds
@@ -252,8 +253,8 @@ async def test_drain_ends_remaining_calls_with_a_goodbye(
     twiml = [r.form.get("Twiml", "") for r in rest.requests if r.call_sid == result.call_sid]
     assert len(twiml) == 1 and "Goodbye" in twiml[0] and "<Hangup/>" in twiml[0], twiml
 
-    (ended_at, end_reason), turns, kinds = stored(server.db, result.call_sid)
-    assert ended_at is not None and end_reason == DRAIN_REASON
+    (ended_at, end_reason, detail), turns, kinds = stored(server.db, result.call_sid)
+    assert ended_at is not None and (end_reason, detail) == ("drained", DRAIN_REASON)
     assert [(role, text) for role, text, _ in turns][:3] == FULL_CONVERSATION[:3]
     assert kinds.count("drain") == 1
 

@@ -324,7 +324,7 @@ async def test_database_down_mid_call_rows_retried_and_nothing_lost(
     summary = await finished(running_app, sid)
 
     # The call itself was unaffected: both replies heard, the hang-up made after the goodbye.
-    assert summary.end_reason == "stop"
+    assert summary.end_reason == "bot-hangup"
     heard = tts_text(result.heard, 60)  # the conftest FakeDeepgram speaks 60 ms per char
     assert "Sorry, could you say that again?" in heard and heard.endswith("Goodbye!")
     assert [r.form for r in fake_rest.requests] == [{"Status": "completed"}]
@@ -356,7 +356,7 @@ async def test_database_down_mid_call_rows_retried_and_nothing_lost(
     assert scraped["telephony_store_rows_written_total"] == store.written > written_before
     stored = await store.get_call(sid)
     assert stored is not None
-    assert stored["ended_at"] is not None and stored["end_reason"] == "stop"
+    assert stored["ended_at"] is not None and stored["end_reason"] == "bot-hangup"
     assert [(t["idx"], t["role"], t["text"], t["heard"]) for t in stored["turns"]] == [
         (t.index, t.role, t.text, t.heard) for t in turns
     ]

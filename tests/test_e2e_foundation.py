@@ -27,7 +27,7 @@ async def test_fake_caller_call_is_accepted_and_streamed(running_app: RunningApp
     assert result.parameters["profile"] == "support"
     assert result.close_code == 1000, (result.close_code, result.close_reason, result.events)
     summary = await finished(running_app, "CAe2e1")
-    assert summary is not None and summary.end_reason == "stop"
+    assert summary is not None and summary.end_reason == "caller-hangup"
     assert summary.stats.media_frames == result.sent_frames == 30
     assert summary.stats.dtmf == [(200, "4")]
     assert summary.stats.bad_frames == 0
@@ -119,7 +119,7 @@ async def test_a_call_lands_in_the_transcript_store(running_app: RunningApp) -> 
             break
         await asyncio.sleep(0.01)
     assert stored is not None and stored["profile"] == "support" and stored["mode"] == "flux"
-    assert stored["end_reason"] == "stop"
+    assert (stored["end_reason"], stored["end_detail"]) == ("caller-hangup", "stop")
     assert sorted(e["kind"] for e in stored["events"]) == ["dtmf", "flux-connection"]
 
 

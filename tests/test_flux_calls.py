@@ -114,7 +114,8 @@ async def test_two_turn_conversation(numbers: Path) -> None:
     assert turns[2]["latency_ms"] is not None and turns[2]["latency_ms"] >= 0
     # Hang-up: one REST request, Status=completed, only after the goodbye's mark echoed.
     assert [r.form for r in result.rest.requests] == [{"Status": "completed"}]
-    assert result.summary.end_reason == "stop"
+    # The bot hung up: Twilio's `stop` followed our REST request (issue 19).
+    assert result.summary.end_reason == "bot-hangup" and result.summary.end_detail == "stop"
     # No Deepgram rule was broken.
     assert all(not c.violations for c in result.deepgram.connections)
     assert "json:KeepAlive" not in flux_log(result).received_kinds()
@@ -199,6 +200,7 @@ async def test_transfer_makes_the_rest_request_after_the_line_played(numbers: Pa
     assert "<Dial>+15557770000</Dial>" in twiml
     assert tts_text(result.caller.heard, MS_PER_CHAR).endswith("Transferring you now.")
     assert "transfer" in [e["kind"] for e in result.as_json()["events"]]
+    assert result.as_json()["end_reason"] == "transferred"
 
 
 async def test_eager_then_resumed_cancels_the_speculative_reply(

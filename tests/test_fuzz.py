@@ -1051,7 +1051,10 @@ async def test_one_malformed_stream_among_twenty_good_calls(
 
     assert (bad_result.close_code, bad_result.close_reason) == (1008, "too many malformed frames")
     bad_summary = await finished(app, "CAbad")
-    assert bad_summary.end_reason == "too many malformed frames"
+    assert (bad_summary.end_reason, bad_summary.end_detail) == (
+        "error",
+        "too many malformed frames",
+    )
     # Every malformed kind was skipped (none ended the call another way), then the flood.
     assert bad_summary.stats.bad_frames == TOLERATED + 1
     assert bad_summary.stats.dtmf and bad_summary.stats.dtmf[0][1] == "7"
@@ -1061,7 +1064,7 @@ async def test_one_malformed_stream_among_twenty_good_calls(
         sid = result.call_sid
         assert result.close_code == 1000, (sid, result.close_code, result.close_reason)
         summary = await finished(app, sid)
-        assert summary.end_reason == "stop", (sid, summary.end_reason)
+        assert summary.end_reason == "bot-hangup", (sid, summary.end_reason)
         assert summary.stats.bad_frames == 0
         turns = [(t.role, t.text, t.heard) for t in summary.transcript.turns]
         assert turns == [
@@ -1083,8 +1086,10 @@ async def test_one_malformed_stream_among_twenty_good_calls(
                 break
             await asyncio.sleep(0.01)
         assert stored is not None and stored.get("ended_at"), sid
-        expected = "too many malformed frames" if sid == "CAbad" else "stop"
-        assert stored["end_reason"] == expected, (sid, stored["end_reason"])
+        expected = (
+            ("error", "too many malformed frames") if sid == "CAbad" else ("bot-hangup", "stop")
+        )
+        assert (stored["end_reason"], stored["end_detail"]) == expected, (sid, stored)
     assert elapsed < 20, f"{elapsed:.1f} s"
 
 

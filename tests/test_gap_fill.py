@@ -95,7 +95,8 @@ async def run_call(
     factory = (lambda ctx: engine) if with_engine else None
     call = Call(FakeSocket(frames), setup, engine_factory=factory)
     summary = await asyncio.wait_for(call.run(), 2)
-    assert summary.end_reason == "twilio closed the socket"
+    # Gone without `stop`: a lost stream, not a hang-up.
+    assert (summary.end_reason, summary.end_detail) == ("error", "twilio closed the socket")
     return summary, engine
 
 

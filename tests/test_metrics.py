@@ -236,8 +236,11 @@ async def test_a_call_with_a_barge_in_shows_in_the_metrics(tmp_path: Path) -> No
     assert parsed["telephony_turn_first_audio_seconds_count"].value == len(answered)
     assert parsed["telephony_barge_ins_total"].value == 1
     ended = [s for f in families(result.metrics).values() for s in f.samples]
+    # Labelled by outcome (telephony/session/outcome.py): the bot said goodbye and hung up.
     assert any(
-        s.name == "telephony_calls_ended_total" and s.labels == {"reason": "stop"} and s.value == 1
+        s.name == "telephony_calls_ended_total"
+        and s.labels == {"reason": "bot-hangup"}
+        and s.value == 1
         for s in ended
     )
     assert parsed["telephony_calls_active"].value == 0

@@ -236,6 +236,15 @@ async def test_status_filter(db: Db) -> None:
         await sids(db.engine, status="bogus")
 
 
+async def test_outcome_filter(db: Db) -> None:
+    await seed(db.engine)
+    assert await sids(db.engine, outcome="bot-hangup") == ["CA2"]
+    assert await sids(db.engine, outcome="caller-hangup", status="ended") == ["CA1"]
+    assert await sids(db.engine, outcome="restart") == []
+    with pytest.raises(ValueError):
+        await sids(db.engine, outcome="stream-error")  # not an outcome (CA4's legacy text)
+
+
 async def test_filters_combined(db: Db) -> None:
     await seed(db.engine)
     assert await sids(db.engine, profile="support", interrupted=True, status="live") == ["CA3"]

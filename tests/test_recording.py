@@ -399,7 +399,7 @@ async def test_a_recorded_call_has_the_caller_left_and_the_bot_right(
         ],
         audio,
     )
-    assert result.summary is not None and result.summary.end_reason == "stop"
+    assert result.summary is not None and result.summary.end_reason == "bot-hangup"
     path = await recording_of(database, result.caller.call_sid)
     assert path == recordings_dir / f"{result.caller.call_sid}.wav" and path.is_file()
     assert listing(recordings_dir) == [path.name]  # no spools left

@@ -103,6 +103,10 @@ async def test_repeated_flux_failures_end_the_call_gracefully(numbers: Path) -> 
     root = ET.fromstring(result.rest.requests[0].form["Twiml"])
     assert [child.tag for child in root] == ["Say", "Hangup"]
     assert "technical trouble" in (root.find("Say").text or "")
+    # Issue 19: a failed call is told apart from a short one, with why in the detail.
+    assert result.summary is not None and result.summary.end_reason == "failover"
+    failed = next(e for e in result.as_json()["events"] if e["kind"] == "upstream-failed")
+    assert result.summary.end_detail == failed["reason"]
 
 
 async def test_agent_failures_hand_the_call_to_a_person(tmp_path: Path) -> None:
@@ -128,6 +132,7 @@ async def test_agent_failures_hand_the_call_to_a_person(tmp_path: Path) -> None:
     root = ET.fromstring(result.rest.requests[-1].form["Twiml"])
     assert [child.tag for child in root] == ["Say", "Dial"]
     assert root.find("Dial").text == "+15557770000"
+    assert result.as_json()["end_reason"] == "failover"
 
 
 async def test_paused_twilio_stream_keeps_flux_alive_with_pings_only(

@@ -123,7 +123,7 @@ async def test_stream_accepted_and_accounted(running_app: RunningApp) -> None:
     code, reason = await closed_with(ws)
     assert (code, reason) == (1000, "stream stopped")
     summary = await finished(running_app, "CA10")
-    assert summary.end_reason == "stop"
+    assert (summary.end_reason, summary.end_detail) == ("caller-hangup", "stop")
     assert summary.profile == "support"
     assert summary.stats.media_frames == 25
     assert summary.stats.audio_bytes == 25 * 160
@@ -217,7 +217,8 @@ async def test_malformed_frames_are_skipped_then_a_flood_closes_only_that_call(
     assert (await closed_with(good))[0] == 1000
     assert (await finished(running_app, "CA21")).stats.media_frames == 2
     assert (await finished(running_app, "CA21")).stats.bad_frames == 6  # 3 + 3, then closed
-    assert (await finished(running_app, "CA21")).end_reason == "too many malformed frames"
+    bad_end = await finished(running_app, "CA21")
+    assert (bad_end.end_reason, bad_end.end_detail) == ("error", "too many malformed frames")
     assert (await finished(running_app, "CA20")).stats.media_frames == 5
     assert (await finished(running_app, "CA20")).stats.bad_frames == 0
 

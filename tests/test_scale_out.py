@@ -162,7 +162,7 @@ async def test_webhook_on_one_instance_media_on_the_other(
         )
     finally:
         await conn.close()
-    assert call is not None and call["ended_at"] is not None and call["end_reason"] == "stop"
+    assert call is not None and call["ended_at"] is not None and call["end_reason"] == "bot-hangup"
     assert [(t["role"], t["text"]) for t in turns] == [
         ("bot", "Hi."),
         ("caller", "turn one"),

@@ -99,6 +99,7 @@ async def test_staff_search_open_call_and_seek(
 ) -> None:
     await add_accounts(database)
     sid = demo_call["call_sid"]
+    assert demo_call["end_reason"] == "bot-hangup"  # `telephony call --json`, default script
     base = running_app.url
     page = await browser.new_page(viewport={"width": 1280, "height": 900})
     errors: list[str] = []
@@ -118,6 +119,15 @@ async def test_staff_search_open_call_and_seek(
     await page.get_by_role("button", name="Filter").click()
     await expect(page.locator("#total")).to_have_text("0")
     await page.go_back()
+    # The outcome, readable in the list, and a filter by it.
+    await expect(row.locator("td").nth(4)).to_have_text("Bot hung up")
+    await page.get_by_placeholder("words the caller or bot said").fill("")
+    await page.get_by_label("Outcome").select_option(label="Caller hung up")
+    await page.get_by_role("button", name="Filter").click()
+    await expect(page.locator("#total")).to_have_text("0")
+    await page.get_by_label("Outcome").select_option(label="Bot hung up")
+    await page.get_by_role("button", name="Filter").click()
+    await expect(page.locator("#total")).to_have_text("1")
     await page.locator(f'tr[data-sid="{sid}"] a').click()
 
     # The call page: timeline with the barge-in and the unheard part struck through.
@@ -128,6 +138,7 @@ async def test_staff_search_open_call_and_seek(
     interrupted = timeline.locator("tr.turn.bot.interrupted")
     await expect(interrupted.locator("span.heard")).to_contain_text("We are open")
     await expect(interrupted.locator("del.unheard")).to_contain_text("Friday")
+    await expect(page.locator("#call-status")).to_contain_text("Bot hung up")
 
     # Clicking a turn loads the recording (nothing is preloaded) and seeks to the turn's start.
     player = page.locator("#player")
@@ -200,7 +211,7 @@ async def test_live_call_updates_without_reload(
         ],
         ended=True,
     )
-    await expect(row).to_contain_text("caller hung up", timeout=10_000)
+    await expect(row).to_contain_text("Caller hung up", timeout=10_000)
     await expect(row.locator("td").nth(6)).to_have_text("2")
     assert await page.evaluate("window.__marker") == 1
     await page.close()

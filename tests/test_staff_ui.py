@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from routes.auth import SESSION_COOKIE
+from telephony.session.outcome import Outcome
 from telephony.session.transcript import Event, Turn
 from telephony.store.export import as_text, heard_split
 from telephony.store.schema import audit_log, make_engine, users
@@ -413,6 +414,44 @@ async def test_list_filters_and_bad_input(staff_app: RunningApp, database: str) 
         assert "from: not a date" in bad.text and "minimum latency: must be between" in bad.text
     searches = [r["target"] for r in await audit_rows(database) if r["action"] == "calls.search"]
     assert searches == ["refund", "opening hours"]
+
+
+async def test_outcome_is_shown_and_filtered(staff_app: RunningApp, database: str) -> None:
+    """Issue 19: how each call ended, readable in the list and on the call page, and a filter
+    by it; the free-text detail on the call page and in the exports."""
+    failed = "CA" + "4" * 32
+    await store_call(
+        database,
+        failed,
+        turns=[Turn(0, "caller", "hello", 0, 900)],
+        outcome=Outcome.FAILOVER,
+        end_detail="flux failed 6 times in 60 s",
+    )
+    async with client_as(staff_app, STAFF) as client:
+        page = await client.get("/calls")
+        assert '<select name="outcome">' in page.text
+        assert '<option value="failover" >Failed over</option>' in page.text
+        rows = await client.get("/calls/rows")
+        cells = {
+            sid: rows.text.split(f'data-sid="{sid}"', 1)[1].split("</tr>", 1)[0]
+            for sid in (SID, failed)
+        }
+        assert 'data-outcome="caller-hangup">Caller hung up</span>' in cells[SID]
+        assert 'data-outcome="failover">Failed over</span>' in cells[failed]
+        only = await client.get("/calls/rows?outcome=failover")
+        assert only.headers["x-total"] == "1" and failed in only.text and SID not in only.text
+        listed = await client.get("/calls?outcome=failover")
+        assert '<option value="failover" selected>Failed over</option>' in listed.text
+        assert SID not in listed.text
+        ignored = await client.get("/calls/rows?outcome=nonsense")  # an unknown value: no filter
+        assert ignored.headers["x-total"] == "2"
+        call = await client.get(f"/calls/{failed}")
+        assert "Failed over</span> after 0:30.0" in call.text
+        assert "(flux failed 6 times in 60 s)" in call.text
+        doc = json.loads((await client.get(f"/calls/{failed}/export.json")).text)
+        assert (doc["end_reason"], doc["end_detail"]) == ("failover", "flux failed 6 times in 60 s")
+        text = (await client.get(f"/calls/{failed}/export.txt")).text
+        assert "(Failed over: flux failed 6 times in 60 s)" in text
 
 
 # --- admin --------------------------------------------------------------------------------------

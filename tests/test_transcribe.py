@@ -366,7 +366,7 @@ async def test_both_sides_transcribed_with_roles_on_the_call_clock(
     assert result.fork and result.track == "both_tracks" and result.dialled == [AGENT_NUMBER]
     assert result.outbound_errors == []  # nothing was sent down the one-way stream
     summary = await finished(running_app, sid)
-    assert summary.end_reason == "stop" and summary.stats.outbound_frames > 300
+    assert summary.end_reason == "caller-hangup" and summary.stats.outbound_frames > 300
     turns = sorted(summary.transcript.turns, key=lambda t: t.start_ms)
     assert [(t.role, t.text) for t in turns] == [
         ("caller", "Hi I'd like to pay my bill"),
@@ -473,7 +473,7 @@ async def test_time_limit_stops_the_transcription_not_the_call(
         caller = FakeTwilioCaller(running_app.url, auth_token=AUTH_TOKEN, http=http)
         result = await caller.dial(SHORT, call_sid=sid, audio=silence(4000), tail_ms=0)
     summary = await finished(running_app, sid)
-    assert summary.end_reason == "max call duration"
+    assert (summary.end_reason, summary.end_detail) == ("max-duration", "max call duration")
     assert result.closed_by == "server" and result.close_code == 1000
     assert fake_rest.requests == []  # nobody was hung up on
     assert [e.kind for e in summary.transcript.events if e.kind == "time-limit"] == ["time-limit"]
@@ -594,7 +594,8 @@ async def test_transfer_from_a_flux_bot_continues_as_one_transcript(
     assert near(turns[3]["start_ms"], at + 600) and near(turns[4]["start_ms"], at + 1800)
     kinds = [e["kind"] for e in call["events"]]
     assert kinds.index("transfer") < kinds.index("handover")
-    assert call["ended_at"] is not None and call["end_reason"] == "stop"
+    # The person's call ended after the bot's transfer: the call was transferred.
+    assert call["ended_at"] is not None and call["end_reason"] == "transferred"
     assert call["mode"] == "flux" and call["duration_ms"] > at
     parts = [s for s in running_app.app.state.registry.finished if s.call_sid == sid]
     assert len(parts) == 2 and isinstance(parts[0], CallSummary)
@@ -640,7 +641,7 @@ async def test_transfer_from_a_voice_agent_continues_as_one_transcript(
     at = handover["ms"]
     assert turns[2]["end_ms"] <= at <= turns[2]["end_ms"] + 200
     assert near(turns[3]["start_ms"], at + 600) and near(turns[4]["start_ms"], at + 1800)
-    assert call["mode"] == "agent" and call["end_reason"] == "stop"
+    assert call["mode"] == "agent" and call["end_reason"] == "transferred"
 
 
 # --- the CLI ------------------------------------------------------------------------------
@@ -659,7 +660,7 @@ def test_telephony_call_transcribe_json() -> None:
     )
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
-    assert out["mode"] == "transcribe" and out["end_reason"] == "stop"
+    assert out["mode"] == "transcribe" and out["end_reason"] == "caller-hangup"
     roles = [t["role"] for t in out["turns"]]
     assert roles.count("caller") >= 2 and roles.count("staff") >= 2
     assert all(t["text"] for t in out["turns"])

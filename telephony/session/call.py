@@ -3,6 +3,10 @@
 The handshake checks what Twilio must send first (connected, start), the one-time stream token
 and the media format; then every frame is dispatched. A malformed frame is logged, counted and
 skipped; a flood of them ends this call only, with a recorded reason.
+
+How the call ended is an `Outcome` (telephony/session/outcome.py): the call records each REST
+action it asks Twilio for (hang-up, transfer, the failover's redirect, the time limit's and the
+drain's goodbyes) before asking, and otherwise goes by how the stream ended (`stop` or not).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from telephony.audio import FRAME_BYTES, FRAME_MS, MULAW_SILENCE
 from telephony.config import Config, Profile
 from telephony.logs import CallLogger, call_logger
 from telephony.session.engine import CallContext, Engine
+from telephony.session.outcome import Outcome
 from telephony.session.transcript import Transcript
 from telephony.settings import Settings
 from telephony.twilio import messages as tm
@@ -63,6 +68,7 @@ class StreamEnd:
     reason: str
     code: int = CLOSE_POLICY
     close_reason: str = ""  # sent to Twilio with the close; the end reason if empty
+    outcome: Outcome = Outcome.ERROR  # unless we had acted first (see Call.run)
 
 
 FrameHandler = Callable[[str | bytes], StreamEnd | None]
@@ -100,12 +106,19 @@ async def read_frames(
 
 
 class StreamRefused(Exception):
-    """The stream cannot become a call (bad token, wrong format, no start)."""
+    """The stream cannot become a call (bad token, wrong format, no start).
 
-    def __init__(self, reason: str, call_sid: str | None = None) -> None:
+    `start` is set once its stream token proved the call SID is one we answered (the token is
+    ours, even if expired or used): only then is the refusal worth a calls row. The upgrade's
+    signature does not prove it (Twilio signs the same URL for every stream)."""
+
+    def __init__(
+        self, reason: str, call_sid: str | None = None, *, start: tm.Start | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.call_sid = call_sid
+        self.start = start
 
 
 @dataclass(slots=True)
@@ -136,7 +149,8 @@ class CallSummary:
     to_number: str
     started_at: float
     ended_at: float = 0.0
-    end_reason: str = ""
+    end_reason: Outcome | str = ""  # an Outcome once the call has ended
+    end_detail: str = ""  # the free-text why: "stop", "server draining", "engine failed: …"
     stats: StreamStats = field(default_factory=StreamStats)
     transcript: Transcript = field(default_factory=Transcript)
 
@@ -167,12 +181,12 @@ def token_scope(params: Mapping[str, str]) -> str:
     return f"{profile}|continues|{params.get('offset_ms', '')}|{params.get('turn_base', '')}"
 
 
-def _continuation(params: Mapping[str, str], sid: str) -> Continuation | None:
+def _continuation(params: Mapping[str, str], sid: str, start: tm.Start) -> Continuation | None:
     if "continues" not in params:
         return None
     offset, base = params.get("offset_ms", ""), params.get("turn_base", "")
     if not (offset.isdigit() and base.isdigit() and offset.isascii() and base.isascii()):
-        raise StreamRefused("malformed continuation parameters", sid)
+        raise StreamRefused("malformed continuation parameters", sid, start=start)
     return Continuation(int(offset), int(base))
 
 
@@ -202,16 +216,18 @@ async def handshake(socket: TwilioSocket, tokens: StreamTokens, config: Config) 
     try:
         tokens.redeem(params.get("call_token", ""), sid, token_scope(params))
     except TokenError as exc:
-        raise StreamRefused(str(exc), sid) from None
+        raise StreamRefused(str(exc), sid, start=msg if exc.authentic else None) from None
     fmt = msg.media_format
     if (fmt.encoding, fmt.sample_rate, fmt.channels) != (tm.MULAW_ENCODING, tm.SAMPLE_RATE, 1):
         raise StreamRefused(
-            f"unsupported media format {fmt.encoding} {fmt.sample_rate} Hz x{fmt.channels}", sid
+            f"unsupported media format {fmt.encoding} {fmt.sample_rate} Hz x{fmt.channels}",
+            sid,
+            start=msg,
         )
     profile = config.profiles.get(profile_name)
     if profile is None:
-        raise StreamRefused(f"unknown profile {profile_name!r}", sid)
-    continuation = _continuation(params, sid)
+        raise StreamRefused(f"unknown profile {profile_name!r}", sid, start=msg)
+    continuation = _continuation(params, sid, msg)
     return CallSetup(msg, profile_name, profile, continuation)
 
 
@@ -282,6 +298,9 @@ class Call:
         self._transfer = transfer
         self._redirect = redirect
         self._engine_error: str | None = None
+        # The REST action we took to end the call (first wins) and its detail; see run().
+        self._outcome: Outcome | None = None
+        self._outcome_detail = ""
         self._ending = False
         self.engine: Engine | None = None
         if engine_factory is not None:
@@ -298,6 +317,7 @@ class Call:
                     hang_up=self._rest_hang_up,
                     transfer=self._rest_transfer,
                     redirect=self._rest_redirect,
+                    mark_outcome=self._mark,
                 )
             )
         # Twilio's `outbound` track (a both_tracks fork): what the caller hears. Only engines
@@ -311,13 +331,34 @@ class Call:
     def _now_ms(self) -> int:
         return self.summary.stats.audio_end_ms
 
+    def _mark(self, outcome: Outcome, detail: str = "") -> None:
+        """We are ending the call this way (before asking Twilio: its `stop` may arrive before
+        the REST answer). The first action wins; a stream that already ended is decided."""
+        if self._outcome is None and not self._ending:
+            self._outcome, self._outcome_detail = outcome, detail
+
+    def _unmark(self, outcome: Outcome) -> None:
+        """The REST action failed, so the call goes on and will end some other way."""
+        if self._outcome is outcome and not self._ending:
+            self._outcome, self._outcome_detail = None, ""
+
     async def _rest_hang_up(self) -> None:
         if self._hang_up is not None:
-            await self._hang_up(self.call_sid)
+            self._mark(Outcome.BOT_HANGUP)
+            try:
+                await self._hang_up(self.call_sid)
+            except Exception:
+                self._unmark(Outcome.BOT_HANGUP)
+                raise
 
     async def _rest_transfer(self, number: str) -> None:
         if self._transfer is not None:
-            await self._transfer(self.call_sid, number)
+            self._mark(Outcome.TRANSFERRED)
+            try:
+                await self._transfer(self.call_sid, number)
+            except Exception:
+                self._unmark(Outcome.TRANSFERRED)
+                raise
 
     async def _rest_redirect(self, twiml: str) -> None:
         if self._redirect is not None:
@@ -333,27 +374,45 @@ class Call:
             engine_task = asyncio.create_task(self.engine.run(), name="engine")
             engine_task.add_done_callback(self._engine_done)
             tasks.append(engine_task)
+        end = StreamEnd("internal error", CLOSE_ERROR)  # unless the stream ends otherwise
         try:
-            reason = await self._read_stream()
+            end = await self._read_stream()
         except Exception:
             self.log.exception("call failed")
-            reason = "internal error"
-            await self.socket.close(CLOSE_ERROR, reason)
+            await self.socket.close(CLOSE_ERROR, end.reason)
         finally:
+            # Decided as the stream ends, before the engine's pending REST actions are
+            # cancelled below: Twilio's `stop` often comes before its answer to our request.
+            if self._outcome is None:
+                self._outcome = self._stream_outcome(end)
             self._ending = True  # from here the engine stopping is expected, not a failure
             if self.engine is not None:
                 await self.engine.close()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        self.summary.end_reason = self._limit_reason or self._engine_error or reason
+        reason = self._limit_reason or self._engine_error or end.reason
+        self.summary.end_reason = self._outcome
+        self.summary.end_detail = self._outcome_detail or reason
         self.summary.ended_at = time.time()
         stats = self.summary.stats
         self.log.info(
             "call ended",
-            extra={"reason": self.summary.end_reason, "frames": stats.media_frames},
+            extra={
+                "outcome": str(self._outcome),
+                "reason": self.summary.end_detail,
+                "frames": stats.media_frames,
+            },
         )
         return self.summary
+
+    def _stream_outcome(self, end: StreamEnd) -> Outcome:
+        """How the call ended when we had not acted: by the stream's own ending."""
+        if self._engine_error is not None:
+            return Outcome.ERROR
+        if end.outcome is Outcome.CALLER_HANGUP and self.continuation is not None:
+            return Outcome.TRANSFERRED  # the bot's transfer, then the person's call ended
+        return end.outcome
 
     async def _time_limit(self) -> None:
         """The profile's max_call_seconds: say goodbye through Twilio and end the stream."""
@@ -362,14 +421,24 @@ class Call:
         if self.profile.mode == "transcribe" or self.continuation is not None:
             # People hold this call: stop transcribing it (close the fork), never hang up.
             self._limit_reason = "max call duration"
+            self._mark(Outcome.MAX_DURATION)
             self.transcript.event(self._now_ms(), "time-limit", seconds=self.max_call_s)
             await self.socket.close(CLOSE_NORMAL, self._limit_reason)
             return
-        await self.end("max call duration", TIME_LIMIT_TWIML, "time-limit", seconds=self.max_call_s)
+        await self.end(
+            "max call duration",
+            TIME_LIMIT_TWIML,
+            "time-limit",
+            outcome=Outcome.MAX_DURATION,
+            seconds=self.max_call_s,
+        )
 
-    async def end(self, reason: str, twiml: str | None, event: str, **data: object) -> None:
+    async def end(
+        self, reason: str, twiml: str | None, event: str, *, outcome: Outcome, **data: object
+    ) -> None:
         """End the call from our side: `twiml` (a goodbye) runs on the call through Twilio's
-        REST API, then the stream is closed with `reason`, which becomes the end reason.
+        REST API, then the stream is closed with `reason`, which becomes the end detail and
+        `outcome` the end reason (unless we had already ended it another way).
         `twiml=None` only closes the stream (a call we merely listen to goes on without us).
 
         The transcript gets an `event` (with `data`). Does nothing if the call is already
@@ -378,6 +447,7 @@ class Call:
         if self._ending or self._limit_reason is not None:
             return
         self._limit_reason = reason
+        self._mark(outcome)
         self.transcript.event(self._now_ms(), event, **data)
         if twiml is not None:
             try:
@@ -395,13 +465,13 @@ class Call:
         self.log.error("%s", self._engine_error, exc_info=exc)
         asyncio.get_running_loop().create_task(self.socket.close(CLOSE_ERROR, "upstream failure"))
 
-    async def _read_stream(self) -> str:
+    async def _read_stream(self) -> StreamEnd:
         """Frames to `on_frame` until the stream ends; close it as the ending says."""
         end = await self.socket.pump(self.on_frame)
-        if end is None:
-            return "twilio closed the socket"
+        if end is None:  # gone without `stop`: the stream was lost, not ended
+            return StreamEnd("twilio closed the socket")
         await self.socket.close(end.code, end.close_reason or end.reason)
-        return end.reason
+        return end
 
     def on_frame(self, frame: str | bytes) -> StreamEnd | None:
         """One frame off the media socket, handled to the end without awaiting (so the socket
@@ -430,7 +500,7 @@ class Call:
                 return StreamEnd("too many malformed frames")
             return None
         if isinstance(msg, tm.Stop):
-            return StreamEnd("stop", CLOSE_NORMAL, "stream stopped")
+            return StreamEnd("stop", CLOSE_NORMAL, "stream stopped", Outcome.CALLER_HANGUP)
         self._on_control(msg)
         return None
 

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from telephony.config import Profile
 from telephony.logs import CallLogger
+from telephony.session.outcome import Outcome
 from telephony.session.transcript import Transcript
 from telephony.settings import Settings
 from telephony.twilio.playout import Playout
@@ -53,3 +54,6 @@ class CallContext:
     hang_up: Callable[[], Awaitable[None]]  # REST hang-up (after the goodbye has played)
     transfer: Callable[[str], Awaitable[None]]  # REST transfer to a number
     redirect: Callable[[str], Awaitable[None]]  # REST: run this TwiML on the call instead
+    # How the call is ending, said before the REST action that ends it (hang_up and transfer
+    # say it themselves): e.g. the failover's redirect.
+    mark_outcome: Callable[[Outcome, str], None] = lambda outcome, detail: None

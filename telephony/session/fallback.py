@@ -8,6 +8,7 @@ Twilio runs the new TwiML in place of our stream: never dead air.
 from __future__ import annotations
 
 from telephony.session.engine import CallContext
+from telephony.session.outcome import Outcome
 from telephony.twilio.calls import apology_twiml
 
 FAILURE_APOLOGY = "Sorry, we're having technical trouble on this line."
@@ -20,4 +21,5 @@ async def fail_over(ctx: CallContext, reason: str) -> None:
         ctx.now_ms(), "upstream-failed", reason=reason, then="transfer" if transfer_to else "hangup"
     )
     message = TRANSFER_APOLOGY if transfer_to else FAILURE_APOLOGY
+    ctx.mark_outcome(Outcome.FAILOVER, reason)
     await ctx.redirect(apology_twiml(message, transfer_to))

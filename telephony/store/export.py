@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from telephony.session.outcome import label
+
 _WORD = re.compile(r"[\w']+")
 
 
@@ -83,7 +85,8 @@ def as_json(call: dict[str, Any]) -> dict[str, Any]:
         "mode": call.get("mode", ""),
         "started_at": _utc(call.get("started_at")),
         "ended_at": _utc(call.get("ended_at")),
-        "end_reason": call.get("end_reason", ""),
+        "end_reason": call.get("end_reason", ""),  # an Outcome (telephony/session/outcome.py)
+        "end_detail": call.get("end_detail", ""),
         "duration_ms": call.get("duration_ms"),
         "has_recording": bool(call.get("recording_path")),
         "turns": turns,
@@ -95,6 +98,12 @@ def _details(data: dict[str, Any] | None) -> str:
     return ", ".join(f"{k}={v}" for k, v in (data or {}).items())
 
 
+def _outcome(call: dict[str, Any]) -> str:
+    """E.g. "Bot hung up: stop" (the label, then the free-text detail)."""
+    text = label(call.get("end_reason")) or "ended"
+    return f"{text}: {call['end_detail']}" if call.get("end_detail") else text
+
+
 def as_text(call: dict[str, Any]) -> str:
     """A transcript a person can read or paste into a ticket."""
     lines = [
@@ -103,7 +112,7 @@ def as_text(call: dict[str, Any]) -> str:
         f" - profile {call.get('profile', '')} ({call.get('mode', '')})",
         f"Started {_utc(call.get('started_at')) or '?'}"
         + (
-            f", ended {_utc(call['ended_at'])} ({call.get('end_reason') or 'ended'})"
+            f", ended {_utc(call['ended_at'])} ({_outcome(call)})"
             if call.get("ended_at")
             else ", in progress"
         ),

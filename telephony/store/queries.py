@@ -55,6 +55,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from telephony.session.outcome import Outcome
 from telephony.store.schema import calls, events, turns
 
 __all__ = ["CallFilter", "count_calls", "get_call", "profiles_seen", "search_calls"]
@@ -83,6 +84,7 @@ class CallFilter:
     interrupted: bool | None = None  # True: calls with >=1 interrupted turn; False: none
     min_latency_ms: int | None = None  # calls having some turn with latency_ms >= this
     status: str = ""  # "" | "live" (ended_at IS NULL) | "ended"
+    outcome: str = ""  # "" | an Outcome value: calls that ended so (end_reason)
     limit: int = 50
     offset: int = 0
 
@@ -178,6 +180,8 @@ def _matching_sids(search: _Search, dialect: str) -> Any:
 def _conditions(f: CallFilter, dialect: str) -> list[ColumnElement[bool]]:
     if f.status not in ("", "live", "ended"):
         raise ValueError(f"status must be '', 'live' or 'ended', not {f.status!r}")
+    if f.outcome and f.outcome not in tuple(Outcome):
+        raise ValueError(f"outcome must be '' or one of {[str(o) for o in Outcome]}")
     conds: list[ColumnElement[bool]] = []
     if f.q.strip():
         search = _search(f.q)
@@ -205,6 +209,8 @@ def _conditions(f: CallFilter, dialect: str) -> list[ColumnElement[bool]]:
         conds.append(calls.c.ended_at.is_(None))
     elif f.status == "ended":
         conds.append(calls.c.ended_at.is_not(None))
+    if f.outcome:
+        conds.append(calls.c.end_reason == f.outcome)
     return conds
 
 
@@ -302,7 +308,8 @@ async def search_calls(engine: AsyncEngine, f: CallFilter) -> list[dict[str, Any
     ``«refund»`` marked). A « or » already in the transcript is passed through as is.
 
     See the module docstring for the search grammar and backend differences. Raises
-    ValueError for an unknown ``status``; never for anything in ``q`` or ``number``.
+    ValueError for an unknown ``status`` or ``outcome``; never for anything in ``q`` or
+    ``number``.
     """
     limit, offset = max(0, f.limit), max(0, f.offset)
     if limit == 0:

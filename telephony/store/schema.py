@@ -21,6 +21,7 @@ from sqlalchemy import (
     Connection,
     Double,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     PrimaryKeyConstraint,
@@ -51,9 +52,32 @@ calls = Table(
     Column("mode", String(16), nullable=False, server_default=""),
     Column("started_at", Double, nullable=False, index=True),  # epoch s
     Column("ended_at", Double, nullable=True),  # epoch s
-    Column("end_reason", String(64), nullable=False, server_default=""),
+    # An Outcome (telephony/session/outcome.py) once ended; "" while live. Not a CHECK
+    # constraint: on SQLite adding one rebuilds the table, which its foreign keys forbid.
+    Column("end_reason", String(64), nullable=False, server_default="", index=True),
     Column("duration_ms", Integer, nullable=True),  # call audio time
     Column("recording_path", Text, nullable=True),
+    Column("end_detail", Text, nullable=False, server_default=""),  # the free-text why
+    # The process carrying the call (instances.id): whose crash leaves it open. "" for rows
+    # written before revision 0004 (or by an older instance during a rolling upgrade).
+    Column("instance_id", String(64), nullable=False, server_default=""),
+)
+# Open calls by instance: what the restart sweep looks for, without reading ended calls.
+Index(
+    "ix_calls_open",
+    calls.c.instance_id,
+    sqlite_where=calls.c.ended_at.is_(None),
+    postgresql_where=calls.c.ended_at.is_(None),
+)
+
+# One row per running (or dead, until swept) process: its heartbeat. See store/instances.py.
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", String(64), primary_key=True),  # unique per process
+    Column("name", String(64), nullable=False, server_default=""),  # TELEPHONY_INSTANCE_ID
+    Column("started_at", Double, nullable=False),  # epoch s
+    Column("last_seen", Double, nullable=False, index=True),  # epoch s: the last heartbeat
 )
 
 turns = Table(
@@ -126,7 +150,7 @@ def dialect_insert(dialect_name: str, table: Any) -> Any:
     return dialect.insert(table)
 
 
-TABLES = ("calls", "turns", "events", "users", "audit_log", "revoked_sessions")
+TABLES = ("calls", "turns", "events", "users", "audit_log", "revoked_sessions", "instances")
 
 
 def _json_dumps(value: Any) -> str:

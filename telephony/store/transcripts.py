@@ -5,6 +5,15 @@ database. One writer task drains the queue into a buffer, writes the buffer in o
 at least every ``flush_interval`` seconds, and on a database error keeps the buffer and retries
 with backoff. While it retries it stops draining, so the queue fills up and further rows are
 counted in ``dropped`` (with an error log) instead of growing memory or blocking the caller.
+
+Twilio's status callbacks (``status``) are recorded only for calls that have a row: a signed
+callback for a call never carried here must not create one. A callback that arrives before
+its call's row (written by another instance, or later in the queue) is retried for
+``STATUS_WAIT_S``, then dropped and counted in ``unknown_status``.
+
+With an ``instance``, a keeper task writes this process's heartbeat and closes calls that dead
+instances left open (telephony/store/instances.py): once before ``start`` returns, then every
+``heartbeat_s``.
 """
 
 from __future__ import annotations
@@ -17,22 +26,37 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from sqlalchemy import Insert
+from sqlalchemy import Insert, select
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from telephony.session.outcome import Outcome
 from telephony.session.transcript import Event, Transcript, Turn
+from telephony.store import instances
+from telephony.store.instances import Instance
 from telephony.store.queries import CallFilter, get_call, search_calls
 from telephony.store.redact import redact
 from telephony.store.schema import calls, dialect_insert, events, make_engine, turns
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["call_started", "call_ended", "turn", "event"]
+Kind = Literal["call_started", "call_ended", "turn", "event", "status", "refused"]
 
-_START_COLS = ("from_number", "to_number", "profile", "mode", "started_at", "recording_path")
-_END_COLS = ("ended_at", "end_reason", "duration_ms")
-_END_OPTIONAL_COLS = ("mode", "recording_path")  # upserted only when the row carries them
+_START_COLS = (
+    "from_number",
+    "to_number",
+    "profile",
+    "mode",
+    "started_at",
+    "recording_path",
+    "instance_id",
+)
+_END_COLS = ("ended_at", "end_reason", "end_detail", "duration_ms")
+# Upserted only when the row carries them (instance_id: a resumed call's new carrier).
+_END_OPTIONAL_COLS = ("mode", "recording_path", "instance_id")
+STATUS_WAIT_S = 20.0  # a status callback waits this long for its call's row to appear
+STATUS_RETRY_S = 1.0
+KEEPER_FIRST_TIMEOUT_S = 5.0  # start() waits no longer for the first heartbeat and sweep
 _TURN_COLS = (
     "role",
     "text",
@@ -50,6 +74,7 @@ _TURN_COLS = (
 class _Row:
     kind: Kind
     values: dict[str, Any]
+    until: float = 0.0  # status rows: monotonic deadline for their call's row to appear
 
 
 def _permanent(exc: BaseException) -> bool:
@@ -81,6 +106,9 @@ class TranscriptStore:
         min_backoff: float = 0.1,
         max_backoff: float = 5.0,
         stop_timeout: float = 10.0,
+        instance: Instance | None = None,
+        heartbeat_s: float = instances.HEARTBEAT_S,
+        stale_after_s: float = instances.STALE_AFTER_S,
     ) -> None:
         self._owns_engine = isinstance(engine, str)
         # Public seam: the writer reads it on every attempt, so it may be swapped live.
@@ -98,6 +126,13 @@ class TranscriptStore:
         self.retries = 0  # failed write attempts that were retried
         self.failed = 0  # rows the database rejected as invalid (logged)
         self.written = 0  # rows committed
+        self.unknown_status = 0  # status callbacks for calls never carried: not recorded
+        self._status_retries: dict[int, asyncio.TimerHandle] = {}  # id(row) -> its retry
+        # The heartbeat and the restart sweep (None: neither, e.g. tools and most tests).
+        self.instance = instance
+        self.heartbeat_s = heartbeat_s
+        self.stale_after_s = stale_after_s
+        self._keeper: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -105,9 +140,24 @@ class TranscriptStore:
         if self._task is None:
             self._stopping = False
             self._task = asyncio.create_task(self._run(), name="transcript-store-writer")
+        if self.instance is not None and self._keeper is None:
+            # The first heartbeat before any call row names this instance, and the calls a
+            # crashed predecessor left open are closed before the first page is served.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._keep(), KEEPER_FIRST_TIMEOUT_S)
+            self._keeper = asyncio.create_task(self._keep_loop(), name="instance-keeper")
 
     async def stop(self) -> None:
         """Flush everything queued (bounded by ``stop_timeout``), then stop the writer."""
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+        for handle in self._status_retries.values():
+            handle.cancel()
+        self.dropped += len(self._status_retries)  # lost at stop, like the queue's rows
+        self._status_retries.clear()
         task, self._task = self._task, None
         if task is not None:
             self._stopping = True
@@ -120,6 +170,11 @@ class TranscriptStore:
         if lost:
             self.dropped += lost
             log.error("transcript store stopped with %d rows unwritten", lost)
+        if self.instance is not None:
+            try:  # gone cleanly: anything still open is swept by the others' next sweep
+                await instances.forget(self.engine, self.instance)
+            except Exception as exc:
+                log.warning("could not remove this instance's heartbeat: %s", exc)
         if self._owns_engine:
             await self.engine.dispose()
 
@@ -151,8 +206,13 @@ class TranscriptStore:
                 "mode": mode,
                 "started_at": time.time() if started_at is None else started_at,
                 "recording_path": recording_path,
+                "instance_id": self._instance_id,
             },
         )
+
+    @property
+    def _instance_id(self) -> str:
+        return self.instance.id if self.instance is not None else ""
 
     def call_ended(
         self,
@@ -177,7 +237,8 @@ class TranscriptStore:
             "profile": summary.profile,
             "started_at": summary.started_at,
             "ended_at": ended_at,
-            "end_reason": summary.end_reason,
+            "end_reason": str(summary.end_reason),  # an Outcome
+            "end_detail": getattr(summary, "end_detail", ""),
             "duration_ms": duration_ms,
         }
         if mode is not None:
@@ -199,9 +260,48 @@ class TranscriptStore:
                 "started_at": summary.started_at,  # only used if the row does not exist yet
                 "ended_at": None,
                 "end_reason": "",
+                "end_detail": "",
                 "duration_ms": None,
+                "instance_id": self._instance_id,  # carried here now
             },
         )
+
+    def call_refused(
+        self,
+        call_sid: str,
+        reason: str,
+        *,
+        from_number: str = "",
+        to_number: str = "",
+        profile: str = "",
+        at: float | None = None,
+    ) -> None:
+        """A media stream of a call we answered that could not become a call: an ended row
+        with outcome `refused`, unless the call already has a row (which is left alone)."""
+        now = time.time() if at is None else at
+        values = {
+            "sid": call_sid,
+            "from_number": from_number,
+            "to_number": to_number,
+            "profile": profile,
+            "started_at": now,
+            "ended_at": now,
+            "end_reason": str(Outcome.REFUSED),
+            "end_detail": reason,
+            "duration_ms": 0,
+            "instance_id": self._instance_id,
+        }
+        self._put("refused", values)
+
+    def status(self, call_sid: str, event: Event) -> None:
+        """A Twilio status callback, as an event of the call, only if the call has a row."""
+        values = {
+            "call_sid": call_sid,
+            "ms": event.ms,
+            "kind": event.kind,
+            "data": dict(event.data),
+        }
+        self._put("status", values, until=time.monotonic() + STATUS_WAIT_S)
 
     def turn(self, call_sid: str, turn: Turn) -> None:
         """Upserted by (call_sid, idx): a bot turn may be written again when it closes."""
@@ -236,9 +336,13 @@ class TranscriptStore:
             transcript.on_turn = lambda t: self.turn(call_sid, t)
         transcript.on_event = lambda e: self.event(call_sid, e)
 
-    def _put(self, kind: Kind, values: dict[str, Any]) -> None:
+    def _put(self, kind: Kind, values: dict[str, Any], *, until: float = 0.0) -> None:
+        self._put_row(_Row(kind, values, until))
+
+    def _put_row(self, row: _Row) -> None:
+        kind, values = row.kind, row.values
         try:
-            self._queue.put_nowait(_Row(kind, values))
+            self._queue.put_nowait(row)
         except asyncio.QueueFull:
             self.dropped += 1
             # One line per drop would flood the log during an outage: log at powers of two
@@ -306,13 +410,14 @@ class TranscriptStore:
     async def _attempt(self) -> Exception | None:
         """Write the buffer; on success it is emptied. Returns the transient error, if any."""
         try:
-            await self._flush(self._buffer)
+            unmatched = await self._flush(self._buffer)
         except Exception as exc:
             if not _permanent(exc):
                 return exc
         else:
-            self.written += len(self._buffer)
+            self.written += len(self._buffer) - len(unmatched)
             self._buffer.clear()
+            self._retry_status(unmatched)
             return None
         try:
             await self._flush_one_by_one()
@@ -326,15 +431,38 @@ class TranscriptStore:
         while self._buffer:
             row = self._buffer[0]
             try:
-                await self._flush([row])
+                unmatched = await self._flush([row])
             except Exception as exc:
                 if not _permanent(exc):
                     raise
                 self.failed += 1
                 log.error("transcript store rejected %s row %r: %s", row.kind, row.values, exc)
             else:
-                self.written += 1
+                self.written += 1 - len(unmatched)
+                self._retry_status(unmatched)
             self._buffer.pop(0)
+
+    def _retry_status(self, rows: list[_Row]) -> None:
+        """Status callbacks whose call has no row yet: again in a while, or given up."""
+        if not rows:
+            return
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        for row in rows:
+            if now + STATUS_RETRY_S > row.until or self._stopping:
+                self.unknown_status += 1
+                log.info(
+                    "status callback for a call not carried here: not recorded (%s)",
+                    row.values["data"],
+                    extra={"call_sid": row.values["call_sid"]},
+                )
+                continue
+            self._status_retries[id(row)] = loop.call_later(STATUS_RETRY_S, self._requeue, row)
+
+    def _requeue(self, row: _Row) -> None:
+        self._status_retries.pop(id(row), None)
+        if not self._stopping:
+            self._put_row(row)
 
     def _insert(self, table: Any) -> Any:
         return dialect_insert(self.engine.dialect.name, table)
@@ -342,13 +470,16 @@ class TranscriptStore:
     def _upsert(self, table: Any, keys: list[str], cols: tuple[str, ...]) -> Insert:
         return _upsert_statement(self.engine.dialect.name, table, tuple(keys), cols)
 
-    async def _flush(self, rows: list[_Row]) -> None:
+    async def _flush(self, rows: list[_Row]) -> list[_Row]:
         """Write rows in one transaction. Column sets of the kinds are disjoint enough that
-        the kinds commute, so each kind goes in one statement (last write wins per key)."""
+        the kinds commute, so each kind goes in one statement (last write wins per key).
+        Returns the status rows whose call has no row (nothing of theirs written)."""
         started: dict[str, dict[str, Any]] = {}
         ended: dict[str, dict[str, Any]] = {}
+        refused: dict[str, dict[str, Any]] = {}
         turn_rows: dict[tuple[str, int], dict[str, Any]] = {}
         event_rows: list[dict[str, Any]] = []
+        status_rows: list[_Row] = []
         sids: set[str] = set()
         for row in rows:
             v = row.values
@@ -356,19 +487,29 @@ class TranscriptStore:
                 started[v["sid"]] = v
             elif row.kind == "call_ended":
                 ended[v["sid"]] = v
+            elif row.kind == "refused":
+                refused[v["sid"]] = v
             elif row.kind == "turn":
                 turn_rows[(v["call_sid"], v["idx"])] = v
                 sids.add(v["call_sid"])
+            elif row.kind == "status":
+                status_rows.append(row)
             else:
                 event_rows.append(v)
                 sids.add(v["call_sid"])
+        unmatched: list[_Row] = []
         async with self.engine.begin() as conn:
             if started:
                 await conn.execute(
                     self._upsert(calls, ["sid"], _START_COLS), list(started.values())
                 )
+            if refused:  # never over a row the call already has
+                await conn.execute(
+                    self._insert(calls).on_conflict_do_nothing(index_elements=["sid"]),
+                    list(refused.values()),
+                )
             # A call row must exist for the foreign keys even if call_started was dropped.
-            stubs = sids - started.keys() - ended.keys()
+            stubs = sids - started.keys() - ended.keys() - refused.keys()
             if stubs:
                 now = time.time()
                 await conn.execute(
@@ -381,8 +522,34 @@ class TranscriptStore:
                 await conn.execute(
                     self._upsert(turns, ["call_sid", "idx"], _TURN_COLS), list(turn_rows.values())
                 )
+            if status_rows:  # after every calls row of this batch
+                wanted = {r.values["call_sid"] for r in status_rows}
+                known = set(
+                    (await conn.execute(select(calls.c.sid).where(calls.c.sid.in_(wanted))))
+                    .scalars()
+                    .all()
+                )
+                unmatched = [r for r in status_rows if r.values["call_sid"] not in known]
+                event_rows += [r.values for r in status_rows if r.values["call_sid"] in known]
             if event_rows:
                 await conn.execute(self._insert(events), event_rows)
+        return unmatched
+
+    # -- the keeper: heartbeat and restart sweep -----------------------------------------
+
+    async def _keep(self) -> None:
+        """One heartbeat and one sweep; a failure is logged and tried again next time."""
+        assert self.instance is not None
+        try:
+            await instances.heartbeat(self.engine, self.instance)
+            await instances.sweep(self.engine, self.instance, stale_after_s=self.stale_after_s)
+        except Exception as exc:
+            log.warning("instance heartbeat or restart sweep failed: %s", exc)
+
+    async def _keep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            await self._keep()
 
     async def _write_ended(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
         # One statement per set of optional columns present, so an absent one is never nulled.

@@ -20,7 +20,13 @@ from twilio.request_validator import RequestValidator
 
 
 class TokenError(ValueError):
-    """A stream token that is malformed, forged, expired, replayed or for another call."""
+    """A stream token that is malformed, forged, expired, replayed or for another call.
+
+    `authentic`: its HMAC checked out (expired or replayed), so we minted it for this call."""
+
+    def __init__(self, message: str, *, authentic: bool = False) -> None:
+        super().__init__(message)
+        self.authentic = authentic
 
 
 def valid_signature(auth_token: str, url: str, params: Mapping[str, str], signature: str) -> bool:
@@ -73,10 +79,10 @@ class StreamTokens:
             raise TokenError("stream token does not match this call")
         now = self.clock()
         if now > expires:
-            raise TokenError("stream token expired")
+            raise TokenError("stream token expired", authentic=True)
         self._forget_expired(now)
         if nonce in self._used:
-            raise TokenError("stream token already used")
+            raise TokenError("stream token already used", authentic=True)
         self._used[nonce] = expires
 
     def _forget_expired(self, now: float) -> None:
