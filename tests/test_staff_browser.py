@@ -335,5 +335,5 @@ async def test_live_call_page_timeline_follows_the_call(
     assert await row.evaluate("r => document.activeElement === r"), "focus moved"
     assert await page.evaluate("window.__marker") == 1  # updated in place, not reloaded
     await store_call(database, sid, turns=turns, ended=True)
-    await expect(page.locator("#call-status")).to_contain_text("caller hung up", timeout=10_000)
+    await expect(page.locator("#call-status")).to_contain_text("Caller hung up", timeout=10_000)
     await page.close()
