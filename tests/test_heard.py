@@ -9,6 +9,9 @@ after a barge-in, a Deepgram drop mid-reply, or the caller hanging up while the 
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -234,3 +237,19 @@ async def test_a_reply_playing_when_the_caller_hangs_up_is_stored_with_what_play
     assert turn.heard and turn.heard != HOURS
     await check_heard(result, turn, database)
     assert result.rest.requests == []  # nothing to hang up: the caller did
+
+
+def test_the_demo_call_stores_the_cut_reply_with_what_played_and_ends_bot_hangup() -> None:
+    """`telephony call --json` with the default script, as a user runs it: the hours answer
+    the caller cuts into keeps the words that played, and the bot ends the call."""
+    out = subprocess.run(
+        [sys.executable, "-m", "telephony.cli", "call", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    call = json.loads(out.stdout)
+    cut = next(t for t in call["turns"] if t["role"] == "bot" and t["interrupted"])
+    assert cut["heard"] and cut["text"].startswith(cut["heard"]) and cut["heard"] != cut["text"]
+    assert call["end_reason"] == "bot-hangup"
