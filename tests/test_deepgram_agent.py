@@ -140,6 +140,22 @@ def test_settings_for_profile_body() -> None:
     assert names == ["end_call", "transfer_call", "lookup_order"]
 
 
+def test_hang_up_and_transfer_wait_for_the_end_of_turn_and_profiles_can_opt_in() -> None:
+    # Built-ins are never dispatched for a turn the caller resumes; a profile's function is
+    # only when its YAML says defer_until_eot: true (Deepgram's default is false).
+    body = settings_for_profile(profile(transfer_number="+15551234567"))
+    functions = {f["name"]: f for f in body["agent"]["think"]["functions"]}
+    assert functions["end_call"]["defer_until_eot"] is True
+    assert functions["transfer_call"]["defer_until_eot"] is True
+    assert "defer_until_eot" not in functions["lookup_order"]
+    agent = profile().agent
+    assert agent is not None
+    deferred = agent.functions[0].model_copy(update={"defer_until_eot": True})
+    opted = profile(agent={**agent.model_dump(), "functions": [deferred.model_dump()]})
+    (_, lookup) = settings_for_profile(opted)["agent"]["think"]["functions"]
+    assert lookup["name"] == "lookup_order" and lookup["defer_until_eot"] is True
+
+
 def test_settings_for_nova_listen_and_reconnect_context() -> None:
     nova = profile(agent={"think_prompt": "p", "listen_model": "nova-3", "keyterms": ["Zed"]})
     context = [{"type": "History", "role": "user", "content": "hello"}]

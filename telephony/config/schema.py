@@ -218,6 +218,9 @@ class AgentFunction(_Model):
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
     url: HttpUrl  # webhook called with the function's arguments
     timeout_s: Positive = 5.0
+    # Deepgram holds the call until the caller's turn is confirmed, so a turn the caller
+    # resumes never runs it: for webhooks with side effects (a booking, a payment).
+    defer_until_eot: bool = False
 
 
 BUILTIN_AGENT_FUNCTIONS = frozenset({"end_call", "transfer_call"})
