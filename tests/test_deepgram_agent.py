@@ -232,22 +232,28 @@ async def test_scripted_step_arrives_through_events() -> None:
     async with fake(script) as dg, session(dg, settings_for_profile(profile())) as (c, drain):
         await drain.until(of(dm.SettingsApplied))
         await feed(c, 30)  # 600 ms: the step starts at 200 and the caller stops at 400
-        events = await drain.until(of(dm.AgentAudioDone))
+        events = await drain.until(of(dm.LatencyReport))
         log = dg.logs("agent")[0]
     typed = [e for e in events if not isinstance(e, bytes)]
     assert [type(e) for e in typed] == [
         dm.UserStartedSpeaking,
         dm.ConversationText,
+        dm.History,  # the server's copy of each message follows it
         dm.AgentThinking,
         dm.AgentStartedSpeaking,
         dm.ConversationText,
+        dm.History,
         dm.AgentAudioDone,
+        dm.LatencyReport,  # after the reply it measures
     ]
     assert typed[1] == dm.ConversationText("user", "when do you open")
-    assert typed[3].ttt_latency == 0.01  # type: ignore[union-attr]
-    assert typed[4] == dm.ConversationText("assistant", reply)
+    assert typed[2] == dm.History(role="user", content="when do you open")
+    assert typed[4].ttt_latency == 0.01  # type: ignore[union-attr]
+    assert typed[5] == dm.ConversationText("assistant", reply)
+    assert typed[6] == dm.History(role="assistant", content=reply)
+    assert typed[8].ttt_token_latency == 0.01  # type: ignore[union-attr]
     first_audio = next(i for i, e in enumerate(events) if isinstance(e, bytes))
-    assert isinstance(events[first_audio - 1], dm.ConversationText)  # audio after the text
+    assert events[first_audio - 2 : first_audio] == typed[5:7]  # audio after text and History
     audio = b"".join(e for e in events if isinstance(e, bytes))
     assert audio == tts_audio(reply, MS_PER_CHAR)  # μ-law 8 kHz, as Settings asked
     assert len(audio) == len(reply) * MS_PER_CHAR * 8
