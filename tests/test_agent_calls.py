@@ -343,15 +343,20 @@ async def test_agent_reconnect_hands_the_servers_history_to_the_new_socket(numbe
 
 
 @contextlib.asynccontextmanager
-async def hung_webhook() -> AsyncIterator[tuple[str, list[bytes]]]:
-    """An HTTP server that reads requests and never answers them."""
+async def slow_webhook(answer_after_s: float) -> AsyncIterator[tuple[str, list[bytes]]]:
+    """An HTTP server that answers each request `answer_after_s` after reading it."""
     requests: list[bytes] = []
     release = asyncio.Event()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
             requests.append(await reader.readuntil(b"\r\n\r\n"))
-            await release.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(release.wait(), answer_after_s)
+            body = b'{"booked": true}'
+            head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            writer.write(head + body)
+            await writer.drain()
         writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
@@ -365,10 +370,10 @@ async def hung_webhook() -> AsyncIterator[tuple[str, list[bytes]]]:
 
 
 async def test_cancelled_function_call_is_never_answered(tmp_path: Path) -> None:
-    # The agent dispatches book_slot speculatively, then the caller goes on talking and the
-    # agent cancels it: the webhook (still running) is abandoned and no FunctionCallResponse
-    # goes out for that id. The conversation carries on.
-    async with hung_webhook() as (url, requests):
+    # The agent dispatches check_order speculatively, then the caller goes on talking and the
+    # agent cancels it (0.8 s later): the webhook, still running, is abandoned, so its answer
+    # (at 1.5 s) never becomes a FunctionCallResponse. The conversation carries on.
+    async with slow_webhook(answer_after_s=1.5) as (url, requests):
         path = tmp_path / "numbers.yaml"
         path.write_text(
             NUMBERS.replace("http://127.0.0.1:9/unreachable", url).replace(
