@@ -1,7 +1,7 @@
 """The fake Deepgram server, driven by real websockets clients on a loopback port.
 
 Scripts are keyed on audio time, so audio is fed faster than real time and the expected events
-are exact. Behaviours marked "unverified" in /work/shared/protocol.md say so where tested.
+are exact. Behaviours no primary source confirms are marked "unverified" where tested.
 """
 
 from __future__ import annotations
