@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -225,21 +229,29 @@ async def test_session_cap_transfers_before_deepgram_cuts_the_session(numbers: P
     assert result.as_json()["end_reason"] == "transferred"
 
 
+def events_of(result: OfflineCall, kind: str) -> list[dict[str, Any]]:
+    return [e for e in result.as_json()["events"] if e["kind"] == kind]
+
+
 async def test_agent_reconnect_keeps_the_conversation_going(numbers: Path) -> None:
+    # An agent that sends no History: the context is our transcript, as History entries.
     result = await agent_call(
         numbers,
         [AgentStep(at_ms=1000, user_text="What are your hours?", reply_text="Nine to five.")],
         max_call_ms=7_000,
         faults=[Fault(endpoint="agent", at_ms=2500, kind="drop")],
+        deepgram_options_extra={"agent_history": False},
     )
     logs = [c for c in result.deepgram.connections if c.endpoint == "agent"]
     assert len(logs) == 2
     second = logs[1].received_messages(dm.Settings)[0].body
     assert "greeting" not in second["agent"]  # the caller already heard it
     context = second["agent"]["context"]["messages"]
-    assert {"role": "user", "content": "What are your hours?"} in context
-    assert {"role": "assistant", "content": "Nine to five."} in context
-    assert "agent-reconnect" in [e["kind"] for e in result.as_json()["events"]]
+    assert {"type": "History", "role": "user", "content": "What are your hours?"} in context
+    assert {"type": "History", "role": "assistant", "content": "Nine to five."} in context
+    assert all(m["type"] == "History" for m in context)  # Deepgram requires it on every entry
+    [reconnect] = events_of(result, "agent-reconnect")
+    assert reconnect["source"] == "transcript"
     # The new socket plays the script again: the conversation went on after the drop.
     assert turns_of(result).count(("bot", "Nine to five.")) == 2
     assert not logs[1].violations
@@ -290,3 +302,159 @@ async def test_paused_stream_gets_keepalives_only_while_idle(
     kinds = agents[0].received_kinds()
     assert "json:KeepAlive" in kinds
     assert not agents[0].violations  # includes "KeepAlive while audio flows"
+
+
+async def test_agent_reconnect_hands_the_servers_history_to_the_new_socket(numbers: Path) -> None:
+    # The server's History is what its LLM saw: function calls included, which our transcript
+    # cannot tell. A reconnect's Settings carry that copy.
+    result = await agent_call(
+        numbers,
+        [
+            AgentStep(
+                at_ms=1000,
+                user_text="Order 42?",
+                reply_text="",
+                function_call=ScriptedFunctionCall("check_order", '{"order": "42"}'),
+                reply_after_function="The order system is down.",
+            )
+        ],
+        max_call_ms=7_000,
+        faults=[Fault(endpoint="agent", at_ms=4000, kind="drop")],
+    )
+    first, second = [c for c in result.deepgram.connections if c.endpoint == "agent"]
+    [response] = first.received_messages(dm.FunctionCallResponse)
+    context = second.received_messages(dm.Settings)[0].body["agent"]["context"]["messages"]
+    assert context == [
+        {"type": "History", "role": "assistant", "content": "Hi there."},
+        {"type": "History", "role": "user", "content": "Order 42?"},
+        {
+            "type": "History",
+            "function_calls": [
+                {
+                    "id": response.id,
+                    "name": "check_order",
+                    "client_side": True,
+                    "arguments": '{"order": "42"}',
+                    "response": response.content,
+                }
+            ],
+        },
+        {"type": "History", "role": "assistant", "content": "The order system is down."},
+    ]
+    [reconnect] = events_of(result, "agent-reconnect")
+    assert reconnect["source"] == "server" and reconnect["context"] == 4
+    assert not first.violations and not second.violations  # the fake checks the entry types
+
+
+@contextlib.asynccontextmanager
+async def slow_webhook(answer_after_s: float) -> AsyncIterator[tuple[str, list[bytes]]]:
+    """An HTTP server that answers each request `answer_after_s` after reading it."""
+    requests: list[bytes] = []
+    release = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            requests.append(await reader.readuntil(b"\r\n\r\n"))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(release.wait(), answer_after_s)
+            body = b'{"booked": true}'
+            head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            writer.write(head + body)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/book", requests
+    finally:
+        release.set()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_cancelled_function_call_is_never_answered(tmp_path: Path) -> None:
+    # The agent dispatches check_order speculatively, then the caller goes on talking and the
+    # agent cancels it (0.8 s later): the webhook, still running, is abandoned, so its answer
+    # (at 1.5 s) never becomes a FunctionCallResponse. The conversation carries on.
+    async with slow_webhook(answer_after_s=1.5) as (url, requests):
+        path = tmp_path / "numbers.yaml"
+        path.write_text(
+            NUMBERS.replace("http://127.0.0.1:9/unreachable", url).replace(
+                "timeout_s: 0.5", "timeout_s: 10"
+            )
+        )
+        result = await agent_call(
+            path,
+            [
+                AgentStep(
+                    at_ms=1000,
+                    user_text="Order 42 please",
+                    reply_text="",
+                    function_call=ScriptedFunctionCall("check_order", '{"order": "42"}'),
+                    reply_after_function="never said",
+                    cancel_call_ms=800,
+                ),
+                AgentStep(at_ms=3000, user_text="Actually, never mind.", reply_text="Okay."),
+            ],
+            max_call_ms=6_000,
+        )
+        assert len(requests) == 1 and requests[0].startswith(b"POST /book")  # it was running
+    log = agent_log(result)
+    assert [m.functions[0].name for m in log.sent_messages(dm.FunctionCallCancelled)] == [
+        "check_order"
+    ]
+    assert log.received_messages(dm.FunctionCallResponse) == []  # nothing on the wire
+    assert not log.violations
+    [cancelled] = events_of(result, "function-cancelled")
+    assert cancelled["name"] == "check_order" and cancelled["stopped"] is True
+    assert "action" not in cancelled
+    bot = [t for r, t in turns_of(result) if r == "bot"]
+    assert bot == ["Hi there.", "Okay."]
+
+
+async def test_cancelled_end_call_does_not_hang_up(numbers: Path) -> None:
+    # end_call is answered at once (the agent is to say goodbye); when the agent then cancels
+    # it (the caller went on), the hang-up it asked for is called off.
+    result = await agent_call(
+        numbers,
+        [
+            AgentStep(
+                at_ms=1000,
+                user_text="Bye.",
+                reply_text="",
+                function_call=ScriptedFunctionCall("end_call", "{}"),
+                reply_after_function="Goodbye!",
+                cancel_call_ms=800,
+            ),
+            AgentStep(at_ms=3000, user_text="Wait, one more thing.", reply_text="Yes?"),
+        ],
+        max_call_ms=7_000,
+    )
+    assert result.rest.requests == []  # no hang-up, not even after the 3 s grace
+    [cancelled] = events_of(result, "function-cancelled")
+    assert cancelled["name"] == "end_call" and cancelled["action"] == "hangup"
+    assert cancelled["stopped"] is False  # it had been answered
+    assert "hangup" not in [e["kind"] for e in result.as_json()["events"]]
+    assert turns_of(result)[-1] == ("bot", "Yes?")
+    assert not agent_log(result).violations
+
+
+async def test_latency_report_lands_on_the_bot_turn_it_measures(numbers: Path) -> None:
+    result = await agent_call(
+        numbers,
+        [AgentStep(at_ms=1000, user_text="What are your hours?", reply_text="Nine to five.")],
+        max_call_ms=4_000,
+    )
+    greeting, caller, reply = result.summary.transcript.turns  # type: ignore[union-attr]
+    assert (caller.role, reply.text) == ("caller", "Nine to five.")
+    # The fake: stt 50 ms, ttt 100 ms (agent_latency_s), tts 100 ms (first byte).
+    assert reply.meta["latency_report"] == {
+        "stt_ms": 50.0,
+        "ttt_token_ms": 100.0,
+        "ttt_text_ms": 100.0,
+        "tts_ms": 100.0,
+        "total_ms": 250.0,
+    }
+    assert "latency_report" not in greeting.meta  # no caller turn to measure from
+    assert events_of(result, "latency-report") == []

@@ -702,6 +702,25 @@ def test_builtin_agent_functions_cannot_be_redefined(tmp_path: Path) -> None:
     assert f"{path}:6: profiles.a.agent.functions: end_call are built in" in text
 
 
+def test_agent_function_defer_until_eot_option(in_tmp: Path) -> None:
+    text = """\
+        profiles:
+          a:
+            mode: agent
+            agent:
+              think_prompt: hi
+              functions:
+                - {name: book, description: x, url: 'https://h.x/b', defer_until_eot: true}
+                - {name: look, description: x, url: 'https://h.x/l'}
+        """
+    functions = load_config(write(text)).profiles["a"].agent.functions  # type: ignore[union-attr]
+    assert [f.defer_until_eot for f in functions] == [True, False]  # default: false
+    assert errors(text.replace("defer_until_eot: true", "defer_until_eot: soon")) == [
+        "numbers.yaml:7: profiles.a.agent.functions[0].defer_until_eot: must be a valid boolean,"
+        " unable to interpret input"
+    ]
+
+
 # --- transcribe mode (Nova) -------------------------------------------------------------------
 
 TRANSCRIBE_CASES = {

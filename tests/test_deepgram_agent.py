@@ -140,6 +140,22 @@ def test_settings_for_profile_body() -> None:
     assert names == ["end_call", "transfer_call", "lookup_order"]
 
 
+def test_hang_up_and_transfer_wait_for_the_end_of_turn_and_profiles_can_opt_in() -> None:
+    # Built-ins are never dispatched for a turn the caller resumes; a profile's function is
+    # only when its YAML says defer_until_eot: true (Deepgram's default is false).
+    body = settings_for_profile(profile(transfer_number="+15551234567"))
+    functions = {f["name"]: f for f in body["agent"]["think"]["functions"]}
+    assert functions["end_call"]["defer_until_eot"] is True
+    assert functions["transfer_call"]["defer_until_eot"] is True
+    assert "defer_until_eot" not in functions["lookup_order"]
+    agent = profile().agent
+    assert agent is not None
+    deferred = agent.functions[0].model_copy(update={"defer_until_eot": True})
+    opted = profile(agent={**agent.model_dump(), "functions": [deferred.model_dump()]})
+    (_, lookup) = settings_for_profile(opted)["agent"]["think"]["functions"]
+    assert lookup["name"] == "lookup_order" and lookup["defer_until_eot"] is True
+
+
 def test_settings_for_nova_listen_and_reconnect_context() -> None:
     nova = profile(agent={"think_prompt": "p", "listen_model": "nova-3", "keyterms": ["Zed"]})
     context = [{"type": "History", "role": "user", "content": "hello"}]
@@ -216,22 +232,28 @@ async def test_scripted_step_arrives_through_events() -> None:
     async with fake(script) as dg, session(dg, settings_for_profile(profile())) as (c, drain):
         await drain.until(of(dm.SettingsApplied))
         await feed(c, 30)  # 600 ms: the step starts at 200 and the caller stops at 400
-        events = await drain.until(of(dm.AgentAudioDone))
+        events = await drain.until(of(dm.LatencyReport))
         log = dg.logs("agent")[0]
     typed = [e for e in events if not isinstance(e, bytes)]
     assert [type(e) for e in typed] == [
         dm.UserStartedSpeaking,
         dm.ConversationText,
+        dm.History,  # the server's copy of each message follows it
         dm.AgentThinking,
         dm.AgentStartedSpeaking,
         dm.ConversationText,
+        dm.History,
         dm.AgentAudioDone,
+        dm.LatencyReport,  # after the reply it measures
     ]
     assert typed[1] == dm.ConversationText("user", "when do you open")
-    assert typed[3].ttt_latency == 0.01  # type: ignore[union-attr]
-    assert typed[4] == dm.ConversationText("assistant", reply)
+    assert typed[2] == dm.History(role="user", content="when do you open")
+    assert typed[4].ttt_latency == 0.01  # type: ignore[union-attr]
+    assert typed[5] == dm.ConversationText("assistant", reply)
+    assert typed[6] == dm.History(role="assistant", content=reply)
+    assert typed[8].ttt_token_latency == 0.01  # type: ignore[union-attr]
     first_audio = next(i for i, e in enumerate(events) if isinstance(e, bytes))
-    assert isinstance(events[first_audio - 1], dm.ConversationText)  # audio after the text
+    assert events[first_audio - 2 : first_audio] == typed[5:7]  # audio after text and History
     audio = b"".join(e for e in events if isinstance(e, bytes))
     assert audio == tts_audio(reply, MS_PER_CHAR)  # μ-law 8 kHz, as Settings asked
     assert len(audio) == len(reply) * MS_PER_CHAR * 8

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 
+import orjson
 import pytest
-from websockets.asyncio.server import serve
+from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from telephony.deepgram import messages as dm
@@ -85,6 +86,31 @@ async def test_configure_success_failure_and_one_in_flight() -> None:
         with pytest.raises(dm.DeepgramMessageError, match=r"between 0\.5 and 1"):
             await client.configure(eot_threshold=0.2)
         await client.close()
+
+
+async def test_configure_success_with_a_string_keyterm_releases_the_next_configure() -> None:
+    # Deepgram may acknowledge with "keyterms": "Acme" (one keyterm, a string). If that ack
+    # were refused, the waiting Configure would never be sent: one is in flight at a time.
+    received: list[dict] = []
+
+    async def flux(ws: ServerConnection) -> None:
+        async for raw in ws:
+            if orjson.loads(raw)["type"] != "Configure":
+                return  # CloseStream: Flux closes
+            received.append(orjson.loads(raw))
+            ack = {"type": "ConfigureSuccess", "request_id": "r", "sequence_id": len(received)}
+            await ws.send(orjson.dumps({**ack, "thresholds": {}, "keyterms": "Acme"}).decode())
+
+    async with serve(flux, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        client = FluxClient(f"ws://127.0.0.1:{port}", KEY, FluxOptions())
+        await client.connect()
+        await client.configure(keyterms=["Acme"])
+        await client.configure(eot_threshold=0.8)  # waits for the first ack
+        acks = await collect(client, {dm.ConfigureSuccess}, 2)
+        await client.close()
+    assert [a.keyterms for a in acks] == [("Acme",), ("Acme",)]
+    assert [m.get("thresholds") for m in received] == [None, {"eot_threshold": 0.8}]
 
 
 async def test_flux_error_or_drop_is_fatal() -> None:

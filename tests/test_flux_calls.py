@@ -21,6 +21,7 @@ numbers:
   "+15550002000": eager
   "+15550003000": pcm
   "+15550004000": strict
+  "+15550008000": multi
 profiles:
   scripted:
     mode: flux
@@ -50,6 +51,10 @@ profiles:
     greeting: "This call may be recorded for quality purposes."
     greeting_interruptible: false
     responder: {type: scripted, rules: [], fallback: "How can I help?"}
+  multi:
+    mode: flux
+    responder: {type: scripted, rules: [], fallback: "Okay."}
+    flux: {model: flux-general-multi}
   pcm:
     mode: flux
     responder: {type: scripted, rules: [{pattern: "bye", reply: "Bye.", action: hangup}],
@@ -119,6 +124,20 @@ async def test_two_turn_conversation(numbers: Path) -> None:
     # No Deepgram rule was broken.
     assert all(not c.violations for c in result.deepgram.connections)
     assert "json:KeepAlive" not in flux_log(result).received_kinds()
+
+
+async def test_caller_turns_keep_flux_languages_and_the_end_of_turn_trigger(
+    numbers: Path,
+) -> None:
+    result = await call(
+        numbers,
+        "+15550008000",
+        [ScriptedTurn(start_ms=1000, end_ms=1800, text="Hola, what are your hours?")],
+        max_call_ms=4_000,
+    )
+    [caller] = [t for t in result.summary.transcript.turns if t.role == "caller"]  # type: ignore[union-attr]
+    assert caller.meta == {"trigger": "model", "languages": ["en"]}  # the fake detects "en"
+    assert flux_log(result).query["model"] == ["flux-general-multi"]
 
 
 async def test_barge_in_clears_everything_and_records_what_was_heard(numbers: Path) -> None:

@@ -445,6 +445,12 @@ def message_of(cls: type) -> st.SearchStrategy[Any]:
             st.none() | st.text(max_size=20),
             st.none() | st.lists(st.text(max_size=5), max_size=2),
         )
+    if cls is dm.History:  # a message, or function calls: never neither
+        text = st.text(max_size=20)
+        calls = st.lists(message_of(dm.HistoryFunctionCall), max_size=3).map(tuple)
+        return st.builds(dm.History, role=text, content=text) | st.builds(
+            dm.History, function_calls=calls
+        )
     fields = {f.name: _field_strategy(str(f.type)) for f in dataclasses.fields(cls)}
     if cls is dm.TurnInfo:
         fields["event"] = st.sampled_from(dm.FLUX_EVENTS)
@@ -481,6 +487,9 @@ PARSERS: dict[str, tuple[Callable[[str | bytes], Any], tuple[type, ...]]] = {
             dm.AgentAudioDone,
             dm.FunctionCallRequest,
             dm.FunctionCallResponse,
+            dm.FunctionCallCancelled,
+            dm.History,
+            dm.LatencyReport,
             dm.PromptUpdated,
             dm.SpeakUpdated,
             dm.ThinkUpdated,

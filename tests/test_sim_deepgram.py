@@ -519,9 +519,11 @@ async def test_agent_welcome_settings_and_a_scripted_exchange(make_fake: MakeFak
     assert got.names() == [
         "UserStartedSpeaking",
         "ConversationText",
+        "History",
         "AgentThinking",
         "AgentStartedSpeaking",
         "ConversationText",
+        "History",
         "AgentAudioDone",
     ]
     texts = [(e.role, e.content) for e in got.events if isinstance(e, dm.ConversationText)]
@@ -557,6 +559,54 @@ async def test_agent_function_call_waits_for_the_response(make_fake: MakeFake) -
     assert tts_text(bytes(reply.audio), 10) == "Cancelled."
     responses = fake.connections[0].received_messages(dm.FunctionCallResponse)
     assert responses == [dm.FunctionCallResponse("fc_1", "cancel_order", '{"ok":true}')]
+
+
+async def test_agent_cancels_a_speculative_call_and_refuses_its_late_answer(
+    make_fake: MakeFake,
+) -> None:
+    steps = [
+        AgentStep(
+            at_ms=100,
+            user_text="Book it",
+            reply_text="unused",
+            function_call={"name": "book", "arguments": {}},
+            reply_after_function="Booked.",
+            speech_ms=100,
+            cancel_call_ms=300,
+        ),
+        AgentStep(at_ms=800, user_text="no wait", reply_text="Okay.", speech_ms=100),
+    ]
+    fake = await make_fake(script=Script(agent=steps), speak_ms_per_char=10)
+    async with dial(fake, AGENT) as ws:
+        await ws.recv()
+        await ws.send(agent_settings())
+        await feed(ws, 400)  # the request goes out at 200 ms of audio
+        got = await collect(ws, dm.parse_agent_server, until=is_type("FunctionCallRequest"))
+        call = got.events[-1].functions[0]
+        await feed(ws, 300)  # 300 ms later the caller has gone on: cancelled
+        cancel = await collect(ws, dm.parse_agent_server, until=is_type("FunctionCallCancelled"))
+        await ws.send(dm.function_call_response(call.id, call.name, "{}"))  # too late
+        await feed(ws, 800)
+        rest = await collect(ws, dm.parse_agent_server, until=is_type("AgentAudioDone"))
+    assert cancel.events[-1] == dm.FunctionCallCancelled((dm.CancelledFunction(call.id, "book"),))
+    said = [e.content for e in rest.events if isinstance(e, dm.ConversationText)]
+    assert said == ["no wait", "Okay."]  # the cancelled step's reply is never spoken
+    assert fake.connections[0].violations == [
+        f"FunctionCallResponse for cancelled call {call.id!r}"
+    ]
+
+
+async def test_agent_refuses_context_entries_that_are_not_history(make_fake: MakeFake) -> None:
+    body = dm.agent_settings(prompt="p")
+    body["agent"]["context"] = {"messages": [{"role": "user", "content": "hi"}]}  # no type
+    fake = await make_fake()
+    async with dial(fake, AGENT) as ws:
+        await ws.recv()
+        await ws.send(orjson.dumps({"type": "Settings", **body}).decode())
+        got = await collect(ws, dm.parse_agent_server)
+    (error,) = got.events
+    assert isinstance(error, dm.AgentError) and error.code == "INVALID_SETTINGS"
+    assert "type must be 'History'" in error.description and got.close_code == 1008
 
 
 async def test_agent_keepalive_while_streaming_is_a_violation(make_fake: MakeFake) -> None:

@@ -37,6 +37,7 @@ SERVER_EVENTS = [
             trigger="model",
             sequence_id=7,
             request_id="r",
+            languages=("en", "es"),
         ),
     ),
     (dm.parse_flux_server, dm.ConfigureSuccess({"eot_threshold": 0.8}, ("Acme",), 12, "r")),
@@ -58,6 +59,16 @@ SERVER_EVENTS = [
         dm.parse_agent_server,
         dm.FunctionCallRequest((dm.FunctionCall("fc_1", "end_call", '{"reason":"done"}', True),)),
     ),
+    (
+        dm.parse_agent_server,
+        dm.FunctionCallCancelled((dm.CancelledFunction("fc_1", "end_call"),)),
+    ),
+    (dm.parse_agent_server, dm.History(role="user", content="hi")),
+    (
+        dm.parse_agent_server,
+        dm.History(function_calls=(dm.HistoryFunctionCall("fc_1", "f", True, "{}", "ok"),)),
+    ),
+    (dm.parse_agent_server, dm.LatencyReport(0.1, 0.3, 0.35, None, None, 0.2, 0.65)),
     (dm.parse_agent_server, dm.InjectionRefused("busy")),
     (dm.parse_agent_server, dm.AgentError("CLIENT_MESSAGE_TIMEOUT", "idle")),
     (dm.parse_agent_server, dm.PromptUpdated()),
@@ -99,8 +110,8 @@ def test_wire_shapes_match_protocol_examples() -> None:
 
 
 def test_unknown_type_is_kept_and_malformed_raises() -> None:
-    unknown = dm.parse_agent_server('{"type":"History","role":"user","content":"hi"}')
-    assert unknown == dm.Unknown("History", {"type": "History", "role": "user", "content": "hi"})
+    unknown = dm.parse_agent_server('{"type":"SomethingNew","role":"user"}')
+    assert unknown == dm.Unknown("SomethingNew", {"type": "SomethingNew", "role": "user"})
     for bad in ("not json", "[1,2]", '{"no":"type"}', '{"type":"TurnInfo","event":"Update"}'):
         with pytest.raises(dm.DeepgramMessageError):
             dm.parse_flux_server(bad)
@@ -109,6 +120,78 @@ def test_unknown_type_is_kept_and_malformed_raises() -> None:
             '{"type":"TurnInfo","event":"Update","turn_index":"0","audio_window_start":0,'
             '"audio_window_end":0,"transcript":""}'
         )
+
+
+def test_newer_agent_messages_parse_as_the_sdk_shapes_them() -> None:
+    # Shapes from Deepgram's Python SDK 7.17 models (deepgram/agent/v1/types); extra fields
+    # are ignored, as everywhere.
+    cancelled = dm.parse_agent_server(
+        '{"type":"FunctionCallCancelled","functions":[{"id":"fc_9","name":"end_call","x":1}]}'
+    )
+    assert cancelled == dm.FunctionCallCancelled((dm.CancelledFunction("fc_9", "end_call"),))
+    calls = dm.parse_agent_server(
+        '{"type":"History","function_calls":[{"id":"a","name":"f","client_side":false,'
+        '"arguments":"{}","response":"done","thought_signature":"t"}]}'
+    )
+    assert calls == dm.History(
+        function_calls=(dm.HistoryFunctionCall("a", "f", False, "{}", "done", "t"),)
+    )
+    report = dm.parse_agent_server('{"type":"LatencyReport","stt_latency":0.12,"x":1}')
+    assert report == dm.LatencyReport(stt_latency=0.12)  # every other field optional
+    for bad in (
+        '{"type":"History","role":"user"}',  # neither a message nor function calls
+        '{"type":"History","function_calls":[{"name":"f"}]}',
+        '{"type":"FunctionCallCancelled"}',
+        '{"type":"LatencyReport","total_latency":"1"}',
+    ):
+        with pytest.raises(dm.DeepgramMessageError):
+            dm.parse_agent_server(bad)
+
+
+def test_lenient_flux_and_nova_fields() -> None:
+    # flux-general-multi reports languages; EndOfTurn's trigger is an open enum.
+    turn = dm.parse_flux_server(
+        '{"type":"TurnInfo","event":"EndOfTurn","turn_index":0,"audio_window_start":0,'
+        '"audio_window_end":1,"transcript":"hola","trigger":"timeout","languages":["es","en"]}'
+    )
+    assert isinstance(turn, dm.TurnInfo)
+    assert (turn.trigger, turn.languages) == ("timeout", ("es", "en"))
+    # Deepgram's schema allows one keyterm as a plain string.
+    for keyterms, expected in (('"Acme"', ("Acme",)), ('""', ()), ('["A","B"]', ("A", "B"))):
+        ok = dm.parse_flux_server(
+            f'{{"type":"ConfigureSuccess","thresholds":{{}},"keyterms":{keyterms}}}'
+        )
+        assert isinstance(ok, dm.ConfigureSuccess) and ok.keyterms == expected
+    with pytest.raises(dm.DeepgramMessageError):
+        dm.parse_flux_server('{"type":"ConfigureSuccess","thresholds":{},"keyterms":7}')
+    # A Nova Results without is_final is not final.
+    results = dm.parse_listen_server(
+        '{"type":"Results","channel":{"alternatives":[{"transcript":"hi"}]}}'
+    )
+    assert isinstance(results, dm.Results) and results.is_final is False
+
+
+def test_settings_context_entries_are_history_messages() -> None:
+    context = [
+        {"role": "user", "content": "hi"},  # the builder adds the type
+        {"type": "History", "function_calls": [{"id": "a", "name": "f"}]},
+    ]
+    body = dm.agent_settings(prompt="p", context_messages=context)
+    messages = body["agent"]["context"]["messages"]
+    assert messages[0] == {"type": "History", "role": "user", "content": "hi"}
+    assert dm.settings_problems(body) == []
+    wrong = dm.agent_settings(prompt="p", context_messages=[{"type": "Message", "role": "user"}])
+    assert dm.settings_problems(wrong) == [
+        "agent.context.messages[0]: type must be 'History', got 'Message'"
+    ]
+    untyped = {**body, "agent": {**body["agent"], "context": {"messages": [{"role": "user"}]}}}
+    with pytest.raises(dm.DeepgramMessageError, match=r"messages\[0\]: type must be 'History'"):
+        dm.settings(untyped)
+    partial = {"type": "History", "role": "user"}
+    bad = {**body, "agent": {**body["agent"], "context": {"messages": [partial]}}}
+    assert dm.settings_problems(bad) == [
+        "agent.context.messages[0]: History: needs role and content, or function_calls"
+    ]
 
 
 def test_client_builders() -> None:

@@ -46,17 +46,21 @@ MULAW_BYTES_PER_MS = 8
 KEYTERM_MODELS = ("flux-general-en", "flux-general-multi", "nova-3")
 
 _NO_PARAMS: dict[str, Any] = {"type": "object", "properties": {}}
+# defer_until_eot: Deepgram dispatches these only once the caller's turn is confirmed, never
+# speculatively for a turn the caller then resumes (no goodbye over a caller still talking).
 BUILTIN_FUNCTIONS: Mapping[str, dict[str, Any]] = MappingProxyType(
     {
         "end_call": {
             "name": "end_call",
             "description": "End the call after saying goodbye",
             "parameters": _NO_PARAMS,
+            "defer_until_eot": True,
         },
         "transfer_call": {
             "name": "transfer_call",
             "description": "Transfer the caller to a person",
             "parameters": _NO_PARAMS,
+            "defer_until_eot": True,
         },
     }
 )
@@ -109,13 +113,14 @@ def _functions(profile: Profile) -> list[dict[str, Any]]:
     names = ["end_call", "transfer_call"] if profile.transfer_number else ["end_call"]
     out = [copy.deepcopy(BUILTIN_FUNCTIONS[n]) for n in names]
     for f in profile.agent.functions if profile.agent else ():
-        out.append(
-            {
-                "name": f.name,
-                "description": f.description,
-                "parameters": copy.deepcopy(f.parameters),
-            }
-        )
+        function = {
+            "name": f.name,
+            "description": f.description,
+            "parameters": copy.deepcopy(f.parameters),
+        }
+        if f.defer_until_eot:  # false is Deepgram's default: sent only when asked for
+            function["defer_until_eot"] = True
+        out.append(function)
     return out
 
 

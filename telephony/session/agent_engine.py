@@ -10,6 +10,13 @@ row and playback-gated actions are one piece of code for both modes.
 - AgentAudioDone means Deepgram finished *sending*; the reply ends for us when its last mark
   echoes.
 - end_call / transfer_call wait for the goodbye to play; a barge-in cancels them.
+- FunctionCallCancelled: the agent dropped a call it dispatched (the caller resumed the turn
+  or barged in). A webhook still running is abandoned unanswered; a hang-up or transfer it
+  asked for is called off.
+- History: the server's own copy of the conversation, what its LLM saw (function calls
+  included). A reconnect hands that to the new socket; with no History, our transcript.
+- LatencyReport: per-stage latency of a reply, on that reply's bot turn (see
+  `_on_latency_report`).
 """
 
 from __future__ import annotations
@@ -71,9 +78,16 @@ class AgentEngine:
         self._last_caller_end_at: float | None = None
         self._pending_action: str | None = None  # end_call / transfer_call / session cap
         self._action_after = 0  # ...runs once a reply numbered >= this has played
+        self._action_call: str | None = None  # the function call's id that asked for it
         self._action_timer: asyncio.Task[None] | None = None
         self._nudge_timer: asyncio.Task[None] | None = None
         self._reply_timer: asyncio.Task[None] | None = None
+        self._calls: dict[str, asyncio.Task[None]] = {}  # function calls not yet answered
+        # The server's History as Settings context entries; None until the first arrives.
+        self._history: list[dict[str, Any]] | None = None
+        self._given: list[dict[str, Any]] = []  # the context this socket started from
+        self._echo: deque[dict[str, Any]] = deque()  # ...in case the server sends it back
+        self._last_sent: BotReply | None = None  # a reply a LatencyReport may still follow
         self._tasks = TaskSet(ctx.log)
         agent = ctx.profile.agent
         self._functions = {f.name: f for f in agent.functions} if agent else {}
@@ -118,11 +132,8 @@ class AgentEngine:
         self._keepalives_before += self.client.keepalives_sent
         with contextlib.suppress(Exception):
             await self.client.close()
-        context = [
-            {"role": "user" if t.role == "caller" else "assistant", "content": t.heard or t.text}
-            for t in self.ctx.transcript.turns
-            if (t.heard or t.text)
-        ]
+        context, source = self._context()
+        self._given, self._echo = context, deque(context)
         for delay in self._backoff.delays():
             await asyncio.sleep(delay)
             client = self._new_client(context)
@@ -137,9 +148,30 @@ class AgentEngine:
                 self._reconnecting = True
                 continue
             ms = self.ctx.now_ms()
-            self.ctx.transcript.event(ms, "agent-reconnect", reason=reason, context=len(context))
+            self.ctx.transcript.event(
+                ms, "agent-reconnect", reason=reason, context=len(context), source=source
+            )
             return True
         return False
+
+    def _context(self) -> tuple[list[dict[str, Any]], str]:
+        """The conversation so far for a new socket's Settings, and where it came from.
+
+        The server's History is what the agent's LLM actually saw (function calls included);
+        without any, our transcript's heard text stands in for it.
+        """
+        if self._history is not None:
+            return list(self._history), "server"
+        turns = self.ctx.transcript.turns
+        return [
+            {
+                "type": "History",
+                "role": "user" if t.role == "caller" else "assistant",
+                "content": t.heard or t.text,
+            }
+            for t in turns
+            if (t.heard or t.text)
+        ], "transcript"
 
     @property
     def keepalives_sent(self) -> int:
@@ -218,7 +250,10 @@ class AgentEngine:
     async def _on_event(self, event: Any) -> None:
         ms = self.ctx.now_ms()
         if isinstance(event, dm.UserStartedSpeaking):
+            cut = self._reply
             await self._barge_in(ms)
+            if cut is not None and self._reply is None:
+                self._last_sent = cut  # its LatencyReport may still come
         elif isinstance(event, dm.ConversationText):
             self._on_text(event, ms)
         elif isinstance(event, dm.AgentStartedSpeaking):
@@ -231,11 +266,21 @@ class AgentEngine:
         elif isinstance(event, dm.AgentThinking):
             self.ctx.transcript.event(ms, "agent-thinking")
         elif isinstance(event, dm.AgentAudioDone):
+            if self._reply is not None and "latency_report" not in self._reply.meta:
+                self._last_sent = self._reply  # its LatencyReport comes next
             self._end_reply()
         elif isinstance(event, dm.FunctionCallRequest):
             for call in event.functions:
                 if call.client_side:
-                    self._tasks.spawn(self._function_call(call), f"function-{call.name}")
+                    task = self._tasks.spawn(self._function_call(call), f"function-{call.name}")
+                    self._calls[call.id] = task
+        elif isinstance(event, dm.FunctionCallCancelled):
+            for cancelled in event.functions:
+                self._cancel_function(cancelled, ms)
+        elif isinstance(event, dm.History):
+            self._on_history(event)
+        elif isinstance(event, dm.LatencyReport):
+            self._on_latency_report(event, ms)
         elif isinstance(event, dm.AgentWarning):
             self.ctx.log.warning("agent warning %s: %s", event.code, event.description)
             self.ctx.transcript.event(ms, "warning", code=event.code, detail=event.description)
@@ -282,6 +327,42 @@ class AgentEngine:
                 self._nudge_timer.cancel()
             self._nudge_timer = self._tasks.spawn(self._nudge(nudge_s), "nudge")
 
+    def _on_history(self, event: dm.History) -> None:
+        entry = event.to_dict()
+        if self._echo and entry == self._echo[0]:  # the context we gave this socket, sent back
+            self._echo.popleft()
+            return
+        self._echo.clear()
+        if self._history is None:  # this socket's conversation began with the context given
+            self._history = list(self._given)
+        self._history.append(entry)
+
+    def _on_latency_report(self, event: dm.LatencyReport, ms: int) -> None:
+        """Deepgram sends the report after the reply it measures: it belongs to the reply the
+        agent last stopped sending (AgentAudioDone, or cut by a barge-in) if that has had none
+        yet, else to the reply still arriving. The bot turn is written when the reply has
+        played, usually well after the report, so it goes into the reply's meta and from
+        there onto the turn; a turn already written gets a `latency-report` event instead."""
+        report = {
+            key: round(value * 1000, 1)
+            for key, value in (
+                ("stt_ms", event.stt_latency),
+                ("ttt_token_ms", event.ttt_token_latency),
+                ("ttt_text_ms", event.ttt_text_latency),
+                ("ttt_tool_ms", event.ttt_tool_latency),
+                ("ttt_thinking_ms", event.ttt_thinking_latency),
+                ("tts_ms", event.tts_latency),
+                ("total_ms", event.total_latency),
+            )
+            if value is not None
+        }
+        reply, self._last_sent = self._last_sent or self._reply, None
+        if reply is not None and not reply.finished:
+            reply.meta["latency_report"] = report
+            return
+        turn = reply.turn.index if reply is not None and reply.turn is not None else None
+        self.ctx.transcript.event(ms, "latency-report", turn=turn, **report)
+
     async def _nudge(self, after_s: float) -> None:
         """Caller silence for N s after the bot finished playing: prompt them."""
         await asyncio.sleep(after_s)
@@ -298,11 +379,28 @@ class AgentEngine:
         except Exception as exc:  # any failure is answered, and the call goes on
             self.ctx.log.warning("function %s failed: %s", call.name, exc)
             content = orjson.dumps({"error": f"{type(exc).__name__}: {exc}"}).decode()
+        finally:  # answered from here on, or cancelled (and then never answered)
+            self._calls.pop(call.id, None)
         await self.client.function_result(call.id, call.name, content)
+
+    def _cancel_function(self, cancelled: dm.CancelledFunction, ms: int) -> None:
+        """The agent dropped a call it dispatched: stop it, never answer it, and call off a
+        hang-up or transfer it asked for (an answered end_call included)."""
+        task = self._calls.pop(cancelled.id, None)
+        if task is not None:
+            task.cancel()  # a webhook still running is abandoned
+        data: dict[str, Any] = {"name": cancelled.name, "id": cancelled.id}
+        data["stopped"] = task is not None  # False: it had been answered already
+        if self._pending_action is not None and self._action_call == cancelled.id:
+            data["action"] = self._pending_action
+            self._pending_action = self._action_call = None
+            self._cancel_action_timer()
+        self.ctx.transcript.event(ms, "function-cancelled", **data)
 
     async def _run_function(self, call: dm.FunctionCall) -> str:
         if call.name in ("end_call", "transfer_call"):
-            self._request_action("hangup" if call.name == "end_call" else "transfer")
+            action = "hangup" if call.name == "end_call" else "transfer"
+            self._request_action(action, call_id=call.id)
             return orjson.dumps({"ok": True, "note": "say goodbye; the line closes after"}).decode()
         function = self._functions.get(call.name)
         if function is None:
@@ -320,9 +418,10 @@ class AgentEngine:
             return orjson.dumps({"error": f"HTTP {response.status_code}"}).decode()
         return response.text
 
-    def _request_action(self, action: str) -> None:
+    def _request_action(self, action: str, *, call_id: str | None = None) -> None:
         """Hang up / transfer after the next thing the agent says, or after a quiet grace."""
         self._pending_action, self._action_after = action, self.speech.started
+        self._action_call = call_id
         self._cancel_action_timer()
         self._action_timer = self._tasks.spawn(self._act_without_goodbye(), "action-grace")
 

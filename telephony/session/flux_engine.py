@@ -321,7 +321,9 @@ class FluxEngine:
             return
         start_ms = self.clock.to_call_ms(ev.audio_window_start)
         end_ms = self.clock.to_call_ms(ev.audio_window_end)
-        meta = {"trigger": ev.trigger or ""}
+        meta: dict[str, object] = {"trigger": ev.trigger or ""}
+        if ev.languages:  # flux-general-multi: what the caller spoke, most used first
+            meta["languages"] = list(ev.languages)
         self.ctx.transcript.add_turn("caller", text, start_ms, end_ms, meta=meta)
         self._answer(text, end_ms)
 

@@ -17,6 +17,7 @@ from telephony.deepgram.messages.wire import (
     _const,
     _message,
     _nested,
+    _optional,
     _parser,
     _Spec,
     _tuple_of,
@@ -95,6 +96,84 @@ _CONVERTERS["tuple[FunctionCall, ...]"] = _tuple_of(_nested(FunctionCall))
 class FunctionCallRequest(_Wire):
     TYPE: ClassVar[str] = "FunctionCallRequest"
     functions: tuple[FunctionCall, ...]
+
+
+@_message
+@dataclass(slots=True)
+class CancelledFunction(_Wire):
+    id: str  # of the FunctionCallRequest's call: send no FunctionCallResponse for it
+    name: str
+
+
+_CONVERTERS["tuple[CancelledFunction, ...]"] = _tuple_of(_nested(CancelledFunction))
+
+
+@_message
+@dataclass(slots=True)
+class FunctionCallCancelled(_Wire):
+    """Calls already sent that the agent dropped: the caller resumed the turn or barged in."""
+
+    TYPE: ClassVar[str] = "FunctionCallCancelled"
+    functions: tuple[CancelledFunction, ...]
+
+
+@_message
+@dataclass(slots=True)
+class HistoryFunctionCall(_Wire):
+    """One function call in a `History` message or a Settings context entry.
+
+    Deepgram's schema requires every field but thought_signature; only id and name are required
+    here, so a partial entry still joins our copy of the conversation (and goes back whole).
+    """
+
+    id: str
+    name: str
+    client_side: bool = True
+    arguments: str = "{}"  # a JSON *string*, as in FunctionCallRequest
+    response: str = ""
+    thought_signature: str | None = None  # some Gemini models
+
+
+_CONVERTERS["tuple[HistoryFunctionCall, ...] | None"] = _optional(
+    _tuple_of(_nested(HistoryFunctionCall))
+)
+
+
+@_message
+@dataclass(slots=True)
+class History(_Wire):
+    """The server's copy of one conversation message: role and content, or function calls.
+
+    The same shape is a Settings `agent.context.messages` entry, so `to_dict()` of one is what
+    a reconnect sends back.
+    """
+
+    TYPE: ClassVar[str] = "History"
+    role: str | None = None  # "user" | "assistant"
+    content: str | None = None
+    function_calls: tuple[HistoryFunctionCall, ...] | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> History:
+        msg: History = _SPECS[cls].build(d)
+        if msg.function_calls is None and (msg.role is None or msg.content is None):
+            raise DeepgramMessageError("History: needs role and content, or function_calls")
+        return msg
+
+
+@_message
+@dataclass(slots=True)
+class LatencyReport(_Wire):
+    """Per-stage latency of one reply, in seconds; each field only when it applies."""
+
+    TYPE: ClassVar[str] = "LatencyReport"
+    stt_latency: float | None = None  # audio received -> transcript
+    ttt_token_latency: float | None = None  # LLM: first token of any kind
+    ttt_text_latency: float | None = None
+    ttt_tool_latency: float | None = None
+    ttt_thinking_latency: float | None = None
+    tts_latency: float | None = None  # first text token -> first audio byte
+    total_latency: float | None = None  # caller's end of speech -> first audio byte
 
 
 @_message
@@ -242,6 +321,9 @@ AgentServerEvent = (
     | AgentAudioDone
     | FunctionCallRequest
     | FunctionCallResponse
+    | FunctionCallCancelled
+    | History
+    | LatencyReport
     | PromptUpdated
     | SpeakUpdated
     | ThinkUpdated
@@ -263,7 +345,7 @@ AgentClientMessage = (
     | ForceEndTurn
 )
 
-# History, LatencyReport and other newer types parse as Unknown.
+# Newer types we do not use (FrustrationDetected, ThinkLiveUpdated, ...) parse as Unknown.
 parse_agent_server: Callable[[str | bytes], AgentServerEvent | Unknown] = _parser(
     Welcome,
     SettingsApplied,
@@ -274,6 +356,9 @@ parse_agent_server: Callable[[str | bytes], AgentServerEvent | Unknown] = _parse
     AgentAudioDone,
     FunctionCallRequest,
     FunctionCallResponse,
+    FunctionCallCancelled,
+    History,
+    LatencyReport,
     PromptUpdated,
     SpeakUpdated,
     ThinkUpdated,
@@ -313,6 +398,28 @@ def settings_problems(body: Mapping[str, Any]) -> list[str]:
         isinstance(body["tags"], list) and all(isinstance(t, str) for t in body["tags"])
     ):
         problems.append("tags must be a list of strings")
+    agent = body.get("agent")
+    if isinstance(agent, dict) and "context" in agent:
+        problems += _context_problems(agent["context"])
+    return problems
+
+
+def _context_problems(context: Any) -> list[str]:
+    """agent.context.messages: History entries only (Deepgram: type "Must be History")."""
+    messages = context.get("messages", []) if isinstance(context, dict) else None
+    if not isinstance(messages, list):
+        return ["agent.context.messages must be a list"]
+    problems = []
+    for i, entry in enumerate(messages):
+        where = f"agent.context.messages[{i}]"
+        if not isinstance(entry, dict) or entry.get("type") != "History":
+            got = entry.get("type") if isinstance(entry, dict) else type(entry).__name__
+            problems.append(f"{where}: type must be 'History', got {got!r}")
+            continue
+        try:
+            History.from_dict(entry)
+        except DeepgramMessageError as exc:
+            problems.append(f"{where}: {exc}")
     return problems
 
 
@@ -362,7 +469,10 @@ def agent_settings(
     if greeting:
         agent["greeting"] = greeting
     if context_messages:
-        agent["context"] = {"messages": [dict(m) for m in context_messages]}
+        # Each entry is a History message (role and content, or function_calls) and Deepgram
+        # requires the type on every one: added where missing (a wrong one fails `settings`).
+        messages = [{"type": History.TYPE, **m} for m in context_messages]
+        agent["context"] = {"messages": messages}
     mulaw = {"encoding": "mulaw", "sample_rate": 8000}
     body: dict[str, Any] = {"audio": {"input": mulaw, "output": {**mulaw, "container": "none"}}}
     body["agent"] = agent

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from telephony.deepgram.messages.wire import (
+    _CONVERTERS,
     _SPECS,
     DeepgramMessageError,
     Unknown,
@@ -44,6 +45,9 @@ class FluxConnected(_Wire):
     sequence_id: int = 0
 
 
+_CONVERTERS["tuple[str, ...] | None"] = _optional(_tuple_of(_as_str))
+
+
 @_message
 @dataclass(slots=True)
 class TurnInfo(_Wire):
@@ -55,9 +59,11 @@ class TurnInfo(_Wire):
     transcript: str
     words: tuple[Word, ...] = ()
     end_of_turn_confidence: float = 0.0
-    trigger: str | None = None  # EndOfTurn only: "model" | "manual" ("timeout" unverified)
+    # EndOfTurn only: "model" | "manual" (ForceEndTurn) | "timeout" (eot_timeout_ms); open-ended
+    trigger: str | None = None
     sequence_id: int = 0
     request_id: str = ""
+    languages: tuple[str, ...] | None = None  # flux-general-multi: detected, most frequent first
 
 
 @_message
@@ -68,6 +74,16 @@ class ConfigureSuccess(_Wire):
     keyterms: tuple[str, ...] = ()
     sequence_id: int = 0
     request_id: str = ""
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ConfigureSuccess:
+        # Deepgram's schema allows one keyterm as a plain string. Refusing it would also leave
+        # our Configure unacknowledged, and the next one waiting for ever.
+        keyterms = d.get("keyterms")
+        if isinstance(keyterms, str):
+            d = {**d, "keyterms": [keyterms] if keyterms else []}
+        success: ConfigureSuccess = _SPECS[cls].build(d)
+        return success
 
 
 @_message

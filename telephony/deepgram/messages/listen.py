@@ -40,7 +40,7 @@ class Results(_Wire):
 
     TYPE: ClassVar[str] = "Results"
     transcript: str
-    is_final: bool
+    is_final: bool = False  # absent on some Results (Deepgram's schema makes it optional)
     speech_final: bool = False
     from_finalize: bool = False
     start: float = 0.0  # seconds from the connection's first audio byte
@@ -77,7 +77,7 @@ class Results(_Wire):
         alt = _as_dict(alts[0], "Results.channel.alternatives[0]") if alts else {}
         return cls(
             transcript=_as_str(alt.get("transcript", ""), "Results.transcript"),
-            is_final=_as_bool(d.get("is_final"), "Results.is_final"),
+            is_final=_as_bool(d.get("is_final", False), "Results.is_final"),
             speech_final=_as_bool(d.get("speech_final", False), "Results.speech_final"),
             from_finalize=_as_bool(d.get("from_finalize", False), "Results.from_finalize"),
             start=_as_float(d.get("start", 0.0), "Results.start"),

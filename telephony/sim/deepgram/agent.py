@@ -4,13 +4,17 @@ Steps are keyed on caller audio time counted after SettingsApplied. At a step's 
 UserStartedSpeaking (cancelling any agent speech: barge-in); `speech_ms` later:
 ConversationText(user), AgentThinking, then either a FunctionCallRequest (the reply waits for
 the matching FunctionCallResponse) or the reply: AgentStartedSpeaking, ConversationText
-(assistant), audio, AgentAudioDone. A `greeting` in Settings is spoken the same way right
-after SettingsApplied.
+(assistant), audio, AgentAudioDone, then a LatencyReport. A `greeting` in Settings is spoken
+the same way right after SettingsApplied (no LatencyReport: no caller turn to measure from).
+Each ConversationText is followed by its History message, and each answered function call by
+a `function_calls` History (Options.agent_history=False: none). A step with `cancel_call_ms`
+cancels its call with FunctionCallCancelled instead of answering.
 
 Rules enforced: Settings first (other JSON first -> Error + close; audio first is ignored and
-a violation), one Settings, known top-level fields only; KeepAlive while audio is flowing is a
-violation; no client message for `idle_timeout_s` -> Error CLIENT_MESSAGE_TIMEOUT + close;
-sessions end after `agent_session_cap_s`.
+a violation), one Settings, known top-level fields only, `agent.context.messages` entries of
+type History; KeepAlive while audio is flowing is a violation, and so is a FunctionCallResponse
+for a call that is unknown or was cancelled; no client message for `idle_timeout_s` -> Error
+CLIENT_MESSAGE_TIMEOUT + close; sessions end after `agent_session_cap_s`.
 
 The script: a connection uses the script registered for the first of Settings' `tags` that
 has one, else the default script.
@@ -31,6 +35,7 @@ from telephony.sim.deepgram.script import AgentStep
 from telephony.sim.deepgram.tts import TTS_ENCODINGS, bytes_per_ms, tts_audio
 
 STREAMING_WINDOW_S = 1.0  # audio within this long counts as "audio is flowing"
+STT_LATENCY_S = 0.05  # reported in LatencyReport, not simulated
 # Error codes and close codes below that protocol.md does not list are unverified.
 CLOSE_POLICY = 1008
 CLOSE_ERROR = 1011
@@ -61,9 +66,11 @@ class AgentSession(Session):
         self.next_step = 0
         self.user: AgentStep | None = None  # the caller is speaking this step
         self.waiting: tuple[AgentStep, str] | None = None  # (step, function call id)
+        self.waiting_since = 0.0  # audio ms of the FunctionCallRequest
+        self.cancelled: set[str] = set()  # function call ids the agent cancelled
         self.calls = 0
         self.flux_listen = False
-        self.speech: deque[str] = deque()
+        self.speech: deque[tuple[str, bool]] = deque()  # (text, answers a caller turn)
         self.speaker: asyncio.Task[None] | None = None
         self.last_audio = -math.inf
         self.next_at = math.inf
@@ -181,6 +188,8 @@ class AgentSession(Session):
     def _next_event(self) -> tuple[float, str]:
         if self.user is not None:
             return (self.user.at_ms or 0) + self.user.speech_ms, "finish"
+        if self.waiting is not None and (cancel_ms := self.waiting[0].cancel_call_ms) is not None:
+            return self.waiting_since + cancel_ms, "cancel"
         if self.waiting is None and self.next_step < len(self.steps):
             return self.steps[self.next_step].at_ms or 0, "start"
         return math.inf, ""
@@ -188,6 +197,8 @@ class AgentSession(Session):
     async def _emit(self, kind: str, at: float) -> None:
         if kind == "start":
             await self._user_starts(self.steps[self.next_step])
+        elif kind == "cancel":
+            await self._cancel_call()
         else:
             await self._user_finishes()
 
@@ -200,32 +211,56 @@ class AgentSession(Session):
     async def _user_finishes(self) -> None:
         step, self.user = self.user, None
         assert step is not None
-        await self.send(dm.ConversationText("user", step.user_text))
+        await self._text("user", step.user_text)
         await self._respond(step)
+
+    async def _text(self, role: str, content: str) -> None:
+        """ConversationText, then the same message in the server's History."""
+        await self.send(dm.ConversationText(role, content))
+        if self.opts.agent_history:
+            await self.send(dm.History(role=role, content=content))
 
     async def _respond(self, step: AgentStep) -> None:
         await self.send(dm.AgentThinking(content=""))
         call = step.call
         if call is None:
-            self._say(step.reply_text)
+            self._say(step.reply_text, answer=True)
             return
         self.calls += 1
         call_id = f"fc_{self.calls}"
-        self.waiting = (step, call_id)
+        self.waiting, self.waiting_since = (step, call_id), self.clock.ms
         request = dm.FunctionCall(call_id, call.name, call.arguments_json, client_side=True)
         await self.send(dm.FunctionCallRequest((request,)))
+
+    async def _cancel_call(self) -> None:
+        """The caller went on talking: the speculative call and its reply are dropped."""
+        assert self.waiting is not None and self.waiting[0].call is not None
+        (step, call_id), self.waiting = self.waiting, None
+        self.cancelled.add(call_id)
+        name = step.call.name  # type: ignore[union-attr]
+        await self.send(dm.FunctionCallCancelled((dm.CancelledFunction(call_id, name),)))
 
     # --- client messages after Settings ------------------------------------------------------
 
     async def _on_function_response(self, msg: dm.FunctionCallResponse, now: float) -> None:
+        if msg.id in self.cancelled:
+            self.violation(f"FunctionCallResponse for cancelled call {msg.id!r}")
+            return
         if self.waiting is None or self.waiting[1] != msg.id:
             self.violation(f"FunctionCallResponse for unknown id {msg.id!r}")
             return
         step, _ = self.waiting
+        call = step.call
+        assert call is not None
+        if msg.name != call.name:
+            self.violation(f"FunctionCallResponse name {msg.name!r} != {call.name!r}")
+        if step.cancel_call_ms is not None:
+            return  # answered in time, but the caller's next words will cancel it anyway
         self.waiting = None
-        if step.call is not None and msg.name != step.call.name:
-            self.violation(f"FunctionCallResponse name {msg.name!r} != {step.call.name!r}")
-        self._say(step.reply_after_function or step.reply_text)
+        if self.opts.agent_history:
+            done = dm.HistoryFunctionCall(msg.id, call.name, True, call.arguments_json, msg.content)
+            await self.send(dm.History(function_calls=(done,)))
+        self._say(step.reply_after_function or step.reply_text, answer=True)
         await self._advance()
 
     async def _on_keep_alive(self, msg: dm.KeepAlive, now: float) -> None:
@@ -245,12 +280,13 @@ class AgentSession(Session):
         self._say(msg.message)
 
     async def _on_inject_user(self, msg: dm.InjectUserMessage, now: float) -> None:
-        await self.send(dm.ConversationText("user", msg.content))
+        await self._text("user", msg.content)
         wanted = msg.content.strip().casefold()
         for step in self.text_steps:
             if step.user_text.strip().casefold() == wanted:
                 self.text_steps.remove(step)
                 await self._respond(step)
+                await self._advance()  # a call it dispatched may be due to be cancelled
                 return
 
     async def _on_force_end_turn(self, msg: dm.ForceEndTurn, now: float) -> None:
@@ -289,8 +325,9 @@ class AgentSession(Session):
 
     # --- speaking ----------------------------------------------------------------------------
 
-    def _say(self, text: str) -> None:
-        self.speech.append(text)
+    def _say(self, text: str, *, answer: bool = False) -> None:
+        """Queue speech; `answer`: a reply to a caller turn (a LatencyReport follows it)."""
+        self.speech.append((text, answer))
         if self.speaker is None:
             self.speaker = self.spawn(self._speak_queue())
 
@@ -304,21 +341,29 @@ class AgentSession(Session):
         rate = bytes_per_ms(self.out_encoding, self.out_rate) or 8.0
         try:
             while self.speech and not self.closing:
-                text = self.speech[0]
+                text, answer = self.speech[0]
                 await self.first_byte_delay()
                 tts = self.opts.speak_first_byte_ms / 1000
                 ttt = self.opts.agent_latency_s
+                total = round(tts + ttt, 3)
                 await self.send(
-                    dm.AgentStartedSpeaking(
-                        total_latency=round(tts + ttt, 3), tts_latency=tts, ttt_latency=ttt
-                    )
+                    dm.AgentStartedSpeaking(total_latency=total, tts_latency=tts, ttt_latency=ttt)
                 )
-                await self.send(dm.ConversationText("assistant", text))
+                await self._text("assistant", text)
                 audio = tts_audio(
                     text, self.opts.speak_ms_per_char, self.out_encoding, self.out_rate
                 )
                 await self.stream(audio, rate)
                 await self.send(dm.AgentAudioDone())
+                if answer:  # Deepgram reports a turn's latency after its reply
+                    report = dm.LatencyReport(
+                        stt_latency=STT_LATENCY_S,
+                        ttt_token_latency=ttt,
+                        ttt_text_latency=ttt,
+                        tts_latency=tts,
+                        total_latency=round(STT_LATENCY_S + total, 3),
+                    )
+                    await self.send(report)
                 self.speech.popleft()
         finally:
             if self.speaker is asyncio.current_task():

@@ -42,6 +42,7 @@ class Options:
     realtime: bool = True  # False: no first-byte delay and no pacing of outbound audio
     agent_session_cap_s: float = 7200.0
     agent_latency_s: float = 0.6  # reported in AgentStartedSpeaking (ttt; tts = first byte)
+    agent_history: bool = True  # False: an agent that sends no History messages
     log_audio: bool = True  # False: count audio frames without logging each one
     tick_s: float = 0.05
 

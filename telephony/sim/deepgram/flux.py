@@ -298,6 +298,8 @@ class FluxSession(Session):
             trigger=trigger,
             sequence_id=self._seq(),
             request_id=self._rid,
+            # The multilingual model reports the languages it detected (the fake speaks English).
+            languages=("en",) if words and self.params.model == "flux-general-multi" else None,
         )
         await self.send(msg)
 

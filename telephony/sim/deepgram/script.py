@@ -123,6 +123,10 @@ class AgentStep:
     UserStartedSpeaking; `speech_ms` later the agent has the user text and answers. A step
     with `at_ms=None` is triggered instead by an InjectUserMessage whose content equals
     `user_text` (case-insensitive).
+
+    With `cancel_call_ms` the function call was dispatched speculatively and the caller goes
+    on talking: that long (caller audio) after the FunctionCallRequest the agent sends
+    FunctionCallCancelled and drops the step's reply, whether or not it was answered.
     """
 
     at_ms: int | None
@@ -131,6 +135,7 @@ class AgentStep:
     function_call: ScriptedFunctionCall | Mapping[str, Any] | None = None
     reply_after_function: str | None = None  # spoken after the FunctionCallResponse
     speech_ms: int = 600
+    cancel_call_ms: int | None = None  # FunctionCallCancelled this long after the request
 
     def __post_init__(self) -> None:
         if isinstance(self.function_call, Mapping):
@@ -138,6 +143,10 @@ class AgentStep:
             object.__setattr__(self, "function_call", fc)
         if self.at_ms is not None and self.at_ms < 0:
             raise ScriptError("AgentStep.at_ms must be >= 0")
+        if self.cancel_call_ms is not None and (
+            self.function_call is None or self.cancel_call_ms < 0
+        ):
+            raise ScriptError("AgentStep.cancel_call_ms needs a function_call and >= 0")
 
     @property
     def call(self) -> ScriptedFunctionCall | None:

@@ -115,6 +115,7 @@ class FakeDeepgram(StartStop):
         realtime: bool = True,
         agent_session_cap_s: float = 7200.0,
         agent_latency_s: float = 0.6,
+        agent_history: bool = True,
         max_connections: int | None = None,
         log_audio: bool = True,
         tick_s: float = 0.05,
@@ -131,6 +132,7 @@ class FakeDeepgram(StartStop):
             realtime=realtime,
             agent_session_cap_s=agent_session_cap_s,
             agent_latency_s=agent_latency_s,
+            agent_history=agent_history,
             log_audio=log_audio,
             tick_s=tick_s,
         )
