@@ -1,4 +1,5 @@
-"""Operational entry points: SIGHUP reload, `telephony emulator`, `telephony config check`."""
+"""Operational entry points: SIGHUP reload, `telephony emulator` (and its `--script`),
+`telephony config check`, `telephony db upgrade`."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from websockets.asyncio.client import connect
 
 from routes.app import create_app
 from telephony.config import ConfigStore
+from telephony.deepgram import messages as dm
 from telephony.inprocess import bind_loopback, serve_app
 from telephony.settings import Settings
 from tests.conftest import NUMBERS_YAML
@@ -65,6 +67,62 @@ async def test_emulator_command_serves_fake_deepgram() -> None:
         async with connect(url, additional_headers={"Authorization": "Token emulator-key"}) as ws:
             first = await asyncio.wait_for(ws.recv(), 5)
         assert '"Connected"' in str(first)
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+FRAME = b"\xff" * 160  # 20 ms of μ-law silence
+EMULATOR_SCRIPT = """\
+turns:
+  - {start_ms: 200, end_ms: 800, text: "Hello from the script."}
+staff:
+  - {start_ms: 100, end_ms: 600, text: "Staff side here."}
+"""
+
+
+async def test_emulator_serves_a_script_file_to_a_real_client(tmp_path: Path) -> None:
+    """`telephony emulator --script` takes `telephony call --script`'s timeline; a client
+    authenticating with the documented default key (no DEEPGRAM_API_KEY) gets its turns."""
+    timeline = tmp_path / "timeline.yaml"
+    timeline.write_text(EMULATOR_SCRIPT)
+    sock = bind_loopback()
+    port = sock.getsockname()[1]
+    sock.close()
+    env = {k: v for k, v in os.environ.items() if k != "DEEPGRAM_API_KEY"}
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "telephony.cli", "emulator", "--port", str(port)),
+        *("--script", str(timeline)),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert proc.stdout is not None
+        line = b""
+        while b"fake Deepgram listening" not in line:
+            line = await asyncio.wait_for(proc.stdout.readline(), 10)
+            assert line, "the emulator exited"
+        base = f"ws://127.0.0.1:{port}"
+        auth = {"Authorization": "Token test-key"}
+        flux = f"{base}/v2/listen?model=flux-general-en&encoding=mulaw&sample_rate=8000"
+        async with connect(flux, additional_headers=auth) as ws:
+            await ws.send(FRAME * 50)  # 1 s of audio
+            end = None
+            async with asyncio.timeout(5):
+                while end is None:
+                    event = dm.parse_flux_server(await ws.recv())
+                    if isinstance(event, dm.TurnInfo) and event.event == "EndOfTurn":
+                        end = event
+        assert end.transcript == "Hello from the script."
+        nova = f"{base}/v1/listen?model=nova-3&encoding=mulaw&sample_rate=8000&punctuate=true"
+        nova += "&tag=staff"  # the transcribe mode's other side: the script's `staff` turns
+        async with connect(nova, additional_headers=auth) as ws:
+            await ws.send(FRAME * 50)
+            async with asyncio.timeout(5):
+                while not isinstance(result := dm.parse_listen_server(await ws.recv()), dm.Results):
+                    pass
+        assert result.transcript == "Staff side here."
     finally:
         proc.terminate()
         await proc.wait()
