@@ -20,7 +20,7 @@ from typing import Any
 from starlette.types import Receive, Send
 
 from routes.frame_reader import FrameReader, can_read
-from telephony.session.call import FrameHandler, StreamEnd
+from telephony.session.media_socket import FrameHandler, StreamEnd
 
 try:
     from uvicorn.protocols.websockets.websockets_sansio_impl import (

@@ -20,18 +20,10 @@ from websockets.exceptions import InvalidState
 from routes.sansio import batch_writer, frame_pump
 from telephony.config import TranscribeConfig
 from telephony.logs import bind_call_sid
-from telephony.session.call import (
-    CLOSE_POLICY,
-    Call,
-    Continuation,
-    FrameHandler,
-    StreamEnd,
-    StreamRefused,
-    handshake,
-    read_frames,
-    token_scope,
-)
+from telephony.session.call import Call
 from telephony.session.engines import build_engine
+from telephony.session.handshake import Continuation, StreamRefused, handshake, token_scope
+from telephony.session.media_socket import CLOSE_POLICY, FrameHandler, StreamEnd, read_frames
 from telephony.session.registry import CallRegistry
 from telephony.session.transcript import Event
 from telephony.settings import Settings

@@ -22,7 +22,7 @@ import yaml
 from routes.app import create_app
 from telephony.config import load_config
 from telephony.inprocess import bind_loopback, serve_app
-from telephony.session.call import CallSummary
+from telephony.session.summary import CallSummary
 from telephony.settings import Settings
 from telephony.sim.deepgram_server import (
     AgentStep,

@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 from routes.app import create_app
 from telephony.demo import settings_for_fakes
 from telephony.inprocess import bind_loopback, serve_app
-from telephony.session.call import CallSummary
+from telephony.session.summary import CallSummary
 from telephony.settings import Settings
 from telephony.sim.deepgram_server import FakeDeepgram
 from telephony.sim.twilio_rest import FakeTwilioRest

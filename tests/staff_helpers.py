@@ -7,8 +7,8 @@ import time
 
 import httpx
 
-from telephony.session.call import CallSummary
 from telephony.session.outcome import Outcome
+from telephony.session.summary import CallSummary
 from telephony.session.transcript import Event, Turn
 from telephony.store.schema import make_engine
 from telephony.store.transcripts import TranscriptStore

@@ -8,16 +8,10 @@ from pathlib import Path
 import pytest
 
 from telephony.config import load_config
-from telephony.session.call import (
-    MAX_GAP_FILL_MS,
-    SILENCE_FRAME,
-    Call,
-    CallSetup,
-    CallSummary,
-    FrameHandler,
-    StreamEnd,
-    read_frames,
-)
+from telephony.session.call import MAX_GAP_FILL_MS, SILENCE_FRAME, Call
+from telephony.session.handshake import CallSetup
+from telephony.session.media_socket import FrameHandler, StreamEnd, read_frames
+from telephony.session.summary import CallSummary
 from telephony.twilio import messages as tm
 from tests.conftest import NUMBERS_YAML, RunningApp, finished
 from tests.test_routes_twilio import closed_with, start_stream

@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from telephony.audio import MULAW_SILENCE, silence, tone
 from telephony.demo import OfflineCall, run_offline_call
-from telephony.session.call import CallSummary
+from telephony.session.summary import CallSummary
 from telephony.sim.deepgram.tts import tts_text
 from telephony.sim.deepgram_server import Script, ScriptedTurn
 from telephony.store.recording import MAX_GAP_MS, CallRecorder, recording_executor

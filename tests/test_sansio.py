@@ -17,7 +17,7 @@ from routes import sansio
 from routes.sansio import UVICORN_WS
 from routes.twilio import StarletteTwilioSocket
 from telephony.inprocess import InProcessServer, bind_loopback
-from telephony.session.call import CLOSE_ERROR, StreamEnd
+from telephony.session.media_socket import CLOSE_ERROR, StreamEnd
 
 WHO = contextvars.ContextVar("who", default="nobody")
 

@@ -19,7 +19,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import func, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from telephony.session.call import CallSummary, StreamStats
+from telephony.session.summary import CallSummary, StreamStats
 from telephony.session.transcript import Event, Transcript, Turn
 from telephony.store.schema import (
     TABLES,

@@ -32,8 +32,8 @@ from telephony.deepgram.clock import AudioMap
 from telephony.deepgram.connection import open_socket
 from telephony.deepgram.listen import ListenClient, ListenOptions
 from telephony.logs import call_logger
-from telephony.session.call import CallSummary
 from telephony.session.engine import CallContext
+from telephony.session.summary import CallSummary
 from telephony.session.transcribe_engine import TrackTranscriber
 from telephony.session.transcript import Transcript
 from telephony.settings import Settings

@@ -1,8 +1,7 @@
-"""One live call: owns the Twilio media socket from `connected` to `stop`.
+"""One live call: owns the Twilio media socket from the handshake's `start` to `stop`.
 
-The handshake checks what Twilio must send first (connected, start), the one-time stream token
-and the media format; then every frame is dispatched. A malformed frame is logged, counted and
-skipped; a flood of them ends this call only, with a recorded reason.
+After a good handshake (telephony/session/handshake.py) every frame is dispatched. A malformed
+frame is logged, counted and skipped; a flood of them ends this call only, with a recorded reason.
 
 How the call ended is an `Outcome` (telephony/session/outcome.py): the call records each REST
 action it asks Twilio for (hang-up, transfer, the failover's redirect, the time limit's and the
@@ -12,35 +11,25 @@ drain's goodbyes) before asking, and otherwise goes by how the stream ended (`st
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from telephony.audio import FRAME_BYTES, FRAME_MS, MULAW_SILENCE
-from telephony.config import Config, Profile
 from telephony.logs import CallLogger, call_logger
 from telephony.session.engine import CallContext, Engine
+from telephony.session.handshake import CallSetup
+from telephony.session.media_socket import CLOSE_ERROR, CLOSE_NORMAL, StreamEnd, TwilioSocket
 from telephony.session.outcome import Outcome
-from telephony.session.transcript import Transcript
+from telephony.session.summary import CallSummary
 from telephony.settings import Settings
 from telephony.twilio import messages as tm
 from telephony.twilio.playout import Playout
-from telephony.twilio.security import StreamTokens, TokenError
 
 if TYPE_CHECKING:
     from telephony.store.recording import CallRecorder
 
-log = logging.getLogger(__name__)
-
-# WebSocket close codes: 1000 normal, 1008 policy violation (bad token, bad input), 1011 error.
-CLOSE_NORMAL = 1000
-CLOSE_POLICY = 1008
-CLOSE_ERROR = 1011
-
-START_TIMEOUT_S = 10.0
 BAD_FRAME_WINDOW_S = 5.0
 
 # Gap filling: lost packets are replaced by silence so the engine's audio clock (bytes / 8)
@@ -59,176 +48,6 @@ SILENCE_FRAME = bytes((MULAW_SILENCE,)) * FRAME_BYTES  # shared by every fill, n
 BYTES_PER_MS = FRAME_BYTES // FRAME_MS
 
 EngineFactory = Callable[[CallContext], Engine]
-
-
-@dataclass(frozen=True, slots=True)
-class StreamEnd:
-    """Why a call stops reading its media stream: the end reason, and how to close it."""
-
-    reason: str
-    code: int = CLOSE_POLICY
-    close_reason: str = ""  # sent to Twilio with the close; the end reason if empty
-    outcome: Outcome = Outcome.ERROR  # unless we had acted first (see Call.run)
-
-
-FrameHandler = Callable[[str | bytes], StreamEnd | None]
-
-
-class TwilioSocket(Protocol):
-    """The media WebSocket as the session needs it; routes adapt Starlette's to this."""
-
-    async def receive(self) -> str | bytes | None:
-        """The next frame (text or binary), or None once the peer has gone."""
-        ...
-
-    async def pump(self, handler: FrameHandler) -> StreamEnd | None:
-        """Hand every frame to `handler` (synchronously, in order) until it returns a StreamEnd,
-        which is returned, or the peer goes (None). `read_frames` is the plain way to do it."""
-        ...
-
-    async def send_text(self, text: str) -> None: ...
-
-    async def send_many(self, texts: list[str]) -> None:
-        """Several messages in order, in one write where the socket can."""
-        ...
-
-    async def close(self, code: int, reason: str) -> None: ...
-
-
-async def read_frames(
-    receive: Callable[[], Awaitable[str | bytes | None]], handler: FrameHandler
-) -> StreamEnd | None:
-    """`TwilioSocket.pump` for a socket that can only be read frame by frame."""
-    while (frame := await receive()) is not None:
-        if (end := handler(frame)) is not None:
-            return end
-    return None
-
-
-class StreamRefused(Exception):
-    """The stream cannot become a call (bad token, wrong format, no start).
-
-    `start` is set once its stream token proved the call SID is one we answered (the token is
-    ours, even if expired or used): only then is the refusal worth a calls row. The upgrade's
-    signature does not prove it (Twilio signs the same URL for every stream)."""
-
-    def __init__(
-        self, reason: str, call_sid: str | None = None, *, start: tm.Start | None = None
-    ) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.call_sid = call_sid
-        self.start = start
-
-
-@dataclass(slots=True)
-class StreamStats:
-    """What arrived on the socket; the basis for gap filling and audit."""
-
-    media_frames: int = 0  # the inbound track (the caller)
-    outbound_frames: int = 0  # the outbound track of a both_tracks fork
-    audio_bytes: int = 0
-    last_timestamp_ms: int = -1
-    audio_end_ms: int = 0  # call clock at the end of the last frame received
-    sequence_gaps: int = 0  # messages missing by sequenceNumber
-    timestamp_gap_ms: int = 0  # audio missing by media.timestamp jumps (filled + unfilled)
-    filled_gap_ms: int = 0  # of that, replaced by silence on the engine's audio
-    unfilled_gap_ms: int = 0  # of that, beyond MAX_GAP_FILL_MS per jump: engine runs behind
-    timestamp_overlaps: int = 0  # frames whose timestamp went backwards (hostile stream)
-    bad_frames: int = 0
-    dtmf: list[tuple[int, str]] = field(default_factory=list)
-    marks: list[str] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class CallSummary:
-    call_sid: str
-    stream_sid: str
-    profile: str
-    from_number: str
-    to_number: str
-    started_at: float
-    ended_at: float = 0.0
-    end_reason: Outcome | str = ""  # an Outcome once the call has ended
-    end_detail: str = ""  # the free-text why: "stop", "server draining", "engine failed: …"
-    stats: StreamStats = field(default_factory=StreamStats)
-    transcript: Transcript = field(default_factory=Transcript)
-
-
-@dataclass(slots=True)
-class CallSetup:
-    start: tm.Start
-    profile_name: str
-    profile: Profile
-    continuation: Continuation | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Continuation:
-    """A stream that continues a call's transcript: transcription after the bot transferred
-    the call to a person (`transcribe_after_transfer`). Its `<Parameter>`s say where."""
-
-    offset_ms: int  # call time of this stream's timestamp 0 (the bot part's audio end)
-    turn_base: int  # index of its first turn (after the bot part's turns)
-
-
-def token_scope(params: Mapping[str, str]) -> str:
-    """What a stream token is bound to besides the call SID: the profile and, for a
-    continuation, where it continues (so none of them can be swapped)."""
-    profile = params.get("profile", "")
-    if "continues" not in params:
-        return profile
-    return f"{profile}|continues|{params.get('offset_ms', '')}|{params.get('turn_base', '')}"
-
-
-def _continuation(params: Mapping[str, str], sid: str, start: tm.Start) -> Continuation | None:
-    if "continues" not in params:
-        return None
-    offset, base = params.get("offset_ms", ""), params.get("turn_base", "")
-    if not (offset.isdigit() and base.isdigit() and offset.isascii() and base.isascii()):
-        raise StreamRefused("malformed continuation parameters", sid, start=start)
-    return Continuation(int(offset), int(base))
-
-
-async def _receive_json_event(socket: TwilioSocket) -> tm.InboundMessage:
-    frame = await socket.receive()
-    if frame is None:
-        raise StreamRefused("socket closed before start")
-    if isinstance(frame, bytes):
-        raise StreamRefused("binary frame before start")
-    try:
-        return tm.parse_inbound(frame)
-    except tm.MessageError as exc:
-        raise StreamRefused(f"malformed frame before start: {exc}") from None
-
-
-async def handshake(socket: TwilioSocket, tokens: StreamTokens, config: Config) -> CallSetup:
-    """Read `connected` then `start`; check token, profile and media format."""
-    async with asyncio.timeout(START_TIMEOUT_S):
-        msg = await _receive_json_event(socket)
-        if isinstance(msg, tm.Connected):
-            msg = await _receive_json_event(socket)
-    if not isinstance(msg, tm.Start):
-        raise StreamRefused(f"expected start, got {type(msg).__name__.lower()}")
-    sid = msg.call_sid
-    params = msg.custom_parameters
-    profile_name = params.get("profile", "")
-    try:
-        tokens.redeem(params.get("call_token", ""), sid, token_scope(params))
-    except TokenError as exc:
-        raise StreamRefused(str(exc), sid, start=msg if exc.authentic else None) from None
-    fmt = msg.media_format
-    if (fmt.encoding, fmt.sample_rate, fmt.channels) != (tm.MULAW_ENCODING, tm.SAMPLE_RATE, 1):
-        raise StreamRefused(
-            f"unsupported media format {fmt.encoding} {fmt.sample_rate} Hz x{fmt.channels}",
-            sid,
-            start=msg,
-        )
-    profile = config.profiles.get(profile_name)
-    if profile is None:
-        raise StreamRefused(f"unknown profile {profile_name!r}", sid, start=msg)
-    continuation = _continuation(params, sid, msg)
-    return CallSetup(msg, profile_name, profile, continuation)
 
 
 class Call:

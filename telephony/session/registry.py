@@ -6,7 +6,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from telephony.session.call import Call, CallSummary
+from telephony.session.call import Call
+from telephony.session.summary import CallSummary
 
 
 @dataclass

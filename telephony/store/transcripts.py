@@ -5,6 +5,7 @@ database. One writer task drains the queue into a buffer, writes the buffer in o
 at least every ``flush_interval`` seconds, and on a database error keeps the buffer and retries
 with backoff. While it retries it stops draining, so the queue fills up and further rows are
 counted in ``dropped`` (with an error log) instead of growing memory or blocking the caller.
+The SQL a batch becomes is in telephony/store/batch.py.
 
 Twilio's status callbacks (``status``) are recorded only for calls that have a row: a signed
 callback for a call never carried here must not create one. A callback that arrives before
@@ -20,61 +21,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
-from dataclasses import dataclass, replace
-from typing import Any, Literal
+from dataclasses import replace
+from typing import Any
 
-from sqlalchemy import Insert, select
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from telephony.session.outcome import Outcome
 from telephony.session.transcript import Event, Transcript, Turn
 from telephony.store import instances
+from telephony.store.batch import Kind, Row, write_batch
 from telephony.store.instances import Instance
 from telephony.store.queries import CallFilter, get_call, search_calls
 from telephony.store.redact import redact
-from telephony.store.schema import calls, dialect_insert, events, make_engine, turns
+from telephony.store.schema import make_engine
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["call_started", "call_ended", "turn", "event", "status", "refused"]
-
-_START_COLS = (
-    "from_number",
-    "to_number",
-    "profile",
-    "mode",
-    "started_at",
-    "recording_path",
-    "instance_id",
-)
-_END_COLS = ("ended_at", "end_reason", "end_detail", "duration_ms")
-# Upserted only when the row carries them (instance_id: a resumed call's new carrier).
-_END_OPTIONAL_COLS = ("mode", "recording_path", "instance_id")
 STATUS_WAIT_S = 20.0  # a status callback waits this long for its call's row to appear
 STATUS_RETRY_S = 1.0
 KEEPER_FIRST_TIMEOUT_S = 5.0  # start() waits no longer for the first heartbeat and sweep
-_TURN_COLS = (
-    "role",
-    "text",
-    "heard",
-    "interrupted",
-    "interrupted_at_ms",
-    "start_ms",
-    "end_ms",
-    "latency_ms",
-    "meta",
-)
-
-
-@dataclass(slots=True)
-class _Row:
-    kind: Kind
-    values: dict[str, Any]
-    until: float = 0.0  # status rows: monotonic deadline for their call's row to appear
 
 
 def _permanent(exc: BaseException) -> bool:
@@ -113,8 +81,8 @@ class TranscriptStore:
         self._owns_engine = isinstance(engine, str)
         # Public seam: the writer reads it on every attempt, so it may be swapped live.
         self.engine: AsyncEngine = make_engine(engine) if isinstance(engine, str) else engine
-        self._queue: asyncio.Queue[_Row | None] = asyncio.Queue(queue_size)
-        self._buffer: list[_Row] = []
+        self._queue: asyncio.Queue[Row | None] = asyncio.Queue(queue_size)
+        self._buffer: list[Row] = []
         self.flush_interval = flush_interval
         self.max_batch = max_batch
         self.min_backoff = min_backoff
@@ -337,9 +305,9 @@ class TranscriptStore:
         transcript.on_event = lambda e: self.event(call_sid, e)
 
     def _put(self, kind: Kind, values: dict[str, Any], *, until: float = 0.0) -> None:
-        self._put_row(_Row(kind, values, until))
+        self._put_row(Row(kind, values, until))
 
-    def _put_row(self, row: _Row) -> None:
+    def _put_row(self, row: Row) -> None:
         kind, values = row.kind, row.values
         try:
             self._queue.put_nowait(row)
@@ -356,8 +324,8 @@ class TranscriptStore:
 
     # -- the writer --------------------------------------------------------------------
 
-    def _drain(self) -> list[_Row | None]:
-        out: list[_Row | None] = []
+    def _drain(self) -> list[Row | None]:
+        out: list[Row | None] = []
         while not self._queue.empty():
             out.append(self._queue.get_nowait())
         return out
@@ -410,7 +378,7 @@ class TranscriptStore:
     async def _attempt(self) -> Exception | None:
         """Write the buffer; on success it is emptied. Returns the transient error, if any."""
         try:
-            unmatched = await self._flush(self._buffer)
+            unmatched = await write_batch(self.engine, self._buffer)
         except Exception as exc:
             if not _permanent(exc):
                 return exc
@@ -431,7 +399,7 @@ class TranscriptStore:
         while self._buffer:
             row = self._buffer[0]
             try:
-                unmatched = await self._flush([row])
+                unmatched = await write_batch(self.engine, [row])
             except Exception as exc:
                 if not _permanent(exc):
                     raise
@@ -442,7 +410,7 @@ class TranscriptStore:
                 self._retry_status(unmatched)
             self._buffer.pop(0)
 
-    def _retry_status(self, rows: list[_Row]) -> None:
+    def _retry_status(self, rows: list[Row]) -> None:
         """Status callbacks whose call has no row yet: again in a while, or given up."""
         if not rows:
             return
@@ -459,81 +427,10 @@ class TranscriptStore:
                 continue
             self._status_retries[id(row)] = loop.call_later(STATUS_RETRY_S, self._requeue, row)
 
-    def _requeue(self, row: _Row) -> None:
+    def _requeue(self, row: Row) -> None:
         self._status_retries.pop(id(row), None)
         if not self._stopping:
             self._put_row(row)
-
-    def _insert(self, table: Any) -> Any:
-        return dialect_insert(self.engine.dialect.name, table)
-
-    def _upsert(self, table: Any, keys: list[str], cols: tuple[str, ...]) -> Insert:
-        return _upsert_statement(self.engine.dialect.name, table, tuple(keys), cols)
-
-    async def _flush(self, rows: list[_Row]) -> list[_Row]:
-        """Write rows in one transaction. Column sets of the kinds are disjoint enough that
-        the kinds commute, so each kind goes in one statement (last write wins per key).
-        Returns the status rows whose call has no row (nothing of theirs written)."""
-        started: dict[str, dict[str, Any]] = {}
-        ended: dict[str, dict[str, Any]] = {}
-        refused: dict[str, dict[str, Any]] = {}
-        turn_rows: dict[tuple[str, int], dict[str, Any]] = {}
-        event_rows: list[dict[str, Any]] = []
-        status_rows: list[_Row] = []
-        sids: set[str] = set()
-        for row in rows:
-            v = row.values
-            if row.kind == "call_started":
-                started[v["sid"]] = v
-            elif row.kind == "call_ended":
-                ended[v["sid"]] = v
-            elif row.kind == "refused":
-                refused[v["sid"]] = v
-            elif row.kind == "turn":
-                turn_rows[(v["call_sid"], v["idx"])] = v
-                sids.add(v["call_sid"])
-            elif row.kind == "status":
-                status_rows.append(row)
-            else:
-                event_rows.append(v)
-                sids.add(v["call_sid"])
-        unmatched: list[_Row] = []
-        async with self.engine.begin() as conn:
-            if started:
-                await conn.execute(
-                    self._upsert(calls, ["sid"], _START_COLS), list(started.values())
-                )
-            if refused:  # never over a row the call already has
-                await conn.execute(
-                    self._insert(calls).on_conflict_do_nothing(index_elements=["sid"]),
-                    list(refused.values()),
-                )
-            # A call row must exist for the foreign keys even if call_started was dropped.
-            stubs = sids - started.keys() - ended.keys() - refused.keys()
-            if stubs:
-                now = time.time()
-                await conn.execute(
-                    self._insert(calls).on_conflict_do_nothing(index_elements=["sid"]),
-                    [{"sid": s, "started_at": now} for s in sorted(stubs)],
-                )
-            if ended:
-                await self._write_ended(conn, list(ended.values()))
-            if turn_rows:
-                await conn.execute(
-                    self._upsert(turns, ["call_sid", "idx"], _TURN_COLS), list(turn_rows.values())
-                )
-            if status_rows:  # after every calls row of this batch
-                wanted = {r.values["call_sid"] for r in status_rows}
-                known = set(
-                    (await conn.execute(select(calls.c.sid).where(calls.c.sid.in_(wanted))))
-                    .scalars()
-                    .all()
-                )
-                unmatched = [r for r in status_rows if r.values["call_sid"] not in known]
-                event_rows += [r.values for r in status_rows if r.values["call_sid"] in known]
-            if event_rows:
-                await conn.execute(self._insert(events), event_rows)
-        return unmatched
 
     # -- the keeper: heartbeat and restart sweep -----------------------------------------
 
@@ -551,15 +448,6 @@ class TranscriptStore:
             await asyncio.sleep(self.heartbeat_s)
             await self._keep()
 
-    async def _write_ended(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-        # One statement per set of optional columns present, so an absent one is never nulled.
-        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-        for r in rows:
-            extra = tuple(c for c in _END_OPTIONAL_COLS if c in r)
-            groups.setdefault(extra, []).append(r)
-        for extra, group in groups.items():
-            await conn.execute(self._upsert(calls, ["sid"], (*_END_COLS, *extra)), group)
-
     # -- reads (the UI's queries live in store/queries.py) ------------------------------
 
     async def list_calls(self, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
@@ -568,15 +456,3 @@ class TranscriptStore:
     async def get_call(self, sid: str) -> dict[str, Any] | None:
         """The call row with ``turns`` (by idx) and ``events`` (by ms, then arrival)."""
         return await get_call(self.engine, sid)
-
-
-@functools.cache
-def _upsert_statement(
-    dialect_name: str, table: Any, keys: tuple[str, ...], cols: tuple[str, ...]
-) -> Insert:
-    """Built once per shape: each build makes an `excluded` alias of the whole table (dozens of
-    objects in reference loops), which every flush would otherwise leave to the cyclic GC."""
-    stmt = dialect_insert(dialect_name, table)
-    return stmt.on_conflict_do_update(
-        index_elements=list(keys), set_={c: stmt.excluded[c] for c in cols}
-    )
