@@ -53,7 +53,8 @@ _BOOL, _INT, _FLOAT, _STR = Param("bool"), Param("int"), Param("float"), Param("
 _STRS = Param("str", repeatable=True)
 
 # Every parameter Deepgram's SDK (7.17) offers on each endpoint's connect(), typed as its docs
-# say (tests/conformance/test_fake_parameters.py derives the list from the SDK and checks each one here),
+# say (tests/conformance/test_fake_parameters.py derives the list from the SDK and checks each
+# one here),
 # plus a few the fake accepted before from Deepgram's docs (Flux: none; Speak: container, tag;
 # Nova: filler_words). Model names are checked by each endpoint's own rules below.
 FLUX_PARAMS: dict[str, Param] = {
