@@ -45,59 +45,45 @@ import asyncio
 import contextlib
 import gc
 import json
-import math
 import os
-import platform
 import secrets
-import shutil
-import signal
-import socket
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
 
+from telephony.bench_process import (
+    LOAD_CORE,
+    Process,
+    can_pin,
+    core_busy_seconds,
+    cpu_seconds,
+    free_port,
+    rss_mib,
+    spawn,
+    wait_ready,
+)
+from telephony.bench_report import Phase, dump_samples, format_report, report
 from telephony.session.outcome import Outcome
 from telephony.sim import load
 from telephony.sim.fake_llm import FakeLLM
 from telephony.sim.load import BenchDeepgram, Dialer, LeanCall, Probes
-from telephony.sim.stamped import kernel_stamps_available
 
 AUTH_TOKEN = "bench-auth-token"
 DEEPGRAM_KEY = "bench-deepgram-key"
 LLM_KEY = "bench-llm-key"
 LLM_KEY_ENV = "TELEPHONY_BENCH_LLM_KEY"
 NUMBERS = {"flux": "+15550009000", "agent": "+15550009001"}
-SERVER_CORE, LOAD_CORE = 0, 1
 CLEAN_END_REASONS = {str(Outcome.CALLER_HANGUP)}  # the fake callers hang up
 WARMUP_MAX_S = 8.0
-READY_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 30.0
-REPO = Path(__file__).resolve().parents[1]
 SERVER_ENTRY = ["-m", "telephony.cli"]  # `telephony serve`
-
-REPORT_KEYS = (
-    "calls",
-    "seconds",
-    "server_cpu_s_per_call_minute",
-    "relay_cpu_s_per_call_minute",
-    "cpu_ratio_vs_relay",
-    "rss_mib_per_call",
-    "inbound_latency_p50_ms",
-    "inbound_latency_p99_ms",
-    "outbound_latency_p99_ms",
-    "pacing_jitter_p99_ms",
-    "eot_to_first_audio_p50_ms",
-    "eot_to_first_audio_p99_ms",
-    "errors",
-)
 
 
 @dataclass
@@ -120,172 +106,7 @@ class BenchOptions:
         return min(10.0, max(1.0, self.calls * 0.02))
 
 
-# --- the measured process ---------------------------------------------------------------------
-
-CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process, every thread (from /proc/<pid>/stat)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return math.nan
-
-
-def core_busy_seconds() -> dict[int, float]:
-    """Busy time of each core so far (all processes: /proc/stat, total minus idle and iowait)."""
-    busy: dict[int, float] = {}
-    with contextlib.suppress(OSError), open("/proc/stat") as f:
-        for line in f:
-            name, *values = line.split()
-            if name.startswith("cpu") and name != "cpu":
-                ticks = [int(v) for v in values]
-                busy[int(name[3:])] = (sum(ticks[:8]) - ticks[3] - ticks[4]) / CLK_TCK
-    return busy
-
-
-def can_pin() -> bool:
-    return hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Process:
-    """A measured subprocess (the service or the relay), its log in a file."""
-
-    name: str
-    proc: asyncio.subprocess.Process
-    port: int
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log_tail(self, chars: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    async def stop(self) -> int:
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(STOP_TIMEOUT_S):
-                    await self.proc.wait()
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        return self.proc.returncode or 0
-
-
-async def spawn(
-    name: str,
-    args: Sequence[str],
-    env: dict[str, str],
-    workdir: Path,
-    pin: bool,
-    port: int | None = None,
-) -> Process:
-    """Start `args` ("{port}" replaced by `port`, default a free one), on SERVER_CORE if `pin`."""
-    port = port or _free_port()
-    argv = [a.replace("{port}", str(port)) for a in args]
-    prefix: list[str] = []
-    taskset = shutil.which("taskset")
-    if pin and taskset:
-        prefix = [taskset, "-c", str(SERVER_CORE)]
-    log_path = workdir / f"{name}.log"
-    log_file = log_path.open("wb")
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *prefix,
-            *argv,
-            env=env,
-            cwd=REPO,
-            stdout=log_file,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-    finally:
-        log_file.close()
-    if pin and not taskset:
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(proc.pid, {SERVER_CORE})
-    return Process(name, proc, port, log_path)
-
-
-async def wait_ready(process: Process, http_check: bool) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    async with httpx.AsyncClient(timeout=2) as http:
-        while True:
-            if process.proc.returncode is not None:
-                raise RuntimeError(f"{process.name} exited at start:\n{process.log_tail()}")
-            with contextlib.suppress(OSError, httpx.HTTPError):
-                if http_check:
-                    if (await http.get(process.url + "/healthz")).status_code == 200:
-                        return
-                else:
-                    _, writer = await asyncio.open_connection("127.0.0.1", process.port)
-                    writer.close()
-                    return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{process.name} not ready:\n{process.log_tail()}")
-            await asyncio.sleep(0.1)
-
-
 # --- one phase --------------------------------------------------------------------------------
-
-
-@dataclass
-class Phase:
-    """What one phase measured."""
-
-    name: str
-    calls: int = 0
-    window_s: float = 0.0
-    cpu_s: float = 0.0
-    load_cpu_s: float = 0.0
-    rss_idle_mib: float = 0.0
-    rss_peak_mib: float = 0.0
-    core_busy_s: dict[int, float] = field(default_factory=dict)  # every process, per core
-    probes: Probes | None = None
-    errors: Counter[str] = field(default_factory=Counter)
-    end_reasons: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def call_minutes(self) -> float:
-        return self.calls * self.window_s / 60
-
-    @property
-    def cpu_s_per_call_minute(self) -> float:
-        return self.cpu_s / self.call_minutes if self.call_minutes else math.nan
-
-    @property
-    def rss_mib_per_call(self) -> float:
-        return (self.rss_peak_mib - self.rss_idle_mib) / self.calls if self.calls else math.nan
-
-
-def percentile(samples: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100); None without samples."""
-    if not samples:
-        return None
-    ordered = sorted(samples)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return round(ordered[rank - 1], 3)
 
 
 async def _warm_up(dialer: Dialer, index: int) -> None:
@@ -452,7 +273,7 @@ async def _fakes(
 
 
 async def run_bench(opts: BenchOptions) -> dict[str, Any]:
-    """Both phases; the report (see REPORT_KEYS and `report`)."""
+    """Both phases; the report (see bench_report.REPORT_KEYS and `report`)."""
     if opts.mode not in NUMBERS:
         raise ValueError(f"mode must be one of {sorted(NUMBERS)}")
     workdir = opts.workdir or Path(tempfile.mkdtemp(prefix="telephony-bench-"))
@@ -466,7 +287,7 @@ async def run_bench(opts: BenchOptions) -> dict[str, Any]:
         gc.collect()
         gc.freeze()
         # --- the service
-        port = _free_port()
+        port = free_port()
         url = f"http://127.0.0.1:{port}"
         env = _server_env(opts, workdir, url, deepgram.url, llm.url)
         argv = [sys.executable, *SERVER_ENTRY, "serve", "--port", str(port)]
@@ -523,166 +344,6 @@ async def run_bench(opts: BenchOptions) -> dict[str, Any]:
     if opts.samples_dir is not None:
         dump_samples(opts.samples_dir, phases)
     return report(opts, phases["server"], phases["relay"])
-
-
-SAMPLE_SETS = (
-    "inbound",
-    "inbound_all",
-    "outbound",
-    "jitter",
-    "eot_to_audio",
-    "send_lag",
-    "read_lag",
-)
-
-
-def dump_samples(directory: Path, phases: dict[str, Phase]) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, phase in phases.items():
-        assert phase.probes is not None
-        data = {k: list(getattr(phase.probes, k)) for k in SAMPLE_SETS}
-        (directory / f"{name}.json").write_text(json.dumps(data))
-
-
-def _r(value: float | None, digits: int = 3) -> float | None:
-    if value is None or math.isnan(value):
-        return None
-    return round(value, digits)
-
-
-def _other(phase: Phase, core: int, ours_s: float) -> float | None:
-    busy = phase.core_busy_s.get(core)
-    if busy is None or not phase.window_s:
-        return None
-    return _r(max(0.0, busy - ours_s) / phase.window_s * 100, 1)
-
-
-def report(opts: BenchOptions, server: Phase, relay: Phase) -> dict[str, Any]:
-    sp, rp = server.probes, relay.probes
-    assert sp is not None and rp is not None
-    p = percentile
-    ratio = server.cpu_s_per_call_minute / relay.cpu_s_per_call_minute if relay.cpu_s else None
-    in50, in99 = p(sp.inbound, 50), p(sp.inbound, 99)
-    rin50, rin99 = p(rp.inbound, 50), p(rp.inbound, 99)
-    out: dict[str, Any] = {
-        "calls": server.calls,
-        "seconds": round(server.window_s, 2),
-        "mode": opts.mode,
-        "server_cpu_s_per_call_minute": _r(server.cpu_s_per_call_minute, 4),
-        "relay_cpu_s_per_call_minute": _r(relay.cpu_s_per_call_minute, 4),
-        "cpu_ratio_vs_relay": _r(ratio, 2),
-        "server_cpu_percent": _r(100 * server.cpu_s / server.window_s, 1),
-        "relay_cpu_percent": _r(100 * relay.cpu_s / relay.window_s, 1),
-        "rss_mib_per_call": _r(server.rss_mib_per_call),
-        "relay_rss_mib_per_call": _r(relay.rss_mib_per_call),
-        "server_rss_idle_mib": _r(server.rss_idle_mib, 1),
-        "server_rss_peak_mib": _r(server.rss_peak_mib, 1),
-        "inbound_latency_p50_ms": in50,
-        "inbound_latency_p99_ms": in99,
-        "relay_inbound_latency_p50_ms": rin50,
-        "relay_inbound_latency_p99_ms": rin99,
-        "bridge_inbound_latency_p50_ms": _r(in50 - rin50) if in50 and rin50 else None,
-        "bridge_inbound_latency_p99_ms": _r(in99 - rin99) if in99 and rin99 else None,
-        "inbound_latency_with_chunking_p50_ms": p(sp.inbound_all, 50),
-        "inbound_latency_with_chunking_p99_ms": p(sp.inbound_all, 99),
-        "outbound_latency_p50_ms": p(sp.outbound, 50),
-        "outbound_latency_p99_ms": p(sp.outbound, 99),
-        "pacing_jitter_p50_ms": p(sp.jitter, 50),
-        "pacing_jitter_p99_ms": p(sp.jitter, 99),
-        "relay_pacing_jitter_p99_ms": p(rp.jitter, 99),
-        "eot_to_first_audio_p50_ms": p(sp.eot_to_audio, 50),
-        "eot_to_first_audio_p99_ms": p(sp.eot_to_audio, 99),
-        "fake_upstream_delay_ms": (opts.llm_first_token_ms if opts.mode == "flux" else 0)
-        + opts.tts_first_byte_ms,
-        "caller_send_lag_p99_ms": p(sp.send_lag, 99),
-        "relay_caller_send_lag_p99_ms": p(rp.send_lag, 99),
-        "caller_read_lag_p99_ms": p(sp.read_lag, 99),
-        "relay_caller_read_lag_p99_ms": p(rp.read_lag, 99),
-        "kernel_receive_times": kernel_stamps_available(),
-        "load_cpu_percent": _r(100 * server.load_cpu_s / server.window_s, 1),
-        "relay_load_cpu_percent": _r(100 * relay.load_cpu_s / relay.window_s, 1),
-        "bot_frames": sp.bot_frames,
-        "relay_bot_frames": rp.bot_frames,
-        "caller_turns": sp.turns,
-        "relay_caller_turns": rp.turns,
-        "samples": {
-            "inbound": len(sp.inbound),
-            "outbound": len(sp.outbound),
-            "jitter": len(sp.jitter),
-            "eot_to_first_audio": len(sp.eot_to_audio),
-        },
-        "end_reasons": server.end_reasons,
-        "errors": sum(server.errors.values()) + sum(relay.errors.values()),
-        "error_detail": {
-            **{f"server: {k}": v for k, v in server.errors.items()},
-            **{f"relay: {k}": v for k, v in relay.errors.items()},
-        },
-        # Other processes' CPU on the measured core and on the load generator's core during
-        # the windows (busy time minus ours): a shared host skews latencies, not CPU seconds.
-        "host_other_cpu_percent": {
-            "server_core": _other(server, SERVER_CORE, server.cpu_s),
-            "load_core": _other(server, LOAD_CORE, server.load_cpu_s),
-            "relay_server_core": _other(relay, SERVER_CORE, relay.cpu_s),
-            "relay_load_core": _other(relay, LOAD_CORE, relay.load_cpu_s),
-        }
-        if opts.pin and can_pin()
-        else None,
-        "pinned": opts.pin and can_pin(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "options": {k: str(v) for k, v in asdict(opts).items()},
-    }
-    return out
-
-
-def format_report(r: dict[str, Any]) -> str:
-    rows = [
-        ("calls x seconds", f"{r['calls']} x {r['seconds']} s ({r['mode']})"),
-        (
-            "CPU s per call-minute",
-            f"server {r['server_cpu_s_per_call_minute']}  relay {r['relay_cpu_s_per_call_minute']}"
-            f"  ratio {r['cpu_ratio_vs_relay']}",
-        ),
-        (
-            "CPU % of one core",
-            f"server {r['server_cpu_percent']}  relay {r['relay_cpu_percent']}"
-            f"  (load generator {r['load_cpu_percent']} / {r['relay_load_cpu_percent']})",
-        ),
-        (
-            "RSS MiB per call",
-            f"server {r['rss_mib_per_call']}  relay {r['relay_rss_mib_per_call']}",
-        ),
-        (
-            "inbound ms p50/p99",
-            f"server {r['inbound_latency_p50_ms']}/{r['inbound_latency_p99_ms']}  relay "
-            f"{r['relay_inbound_latency_p50_ms']}/{r['relay_inbound_latency_p99_ms']}  bridge "
-            f"{r['bridge_inbound_latency_p50_ms']}/{r['bridge_inbound_latency_p99_ms']}",
-        ),
-        (
-            "outbound ms p50/p99",
-            f"{r['outbound_latency_p50_ms']}/{r['outbound_latency_p99_ms']}",
-        ),
-        (
-            "pacing jitter ms p50/p99",
-            f"server {r['pacing_jitter_p50_ms']}/{r['pacing_jitter_p99_ms']}"
-            f"  relay p99 {r['relay_pacing_jitter_p99_ms']}",
-        ),
-        (
-            "EndOfTurn -> audio ms",
-            f"p50 {r['eot_to_first_audio_p50_ms']}  p99 {r['eot_to_first_audio_p99_ms']}"
-            f"  (fakes' own delay {r['fake_upstream_delay_ms']})",
-        ),
-        (
-            "generator lag ms p99",
-            f"send {r['caller_send_lag_p99_ms']}/{r['relay_caller_send_lag_p99_ms']}  read "
-            f"{r['caller_read_lag_p99_ms']}/{r['relay_caller_read_lag_p99_ms']}"
-            f"  (kernel receive times: {r['kernel_receive_times']})",
-        ),
-        ("other processes' CPU %", str(r["host_other_cpu_percent"])),
-        ("errors", f"{r['errors']} {r['error_detail'] or ''}".rstrip()),
-    ]
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from telephony.bench import REPORT_KEYS, percentile
+from telephony.bench_report import REPORT_KEYS, percentile
 
 
 @pytest.mark.parametrize("mode", ["flux", "agent"])

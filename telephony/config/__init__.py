@@ -6,11 +6,35 @@ error names the file, the line and the field path, e.g.
 Models are frozen: a live call keeps the `Config` it started with; new calls read
 `ConfigStore.current`.
 
-One module per concept: `schema` (the pydantic models), `loader` (YAML with line-numbered
-errors, `telephony config check`), `reload` (hot reload). This package re-exports their names,
-so callers keep writing `from telephony.config import Profile`.
+One module per concept: `fields` (field types and their wording), `schema` (the pydantic
+models), `loader` (YAML with line-numbered errors, `telephony config check`), `reload` (hot
+reload). This package re-exports their names, so callers keep writing
+`from telephony.config import Profile`.
 """
 
+from telephony.config.fields import (
+    DAYS,
+    DEFAULT_VOICE,
+    E164,
+    E164_RE,
+    ENV_NAME_RE,
+    HOURS_RE,
+    IDENTIFIER_RE,
+    LANGUAGE_RE,
+    NOVA_MODEL_RE,
+    Action,
+    AuraVoice,
+    Day,
+    EnvName,
+    EotThreshold,
+    EotTimeoutMs,
+    FluxModel,
+    HttpUrl,
+    Identifier,
+    Positive,
+    RedactKind,
+    between,
+)
 from telephony.config.loader import (
     MAX_YAML_CHARS,
     MAX_YAML_NODES,
@@ -25,41 +49,20 @@ from telephony.config.loader import (
 from telephony.config.reload import ConfigStore
 from telephony.config.schema import (
     BUILTIN_AGENT_FUNCTIONS,
-    DAYS,
     DEFAULT_UNKNOWN_MESSAGE,
-    DEFAULT_VOICE,
-    E164,
-    E164_RE,
-    ENV_NAME_RE,
-    HOURS_RE,
-    IDENTIFIER_RE,
-    LANGUAGE_RE,
-    NOVA_MODEL_RE,
-    Action,
     AgentConfig,
     AgentFunction,
-    AuraVoice,
     BusinessHours,
     Config,
-    Day,
-    EnvName,
-    EotThreshold,
-    EotTimeoutMs,
     FluxConfig,
-    FluxModel,
-    HttpUrl,
-    Identifier,
     LLMResponderConfig,
     Loc,
-    Positive,
     Profile,
-    RedactKind,
     ResponderConfig,
     Route,
     ScriptedResponderConfig,
     ScriptRuleConfig,
     TranscribeConfig,
-    between,
 )
 
 __all__ = [

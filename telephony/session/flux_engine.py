@@ -1,5 +1,8 @@
 """Flux mode: Flux turns -> responder -> Aura -> paced playout, with barge-in and actions.
 
+This module is the Flux side: the socket, its reconnects and replay, the stuck-turn watchdog and
+DTMF. The replies (responder, Aura, playout, speculation) are `FluxReplies` in flux_replies.py.
+
 Turn state machine (Flux `TurnInfo.event`):
 - StartOfTurn while the bot may be heard -> barge-in: Twilio `clear`, Aura `Clear`, reply
   cancelled, all before the next event is read.
@@ -7,20 +10,14 @@ Turn state machine (Flux `TurnInfo.event`):
 - TurnResumed -> cancel the speculative reply, discard its text.
 - EndOfTurn -> commit the speculative reply if the final transcript equals the eager one,
   otherwise start afresh.
-
-A reply streams sentence by sentence into Aura; each Flush groups the sentences sent since the
-previous one, and that group's audio becomes one playout segment closed by a mark. What the
-caller heard, the transcript row and playback-gated actions are `BotSpeech`'s job, shared with
-the Voice Agent engine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from websockets.exceptions import ConnectionClosed
 
@@ -29,30 +26,23 @@ from telephony.deepgram import messages as dm
 from telephony.deepgram.clock import CallClock
 from telephony.deepgram.connection import Backoff, FailureBudget
 from telephony.deepgram.flux import FluxClient, FluxFatal, FluxOptions
-from telephony.deepgram.speak import SpeakClient, SpeakFatal
-from telephony.responder import Message, Responder, ResponderError, SentenceChunker
+from telephony.deepgram.speak import SpeakClient
+from telephony.responder import Responder
 from telephony.session.engine import CallContext
 from telephony.session.fallback import fail_over
-from telephony.session.speech import BotReply, BotSpeech
+from telephony.session.flux_replies import FluxReplies
 from telephony.session.tasks import TaskSet
 from telephony.session.upstream import Upstream
-from telephony.twilio.playout import Segment
 
 DTMF_GAP_S = 1.5  # digits typed closer together than this form one entry
 REPLAY_TAIL_MS = 1000  # with no turn open, what may have been in flight when the socket died
 WATCHDOG_TICK_S = 0.25  # how often the stuck-turn watchdog looks while Flux reconnects
 FORCE_ANSWER_S = 1.0  # ForceEndTurn unanswered this long: the socket is not listening
-APOLOGY = "Sorry, I'm having trouble right now. Could you say that again?"
-
-
-@dataclass(eq=False)
-class FluxReply(BotReply):
-    committed: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
-    unflushed: list[str] = field(default_factory=list)  # sent to Aura, not yet flushed
 
 
 class FluxEngine:
+    """One Flux-mode call: caller audio to Flux, its turns to `FluxReplies`."""
+
     def __init__(
         self,
         ctx: CallContext,
@@ -64,23 +54,17 @@ class FluxEngine:
         reconnect: Backoff | None = None,
     ) -> None:
         self.ctx = ctx
-        self.responder = responder
         self._new_flux = flux
         self.options = options  # what Flux confirmed last: a reconnect's URL carries it
         self.flux = flux(options)
-        self._new_speak = speak
-        self.speak = speak()
         self.clock = CallClock()
         self._backoff = reconnect or Backoff()
-        self.speech = BotSpeech(ctx, on_finished=self._remember)
-        self.history: list[Message] = []
-        self._speculative: FluxReply | None = None
-        self._flush_groups: deque[tuple[FluxReply, Segment]] = deque()  # audio still to come
+        self._tasks = TaskSet(ctx.log)
+        self.replies = FluxReplies(ctx, responder, speak, self._tasks, self._backoff)
         self._turn_open = False
         self._dtmf: list[str] = []
         self._dtmf_task: asyncio.Task[None] | None = None
         self._dtmf_for_turn = ""
-        self._tasks = TaskSet(ctx.log)
         self.upstream = Upstream()  # caller audio to Flux: sent, held, replayed
         self._turn_start_ms: int | None = None
         self._last_turn_end_ms = 0
@@ -92,14 +76,14 @@ class FluxEngine:
     # --- Engine interface -------------------------------------------------------------------
 
     async def run(self) -> None:
-        await asyncio.gather(self.flux.connect(), self.speak.connect())
+        await asyncio.gather(self.flux.connect(), self.replies.speak.connect())
         await self._go_live([], "start")  # caller audio from before Flux was up goes first
         greeting = self.ctx.profile.greeting
         if greeting:
-            self._say_fixed(greeting, interruptible=self.ctx.profile.greeting_interruptible)
+            self.replies.say_fixed(greeting, interruptible=self.ctx.profile.greeting_interruptible)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._flux_loop(), name="flux-events")
-            tg.create_task(self._speak_loop(), name="speak-events")
+            tg.create_task(self.replies.run(), name="speak-events")
             tg.create_task(self._watchdog(), name="turn-watchdog")
 
     def on_caller_audio(self, timestamp_ms: int, payload: bytes) -> None:
@@ -114,13 +98,14 @@ class FluxEngine:
         self._dtmf_task = self._tasks.spawn(self._dtmf_entry(delay), "dtmf")
 
     async def close(self) -> None:
-        self.speech.close()
+        speech = self.replies.speech
+        speech.close()
         self._tasks.cancel_all()
-        self.speech.cancel_actions()
+        speech.cancel_actions()
         with contextlib.suppress(Exception):
             await self.flux.close()
         with contextlib.suppress(Exception):
-            await self.speak.close()
+            await self.replies.speak.close()
 
     # --- Flux events --------------------------------------------------------------------------
 
@@ -239,7 +224,7 @@ class FluxEngine:
     async def _give_up(self, reason: str) -> None:
         """Flux is gone for good: apologise and hand over (through Twilio alone)."""
         self.upstream.stop()  # no socket will take the audio any more
-        await self.speak.clear()
+        await self.replies.speak.clear()
         await self.ctx.playout.clear()
         await fail_over(self.ctx, reason)
 
@@ -287,7 +272,7 @@ class FluxEngine:
         self.upstream.forget_before(ms)  # this turn is settled: do not replay it
         if text:
             self.ctx.transcript.add_turn("caller", text, start, ms, meta={"trigger": "watchdog"})
-            self._answer(text, ms)
+            self.replies.answer(text, ms)
         await self.flux.abort()  # the events loop sees the close and reconnects
 
     async def _on_turn(self, ev: dm.TurnInfo) -> None:
@@ -301,11 +286,11 @@ class FluxEngine:
         if kind == "StartOfTurn":
             self._turn_open = True
             self._turn_start_ms = self.clock.to_call_ms(ev.audio_window_start)
-            await self._barge_in(self._turn_start_ms)
+            await self.replies.barge_in(self._turn_start_ms)
         elif kind == "EagerEndOfTurn":
-            self._start_speculation(ev.transcript)
+            self.replies.speculate(ev.transcript)
         elif kind == "TurnResumed":
-            self._drop_speculation()
+            self.replies.drop_speculation()
         elif kind == "EndOfTurn":
             self._turn_open = False
             self._forced_at = None
@@ -317,7 +302,7 @@ class FluxEngine:
         text = f"{ev.transcript.strip()} {self._dtmf_for_turn}".strip()
         self._dtmf_for_turn = ""
         if not text:
-            self._drop_speculation()
+            self.replies.drop_speculation()
             return
         start_ms = self.clock.to_call_ms(ev.audio_window_start)
         end_ms = self.clock.to_call_ms(ev.audio_window_end)
@@ -325,161 +310,7 @@ class FluxEngine:
         if ev.languages:  # flux-general-multi: what the caller spoke, most used first
             meta["languages"] = list(ev.languages)
         self.ctx.transcript.add_turn("caller", text, start_ms, end_ms, meta=meta)
-        self._answer(text, end_ms)
-
-    def _answer(self, text: str, eot_ms: int) -> None:
-        """Commit the speculative reply if it answered this exact text, else start anew."""
-        reply = self._speculative
-        self._speculative = None
-        if reply is not None and reply.user_text != text:
-            self._cancel(reply)
-            reply = None
-        if reply is None:
-            reply = self._start_reply(text, speculative=False)
-        else:
-            self.ctx.transcript.event(eot_ms, "speculation-used", reply=reply.number)
-        self.history.append(Message("user", text))
-        reply.held = False
-        reply.eot_ms, reply.eot_at = eot_ms, asyncio.get_running_loop().time()
-        reply.committed.set()
-
-    def _start_speculation(self, transcript: str) -> None:
-        text = transcript.strip()
-        if self._speculative is not None:
-            if self._speculative.user_text == text:
-                return
-            self._drop_speculation()
-        self._speculative = self._start_reply(text, speculative=True)
-
-    def _start_reply(self, text: str, *, speculative: bool) -> FluxReply:
-        reply = self.speech.new_reply(text, cls=FluxReply)
-        reply.held = speculative
-        reply.task = self._tasks.spawn(self._generate(reply, list(self.history)), "reply")
-        return reply
-
-    def _drop_speculation(self) -> None:
-        if self._speculative is not None:
-            self._cancel(self._speculative)
-            self._speculative = None
-
-    def _cancel(self, reply: FluxReply) -> None:
-        if reply.task is not None:
-            reply.task.cancel()
-        self.speech.drop(reply)
-
-    # --- barge-in -------------------------------------------------------------------------------
-
-    async def _barge_in(self, ms: int) -> None:
-        """Twilio clear, Aura Clear and our queue go together, before the next event is read.
-
-        A held (speculative) reply is not audible, so it is left to TurnResumed / EndOfTurn.
-        """
-
-        def stop_generating() -> None:
-            for reply in self.speech.audible:
-                if isinstance(reply, FluxReply) and reply.task is not None:
-                    reply.task.cancel()
-            self._flush_groups.clear()
-
-        if await self.speech.barge_in(ms, before_clear=stop_generating):
-            await self.speak.clear()
-
-    # --- replies --------------------------------------------------------------------------------
-
-    def _say_fixed(self, text: str, *, interruptible: bool) -> FluxReply:
-        reply = self.speech.new_reply(interruptible=interruptible, cls=FluxReply)
-        reply.committed.set()
-
-        async def fixed() -> None:
-            await self._say_sentence(reply, text)
-            await self._end_reply_text(reply)
-
-        reply.task = self._tasks.spawn(fixed(), "fixed-reply")
-        return reply
-
-    async def _generate(self, reply: FluxReply, history: list[Message]) -> None:
-        chunker = SentenceChunker()
-        try:
-            async with self.responder.respond(history, reply.user_text) as stream:
-                async for delta in stream:
-                    for sentence in chunker.push(delta):
-                        await self._say_sentence(reply, sentence)
-                reply.action = stream.action
-            tail = chunker.flush()
-            if tail:
-                await self._say_sentence(reply, tail)
-        except ResponderError as exc:
-            self.ctx.log.warning("responder failed: %s", exc)
-            ms = self.ctx.now_ms()
-            self.ctx.transcript.event(ms, "error", source="responder", detail=str(exc))
-            await self._say_sentence(reply, APOLOGY)
-        await self._end_reply_text(reply)
-
-    async def _say_sentence(self, reply: FluxReply, sentence: str) -> None:
-        await reply.committed.wait()  # a speculative reply holds its text until EndOfTurn
-        reply.text.append(sentence)
-        reply.unflushed.append(sentence)
-        if reply.first_text_at is None:
-            reply.first_text_at = asyncio.get_running_loop().time()
-        await self.speak.speak(sentence)
-        if await self.speak.flush():
-            self._flushed(reply)
-
-    async def _end_reply_text(self, reply: FluxReply) -> None:
-        if reply.unflushed and await self.speak.flush(force=True):
-            self._flushed(reply)
-        self.speech.generated(reply)
-
-    def _flushed(self, reply: FluxReply) -> None:
-        """Everything spoken since the last flush is one segment: Aura's audio comes in order."""
-        seg = self.speech.segment(reply, " ".join(reply.unflushed))
-        reply.unflushed.clear()
-        self._flush_groups.append((reply, seg))
-
-    def _remember(self, reply: BotReply) -> None:
-        """The LLM's history holds what the caller heard, not what was generated."""
-        said = reply.turn.heard if reply.turn and reply.interrupted_at_ms is not None else None
-        text = said if said is not None else " ".join(reply.text)
-        if text:
-            self.history.append(Message("assistant", text))
-
-    # --- Aura audio -> playout --------------------------------------------------------------
-
-    async def _speak_loop(self) -> None:
-        while True:
-            try:
-                async for event in self.speak.events():
-                    self._on_speak_event(event)
-                return  # we closed it: the call is over
-            except SpeakFatal as exc:
-                await self._reconnect_speak(str(exc))
-
-    def _on_speak_event(self, event: bytes | dm.SpeakServerEvent) -> None:
-        if isinstance(event, bytes):
-            if self._flush_groups:  # else: audio of a reply that was cancelled
-                reply, seg = self._flush_groups[0]
-                self.speech.audio(reply, seg, event)
-        elif isinstance(event, dm.Flushed) and self._flush_groups:
-            self.speech.end_segment(self._flush_groups.popleft()[1])
-
-    async def _reconnect_speak(self, reason: str) -> None:
-        """Aura dropped: what it had not yet spoken is lost; close those segments with the
-        audio that did arrive (so their replies finish) and carry on with a new socket."""
-        self.ctx.log.warning("Aura connection lost: %s", reason)
-        while self._flush_groups:
-            self.speech.end_segment(self._flush_groups.popleft()[1], complete=False)
-        for delay in self._backoff.delays():
-            await asyncio.sleep(delay)
-            client = self._new_speak()
-            try:
-                await client.connect()
-            except Exception as exc:
-                self.ctx.log.warning("Aura reconnect failed: %s", exc)
-                continue
-            self.speak = client
-            self.ctx.transcript.event(self.ctx.now_ms(), "speak-reconnect", reason=reason)
-            return
-        raise SpeakFatal(f"Aura unreachable after {reason}")
+        self.replies.answer(text, end_ms)
 
     # --- DTMF ---------------------------------------------------------------------------------
 
@@ -495,6 +326,6 @@ class FluxEngine:
             await self.flux.force_end_turn()
             return
         ms = self.ctx.now_ms()
-        await self._barge_in(ms)
+        await self.replies.barge_in(ms)
         self.ctx.transcript.add_turn("caller", digits, ms, ms, meta={"trigger": "dtmf"})
-        self._answer(digits, ms)
+        self.replies.answer(digits, ms)

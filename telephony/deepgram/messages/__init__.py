@@ -16,9 +16,9 @@ Deepgram adds message types over time; unknown extra fields are ignored. Where t
 is not confirmed by a primary source (see docs/protocol.md) the field says "unverified".
 """
 
-# One module per endpoint; this package re-exports them all, so callers write `dm.TurnInfo`.
+# One module per endpoint (the agent's Settings body apart, in agent_settings); this package
+# re-exports them all, so callers write `dm.TurnInfo`.
 from telephony.deepgram.messages.agent import (  # noqa: F401
-    SETTINGS_KEYS,
     AgentAudioDone,
     AgentClientMessage,
     AgentError,
@@ -51,17 +51,20 @@ from telephony.deepgram.messages.agent import (  # noqa: F401
     UpdateThink,
     UserStartedSpeaking,
     Welcome,
-    agent_settings,
     function_call_response,
     inject_agent_message,
     inject_user_message,
     keep_alive,
     parse_agent_client,
     parse_agent_server,
-    settings,
-    settings_problems,
     update_prompt,
     update_speak,
+)
+from telephony.deepgram.messages.agent_settings import (  # noqa: F401
+    SETTINGS_KEYS,
+    agent_settings,
+    settings,
+    settings_problems,
 )
 from telephony.deepgram.messages.flux import (  # noqa: F401
     EAGER_EOT_THRESHOLD_RANGE,

@@ -44,7 +44,8 @@ from telephony.inprocess import StartStop
 from telephony.sim.deepgram import params as qp
 from telephony.sim.deepgram.agent import AgentSession
 from telephony.sim.deepgram.base import Assignment, ConnectionLog, Options, Session
-from telephony.sim.deepgram.flux import FluxSession, TextCursor, VoicedFluxSession
+from telephony.sim.deepgram.flux import FluxSession
+from telephony.sim.deepgram.flux_voiced import TextCursor, VoicedFluxSession
 from telephony.sim.deepgram.listen import ListenSession
 from telephony.sim.deepgram.script import Fault, Script
 from telephony.sim.deepgram.speak import SpeakSession

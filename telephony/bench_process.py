@@ -1,0 +1,151 @@
+"""`telephony bench`'s measured process: started pinned to a core, read from /proc, stopped.
+
+The service and the bare relay are measured the same way, so one `Process` and one set of
+/proc readers serve both phases; the figures they yield are made into the report in
+bench_report.py, the phases are run in bench.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import shutil
+import signal
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+SERVER_CORE, LOAD_CORE = 0, 1
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 30.0
+REPO = Path(__file__).resolve().parents[1]
+
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, every thread (from /proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return math.nan
+
+
+def core_busy_seconds() -> dict[int, float]:
+    """Busy time of each core so far (all processes: /proc/stat, total minus idle and iowait)."""
+    busy: dict[int, float] = {}
+    with contextlib.suppress(OSError), open("/proc/stat") as f:
+        for line in f:
+            name, *values = line.split()
+            if name.startswith("cpu") and name != "cpu":
+                ticks = [int(v) for v in values]
+                busy[int(name[3:])] = (sum(ticks[:8]) - ticks[3] - ticks[4]) / CLK_TCK
+    return busy
+
+
+def can_pin() -> bool:
+    return hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Process:
+    """A measured subprocess (the service or the relay), its log in a file."""
+
+    name: str
+    proc: asyncio.subprocess.Process
+    port: int
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    async def stop(self) -> int:
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(STOP_TIMEOUT_S):
+                    await self.proc.wait()
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        return self.proc.returncode or 0
+
+
+async def spawn(
+    name: str,
+    args: Sequence[str],
+    env: dict[str, str],
+    workdir: Path,
+    pin: bool,
+    port: int | None = None,
+) -> Process:
+    """Start `args` ("{port}" replaced by `port`, default a free one), on SERVER_CORE if `pin`."""
+    port = port or free_port()
+    argv = [a.replace("{port}", str(port)) for a in args]
+    prefix: list[str] = []
+    taskset = shutil.which("taskset")
+    if pin and taskset:
+        prefix = [taskset, "-c", str(SERVER_CORE)]
+    log_path = workdir / f"{name}.log"
+    log_file = log_path.open("wb")
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *prefix,
+            *argv,
+            env=env,
+            cwd=REPO,
+            stdout=log_file,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+    finally:
+        log_file.close()
+    if pin and not taskset:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(proc.pid, {SERVER_CORE})
+    return Process(name, proc, port, log_path)
+
+
+async def wait_ready(process: Process, http_check: bool) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    async with httpx.AsyncClient(timeout=2) as http:
+        while True:
+            if process.proc.returncode is not None:
+                raise RuntimeError(f"{process.name} exited at start:\n{process.log_tail()}")
+            with contextlib.suppress(OSError, httpx.HTTPError):
+                if http_check:
+                    if (await http.get(process.url + "/healthz")).status_code == 200:
+                        return
+                else:
+                    _, writer = await asyncio.open_connection("127.0.0.1", process.port)
+                    writer.close()
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{process.name} not ready:\n{process.log_tail()}")
+            await asyncio.sleep(0.1)

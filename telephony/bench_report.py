@@ -1,0 +1,239 @@
+"""`telephony bench`'s report: the figures of both phases, as JSON and as a table.
+
+Apart from the runner (bench.py) because it only reads what the phases measured (`Phase`, with
+its raw samples in `Probes`) and the options, never a process or a socket: percentiles, CPU per
+call-minute, the relay's floor subtracted, other processes' share of the pinned cores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from telephony.bench_process import LOAD_CORE, SERVER_CORE, can_pin
+from telephony.sim.load import Probes
+from telephony.sim.stamped import kernel_stamps_available
+
+if TYPE_CHECKING:
+    from telephony.bench import BenchOptions
+
+REPORT_KEYS = (
+    "calls",
+    "seconds",
+    "server_cpu_s_per_call_minute",
+    "relay_cpu_s_per_call_minute",
+    "cpu_ratio_vs_relay",
+    "rss_mib_per_call",
+    "inbound_latency_p50_ms",
+    "inbound_latency_p99_ms",
+    "outbound_latency_p99_ms",
+    "pacing_jitter_p99_ms",
+    "eot_to_first_audio_p50_ms",
+    "eot_to_first_audio_p99_ms",
+    "errors",
+)
+
+
+@dataclass
+class Phase:
+    """What one phase measured."""
+
+    name: str
+    calls: int = 0
+    window_s: float = 0.0
+    cpu_s: float = 0.0
+    load_cpu_s: float = 0.0
+    rss_idle_mib: float = 0.0
+    rss_peak_mib: float = 0.0
+    core_busy_s: dict[int, float] = field(default_factory=dict)  # every process, per core
+    probes: Probes | None = None
+    errors: Counter[str] = field(default_factory=Counter)
+    end_reasons: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def call_minutes(self) -> float:
+        return self.calls * self.window_s / 60
+
+    @property
+    def cpu_s_per_call_minute(self) -> float:
+        return self.cpu_s / self.call_minutes if self.call_minutes else math.nan
+
+    @property
+    def rss_mib_per_call(self) -> float:
+        return (self.rss_peak_mib - self.rss_idle_mib) / self.calls if self.calls else math.nan
+
+
+def percentile(samples: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100); None without samples."""
+    if not samples:
+        return None
+    ordered = sorted(samples)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return round(ordered[rank - 1], 3)
+
+
+SAMPLE_SETS = (
+    "inbound",
+    "inbound_all",
+    "outbound",
+    "jitter",
+    "eot_to_audio",
+    "send_lag",
+    "read_lag",
+)
+
+
+def dump_samples(directory: Path, phases: dict[str, Phase]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, phase in phases.items():
+        assert phase.probes is not None
+        data = {k: list(getattr(phase.probes, k)) for k in SAMPLE_SETS}
+        (directory / f"{name}.json").write_text(json.dumps(data))
+
+
+def _r(value: float | None, digits: int = 3) -> float | None:
+    if value is None or math.isnan(value):
+        return None
+    return round(value, digits)
+
+
+def _other(phase: Phase, core: int, ours_s: float) -> float | None:
+    busy = phase.core_busy_s.get(core)
+    if busy is None or not phase.window_s:
+        return None
+    return _r(max(0.0, busy - ours_s) / phase.window_s * 100, 1)
+
+
+def report(opts: BenchOptions, server: Phase, relay: Phase) -> dict[str, Any]:
+    sp, rp = server.probes, relay.probes
+    assert sp is not None and rp is not None
+    p = percentile
+    ratio = server.cpu_s_per_call_minute / relay.cpu_s_per_call_minute if relay.cpu_s else None
+    in50, in99 = p(sp.inbound, 50), p(sp.inbound, 99)
+    rin50, rin99 = p(rp.inbound, 50), p(rp.inbound, 99)
+    out: dict[str, Any] = {
+        "calls": server.calls,
+        "seconds": round(server.window_s, 2),
+        "mode": opts.mode,
+        "server_cpu_s_per_call_minute": _r(server.cpu_s_per_call_minute, 4),
+        "relay_cpu_s_per_call_minute": _r(relay.cpu_s_per_call_minute, 4),
+        "cpu_ratio_vs_relay": _r(ratio, 2),
+        "server_cpu_percent": _r(100 * server.cpu_s / server.window_s, 1),
+        "relay_cpu_percent": _r(100 * relay.cpu_s / relay.window_s, 1),
+        "rss_mib_per_call": _r(server.rss_mib_per_call),
+        "relay_rss_mib_per_call": _r(relay.rss_mib_per_call),
+        "server_rss_idle_mib": _r(server.rss_idle_mib, 1),
+        "server_rss_peak_mib": _r(server.rss_peak_mib, 1),
+        "inbound_latency_p50_ms": in50,
+        "inbound_latency_p99_ms": in99,
+        "relay_inbound_latency_p50_ms": rin50,
+        "relay_inbound_latency_p99_ms": rin99,
+        "bridge_inbound_latency_p50_ms": _r(in50 - rin50) if in50 and rin50 else None,
+        "bridge_inbound_latency_p99_ms": _r(in99 - rin99) if in99 and rin99 else None,
+        "inbound_latency_with_chunking_p50_ms": p(sp.inbound_all, 50),
+        "inbound_latency_with_chunking_p99_ms": p(sp.inbound_all, 99),
+        "outbound_latency_p50_ms": p(sp.outbound, 50),
+        "outbound_latency_p99_ms": p(sp.outbound, 99),
+        "pacing_jitter_p50_ms": p(sp.jitter, 50),
+        "pacing_jitter_p99_ms": p(sp.jitter, 99),
+        "relay_pacing_jitter_p99_ms": p(rp.jitter, 99),
+        "eot_to_first_audio_p50_ms": p(sp.eot_to_audio, 50),
+        "eot_to_first_audio_p99_ms": p(sp.eot_to_audio, 99),
+        "fake_upstream_delay_ms": (opts.llm_first_token_ms if opts.mode == "flux" else 0)
+        + opts.tts_first_byte_ms,
+        "caller_send_lag_p99_ms": p(sp.send_lag, 99),
+        "relay_caller_send_lag_p99_ms": p(rp.send_lag, 99),
+        "caller_read_lag_p99_ms": p(sp.read_lag, 99),
+        "relay_caller_read_lag_p99_ms": p(rp.read_lag, 99),
+        "kernel_receive_times": kernel_stamps_available(),
+        "load_cpu_percent": _r(100 * server.load_cpu_s / server.window_s, 1),
+        "relay_load_cpu_percent": _r(100 * relay.load_cpu_s / relay.window_s, 1),
+        "bot_frames": sp.bot_frames,
+        "relay_bot_frames": rp.bot_frames,
+        "caller_turns": sp.turns,
+        "relay_caller_turns": rp.turns,
+        "samples": {
+            "inbound": len(sp.inbound),
+            "outbound": len(sp.outbound),
+            "jitter": len(sp.jitter),
+            "eot_to_first_audio": len(sp.eot_to_audio),
+        },
+        "end_reasons": server.end_reasons,
+        "errors": sum(server.errors.values()) + sum(relay.errors.values()),
+        "error_detail": {
+            **{f"server: {k}": v for k, v in server.errors.items()},
+            **{f"relay: {k}": v for k, v in relay.errors.items()},
+        },
+        # Other processes' CPU on the measured core and on the load generator's core during
+        # the windows (busy time minus ours): a shared host skews latencies, not CPU seconds.
+        "host_other_cpu_percent": {
+            "server_core": _other(server, SERVER_CORE, server.cpu_s),
+            "load_core": _other(server, LOAD_CORE, server.load_cpu_s),
+            "relay_server_core": _other(relay, SERVER_CORE, relay.cpu_s),
+            "relay_load_core": _other(relay, LOAD_CORE, relay.load_cpu_s),
+        }
+        if opts.pin and can_pin()
+        else None,
+        "pinned": opts.pin and can_pin(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "options": {k: str(v) for k, v in asdict(opts).items()},
+    }
+    return out
+
+
+def format_report(r: dict[str, Any]) -> str:
+    rows = [
+        ("calls x seconds", f"{r['calls']} x {r['seconds']} s ({r['mode']})"),
+        (
+            "CPU s per call-minute",
+            f"server {r['server_cpu_s_per_call_minute']}  relay {r['relay_cpu_s_per_call_minute']}"
+            f"  ratio {r['cpu_ratio_vs_relay']}",
+        ),
+        (
+            "CPU % of one core",
+            f"server {r['server_cpu_percent']}  relay {r['relay_cpu_percent']}"
+            f"  (load generator {r['load_cpu_percent']} / {r['relay_load_cpu_percent']})",
+        ),
+        (
+            "RSS MiB per call",
+            f"server {r['rss_mib_per_call']}  relay {r['relay_rss_mib_per_call']}",
+        ),
+        (
+            "inbound ms p50/p99",
+            f"server {r['inbound_latency_p50_ms']}/{r['inbound_latency_p99_ms']}  relay "
+            f"{r['relay_inbound_latency_p50_ms']}/{r['relay_inbound_latency_p99_ms']}  bridge "
+            f"{r['bridge_inbound_latency_p50_ms']}/{r['bridge_inbound_latency_p99_ms']}",
+        ),
+        (
+            "outbound ms p50/p99",
+            f"{r['outbound_latency_p50_ms']}/{r['outbound_latency_p99_ms']}",
+        ),
+        (
+            "pacing jitter ms p50/p99",
+            f"server {r['pacing_jitter_p50_ms']}/{r['pacing_jitter_p99_ms']}"
+            f"  relay p99 {r['relay_pacing_jitter_p99_ms']}",
+        ),
+        (
+            "EndOfTurn -> audio ms",
+            f"p50 {r['eot_to_first_audio_p50_ms']}  p99 {r['eot_to_first_audio_p99_ms']}"
+            f"  (fakes' own delay {r['fake_upstream_delay_ms']})",
+        ),
+        (
+            "generator lag ms p99",
+            f"send {r['caller_send_lag_p99_ms']}/{r['relay_caller_send_lag_p99_ms']}  read "
+            f"{r['caller_read_lag_p99_ms']}/{r['relay_caller_read_lag_p99_ms']}"
+            f"  (kernel receive times: {r['kernel_receive_times']})",
+        ),
+        ("other processes' CPU %", str(r["host_other_cpu_percent"])),
+        ("errors", f"{r['errors']} {r['error_detail'] or ''}".rstrip()),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -1,0 +1,218 @@
+"""Flux mode's replies: responder -> Aura -> paced playout, speculation and barge-in.
+
+A reply streams sentence by sentence into Aura; each Flush groups the sentences sent since the
+previous one, and that group's audio becomes one playout segment closed by a mark. What the
+caller heard, the transcript row and playback-gated actions are `BotSpeech`'s job, shared with
+the Voice Agent engine.
+
+Apart from flux_engine.py (the Flux socket and its turns) because replies have their own
+socket, Aura, with its own reconnects, and their own state (the speculative reply, the LLM's
+history, the flush groups); the engine only tells them when a turn starts, is guessed, resumes
+or ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from telephony.deepgram import messages as dm
+from telephony.deepgram.connection import Backoff
+from telephony.deepgram.speak import SpeakClient, SpeakFatal
+from telephony.responder import Message, Responder, ResponderError, SentenceChunker
+from telephony.session.engine import CallContext
+from telephony.session.speech import BotReply, BotSpeech
+from telephony.session.tasks import TaskSet
+from telephony.twilio.playout import Segment
+
+APOLOGY = "Sorry, I'm having trouble right now. Could you say that again?"
+
+
+@dataclass(eq=False)
+class FluxReply(BotReply):
+    committed: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    unflushed: list[str] = field(default_factory=list)  # sent to Aura, not yet flushed
+
+
+class FluxReplies:
+    """One call's replies; `tasks` and `backoff` are the engine's, so closing it ends them."""
+
+    def __init__(
+        self,
+        ctx: CallContext,
+        responder: Responder,
+        speak: Callable[[], SpeakClient],
+        tasks: TaskSet,
+        backoff: Backoff,
+    ) -> None:
+        self.ctx = ctx
+        self.responder = responder
+        self._new_speak = speak
+        self.speak = speak()
+        self._backoff = backoff
+        self._tasks = tasks
+        self.speech = BotSpeech(ctx, on_finished=self._remember)
+        self.history: list[Message] = []
+        self._speculative: FluxReply | None = None
+        self._flush_groups: deque[tuple[FluxReply, Segment]] = deque()  # audio still to come
+
+    # --- the caller's turns -------------------------------------------------------------------
+
+    def answer(self, text: str, eot_ms: int) -> None:
+        """Commit the speculative reply if it answered this exact text, else start anew."""
+        reply = self._speculative
+        self._speculative = None
+        if reply is not None and reply.user_text != text:
+            self._cancel(reply)
+            reply = None
+        if reply is None:
+            reply = self._start_reply(text, speculative=False)
+        else:
+            self.ctx.transcript.event(eot_ms, "speculation-used", reply=reply.number)
+        self.history.append(Message("user", text))
+        reply.held = False
+        reply.eot_ms, reply.eot_at = eot_ms, asyncio.get_running_loop().time()
+        reply.committed.set()
+
+    def speculate(self, transcript: str) -> None:
+        """EagerEndOfTurn: start a reply to `transcript`, its text held until EndOfTurn."""
+        text = transcript.strip()
+        if self._speculative is not None:
+            if self._speculative.user_text == text:
+                return
+            self.drop_speculation()
+        self._speculative = self._start_reply(text, speculative=True)
+
+    def _start_reply(self, text: str, *, speculative: bool) -> FluxReply:
+        reply = self.speech.new_reply(text, cls=FluxReply)
+        reply.held = speculative
+        reply.task = self._tasks.spawn(self._generate(reply, list(self.history)), "reply")
+        return reply
+
+    def drop_speculation(self) -> None:
+        if self._speculative is not None:
+            self._cancel(self._speculative)
+            self._speculative = None
+
+    def _cancel(self, reply: FluxReply) -> None:
+        if reply.task is not None:
+            reply.task.cancel()
+        self.speech.drop(reply)
+
+    # --- barge-in -------------------------------------------------------------------------------
+
+    async def barge_in(self, ms: int) -> None:
+        """Twilio clear, Aura Clear and our queue go together, before the next event is read.
+
+        A held (speculative) reply is not audible, so it is left to TurnResumed / EndOfTurn.
+        """
+
+        def stop_generating() -> None:
+            for reply in self.speech.audible:
+                if isinstance(reply, FluxReply) and reply.task is not None:
+                    reply.task.cancel()
+            self._flush_groups.clear()
+
+        if await self.speech.barge_in(ms, before_clear=stop_generating):
+            await self.speak.clear()
+
+    # --- replies --------------------------------------------------------------------------------
+
+    def say_fixed(self, text: str, *, interruptible: bool) -> FluxReply:
+        reply = self.speech.new_reply(interruptible=interruptible, cls=FluxReply)
+        reply.committed.set()
+
+        async def fixed() -> None:
+            await self._say_sentence(reply, text)
+            await self._end_reply_text(reply)
+
+        reply.task = self._tasks.spawn(fixed(), "fixed-reply")
+        return reply
+
+    async def _generate(self, reply: FluxReply, history: list[Message]) -> None:
+        chunker = SentenceChunker()
+        try:
+            async with self.responder.respond(history, reply.user_text) as stream:
+                async for delta in stream:
+                    for sentence in chunker.push(delta):
+                        await self._say_sentence(reply, sentence)
+                reply.action = stream.action
+            tail = chunker.flush()
+            if tail:
+                await self._say_sentence(reply, tail)
+        except ResponderError as exc:
+            self.ctx.log.warning("responder failed: %s", exc)
+            ms = self.ctx.now_ms()
+            self.ctx.transcript.event(ms, "error", source="responder", detail=str(exc))
+            await self._say_sentence(reply, APOLOGY)
+        await self._end_reply_text(reply)
+
+    async def _say_sentence(self, reply: FluxReply, sentence: str) -> None:
+        await reply.committed.wait()  # a speculative reply holds its text until EndOfTurn
+        reply.text.append(sentence)
+        reply.unflushed.append(sentence)
+        if reply.first_text_at is None:
+            reply.first_text_at = asyncio.get_running_loop().time()
+        await self.speak.speak(sentence)
+        if await self.speak.flush():
+            self._flushed(reply)
+
+    async def _end_reply_text(self, reply: FluxReply) -> None:
+        if reply.unflushed and await self.speak.flush(force=True):
+            self._flushed(reply)
+        self.speech.generated(reply)
+
+    def _flushed(self, reply: FluxReply) -> None:
+        """Everything spoken since the last flush is one segment: Aura's audio comes in order."""
+        seg = self.speech.segment(reply, " ".join(reply.unflushed))
+        reply.unflushed.clear()
+        self._flush_groups.append((reply, seg))
+
+    def _remember(self, reply: BotReply) -> None:
+        """The LLM's history holds what the caller heard, not what was generated."""
+        said = reply.turn.heard if reply.turn and reply.interrupted_at_ms is not None else None
+        text = said if said is not None else " ".join(reply.text)
+        if text:
+            self.history.append(Message("assistant", text))
+
+    # --- Aura audio -> playout --------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Aura's events until we close it, replacing the socket when it fails."""
+        while True:
+            try:
+                async for event in self.speak.events():
+                    self._on_speak_event(event)
+                return  # we closed it: the call is over
+            except SpeakFatal as exc:
+                await self._reconnect_speak(str(exc))
+
+    def _on_speak_event(self, event: bytes | dm.SpeakServerEvent) -> None:
+        if isinstance(event, bytes):
+            if self._flush_groups:  # else: audio of a reply that was cancelled
+                reply, seg = self._flush_groups[0]
+                self.speech.audio(reply, seg, event)
+        elif isinstance(event, dm.Flushed) and self._flush_groups:
+            self.speech.end_segment(self._flush_groups.popleft()[1])
+
+    async def _reconnect_speak(self, reason: str) -> None:
+        """Aura dropped: what it had not yet spoken is lost; close those segments with the
+        audio that did arrive (so their replies finish) and carry on with a new socket."""
+        self.ctx.log.warning("Aura connection lost: %s", reason)
+        while self._flush_groups:
+            self.speech.end_segment(self._flush_groups.popleft()[1], complete=False)
+        for delay in self._backoff.delays():
+            await asyncio.sleep(delay)
+            client = self._new_speak()
+            try:
+                await client.connect()
+            except Exception as exc:
+                self.ctx.log.warning("Aura reconnect failed: %s", exc)
+                continue
+            self.speak = client
+            self.ctx.transcript.event(self.ctx.now_ms(), "speak-reconnect", reason=reason)
+            return
+        raise SpeakFatal(f"Aura unreachable after {reason}")
