@@ -244,10 +244,10 @@ class _ProbedAgent(AgentSession):
             self.probes.end_of_turn(self._call)
         await super().send(msg)
 
-    def _say(self, text: str) -> None:
+    def _say(self, text: str, *, answer: bool = False) -> None:
         if self.speaker is None:
             self._tag_next = True
-        super()._say(text)
+        super()._say(text, answer=answer)
 
     async def send_audio(self, data: bytes) -> None:
         if self._tag_next:
