@@ -233,13 +233,8 @@ class BotSpeech:
         start_ms = reply.first_audio_ms if reply.first_audio_ms is not None else end_ms
         transcript = self.ctx.transcript
         turn = reply.turn or transcript.open_turn("bot", "", start_ms, start_ms)
-        rate = self.ms_per_char
-        turn.text, turn.heard, turn.interrupted = (
-            generated,
-            reply.ledger.heard_text(rate),
-            interrupted,
-        )
-        turn.meta["heard_estimated"] = reply.ledger.estimated(rate)
+        turn.text, turn.interrupted = generated, interrupted
+        turn.heard, turn.meta["heard_estimated"] = reply.ledger.heard(self.ms_per_char)
         if reply.cut_by is not None:
             turn.meta["cut_by"] = reply.cut_by
         turn.start_ms, turn.end_ms = start_ms, max(start_ms, end_ms or start_ms)

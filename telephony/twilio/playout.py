@@ -117,11 +117,13 @@ class Ledger:
 
     segments: list[Segment] = field(default_factory=list)
 
-    def heard_text(self, ms_per_char: float = DEFAULT_MS_PER_CHAR) -> str:
-        return " ".join(t for s in self.segments if (t := s.heard(ms_per_char)[0]))
+    def heard(self, ms_per_char: float = DEFAULT_MS_PER_CHAR) -> tuple[str, bool]:
+        """The heard text of every segment, and whether any of it is an estimate."""
+        parts = [s.heard(ms_per_char) for s in self.segments]
+        return " ".join(t for t, _ in parts if t), any(e for _, e in parts)
 
-    def estimated(self, ms_per_char: float = DEFAULT_MS_PER_CHAR) -> bool:
-        return any(s.heard(ms_per_char)[1] for s in self.segments)
+    def heard_text(self, ms_per_char: float = DEFAULT_MS_PER_CHAR) -> str:
+        return self.heard(ms_per_char)[0]
 
     def generated_text(self) -> str:
         return " ".join(s.text for s in self.segments if s.text)
