@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from telephony.deepgram.clock import CallClock
-from telephony.deepgram.connection import Backoff
 from telephony.demo import OfflineCall, parse_fault, run_offline_call
+from telephony.retry import Backoff
 from telephony.sim.deepgram.tts import tts_text
 from telephony.sim.deepgram_server import Fault, Script, ScriptedTurn
 from telephony.sim.twilio_caller import PauseStream

@@ -15,9 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
-from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import TypeVar
@@ -150,41 +148,6 @@ def send_now(ws: ClientConnection, audio: bytes) -> bool:
         return False
     transport.write(binary_frame(audio))
     return True
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Reconnect delays: immediate first try, then exponential with ±20 % jitter, capped."""
-
-    attempts: int = 6
-    base_s: float = 0.1
-    cap_s: float = 2.0
-
-    def delays(self) -> Iterator[float]:
-        yield 0.0
-        for attempt in range(1, self.attempts):
-            delay = min(self.cap_s, self.base_s * 2 ** (attempt - 1))
-            yield delay * random.uniform(0.8, 1.2)  # jitter: calls that failed together
-            # do not all come back in the same millisecond
-
-
-class FailureBudget:
-    """Upstream failures tolerated per window; past it, a call stops reconnecting.
-
-    A socket that connects and then fails again at once must not loop forever.
-    """
-
-    def __init__(self, limit: int = 5, window_s: float = 60.0) -> None:
-        self.limit = limit
-        self.window_s = window_s
-        self._times: deque[float] = deque()
-
-    def spend(self, now: float) -> bool:
-        """Count one failure at `now`; False once more than `limit` fell in the window."""
-        self._times.append(now)
-        while self._times and now - self._times[0] > self.window_s:
-            self._times.popleft()
-        return len(self._times) <= self.limit
 
 
 class KeepAlive:

@@ -32,7 +32,7 @@ import orjson
 
 from telephony.deepgram import messages as dm
 from telephony.deepgram.agent import AgentClient, AgentFatal
-from telephony.deepgram.connection import Backoff, FailureBudget
+from telephony.retry import Backoff, FailureBudget
 from telephony.session.engine import CallContext
 from telephony.session.fallback import fail_over
 from telephony.session.speech import CUT_BY_CALL_END, CUT_BY_CALLER, BotReply, BotSpeech

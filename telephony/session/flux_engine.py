@@ -24,10 +24,10 @@ from websockets.exceptions import ConnectionClosed
 from telephony.audio import FRAME_MS
 from telephony.deepgram import messages as dm
 from telephony.deepgram.clock import CallClock
-from telephony.deepgram.connection import Backoff, FailureBudget
 from telephony.deepgram.flux import FluxClient, FluxFatal, FluxOptions
 from telephony.deepgram.speak import SpeakClient
 from telephony.responder import Responder
+from telephony.retry import Backoff, FailureBudget
 from telephony.session.engine import CallContext
 from telephony.session.fallback import fail_over
 from telephony.session.flux_replies import FluxReplies

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from telephony.deepgram import messages as dm
-from telephony.deepgram.connection import Backoff
 from telephony.deepgram.speak import SpeakClient, SpeakFatal
 from telephony.responder import Message, Responder, ResponderError, SentenceChunker
+from telephony.retry import Backoff
 from telephony.session.engine import CallContext
 from telephony.session.speech import BotReply, BotSpeech
 from telephony.session.tasks import TaskSet

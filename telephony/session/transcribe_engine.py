@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 
 from telephony.audio import FRAME_MS
 from telephony.deepgram import messages as dm
-from telephony.deepgram.connection import Backoff, FailureBudget
 from telephony.deepgram.listen import ListenClient, ListenFatal
+from telephony.retry import Backoff, FailureBudget
 from telephony.session.engine import CallContext
 from telephony.session.transcript import Role
 from telephony.session.upstream import Upstream
