@@ -167,7 +167,7 @@ def _interim(request: Request, sid: str) -> dict[str, str]:
     """Live words not yet settled into a turn (transcribe engines, per side), for a call in
     progress on this instance. Never stored; redacted like the turns when the profile says."""
     call = request.app.state.registry.live.get(sid)
-    interim = getattr(getattr(call, "engine", None), "interim", None)
+    interim = call.engine.interim if call is not None and call.engine is not None else None
     if not interim:
         return {}
     if call.profile.redaction:

@@ -58,16 +58,29 @@ class StoreStats(Protocol):
     failed: int
 
 
+class EngineCounts(Protocol):
+    """What the calls collector reads of an engine (``telephony.session.engine.Engine``)."""
+
+    @property
+    def keepalives_sent(self) -> int: ...
+
+
+class LiveCall(Protocol):
+    @property
+    def engine(self) -> EngineCounts | None: ...
+
+
 class LiveCalls(Protocol):
     """What the calls collector reads (``telephony.session.registry.CallRegistry``)."""
 
     @property
-    def live(self) -> Mapping[str, Any]: ...
+    def live(self) -> Mapping[str, LiveCall]: ...
 
 
-def keepalives_of(call: Any) -> int:
+def keepalives_of(call: LiveCall) -> int:
     """JSON KeepAlives the call's engine has sent to Deepgram (Voice Agent, Nova; Flux: none)."""
-    return int(getattr(getattr(call, "engine", None), "keepalives_sent", 0) or 0)
+    engine = call.engine
+    return engine.keepalives_sent if engine is not None else 0
 
 
 # (exposed name, TranscriptStore attribute, help). Counters: they only grow while the store
@@ -169,12 +182,8 @@ GC_PAUSE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.
 DEEPGRAM_ENDPOINTS = ("flux", "speak", "agent", "listen")
 MAX_END_REASONS = 50  # distinct end-reason labels; further ones count as "other"
 # transcript event kind -> the Deepgram endpoint that reconnected
-RECONNECT_EVENTS = {
-    "flux-connection": "flux",  # also the first connection (reason "start")
-    "listen-connection": "listen",  # likewise, per side of the call
-    "speak-reconnect": "speak",
-    "agent-reconnect": "agent",
-}
+# (every link's connections, the first one with reason "start": telephony/session/link.py)
+RECONNECT_EVENTS = {f"{endpoint}-connection": endpoint for endpoint in DEEPGRAM_ENDPOINTS}
 
 
 class CallMetrics:
@@ -211,7 +220,7 @@ class CallMetrics:
         if endpoint is None:
             return
         data = event.data
-        if data.get("reason", "start") != "start" or kind.endswith("-reconnect"):
+        if data.get("reason", "start") != "start":
             self._metrics.deepgram_reconnects.labels(endpoint).inc()
         dropped = data.get("dropped_ms")
         if dropped:

@@ -250,7 +250,7 @@ async def test_agent_reconnect_keeps_the_conversation_going(numbers: Path) -> No
     assert {"type": "History", "role": "user", "content": "What are your hours?"} in context
     assert {"type": "History", "role": "assistant", "content": "Nine to five."} in context
     assert all(m["type"] == "History" for m in context)  # Deepgram requires it on every entry
-    [reconnect] = events_of(result, "agent-reconnect")
+    [reconnect] = [e for e in events_of(result, "agent-connection") if e["reason"] != "start"]
     assert reconnect["source"] == "transcript"
     # The new socket plays the script again: the conversation went on after the drop.
     assert turns_of(result).count(("bot", "Nine to five.")) == 2
@@ -341,7 +341,7 @@ async def test_agent_reconnect_hands_the_servers_history_to_the_new_socket(numbe
         },
         {"type": "History", "role": "assistant", "content": "The order system is down."},
     ]
-    [reconnect] = events_of(result, "agent-reconnect")
+    [reconnect] = [e for e in events_of(result, "agent-connection") if e["reason"] != "start"]
     assert reconnect["source"] == "server" and reconnect["context"] == 4
     assert not first.violations and not second.violations  # the fake checks the entry types
 

@@ -13,7 +13,9 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from telephony.config import Profile
 from telephony.deepgram import messages as dm
-from telephony.deepgram.agent import AgentClient, AgentFatal, settings_for_profile
+from telephony.deepgram.agent import AgentClient
+from telephony.deepgram.socket import DeepgramClosed
+from telephony.session.deepgram_options import agent_settings
 from telephony.sim.deepgram_server import (
     AgentStep,
     FakeDeepgram,
@@ -110,7 +112,7 @@ def of(cls: type) -> Callable[[Event], bool]:
 
 
 def test_settings_for_profile_body() -> None:
-    body = settings_for_profile(profile(greeting="Hi, Acme here."), tags=["t1"])
+    body = agent_settings(profile(greeting="Hi, Acme here."), tags=["t1"])
     fmt = {"encoding": "mulaw", "sample_rate": 8000}
     assert body["audio"] == {"input": fmt, "output": {**fmt, "container": "none"}}
     agent = body["agent"]
@@ -135,7 +137,7 @@ def test_settings_for_profile_body() -> None:
     }  # url and timeout stay ours
     assert functions["end_call"]["parameters"] == {"type": "object", "properties": {}}
 
-    with_transfer = settings_for_profile(profile(transfer_number="+15551234567"))
+    with_transfer = agent_settings(profile(transfer_number="+15551234567"))
     names = [f["name"] for f in with_transfer["agent"]["think"]["functions"]]
     assert names == ["end_call", "transfer_call", "lookup_order"]
 
@@ -143,7 +145,7 @@ def test_settings_for_profile_body() -> None:
 def test_hang_up_and_transfer_wait_for_the_end_of_turn_and_profiles_can_opt_in() -> None:
     # Built-ins are never dispatched for a turn the caller resumes; a profile's function is
     # only when its YAML says defer_until_eot: true (Deepgram's default is false).
-    body = settings_for_profile(profile(transfer_number="+15551234567"))
+    body = agent_settings(profile(transfer_number="+15551234567"))
     functions = {f["name"]: f for f in body["agent"]["think"]["functions"]}
     assert functions["end_call"]["defer_until_eot"] is True
     assert functions["transfer_call"]["defer_until_eot"] is True
@@ -152,14 +154,14 @@ def test_hang_up_and_transfer_wait_for_the_end_of_turn_and_profiles_can_opt_in()
     assert agent is not None
     deferred = agent.functions[0].model_copy(update={"defer_until_eot": True})
     opted = profile(agent={**agent.model_dump(), "functions": [deferred.model_dump()]})
-    (_, lookup) = settings_for_profile(opted)["agent"]["think"]["functions"]
+    (_, lookup) = agent_settings(opted)["agent"]["think"]["functions"]
     assert lookup["name"] == "lookup_order" and lookup["defer_until_eot"] is True
 
 
 def test_settings_for_nova_listen_and_reconnect_context() -> None:
     nova = profile(agent={"think_prompt": "p", "listen_model": "nova-3", "keyterms": ["Zed"]})
     context = [{"type": "History", "role": "user", "content": "hello"}]
-    body = settings_for_profile(nova, context=context)
+    body = agent_settings(nova, context=context)
     provider = body["agent"]["listen"]["provider"]
     assert provider == {"type": "deepgram", "model": "nova-3", "keyterms": ["Zed"]}  # no v2
     assert body["agent"]["context"] == {"messages": context}
@@ -167,7 +169,7 @@ def test_settings_for_nova_listen_and_reconnect_context() -> None:
 
 
 async def test_fake_accepts_profile_settings_sent_first() -> None:
-    body = settings_for_profile(profile(greeting="Hi.", transfer_number="+15551234567"))
+    body = agent_settings(profile(greeting="Hi.", transfer_number="+15551234567"))
     async with fake() as dg, session(dg, body) as (client, drain):
         events = await drain.until(of(dm.AgentAudioDone))  # the greeting is spoken
         assert isinstance(events[0], dm.SettingsApplied)
@@ -186,7 +188,7 @@ async def test_fake_accepts_profile_settings_sent_first() -> None:
 
 async def test_audio_before_settings_applied_is_buffered_then_flushed_in_order() -> None:
     async with fake() as dg:
-        client = AgentClient(dg.url, KEY, settings_for_profile(profile()))
+        client = AgentClient(dg.url, KEY, agent_settings(profile()))
         await feed(client, 10, start_ms=1000)  # before the socket exists
         await client.connect()
         await feed(client, 13, start_ms=1200)  # Settings sent, SettingsApplied not yet read
@@ -209,7 +211,7 @@ async def test_audio_before_settings_applied_is_buffered_then_flushed_in_order()
 
 async def test_early_audio_is_bounded_oldest_dropped() -> None:
     async with fake() as dg:
-        client = AgentClient(dg.url, KEY, settings_for_profile(profile()), max_buffered_ms=100)
+        client = AgentClient(dg.url, KEY, agent_settings(profile()), max_buffered_ms=100)
         await client.connect()
         await feed(client, 20)  # 400 ms before SettingsApplied; room for 100 ms
         drain = Drain(client)
@@ -229,7 +231,7 @@ async def test_early_audio_is_bounded_oldest_dropped() -> None:
 async def test_scripted_step_arrives_through_events() -> None:
     reply = "We open at nine."
     script = Script(agent=[AgentStep(200, "when do you open", reply, speech_ms=200)])
-    async with fake(script) as dg, session(dg, settings_for_profile(profile())) as (c, drain):
+    async with fake(script) as dg, session(dg, agent_settings(profile())) as (c, drain):
         await drain.until(of(dm.SettingsApplied))
         await feed(c, 30)  # 600 ms: the step starts at 200 and the caller stops at 400
         events = await drain.until(of(dm.LatencyReport))
@@ -263,7 +265,7 @@ async def test_scripted_step_arrives_through_events() -> None:
 async def test_function_call_round_trip() -> None:
     call = ScriptedFunctionCall("lookup_order", {"order": "42"})
     step = AgentStep(100, "where is order 42", "Checking.", call, "It ships today.", speech_ms=100)
-    body = settings_for_profile(profile())
+    body = agent_settings(profile())
     async with fake(Script(agent=[step])) as dg, session(dg, body) as (client, drain):
         await drain.until(of(dm.SettingsApplied))
         await feed(client, 20)
@@ -284,7 +286,7 @@ async def test_function_call_round_trip() -> None:
 
 async def test_prompt_update_and_injections() -> None:
     text_step = AgentStep(None, "I pressed 5", "You pressed five.")
-    body = settings_for_profile(profile())
+    body = agent_settings(profile())
     async with fake(Script(agent=[text_step])) as dg, session(dg, body) as (client, drain):
         await client.update_prompt("Be brief.")  # waits for SettingsApplied by itself
         await drain.until(of(dm.PromptUpdated))
@@ -306,7 +308,7 @@ async def test_prompt_update_and_injections() -> None:
 
 async def test_keepalive_only_while_audio_is_idle() -> None:
     async with fake(idle_timeout_s=3.0) as dg:
-        body = settings_for_profile(profile())
+        body = agent_settings(profile())
         async with session(dg, body, keepalive_idle_s=1.0) as (client, drain):
             await drain.until(of(dm.SettingsApplied))
             loop = asyncio.get_running_loop()
@@ -342,10 +344,10 @@ async def test_keepalive_only_while_audio_is_idle() -> None:
 )
 async def test_error_or_unasked_close_is_fatal(fault: Fault, match: str) -> None:
     async with fake(Script(faults=[fault])) as dg:
-        client = AgentClient(dg.url, KEY, settings_for_profile(profile()))
+        client = AgentClient(dg.url, KEY, agent_settings(profile()))
         await client.connect()
         events: list[Event] = []
-        with pytest.raises(AgentFatal, match=match):
+        with pytest.raises(DeepgramClosed, match=match):
             async with asyncio.timeout(5):
                 async for event in client.events():
                     events.append(event)
@@ -358,12 +360,12 @@ async def test_error_or_unasked_close_is_fatal(fault: Fault, match: str) -> None
 
 async def test_our_close_ends_events_quietly() -> None:
     async with fake() as dg:
-        client = AgentClient(dg.url, KEY, settings_for_profile(profile()))
+        client = AgentClient(dg.url, KEY, agent_settings(profile()))
         await client.connect()
         drain = Drain(client)
         await drain.until(of(dm.SettingsApplied))
         await client.close()
-        await asyncio.wait_for(drain.task, 2)  # no AgentFatal
+        await asyncio.wait_for(drain.task, 2)  # no DeepgramClosed
         client.send_audio(0, FRAME)  # after close: dropped, not raised
 
 
@@ -374,13 +376,13 @@ async def test_no_welcome_is_fatal() -> None:
     async with serve(mute, "127.0.0.1", 0) as server:
         port = server.sockets[0].getsockname()[1]
         client = AgentClient(
-            f"ws://127.0.0.1:{port}", KEY, settings_for_profile(profile()), welcome_timeout_s=0.2
+            f"ws://127.0.0.1:{port}", KEY, agent_settings(profile()), welcome_timeout_s=0.2
         )
-        with pytest.raises(AgentFatal, match="no Welcome"):
+        with pytest.raises(DeepgramClosed, match="no Welcome"):
             await client.connect()
         await client.close()
 
 
 def test_invalid_settings_body_fails_before_connecting() -> None:
     with pytest.raises(dm.DeepgramMessageError, match="unknown field"):
-        AgentClient("ws://127.0.0.1:1", KEY, {**settings_for_profile(profile()), "bogus": 1})
+        AgentClient("ws://127.0.0.1:1", KEY, {**agent_settings(profile()), "bogus": 1})

@@ -20,7 +20,8 @@ from telephony.deepgram.connection import (
     open_socket,
     send_now,
 )
-from telephony.deepgram.flux import FluxClient, FluxFatal, FluxOptions
+from telephony.deepgram.flux import FluxClient, FluxOptions
+from telephony.deepgram.socket import DeepgramClosed
 from telephony.deepgram.speak import FlushBudget, SpeakClient
 from telephony.sim.deepgram_server import FakeDeepgram, Script, ScriptedTurn
 
@@ -118,7 +119,7 @@ async def test_flux_error_or_drop_is_fatal() -> None:
         client = FluxClient(fake.url, KEY, FluxOptions())
         await client.connect()
         await client.ws.send('{"type":"KeepAlive"}')  # what NOT to do: Flux closes the socket
-        with pytest.raises(FluxFatal, match="closed"):
+        with pytest.raises(DeepgramClosed, match="closed"):
             await collect(client, {dm.TurnInfo}, 1)
         assert fake.logs("flux")[0].violations
 

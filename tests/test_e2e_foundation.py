@@ -120,7 +120,11 @@ async def test_a_call_lands_in_the_transcript_store(running_app: RunningApp) -> 
         await asyncio.sleep(0.01)
     assert stored is not None and stored["profile"] == "support" and stored["mode"] == "flux"
     assert (stored["end_reason"], stored["end_detail"]) == ("caller-hangup", "stop")
-    assert sorted(e["kind"] for e in stored["events"]) == ["dtmf", "flux-connection"]
+    assert sorted(e["kind"] for e in stored["events"]) == [
+        "dtmf",
+        "flux-connection",
+        "speak-connection",
+    ]
 
 
 async def test_card_numbers_never_reach_the_store(

@@ -37,6 +37,13 @@ class FakeStore:
     failed: int = 0
 
 
+@dataclass
+class LiveFakeCall:
+    """What the calls collector reads of a live call: its engine's counts (none yet)."""
+
+    engine: None = None
+
+
 def families(text: str) -> dict[str, prometheus_client.Metric]:
     return {f.name: f for f in text_string_to_metric_families(text)}
 
@@ -44,7 +51,7 @@ def families(text: str) -> dict[str, prometheus_client.Metric]:
 def test_exposition_names_types_and_values() -> None:
     store = FakeStore(queue_depth=7, written=120, dropped=3, retries=5, failed=1)
     calls = CallRegistry()
-    calls.live.update({"CA1": object(), "CA2": object()})  # type: ignore[dict-item]
+    calls.live.update({"CA1": LiveFakeCall(), "CA2": LiveFakeCall()})  # type: ignore[dict-item]
     body, content_type = Metrics.for_app(store, calls).exposition()
 
     assert content_type == prometheus_client.exposition.CONTENT_TYPE_PLAIN_0_0_4
@@ -102,7 +109,7 @@ def test_values_are_read_live_at_scrape_time() -> None:
 
     assert scrape()["telephony_store_rows_written_total"] == 0
     store.written, store.queue_depth = 42, 9
-    calls.live["CA1"] = object()  # type: ignore[assignment]
+    calls.live["CA1"] = LiveFakeCall()  # type: ignore[assignment]
     after = scrape()
     assert after["telephony_store_rows_written_total"] == 42
     assert after["telephony_store_queue_depth"] == 9
@@ -181,11 +188,12 @@ def test_barge_ins_reconnects_and_dropped_audio_from_events() -> None:
     transcript = Transcript()
     metrics.watch_call(transcript, "flux")
     transcript.event(0, "flux-connection", reason="start")  # the first socket: no reconnect
+    transcript.event(0, "speak-connection", reason="start")  # every link's first socket alike
     transcript.event(2000, "barge-in")
     transcript.event(3000, "flux-connection", reason="socket closed", dropped_ms=0)
     transcript.event(9000, "flux-connection", reason="socket closed", dropped_ms=400)
     transcript.event(9500, "flux-connection", reason="socket closed", dropped_ms=1000)
-    transcript.event(9600, "speak-reconnect", reason="timeout")
+    transcript.event(9600, "speak-connection", reason="timeout")
     transcript.event(9700, "dtmf", digit="1")  # not counted anywhere
 
     assert sample(metrics, "telephony_barge_ins_total") == 1

@@ -85,8 +85,8 @@ async def test_aura_drop_is_survived(numbers: Path) -> None:
             faults=[Fault(endpoint="speak", at_ms=1000, kind="drop")],
         ),
     )
-    kinds = [e["kind"] for e in result.as_json()["events"]]
-    assert "speak-reconnect" in kinds
+    speak = [e for e in result.as_json()["events"] if e["kind"] == "speak-connection"]
+    assert [e["reason"] == "start" for e in speak] == [True, False]
     assert tts_text(result.caller.heard, MS_PER_CHAR).endswith("Goodbye!")
     assert [r.form for r in result.rest.requests] == [{"Status": "completed"}]
 

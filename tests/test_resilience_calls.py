@@ -179,3 +179,38 @@ async def test_mid_call_configure_survives_a_reconnect(
     assert flux[0].query["eot_threshold"] == ["0.7"]  # the profile's default
     assert flux[1].query["eot_threshold"] == ["0.85"]  # the reconnect carries the Configure
     assert flux[1].query["keyterm"] == ["Zebulon"]
+
+
+async def test_stuck_turn_threshold_follows_a_mid_call_configure(
+    running_app: RunningApp, fake_deepgram: FakeDeepgram
+) -> None:
+    # The support profile leaves eot_timeout_ms at Flux's 5000 (stuck after 6 s); a Configure
+    # to 1000 ms early in the call must move the watchdog to 2 s after the words stop.
+    sid = "CAreconfigured"
+    fault = Fault(endpoint="flux", at_ms=1000, kind="stuck")
+    fake_deepgram.set_script(
+        sid, Script(turns=[ScriptedTurn.said("hello there")], voiced=True, faults=[fault])
+    )
+
+    async def configure_when_live() -> None:
+        registry = running_app.app.state.registry
+        for _ in range(300):
+            call = registry.live.get(sid)
+            if call is not None and call.engine.flux.first_audio_ms is not None:
+                await call.engine.configure(eot_timeout_ms=1000)
+                return
+            await asyncio.sleep(0.01)
+
+    async with httpx.AsyncClient(base_url=running_app.url) as http:
+        caller = FakeTwilioCaller(running_app.url, auth_token=AUTH_TOKEN, http=http)
+        audio = silence(SPEECH_START_MS) + tone(440, 1200) + silence(6000)
+        await asyncio.gather(
+            caller.dial("+15550001000", call_sid=sid, audio=audio, tail_ms=0),
+            configure_when_live(),
+        )
+    summary = await finished(running_app, sid)
+    assert any(e.kind == "flux-configured" for e in summary.transcript.events)
+    forced = [e.ms for e in summary.transcript.events if e.kind == "turn-watchdog"]
+    assert forced, "the stuck turn was never forced to end"
+    # 1 s eot_timeout + 1 s margin after the last words, not the 6 s of the profile's value.
+    assert forced[0] - SPEECH_END_MS <= 2500, forced

@@ -32,6 +32,7 @@ from telephony.deepgram.clock import AudioMap
 from telephony.deepgram.connection import open_socket
 from telephony.deepgram.listen import ListenClient, ListenOptions
 from telephony.logs import call_logger
+from telephony.session.deepgram_options import listen_options
 from telephony.session.engine import CallContext
 from telephony.session.summary import CallSummary
 from telephony.session.transcribe_engine import TrackTranscriber
@@ -154,7 +155,7 @@ async def test_listen_socket_carries_the_profile_options() -> None:
         keyterms=["Acme", "Roadrunner"],
         tags=["desk"],
     )
-    options = ListenOptions.from_profile(cfg)
+    options = listen_options(cfg)
     async with FakeDeepgram(api_key=DEEPGRAM_KEY) as fake:
         client = ListenClient(fake.url, DEEPGRAM_KEY, options)
         await client.connect()  # the fake refuses (HTTP 400) any parameter Nova does not know
@@ -285,7 +286,7 @@ async def test_a_side_that_never_spoke_closes_cleanly() -> None:
         )
         runner = asyncio.create_task(track.run())
         await fake.wait_for_connection("listen")
-        while track.connections == 0:  # noqa: ASYNC110 - polling the track's own state
+        while track.link.connections == 0:  # noqa: ASYNC110 - polling the track's own state
             await asyncio.sleep(0.01)
         await track.close()
         await asyncio.wait_for(runner, 5)  # no exception
@@ -671,5 +672,5 @@ def test_telephony_call_transcribe_json() -> None:
 def test_a_profile_without_nova_options_gets_the_clients_own_defaults() -> None:
     """TranscribeConfig (the YAML) and ListenOptions (the socket's query) each state Nova's
     defaults: a profile that sets none must ask Deepgram for exactly what the client would."""
-    assert ListenOptions.from_profile(TranscribeConfig()) == ListenOptions()
-    assert ListenOptions.from_profile(None) == ListenOptions()
+    assert listen_options(TranscribeConfig()) == ListenOptions()
+    assert listen_options(None) == ListenOptions()

@@ -34,25 +34,6 @@ E = TypeVar("E")
 ParamValue = str | int | float | bool | Sequence[str] | None
 
 
-class DeepgramSocket:
-    """One client connection to a Deepgram endpoint: connect with auth, then `ws`."""
-
-    def __init__(self, url: str, api_key: str) -> None:
-        self.url = url
-        self._api_key = api_key
-        self._ws: ClientConnection | None = None
-        self._closing = False  # a close we asked for is the end, not a failure
-
-    async def connect(self) -> None:
-        self._ws = await open_socket(self.url, self._api_key)
-
-    @property
-    def ws(self) -> ClientConnection:
-        if self._ws is None:
-            raise RuntimeError(f"{type(self).__name__}.connect() first")
-        return self._ws
-
-
 class KeepAliveRule(Enum):
     WS_PING = "ws-ping"  # Flux
     JSON_WHEN_IDLE = "json-when-idle"  # Nova, Agent

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -35,14 +34,8 @@ from websockets.exceptions import ConnectionClosed
 from telephony.audio import Chunker
 from telephony.deepgram import messages as dm
 from telephony.deepgram.clock import AudioMap
-from telephony.deepgram.connection import (
-    NOVA_KEEPALIVE,
-    DeepgramSocket,
-    KeepAlive,
-    build_url,
-    parse_or_skip,
-    send_now,
-)
+from telephony.deepgram.connection import NOVA_KEEPALIVE, KeepAlive, build_url
+from telephony.deepgram.socket import DeepgramSocket
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +43,6 @@ LISTEN_PATH = "/v1/listen"
 BYTES_PER_MS = 8  # μ-law 8 kHz
 FINALIZE_WAIT_S = 2.0  # for the Results with from_finalize after Finalize
 CLOSE_WAIT_S = 2.0  # for Metadata and the close after CloseStream
-
-
-class ListenFatal(Exception):
-    """Nova sent an Error or closed the socket unasked: the connection is unusable."""
-
-
-def _frozen(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,15 +64,6 @@ class ListenOptions:
     keyterms: tuple[str, ...] = ()  # nova-3
     keywords: tuple[str, ...] = ()  # nova-2
     tags: tuple[str, ...] = field(default=())  # usage tags: profile's, call SID, side
-
-    @classmethod
-    def from_profile(cls, cfg: Any) -> ListenOptions:
-        """From the YAML profile's `transcribe` section (None: the defaults)."""
-        if cfg is None:
-            return cls()
-        values = cfg.model_dump()
-        values["model"] = values.pop("listen_model")
-        return cls(**{f.name: _frozen(values[f.name]) for f in dataclasses.fields(cls)})
 
     def query(self) -> dict[str, Any]:
         return {
@@ -119,17 +95,21 @@ class ListenClient(DeepgramSocket):
     """One Nova connection for one side of the call. Not reusable: reconnecting means a new
     client. `send_audio` never blocks on anything but the socket's own send."""
 
+    endpoint = "listen"
+    label = "Nova"
+
     def __init__(
         self, base_url: str, api_key: str, options: ListenOptions, *, chunk_ms: int = 80
     ) -> None:
-        super().__init__(build_url(base_url, LISTEN_PATH, options.query()), api_key)
+        super().__init__(
+            build_url(base_url, LISTEN_PATH, options.query()),
+            api_key,
+            chunker=Chunker(chunk_ms=chunk_ms, bytes_per_ms=BYTES_PER_MS),
+        )
         self.options = options
-        self._chunker = Chunker(chunk_ms=chunk_ms, bytes_per_ms=BYTES_PER_MS)
         self.map = AudioMap()  # this connection's audio time -> call time
-        self.first_audio_ms: int | None = None  # call time of the first byte: the anchor
         self.bytes_in = 0  # audio given to this connection (sent or in the chunker)
         self._next_ts: int | None = None  # call time where the next frame should start
-        self.keepalive: KeepAlive | None = None
         self.finalized = asyncio.Event()  # a from_finalize Results has been handled
         self.metadata: dm.ListenMetadata | None = None
         self._ended = asyncio.Event()  # the events loop has finished
@@ -149,12 +129,7 @@ class ListenClient(DeepgramSocket):
             self.map.note(self.bytes_in / BYTES_PER_MS, timestamp_ms)
         self.bytes_in += len(ulaw)
         self._next_ts = timestamp_ms + len(ulaw) // BYTES_PER_MS
-        chunk = self._chunker.push(ulaw)
-        if chunk is None:
-            return True
-        if self.keepalive is not None:
-            self.keepalive.audio_sent()
-        return send_now(self.ws, chunk)
+        return self.send_chunked(ulaw)
 
     def to_call_ms(self, seconds: float) -> int:
         return self.map.to_call_ms(seconds)
@@ -163,40 +138,33 @@ class ListenClient(DeepgramSocket):
     def audio_ms(self) -> float:
         return self.bytes_in / BYTES_PER_MS
 
+    def error_of(self, event: object) -> str | None:
+        if isinstance(event, dm.ListenError):
+            what = event.variant or event.code  # `code` is legacy on the wire
+            return f"Nova error {what}: {event.description}"
+        return None
+
     async def events(self) -> AsyncIterator[ListenEvent]:
-        """Server events until the socket closes; Error and unasked-for closes raise
-        ListenFatal. A close after our CloseStream ends the iteration normally."""
+        """Server events until the socket closes; an Error or an unasked-for close raises
+        DeepgramClosed. A close after our CloseStream ends the iteration normally."""
         try:
-            async for raw in self.ws:
-                if isinstance(raw, bytes):
-                    continue  # Nova sends no binary
-                event = parse_or_skip(raw, dm.parse_listen_server, "Nova")
-                if event is None:
-                    continue
-                if isinstance(event, dm.ListenError):
-                    what = event.variant or event.code  # `code` is legacy on the wire
-                    raise ListenFatal(f"Nova error {what}: {event.description}")
+            async for event in self.messages(dm.parse_listen_server):
                 if isinstance(event, dm.ListenMetadata):
                     self.metadata = event
                 yield event
                 # Set once the consumer has handled it, so `finish` knows the words are in.
                 if isinstance(event, dm.Results) and event.from_finalize:
                     self.finalized.set()
-        except ConnectionClosed as exc:
-            if not self._closing:
-                raise ListenFatal(f"Nova closed: {exc.rcvd or 'no close frame'}") from None
         finally:
             self._ended.set()
-        if not self._closing:
-            code, reason = self.ws.close_code, self.ws.close_reason
-            raise ListenFatal(f"Nova closed: {code or 'no status'} {reason or ''}".rstrip())
 
     async def finish(self) -> None:
         """The call is over: tail, Finalize, wait for its finals, CloseStream, wait for the
         close. Every wait is bounded; the events loop must be running to see the finals."""
         if self._ws is None:
             return
-        await self._stop_keepalive()
+        await self.stop_keepalive()
+        assert self._chunker is not None
         with contextlib.suppress(ConnectionClosed):
             tail = self._chunker.flush()  # never empty
             if tail is not None:
@@ -212,17 +180,3 @@ class ListenClient(DeepgramSocket):
                     await self._ended.wait()
         self._closing = True
         await self._ws.close()
-
-    async def abort(self) -> None:
-        """Drop a failed socket at once (no closing handshake to wait for)."""
-        self._closing = True
-        await self._stop_keepalive()
-        if self._ws is not None:
-            self._ws.transport.abort()
-            with contextlib.suppress(Exception):
-                await self._ws.wait_closed()
-
-    async def _stop_keepalive(self) -> None:
-        if self.keepalive is not None:
-            with contextlib.suppress(ConnectionClosed):  # it died with the socket
-                await self.keepalive.stop()

@@ -17,22 +17,12 @@ from collections.abc import AsyncIterator, Callable
 from websockets.exceptions import ConnectionClosed
 
 from telephony.deepgram import messages as dm
-from telephony.deepgram.connection import DeepgramSocket, build_url, parse_or_skip
+from telephony.deepgram.connection import build_url
+from telephony.deepgram.socket import DeepgramSocket
 
 log = logging.getLogger(__name__)
 
 SPEAK_PATH = "/v1/speak"
-CLOSE_TIMEOUT_S = 2.0
-
-
-class SpeakFatal(Exception):
-    """Aura closed the socket. Its errors (bad text, rate limits, internal faults) arrive only
-    as the close frame's code and reason, kept here; Deepgram defines no JSON Error for Aura."""
-
-    def __init__(self, message: str, code: int | None = None, reason: str = "") -> None:
-        super().__init__(message)
-        self.code = code
-        self.reason = reason
 
 
 class FlushBudget:
@@ -60,6 +50,13 @@ class FlushBudget:
 
 
 class SpeakClient(DeepgramSocket):
+    """One Aura connection. Its errors (bad text, rate limits, internal faults) arrive only as
+    the close frame's code and reason (kept on `DeepgramClosed`); Deepgram defines no JSON
+    Error for Aura."""
+
+    endpoint = "speak"
+    label = "Aura"
+
     def __init__(
         self, base_url: str, api_key: str, voice: str, *, budget: FlushBudget | None = None
     ) -> None:
@@ -71,8 +68,11 @@ class SpeakClient(DeepgramSocket):
         self._clearing = False  # audio before `Cleared` belongs to a reply we cancelled
 
     async def speak(self, text: str) -> None:
+        """Text for Aura. On a socket already lost the text is lost with it (the reply's
+        segment ends short); its link replaces the socket, and later text goes there."""
         if text.strip():
-            await self.ws.send(dm.speak(text))
+            with contextlib.suppress(ConnectionClosed):
+                await self.ws.send(dm.speak(text))
 
     async def flush(self, *, force: bool = False) -> bool:
         """Flush if the budget allows (or `force`, e.g. the end of a reply); False if not sent.
@@ -85,7 +85,10 @@ class SpeakClient(DeepgramSocket):
         if not self.budget.take():
             log.warning("Aura flush budget exhausted; text waits for the window")
             return False
-        await self.ws.send(dm.flush())
+        try:
+            await self.ws.send(dm.flush())
+        except ConnectionClosed:
+            return False
         return True
 
     async def clear(self) -> None:
@@ -93,41 +96,25 @@ class SpeakClient(DeepgramSocket):
         with contextlib.suppress(ConnectionClosed):
             await self.ws.send(dm.clear())
 
+    def error_of(self, event: object) -> str | None:
+        if isinstance(event, dm.SpeakError):  # not sent by Aura; kept as a safety net
+            return f"Aura error {event.code}: {event.description}"
+        return None
+
     async def events(self) -> AsyncIterator[bytes | dm.SpeakServerEvent]:
         """Audio chunks and server messages; audio arriving between Clear and Cleared is dropped."""
-        try:
-            async for raw in self.ws:
-                if isinstance(raw, bytes):
-                    if not self._clearing and raw:
-                        yield raw
-                    continue
-                event = parse_or_skip(raw, dm.parse_speak_server, "Aura")
-                if event is None:
-                    continue
-                if isinstance(event, dm.SpeakError):  # not sent by Aura; kept as a safety net
-                    raise SpeakFatal(f"Aura error {event.code}: {event.description}")
-                if isinstance(event, dm.Cleared):
-                    self._clearing = False
-                elif isinstance(event, dm.Flushed) and self._clearing:
-                    continue  # the end of audio we already dropped
-                if isinstance(event, dm.SpeakWarning):
-                    log.warning("Aura warning %s: %s", event.code, event.description)
-                yield event
-        except ConnectionClosed as exc:
-            frame = exc.rcvd  # the error, as Aura reports it: code and reason
-            code, reason = (frame.code, frame.reason) if frame else (None, "")
-            raise SpeakFatal(f"Aura closed: {frame or 'no close frame'}", code, reason) from None
-        if not self._closing:
-            code, reason = self.ws.close_code, self.ws.close_reason or ""
-            raise SpeakFatal(f"Aura closed: {code or 'no status'} {reason}".rstrip(), code, reason)
+        async for event in self.messages(dm.parse_speak_server, binary=True):
+            if isinstance(event, bytes):
+                if not self._clearing and event:
+                    yield event
+                continue
+            if isinstance(event, dm.Cleared):
+                self._clearing = False
+            elif isinstance(event, dm.Flushed) and self._clearing:
+                continue  # the end of audio we already dropped
+            if isinstance(event, dm.SpeakWarning):
+                log.warning("Aura warning %s: %s", event.code, event.description)
+            yield event
 
     async def close(self) -> None:
-        if self._ws is None:
-            return
-        self._closing = True
-        with contextlib.suppress(ConnectionClosed):
-            await self._ws.send(dm.close())
-        with contextlib.suppress(TimeoutError, ConnectionClosed):
-            async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                await self._ws.wait_closed()
-        await self._ws.close()
+        await self.close_politely(dm.close())

@@ -24,22 +24,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
 import orjson
 
 from telephony.deepgram import messages as dm
-from telephony.deepgram.agent import AgentClient, AgentFatal
-from telephony.retry import Backoff, FailureBudget
+from telephony.deepgram.agent import AgentClient
+from telephony.retry import Backoff
 from telephony.session.engine import CallContext
-from telephony.session.fallback import fail_over
+from telephony.session.fallback import hand_over
+from telephony.session.link import Link
 from telephony.session.speech import CUT_BY_CALL_END, CUT_BY_CALLER, BotReply, BotSpeech
 from telephony.session.tasks import TaskSet
+from telephony.session.upstream import Upstream
 from telephony.twilio.playout import Segment
 
-GAP_FRAMES = 500  # 10 s of caller audio kept while the agent socket is replaced
 ACTION_GRACE_S = 3.0  # end_call and then silence for this long: act anyway
 REPLY_OVERDUE_MESSAGE = "Sorry, just a moment."
 SESSION_CAP_S = 7200.0  # Deepgram closes agent sessions after 2 hours
@@ -59,15 +60,23 @@ class AgentEngine:
         *,
         http: httpx.AsyncClient | None = None,
         session_cap_s: float = SESSION_CAP_S,
+        reconnect: Backoff | None = None,
     ) -> None:
         self.ctx = ctx
-        self._new_client = client
-        self.client = client(None)
-        self._backoff = Backoff()
-        self._budget = FailureBudget()
-        self._reconnecting = False
-        self._keepalives_before = 0  # sent on agent sockets this call has replaced
-        self._gap_audio: deque[tuple[int, bytes]] = deque(maxlen=GAP_FRAMES)
+        # Caller audio waits here while the agent socket is replaced (bounded, drops counted);
+        # the agent settles nothing we could replay, so no recent window is kept.
+        self.upstream = Upstream(recent_frames=0)
+        self._context_next: list[dict[str, Any]] | None = None  # a new socket's Settings context
+        self.link = Link(
+            ctx,
+            "agent",
+            lambda: client(self._context_next),
+            give_up=self._give_up,
+            upstream=self.upstream,
+            on_lost=self._lost,
+            on_live=self._on_live,
+            backoff=reconnect,
+        )
         self.speech = BotSpeech(ctx, on_finished=self._reply_finished)
         self._http = http
         self._session_cap_s = session_cap_s
@@ -79,80 +88,59 @@ class AgentEngine:
         self._pending_action: str | None = None  # end_call / transfer_call / session cap
         self._action_after = 0  # ...runs once a reply numbered >= this has played
         self._action_call: str | None = None  # the function call's id that asked for it
-        self._action_timer: asyncio.Task[None] | None = None
-        self._nudge_timer: asyncio.Task[None] | None = None
-        self._reply_timer: asyncio.Task[None] | None = None
         self._calls: dict[str, asyncio.Task[None]] = {}  # function calls not yet answered
         # The server's History as Settings context entries; None until the first arrives.
         self._history: list[dict[str, Any]] | None = None
         self._given: list[dict[str, Any]] = []  # the context this socket started from
+        self._context_source = ""  # "server" (its History) or "transcript"
         self._echo: deque[dict[str, Any]] = deque()  # ...in case the server sends it back
         self._last_sent: BotReply | None = None  # a reply a LatencyReport may still follow
         self._tasks = TaskSet(ctx.log)
+        self._action_timer = self._tasks.timer("action-grace", self._action_grace_over)
+        self._nudge_timer = self._tasks.timer("nudge", self._nudge)
+        self._reply_timer = self._tasks.timer("reply-watchdog", self._reply_overdue)
         agent = ctx.profile.agent
         self._functions = {f.name: f for f in agent.functions} if agent else {}
 
     # --- Engine interface -------------------------------------------------------------------
 
+    @property
+    def client(self) -> AgentClient:
+        return self.link.client
+
     async def run(self) -> None:
-        await self.client.connect()
+        # A start the link cannot make hands the call over (and never returns).
+        await self.link.start()
         self._tasks.spawn(self._session_cap(), "session-cap")
-        while True:
-            try:
-                async for event in self.client.events():
-                    if isinstance(event, bytes):
-                        self._on_audio(event)
-                    else:
-                        await self._on_event(event)
-                return  # we closed it: the call is over
-            except AgentFatal as exc:
-                if not await self._reconnect(str(exc)):
-                    await self.ctx.playout.clear()
-                    await fail_over(self.ctx, str(exc))
-                    await asyncio.Event().wait()  # Twilio now runs the new TwiML and stops us
+        await self.link.run(self._on_server)
+
+    async def _on_server(self, event: dm.AgentServerEvent | bytes) -> None:
+        if isinstance(event, bytes):
+            self._on_audio(event)
+        else:
+            await self._on_event(event)
 
     def on_caller_audio(self, timestamp_ms: int, payload: bytes) -> None:
-        if self._reconnecting:  # kept (bounded) for the next socket
-            self._gap_audio.append((timestamp_ms, payload))
-            return
-        self.client.send_audio(timestamp_ms, payload)  # buffered until SettingsApplied
+        self.upstream.push(timestamp_ms, payload)  # the client holds it until SettingsApplied
 
-    async def _reconnect(self, reason: str) -> bool:
-        """A new agent socket whose Settings carry the conversation so far (no new greeting).
-
-        Kept: the transcript, as context for the agent's LLM. Lost: the reply that was being
-        spoken (it ends where the audio stopped) and anything the agent was thinking.
+    def _lost(self, reason: str) -> None:
+        """The agent socket failed. Its successor's Settings carry the conversation so far (no
+        new greeting). Kept: the transcript, as context for the agent's LLM. Lost: the reply
+        that was being spoken (it ends where its audio stopped) and what the agent was thinking.
         """
-        self.ctx.log.warning("agent connection lost: %s", reason)
-        if not self._budget.spend(asyncio.get_running_loop().time()):
-            return False
-        self._reconnecting = True
-        if self._reply is not None:  # the reply being spoken is cut where its audio stopped
+        if self._reply is not None:
             self._end_reply(complete=False)
-        self._keepalives_before += self.client.keepalives_sent
-        with contextlib.suppress(Exception):
-            await self.client.close()
-        context, source = self._context()
+        context, self._context_source = self._context()
+        self._context_next = context
         self._given, self._echo = context, deque(context)
-        for delay in self._backoff.delays():
-            await asyncio.sleep(delay)
-            client = self._new_client(context)
-            for ts, payload in self._gap_audio:  # held by the client until SettingsApplied
-                client.send_audio(ts, payload)
-            self._gap_audio.clear()
-            self.client, self._reconnecting = client, False
-            try:
-                await client.connect()
-            except Exception as exc:  # refused handshake, no Welcome: back off and retry
-                self.ctx.log.warning("agent reconnect failed: %s", exc)
-                self._reconnecting = True
-                continue
-            ms = self.ctx.now_ms()
-            self.ctx.transcript.event(
-                ms, "agent-reconnect", reason=reason, context=len(context), source=source
-            )
-            return True
-        return False
+
+    def _on_live(self, client: AgentClient, reason: str) -> dict[str, Any]:
+        if self._context_next is None:
+            return {}
+        return {"context": len(self._context_next), "source": self._context_source}
+
+    async def _give_up(self, endpoint: str, reason: str) -> None:
+        await hand_over(self.ctx, endpoint, reason)
 
     def _context(self) -> tuple[list[dict[str, Any]], str]:
         """The conversation so far for a new socket's Settings, and where it came from.
@@ -176,7 +164,14 @@ class AgentEngine:
     @property
     def keepalives_sent(self) -> int:
         """JSON KeepAlives sent on every agent socket of this call (for the metrics)."""
-        return self._keepalives_before + self.client.keepalives_sent
+        return self.link.keepalives_sent
+
+    @property
+    def interim(self) -> Mapping[str, str]:
+        return {}  # the agent's turns are not shown live
+
+    def on_outbound_audio(self, timestamp_ms: int, payload: bytes) -> None:
+        """A bot stream carries no outbound track."""
 
     def on_dtmf(self, ms: int, digit: str) -> None:
         self.ctx.transcript.event(ms, "dtmf", digit=digit)
@@ -186,8 +181,10 @@ class AgentEngine:
         self.speech.close()
         self._tasks.cancel_all()
         self.speech.cancel_actions()
-        with contextlib.suppress(Exception):
-            await self.client.close()
+        self.link.closing = True
+        if self.link.connected:
+            with contextlib.suppress(Exception):
+                await self.client.close()
 
     # --- mid-call control -------------------------------------------------------------------
 
@@ -209,28 +206,20 @@ class AgentEngine:
 
     def _watch_for_reply(self) -> None:
         """The caller finished: if the agent says nothing in time, prompt it (no dead air)."""
-        if self._reply_timer is not None:
-            self._reply_timer.cancel()
         agent = self.ctx.profile.agent
-        timeout_s = agent.reply_timeout_s if agent else 8.0
-        self._reply_timer = self._tasks.spawn(self._reply_overdue(timeout_s), "reply-watchdog")
+        self._reply_timer.start(agent.reply_timeout_s if agent else 8.0)
 
-    async def _reply_overdue(self, after_s: float) -> None:
-        await asyncio.sleep(after_s)
-        self._reply_timer = None
+    async def _reply_overdue(self) -> None:
         self.ctx.transcript.event(self.ctx.now_ms(), "reply-watchdog")
         await self.say(REPLY_OVERDUE_MESSAGE)
 
     def _open_reply(self) -> BotReply:
-        if self._reply_timer is not None:
-            self._reply_timer.cancel()
-            self._reply_timer = None
+        self._reply_timer.cancel()
         reply = self.speech.new_reply()
         reply.eot_ms, reply.eot_at = self._last_caller_end_ms, self._last_caller_end_at
         self._last_caller_end_ms = self._last_caller_end_at = None
         self._reply = reply
-        if self._nudge_timer is not None:
-            self._nudge_timer.cancel()
+        self._nudge_timer.cancel()
         return reply
 
     def _end_reply(self, *, complete: bool = True) -> None:
@@ -305,14 +294,13 @@ class AgentEngine:
 
     async def _barge_in(self, ms: int) -> None:
         self._user_started_ms = ms
-        if self._nudge_timer is not None:
-            self._nudge_timer.cancel()
+        self._nudge_timer.cancel()
         if await self.speech.barge_in(ms):
             self._reply, self._segment = None, None
             if self._pending_action is not None:  # asked for, goodbye not yet spoken
                 self.ctx.transcript.event(ms, "action-cancelled", action=self._pending_action)
                 self._pending_action = None
-                self._cancel_action_timer()
+                self._action_timer.cancel()
 
     def _reply_finished(self, reply: BotReply) -> None:
         if reply.cut_by in (CUT_BY_CALLER, CUT_BY_CALL_END):  # a drop still counts as said
@@ -323,9 +311,7 @@ class AgentEngine:
             return
         nudge_s = self.ctx.profile.agent.silence_nudge_s if self.ctx.profile.agent else None
         if nudge_s:
-            if self._nudge_timer is not None:
-                self._nudge_timer.cancel()
-            self._nudge_timer = self._tasks.spawn(self._nudge(nudge_s), "nudge")
+            self._nudge_timer.start(nudge_s)
 
     def _on_history(self, event: dm.History) -> None:
         entry = event.to_dict()
@@ -363,9 +349,8 @@ class AgentEngine:
         turn = reply.turn.index if reply is not None and reply.turn is not None else None
         self.ctx.transcript.event(ms, "latency-report", turn=turn, **report)
 
-    async def _nudge(self, after_s: float) -> None:
+    async def _nudge(self) -> None:
         """Caller silence for N s after the bot finished playing: prompt them."""
-        await asyncio.sleep(after_s)
         self.ctx.transcript.event(self.ctx.now_ms(), "nudge")
         await self.say(self.ctx.profile.agent.nudge_message)  # type: ignore[union-attr]
 
@@ -394,7 +379,7 @@ class AgentEngine:
         if self._pending_action is not None and self._action_call == cancelled.id:
             data["action"] = self._pending_action
             self._pending_action = self._action_call = None
-            self._cancel_action_timer()
+            self._action_timer.cancel()
         self.ctx.transcript.event(ms, "function-cancelled", **data)
 
     async def _run_function(self, call: dm.FunctionCall) -> str:
@@ -422,28 +407,20 @@ class AgentEngine:
         """Hang up / transfer after the next thing the agent says, or after a quiet grace."""
         self._pending_action, self._action_after = action, self.speech.started
         self._action_call = call_id
-        self._cancel_action_timer()
-        self._action_timer = self._tasks.spawn(self._act_without_goodbye(), "action-grace")
+        self._action_timer.start(ACTION_GRACE_S)
 
     def _run_pending_action(self) -> None:
         action, self._pending_action = self._pending_action, None
-        self._cancel_action_timer()
+        self._action_timer.cancel()
         if action is not None:
             self.speech.act(action)
 
-    async def _act_without_goodbye(self) -> None:
+    def _action_grace_over(self) -> None:
         """The goodbye came before the request, or none came: do not hold the line open."""
-        while True:
-            await asyncio.sleep(ACTION_GRACE_S)
-            if self._reply is None and not self.speech.audible:
-                self._action_timer = None
-                self._run_pending_action()
-                return
-
-    def _cancel_action_timer(self) -> None:
-        if self._action_timer is not None:
-            self._action_timer.cancel()
-            self._action_timer = None
+        if self._reply is None and not self.speech.audible:
+            self._run_pending_action()
+        else:  # the agent is still speaking: look again after another grace
+            self._action_timer.start(ACTION_GRACE_S)
 
     # --- the 2-hour cap -----------------------------------------------------------------------
 

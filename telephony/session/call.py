@@ -141,7 +141,6 @@ class Call:
             )
         # Twilio's `outbound` track (a both_tracks fork): what the caller hears. Only engines
         # that transcribe it take it; its frames never touch the inbound clock or gap fill.
-        self._on_outbound_audio = getattr(self.engine, "on_outbound_audio", None)
 
     @property
     def call_sid(self) -> str:
@@ -344,8 +343,8 @@ class Call:
             out_ts = msg.timestamp + self._clock_offset_ms
             if self.recorder is not None:  # the person on the call: the recording's right side
                 self.recorder.outbound(out_ts, msg.payload)
-            if self._on_outbound_audio is not None:
-                self._on_outbound_audio(out_ts, msg.payload)
+            if self.engine is not None:
+                self.engine.on_outbound_audio(out_ts, msg.payload)
             return
         stats = self.summary.stats
         ts = msg.timestamp + self._clock_offset_ms

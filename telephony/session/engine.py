@@ -1,16 +1,15 @@
 """The interface a call drives, implemented by the Flux, Voice Agent and Transcribe engines.
 
 The call owns the Twilio socket, the playout and the transcript; an engine owns its Deepgram
-sockets and decides what to say. Engines report through the same `CallContext`, so
-transcript rows, barge-in handling and actions have one implementation. An engine that also
-takes Twilio's `outbound` track (a both_tracks fork: what the caller hears) has an
-`on_outbound_audio(timestamp_ms, payload)` method, synchronous like `on_caller_audio`; the
-call looks for it once.
+sockets (each under a `Link`, telephony/session/link.py) and decides what to say. Engines
+report through the same `CallContext`, so transcript rows, barge-in handling and actions have
+one implementation. Everything the call, the metrics and the staff UI read of an engine is
+declared here, so none of them probes for attributes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,7 +31,22 @@ class Engine(Protocol):
         reading the next frame, so it writes to a socket or holds the frame, never waits."""
         ...
 
+    def on_outbound_audio(self, timestamp_ms: int, payload: bytes) -> None:
+        """Twilio's `outbound` track (a both_tracks fork: what the caller hears), synchronous
+        like `on_caller_audio`. Only the transcribe engine uses it; bot streams carry none."""
+        ...
+
     def on_dtmf(self, ms: int, digit: str) -> None: ...
+
+    @property
+    def keepalives_sent(self) -> int:
+        """JSON KeepAlives sent on every Deepgram socket of the call so far (for /metrics)."""
+        ...
+
+    @property
+    def interim(self) -> Mapping[str, str]:
+        """Per side, the words of a turn still in progress (the staff UI's live view)."""
+        ...
 
     async def close(self) -> None:
         """The call is over: flush and close upstream sockets politely."""
@@ -57,3 +71,4 @@ class CallContext:
     # How the call is ending, said before the REST action that ends it (hang_up and transfer
     # say it themselves): e.g. the failover's redirect.
     mark_outcome: Callable[[Outcome, str], None] = lambda outcome, detail: None
+    handed_over: bool = False  # the failover redirect was asked for (once per call)

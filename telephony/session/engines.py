@@ -6,12 +6,13 @@ from dataclasses import replace
 
 import httpx
 
-from telephony.deepgram.agent import AgentClient, settings_for_profile
-from telephony.deepgram.flux import FluxClient, FluxOptions
-from telephony.deepgram.listen import ListenClient, ListenOptions
+from telephony.deepgram.agent import AgentClient
+from telephony.deepgram.flux import FluxClient
+from telephony.deepgram.listen import ListenClient
 from telephony.deepgram.speak import SpeakClient
 from telephony.responder import build_responder
 from telephony.session.agent_engine import AgentEngine
+from telephony.session.deepgram_options import agent_settings, flux_options, listen_options
 from telephony.session.engine import CallContext, Engine
 from telephony.session.flux_engine import FluxEngine
 from telephony.session.transcribe_engine import TranscribeEngine
@@ -29,7 +30,7 @@ def build_engine(
     profile, settings = ctx.profile, ctx.settings
     key = settings.deepgram_api_key.get_secret_value()
     if profile.mode == "transcribe" or transcribe:
-        base = ListenOptions.from_profile(profile.transcribe)
+        base = listen_options(profile.transcribe)
 
         def listen(role: Role) -> ListenClient:
             # Usage tags: the call and the side first (the fake Deepgram picks scripts by them)
@@ -39,7 +40,7 @@ def build_engine(
         return TranscribeEngine(ctx, listen)
     if profile.mode == "flux":
         assert profile.responder is not None  # the config schema requires it in flux mode
-        options = replace(FluxOptions.from_profile(profile.flux), tag=ctx.call_sid)
+        options = replace(flux_options(profile.flux), tag=ctx.call_sid)
         return FluxEngine(
             ctx,
             build_responder(profile.responder, http=http),
@@ -50,7 +51,7 @@ def build_engine(
     if profile.mode == "agent":
 
         def client(context: list[dict[str, str]] | None) -> AgentClient:
-            body = settings_for_profile(profile, context=context)
+            body = agent_settings(profile, context=context)
             return AgentClient(settings.deepgram_agent_url, key, body)
 
         return AgentEngine(ctx, client, http=http, session_cap_s=settings.agent_session_cap_s)

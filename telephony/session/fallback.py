@@ -7,6 +7,8 @@ Twilio runs the new TwiML in place of our stream: never dead air.
 
 from __future__ import annotations
 
+import asyncio
+
 from telephony.session.engine import CallContext
 from telephony.session.outcome import Outcome
 from telephony.twilio.calls import apology_twiml
@@ -15,11 +17,26 @@ FAILURE_APOLOGY = "Sorry, we're having technical trouble on this line."
 TRANSFER_APOLOGY = FAILURE_APOLOGY + " Let me connect you with a colleague."
 
 
-async def fail_over(ctx: CallContext, reason: str) -> None:
+async def fail_over(ctx: CallContext, reason: str, *, endpoint: str | None = None) -> None:
+    """Redirect the call to the apology and the hand-over; once per call, whichever link
+    failed first (a second failing link has nothing left to hand over)."""
+    if ctx.handed_over:
+        return
+    ctx.handed_over = True
     transfer_to = ctx.profile.transfer_number if ctx.profile.on_failure == "transfer" else None
-    ctx.transcript.event(
-        ctx.now_ms(), "upstream-failed", reason=reason, then="transfer" if transfer_to else "hangup"
-    )
+    then = "transfer" if transfer_to else "hangup"
+    data = {"endpoint": endpoint} if endpoint else {}
+    ctx.transcript.event(ctx.now_ms(), "upstream-failed", reason=reason, then=then, **data)
     message = TRANSFER_APOLOGY if transfer_to else FAILURE_APOLOGY
     ctx.mark_outcome(Outcome.FAILOVER, reason)
     await ctx.redirect(apology_twiml(message, transfer_to))
+
+
+async def hand_over(ctx: CallContext, endpoint: str, reason: str) -> None:
+    """A bot's Deepgram link is gone for good (its `Link` gave up): stop what the caller hears,
+    apologise and hand over, then wait — Twilio runs the new TwiML and ends our stream, and the
+    call's end cancels this. Never returns, so no engine ends the call with a bare close."""
+    if not ctx.handed_over:
+        await ctx.playout.clear()
+        await fail_over(ctx, reason, endpoint=endpoint)
+    await asyncio.Event().wait()

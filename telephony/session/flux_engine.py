@@ -16,21 +16,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from websockets.exceptions import ConnectionClosed
 
-from telephony.audio import FRAME_MS
 from telephony.deepgram import messages as dm
 from telephony.deepgram.clock import CallClock
-from telephony.deepgram.flux import FluxClient, FluxFatal, FluxOptions
+from telephony.deepgram.flux import FluxClient, FluxOptions
 from telephony.deepgram.speak import SpeakClient
 from telephony.responder import Responder
-from telephony.retry import Backoff, FailureBudget
+from telephony.retry import Backoff
 from telephony.session.engine import CallContext
-from telephony.session.fallback import fail_over
+from telephony.session.fallback import hand_over
 from telephony.session.flux_replies import FluxReplies
+from telephony.session.link import Link
 from telephony.session.tasks import TaskSet
 from telephony.session.upstream import Upstream
 
@@ -38,6 +38,7 @@ DTMF_GAP_S = 1.5  # digits typed closer together than this form one entry
 REPLAY_TAIL_MS = 1000  # with no turn open, what may have been in flight when the socket died
 WATCHDOG_TICK_S = 0.25  # how often the stuck-turn watchdog looks while Flux reconnects
 FORCE_ANSWER_S = 1.0  # ForceEndTurn unanswered this long: the socket is not listening
+EOT_TIMEOUT_DEFAULT_MS = 5000  # Flux's eot_timeout_ms when the profile leaves it unset
 
 
 class FluxEngine:
@@ -54,37 +55,61 @@ class FluxEngine:
         reconnect: Backoff | None = None,
     ) -> None:
         self.ctx = ctx
-        self._new_flux = flux
         self.options = options  # what Flux confirmed last: a reconnect's URL carries it
-        self.flux = flux(options)
         self.clock = CallClock()
-        self._backoff = reconnect or Backoff()
         self._tasks = TaskSet(ctx.log)
-        self.replies = FluxReplies(ctx, responder, speak, self._tasks, self._backoff)
+        self.upstream = Upstream()  # caller audio to Flux: sent, held, replayed
+        self.link = Link(
+            ctx,
+            "flux",
+            lambda: flux(self.options),
+            give_up=self._give_up,
+            upstream=self.upstream,
+            replay=self._replay_frames,
+            on_live=self._on_live,
+            backoff=reconnect,
+        )
+        self.replies = FluxReplies(ctx, responder, speak, self._tasks, self._give_up, reconnect)
         self._turn_open = False
         self._dtmf: list[str] = []
-        self._dtmf_task: asyncio.Task[None] | None = None
+        self._dtmf_timer = self._tasks.timer("dtmf", self._dtmf_entry)
+        self._watchdog_task: asyncio.Task[None] | None = None
         self._dtmf_for_turn = ""
-        self.upstream = Upstream()  # caller audio to Flux: sent, held, replayed
         self._turn_start_ms: int | None = None
         self._last_turn_end_ms = 0
         self._last_update = ""
         self._last_progress_at = 0.0
         self._forced_at: float | None = None
-        self._budget = FailureBudget()
+
+    @property
+    def flux(self) -> FluxClient:
+        return self.link.client
+
+    @property
+    def keepalives_sent(self) -> int:
+        """Flux is kept alive by WebSocket pings only: no JSON KeepAlive, ever."""
+        return 0
+
+    @property
+    def interim(self) -> Mapping[str, str]:
+        return {}  # Flux turns are not shown live
+
+    def on_outbound_audio(self, timestamp_ms: int, payload: bytes) -> None:
+        """A bot stream carries no outbound track."""
 
     # --- Engine interface -------------------------------------------------------------------
 
     async def run(self) -> None:
-        await asyncio.gather(self.flux.connect(), self.replies.speak.connect())
-        await self._go_live([], "start")  # caller audio from before Flux was up goes first
+        # Both links retry a refused start; one that cannot start hands the call over (and
+        # never returns), so past this point both sockets are up.
+        await asyncio.gather(self.link.start(), self.replies.link.start())
         greeting = self.ctx.profile.greeting
         if greeting:
             self.replies.say_fixed(greeting, interruptible=self.ctx.profile.greeting_interruptible)
+        self._restart_watchdog()
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._flux_loop(), name="flux-events")
+            tg.create_task(self.link.run(self._on_flux_event), name="flux-events")
             tg.create_task(self.replies.run(), name="speak-events")
-            tg.create_task(self._watchdog(), name="turn-watchdog")
 
     def on_caller_audio(self, timestamp_ms: int, payload: bytes) -> None:
         self.upstream.push(timestamp_ms, payload)
@@ -92,32 +117,20 @@ class FluxEngine:
     def on_dtmf(self, ms: int, digit: str) -> None:
         self.ctx.transcript.event(ms, "dtmf", digit=digit)
         self._dtmf.append(digit)
-        if self._dtmf_task is not None:
-            self._dtmf_task.cancel()
-        delay = 0.0 if digit == "#" else DTMF_GAP_S
-        self._dtmf_task = self._tasks.spawn(self._dtmf_entry(delay), "dtmf")
+        self._dtmf_timer.start(0.0 if digit == "#" else DTMF_GAP_S)
 
     async def close(self) -> None:
         speech = self.replies.speech
         speech.close()
         self._tasks.cancel_all()
         speech.cancel_actions()
-        with contextlib.suppress(Exception):
-            await self.flux.close()
-        with contextlib.suppress(Exception):
-            await self.replies.speak.close()
+        for link in (self.link, self.replies.link):
+            link.closing = True
+            if link.connected:
+                with contextlib.suppress(Exception):
+                    await link.client.close()
 
     # --- Flux events --------------------------------------------------------------------------
-
-    async def _flux_loop(self) -> None:
-        while True:
-            try:
-                async for event in self.flux.events():
-                    await self._on_flux_event(event)
-                return  # we closed it: the call is over
-            except FluxFatal as exc:
-                if not await self._reconnect(str(exc)):
-                    return
 
     async def _on_flux_event(self, event: dm.FluxServerEvent) -> None:
         if isinstance(event, dm.TurnInfo):
@@ -148,8 +161,10 @@ class FluxEngine:
         )
 
     def _configured(self, ok: dm.ConfigureSuccess) -> None:
-        """Remember what Flux applied, so a reconnect's URL carries it."""
+        """Remember what Flux applied, so a reconnect's URL carries it (and the watchdog's
+        threshold follows it)."""
         th = ok.thresholds
+        before = self.options.eot_timeout_ms
         self.options = replace(
             self.options,
             eot_threshold=th.get("eot_threshold", self.options.eot_threshold),
@@ -158,32 +173,10 @@ class FluxEngine:
             keyterms=tuple(ok.keyterms),
         )
         self.ctx.transcript.event(self.ctx.now_ms(), "flux-configured", thresholds=dict(th))
+        if self.options.eot_timeout_ms != before:
+            self._restart_watchdog()  # it may be asleep on the old threshold
 
     # --- reconnect ------------------------------------------------------------------------------
-
-    async def _reconnect(self, reason: str) -> bool:
-        """Replace a failed Flux socket; audio from the gap (and the open turn) is replayed."""
-        self.upstream.live = False
-        lost_at = asyncio.get_running_loop().time()
-        self.ctx.log.warning("Flux connection lost: %s", reason)
-        await self.flux.abort()
-        if not self._budget.spend(asyncio.get_running_loop().time()):
-            await self._give_up(f"{reason} (repeated failures)")
-            return False
-        replay = self._replay_frames()
-        for delay in self._backoff.delays():
-            await asyncio.sleep(delay)
-            client = self._new_flux(self.options)
-            try:
-                await client.connect()
-            except Exception as exc:  # handshake refused, 429, network: back off and retry
-                self.ctx.log.warning("Flux reconnect failed: %s", exc)
-                continue
-            self.flux = client
-            await self._go_live(replay, reason, lost_at)
-            return True
-        await self._give_up(reason)
-        return False
 
     def _replay_frames(self) -> list[tuple[int, bytes]]:
         """Sent frames Flux must hear again: the open turn from its start, else the last 1 s
@@ -197,51 +190,43 @@ class FluxEngine:
             start = max(self._last_turn_end_ms, last - REPLAY_TAIL_MS)
         return self.upstream.sent_since(start)
 
-    async def _go_live(
-        self, replay: list[tuple[int, bytes]], reason: str, lost_at: float | None = None
-    ) -> None:
-        """Send the replay, then everything that waited, then switch to direct sending."""
-        self._turn_open = False  # a new connection starts with no turn; replay reopens it
-        self.upstream.go_live(self.flux.send_audio, replay)  # False: the events loop reconnects
-        offset = self.flux.first_audio_ms
+    def _on_live(self, client: FluxClient, reason: str) -> dict[str, int]:
+        """A new socket took the replay: anchor its audio times to the call clock."""
+        self._turn_open = False  # a new connection starts with no turn; the replay reopens it
+        offset = client.first_audio_ms
         if offset is None:  # nothing sent yet: the next frame anchors it
             offset = self.ctx.now_ms()
-            self.flux.first_audio_ms = offset
+            client.first_audio_ms = offset
         anchor = self.clock.anchor(offset, reason)
-        self.ctx.transcript.event(
-            self.ctx.now_ms(),
-            "flux-connection",
-            connection=anchor.connection,
-            offset_ms=anchor.offset_ms,
-            reason=reason,
-            replayed_ms=len(replay) * FRAME_MS,
-            dropped_ms=self.upstream.dropped_frames * FRAME_MS,
-        )
-        if lost_at is not None:  # socket lost -> new socket live with the replay sent
-            ms = round((asyncio.get_running_loop().time() - lost_at) * 1000, 1)
-            self.ctx.transcript.events[-1].data["reconnect_ms"] = ms
+        return {"connection": anchor.connection, "offset_ms": anchor.offset_ms}
 
-    async def _give_up(self, reason: str) -> None:
-        """Flux is gone for good: apologise and hand over (through Twilio alone)."""
-        self.upstream.stop()  # no socket will take the audio any more
-        await self.replies.speak.clear()
-        await self.ctx.playout.clear()
-        await fail_over(self.ctx, reason)
+    async def _give_up(self, endpoint: str, reason: str) -> None:
+        """Flux or Aura is gone for good: nothing more is heard or answered; apologise and
+        hand over through Twilio alone."""
+        self.upstream.stop()
+        self.replies.drop_all()
+        await hand_over(self.ctx, endpoint, reason)
 
     # --- stuck turns ----------------------------------------------------------------------------
+
+    def _restart_watchdog(self) -> None:
+        if self._watchdog_task is not None:
+            self._watchdog_task.cancel()
+        self._watchdog_task = self._tasks.spawn(self._watchdog(), "turn-watchdog")
 
     async def _watchdog(self) -> None:
         """An open turn whose words stopped growing eot_timeout_ms (+ 1 s) ago should have
         ended: it is stuck, or the socket went silent. ForceEndTurn first; if even that gets no
         answer, end the turn from the last Update ourselves and replace the socket."""
         loop = asyncio.get_running_loop()
-        stuck_after_s = (self.flux.options.eot_timeout_ms or 5000) / 1000 + 1
         while True:
+            # From what Flux confirmed last: a mid-call Configure moves the threshold.
+            stuck_after_s = (self.options.eot_timeout_ms or EOT_TIMEOUT_DEFAULT_MS) / 1000 + 1
             # Sleep until the first moment anything could be due, not on a clock: hundreds of
             # calls would otherwise wake four times a second each to find nothing to do.
             now = loop.time()
-            if not self.upstream.live:
-                due = now + WATCHDOG_TICK_S  # reconnecting: look again soon
+            if not self.upstream.live:  # reconnecting (or given up): look again soon
+                due = now + WATCHDOG_TICK_S
             elif not self._turn_open:
                 # A turn that opens from now on has words newer than now (StartOfTurn is
                 # progress), so it cannot be stuck before this.
@@ -314,9 +299,8 @@ class FluxEngine:
 
     # --- DTMF ---------------------------------------------------------------------------------
 
-    async def _dtmf_entry(self, delay_s: float) -> None:
+    async def _dtmf_entry(self) -> None:
         """Digits end the caller's turn: with Flux mid-turn, via ForceEndTurn; else alone."""
-        await asyncio.sleep(delay_s)
         digits = "".join(d for d in self._dtmf if d != "#")
         self._dtmf.clear()
         if not digits:

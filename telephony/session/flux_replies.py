@@ -19,10 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from telephony.deepgram import messages as dm
-from telephony.deepgram.speak import SpeakClient, SpeakFatal
+from telephony.deepgram.speak import SpeakClient
 from telephony.responder import Message, Responder, ResponderError, SentenceChunker
 from telephony.retry import Backoff
 from telephony.session.engine import CallContext
+from telephony.session.link import GiveUp, Link
 from telephony.session.speech import BotReply, BotSpeech
 from telephony.session.tasks import TaskSet
 from telephony.twilio.playout import Segment
@@ -38,7 +39,7 @@ class FluxReply(BotReply):
 
 
 class FluxReplies:
-    """One call's replies; `tasks` and `backoff` are the engine's, so closing it ends them."""
+    """One call's replies; `tasks` and `give_up` are the engine's, so closing it ends them."""
 
     def __init__(
         self,
@@ -46,13 +47,14 @@ class FluxReplies:
         responder: Responder,
         speak: Callable[[], SpeakClient],
         tasks: TaskSet,
-        backoff: Backoff,
+        give_up: GiveUp,
+        backoff: Backoff | None = None,
     ) -> None:
         self.ctx = ctx
         self.responder = responder
-        self._new_speak = speak
-        self.speak = speak()
-        self._backoff = backoff
+        self.link = Link(
+            ctx, "speak", speak, give_up=give_up, on_lost=self._speak_lost, backoff=backoff
+        )
         self._tasks = tasks
         self.speech = BotSpeech(ctx, on_finished=self._remember)
         self.history: list[Message] = []
@@ -180,15 +182,13 @@ class FluxReplies:
 
     # --- Aura audio -> playout --------------------------------------------------------------
 
+    @property
+    def speak(self) -> SpeakClient:
+        return self.link.client
+
     async def run(self) -> None:
-        """Aura's events until we close it, replacing the socket when it fails."""
-        while True:
-            try:
-                async for event in self.speak.events():
-                    self._on_speak_event(event)
-                return  # we closed it: the call is over
-            except SpeakFatal as exc:
-                await self._reconnect_speak(str(exc))
+        """Aura's events until we close it; its link replaces a socket that fails."""
+        await self.link.run(self._on_speak_event)
 
     def _on_speak_event(self, event: bytes | dm.SpeakServerEvent) -> None:
         if isinstance(event, bytes):
@@ -198,21 +198,16 @@ class FluxReplies:
         elif isinstance(event, dm.Flushed) and self._flush_groups:
             self.speech.end_segment(self._flush_groups.popleft()[1])
 
-    async def _reconnect_speak(self, reason: str) -> None:
+    def _speak_lost(self, reason: str) -> None:
         """Aura dropped: what it had not yet spoken is lost; close those segments with the
-        audio that did arrive (so their replies finish) and carry on with a new socket."""
-        self.ctx.log.warning("Aura connection lost: %s", reason)
+        audio that did arrive (so their replies finish); the link connects a new socket."""
         while self._flush_groups:
             self.speech.end_segment(self._flush_groups.popleft()[1], complete=False)
-        for delay in self._backoff.delays():
-            await asyncio.sleep(delay)
-            client = self._new_speak()
-            try:
-                await client.connect()
-            except Exception as exc:
-                self.ctx.log.warning("Aura reconnect failed: %s", exc)
-                continue
-            self.speak = client
-            self.ctx.transcript.event(self.ctx.now_ms(), "speak-reconnect", reason=reason)
-            return
-        raise SpeakFatal(f"Aura unreachable after {reason}")
+
+    def drop_all(self) -> None:
+        """The call is being handed over: nothing more is generated or spoken."""
+        self.drop_speculation()
+        for reply in self.speech.audible:
+            if isinstance(reply, FluxReply) and reply.task is not None:
+                reply.task.cancel()
+        self._flush_groups.clear()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from telephony.logs import CallLogger
@@ -43,3 +43,43 @@ class TaskSet:
         self._cancelled = True
         for task in list(self._tasks):
             task.cancel()
+
+    def timer(self, name: str, action: Callable[[], Awaitable[None] | None]) -> Timer:
+        """A restartable one-shot timer whose firing runs `action` as one of these tasks."""
+        return Timer(self, name, action)
+
+
+class Timer:
+    """A one-shot timer: `start(after_s)` arms it (re-arming an armed one), `cancel()` disarms.
+
+    The wait is one task at a time, spawned on the engine's TaskSet (so it ends with the call);
+    `action` may be sync or async and may start the timer again.
+    """
+
+    def __init__(
+        self, tasks: TaskSet, name: str, action: Callable[[], Awaitable[None] | None]
+    ) -> None:
+        self._tasks = tasks
+        self._name = name
+        self._action = action
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def armed(self) -> bool:
+        return self._task is not None
+
+    def start(self, after_s: float) -> None:
+        self.cancel()
+        self._task = self._tasks.spawn(self._fire(after_s), self._name)
+
+    def cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def _fire(self, after_s: float) -> None:
+        await asyncio.sleep(after_s)
+        self._task = None  # fired: the action may arm it again
+        result = self._action()
+        if result is not None:
+            await result

@@ -24,11 +24,11 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from telephony.audio import FRAME_MS
 from telephony.deepgram import messages as dm
-from telephony.deepgram.listen import ListenClient, ListenFatal
-from telephony.retry import Backoff, FailureBudget
+from telephony.deepgram.listen import ListenClient
+from telephony.retry import Backoff
 from telephony.session.engine import CallContext
+from telephony.session.link import Link
 from telephony.session.transcript import Role
 from telephony.session.upstream import Upstream
 
@@ -59,17 +59,30 @@ class TrackTranscriber:
     ) -> None:
         self.ctx = ctx
         self.role = role
-        self._new_client = new_client
-        self._backoff = reconnect or Backoff()
-        self._budget = FailureBudget()
-        self.client: ListenClient | None = None
-        self.connections = 0
         self.upstream = Upstream()  # this track's audio to Nova: sent, held, replayed
+        self.link = Link(
+            ctx,
+            "listen",
+            new_client,
+            give_up=self._give_up,
+            upstream=self.upstream,
+            replay=self._replay,
+            on_lost=self._lost,
+            on_live=self._on_live,
+            backoff=reconnect,
+            tags={"track": role},
+        )
         self._finals: list[_Final] = []  # the open turn
         self._interim = ""
         self._settled_ms: int | None = None  # call time up to which Nova's finals are in
-        self._closing = False
-        self.failed: str | None = None
+
+    @property
+    def client(self) -> ListenClient | None:
+        return self.link.client if self.link.connected else None
+
+    @property
+    def failed(self) -> str | None:
+        return self.link.failed
 
     @property
     def interim(self) -> str:
@@ -84,71 +97,21 @@ class TrackTranscriber:
     # --- the socket's life --------------------------------------------------------------------
 
     async def run(self) -> None:
-        if not await self._connect([], "start"):
-            return
-        while True:
-            assert self.client is not None
-            try:
-                async for event in self.client.events():
-                    self._on_event(event)
-                return  # we closed it: the call is over
-            except ListenFatal as exc:
-                if self._closing or not await self._reconnect(str(exc)):
-                    return
+        if await self.link.start():
+            await self.link.run(self._on_event)
 
-    async def _reconnect(self, reason: str) -> bool:
-        self.upstream.live = False
-        self.ctx.log.warning("Nova (%s) connection lost: %s", self.role, reason)
-        if self.client is not None:
-            await self.client.abort()
-        if not self._budget.spend(asyncio.get_running_loop().time()):
-            self._give_up(f"{reason} (repeated failures)")
-            return False
-        # What Nova had not settled yet is heard again on the new socket.
-        settled = self._settled_ms
-        replay = self.upstream.sent_since(settled)
+    def _replay(self) -> list[tuple[int, bytes]]:
+        """What Nova had not settled yet is heard again on the new socket."""
+        return self.upstream.sent_since(self._settled_ms)
+
+    def _lost(self, reason: str) -> None:
         self._interim = ""
-        return await self._connect(replay, reason)
 
-    async def _connect(self, replay: list[tuple[int, bytes]], reason: str) -> bool:
-        for delay in self._backoff.delays():
-            await asyncio.sleep(delay)
-            if self._closing:
-                return False
-            client = self._new_client()
-            try:
-                await client.connect()
-            except Exception as exc:  # handshake refused, 429, network: back off and retry
-                self.ctx.log.warning("Nova (%s) connect failed: %s", self.role, exc)
-                continue
-            self.client = client
-            await self._go_live(replay, reason)
-            return True
-        self._give_up(f"{reason}: Nova unreachable")
-        return False
+    def _on_live(self, client: ListenClient, reason: str) -> dict[str, int | None]:
+        return {"offset_ms": client.first_audio_ms}  # None: this side has sent no audio yet
 
-    async def _go_live(self, replay: list[tuple[int, bytes]], reason: str) -> None:
-        """Send the replay, then everything that waited, then switch to direct sending."""
-        client = self.client
-        assert client is not None
-        self.upstream.go_live(client.send_audio, replay)  # False: the events loop reconnects
-        self.ctx.transcript.event(
-            self.ctx.now_ms(),
-            "listen-connection",
-            track=self.role,
-            connection=self.connections,
-            offset_ms=client.first_audio_ms,  # None: this side has sent no audio yet
-            reason=reason,
-            replayed_ms=len(replay) * FRAME_MS,
-            dropped_ms=self.upstream.dropped_frames * FRAME_MS,
-        )
-        self.connections += 1
-
-    def _give_up(self, reason: str) -> None:
+    async def _give_up(self, endpoint: str, reason: str) -> None:
         """This side is not transcribed any more; the call goes on untouched."""
-        self.failed = reason
-        self.upstream.stop()
-        self.ctx.log.error("Nova (%s) given up: %s", self.role, reason)
         self._close_turn("failed")
         self.ctx.transcript.event(
             self.ctx.now_ms(), "transcription-failed", track=self.role, reason=reason
@@ -156,7 +119,7 @@ class TrackTranscriber:
 
     async def close(self) -> None:
         """The call is over: Finalize so the last words are kept, then close."""
-        self._closing = True
+        self.link.closing = True
         self.upstream.accepting = False
         client = self.client
         if client is not None:
@@ -248,6 +211,11 @@ class TranscribeEngine:
                 tg.create_task(track.run(), name=f"listen-{role}")
         if all(track.failed for track in self.tracks.values()):
             raise RuntimeError("transcription failed on both sides")
+
+    @property
+    def keepalives_sent(self) -> int:
+        """JSON KeepAlives sent on both sides' Nova sockets so far (for the metrics)."""
+        return sum(track.link.keepalives_sent for track in self.tracks.values())
 
     def on_caller_audio(self, timestamp_ms: int, payload: bytes) -> None:
         self.tracks["caller"].on_audio(timestamp_ms, payload)

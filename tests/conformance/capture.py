@@ -21,12 +21,13 @@ import pytest
 
 from telephony.config import load_config
 from telephony.deepgram import messages as dm
-from telephony.deepgram.agent import AgentClient, settings_for_profile
+from telephony.deepgram.agent import AgentClient
 from telephony.deepgram.connection import NOVA_KEEPALIVE, KeepAliveSpec, open_socket
 from telephony.deepgram.flux import FluxClient, FluxOptions
 from telephony.deepgram.listen import ListenClient, ListenOptions
 from telephony.deepgram.speak import FlushBudget, SpeakClient
 from telephony.demo import OfflineCall, run_offline_call
+from telephony.session.deepgram_options import agent_settings
 from telephony.sim.deepgram.base import Session
 from telephony.sim.deepgram_server import (
     AgentStep,
@@ -177,7 +178,7 @@ async def _flux_session(fakes: list[FakeDeepgram]) -> None:
         reader = asyncio.create_task(collect_events(client.events(), events))
         for i in range(10):
             client.send_audio(i * 20, FRAME)
-        await asyncio.wait_for(reader, 5)  # FluxFatal on the Error ends it
+        await asyncio.wait_for(reader, 5)  # DeepgramClosed on the Error ends it
         await client.abort()
 
 
@@ -208,7 +209,7 @@ async def _agent_session(fakes: list[FakeDeepgram], numbers: Path) -> None:
     fakes.append(fake)
     profile = load_config(numbers).profiles["agent"]
     async with fake:
-        client = AgentClient(fake.url, KEY, settings_for_profile(profile, tags=["conformance"]))
+        client = AgentClient(fake.url, KEY, agent_settings(profile, tags=["conformance"]))
         await client.connect()
         events: list[Any] = []
         reader = asyncio.create_task(collect_events(client.events(), events))

@@ -16,7 +16,8 @@ from deepgram.listen.v1 import types as nova_t
 from telephony.deepgram import messages as dm
 from telephony.deepgram.connection import open_socket
 from telephony.deepgram.listen import ListenClient, ListenOptions
-from telephony.deepgram.speak import SpeakClient, SpeakFatal
+from telephony.deepgram.socket import DeepgramClosed
+from telephony.deepgram.speak import SpeakClient
 from telephony.sim.deepgram_server import FakeDeepgram, Fault, Script, ScriptedTurn
 from tests.conformance.capture import BOGUS, FRAME, KEY, Wire, collect_events, until
 from tests.conformance.sdk_oracle import conform
@@ -83,7 +84,7 @@ async def test_fake_aura_errors_are_close_frames_and_the_client_raises_on_them()
     async with FakeDeepgram(api_key=KEY, script=script) as fake:
         client = SpeakClient(fake.url, KEY, "aura-2-thalia-en")
         await client.connect()
-        with pytest.raises(SpeakFatal) as info:
+        with pytest.raises(DeepgramClosed) as info:
             async with asyncio.timeout(5):
                 async for _ in client.events():
                     pass

@@ -6,7 +6,9 @@
         assert dg.connections[0].violations == []
 
 Handshake checks, in order: path (404), credentials (401), concurrent connections (429 with
-`max_connections`), query parameters (400 with the reason in the body). Credentials:
+`max_connections`; `refuse` answers an endpoint's next handshakes 429 the same way: Deepgram's
+concurrency limit reached from elsewhere), query parameters (400 with the reason in the body).
+Credentials:
 `Authorization: Token <api_key>`; `Authorization: Bearer jwt:<api_key>` stands in for a JWT
 from /v1/auth/grant (`Bearer <api_key>` fails, as on the real service);
 `Sec-WebSocket-Protocol: token, <api_key>` for header-less clients.
@@ -118,6 +120,7 @@ class FakeDeepgram(StartStop):
         agent_latency_s: float = 0.6,
         agent_history: bool = True,
         max_connections: int | None = None,
+        refuse: Mapping[str, int] | None = None,
         log_audio: bool = True,
         tick_s: float = 0.05,
     ) -> None:
@@ -138,6 +141,7 @@ class FakeDeepgram(StartStop):
             tick_s=tick_s,
         )
         self.max_connections = max_connections
+        self._refusals: dict[str, int] = dict(refuse or {})  # endpoint -> handshakes to refuse
         self.connections: list[ConnectionLog] = []
         self.rejections: list[Rejection] = []
         self._scripts: dict[str | None, Script] = {None: script or Script()}
@@ -194,6 +198,12 @@ class FakeDeepgram(StartStop):
         self._scripts[tag] = script
         self._cursors.pop(tag, None)  # a voiced script starts from its first text
 
+    def refuse(self, endpoint: str, times: int = 1) -> None:
+        """Answer the next `times` handshakes to `endpoint` with 429 (too many sockets)."""
+        if endpoint not in PATHS.values():
+            raise ValueError(f"no endpoint {endpoint!r}")
+        self._refusals[endpoint] = self._refusals.get(endpoint, 0) + times
+
     def inject_fault(self, fault: Fault, tag: str | None = None) -> None:
         """Add a fault for future connections of that tag (None: untagged / unregistered)."""
         self._injected[tag].append(fault)
@@ -234,7 +244,10 @@ class FakeDeepgram(StartStop):
         auth = self._authenticate(request.headers)
         if auth is None:
             return self._reject(conn, url.path, HTTPStatus.UNAUTHORIZED, "invalid credentials")
-        if self.max_connections is not None and len(self._sessions) >= self.max_connections:
+        over = self.max_connections is not None and len(self._sessions) >= self.max_connections
+        if over or self._refusals.get(endpoint, 0) > 0:
+            if not over:
+                self._refusals[endpoint] -= 1
             return self._reject(conn, url.path, HTTPStatus.TOO_MANY_REQUESTS, "too many sockets")
         query = parse_qs(url.query, keep_blank_values=True)
         try:
