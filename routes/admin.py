@@ -11,6 +11,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from routes.auth import check_csrf, read_form, require
+from routes.state import services_of
 from routes.templates import render
 from telephony.config import ConfigStore, check
 from telephony.store import audit
@@ -49,9 +50,10 @@ def _profiles(store: ConfigStore) -> list[dict[str, Any]]:
 
 @require("admin")
 async def config_page(request: Request) -> Response:
-    store: ConfigStore = request.app.state.config
+    services = services_of(request.app)
+    store: ConfigStore = services.config
     text, ok, report = await asyncio.to_thread(_read_file, store.path)
-    await audit.record(request.app.state.db, request.state.user.name, "admin.config.view")
+    await audit.record(services.db, request.state.user.name, "admin.config.view")
     context = {
         "store": store,
         "yaml_text": text,
@@ -69,21 +71,20 @@ async def reload_config(request: Request) -> Response:
     form = await read_form(request)
     if not await check_csrf(request, form):
         return render(request, "error.html", {"message": "Form expired."}, status_code=400)
-    store: ConfigStore = request.app.state.config
+    services = services_of(request.app)
+    store: ConfigStore = services.config
     before = store.version
     ok = await asyncio.to_thread(store.reload)
     detail = {"ok": ok, "from_version": before, "to_version": store.version}
     if not ok:
         detail["error"] = store.last_error
-    await audit.record(
-        request.app.state.db, request.state.user.name, "admin.config.reload", "", detail
-    )
+    await audit.record(services.db, request.state.user.name, "admin.config.reload", "", detail)
     return RedirectResponse(f"/admin?reloaded={'ok' if ok else 'failed'}", status_code=303)
 
 
 @require("admin")
 async def audit_page(request: Request) -> Response:
-    db = request.app.state.db
+    db = services_of(request.app).db
     user_filter = request.query_params.get("user", "")[:128]
     action_filter = request.query_params.get("action", "")[:64]
     rows = await audit.recent(db, limit=500, user=user_filter, action=action_filter)

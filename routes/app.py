@@ -8,7 +8,6 @@ import gc
 import logging
 import secrets
 import signal
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
@@ -17,11 +16,13 @@ from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
 from routes import admin, auth, health, staff, twilio
+from routes.state import WebState
 from routes.templates import STATIC_DIR
 from telephony.config import ConfigStore
 from telephony.metrics import Metrics
 from telephony.responder import make_http_client
 from telephony.session.registry import CallRegistry
+from telephony.session.services import DrainState, Services
 from telephony.settings import Settings
 from telephony.store.instances import Instance
 from telephony.store.schema import make_engine, upgrade
@@ -69,23 +70,32 @@ def create_app(
             log.warning("!!! Twilio signature validation is OFF (development only) !!!")
         _install_sighup(store)
         await upgrade(settings.database_url)  # migrations are applied on start
-        app.state.db = make_engine(settings.database_url)  # the staff UI's reads, audit log
         # The heartbeat, and closing (outcome `restart`) calls a dead instance left open:
         # telephony/store/instances.py. start() runs the first sweep.
         instance = Instance(name=settings.instance_id)
         log.info("instance id %s", instance.id)
         transcripts = TranscriptStore(settings.database_url, instance=instance)
         await transcripts.start()
-        app.state.transcripts = transcripts
-        app.state.metrics = Metrics.for_app(transcripts, app.state.registry)
-        unwatch_gc = app.state.metrics.watch_gc()
-        watcher = asyncio.create_task(store.watch(), name="config-watch")
-        app.state.llm_http = make_http_client()
-        app.state.twilio_calls = TwilioCalls(
-            account_sid=settings.twilio_account_sid,
-            auth_token=settings.twilio_auth_token.get_secret_value(),
-            api_url=settings.twilio_api_url,
+        registry = CallRegistry()
+        services = Services(
+            settings=settings,
+            config=store,
+            tokens=StreamTokens(settings.token_secret(), ttl_s=settings.stream_token_ttl_s),
+            registry=registry,
+            drain=DrainState(),
+            transcripts=transcripts,
+            metrics=Metrics.for_app(transcripts, registry),
+            db=make_engine(settings.database_url),  # the staff UI's reads, audit log
+            llm_http=make_http_client(),
+            twilio_calls=TwilioCalls(
+                account_sid=settings.twilio_account_sid,
+                auth_token=settings.twilio_auth_token.get_secret_value(),
+                api_url=settings.twilio_api_url,
+            ),
         )
+        app.state.services = services
+        unwatch_gc = services.metrics.watch_gc()
+        watcher = asyncio.create_task(store.watch(), name="config-watch")
         if freeze_heap:
             gc.collect()
             gc.freeze()
@@ -107,10 +117,10 @@ def create_app(
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-            await app.state.twilio_calls.aclose()
-            await app.state.llm_http.aclose()
+            await services.twilio_calls.aclose()
+            await services.llm_http.aclose()
             await transcripts.stop()  # flushes every buffered row
-            await app.state.db.dispose()
+            await services.db.dispose()
 
     pages = [*auth.routes, *staff.routes, *admin.routes]
     static = Mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -119,12 +129,9 @@ def create_app(
         middleware=[Middleware(twilio.MediaFastPath)],
         lifespan=lifespan,
     )
-    app.state.settings = settings
-    app.state.config = store
-    app.state.tokens = StreamTokens(settings.token_secret(), ttl_s=settings.stream_token_ttl_s)
-    app.state.registry = CallRegistry()
-    app.state.draining = False
-    app.state.status_seen = OrderedDict()  # status callbacks already recorded (retries)
-    app.state.session_keys = auth.SessionKeys(_session_secret(settings), settings.session_ttl_s)
-    app.state.login_limiter = auth.LoginLimiter()
+    # What only the web routes keep; the rest (app.state.services) comes with the lifespan.
+    app.state.web = WebState(
+        session_keys=auth.SessionKeys(_session_secret(settings), settings.session_ttl_s),
+        login_limiter=auth.LoginLimiter(),
+    )
     return app

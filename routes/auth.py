@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from routes.state import services_of, web_of
 from routes.templates import render
 from telephony.store import audit
 from telephony.store.users import Role, authenticate, end_session, session_role
@@ -85,11 +86,11 @@ class SessionKeys:
 
 
 def _keys(request: Request) -> SessionKeys:
-    return request.app.state.session_keys
+    return web_of(request.app).session_keys
 
 
 def _secure(request: Request) -> bool:
-    return request.app.state.settings.public_url.startswith("https://")
+    return services_of(request.app).settings.public_url.startswith("https://")
 
 
 async def current_user(request: Request) -> User | None:
@@ -98,7 +99,7 @@ async def current_user(request: Request) -> User | None:
     if found is None:
         return None
     name, nonce, expires = found
-    role = await session_role(request.app.state.db, name, nonce)
+    role = await session_role(services_of(request.app).db, name, nonce)
     return User(name, role, nonce, expires) if role else None
 
 
@@ -184,7 +185,7 @@ def _login_form(request: Request, nonce: str, *, error: str, status_code: int) -
 async def login_submit(request: Request) -> Response:
     form = await read_form(request)
     nonce = request.cookies.get(PRELOGIN_COOKIE, "")
-    db = request.app.state.db
+    db = services_of(request.app).db
     name = form.get("name", "").strip()[:128]
     if not nonce or not _keys(request).csrf_ok(nonce, form.get("csrf", "")):
         return _login_form(
@@ -193,7 +194,7 @@ async def login_submit(request: Request) -> Response:
             error="Form expired, please try again.",
             status_code=400,
         )
-    limiter = request.app.state.login_limiter
+    limiter = web_of(request.app).login_limiter
     client = request.client.host if request.client else "?"
     if not limiter.allowed(client, name):
         await audit.record(db, name or "?", "login.throttled", client)
@@ -227,8 +228,9 @@ async def logout(request: Request) -> Response:
     if not await check_csrf(request, form):
         return Response("bad CSRF token", status_code=400)
     user: User = request.state.user
-    await end_session(request.app.state.db, user.nonce, user.expires)
-    await audit.record(request.app.state.db, user.name, "logout")
+    db = services_of(request.app).db
+    await end_session(db, user.nonce, user.expires)
+    await audit.record(db, user.name, "logout")
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE)
     return response

@@ -6,15 +6,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from routes.state import services_of, started_services
+
 
 async def healthz(request: Request) -> JSONResponse:
-    registry = request.app.state.registry
-    store = request.app.state.config
+    services = services_of(request.app)
+    store = services.config
     return JSONResponse(
         {
             "status": "ok",
-            "live_calls": len(registry.live),
-            "draining": request.app.state.draining,
+            "live_calls": len(services.registry.live),
+            "draining": services.drain.draining,
             "config_version": store.version,
             "config_error": store.last_error,
         }
@@ -22,16 +24,16 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 async def readyz(request: Request) -> JSONResponse:
-    ready = not request.app.state.draining
+    ready = not services_of(request.app).drain.draining
     return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
 
 async def metrics(request: Request) -> Response:
     """The app's own registry (telephony/metrics.py), in the format the scraper accepts."""
-    exported = getattr(request.app.state, "metrics", None)
-    if exported is None:  # before the lifespan has started the store
+    services = started_services(request.app)
+    if services is None:  # before the lifespan has started the store
         return PlainTextResponse("metrics not available yet\n", status_code=503)
-    body, content_type = exported.exposition(request.headers.get("accept", ""))
+    body, content_type = services.metrics.exposition(request.headers.get("accept", ""))
     return Response(body, headers={"Content-Type": content_type})
 
 

@@ -23,6 +23,7 @@ from starlette.responses import (
 from starlette.routing import Route
 
 from routes.auth import require
+from routes.state import services_of
 from routes.templates import render
 from telephony.session.outcome import LABELS
 from telephony.store import audit
@@ -102,7 +103,7 @@ def parse_list_query(params: Any) -> ListQuery:
 
 
 async def _rows(request: Request, query: ListQuery) -> tuple[list[dict[str, Any]], int]:
-    db = request.app.state.db
+    db = services_of(request.app).db
     rows = await search_calls(db, query.filter)
     total = await count_calls(db, replace(query.filter, limit=0, offset=0))
     return rows, total
@@ -112,15 +113,14 @@ async def _rows(request: Request, query: ListQuery) -> tuple[list[dict[str, Any]
 async def call_list(request: Request) -> Response:
     query = parse_list_query(request.query_params)
     rows, total = await _rows(request, query)
+    db = services_of(request.app).db
     if query.form["q"]:
-        await audit.record(
-            request.app.state.db, request.state.user.name, "calls.search", query.form["q"]
-        )
+        await audit.record(db, request.state.user.name, "calls.search", query.form["q"])
     context = {
         "rows": rows,
         "total": total,
         "query": query,
-        "profiles": await profiles_seen(request.app.state.db),
+        "profiles": await profiles_seen(db),
         "outcomes": LABELS,
         "page_size": PAGE_SIZE,
         "pages": max(1, -(-total // PAGE_SIZE)),
@@ -139,7 +139,7 @@ async def call_rows(request: Request) -> Response:
 
 
 async def _call_or_404(request: Request) -> dict[str, Any] | Response:
-    call = await get_call(request.app.state.db, request.path_params["sid"])
+    call = await get_call(services_of(request.app).db, request.path_params["sid"])
     if call is None:
         return render(request, "error.html", {"message": "No such call."}, status_code=404)
     return call
@@ -166,7 +166,7 @@ def _right_channel(call: dict[str, Any]) -> str:
 def _interim(request: Request, sid: str) -> dict[str, str]:
     """Live words not yet settled into a turn (transcribe engines, per side), for a call in
     progress on this instance. Never stored; redacted like the turns when the profile says."""
-    call = request.app.state.registry.live.get(sid)
+    call = services_of(request.app).registry.live.get(sid)
     interim = call.engine.interim if call is not None and call.engine is not None else None
     if not interim:
         return {}
@@ -180,7 +180,8 @@ async def call_page(request: Request) -> Response:
     call = await _call_or_404(request)
     if isinstance(call, Response):
         return call
-    await audit.record(request.app.state.db, request.state.user.name, "call.view", call["sid"])
+    db = services_of(request.app).db
+    await audit.record(db, request.state.user.name, "call.view", call["sid"])
     context = {
         "call": call,
         "items": timeline(call),
@@ -209,8 +210,8 @@ async def call_export(request: Request) -> Response:
     if isinstance(call, Response):
         return call
     fmt = request.url.path.rsplit(".", 1)[-1]  # json | txt
-    user = request.state.user.name
-    await audit.record(request.app.state.db, user, "call.export", call["sid"], {"format": fmt})
+    user, db = request.state.user.name, services_of(request.app).db
+    await audit.record(db, user, "call.export", call["sid"], {"format": fmt})
     filename = f"call-{call['sid']}.{fmt}"
     headers = {
         "content-disposition": f'attachment; filename="{filename}"',
@@ -234,7 +235,7 @@ async def call_recording(request: Request) -> Response:
     first = request.headers.get("range", "bytes=0-").startswith("bytes=0-")
     if first:
         user = request.state.user.name
-        await audit.record(request.app.state.db, user, "call.recording", call["sid"])
+        await audit.record(services_of(request.app).db, user, "call.recording", call["sid"])
     response = FileResponse(call["recording_path"], media_type="audio/wav")
     response.headers["cache-control"] = "no-store"
     return response

@@ -13,6 +13,7 @@ from markupsafe import Markup, escape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
+from routes.state import web_of
 from telephony.session.outcome import label as outcome_label
 from telephony.store.export import clock, heard_split
 
@@ -73,7 +74,7 @@ def render(
     user: Any = None,
 ) -> HTMLResponse:
     user = user or getattr(request.state, "user", None)
-    keys = request.app.state.session_keys
+    keys = web_of(request.app).session_keys
     scope = {
         "request": request,
         "user": user,

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
-from collections import OrderedDict
 from urllib.parse import parse_qsl
 
-from starlette.datastructures import State
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
@@ -18,16 +15,12 @@ from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 from websockets.exceptions import InvalidState
 
 from routes.sansio import batch_writer, frame_pump
+from routes.state import services_of, web_of
 from telephony.config import TranscribeConfig
-from telephony.logs import bind_call_sid
-from telephony.session.call import Call
-from telephony.session.engines import build_engine
-from telephony.session.handshake import Continuation, StreamRefused, handshake, token_scope
 from telephony.session.media_socket import CLOSE_POLICY, FrameHandler, StreamEnd, read_frames
-from telephony.session.registry import CallRegistry
+from telephony.session.serve import serve_call
 from telephony.session.transcript import Event
 from telephony.settings import Settings
-from telephony.store.recording import CallRecorder
 from telephony.twilio.calls import fork_and_dial
 from telephony.twilio.security import valid_signature
 
@@ -63,7 +56,7 @@ def _connect_stream(settings: Settings, params: dict[str, str]) -> Response:
     connect = Connect()
     stream = Stream(
         url=settings.media_stream_url,
-        status_callback=_status_url(settings),
+        status_callback=settings.status_callback_url,
         status_callback_method="POST",
     )
     for name, value in params.items():
@@ -73,10 +66,6 @@ def _connect_stream(settings: Settings, params: dict[str, str]) -> Response:
     return Response(str(resp), media_type=XML)
 
 
-def _status_url(settings: Settings) -> str:
-    return settings.public_url.rstrip("/") + "/twilio/status"
-
-
 def _fork_and_dial(settings: Settings, params: dict[str, str], cfg: TranscribeConfig) -> Response:
     """Transcribe mode: fork both sides to us, and put a person on the call."""
     resp = fork_and_dial(
@@ -84,50 +73,14 @@ def _fork_and_dial(settings: Settings, params: dict[str, str], cfg: TranscribeCo
         params,
         number=cfg.dial,
         queue=cfg.queue,
-        status_callback=_status_url(settings),
+        status_callback=settings.status_callback_url,
     )
     return Response(str(resp), media_type=XML)
 
 
-def transfer_twiml(state: State, call: Call, number: str) -> str:
-    """A bot call handed to a person, still transcribed: the fork's `<Parameter>`s say where
-    the transcript continues (the bot part's audio end and turn count), bound to the token."""
-    summary, transcript = call.summary, call.transcript
-    params = {
-        "profile": summary.profile,
-        "from": summary.from_number,
-        "to": summary.to_number,
-        "continues": "1",
-        "offset_ms": str(summary.stats.audio_end_ms),
-        "turn_base": str(transcript.first_index + len(transcript.turns)),
-        "dial": number,
-    }
-    token = state.tokens.mint(call.call_sid, token_scope(params))
-    settings: Settings = state.settings
-    resp = fork_and_dial(
-        settings.media_stream_url,
-        {"call_token": token, **params},
-        number=number,
-        status_callback=_status_url(settings),
-    )
-    return resp.to_xml(xml_declaration=False)
-
-
-def _resume_point(registry: CallRegistry, sid: str, cont: Continuation) -> Continuation:
-    """Where a continuation starts: after everything the bot part recorded. Its parameters
-    were fixed at the transfer; if that part is (or was) on this instance, what it added
-    since (a last caller turn, the audio until `stop`) is counted too."""
-    live = registry.live.get(sid)
-    summary = live.summary if live is not None else registry.find_finished(sid)
-    if summary is None:
-        return cont
-    turns = summary.transcript.first_index + len(summary.transcript.turns)
-    return Continuation(max(cont.offset_ms, summary.stats.audio_end_ms), max(cont.turn_base, turns))
-
-
 async def _signed_form(request: Request, what: str) -> dict[str, str] | None:
     """Twilio's form, if X-Twilio-Signature proves Twilio sent it (or checks are off)."""
-    settings: Settings = request.app.state.settings
+    settings = services_of(request.app).settings
     # Twilio posts form-encoded single values; parse_qsl avoids a multipart dependency.
     form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
     signature = request.headers.get("x-twilio-signature", "")
@@ -143,25 +96,26 @@ async def _signed_form(request: Request, what: str) -> dict[str, str] | None:
 
 
 async def voice_webhook(request: Request) -> Response:
-    settings: Settings = request.app.state.settings
+    services = services_of(request.app)
+    settings = services.settings
     form = await _signed_form(request, "webhook")
     if form is None:
         return Response("invalid signature", status_code=403)
     call_sid, to = form.get("CallSid", ""), form.get("To", "")
     if not call_sid or not to:
         return Response("CallSid and To are required", status_code=400)
-    route = request.app.state.config.current.route(to)
+    route = services.config.current.route(to)
     if route.profile is None:
         log.info("unknown number refused", extra={"call_sid": call_sid, "to": to})
         return _refusal(route.message)
-    registry = request.app.state.registry
-    if request.app.state.draining or registry.load() >= settings.max_calls:
-        why = "draining" if request.app.state.draining else f"at capacity ({settings.max_calls})"
+    registry, draining = services.registry, services.drain.draining
+    if draining or registry.load() >= settings.max_calls:
+        why = "draining" if draining else f"at capacity ({settings.max_calls})"
         log.warning("call turned away: %s", why, extra={"call_sid": call_sid})
         registry.refused.append((call_sid, why))
         return _overflow(settings)
     registry.reserve(call_sid, settings.stream_token_ttl_s)
-    token = request.app.state.tokens.mint(call_sid, route.profile_name)
+    token = services.tokens.mint(call_sid, route.profile_name)
     params = {
         "call_token": token,
         "profile": route.profile_name,
@@ -199,7 +153,7 @@ async def status_callback(request: Request) -> Response:
         return Response("CallSid is required", status_code=400)
     data = {k: form[k] for k in STATUS_FIELDS if form.get(k)}
     key = (call_sid, *(f"{k}={v}" for k, v in sorted(data.items())))
-    seen: OrderedDict[tuple[str, ...], None] = request.app.state.status_seen
+    seen = web_of(request.app).status_seen
     if key in seen:
         return Response(status_code=204)  # a retry: already recorded
     seen[key] = None
@@ -208,9 +162,10 @@ async def status_callback(request: Request) -> Response:
     kind = "stream-status" if "StreamEvent" in data else "call-status"
     if data.get("StreamError") or data.get("ErrorCode"):
         log.warning("twilio reports an error: %s", data, extra={"call_sid": call_sid})
-    live = request.app.state.registry.live.get(call_sid)
+    services = services_of(request.app)
+    live = services.registry.live.get(call_sid)
     ms = live.summary.stats.audio_end_ms if live else int(data.get("CallDuration", "0") or 0) * 1000
-    request.app.state.transcripts.status(call_sid, Event(ms, kind, data))
+    services.transcripts.status(call_sid, Event(ms, kind, data))
     return Response(status_code=204)
 
 
@@ -276,112 +231,19 @@ class StarletteTwilioSocket:
 
 
 async def media_socket(ws: WebSocket) -> None:
-    app = ws.app
-    settings: Settings = app.state.settings
+    services = services_of(ws.app)
+    settings = services.settings
     signature = ws.headers.get("x-twilio-signature", "")
     token = settings.twilio_auth_token.get_secret_value()
     if settings.validate_signatures and not valid_signature(
         token, settings.media_stream_url, {}, signature
     ):
         log.warning("media socket refused before accept: bad signature")
-        app.state.registry.refused.append((None, "bad upgrade signature"))
+        services.registry.refused.append((None, "bad upgrade signature"))
         await ws.close(CLOSE_POLICY, "invalid signature")  # before accept: HTTP 403
         return
     await ws.accept()
-    socket = StarletteTwilioSocket(ws)
-    try:
-        setup = await handshake(socket, app.state.tokens, app.state.config.current)
-    except (StreamRefused, TimeoutError) as exc:
-        reason = exc.reason if isinstance(exc, StreamRefused) else "no start message in time"
-        sid = exc.call_sid if isinstance(exc, StreamRefused) else None
-        log.warning("media stream refused: %s", reason, extra={"call_sid": sid})
-        app.state.registry.refused.append((sid, reason))
-        start = exc.start if isinstance(exc, StreamRefused) else None
-        if start is not None:  # a call we answered (its token says so): staff see why it failed
-            params = start.custom_parameters
-            app.state.transcripts.call_refused(
-                start.call_sid,
-                reason,
-                from_number=params.get("from", ""),
-                to_number=params.get("to", ""),
-                profile=params.get("profile", ""),
-            )
-        await socket.close(CLOSE_POLICY, reason)
-        return
-    rest = app.state.twilio_calls
-    registry: CallRegistry = app.state.registry
-    sid = setup.start.call_sid
-    bind_call_sid(sid)  # every line this call's tasks log carries its SID
-    cont = setup.continuation
-    if cont is not None:  # transcription after a transfer: the same call, carried on
-        cont = setup.continuation = _resume_point(registry, sid, cont)
-    recorder = None
-    if setup.profile.recording:  # a continuation extends the bot part's file (see recording.py)
-        start_ms = cont.offset_ms if cont is not None else 0
-        recorder = CallRecorder(sid, settings.recordings_dir, start_ms=start_ms)
-    handed_over = False  # this call was transferred with its transcription continuing
-
-    async def transfer(call_sid: str, number: str) -> None:
-        nonlocal handed_over
-        if not setup.profile.transcribe_after_transfer:
-            await rest.transfer(call_sid, number)
-            return
-        handed_over = True
-        await rest.update_twiml(call_sid, transfer_twiml(app.state, call, number), "transfer")
-
-    call = Call(
-        socket,
-        setup,
-        max_bad_frames=settings.max_bad_frames,
-        max_audio_ahead_ms=settings.max_audio_ahead_ms,
-        max_control_per_s=settings.max_control_per_s,
-        engine_factory=lambda ctx: build_engine(
-            ctx, http=app.state.llm_http, transcribe=cont is not None
-        ),
-        hang_up=rest.hang_up,
-        transfer=transfer,
-        redirect=rest.update_twiml,
-        settings=settings,
-        recorder=recorder,
-    )
-    registry.add(call)
-    transcripts = app.state.transcripts
-    summary = call.summary
-    started = functools.partial(
-        transcripts.call_started,
-        summary.call_sid,
-        from_number=summary.from_number,
-        to_number=summary.to_number,
-        profile=summary.profile,
-        mode=setup.profile.mode,
-        started_at=summary.started_at,
-    )
-    if cont is None:
-        started()
-    else:
-        transcripts.call_resumed(summary)  # the same calls row: live again
-    transcripts.attach(summary.call_sid, call.transcript, redact=setup.profile.redaction)
-    app.state.metrics.watch_call(call.transcript, setup.profile.mode)
-    if cont is not None:  # where the call page shows the bot handing over to a person
-        params = setup.start.custom_parameters
-        call.transcript.event(cont.offset_ms, "handover", to="staff", dial=params.get("dial", ""))
-    try:
-        await call.run()
-    finally:
-        registry.done(call)
-        app.state.metrics.call_ended(call)
-        # Handed over and its transcription stream already live: that one ends the call row.
-        continued = handed_over and registry.live.get(sid) is not None
-        if not continued:
-            transcripts.call_ended(summary, mode=setup.profile.mode)
-        if recorder is not None:
-            # After the call is over and recorded as ended: writing the WAV (on the recording
-            # thread) never holds up the hang-up. The file is linked to the call once it exists.
-            path = await recorder.finish()
-            if path is not None and continued:
-                started(recording_path=str(path))  # the row stays live
-            elif path is not None:
-                transcripts.call_ended(summary, mode=setup.profile.mode, recording_path=str(path))
+    await serve_call(StarletteTwilioSocket(ws), services)
 
 
 MEDIA_PATH = "/twilio/media"

@@ -15,6 +15,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from routes.app import create_app
     from routes.sansio import UVICORN_WS
+    from routes.state import started_services
     from telephony.config import ConfigError
     from telephony.drain import SHUTDOWN_GRACE_S, DrainingServer
     from telephony.logs import setup_logging
@@ -37,7 +38,7 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
     )
     # SIGTERM/SIGINT drain the calls first (telephony/drain.py), then uvicorn shuts down.
-    server = DrainingServer(config, app.state, settings.drain_timeout_s)
+    server = DrainingServer(config, lambda: started_services(app), settings.drain_timeout_s)
     server.run()
     return 1 if server.forced else 0
 

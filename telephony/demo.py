@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from routes.app import create_app
+from routes.state import services_of
 from telephony.config import load_config
 from telephony.inprocess import bind_loopback, serve_app
 from telephony.session.summary import CallSummary
@@ -325,13 +326,14 @@ async def run_offline_call(
             )
             streams = 1 + sum(1 for f in result.forks if f.stream_url)
             parts: list[CallSummary] = []
+            registry = services_of(app).registry
             for _ in range(300):  # the server finishes the call just after the socket closes
-                parts = [s for s in app.state.registry.finished if s.call_sid == result.call_sid]
+                parts = [s for s in registry.finished if s.call_sid == result.call_sid]
                 if len(parts) >= streams:
                     break
                 await asyncio.sleep(0.01)
             parts.sort(key=lambda s: s.started_at)
-            metrics = app.state.metrics.exposition()[0].decode()
+            metrics = services_of(app).metrics.exposition()[0].decode()
         summary = parts[-1] if parts else None
         return OfflineCall(result, summary, mode, deepgram, rest, llm, parts=parts, metrics=metrics)
 

@@ -4,7 +4,7 @@ uvicorn's own handler starts shutting down on the first SIGTERM, and its shutdow
 WebSocket, so every live call would be cut mid-sentence. `DrainingServer` takes SIGTERM and
 SIGINT over:
 
-1. First signal: `state.draining = True` at once. /readyz answers 503 (the load balancer or
+1. First signal: `services.drain.draining = True` at once. /readyz answers 503 (the load balancer or
    Kubernetes stops routing here) and the webhook turns new calls away (busy message, or
    `<Redirect>` to TELEPHONY_OVERFLOW_REDIRECT_URL). HTTP and WebSockets are still served, so
    live calls go on, and calls answered just before (socket on its way) still connect.
@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import uvicorn
@@ -33,6 +33,7 @@ import uvicorn
 from telephony.session.call import Call
 from telephony.session.outcome import Outcome
 from telephony.session.registry import CallRegistry
+from telephony.session.services import DrainState
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +50,17 @@ POLL_S = 0.1
 
 
 class Drainable(Protocol):
-    """What the drain needs of the app's state (`app.state` of routes.app.create_app)."""
+    """What the drain needs of the app's `Services` (telephony/session/services.py)."""
 
-    registry: CallRegistry
-    draining: bool
+    @property
+    def registry(self) -> CallRegistry: ...
+
+    @property
+    def drain(self) -> DrainState: ...
 
 
 async def drain(
-    state: Drainable,
+    services: Drainable,
     timeout_s: float,
     hurry: asyncio.Event | None = None,
     *,
@@ -66,8 +70,8 @@ async def drain(
 
     Returns once no call is left on this instance, or `end_grace_s` after the goodbyes began.
     """
-    registry = state.registry
-    state.draining = True
+    registry = services.registry
+    services.drain.draining = True
     hurry = hurry or asyncio.Event()
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -147,9 +151,15 @@ def _goodbye(call: Call) -> str | None:
 class DrainingServer(uvicorn.Server):
     """uvicorn.Server whose SIGTERM/SIGINT drains calls (see the module doc) before exiting."""
 
-    def __init__(self, config: uvicorn.Config, state: Drainable, drain_timeout_s: float) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        services: Callable[[], Drainable | None],
+        drain_timeout_s: float,
+    ) -> None:
+        """`services`: the app's, once its lifespan has built them (None before)."""
         super().__init__(config)
-        self.state = state
+        self.services = services
         self.drain_timeout_s = drain_timeout_s
         self.signals = 0
         self.forced = False  # a third signal: exited without waiting
@@ -197,7 +207,11 @@ class DrainingServer(uvicorn.Server):
 
     async def _drain(self) -> None:
         try:
-            await drain(self.state, self.drain_timeout_s, self._hurry)
+            services = self.services()
+            if services is None:  # a signal during start-up: no call can be live yet
+                log.warning("signal before the app had started: nothing to drain")
+            else:
+                await drain(services, self.drain_timeout_s, self._hurry)
         except Exception:
             log.exception("drain failed; shutting down anyway")
         finally:

@@ -79,6 +79,11 @@ class Settings(BaseSettings):
             base = "ws://" + base.removeprefix("http://")
         return base + "/twilio/media"
 
+    @property
+    def status_callback_url(self) -> str:
+        """Where Twilio posts call and stream status callbacks (routes/twilio.py)."""
+        return self.public_url.rstrip("/") + "/twilio/status"
+
     def token_secret(self) -> bytes:
         secret = self.stream_token_secret or self.twilio_auth_token
         return secret.get_secret_value().encode()

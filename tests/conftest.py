@@ -133,7 +133,7 @@ async def running_app(
 
 async def finished(app: RunningApp, call_sid: str, timeout_s: float = 5.0) -> CallSummary:
     """The call's summary, once the server has wound it down (just after the socket closes)."""
-    registry = app.app.state.registry
+    registry = app.app.state.services.registry
     for _ in range(int(timeout_s * 100)):
         summary = registry.find_finished(call_sid)
         if summary is not None:

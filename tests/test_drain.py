@@ -26,6 +26,7 @@ import pytest
 
 from telephony.drain import DRAIN_REASON, DRAIN_TWIML, drain
 from telephony.session.registry import CallRegistry
+from telephony.session.services import DrainState
 from telephony.settings import Settings
 from telephony.sim.deepgram_server import FakeDeepgram, Script, ScriptedTurn
 from telephony.sim.twilio_caller import CallResult, FakeTwilioCaller, silence
@@ -279,16 +280,16 @@ class StandInCall:
 
 
 async def test_drain_with_nothing_live_returns_at_once() -> None:
-    state = SimpleNamespace(registry=CallRegistry(), draining=False)
+    state = SimpleNamespace(registry=CallRegistry(), drain=DrainState())
     started = time.monotonic()
     await drain(state, timeout_s=30)
-    assert state.draining and time.monotonic() - started < 0.5
+    assert state.drain.draining and time.monotonic() - started < 0.5
 
 
 async def test_drain_waits_for_answered_calls_whose_socket_is_on_its_way() -> None:
     registry = CallRegistry()
     registry.reserve("CAcoming", ttl_s=0.5)
-    state = SimpleNamespace(registry=registry, draining=False)
+    state = SimpleNamespace(registry=registry, drain=DrainState())
     started = time.monotonic()
     await drain(state, timeout_s=30)
     assert 0.4 < time.monotonic() - started < 2  # until the reservation lapsed
@@ -298,7 +299,7 @@ async def test_drain_hangs_up_bot_calls_but_only_closes_transcription_streams() 
     registry = CallRegistry()
     bot = StandInCall(registry, "CAbot")
     listened = StandInCall(registry, "CAlisten", mode="transcribe")
-    state = SimpleNamespace(registry=registry, draining=False)
+    state = SimpleNamespace(registry=registry, drain=DrainState())
     hurry = asyncio.Event()
     hurry.set()  # as on a second signal: end them now
     await drain(state, timeout_s=30, hurry=hurry)

@@ -244,7 +244,7 @@ class Outage:
     store's public seam (`engine`, re-read by the writer on every attempt)."""
 
     def __init__(self, app: RunningApp, tmp_path: Path) -> None:
-        self.store = app.app.state.transcripts
+        self.store = app.app.state.services.transcripts
         self.good = self.store.engine
         # A database that cannot be opened: its directory does not exist.
         self.dead = create_async_engine(f"sqlite+aiosqlite:///{tmp_path}/gone/away.db")
@@ -273,7 +273,7 @@ async def test_database_down_mid_call_rows_retried_and_nothing_lost(
     fake_rest: FakeTwilioRest,
     outage: Outage,
 ) -> None:
-    store = running_app.app.state.transcripts
+    store = running_app.app.state.services.transcripts
     fake_deepgram.set_script(
         None,
         Script(
@@ -304,7 +304,7 @@ async def test_database_down_mid_call_rows_retried_and_nothing_lost(
     try:
         # The database goes away as soon as the call is live (the greeting is still playing).
         async def live() -> bool:
-            return sid in running_app.app.state.registry.live
+            return sid in running_app.app.state.services.registry.live
 
         await eventually(live, within=10, what="the call to start")
         outage.down()
@@ -368,7 +368,7 @@ async def test_database_down_mid_call_rows_retried_and_nothing_lost(
 async def test_queue_overflow_is_counted_and_logged(
     running_app: RunningApp, outage: Outage, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = running_app.app.state.transcripts
+    store = running_app.app.state.services.transcripts
     outage.down()  # the writer can drain nothing: the bounded queue fills up
     sid = "CAflood"
     extra = 3

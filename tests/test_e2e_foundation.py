@@ -69,7 +69,7 @@ async def test_one_bad_caller_among_good_ones(running_app: RunningApp) -> None:
 async def test_hot_reload_new_calls_new_config_live_calls_keep_theirs(
     running_app: RunningApp,
 ) -> None:
-    store = running_app.app.state.config
+    store = running_app.app.state.services.config
     version = store.version
     live = asyncio.create_task(
         caller(running_app).dial(
@@ -77,10 +77,10 @@ async def test_hot_reload_new_calls_new_config_live_calls_keep_theirs(
         )
     )
     for _ in range(200):
-        if "CAlive" in running_app.app.state.registry.live:
+        if "CAlive" in running_app.app.state.services.registry.live:
             break
         await asyncio.sleep(0.01)
-    live_call = running_app.app.state.registry.live["CAlive"]
+    live_call = running_app.app.state.services.registry.live["CAlive"]
     old_profile = live_call.profile
     running_app.yaml_path.write_text(
         NUMBERS_YAML.replace('"+15550001000": support', '"+15550001000": sales')
@@ -111,7 +111,7 @@ async def test_a_call_lands_in_the_transcript_store(running_app: RunningApp) -> 
         realtime=False,
     )
     await finished(running_app, "CAstored")
-    store = running_app.app.state.transcripts
+    store = running_app.app.state.services.transcripts
     stored = None
     for _ in range(300):  # write-behind: committed within about a second
         stored = await store.get_call("CAstored")
@@ -136,7 +136,7 @@ async def test_card_numbers_never_reach_the_store(
         "+15550001000", call_sid="CApii", audio=silence_ms(3000), timeline=[HangUp(3000)]
     )
     await finished(running_app, "CApii")
-    store = running_app.app.state.transcripts
+    store = running_app.app.state.services.transcripts
     stored = None
     for _ in range(300):
         stored = await store.get_call("CApii")

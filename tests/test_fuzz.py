@@ -1086,7 +1086,7 @@ async def test_one_malformed_stream_among_twenty_good_calls(
     assert sorted(completed) == sorted(hangups)
     assert not fake_deepgram.violations()
 
-    store = app.app.state.transcripts
+    store = app.app.state.services.transcripts
     for sid in [*hangups, "CAbad"]:
         stored = None
         for _ in range(300):  # write-behind: committed within about a second

@@ -46,7 +46,7 @@ async def test_capacity_turns_callers_away_politely(running_app: RunningApp) -> 
     busy = _busy((await post_webhook(running_app, call_params("CA3"))).text)
     assert "lines are busy" in (busy.find("Say").text or "")
     assert busy.find("Hangup") is not None
-    assert ("CA3", "at capacity (2)") in running_app.app.state.registry.refused
+    assert ("CA3", "at capacity (2)") in running_app.app.state.services.registry.refused
 
     running_app.settings.overflow_redirect_url = "https://lb.example.com/twilio/voice"
     redirect = _busy((await post_webhook(running_app, call_params("CA4"))).text)
@@ -56,13 +56,13 @@ async def test_capacity_turns_callers_away_politely(running_app: RunningApp) -> 
     await closed_with(ws)
     await finished(running_app, "CA1")
     # CA2 never connected: its reservation lapses with the stream token's TTL.
-    running_app.app.state.registry.reserved["CA2"] = time.monotonic() - 1
+    running_app.app.state.services.registry.reserved["CA2"] = time.monotonic() - 1
     again = await post_webhook(running_app, call_params("CA5"))
     assert ET.fromstring(again.text).find("Connect") is not None
 
 
 async def test_draining_instance_takes_no_new_calls(running_app: RunningApp) -> None:
-    running_app.app.state.draining = True
+    running_app.app.state.services.drain.draining = True
     busy = _busy((await post_webhook(running_app, call_params("CA6"))).text)
     assert busy.find("Say") is not None and busy.find("Hangup") is not None
     async with running_app.http() as client:
@@ -126,7 +126,7 @@ async def test_profile_time_limit_ends_the_call_with_a_goodbye(
             "    flux: {eot_timeout_ms: 1000}\n    max_call_seconds: 1",
         )
     )
-    assert running_app.app.state.config.reload()
+    assert running_app.app.state.services.config.reload()
     resp = await post_webhook(running_app, call_params("CA12", to="+15550002000"))
     _, params = stream_params(resp.text)
     ws = await open_media(running_app)
@@ -178,7 +178,8 @@ async def test_status_callbacks_are_signed_and_recorded_once(
         "StreamError": "Stream - WebSocket - Connection Refused",
         "Timestamp": "2026-11-24T10:00:00Z",
     }
-    running_app.app.state.transcripts.call_started("CA14", profile="support")  # carried here
+    store = running_app.app.state.services.transcripts
+    store.call_started("CA14", profile="support")  # carried here
     assert (await post_status(running_app, params, signature="bm9wZQ==")).status_code == 403
     forged = {**params, "StreamEvent": "stream-stopped"}  # signature of the other params
     sig = sign(AUTH_TOKEN, running_app.url + "/twilio/status", params)
@@ -209,7 +210,7 @@ async def test_status_callback_for_a_call_never_carried_creates_no_row(
     calls row (a stub for the event's foreign key) that showed as in progress for ever."""
     # Give up on it quickly (raising=False: the same test shows the old code's phantom row).
     monkeypatch.setattr(transcripts_module, "STATUS_WAIT_S", 0.5, raising=False)
-    store = running_app.app.state.transcripts
+    store = running_app.app.state.services.transcripts
     ghost = {"AccountSid": "AC1", "CallSid": "CAghost", "CallStatus": "completed"}
     assert (await post_status(running_app, {**ghost, "CallDuration": "7"})).status_code == 204
     assert (await post_status(running_app, {**ghost, "CallDuration": "7"})).status_code == 204

@@ -319,7 +319,7 @@ async def run_calls(scene: Scene) -> dict[str, CallResult]:
         for sid, number in (("CAhygieneflux", "+15550001000"), ("CAhygieneagent", "+15550002000"))
     }
     results = dict(zip(calls, await asyncio.gather(*calls.values()), strict=True))
-    registry = scene.app.state.registry  # type: ignore[attr-defined]
+    registry = scene.app.state.services.registry  # type: ignore[attr-defined]
     for sid in calls:
         for _ in range(300):
             if registry.find_finished(sid) is not None:
@@ -330,7 +330,7 @@ async def run_calls(scene: Scene) -> dict[str, CallResult]:
 
 async def read_transcripts_as_staff(scene: Scene) -> str:
     """Log in (session secret, password) and read both calls: the UI's own logging too."""
-    store = scene.app.state.transcripts  # type: ignore[attr-defined]
+    store = scene.app.state.services.transcripts  # type: ignore[attr-defined]
     for sid in ("CAhygieneflux", "CAhygieneagent"):
         for _ in range(300):  # write-behind
             stored = await store.get_call(sid)

@@ -139,7 +139,7 @@ async def test_metrics_endpoint(running_app: RunningApp) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     parsed = families(response.text)
-    store = running_app.app.state.transcripts
+    store = running_app.app.state.services.transcripts
     assert parsed["telephony_calls_active"].samples[0].value == 0
     assert parsed["telephony_store_queue_depth"].samples[0].value == store.queue_depth
     assert parsed["telephony_store_rows_written"].samples[0].value == store.written

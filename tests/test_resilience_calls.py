@@ -159,7 +159,7 @@ async def test_mid_call_configure_survives_a_reconnect(
     )
 
     async def configure_when_live() -> None:
-        registry = running_app.app.state.registry
+        registry = running_app.app.state.services.registry
         for _ in range(300):
             call = registry.live.get(sid)
             if call is not None and call.engine.flux.first_audio_ms is not None:

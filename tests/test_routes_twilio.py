@@ -170,7 +170,7 @@ async def test_token_for_another_call_is_refused(running_app: RunningApp) -> Non
 
 
 async def test_expired_token_is_refused(running_app: RunningApp) -> None:
-    running_app.app.state.tokens.ttl_s = -1  # tokens minted now are already expired
+    running_app.app.state.services.tokens.ttl_s = -1  # tokens minted now are already expired
     ws, _ = await start_stream(running_app, "CA15")
     assert await closed_with(ws) == (1008, "stream token expired")
 

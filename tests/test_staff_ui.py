@@ -470,10 +470,10 @@ async def test_admin_page_shows_config_and_validation(staff_app: RunningApp, dat
         assert '<span class="error">invalid</span>' in page.text
         assert "profiles.x.mode" in page.text  # the line-numbered error, as config check says
 
-        version = staff_app.app.state.config.version
+        version = staff_app.app.state.services.config.version
         resp = await client.post("/admin/reload", data={"csrf": csrf_of(page.text)})
         assert resp.headers["location"] == "/admin?reloaded=failed"
-        assert staff_app.app.state.config.version == version  # the old config stays
+        assert staff_app.app.state.services.config.version == version  # the old config stays
         assert (await client.post("/admin/reload", data={"csrf": "x"})).status_code == 400
 
         audit = await client.get("/admin/audit?action=admin.config.reload")

@@ -121,7 +121,7 @@ async def stored(app: RunningApp, sid: str, *, turns: int, within_s: float = 5.0
     call = None
     async with asyncio.timeout(within_s):
         while True:
-            call = await get_call(app.app.state.db, sid)
+            call = await get_call(app.app.state.services.db, sid)
             if call and call["ended_at"] is not None and len(call["turns"]) >= turns:
                 return call
             await asyncio.sleep(0.05)
@@ -353,7 +353,7 @@ async def test_both_sides_transcribed_with_roles_on_the_call_clock(
         async with running_app.http() as http:
             await login(http, STAFF[0], STAFF[2])
             while True:
-                call = running_app.app.state.registry.live.get(sid)
+                call = running_app.app.state.services.registry.live.get(sid)
                 if call is not None and call.engine.interim:
                     interims.append(dict(call.engine.interim))
                     page = await http.get(f"/calls/{sid}/timeline")
@@ -598,7 +598,7 @@ async def test_transfer_from_a_flux_bot_continues_as_one_transcript(
     # The person's call ended after the bot's transfer: the call was transferred.
     assert call["ended_at"] is not None and call["end_reason"] == "transferred"
     assert call["mode"] == "flux" and call["duration_ms"] > at
-    parts = [s for s in running_app.app.state.registry.finished if s.call_sid == sid]
+    parts = [s for s in running_app.app.state.services.registry.finished if s.call_sid == sid]
     assert len(parts) == 2 and isinstance(parts[0], CallSummary)
 
     # The staff page marks the handover and shows the staff side.

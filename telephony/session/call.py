@@ -1,7 +1,8 @@
 """One live call: owns the Twilio media socket from the handshake's `start` to `stop`.
 
 After a good handshake (telephony/session/handshake.py) every frame is dispatched. A malformed
-frame is logged, counted and skipped; a flood of them ends this call only, with a recorded reason.
+frame is logged, counted and skipped; a flood of them, like any bound the stream breaks
+(telephony/session/policing.py), ends this call only, with a recorded reason.
 
 How the call ended is an `Outcome` (telephony/session/outcome.py): the call records each REST
 action it asks Twilio for (hang-up, transfer, the failover's redirect, the time limit's and the
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -22,6 +22,7 @@ from telephony.session.engine import CallContext, Engine
 from telephony.session.handshake import CallSetup
 from telephony.session.media_socket import CLOSE_ERROR, CLOSE_NORMAL, StreamEnd, TwilioSocket
 from telephony.session.outcome import Outcome
+from telephony.session.policing import AHEAD_CHECK_FRAMES, StreamPolice
 from telephony.session.summary import CallSummary
 from telephony.settings import Settings
 from telephony.twilio import messages as tm
@@ -30,16 +31,10 @@ from telephony.twilio.playout import Playout
 if TYPE_CHECKING:
     from telephony.store.recording import CallRecorder
 
-BAD_FRAME_WINDOW_S = 5.0
-
 # Gap filling: lost packets are replaced by silence so the engine's audio clock (bytes / 8)
 # stays on the call clock. A bigger jump is a broken stream, not packet loss: fill only this
 # much of it, so hostile timestamps cannot make us loop or send without bound.
 MAX_GAP_FILL_MS = 2000
-# A real stream's audio clock never runs ahead of the wall clock (it lags after a stall and
-# catches up). Checked every AHEAD_CHECK_FRAMES frames (one clock read per second of audio).
-AHEAD_CHECK_FRAMES = 50
-CONTROL_WINDOW_S = 5.0
 TIME_LIMIT_TWIML = (
     "<Response><Say>This call has reached its time limit. Goodbye.</Say><Hangup/></Response>"
 )
@@ -79,12 +74,12 @@ class Call:
         self.profile = setup.profile
         self.stream_sid = start.stream_sid
         self.log: CallLogger = call_logger(start.call_sid)
-        self.max_bad_frames = max_bad_frames
-        self._bad_times: deque[float] = deque()
-        self.max_audio_ahead_ms = max_audio_ahead_ms
-        self._audio_origin: float | None = None  # monotonic time of the first media frame
-        self._control_limit = round(max_control_per_s * CONTROL_WINDOW_S)
-        self._control_times: deque[float] = deque()
+        self._police = StreamPolice(
+            self.log,
+            max_bad_frames=max_bad_frames,
+            max_audio_ahead_ms=max_audio_ahead_ms,
+            max_control_per_s=max_control_per_s,
+        )
         self._limit_reason: str | None = None  # a bound this call broke, or its time limit
         self._too_fast = False  # set by the pace check, acted on by on_frame
         self.max_call_s = float(setup.profile.max_call_seconds)
@@ -305,13 +300,8 @@ class Call:
                     return StreamEnd(self._limit_reason)
                 return None
             self._check_stream(msg)
-            if self._control_flood():
+            if self._police.control_flood():
                 self._limit_reason = "control message flood"
-                self.log.warning(
-                    "closing: more than %d control messages in %.0f s",
-                    self._control_limit,
-                    CONTROL_WINDOW_S,
-                )
                 return StreamEnd(self._limit_reason)
         except tm.MessageError as exc:
             if self._on_bad_frame(exc, frame):
@@ -358,8 +348,8 @@ class Call:
                 stats.timestamp_overlaps += 1  # forwarded as is; the clock never runs back
                 end_ms = max(end_ms, stats.audio_end_ms)
         stats.media_frames += 1
-        if stats.media_frames % AHEAD_CHECK_FRAMES == 1:
-            self._check_pace(end_ms)
+        if stats.media_frames % AHEAD_CHECK_FRAMES == 1 and self._police.too_fast(end_ms):
+            self._too_fast = True
         stats.audio_bytes += len(msg.payload)
         stats.last_timestamp_ms = ts
         stats.audio_end_ms = end_ms
@@ -409,33 +399,8 @@ class Call:
             stats.marks.append(msg.name)
             self.playout.on_mark(msg.name)
 
-    def _check_pace(self, end_ms: int) -> None:
-        """Audio arriving faster than real time (burning Deepgram credit) breaks the call."""
-        now = time.monotonic()
-        if self._audio_origin is None:
-            self._audio_origin = now - end_ms / 1000
-            return
-        ahead_ms = end_ms - (now - self._audio_origin) * 1000
-        if ahead_ms > self.max_audio_ahead_ms and not self._too_fast:
-            self._too_fast = True
-            self.log.warning("closing: caller audio %.0f ms ahead of real time", ahead_ms)
-
-    def _control_flood(self) -> bool:
-        """Marks, DTMF and the like: a few per second at most on a real call."""
-        now = time.monotonic()
-        times = self._control_times
-        times.append(now)
-        while times and now - times[0] > CONTROL_WINDOW_S:
-            times.popleft()
-        return len(times) > self._control_limit
-
     def _on_bad_frame(self, exc: tm.MessageError, frame: str | bytes) -> bool:
         """Log and count; True when the flood limit is reached and the call must end."""
-        stats = self.summary.stats
-        stats.bad_frames += 1
+        self.summary.stats.bad_frames += 1
         self.log.warning("malformed frame skipped: %s (%d bytes)", exc, len(frame))
-        now = time.monotonic()
-        self._bad_times.append(now)
-        while self._bad_times and now - self._bad_times[0] > BAD_FRAME_WINDOW_S:
-            self._bad_times.popleft()
-        return len(self._bad_times) > self.max_bad_frames
+        return self._police.bad_frame()

@@ -2,9 +2,9 @@
 
 `connected` then `start`, within START_TIMEOUT_S; then the start's one-time stream token (bound
 to the call SID and `token_scope`), the media format and the profile are checked. Anything wrong
-is a `StreamRefused` (no start in time: `TimeoutError`), which the route answers by closing the
-socket and, when the token proved the call is ours, a `refused` calls row. A good handshake is a
-`CallSetup`, what `Call` is built from.
+is a `StreamRefused` (no start in time: `TimeoutError`), which `serve_call` (session/serve.py)
+answers by closing the socket and, when the token proved the call is ours, a `refused` calls row.
+A good handshake is a `CallSetup`, what `Call` is built from.
 """
 
 from __future__ import annotations

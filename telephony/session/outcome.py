@@ -12,7 +12,7 @@ Who decides which (see ``Call.run`` in telephony/session/call.py):
 - otherwise how the stream ended: Twilio's ``stop`` means the call ended on the phone side
   (``caller-hangup``); anything else (the socket lost without ``stop``, a broken stream, an
   engine failure) is ``error``;
-- a stream refused at the handshake is written as ``refused`` (routes/twilio.py), and a call
+- a stream refused at the handshake is written as ``refused`` (session/serve.py), and a call
   left open by a crashed instance is closed as ``restart`` (telephony/store/instances.py).
 
 Twilio's status callbacks are recorded as timeline events and never change the outcome: a

@@ -1,0 +1,173 @@
+"""A media stream's life once its socket is open: `serve_call(socket, services)`.
+
+The route (routes/twilio.py) checks the upgrade's signature, accepts and adapts its WebSocket;
+everything after that is here, with no web framework in sight: the handshake (a refusal is
+recorded), the recording, the registry and the store, metrics, the transfer (and the
+transcription that continues after it), and how the call's end is recorded.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from telephony.logs import bind_call_sid
+from telephony.session.call import Call
+from telephony.session.engines import build_engine
+from telephony.session.handshake import (
+    CallSetup,
+    Continuation,
+    StreamRefused,
+    handshake,
+    token_scope,
+)
+from telephony.session.media_socket import CLOSE_POLICY, TwilioSocket
+from telephony.session.registry import CallRegistry
+from telephony.session.services import Services
+from telephony.store.recording import CallRecorder
+from telephony.twilio.calls import fork_and_dial
+
+log = logging.getLogger(__name__)
+
+
+def transfer_twiml(services: Services, call: Call, number: str) -> str:
+    """A bot call handed to a person, still transcribed: the fork's `<Parameter>`s say where
+    the transcript continues (the bot part's audio end and turn count), bound to the token."""
+    summary, transcript = call.summary, call.transcript
+    params = {
+        "profile": summary.profile,
+        "from": summary.from_number,
+        "to": summary.to_number,
+        "continues": "1",
+        "offset_ms": str(summary.stats.audio_end_ms),
+        "turn_base": str(transcript.first_index + len(transcript.turns)),
+        "dial": number,
+    }
+    token = services.tokens.mint(call.call_sid, token_scope(params))
+    settings = services.settings
+    resp = fork_and_dial(
+        settings.media_stream_url,
+        {"call_token": token, **params},
+        number=number,
+        status_callback=settings.status_callback_url,
+    )
+    return resp.to_xml(xml_declaration=False)
+
+
+def resume_point(registry: CallRegistry, sid: str, cont: Continuation) -> Continuation:
+    """Where a continuation starts: after everything the bot part recorded. Its parameters
+    were fixed at the transfer; if that part is (or was) on this instance, what it added
+    since (a last caller turn, the audio until `stop`) is counted too."""
+    live = registry.live.get(sid)
+    summary = live.summary if live is not None else registry.find_finished(sid)
+    if summary is None:
+        return cont
+    turns = summary.transcript.first_index + len(summary.transcript.turns)
+    return Continuation(max(cont.offset_ms, summary.stats.audio_end_ms), max(cont.turn_base, turns))
+
+
+async def serve_call(socket: TwilioSocket, services: Services) -> None:
+    """Serve one accepted media socket until its call is over and recorded as such."""
+    setup = await _setup(socket, services)
+    if setup is not None:
+        await _serve(socket, setup, services)
+
+
+async def _setup(socket: TwilioSocket, services: Services) -> CallSetup | None:
+    """The handshake; a refused stream is logged, counted, closed and, when its token proved
+    the call is ours, stored as a refused call (None then)."""
+    try:
+        return await handshake(socket, services.tokens, services.config.current)
+    except (StreamRefused, TimeoutError) as exc:
+        reason = exc.reason if isinstance(exc, StreamRefused) else "no start message in time"
+        sid = exc.call_sid if isinstance(exc, StreamRefused) else None
+        log.warning("media stream refused: %s", reason, extra={"call_sid": sid})
+        services.registry.refused.append((sid, reason))
+        start = exc.start if isinstance(exc, StreamRefused) else None
+        if start is not None:  # a call we answered (its token says so): staff see why it failed
+            params = start.custom_parameters
+            services.transcripts.call_refused(
+                start.call_sid,
+                reason,
+                from_number=params.get("from", ""),
+                to_number=params.get("to", ""),
+                profile=params.get("profile", ""),
+            )
+        await socket.close(CLOSE_POLICY, reason)
+        return None
+
+
+async def _serve(socket: TwilioSocket, setup: CallSetup, services: Services) -> None:
+    settings, registry, rest = services.settings, services.registry, services.twilio_calls
+    sid = setup.start.call_sid
+    bind_call_sid(sid)  # every line this call's tasks log carries its SID
+    cont = setup.continuation
+    if cont is not None:  # transcription after a transfer: the same call, carried on
+        cont = setup.continuation = resume_point(registry, sid, cont)
+    recorder = None
+    if setup.profile.recording:  # a continuation extends the bot part's file (see recording.py)
+        start_ms = cont.offset_ms if cont is not None else 0
+        recorder = CallRecorder(sid, settings.recordings_dir, start_ms=start_ms)
+    handed_over = False  # this call was transferred with its transcription continuing
+
+    async def transfer(call_sid: str, number: str) -> None:
+        nonlocal handed_over
+        if not setup.profile.transcribe_after_transfer:
+            await rest.transfer(call_sid, number)
+            return
+        handed_over = True
+        await rest.update_twiml(call_sid, transfer_twiml(services, call, number), "transfer")
+
+    call = Call(
+        socket,
+        setup,
+        max_bad_frames=settings.max_bad_frames,
+        max_audio_ahead_ms=settings.max_audio_ahead_ms,
+        max_control_per_s=settings.max_control_per_s,
+        engine_factory=lambda ctx: build_engine(
+            ctx, http=services.llm_http, transcribe=cont is not None
+        ),
+        hang_up=rest.hang_up,
+        transfer=transfer,
+        redirect=rest.update_twiml,
+        settings=settings,
+        recorder=recorder,
+    )
+    registry.add(call)
+    transcripts = services.transcripts
+    summary = call.summary
+    started = functools.partial(
+        transcripts.call_started,
+        summary.call_sid,
+        from_number=summary.from_number,
+        to_number=summary.to_number,
+        profile=summary.profile,
+        mode=setup.profile.mode,
+        started_at=summary.started_at,
+    )
+    if cont is None:
+        started()
+    else:
+        transcripts.call_resumed(summary)  # the same calls row: live again
+    transcripts.attach(summary.call_sid, call.transcript, redact=setup.profile.redaction)
+    services.metrics.watch_call(call.transcript, setup.profile.mode)
+    if cont is not None:  # where the call page shows the bot handing over to a person
+        params = setup.start.custom_parameters
+        call.transcript.event(cont.offset_ms, "handover", to="staff", dial=params.get("dial", ""))
+    try:
+        await call.run()
+    finally:
+        registry.done(call)
+        services.metrics.call_ended(call)
+        # Handed over and its transcription stream already live: that one ends the call row.
+        continued = handed_over and registry.live.get(sid) is not None
+        if not continued:
+            transcripts.call_ended(summary, mode=setup.profile.mode)
+        if recorder is not None:
+            # After the call is over and recorded as ended: writing the WAV (on the recording
+            # thread) never holds up the hang-up. The file is linked to the call once it exists.
+            path = await recorder.finish()
+            if path is not None and continued:
+                started(recording_path=str(path))  # the row stays live
+            elif path is not None:
+                transcripts.call_ended(summary, mode=setup.profile.mode, recording_path=str(path))
