@@ -193,7 +193,7 @@ async def test_stuck_turn_threshold_follows_a_mid_call_configure(
     )
 
     async def configure_when_live() -> None:
-        registry = running_app.app.state.registry
+        registry = running_app.app.state.services.registry
         for _ in range(300):
             call = registry.live.get(sid)
             if call is not None and call.engine.flux.first_audio_ms is not None:

@@ -525,6 +525,36 @@ async def test_keepalive_through_20_s_of_silence_keeps_both_sockets(
             assert not before or t - before[-1] >= 3.0
 
 
+async def test_nova_keepalives_are_counted_in_metrics(
+    running_app: RunningApp, fake_deepgram: FakeDeepgram
+) -> None:
+    """A 5 s gap on the stream: each side's Nova socket gets a KeepAlive, and /metrics counts
+    every one of them (while the call is live and once it has ended)."""
+    sid = "CA" + "4" * 32
+    metrics = running_app.app.state.services.metrics
+
+    def counted() -> float:
+        text = metrics.exposition()[0].decode()
+        line = next(x for x in text.splitlines() if x.startswith("telephony_deepgram_keepalives"))
+        return float(line.split()[-1])
+
+    await two_party_call(
+        running_app,
+        fake_deepgram,
+        sid,
+        Script(),
+        Script(),
+        audio_ms=6_500,
+        timeline=[PauseStream(1000, 5_000)],
+    )
+    await finished(running_app, sid)
+    sent = sum(
+        k == "json:KeepAlive" for log in fake_deepgram.logs("listen") for _, k, _ in log.received
+    )
+    assert sent >= 2  # one per side at least
+    assert counted() == sent
+
+
 # --- a bot hands over to a person: one transcript --------------------------------------------
 
 
