@@ -19,8 +19,8 @@ from starlette.staticfiles import StaticFiles
 from routes import admin, auth, health, staff, twilio
 from routes.templates import STATIC_DIR
 from telephony.config import ConfigStore
+from telephony.http_pool import make_http_client
 from telephony.metrics import Metrics
-from telephony.responder import make_http_client
 from telephony.session.registry import CallRegistry
 from telephony.settings import Settings
 from telephony.store.instances import Instance
