@@ -31,6 +31,7 @@ def build_responder(
             system_prompt=cfg.system_prompt,
             temperature=cfg.temperature,
             max_tokens=cfg.max_tokens,
+            token_limit_param=cfg.token_limit_param,
             first_token_timeout_s=cfg.first_token_timeout_s,
             http=http,
         )

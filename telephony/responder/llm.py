@@ -9,38 +9,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 import httpx
 import orjson
 
+from telephony.config import TokenLimitParam
 from telephony.http_pool import make_http_client
 from telephony.responder.base import Message, Reply, ResponderError
-from telephony.responder.sse import body_excerpt, parse_chunk, sse_chunks
+from telephony.responder.request import RequestSettings
+from telephony.responder.sse import body_excerpt, parse_chunk, sse_chunks, stronger
+from telephony.retry import SERVER_ERRORS, RetryPolicy, retry_after_s
 
-_TOOLS: list[dict[str, Any]] = [
-    {
-        "type": "function",
-        "function": {
-            "name": "transfer_call",
-            "description": "Transfer the caller to a human. Say a short handover line first.",
-            "parameters": {"type": "object", "properties": {}},
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "end_call",
-            "description": "Hang up once the conversation is over. Say goodbye first.",
-            "parameters": {"type": "object", "properties": {}},
-        },
-    },
-]
+log = logging.getLogger(__name__)
+
+# A retry is worth it only if the repeated request still has this long for its first token
+# after the wait; with less, it would only turn a prompt error into a first-token timeout.
+RETRY_MARGIN_S = 0.5
 
 
 class LLMResponder:
-    """Streaming chat completions (`POST {base_url}/chat/completions`, SSE)."""
+    """Streaming chat completions (`POST {base_url}/chat/completions`, SSE).
+
+    A 429 or 5xx is retried once, after the server's `retry-after-ms` / `Retry-After` (else
+    a short backoff), only when that wait plus `RETRY_MARGIN_S` fits in what is left of the
+    first-token budget: the caller is waiting in silence, and the apology beats a long pause.
+    Nothing is retried once the reply has started streaming.
+    """
 
     def __init__(
         self,
@@ -49,8 +46,9 @@ class LLMResponder:
         model: str,
         api_key: str,
         system_prompt: str = "",
-        temperature: float = 0.7,
+        temperature: float | None = None,
         max_tokens: int | None = None,
+        token_limit_param: TokenLimitParam = "max_completion_tokens",
         first_token_timeout_s: float = 5.0,
         actions: bool = True,
         http: httpx.AsyncClient | None = None,
@@ -62,11 +60,15 @@ class LLMResponder:
             "Accept": "text/event-stream",
         }
         self._model = model
-        self._system_prompt = system_prompt
-        self._temperature = temperature
-        self._max_tokens = max_tokens
+        self._settings = RequestSettings(
+            model=model,
+            system_prompt=system_prompt,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            token_limit_param=token_limit_param,
+            actions=actions,
+        )
         self._first_token_timeout_s = first_token_timeout_s
-        self._actions = actions
         self._owns_http = http is None
         self._http = http if http is not None else make_http_client()
 
@@ -74,30 +76,12 @@ class LLMResponder:
         return f"LLMResponder(url={self._url!r}, model={self._model!r})"
 
     def respond(self, history: Sequence[Message], user_text: str) -> Reply:
-        body = orjson.dumps(self._body(history, user_text))
+        body = orjson.dumps(self._settings.body(history, user_text))
         return Reply(lambda reply: self._stream(reply, body))
 
     async def aclose(self) -> None:
         if self._owns_http:
             await self._http.aclose()
-
-    def _body(self, history: Sequence[Message], user_text: str) -> dict[str, Any]:
-        messages = (
-            [{"role": "system", "content": self._system_prompt}] if self._system_prompt else []
-        )
-        messages += [{"role": m.role, "content": m.content} for m in history]
-        messages.append({"role": "user", "content": user_text})
-        body: dict[str, Any] = {
-            "model": self._model,
-            "messages": messages,
-            "stream": True,
-            "temperature": self._temperature,
-        }
-        if self._max_tokens is not None:
-            body["max_tokens"] = self._max_tokens
-        if self._actions:
-            body["tools"] = _TOOLS
-        return body
 
     async def _stream(self, reply: Reply, body: bytes) -> AsyncGenerator[str, None]:
         # The first-token deadline covers connect, headers and every chunk until text (or a tool
@@ -112,9 +96,10 @@ class LLMResponder:
                     if chunk is None:
                         return
                     text, action = parse_chunk(chunk)
-                    if action != "none" and reply.action == "none":
-                        reply.action = action
-                    started = started or bool(text) or action != "none"
+                    if action != "none":
+                        reply.action = stronger(reply.action, action)
+                        started = True
+                    started = started or bool(text)
                     if text:
                         yield text
         finally:
@@ -123,24 +108,45 @@ class LLMResponder:
             _unlink(response)
 
     async def _send(self, body: bytes, deadline: float) -> httpx.Response:
-        request = self._http.build_request("POST", self._url, content=body, headers=self._headers)
-        try:
-            async with asyncio.timeout_at(deadline):
-                response = await self._http.send(request, stream=True)
-        except TimeoutError:
-            raise self._timeout_error() from None
-        except httpx.HTTPError as exc:
-            raise ResponderError(f"LLM request to {self._url} failed: {exc!r}") from exc
-        if response.status_code >= 400:
+        """The response once its status is a success, retrying once if the budget allows."""
+        attempt = 0
+        while True:
+            response = await self._request(body, deadline)
+            status = response.status_code
+            if status < 400:
+                return response
             try:
                 excerpt = await body_excerpt(response)
             finally:
                 await response.aclose()
                 _unlink(response)
-            raise ResponderError(
-                f"LLM HTTP {response.status_code}: {excerpt}", status=response.status_code
-            )
-        return response
+            attempt += 1
+            wait = self._retry_wait(status, attempt, retry_after_s(response.headers), deadline)
+            if wait is None:
+                raise ResponderError(f"LLM HTTP {status}: {excerpt}", status=status)
+            log.info("LLM HTTP %d; retrying in %.0f ms: %s", status, wait * 1000, excerpt)
+            await asyncio.sleep(wait)
+
+    async def _request(self, body: bytes, deadline: float) -> httpx.Response:
+        request = self._http.build_request("POST", self._url, content=body, headers=self._headers)
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self._http.send(request, stream=True)
+        except TimeoutError:
+            raise self._timeout_error() from None
+        except httpx.HTTPError as exc:
+            raise ResponderError(f"LLM request to {self._url} failed: {exc!r}") from exc
+
+    @staticmethod
+    def _retry_wait(
+        status: int, attempt: int, retry_after: float | None, deadline: float
+    ) -> float | None:
+        """Seconds to wait before repeating the request, or None: fail now."""
+        left = deadline - asyncio.get_running_loop().time()
+        policy = RetryPolicy(attempts=2, statuses=SERVER_ERRORS, max_wait_s=left - RETRY_MARGIN_S)
+        if not policy.retryable(status):
+            return None
+        return policy.wait_before(attempt, retry_after)
 
     async def _next_chunk(
         self, chunks: AsyncIterator[dict[str, Any]], deadline: float | None

@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 
 # The optional action convention: the LLM may call these tools (no arguments needed).
 TOOL_ACTIONS: dict[str, Action] = {"transfer_call": "transfer", "end_call": "hangup"}
+# When one reply calls both tools anyway (parallel_tool_calls is false, but not every server
+# honours it), a transfer wins whatever the order: the caller asked for a person, and ending
+# the call instead would lose them, while a transfer ends our side of the call too.
+_PRECEDENCE: dict[Action, int] = {"none": 0, "hangup": 1, "transfer": 2}
 ERROR_EXCERPT_CHARS = 300
 _MAX_SSE_LINE = 1 << 20  # one event's line; a stream without line ends must not grow forever
 _DRAIN_S = 0.25  # what is left after [DONE] is the body's end; don't wait long for it
@@ -81,7 +85,7 @@ def _decode(data: bytes) -> dict[str, Any]:
     if not isinstance(chunk, dict):
         excerpt = data[:80].decode(errors="replace")
         raise ResponderError(f"LLM sent unexpected SSE data: {excerpt!r}")
-    if "error" in chunk:  # some servers report failures mid-stream as a data event
+    if chunk.get("error"):  # some servers report failures mid-stream; others send error: null
         raise ResponderError(f"LLM stream error: {str(chunk['error'])[:ERROR_EXCERPT_CHARS]}")
     return chunk
 
@@ -98,15 +102,20 @@ def parse_chunk(chunk: dict[str, Any]) -> tuple[str, Action]:
         return "", "none"  # e.g. a trailing usage-only chunk
     delta = choices[0].get("delta") or {}
     if choices[0].get("finish_reason") == "length":
-        log.warning("LLM reply truncated by max_tokens")
+        log.warning("LLM reply truncated by its token limit")
     action: Action = "none"
     for call in delta.get("tool_calls") or []:
         name = (call.get("function") or {}).get("name")
         if name in TOOL_ACTIONS:
-            action = TOOL_ACTIONS[name]
+            action = stronger(action, TOOL_ACTIONS[name])
         elif name:
             log.warning("LLM called unknown tool %r; ignored", name)
     return delta.get("content") or "", action
+
+
+def stronger(a: Action, b: Action) -> Action:
+    """The action that wins when a reply asks for both."""
+    return a if _PRECEDENCE[a] >= _PRECEDENCE[b] else b
 
 
 async def body_excerpt(response: httpx.Response) -> str:
