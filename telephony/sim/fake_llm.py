@@ -330,6 +330,9 @@ def main() -> None:
     parser.add_argument("--api-key", default="llm-test-key")
     parser.add_argument("--first-token-delay-ms", type=float, default=300)
     parser.add_argument("--tokens-per-s", type=float, default=50.0)
+    parser.add_argument(
+        "--strict-roles", action="store_true", help="refuse roles that do not alternate (vLLM)"
+    )
     args = parser.parse_args()
 
     async def run() -> None:
@@ -337,6 +340,7 @@ def main() -> None:
             api_key=args.api_key,
             first_token_delay_ms=args.first_token_delay_ms,
             tokens_per_s=args.tokens_per_s,
+            strict_roles=args.strict_roles,
         )
         await fake.start(port=args.port)
         print(f"fake LLM at {fake.url}", flush=True)
