@@ -19,8 +19,8 @@ from routes import admin, auth, health, staff, twilio
 from routes.state import WebState
 from routes.templates import STATIC_DIR
 from telephony.config import ConfigStore
+from telephony.http_pool import make_http_client
 from telephony.metrics import Metrics
-from telephony.responder import make_http_client
 from telephony.session.registry import CallRegistry
 from telephony.session.services import DrainState, Services
 from telephony.settings import Settings

@@ -143,6 +143,22 @@ CASES = {
         """,
         "numbers.yaml:5: profiles.sales.retention_days: must be at least 1",
     ),
+    "token limit param": (
+        """\
+        profiles:
+          sales:
+            mode: flux
+            responder:
+              type: llm
+              base_url: https://api.openai.com/v1
+              model: o4-mini
+              api_key_env: OPENAI_API_KEY
+              system_prompt: Hi.
+              token_limit_param: max_output_tokens
+        """,
+        "numbers.yaml:10: profiles.sales.responder.token_limit_param: must be"
+        " 'max_completion_tokens' or 'max_tokens' (got 'max_output_tokens')",
+    ),
     "unknown field": (
         """\
         profiles:
@@ -533,6 +549,7 @@ def test_secret_like_names_that_are_not_secrets_pass(in_tmp: Path) -> None:
                   api_key_env: OPENAI_API_KEY
                   system_prompt: Hi.
                   max_tokens: 100
+                  token_limit_param: max_tokens
             """
         )
     )

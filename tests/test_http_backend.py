@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from telephony.http_backend import AsyncioBackend, use_asyncio_backend
-from telephony.responder import ShardedTransport
+from telephony.http_pool import ShardedTransport
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

@@ -1,4 +1,4 @@
-"""Responders (scripted, LLM against the fake SSE server) and the TTS sentence chunker."""
+"""Responders: scripted, and the LLM against the fake SSE server or canned streams."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import httpx
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from telephony.config import LLMResponderConfig, ScriptedResponderConfig
+from telephony.http_pool import make_http_client
 from telephony.responder import (
     LLMResponder,
     Message,
@@ -21,10 +23,9 @@ from telephony.responder import (
     ResponderError,
     ScriptedResponder,
     ScriptRule,
-    SentenceChunker,
     build_responder,
-    make_http_client,
 )
+from telephony.responder.request import chat_messages
 from telephony.sim.fake_llm import FakeLLM
 
 KEY = "llm-test-key"
@@ -92,65 +93,6 @@ def test_build_scripted_from_config() -> None:
     assert responder.match("hello") == ("Pardon?", "none")
 
 
-# --- sentence chunker -----------------------------------------------------------------------
-
-
-def chunk_all(deltas: list[str]) -> list[str]:
-    chunker = SentenceChunker()
-    out = [s for d in deltas for s in chunker.push(d)]
-    rest = chunker.flush()
-    return [*out, rest] if rest is not None else out
-
-
-@pytest.mark.parametrize(
-    ("deltas", "expected"),
-    [
-        (["Hello there. How are you? I'm fine!"], ["Hello there.", "How are you?", "I'm fine!"]),
-        (["Mr. Smith met Dr. Jones. Then left."], ["Mr. Smith met Dr. Jones.", "Then left."]),
-        (["Bring ID, e.g. a passport. Thanks"], ["Bring ID, e.g. a passport.", "Thanks"]),
-        (["See J. R. Smith. Next"], ["See J. R. Smith.", "Next"]),
-        (["It costs 3.5 dollars. Ok."], ["It costs 3.5 dollars.", "Ok."]),
-        (["It costs 3.", "5 dollars. Ok"], ["It costs 3.5 dollars.", "Ok"]),  # split decimal
-        (["Meet at 10.", "30 tomorrow. Bye"], ["Meet at 10.30 tomorrow.", "Bye"]),  # time
-        (["Press 1. Then 2."], ["Press 1.", "Then 2."]),
-        (["Really?! Yes."], ["Really?!", "Yes."]),
-        (["Really?", "! Yes."], ["Really?!", "Yes."]),
-        (["Wait..", ". Okay then."], ["Wait...", "Okay then."]),  # split mid-"..."
-        (["Hmm… fine."], ["Hmm…", "fine."]),
-        (['He said "stop." Then went.'], ['He said "stop."', "Then went."]),
-        (["First line\nSecond line\n\n  Third"], ["First line", "Second line", "Third"]),
-        (["Hel", "lo wor", "ld. By", "e now."], ["Hello world.", "Bye now."]),  # mid-word
-        (["Done.\n", "\n", "Next"], ["Done.", "Next"]),
-        (["", "   ", "\n", " "], []),  # never empty pieces, flush None
-    ],
-)
-def test_sentence_chunker(deltas: list[str], expected: list[str]) -> None:
-    assert chunk_all(deltas) == expected
-
-
-def test_chunker_emits_as_soon_as_a_sentence_is_complete() -> None:
-    chunker = SentenceChunker()
-    assert chunker.push("Sure.") == []  # might still become "Sure..." or a decimal
-    assert chunker.push(" Let me") == ["Sure."]
-    assert chunker.push(" check.\n") == ["Let me check."]
-    assert chunker.flush() is None
-
-
-def test_chunker_splits_long_unpunctuated_runs_at_spaces() -> None:
-    text = "alpha beta gamma delta " * 20  # 460 chars, no punctuation
-    pieces = chunk_all([text[i : i + 7] for i in range(0, len(text), 7)])
-    assert len(pieces) == 3
-    assert all(0 < len(p) <= 200 for p in pieces)
-    assert " ".join(pieces) == text.strip()  # cut between words, nothing lost
-
-
-def test_chunker_prefers_a_comma_for_long_runs() -> None:
-    text = "word " * 20 + "and then, " + "more " * 30
-    pieces = chunk_all([text])
-    assert pieces[0].endswith("and then,")
-    assert " ".join(pieces) == " ".join(text.split())
-
-
 # --- LLM against the fake server ------------------------------------------------------------
 
 
@@ -215,9 +157,92 @@ async def test_llm_sends_system_history_and_settings(
         {"role": "assistant", "content": "Hello! How can I help?"},
         {"role": "user", "content": "what time is it"},
     ]
-    assert (request["model"], request["temperature"], request["max_tokens"]) == ("fake-1", 0.2, 50)
+    assert (request["model"], request["temperature"]) == ("fake-1", 0.2)
+    assert request["max_completion_tokens"] == 50 and "max_tokens" not in request
     assert request["stream"] is True
     assert [t["function"]["name"] for t in request["tools"]] == ["transfer_call", "end_call"]
+    assert request["parallel_tool_calls"] is False
+
+
+async def test_temperature_is_only_sent_when_configured(
+    fake: FakeLLM, http: httpx.AsyncClient
+) -> None:
+    responder = build_responder(llm_config(fake.url), http=http, env={"MY_LLM_KEY": KEY})
+    await responder.respond([], "hi").text()
+    assert "temperature" not in fake.requests[-1]
+    assert "max_completion_tokens" not in fake.requests[-1]  # no limit configured: none sent
+
+
+async def test_token_limit_param_max_tokens_is_for_older_servers(
+    fake: FakeLLM, http: httpx.AsyncClient
+) -> None:
+    cfg = llm_config(fake.url, max_tokens=60, token_limit_param="max_tokens")
+    await build_responder(cfg, http=http, env={"MY_LLM_KEY": KEY}).respond([], "hi").text()
+    assert fake.requests[-1]["max_tokens"] == 60
+    assert "max_completion_tokens" not in fake.requests[-1]  # never both
+
+
+@pytest.mark.parametrize("model", ["o1", "o3-mini", "o4-mini", "gpt-5", "gpt-5-mini"])
+async def test_a_reasoning_model_accepts_the_request(
+    fake: FakeLLM, http: httpx.AsyncClient, model: str
+) -> None:
+    cfg = llm_config(fake.url, model=model, max_tokens=80)
+    reply = await build_responder(cfg, http=http, env={"MY_LLM_KEY": KEY}).respond([], "hi").text()
+    assert reply == "You said: hi. How else can I help?"
+    assert fake.requests[-1]["status"] == 200
+
+
+async def test_roles_alternate_for_strict_chat_templates(http: httpx.AsyncClient) -> None:
+    # The greeting comes first; a reply cut before it was heard leaves two caller turns.
+    history = [
+        Message("assistant", "Thanks for calling Acme."),
+        Message("user", "hi"),
+        Message("assistant", "Hello!"),
+        Message("user", "are you there"),
+    ]
+    async with FakeLLM(first_token_delay_ms=1, tokens_per_s=0, strict_roles=True) as fake:
+        text = await llm(fake, http, system_prompt="Be brief.").respond(history, "hello?").text()
+        assert text == "You said: are you there\nhello?. How else can I help?"
+        assert fake.requests[-1]["messages"] == [
+            {
+                "role": "system",
+                "content": 'Be brief.\n\nYou opened the call by saying: "Thanks for calling Acme."',
+            },
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "are you there\nhello?"},
+        ]
+
+
+OPENED = "You opened the call by saying:"
+
+
+@pytest.mark.parametrize(
+    ("system_prompt", "history", "expected"),
+    [
+        (  # no system prompt: the greeting alone makes one
+            "",
+            [Message("assistant", "Hi."), Message("assistant", "How can I help?")],
+            [
+                {"role": "system", "content": f'{OPENED} "Hi.\nHow can I help?"'},
+                {"role": "user", "content": "x"},
+            ],
+        ),
+        (  # a system message in the history joins the system prompt, never a second one
+            "Be brief.",
+            [Message("user", "a"), Message("system", "Caller is a VIP.")],
+            [
+                {"role": "system", "content": "Be brief.\n\nCaller is a VIP."},
+                {"role": "user", "content": "a\nx"},
+            ],
+        ),
+        ("", [], [{"role": "user", "content": "x"}]),
+    ],
+)
+def test_chat_messages_alternate(
+    system_prompt: str, history: list[Message], expected: list[dict[str, str]]
+) -> None:
+    assert chat_messages(system_prompt, history, "x") == expected
 
 
 async def test_llm_key_comes_from_the_named_env_var(http: httpx.AsyncClient) -> None:
@@ -299,6 +324,7 @@ async def test_no_tools_offered_when_actions_are_off(
     assert "".join(await collect(reply)) == "Let me transfer you."
     assert reply.action == "none"
     assert "tools" not in fake.requests[-1]
+    assert "parallel_tool_calls" not in fake.requests[-1]  # the API refuses it without tools
 
 
 # --- stream parsing edge cases (canned bodies) ----------------------------------------------
@@ -340,6 +366,38 @@ async def test_parser_reports_broken_streams(body: bytes, message: str) -> None:
         responder = LLMResponder(base_url="http://llm/v1", model="m", api_key="k", http=client)
         with pytest.raises(ResponderError, match=message):
             await responder.respond([], "hi").text()
+
+
+async def test_a_chunk_with_a_null_error_is_not_an_error() -> None:
+    # Some servers put `"error": null` in every chunk: only a truthy error is a failure.
+    chunk = 'data: {"error":null,"choices":[{"index":0,"delta":{"content":"Fine"}}]}'
+    async with canned(sse(chunk, STOP, "data: [DONE]")) as client:
+        responder = LLMResponder(base_url="http://llm/v1", model="m", api_key="k", http=client)
+        assert await responder.respond([], "hi").text() == "Fine"
+
+
+TOOL = '{"index":%d,"id":"c%d","type":"function","function":{"name":"%s","arguments":"{}"}}'
+
+
+def tool_chunk(*names: str) -> str:
+    calls = ",".join(TOOL % (i, i, name) for i, name in enumerate(names))
+    return 'data: {"choices":[{"index":0,"delta":{"tool_calls":[' + calls + "]}}]}"
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        [tool_chunk("end_call"), tool_chunk("transfer_call")],
+        [tool_chunk("transfer_call"), tool_chunk("end_call")],
+        [tool_chunk("end_call", "transfer_call")],  # both in one chunk
+    ],
+)
+async def test_a_transfer_wins_over_a_hangup_in_one_reply(events: list[str]) -> None:
+    async with canned(sse(CONTENT % "One moment.", *events, STOP, "data: [DONE]")) as client:
+        responder = LLMResponder(base_url="http://llm/v1", model="m", api_key="k", http=client)
+        reply = responder.respond([], "hi")
+        assert await reply.text() == "One moment."
+        assert reply.action == "transfer"
 
 
 def chunked(body: bytes, cuts: list[int]) -> httpx.AsyncClient:
@@ -411,3 +469,117 @@ async def test_a_compressed_stream_is_decoded() -> None:
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
         responder = LLMResponder(base_url="http://llm/v1", model="m", api_key="k", http=client)
         assert await responder.respond([], "hi").text() == "Zipped"
+
+
+# --- retry: one fast repeat of a 429/5xx within the first-token budget ----------------------
+
+
+async def test_a_429_with_retry_after_ms_is_retried_once(
+    fake: FakeLLM, http: httpx.AsyncClient
+) -> None:
+    fake.fail_next, fake.fail_status, fake.fail_headers = 1, 429, {"retry-after-ms": "120"}
+    started = time.monotonic()
+    text = await llm(fake, http, first_token_timeout_s=2.0).respond([], "hi").text()
+    assert text == "You said: hi. How else can I help?"
+    assert [r["status"] for r in fake.requests] == [429, 200]
+    assert time.monotonic() - started >= 0.12  # the server's wait was honoured
+    assert active_connections(http) == 0
+
+
+async def test_a_retry_after_beyond_the_budget_fails_at_once(
+    fake: FakeLLM, http: httpx.AsyncClient
+) -> None:
+    fake.fail_next, fake.fail_status, fake.fail_headers = 1, 429, {"Retry-After": "3"}
+    started = time.monotonic()
+    with pytest.raises(ResponderError, match="429") as err:
+        await llm(fake, http, first_token_timeout_s=1.0).respond([], "hi").text()
+    assert err.value.status == 429
+    assert time.monotonic() - started < 0.5
+    assert len(fake.requests) == 1
+
+
+async def test_a_wait_that_leaves_no_margin_is_not_retried(
+    fake: FakeLLM, http: httpx.AsyncClient
+) -> None:
+    # 0.6 s fits in the 1 s budget, but would leave less than RETRY_MARGIN_S for the answer.
+    fake.fail_next, fake.fail_status, fake.fail_headers = 1, 503, {"retry-after-ms": "600"}
+    with pytest.raises(ResponderError, match="503"):
+        await llm(fake, http, first_token_timeout_s=1.0).respond([], "hi").text()
+    assert len(fake.requests) == 1
+
+
+async def test_a_400_is_not_retried(fake: FakeLLM, http: httpx.AsyncClient) -> None:
+    fake.fail_next, fake.fail_status = 1, 400
+    with pytest.raises(ResponderError, match="400") as err:
+        await llm(fake, http).respond([], "hi").text()
+    assert err.value.status == 400
+    assert len(fake.requests) == 1
+
+
+async def test_a_5xx_is_retried_at_most_once(fake: FakeLLM, http: httpx.AsyncClient) -> None:
+    fake.fail_next, fake.fail_status = 3, 500  # no Retry-After: the policy's short backoff
+    started = time.monotonic()
+    with pytest.raises(ResponderError, match="500") as err:
+        await llm(fake, http, first_token_timeout_s=2.0).respond([], "hi").text()
+    assert err.value.status == 500
+    assert [r["status"] for r in fake.requests] == [500, 500]
+    assert time.monotonic() - started < 1.0
+
+
+# --- the fake checks requests as the API does -----------------------------------------------
+
+
+async def post(fake: FakeLLM, **body: object) -> httpx.Response:
+    request = {"model": "gpt-4o-mini", "stream": True, "messages": [user("hi")]}
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}) as client:
+        return await client.post(f"{fake.url}/chat/completions", json=request | body)
+
+
+def user(content: str) -> dict[str, str]:
+    return {"role": "user", "content": content}
+
+
+SYSTEM = {"role": "system", "content": "s"}
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "o1", "max_tokens": 50}, "max_tokens"),
+        ({"model": "gpt-5-mini", "temperature": 0.7}, "temperature"),
+        ({"parallel_tool_calls": False}, "parallel_tool_calls"),  # without tools
+        ({"messages": [SYSTEM, {"role": "assistant", "content": "a"}, user("u")]}, "messages"),
+        ({"messages": [user("a"), user("b")]}, "messages"),
+    ],
+)
+async def test_fake_refuses_what_the_api_refuses(body: dict[str, object], param: str) -> None:
+    async with FakeLLM(strict_roles=True) as fake:
+        response = await post(fake, **body)
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert error["param"] == param and error["type"] == "invalid_request_error"
+        assert set(error) == {"message", "type", "param", "code"}
+
+
+async def test_fake_accepts_what_the_api_accepts() -> None:
+    async with FakeLLM(first_token_delay_ms=1, tokens_per_s=0) as fake:
+        for body in [
+            {"model": "gpt-4o", "max_tokens": 50, "temperature": 0.2},  # not a reasoning model
+            {"model": "o3", "max_completion_tokens": 50, "temperature": 1},  # the default
+            {"messages": [user("a"), user("b")]},  # strict_roles is off
+        ]:
+            assert (await post(fake, **body)).status_code == 200, body
+
+
+async def test_fake_sends_usage_when_asked() -> None:
+    async with FakeLLM(first_token_delay_ms=1, tokens_per_s=0) as fake:
+        events = (await post(fake, stream_options={"include_usage": True})).text.split("\n\n")
+        chunks = [orjson.loads(e[6:]) for e in events if e.startswith("data: {")]
+        assert all(c["usage"] is None for c in chunks[:-1])
+        assert chunks[-1]["choices"] == []
+        usage = {"prompt_tokens": 1, "completion_tokens": 8, "total_tokens": 9}  # words
+        assert chunks[-1]["usage"] == usage
+        assert events[-2] == "data: [DONE]"
+
+        events = (await post(fake)).text.split("\n\n")
+        assert not any("usage" in orjson.loads(e[6:]) for e in events if e.startswith("data: {"))

@@ -33,6 +33,7 @@ from telephony.config.fields import (
     Identifier,
     Positive,
     RedactKind,
+    TokenLimitParam,
     between,
 )
 from telephony.config.loader import (
@@ -106,6 +107,7 @@ __all__ = [
     "Route",
     "ScriptRuleConfig",
     "ScriptedResponderConfig",
+    "TokenLimitParam",
     "TranscribeConfig",
     "between",
     "check",

@@ -27,7 +27,7 @@ from telephony.config.schema import (
     _reference_errors,
 )
 
-# Key names that would hold a secret value (api_key_env and max_tokens do not match).
+# Key names that would hold a secret value (api_key_env, max_tokens, token_limit_param do not).
 SECRET_KEY_RE = re.compile(r"^(?:.*[_-])?(?:api[_-]?key|token|secret|password|passwd)$", re.I)
 SECRET_HINT = "secrets come from the environment; name the variable with api_key_env"
 

@@ -40,6 +40,7 @@ from telephony.config.fields import (
     Identifier,
     Positive,
     RedactKind,
+    TokenLimitParam,
     _endpointing,
     _hours,
     _language,
@@ -71,8 +72,10 @@ class LLMResponderConfig(_Model):
     model: str
     api_key_env: EnvName
     system_prompt: str
-    temperature: Annotated[float, between(0, 2)] = 0.7
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    # Unset: not sent, the server's default applies (reasoning models reject any other).
+    temperature: Annotated[float, between(0, 2)] | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None  # the reply's token limit
+    token_limit_param: TokenLimitParam = "max_completion_tokens"
     first_token_timeout_s: Positive = 5.0
 
 

@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 
 from telephony.deepgram import messages as dm
 from telephony.deepgram.speak import SpeakClient
-from telephony.responder import Message, Responder, ResponderError, SentenceChunker
+from telephony.responder import Message, Responder, ResponderError
 from telephony.retry import Backoff
 from telephony.session.engine import CallContext
 from telephony.session.link import GiveUp, Link
+from telephony.session.sentences import SentenceChunker
 from telephony.session.speech import BotReply, BotSpeech
 from telephony.session.tasks import TaskSet
 from telephony.twilio.playout import Segment

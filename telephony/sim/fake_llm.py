@@ -3,7 +3,18 @@
 `POST /v1/chat/completions` (or `/chat/completions`) with `"stream": true` answers with
 `chat.completion.chunk` events: a role chunk at once, then the reply word by word (first word
 after `first_token_delay_ms`, the rest at `tokens_per_s`), optional tool-call chunks, a final
-chunk with `finish_reason`, and `data: [DONE]`. Wrong bearer key -> 401, non-stream -> 400.
+chunk with `finish_reason`, the usage chunk if `stream_options.include_usage` asked for it, and
+`data: [DONE]`. Wrong bearer key -> 401, non-stream -> 400.
+
+Requests are checked as the API checks them, each refusal a 400 with an OpenAI-style error
+body (`message`, `type`, `param`, `code`): a reasoning model (`o1`, `o3`, `o4-mini`, `gpt-5`,
+...) refuses `max_tokens` (deprecated: `max_completion_tokens` is the name) and any
+`temperature` but the default 1; `parallel_tool_calls` needs `tools`. With `strict_roles`, a
+conversation whose roles do not alternate user/assistant after the system messages is refused
+too, as vLLM does with strict chat templates (Mistral's).
+
+Faults: `fail_next` authorised requests answer `fail_status` (429 by default) with
+`fail_headers` (e.g. `{"retry-after-ms": "120"}`) instead of a reply, for retry tests.
 
 A bare ASGI app under in-process uvicorn: no framework, one watcher task per stream, so the
 benchmark can hold hundreds of streams open. A client that goes away mid-reply is noticed
@@ -35,6 +46,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 PATHS = ("/v1/chat/completions", "/chat/completions")
+# Reasoning models: o1, o3-mini, o4-mini, gpt-5, gpt-5-mini, ... (not gpt-4o: no digit after o).
+REASONING_MODEL = re.compile(r"^(o\d|gpt-5)")
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -50,12 +63,17 @@ class FakeLLM(StartStop):
         tokens_per_s: float = 50.0,
         replies: list[tuple[str, str]] | None = None,
         tools: list[tuple[str, str]] | None = None,
+        strict_roles: bool = False,
     ) -> None:
         self.api_key = api_key
         self.first_token_delay_ms = first_token_delay_ms
         self.tokens_per_s = tokens_per_s
         self.replies = [(re.compile(p, re.IGNORECASE), r) for p, r in replies or []]
         self.tools = [(re.compile(p, re.IGNORECASE), t) for p, t in tools or []]
+        self.strict_roles = strict_roles
+        self.fail_next = 0  # this many next authorised requests answer `fail_status`
+        self.fail_status = 429
+        self.fail_headers: dict[str, str] = {}
         self.requests: list[dict[str, Any]] = []  # every request, authorised or not
         self.active = 0  # streams in progress
         self.completed = 0  # streams that reached [DONE]
@@ -119,24 +137,59 @@ class FakeLLM(StartStop):
         if auth != f"Bearer {self.api_key}":
             record["status"] = 401
             await _json(send, 401, _error("Incorrect API key provided.", "invalid_api_key"))
+        elif self.fail_next > 0:
+            self.fail_next -= 1
+            record["status"] = self.fail_status
+            error = _error("Injected failure", "injected_failure", kind="server_error")
+            await _json(send, self.fail_status, error, self.fail_headers)
         elif request is None or not request.get("stream"):
             record["status"] = 400
             await _json(send, 400, _error("expected a JSON body with stream=true", "bad_request"))
+        elif (refusal := self._refusal(request)) is not None:
+            record["status"] = 400
+            await _json(send, 400, refusal)
         else:
             record["status"] = 200
             await self._stream(request, receive, send)
 
+    def _refusal(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        """The API's 400 error body for a request it would refuse, else None."""
+        model = str(request.get("model", ""))
+        if REASONING_MODEL.match(model):
+            if "max_tokens" in request:
+                message = (
+                    "Unsupported parameter: 'max_tokens' is not supported with this model."
+                    " Use 'max_completion_tokens' instead."
+                )
+                return _error(message, "unsupported_parameter", param="max_tokens")
+            if request.get("temperature", 1) != 1:
+                message = (
+                    f"Unsupported value: 'temperature' does not support"
+                    f" {request['temperature']} with this model. Only the default (1) value"
+                    " is supported."
+                )
+                return _error(message, "unsupported_value", param="temperature")
+        if "parallel_tool_calls" in request and not request.get("tools"):
+            message = "'parallel_tool_calls' is only allowed when 'tools' are specified."
+            return _error(message, "invalid_value", param="parallel_tool_calls")
+        if self.strict_roles and not _alternating(request.get("messages") or []):
+            message = "Conversation roles must alternate user/assistant/user/assistant/..."
+            return _error(message, "bad_request", param="messages")
+        return None
+
     async def _stream(self, request: dict[str, Any], receive: Receive, send: Send) -> None:
         offered = {t.get("function", {}).get("name") for t in request.get("tools") or []}
-        text, tool = self.reply_for(request.get("messages") or [], offered)
-        chunk = _Chunks(f"chatcmpl-fake-{next(self._ids)}", request.get("model", "fake"))
+        messages = request.get("messages") or []
+        text, tool = self.reply_for(messages, offered)
+        usage = (request.get("stream_options") or {}).get("include_usage") is True
+        chunk = _Chunks(f"chatcmpl-fake-{next(self._ids)}", request.get("model", "fake"), usage)
         watcher = asyncio.create_task(_until_disconnect(receive))
         self._watchers.add(watcher)
         self.active += 1
         try:
             await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
             await _body(send, chunk.delta({"role": "assistant", "content": ""}))
-            for i, piece in enumerate(_events(chunk, text, tool)):
+            for i, piece in enumerate(_events(chunk, text, tool, _words(messages))):
                 delay = self.first_token_delay_ms / 1000 if i == 0 else self._token_interval()
                 if await _gone_within(watcher, delay):
                     break
@@ -161,22 +214,35 @@ class FakeLLM(StartStop):
 class _Chunks:
     """Serialises one completion's `chat.completion.chunk` events."""
 
-    def __init__(self, completion_id: str, model: str) -> None:
-        self._base = {
+    def __init__(self, completion_id: str, model: str, usage: bool = False) -> None:
+        self._base: dict[str, Any] = {
             "id": completion_id,
             "object": "chat.completion.chunk",
             "created": int(time.time()),
             "model": model,
         }
+        self.usage = usage
+        if usage:  # asked for: every chunk carries `usage`, null until the last one
+            self._base["usage"] = None
 
     def delta(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
         return b"data: " + orjson.dumps({**self._base, "choices": [choice]}) + b"\n\n"
 
+    def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> bytes:
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        payload = {**self._base, "choices": [], "usage": usage}
+        return b"data: " + orjson.dumps(payload) + b"\n\n"
 
-def _events(chunk: _Chunks, text: str, tool: str | None) -> list[bytes]:
-    """Everything after the role chunk, one entry per paced send."""
+
+def _events(chunk: _Chunks, text: str, tool: str | None, prompt_tokens: int) -> list[bytes]:
+    """Everything after the role chunk, one entry per paced send (a word is a token here)."""
     events = [chunk.delta({"content": word}) for word in re.findall(r"\s*\S+", text)]
+    completion_tokens = len(events)
     if tool is not None:
         call = {"index": 0, "id": "call_fake_1", "type": "function"}
         events.append(
@@ -184,8 +250,24 @@ def _events(chunk: _Chunks, text: str, tool: str | None) -> list[bytes]:
         )
         events.append(chunk.delta({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}))
     finish = "tool_calls" if tool is not None else "stop"
-    events.append(chunk.delta({}, finish) + b"data: [DONE]\n\n")
+    last = chunk.delta({}, finish)
+    if chunk.usage:
+        last += chunk.usage_chunk(prompt_tokens, completion_tokens + (tool is not None))
+    events.append(last + b"data: [DONE]\n\n")
     return events
+
+
+def _words(messages: list[dict[str, Any]]) -> int:
+    return sum(len(str(m.get("content") or "").split()) for m in messages)
+
+
+def _alternating(messages: list[dict[str, Any]]) -> bool:
+    """System messages first, then user, assistant, user, ... (what strict templates accept)."""
+    roles = [m.get("role") for m in messages]
+    while roles and roles[0] == "system":
+        roles.pop(0)
+    expected = itertools.cycle(["user", "assistant"])
+    return bool(roles) and all(role == next(expected) for role in roles)
 
 
 async def _gone_within(watcher: asyncio.Task[None], delay: float) -> bool:
@@ -220,12 +302,17 @@ def _parse(body: bytes) -> dict[str, Any] | None:
     return request if isinstance(request, dict) else None
 
 
-def _error(message: str, code: str) -> dict[str, Any]:
-    return {"error": {"message": message, "type": "invalid_request_error", "code": code}}
+def _error(
+    message: str, code: str, *, param: str | None = None, kind: str = "invalid_request_error"
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-async def _json(send: Send, status: int, payload: dict[str, Any]) -> None:
+async def _json(
+    send: Send, status: int, payload: dict[str, Any], extra: dict[str, str] | None = None
+) -> None:
     headers = [(b"content-type", b"application/json")]
+    headers += [(k.lower().encode(), v.encode()) for k, v in (extra or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": orjson.dumps(payload)})
 
@@ -243,6 +330,9 @@ def main() -> None:
     parser.add_argument("--api-key", default="llm-test-key")
     parser.add_argument("--first-token-delay-ms", type=float, default=300)
     parser.add_argument("--tokens-per-s", type=float, default=50.0)
+    parser.add_argument(
+        "--strict-roles", action="store_true", help="refuse roles that do not alternate (vLLM)"
+    )
     args = parser.parse_args()
 
     async def run() -> None:
@@ -250,6 +340,7 @@ def main() -> None:
             api_key=args.api_key,
             first_token_delay_ms=args.first_token_delay_ms,
             tokens_per_s=args.tokens_per_s,
+            strict_roles=args.strict_roles,
         )
         await fake.start(port=args.port)
         print(f"fake LLM at {fake.url}", flush=True)
