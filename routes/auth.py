@@ -28,6 +28,7 @@ from routes.state import services_of, web_of
 from routes.templates import render
 from telephony.store import audit
 from telephony.store.users import Role, authenticate, end_session, session_role
+from telephony.window import SlidingWindow
 
 log = logging.getLogger(__name__)
 
@@ -240,29 +241,32 @@ class LoginLimiter:
     """Failed logins per (client address, account name), in a sliding window.
 
     In memory and per process: it slows guessing from one place without any shared store; a
-    distributed attacker is the reverse proxy's job.
+    distributed attacker is the reverse proxy's job. Bounded: each key keeps at most
+    `max_failures` + 1 times, and past `max_keys` keys the least recently failed is forgotten
+    (a flood of made-up names cannot grow it without end).
     """
 
-    def __init__(self, max_failures: int = 5, window_s: float = 300.0) -> None:
+    def __init__(
+        self, max_failures: int = 5, window_s: float = 300.0, max_keys: int = 10_000
+    ) -> None:
         self.max_failures = max_failures
         self.window_s = window_s
-        self._failures: dict[tuple[str, str], list[float]] = {}
-
-    def _recent(self, key: tuple[str, str], now: float) -> list[float]:
-        times = [t for t in self._failures.get(key, []) if now - t < self.window_s]
-        if times:
-            self._failures[key] = times
-        else:
-            self._failures.pop(key, None)
-        return times
+        self.max_keys = max_keys
+        self._failures: dict[tuple[str, str], SlidingWindow] = {}
 
     def allowed(self, client: str, name: str, now: float | None = None) -> bool:
-        return len(self._recent((client, name), now or time.monotonic())) < self.max_failures
+        window = self._failures.get((client, name))
+        return window is None or window.count(now or time.monotonic()) < self.max_failures
 
     def failed(self, client: str, name: str, now: float | None = None) -> None:
-        now = now or time.monotonic()
-        self._recent((client, name), now)
-        self._failures.setdefault((client, name), []).append(now)
+        key = (client, name)
+        window = self._failures.pop(key, None)  # re-inserted last: most recently failed
+        if window is None:
+            window = SlidingWindow(self.max_failures, self.window_s)
+            if len(self._failures) >= self.max_keys:
+                del self._failures[next(iter(self._failures))]
+        self._failures[key] = window
+        window.add(now or time.monotonic())
 
     def succeeded(self, client: str, name: str) -> None:
         self._failures.pop((client, name), None)

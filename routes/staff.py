@@ -25,7 +25,7 @@ from starlette.routing import Route
 from routes.auth import require
 from routes.state import services_of
 from routes.templates import render
-from telephony.session.outcome import LABELS
+from telephony.outcome import LABELS
 from telephony.store import audit
 from telephony.store.export import as_json, as_text, clock, timeline
 from telephony.store.queries import CallFilter, count_calls, get_call, profiles_seen, search_calls

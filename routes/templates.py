@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
 from routes.state import web_of
-from telephony.session.outcome import label as outcome_label
+from telephony.outcome import label as outcome_label
 from telephony.store.export import clock, heard_split
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"

@@ -19,8 +19,8 @@ from routes.state import services_of, web_of
 from telephony.config import TranscribeConfig
 from telephony.session.media_socket import CLOSE_POLICY, FrameHandler, StreamEnd, read_frames
 from telephony.session.serve import serve_call
-from telephony.session.transcript import Event
 from telephony.settings import Settings
+from telephony.transcript import Event, EventKind
 from telephony.twilio.calls import fork_and_dial
 from telephony.twilio.security import valid_signature
 
@@ -144,7 +144,7 @@ STATUS_MEMORY = 10_000  # callbacks remembered per instance, to drop Twilio's re
 async def status_callback(request: Request) -> Response:
     """Call and stream status callbacks: signed like the webhook, recorded once as events of
     calls we carried (never creating a row: see TranscriptStore.status). They do not change a
-    call's outcome, which its stream's end decides (telephony/session/outcome.py)."""
+    call's outcome, which its stream's end decides (telephony/outcome.py)."""
     form = await _signed_form(request, "status callback")
     if form is None:
         return Response("invalid signature", status_code=403)
@@ -159,7 +159,7 @@ async def status_callback(request: Request) -> Response:
     seen[key] = None
     while len(seen) > STATUS_MEMORY:
         seen.popitem(last=False)
-    kind = "stream-status" if "StreamEvent" in data else "call-status"
+    kind = EventKind.STREAM_STATUS if "StreamEvent" in data else EventKind.CALL_STATUS
     if data.get("StreamError") or data.get("ErrorCode"):
         log.warning("twilio reports an error: %s", data, extra={"call_sid": call_sid})
     services = services_of(request.app)

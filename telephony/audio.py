@@ -54,6 +54,13 @@ MULAW_SILENCE = 0xFF  # μ-law code of PCM 0 (0x7F decodes to 0 too, but encoder
 FRAME_BYTES = 160  # one Twilio media frame: 20 ms of 8 kHz μ-law
 FRAME_MS = 20
 TWILIO_RATE = 8000
+MULAW_BYTES_PER_MS = FRAME_BYTES // FRAME_MS  # 8: one byte per sample at 8 kHz
+# Caller audio held while an upstream socket is down (reconnecting, or not yet live), per
+# socket; beyond it the oldest is dropped and counted.
+HOLD_MS = 10_000
+# A jump in Twilio's timestamps (lost packets) is filled with silence up to this much, so the
+# engine's audio clock stays the call's; a longer jump is counted, not filled.
+MAX_GAP_FILL_MS = 2000
 
 _BIG_ENDIAN = sys.byteorder == "big"
 _WAVE_FORMAT_PCM = 0x0001

@@ -71,7 +71,7 @@ from telephony.bench_process import (
     wait_ready,
 )
 from telephony.bench_report import Phase, dump_samples, format_report, report
-from telephony.session.outcome import Outcome
+from telephony.outcome import Outcome
 from telephony.sim import load
 from telephony.sim.fake_llm import FakeLLM
 from telephony.sim.load import BenchDeepgram, Dialer, LeanCall, Probes

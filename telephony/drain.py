@@ -30,10 +30,11 @@ from typing import Protocol
 
 import uvicorn
 
+from telephony.outcome import Outcome
 from telephony.session.call import Call
-from telephony.session.outcome import Outcome
 from telephony.session.registry import CallRegistry
 from telephony.session.services import DrainState
+from telephony.transcript import EventKind
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,9 @@ async def end_live_calls(registry: CallRegistry, why: str, grace_s: float) -> No
                     twiml = _goodbye(call)
                     what = "with a goodbye" if twiml else "stream only (the call goes on)"
                     call.log.warning("ending the call: %s, %s", DRAIN_REASON, what)
-                    end = call.end(DRAIN_REASON, twiml, "drain", outcome=Outcome.DRAINED, why=why)
+                    end = call.end(
+                        DRAIN_REASON, twiml, EventKind.DRAIN, outcome=Outcome.DRAINED, why=why
+                    )
                     task = loop.create_task(end)
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)

@@ -13,9 +13,10 @@ from __future__ import annotations
 import email.utils
 import random
 import time
-from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+
+from telephony.window import SlidingWindow
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,14 +46,11 @@ class FailureBudget:
     def __init__(self, limit: int = 5, window_s: float = 60.0) -> None:
         self.limit = limit
         self.window_s = window_s
-        self._times: deque[float] = deque(maxlen=limit + 1)  # bounded: older ones cannot count
+        self._window = SlidingWindow(limit, window_s)
 
     def spend(self, now: float) -> bool:
         """Count one failure at `now`; False once more than `limit` fell in the window."""
-        self._times.append(now)
-        while self._times and now - self._times[0] > self.window_s:
-            self._times.popleft()
-        return len(self._times) <= self.limit
+        return self._window.add(now) <= self.limit
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,12 +7,12 @@ import time
 
 import httpx
 
-from telephony.session.outcome import Outcome
+from telephony.outcome import Outcome
 from telephony.session.summary import CallSummary
-from telephony.session.transcript import Event, Turn
 from telephony.store.schema import make_engine
 from telephony.store.transcripts import TranscriptStore
 from telephony.store.users import add_user
+from telephony.transcript import Event, Turn
 
 STAFF = ("alice", "staff", "alice-password-1")
 ADMIN = ("root", "admin", "root-password-12")

@@ -24,11 +24,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from telephony.session.transcript import Event
 from telephony.sim.deepgram.tts import tts_text
 from telephony.sim.deepgram_server import FakeDeepgram, Script, ScriptedTurn
 from telephony.sim.twilio_caller import CallResult, FakeTwilioCaller, silence
 from telephony.sim.twilio_rest import FakeTwilioRest
+from telephony.transcript import Event
 from tests.conftest import AUTH_TOKEN, DEEPGRAM_KEY, RunningApp, finished
 from tests.serve_process import (
     Server,

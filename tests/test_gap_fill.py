@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from telephony.audio import MAX_GAP_FILL_MS
 from telephony.config import load_config
-from telephony.session.call import MAX_GAP_FILL_MS, SILENCE_FRAME, Call
+from telephony.session.call import SILENCE_FRAME, Call
 from telephony.session.handshake import CallSetup
 from telephony.session.media_socket import FrameHandler, StreamEnd, read_frames
 from telephony.session.summary import CallSummary

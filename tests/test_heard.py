@@ -19,10 +19,10 @@ import pytest
 
 from telephony.audio import MULAW_SILENCE
 from telephony.demo import OfflineCall, run_offline_call
-from telephony.session.transcript import Turn
 from telephony.sim.deepgram.tts import tts_text
 from telephony.sim.deepgram_server import AgentStep, Fault, Script, ScriptedTurn
 from telephony.sim.twilio_caller import HangUp
+from telephony.transcript import Turn
 from tests.test_recording import read_wav, recording_of
 
 MS_PER_CHAR = 60  # about Aura's real rate

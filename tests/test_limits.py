@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 from websockets.exceptions import ConnectionClosed
 
-from telephony.session.outcome import Outcome
+from telephony.outcome import Outcome
 from telephony.sim.twilio_rest import FakeTwilioRest
 from telephony.store import transcripts as transcripts_module
 from telephony.store.queries import get_call

@@ -14,8 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from telephony.demo import run_offline_call
 from telephony.metrics import MAX_END_REASONS, Metrics
 from telephony.session.registry import CallRegistry
-from telephony.session.transcript import Transcript
 from telephony.sim.deepgram_server import Script, ScriptedTurn
+from telephony.transcript import Transcript
 from tests.conftest import NUMBERS_YAML, RunningApp
 
 STORE_COUNTERS = {
@@ -244,7 +244,7 @@ async def test_a_call_with_a_barge_in_shows_in_the_metrics(tmp_path: Path) -> No
     assert parsed["telephony_turn_first_audio_seconds_count"].value == len(answered)
     assert parsed["telephony_barge_ins_total"].value == 1
     ended = [s for f in families(result.metrics).values() for s in f.samples]
-    # Labelled by outcome (telephony/session/outcome.py): the bot said goodbye and hung up.
+    # Labelled by outcome (telephony/outcome.py): the bot said goodbye and hung up.
     assert any(
         s.name == "telephony_calls_ended_total"
         and s.labels == {"reason": "bot-hangup"}

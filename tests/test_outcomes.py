@@ -13,12 +13,12 @@ import pytest
 
 from telephony.config import load_config
 from telephony.drain import DRAIN_REASON
+from telephony.outcome import LABELS, Outcome, label
 from telephony.session.call import Call
 from telephony.session.engine import CallContext
 from telephony.session.fallback import fail_over
 from telephony.session.handshake import CallSetup, Continuation
 from telephony.session.media_socket import FrameHandler, StreamEnd
-from telephony.session.outcome import LABELS, Outcome, label
 from telephony.store.queries import get_call
 from telephony.store.schema import make_engine
 from telephony.twilio import messages as tm

@@ -11,7 +11,6 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from telephony.session.transcript import Turn
 from telephony.store.queries import (
     MARK_END,
     MARK_START,
@@ -24,6 +23,7 @@ from telephony.store.queries import (
 )
 from telephony.store.schema import alembic_config, calls, turns, upgrade
 from telephony.store.transcripts import TranscriptStore
+from telephony.transcript import Turn
 from tests import test_store
 from tests.serve_process import eventually
 from tests.test_store import Db, count_turns

@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, insert, select, text
 
-from telephony.session.transcript import Event, Turn
 from telephony.sim.deepgram_server import FakeDeepgram, Script, ScriptedTurn
 from telephony.sim.twilio_caller import FakeTwilioCaller, silence
 from telephony.sim.twilio_rest import FakeTwilioRest
@@ -28,6 +27,7 @@ from telephony.store import transcripts as transcripts_module
 from telephony.store.instances import Instance, sweep
 from telephony.store.schema import alembic_config, calls, events, instances, upgrade
 from telephony.store.transcripts import TranscriptStore
+from telephony.transcript import Event, Turn
 from tests import test_store
 from tests.conftest import AUTH_TOKEN, DEEPGRAM_KEY
 from tests.serve_process import NUMBER, eventually, scripted_yaml, serve_process

@@ -17,11 +17,11 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from telephony.config import load_config
-from telephony.session.transcript import Event, Turn
 from telephony.store import audit
 from telephony.store.retention import AUDIT_ACTION, AUDIT_USER, run_retention
 from telephony.store.schema import calls, events, make_engine, turns, upgrade
 from telephony.store.transcripts import TranscriptStore
+from telephony.transcript import Event, Turn
 from tests import test_store
 
 db = test_store.db  # the store tests' fixture: SQLite and PostgreSQL

@@ -12,10 +12,10 @@ import pytest
 
 from telephony.config import ConfigStore
 from telephony.demo import settings_for_fakes
+from telephony.http_pool import make_http_client
 from telephony.metrics import Metrics
-from telephony.responder import make_http_client
+from telephony.outcome import Outcome
 from telephony.session.media_socket import CLOSE_NORMAL, CLOSE_POLICY, FrameHandler, StreamEnd
-from telephony.session.outcome import Outcome
 from telephony.session.registry import CallRegistry
 from telephony.session.serve import serve_call
 from telephony.session.services import DrainState, Services

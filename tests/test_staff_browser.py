@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from telephony.session.transcript import Turn
+from telephony.transcript import Turn
 from tests.conftest import RunningApp
 from tests.staff_helpers import ADMIN, STAFF, add_accounts, store_call
 from tests.test_recording import recorded_transfer_call

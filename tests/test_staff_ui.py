@@ -16,10 +16,10 @@ import pytest
 from sqlalchemy import select
 
 from routes.auth import SESSION_COOKIE
-from telephony.session.outcome import Outcome
-from telephony.session.transcript import Event, Turn
+from telephony.outcome import Outcome
 from telephony.store.export import as_text, heard_split
 from telephony.store.schema import audit_log, make_engine, users
+from telephony.transcript import Event, Turn
 from tests.conftest import RunningApp
 from tests.staff_helpers import ADMIN, STAFF, add_accounts, csrf_of, login, store_call
 

@@ -20,7 +20,6 @@ from sqlalchemy import func, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from telephony.session.summary import CallSummary, StreamStats
-from telephony.session.transcript import Event, Transcript, Turn
 from telephony.store.schema import (
     TABLES,
     alembic_config,
@@ -31,6 +30,7 @@ from telephony.store.schema import (
 )
 from telephony.store.transcripts import TranscriptStore
 from telephony.store.users import add_user, end_session, session_role
+from telephony.transcript import Event, Transcript, Turn
 from tests.serve_process import eventually
 
 PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -271,8 +271,8 @@ async def test_ended_sessions_stay_ended_until_their_cookies_expire(db: Db) -> N
 
 
 def test_redacted_turn_replaces_pii_and_keeps_spans() -> None:
-    from telephony.session.transcript import Turn
     from telephony.store.transcripts import redacted_turn
+    from telephony.transcript import Turn
 
     turn = Turn(3, "caller", "my card is 4111 1111 1111 1111 thanks", 100, 900, meta={"a": 1})
     out = redacted_turn(turn)

@@ -36,7 +36,6 @@ from telephony.session.deepgram_options import listen_options
 from telephony.session.engine import CallContext
 from telephony.session.summary import CallSummary
 from telephony.session.transcribe_engine import TrackTranscriber
-from telephony.session.transcript import Transcript
 from telephony.settings import Settings
 from telephony.sim.deepgram_server import (
     AgentStep,
@@ -48,6 +47,7 @@ from telephony.sim.deepgram_server import (
 from telephony.sim.twilio_caller import CallResult, FakeTwilioCaller, HangUp, PauseStream, silence
 from telephony.sim.twilio_rest import FakeTwilioRest
 from telephony.store.queries import get_call
+from telephony.transcript import Transcript
 from telephony.twilio.playout import Playout
 from telephony.twilio.security import sign
 from tests.conftest import AUTH_TOKEN, DEEPGRAM_KEY, RunningApp, finished

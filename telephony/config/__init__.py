@@ -12,6 +12,7 @@ reload). This package re-exports their names, so callers keep writing
 `from telephony.config import Profile`.
 """
 
+from telephony.actions import Action
 from telephony.config.fields import (
     DAYS,
     DEFAULT_VOICE,
@@ -22,7 +23,6 @@ from telephony.config.fields import (
     IDENTIFIER_RE,
     LANGUAGE_RE,
     NOVA_MODEL_RE,
-    Action,
     AuraVoice,
     Day,
     EnvName,

@@ -131,7 +131,6 @@ Identifier = Annotated[str, AfterValidator(_identifier)]
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
 AuraVoice = Annotated[str, AfterValidator(_aura_voice)]
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-Action = Literal["none", "transfer", "hangup"]
 # The request field an LLM's token limit is sent as. max_completion_tokens is the current name
 # and the only one reasoning models accept; max_tokens (deprecated) is for servers predating it.
 TokenLimitParam = Literal["max_completion_tokens", "max_tokens"]

@@ -25,11 +25,11 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from telephony.actions import BUILTIN_FUNCTIONS, Action
 from telephony.config.fields import (
     DAYS,
     DEFAULT_VOICE,
     E164,
-    Action,
     AuraVoice,
     Day,
     EnvName,
@@ -129,7 +129,7 @@ class AgentFunction(_Model):
     defer_until_eot: bool = False
 
 
-BUILTIN_AGENT_FUNCTIONS = frozenset({"end_call", "transfer_call"})
+BUILTIN_AGENT_FUNCTIONS = BUILTIN_FUNCTIONS
 
 
 class AgentConfig(_Model):

@@ -19,7 +19,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from telephony.audio import Chunker
+from telephony.audio import HOLD_MS, MULAW_BYTES_PER_MS, Chunker
 from telephony.deepgram import messages as dm
 from telephony.deepgram.connection import (
     AGENT_KEEPALIVE,
@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 
 AGENT_PATH = "/v1/agent/converse"
 WELCOME_TIMEOUT_S = 5.0
-MULAW_BYTES_PER_MS = 8
 
 
 class AgentClient(DeepgramSocket):
@@ -53,7 +52,7 @@ class AgentClient(DeepgramSocket):
         api_key: str,
         settings_body: dict[str, Any],
         *,
-        max_buffered_ms: int = 10_000,
+        max_buffered_ms: int = HOLD_MS,
         keepalive_idle_s: float = AGENT_KEEPALIVE.idle_s,
         chunk_ms: int = 80,
         welcome_timeout_s: float = WELCOME_TIMEOUT_S,

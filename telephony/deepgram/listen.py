@@ -31,6 +31,7 @@ from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 
+from telephony.audio import MULAW_BYTES_PER_MS as BYTES_PER_MS
 from telephony.audio import Chunker
 from telephony.deepgram import messages as dm
 from telephony.deepgram.clock import AudioMap
@@ -40,7 +41,6 @@ from telephony.deepgram.socket import DeepgramSocket
 log = logging.getLogger(__name__)
 
 LISTEN_PATH = "/v1/listen"
-BYTES_PER_MS = 8  # μ-law 8 kHz
 FINALIZE_WAIT_S = 2.0  # for the Results with from_finalize after Finalize
 CLOSE_WAIT_S = 2.0  # for Metadata and the close after CloseStream
 

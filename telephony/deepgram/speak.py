@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 
 from websockets.exceptions import ConnectionClosed
@@ -19,6 +18,7 @@ from websockets.exceptions import ConnectionClosed
 from telephony.deepgram import messages as dm
 from telephony.deepgram.connection import build_url
 from telephony.deepgram.socket import DeepgramSocket
+from telephony.window import SlidingWindow
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +34,15 @@ class FlushBudget:
         self.limit = limit
         self.window_s = window_s
         self._clock = clock or asyncio.get_running_loop().time
-        self._times: deque[float] = deque()
+        self._window = SlidingWindow(limit, window_s)
 
     def remaining(self) -> int:
-        now = self._clock()
-        while self._times and now - self._times[0] >= self.window_s:
-            self._times.popleft()
-        return self.limit - len(self._times)
+        return self._window.remaining(self._clock())
 
     def take(self) -> bool:
         if self.remaining() <= 0:
             return False
-        self._times.append(self._clock())
+        self._window.add(self._clock())
         return True
 
 

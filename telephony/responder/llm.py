@@ -16,11 +16,12 @@ from typing import Any
 import httpx
 import orjson
 
+from telephony.actions import stronger
 from telephony.config import TokenLimitParam
 from telephony.http_pool import make_http_client
 from telephony.responder.base import Message, Reply, ResponderError
 from telephony.responder.request import RequestSettings
-from telephony.responder.sse import body_excerpt, parse_chunk, sse_chunks, stronger
+from telephony.responder.sse import body_excerpt, parse_chunk, sse_chunks
 from telephony.retry import SERVER_ERRORS, RetryPolicy, retry_after_s
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ Built to the documented API (`POST /chat/completions`), not to what any one serv
   and reasoning models (o1, o3, gpt-5, ...) refuse it. `token_limit_param: max_tokens` is for
   OpenAI-compatible servers that predate the new name. Only one of the two is ever sent.
 - `temperature` is sent only when configured: reasoning models refuse any but the default.
-- With the tools, `parallel_tool_calls: false`: one action per reply (see `sse.stronger` for
+- With the tools, `parallel_tool_calls: false`: one action per reply (see `actions.stronger` for
   which wins when a server sends two anyway).
 - Roles alternate. Strict chat templates (vLLM with Mistral's, for one) refuse a conversation
   whose roles do not go user, assistant, user, ... after the system prompt, yet a call's
@@ -20,27 +20,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from telephony.actions import action_functions
 from telephony.config import TokenLimitParam
 from telephony.responder.base import Message, Role
 
-TOOLS: list[dict[str, Any]] = [
-    {
-        "type": "function",
-        "function": {
-            "name": "transfer_call",
-            "description": "Transfer the caller to a human. Say a short handover line first.",
-            "parameters": {"type": "object", "properties": {}},
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "end_call",
-            "description": "Hang up once the conversation is over. Say goodbye first.",
-            "parameters": {"type": "object", "properties": {}},
-        },
-    },
-]
+# The action convention as OpenAI tools (no arguments needed).
+TOOLS: list[dict[str, Any]] = [{"type": "function", "function": f} for f in action_functions()]
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,17 +15,11 @@ from typing import Any
 import httpx
 import orjson
 
-from telephony.config import Action
+from telephony.actions import FUNCTION_ACTIONS, Action, stronger
 from telephony.responder.base import ResponderError
 
 log = logging.getLogger(__name__)
 
-# The optional action convention: the LLM may call these tools (no arguments needed).
-TOOL_ACTIONS: dict[str, Action] = {"transfer_call": "transfer", "end_call": "hangup"}
-# When one reply calls both tools anyway (parallel_tool_calls is false, but not every server
-# honours it), a transfer wins whatever the order: the caller asked for a person, and ending
-# the call instead would lose them, while a transfer ends our side of the call too.
-_PRECEDENCE: dict[Action, int] = {"none": 0, "hangup": 1, "transfer": 2}
 ERROR_EXCERPT_CHARS = 300
 _MAX_SSE_LINE = 1 << 20  # one event's line; a stream without line ends must not grow forever
 _DRAIN_S = 0.25  # what is left after [DONE] is the body's end; don't wait long for it
@@ -106,16 +100,11 @@ def parse_chunk(chunk: dict[str, Any]) -> tuple[str, Action]:
     action: Action = "none"
     for call in delta.get("tool_calls") or []:
         name = (call.get("function") or {}).get("name")
-        if name in TOOL_ACTIONS:
-            action = stronger(action, TOOL_ACTIONS[name])
+        if name in FUNCTION_ACTIONS:
+            action = stronger(action, FUNCTION_ACTIONS[name])
         elif name:
             log.warning("LLM called unknown tool %r; ignored", name)
     return delta.get("content") or "", action
-
-
-def stronger(a: Action, b: Action) -> Action:
-    """The action that wins when a reply asks for both."""
-    return a if _PRECEDENCE[a] >= _PRECEDENCE[b] else b
 
 
 async def body_excerpt(response: httpx.Response) -> str:

@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 import orjson
 
+from telephony.actions import FUNCTION_ACTIONS
 from telephony.deepgram import messages as dm
 from telephony.deepgram.agent import AgentClient
 from telephony.retry import Backoff
@@ -39,6 +40,7 @@ from telephony.session.link import Link
 from telephony.session.speech import CUT_BY_CALL_END, CUT_BY_CALLER, BotReply, BotSpeech
 from telephony.session.tasks import TaskSet
 from telephony.session.upstream import Upstream
+from telephony.transcript import EventKind
 from telephony.twilio.playout import Segment
 
 ACTION_GRACE_S = 3.0  # end_call and then silence for this long: act anyway
@@ -174,7 +176,7 @@ class AgentEngine:
         """A bot stream carries no outbound track."""
 
     def on_dtmf(self, ms: int, digit: str) -> None:
-        self.ctx.transcript.event(ms, "dtmf", digit=digit)
+        self.ctx.transcript.event(ms, EventKind.DTMF, digit=digit)
         self._tasks.spawn(self.client.inject_user_message(f"The caller pressed {digit}."), "dtmf")
 
     async def close(self) -> None:
@@ -189,7 +191,7 @@ class AgentEngine:
     # --- mid-call control -------------------------------------------------------------------
 
     async def update_prompt(self, prompt: str) -> None:
-        self.ctx.transcript.event(self.ctx.now_ms(), "prompt-updated")
+        self.ctx.transcript.event(self.ctx.now_ms(), EventKind.PROMPT_UPDATED)
         await self.client.update_prompt(prompt)
 
     async def say(self, message: str) -> None:
@@ -210,7 +212,7 @@ class AgentEngine:
         self._reply_timer.start(agent.reply_timeout_s if agent else 8.0)
 
     async def _reply_overdue(self) -> None:
-        self.ctx.transcript.event(self.ctx.now_ms(), "reply-watchdog")
+        self.ctx.transcript.event(self.ctx.now_ms(), EventKind.REPLY_WATCHDOG)
         await self.say(REPLY_OVERDUE_MESSAGE)
 
     def _open_reply(self) -> BotReply:
@@ -253,7 +255,7 @@ class AgentEngine:
                 ttt_latency=event.ttt_latency,
             )
         elif isinstance(event, dm.AgentThinking):
-            self.ctx.transcript.event(ms, "agent-thinking")
+            self.ctx.transcript.event(ms, EventKind.AGENT_THINKING)
         elif isinstance(event, dm.AgentAudioDone):
             if self._reply is not None and "latency_report" not in self._reply.meta:
                 self._last_sent = self._reply  # its LatencyReport comes next
@@ -272,9 +274,11 @@ class AgentEngine:
             self._on_latency_report(event, ms)
         elif isinstance(event, dm.AgentWarning):
             self.ctx.log.warning("agent warning %s: %s", event.code, event.description)
-            self.ctx.transcript.event(ms, "warning", code=event.code, detail=event.description)
+            self.ctx.transcript.event(
+                ms, EventKind.WARNING, code=event.code, detail=event.description
+            )
         elif isinstance(event, dm.InjectionRefused):
-            self.ctx.transcript.event(ms, "injection-refused", detail=event.message)
+            self.ctx.transcript.event(ms, EventKind.INJECTION_REFUSED, detail=event.message)
 
     def _on_text(self, event: dm.ConversationText, ms: int) -> None:
         if event.role == "user":
@@ -298,7 +302,9 @@ class AgentEngine:
         if await self.speech.barge_in(ms):
             self._reply, self._segment = None, None
             if self._pending_action is not None:  # asked for, goodbye not yet spoken
-                self.ctx.transcript.event(ms, "action-cancelled", action=self._pending_action)
+                self.ctx.transcript.event(
+                    ms, EventKind.ACTION_CANCELLED, action=self._pending_action
+                )
                 self._pending_action = None
                 self._action_timer.cancel()
 
@@ -347,18 +353,20 @@ class AgentEngine:
             reply.meta["latency_report"] = report
             return
         turn = reply.turn.index if reply is not None and reply.turn is not None else None
-        self.ctx.transcript.event(ms, "latency-report", turn=turn, **report)
+        self.ctx.transcript.event(ms, EventKind.LATENCY_REPORT, turn=turn, **report)
 
     async def _nudge(self) -> None:
         """Caller silence for N s after the bot finished playing: prompt them."""
-        self.ctx.transcript.event(self.ctx.now_ms(), "nudge")
+        self.ctx.transcript.event(self.ctx.now_ms(), EventKind.NUDGE)
         await self.say(self.ctx.profile.agent.nudge_message)  # type: ignore[union-attr]
 
     # --- function calls ---------------------------------------------------------------------
 
     async def _function_call(self, call: dm.FunctionCall) -> None:
         ms = self.ctx.now_ms()
-        self.ctx.transcript.event(ms, "function-call", name=call.name, arguments=call.arguments)
+        self.ctx.transcript.event(
+            ms, EventKind.FUNCTION_CALL, name=call.name, arguments=call.arguments
+        )
         try:
             content = await self._run_function(call)
         except Exception as exc:  # any failure is answered, and the call goes on
@@ -380,11 +388,11 @@ class AgentEngine:
             data["action"] = self._pending_action
             self._pending_action = self._action_call = None
             self._action_timer.cancel()
-        self.ctx.transcript.event(ms, "function-cancelled", **data)
+        self.ctx.transcript.event(ms, EventKind.FUNCTION_CANCELLED, **data)
 
     async def _run_function(self, call: dm.FunctionCall) -> str:
-        if call.name in ("end_call", "transfer_call"):
-            action = "hangup" if call.name == "end_call" else "transfer"
+        action = FUNCTION_ACTIONS.get(call.name)
+        if action is not None:
             self._request_action(action, call_id=call.id)
             return orjson.dumps({"ok": True, "note": "say goodbye; the line closes after"}).decode()
         function = self._functions.get(call.name)
@@ -428,7 +436,7 @@ class AgentEngine:
         """Deepgram cuts agent sessions at 2 h: end, transfer or warn first, never a silent cut."""
         await asyncio.sleep(max(0.0, self._session_cap_s - SESSION_CAP_MARGIN_S))
         action = self.ctx.profile.agent.session_cap_action if self.ctx.profile.agent else "end"
-        self.ctx.transcript.event(self.ctx.now_ms(), "session-cap", action=action)
+        self.ctx.transcript.event(self.ctx.now_ms(), EventKind.SESSION_CAP, action=action)
         if action != "warn":
             self._request_action("hangup" if action == "end" else "transfer")
         await self.client.inject_agent_message(CAP_MESSAGES[action], behavior="queue")

@@ -4,7 +4,7 @@ After a good handshake (telephony/session/handshake.py) every frame is dispatche
 frame is logged, counted and skipped; a flood of them, like any bound the stream breaks
 (telephony/session/policing.py), ends this call only, with a recorded reason.
 
-How the call ended is an `Outcome` (telephony/session/outcome.py): the call records each REST
+How the call ended is an `Outcome` (telephony/outcome.py): the call records each REST
 action it asks Twilio for (hang-up, transfer, the failover's redirect, the time limit's and the
 drain's goodbyes) before asking, and otherwise goes by how the stream ended (`stop` or not).
 """
@@ -16,15 +16,22 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from telephony.audio import FRAME_BYTES, FRAME_MS, MULAW_SILENCE
+from telephony.audio import (
+    FRAME_BYTES,
+    FRAME_MS,
+    MAX_GAP_FILL_MS,
+    MULAW_BYTES_PER_MS,
+    MULAW_SILENCE,
+)
 from telephony.logs import CallLogger, call_logger
+from telephony.outcome import Outcome
 from telephony.session.engine import CallContext, Engine
 from telephony.session.handshake import CallSetup
 from telephony.session.media_socket import CLOSE_ERROR, CLOSE_NORMAL, StreamEnd, TwilioSocket
-from telephony.session.outcome import Outcome
 from telephony.session.policing import AHEAD_CHECK_FRAMES, StreamPolice
 from telephony.session.summary import CallSummary
 from telephony.settings import Settings
+from telephony.transcript import EventKind
 from telephony.twilio import messages as tm
 from telephony.twilio.playout import Playout
 
@@ -32,15 +39,14 @@ if TYPE_CHECKING:
     from telephony.store.recording import CallRecorder
 
 # Gap filling: lost packets are replaced by silence so the engine's audio clock (bytes / 8)
-# stays on the call clock. A bigger jump is a broken stream, not packet loss: fill only this
-# much of it, so hostile timestamps cannot make us loop or send without bound.
-MAX_GAP_FILL_MS = 2000
+# stays on the call clock. A bigger jump is a broken stream, not packet loss: only
+# MAX_GAP_FILL_MS of it is filled, so hostile timestamps cannot make us loop or send without
+# bound.
 TIME_LIMIT_TWIML = (
     "<Response><Say>This call has reached its time limit. Goodbye.</Say><Hangup/></Response>"
 )
 GAP_EVENT_MS = 100  # fills this long go into the transcript; shorter ones are only counted
 SILENCE_FRAME = bytes((MULAW_SILENCE,)) * FRAME_BYTES  # shared by every fill, never copied
-BYTES_PER_MS = FRAME_BYTES // FRAME_MS
 
 EngineFactory = Callable[[CallContext], Engine]
 
@@ -235,7 +241,7 @@ class Call:
             # People hold this call: stop transcribing it (close the fork), never hang up.
             self._limit_reason = "max call duration"
             self._mark(Outcome.MAX_DURATION)
-            self.transcript.event(self._now_ms(), "time-limit", seconds=self.max_call_s)
+            self.transcript.event(self._now_ms(), EventKind.TIME_LIMIT, seconds=self.max_call_s)
             await self.socket.close(CLOSE_NORMAL, self._limit_reason)
             return
         await self.end(
@@ -247,7 +253,7 @@ class Call:
         )
 
     async def end(
-        self, reason: str, twiml: str | None, event: str, *, outcome: Outcome, **data: object
+        self, reason: str, twiml: str | None, event: EventKind, *, outcome: Outcome, **data: object
     ) -> None:
         """End the call from our side: `twiml` (a goodbye) runs on the call through Twilio's
         REST API, then the stream is closed with `reason`, which becomes the end detail and
@@ -338,7 +344,7 @@ class Call:
             return
         stats = self.summary.stats
         ts = msg.timestamp + self._clock_offset_ms
-        end_ms = ts + len(msg.payload) // BYTES_PER_MS
+        end_ms = ts + len(msg.payload) // MULAW_BYTES_PER_MS
         # media.timestamp is the call's audio clock; normally each frame starts where the last
         # one ended, so the common path costs this one comparison.
         if ts != stats.audio_end_ms:
@@ -376,7 +382,7 @@ class Call:
         stats.unfilled_gap_ms += unfilled_ms
         if fill_ms >= GAP_EVENT_MS:
             extra = {"unfilled_ms": unfilled_ms} if unfilled_ms else {}
-            self.transcript.event(start_ms, "gap-filled", filled_ms=fill_ms, **extra)
+            self.transcript.event(start_ms, EventKind.GAP_FILLED, filled_ms=fill_ms, **extra)
         engine = self.engine
         if engine is None:
             return
@@ -384,7 +390,9 @@ class Call:
         for frame_ts in range(start_ms, fill_end, FRAME_MS):
             left_ms = fill_end - frame_ts
             frame = (
-                SILENCE_FRAME if left_ms >= FRAME_MS else SILENCE_FRAME[: left_ms * BYTES_PER_MS]
+                SILENCE_FRAME
+                if left_ms >= FRAME_MS
+                else SILENCE_FRAME[: left_ms * MULAW_BYTES_PER_MS]
             )
             stats.audio_end_ms = frame_ts + min(left_ms, FRAME_MS)  # now_ms() follows the fill
             engine.on_caller_audio(frame_ts, frame)

@@ -8,10 +8,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Any
 
+from telephony.actions import action_functions
 from telephony.config import FluxConfig, Profile, TranscribeConfig
 from telephony.deepgram import messages as dm
 from telephony.deepgram.flux import FluxOptions
@@ -49,26 +48,6 @@ def _frozen(value: Any) -> Any:
 
 # Keyterm prompting exists for Flux and Nova-3 only; Nova-2 would reject the field.
 KEYTERM_MODELS = ("flux-general-en", "flux-general-multi", "nova-3")
-
-_NO_PARAMS: dict[str, Any] = {"type": "object", "properties": {}}
-# defer_until_eot: Deepgram dispatches these only once the caller's turn is confirmed, never
-# speculatively for a turn the caller then resumes (no goodbye over a caller still talking).
-BUILTIN_FUNCTIONS: Mapping[str, dict[str, Any]] = MappingProxyType(
-    {
-        "end_call": {
-            "name": "end_call",
-            "description": "End the call after saying goodbye",
-            "parameters": _NO_PARAMS,
-            "defer_until_eot": True,
-        },
-        "transfer_call": {
-            "name": "transfer_call",
-            "description": "Transfer the caller to a person",
-            "parameters": _NO_PARAMS,
-            "defer_until_eot": True,
-        },
-    }
-)
 
 
 def agent_settings(
@@ -111,8 +90,13 @@ def _keyterms(listen_model: str, keyterms: list[str]) -> list[str] | None:
 
 def _functions(profile: Profile) -> list[dict[str, Any]]:
     """Built-ins first, then the profile's: only what the LLM sees (url/timeout stay ours)."""
-    names = ["end_call", "transfer_call"] if profile.transfer_number else ["end_call"]
-    out = [copy.deepcopy(BUILTIN_FUNCTIONS[n]) for n in names]
+    # defer_until_eot: Deepgram dispatches these only once the caller's turn is confirmed,
+    # never speculatively for a turn the caller then resumes (no goodbye over a caller still
+    # talking).
+    out = [
+        {**f, "defer_until_eot": True}
+        for f in action_functions(transfer=profile.transfer_number is not None)
+    ]
     for f in profile.agent.functions if profile.agent else ():
         function = {
             "name": f.name,

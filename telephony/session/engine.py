@@ -15,9 +15,9 @@ from typing import Protocol
 
 from telephony.config import Profile
 from telephony.logs import CallLogger
-from telephony.session.outcome import Outcome
-from telephony.session.transcript import Transcript
+from telephony.outcome import Outcome
 from telephony.settings import Settings
+from telephony.transcript import Transcript
 from telephony.twilio.playout import Playout
 
 

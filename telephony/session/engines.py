@@ -16,7 +16,7 @@ from telephony.session.deepgram_options import agent_settings, flux_options, lis
 from telephony.session.engine import CallContext, Engine
 from telephony.session.flux_engine import FluxEngine
 from telephony.session.transcribe_engine import TranscribeEngine
-from telephony.session.transcript import Role
+from telephony.transcript import Role
 
 
 def build_engine(

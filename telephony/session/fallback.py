@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 
+from telephony.outcome import Outcome
 from telephony.session.engine import CallContext
-from telephony.session.outcome import Outcome
+from telephony.transcript import EventKind
 from telephony.twilio.calls import apology_twiml
 
 FAILURE_APOLOGY = "Sorry, we're having technical trouble on this line."
@@ -26,7 +27,7 @@ async def fail_over(ctx: CallContext, reason: str, *, endpoint: str | None = Non
     transfer_to = ctx.profile.transfer_number if ctx.profile.on_failure == "transfer" else None
     then = "transfer" if transfer_to else "hangup"
     data = {"endpoint": endpoint} if endpoint else {}
-    ctx.transcript.event(ctx.now_ms(), "upstream-failed", reason=reason, then=then, **data)
+    ctx.transcript.event(ctx.now_ms(), EventKind.UPSTREAM_FAILED, reason=reason, then=then, **data)
     message = TRANSFER_APOLOGY if transfer_to else FAILURE_APOLOGY
     ctx.mark_outcome(Outcome.FAILOVER, reason)
     await ctx.redirect(apology_twiml(message, transfer_to))

@@ -33,6 +33,7 @@ from telephony.session.flux_replies import FluxReplies
 from telephony.session.link import Link
 from telephony.session.tasks import TaskSet
 from telephony.session.upstream import Upstream
+from telephony.transcript import EventKind
 
 DTMF_GAP_S = 1.5  # digits typed closer together than this form one entry
 REPLAY_TAIL_MS = 1000  # with no turn open, what may have been in flight when the socket died
@@ -115,7 +116,7 @@ class FluxEngine:
         self.upstream.push(timestamp_ms, payload)
 
     def on_dtmf(self, ms: int, digit: str) -> None:
-        self.ctx.transcript.event(ms, "dtmf", digit=digit)
+        self.ctx.transcript.event(ms, EventKind.DTMF, digit=digit)
         self._dtmf.append(digit)
         self._dtmf_timer.start(0.0 if digit == "#" else DTMF_GAP_S)
 
@@ -172,7 +173,7 @@ class FluxEngine:
             eot_timeout_ms=th.get("eot_timeout_ms", self.options.eot_timeout_ms),
             keyterms=tuple(ok.keyterms),
         )
-        self.ctx.transcript.event(self.ctx.now_ms(), "flux-configured", thresholds=dict(th))
+        self.ctx.transcript.event(self.ctx.now_ms(), EventKind.FLUX_CONFIGURED, thresholds=dict(th))
         if self.options.eot_timeout_ms != before:
             self._restart_watchdog()  # it may be asleep on the old threshold
 
@@ -242,7 +243,9 @@ class FluxEngine:
                 await self._release_stuck_turn()
             else:
                 self._forced_at = now
-                self.ctx.transcript.event(self.ctx.now_ms(), "turn-watchdog", step="force-end")
+                self.ctx.transcript.event(
+                    self.ctx.now_ms(), EventKind.TURN_WATCHDOG, step="force-end"
+                )
                 with contextlib.suppress(ConnectionClosed):
                     await self.flux.force_end_turn()
 
@@ -250,7 +253,7 @@ class FluxEngine:
         self._forced_at = None
         self._turn_open = False
         ms = self.ctx.now_ms()
-        self.ctx.transcript.event(ms, "turn-watchdog", step="ended-from-update")
+        self.ctx.transcript.event(ms, EventKind.TURN_WATCHDOG, step="ended-from-update")
         text = self._last_update.strip()
         start = self._turn_start_ms if self._turn_start_ms is not None else ms
         self._last_turn_end_ms = ms

@@ -27,6 +27,7 @@ from telephony.session.link import GiveUp, Link
 from telephony.session.sentences import SentenceChunker
 from telephony.session.speech import BotReply, BotSpeech
 from telephony.session.tasks import TaskSet
+from telephony.transcript import EventKind
 from telephony.twilio.playout import Segment
 
 APOLOGY = "Sorry, I'm having trouble right now. Could you say that again?"
@@ -74,7 +75,7 @@ class FluxReplies:
         if reply is None:
             reply = self._start_reply(text, speculative=False)
         else:
-            self.ctx.transcript.event(eot_ms, "speculation-used", reply=reply.number)
+            self.ctx.transcript.event(eot_ms, EventKind.SPECULATION_USED, reply=reply.number)
         self.history.append(Message("user", text))
         reply.held = False
         reply.eot_ms, reply.eot_at = eot_ms, asyncio.get_running_loop().time()
@@ -149,7 +150,7 @@ class FluxReplies:
         except ResponderError as exc:
             self.ctx.log.warning("responder failed: %s", exc)
             ms = self.ctx.now_ms()
-            self.ctx.transcript.event(ms, "error", source="responder", detail=str(exc))
+            self.ctx.transcript.event(ms, EventKind.ERROR, source="responder", detail=str(exc))
             await self._say_sentence(reply, APOLOGY)
         await self._end_reply_text(reply)
 

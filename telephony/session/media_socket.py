@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from telephony.session.outcome import Outcome
+from telephony.outcome import Outcome
 
 # WebSocket close codes: 1000 normal, 1008 policy violation (bad token, bad input), 1011 error.
 CLOSE_NORMAL = 1000

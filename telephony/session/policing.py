@@ -9,9 +9,9 @@ here runs per audio frame: the pace is checked once per AHEAD_CHECK_FRAMES frame
 from __future__ import annotations
 
 import time
-from collections import deque
 
 from telephony.logs import CallLogger
+from telephony.window import SlidingWindow
 
 BAD_FRAME_WINDOW_S = 5.0
 CONTROL_WINDOW_S = 5.0
@@ -33,30 +33,21 @@ class StreamPolice:
     ) -> None:
         self.log = log
         self.max_bad_frames = max_bad_frames
-        self._bad_times: deque[float] = deque()
+        self._bad_frames = SlidingWindow(max_bad_frames, BAD_FRAME_WINDOW_S)
         self.max_audio_ahead_ms = max_audio_ahead_ms
         self._audio_origin: float | None = None  # monotonic time of the first media frame
         self._too_fast = False
         self.control_limit = round(max_control_per_s * CONTROL_WINDOW_S)
-        self._control_times: deque[float] = deque()
+        self._controls = SlidingWindow(self.control_limit, CONTROL_WINDOW_S)
 
     def bad_frame(self) -> bool:
         """One more malformed frame; True when the flood limit is reached."""
-        now = time.monotonic()
-        self._bad_times.append(now)
-        while self._bad_times and now - self._bad_times[0] > BAD_FRAME_WINDOW_S:
-            self._bad_times.popleft()
-        return len(self._bad_times) > self.max_bad_frames
+        return self._bad_frames.add(time.monotonic()) > self.max_bad_frames
 
     def control_flood(self) -> bool:
         """One more control message (marks, DTMF and the like: a few per second at most on a
         real call); True when there are too many."""
-        now = time.monotonic()
-        times = self._control_times
-        times.append(now)
-        while times and now - times[0] > CONTROL_WINDOW_S:
-            times.popleft()
-        if len(times) <= self.control_limit:
+        if self._controls.add(time.monotonic()) <= self.control_limit:
             return False
         self.log.warning(
             "closing: more than %d control messages in %.0f s", self.control_limit, CONTROL_WINDOW_S

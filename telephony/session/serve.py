@@ -25,6 +25,7 @@ from telephony.session.media_socket import CLOSE_POLICY, TwilioSocket
 from telephony.session.registry import CallRegistry
 from telephony.session.services import Services
 from telephony.store.recording import CallRecorder
+from telephony.transcript import EventKind
 from telephony.twilio.calls import fork_and_dial
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,9 @@ async def _serve(socket: TwilioSocket, setup: CallSetup, services: Services) -> 
     services.metrics.watch_call(call.transcript, setup.profile.mode)
     if cont is not None:  # where the call page shows the bot handing over to a person
         params = setup.start.custom_parameters
-        call.transcript.event(cont.offset_ms, "handover", to="staff", dial=params.get("dial", ""))
+        call.transcript.event(
+            cont.offset_ms, EventKind.HANDOVER, to="staff", dial=params.get("dial", "")
+        )
     try:
         await call.run()
     finally:

@@ -18,12 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from telephony.actions import Action
 from telephony.session.engine import CallContext
 from telephony.session.tasks import TaskSet
-from telephony.session.transcript import Turn
+from telephony.transcript import EventKind, Turn
 from telephony.twilio.playout import DEFAULT_MS_PER_CHAR, Ledger, Segment, SegmentState
 
-Action = str  # "none" | "hangup" | "transfer"
 # What cut a reply off before the caller heard all of it (`BotReply.cut_by`).
 CUT_BY_CALLER = "caller"  # barge-in
 CUT_BY_DROP = "drop"  # the speech source (Aura, the agent socket) died mid-reply
@@ -154,7 +154,7 @@ class BotSpeech:
         if before_clear is not None:
             before_clear()
         await self.ctx.playout.clear()
-        self.ctx.transcript.event(ms, "barge-in", replies=[r.number for r in replies])
+        self.ctx.transcript.event(ms, EventKind.BARGE_IN, replies=[r.number for r in replies])
         for reply in replies:
             self._finish(reply)
         return True
@@ -215,7 +215,7 @@ class BotSpeech:
             self.act(reply.action)
         else:  # the goodbye was cut off: the caller has more to say, stay on the line
             ms = reply.interrupted_at_ms
-            self.ctx.transcript.event(ms, "action-cancelled", action=reply.action)
+            self.ctx.transcript.event(ms, EventKind.ACTION_CANCELLED, action=reply.action)
 
     def _cut_at_source(self, reply: BotReply) -> None:
         """A reply whose last segment lost its audio at the source ended where that audio
@@ -258,14 +258,14 @@ class BotSpeech:
     async def _act(self, action: Action) -> None:
         ms = self.ctx.now_ms()
         if action == "hangup":
-            self.ctx.transcript.event(ms, "hangup")
+            self.ctx.transcript.event(ms, EventKind.HANGUP)
             await self.ctx.hang_up()
             return
         number = self.ctx.profile.transfer_number
         if not number:
             self.ctx.log.warning("transfer requested but the profile has no transfer_number")
             return
-        self.ctx.transcript.event(ms, "transfer", to=number)
+        self.ctx.transcript.event(ms, EventKind.TRANSFER, to=number)
         await self.ctx.transfer(number)
 
     def cancel_actions(self) -> None:
@@ -273,4 +273,4 @@ class BotSpeech:
 
     def _action_failed(self, name: str, exc: BaseException) -> None:
         ms = self.ctx.now_ms()
-        self.ctx.transcript.event(ms, "error", source=name, detail=str(exc))
+        self.ctx.transcript.event(ms, EventKind.ERROR, source=name, detail=str(exc))

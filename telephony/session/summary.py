@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from telephony.session.outcome import Outcome
-from telephony.session.transcript import Transcript
+from telephony.outcome import Outcome
+from telephony.transcript import Transcript
 
 
 @dataclass(slots=True)

@@ -29,8 +29,8 @@ from telephony.deepgram.listen import ListenClient
 from telephony.retry import Backoff
 from telephony.session.engine import CallContext
 from telephony.session.link import Link
-from telephony.session.transcript import Role
 from telephony.session.upstream import Upstream
+from telephony.transcript import EventKind, Role
 
 TRACKS: dict[Role, str] = {"caller": "inbound", "staff": "outbound"}  # role -> Twilio track
 
@@ -114,7 +114,7 @@ class TrackTranscriber:
         """This side is not transcribed any more; the call goes on untouched."""
         self._close_turn("failed")
         self.ctx.transcript.event(
-            self.ctx.now_ms(), "transcription-failed", track=self.role, reason=reason
+            self.ctx.now_ms(), EventKind.TRANSCRIPTION_FAILED, track=self.role, reason=reason
         )
 
     async def close(self) -> None:

@@ -18,7 +18,9 @@ import itertools
 from collections import deque
 from collections.abc import Callable
 
-PENDING_FRAMES = 500  # 10 s held while the socket (re)connects; beyond, drops counted
+from telephony.audio import FRAME_MS, HOLD_MS
+
+PENDING_FRAMES = HOLD_MS // FRAME_MS  # held while the socket (re)connects; beyond, dropped
 RECENT_FRAMES = 1500  # 30 s of sent audio kept for a replay
 
 # A socket's send: True once the frame is taken, False when the socket is no longer open.

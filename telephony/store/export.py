@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from telephony.session.outcome import label
+from telephony.outcome import label
 
 _WORD = re.compile(r"[\w']+")
 
@@ -85,7 +85,7 @@ def as_json(call: dict[str, Any]) -> dict[str, Any]:
         "mode": call.get("mode", ""),
         "started_at": _utc(call.get("started_at")),
         "ended_at": _utc(call.get("ended_at")),
-        "end_reason": call.get("end_reason", ""),  # an Outcome (telephony/session/outcome.py)
+        "end_reason": call.get("end_reason", ""),  # an Outcome (telephony/outcome.py)
         "end_detail": call.get("end_detail", ""),
         "duration_ms": call.get("duration_ms"),
         "has_recording": bool(call.get("recording_path")),

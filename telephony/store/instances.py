@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import and_, bindparam, delete, false, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from telephony.session.outcome import Outcome
+from telephony.outcome import Outcome
 from telephony.store.schema import calls, dialect_insert, events, instances, turns
 
 log = logging.getLogger(__name__)

@@ -55,7 +55,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from telephony.session.outcome import Outcome
+from telephony.outcome import Outcome
 from telephony.store.schema import calls, events, turns
 
 __all__ = ["CallFilter", "count_calls", "get_call", "profiles_seen", "search_calls"]

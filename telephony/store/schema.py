@@ -52,7 +52,7 @@ calls = Table(
     Column("mode", String(16), nullable=False, server_default=""),
     Column("started_at", Double, nullable=False, index=True),  # epoch s
     Column("ended_at", Double, nullable=True),  # epoch s
-    # An Outcome (telephony/session/outcome.py) once ended; "" while live. Not a CHECK
+    # An Outcome (telephony/outcome.py) once ended; "" while live. Not a CHECK
     # constraint: on SQLite adding one rebuilds the table, which its foreign keys forbid.
     Column("end_reason", String(64), nullable=False, server_default="", index=True),
     Column("duration_ms", Integer, nullable=True),  # call audio time

@@ -29,14 +29,14 @@ from typing import Any
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from telephony.session.outcome import Outcome
-from telephony.session.transcript import Event, Transcript, Turn
+from telephony.outcome import Outcome
 from telephony.store import instances
 from telephony.store.batch import Kind, Row, write_batch
 from telephony.store.instances import Instance
 from telephony.store.queries import CallFilter, get_call, search_calls
 from telephony.store.redact import redact
 from telephony.store.schema import make_engine
+from telephony.transcript import Event, Transcript, Turn
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """outcomes: calls.end_reason from a fixed set, calls.end_detail, calls.instance_id, instances
 
-``end_reason`` becomes one of the outcomes in telephony/session/outcome.py; the free text it
+``end_reason`` becomes one of the outcomes in telephony/outcome.py; the free text it
 held moves to the new ``end_detail``, so nothing is lost. Existing rows are mapped:
 
 * ``stop`` (Twilio's stop, whoever had ended the call) by the call's events, the only record
@@ -35,7 +35,7 @@ down_revision = "0003_revoked_sessions"
 branch_labels = None
 depends_on = None
 
-# Written out (not imported from telephony.session.outcome) so later code edits don't
+# Written out (not imported from telephony.outcome) so later code edits don't
 # rewrite history.
 OUTCOMES = (
     "caller-hangup",

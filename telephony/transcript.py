@@ -2,12 +2,15 @@
 
 Every engine (Flux, Agent, Transcribe) writes here, so rows have one shape in all modes. Times
 are integer milliseconds of call audio time (Twilio's media.timestamp), never wall-clock.
+The session writes it and the store keeps it; both import it from here (neither from the
+other). Event kinds are `EventKind`s, so a misspelt kind fails where it is written.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any, Literal, Protocol
 
 Role = Literal["caller", "bot", "staff"]  # staff: the person a call is forwarded to
@@ -30,10 +33,51 @@ class Turn:
         return asdict(self)
 
 
+class EventKind(StrEnum):
+    """Every kind of timeline event a call records (the staff UI shows the kind as written)."""
+
+    # the caller and the bot
+    BARGE_IN = "barge-in"
+    DTMF = "dtmf"
+    SPECULATION_USED = "speculation-used"
+    ACTION_CANCELLED = "action-cancelled"
+    HANGUP = "hangup"
+    TRANSFER = "transfer"
+    HANDOVER = "handover"  # a transferred call's transcription continues the bot's transcript
+    NUDGE = "nudge"
+    REPLY_WATCHDOG = "reply-watchdog"
+    ERROR = "error"
+    # Deepgram links: one event per connection (telephony/session/link.py), and giving up
+    FLUX_CONNECTION = "flux-connection"
+    SPEAK_CONNECTION = "speak-connection"
+    AGENT_CONNECTION = "agent-connection"
+    LISTEN_CONNECTION = "listen-connection"
+    UPSTREAM_FAILED = "upstream-failed"
+    TRANSCRIPTION_FAILED = "transcription-failed"
+    # Flux
+    FLUX_CONFIGURED = "flux-configured"
+    TURN_WATCHDOG = "turn-watchdog"
+    # the Voice Agent
+    AGENT_THINKING = "agent-thinking"
+    FUNCTION_CALL = "function-call"
+    FUNCTION_CANCELLED = "function-cancelled"
+    LATENCY_REPORT = "latency-report"
+    WARNING = "warning"
+    INJECTION_REFUSED = "injection-refused"
+    PROMPT_UPDATED = "prompt-updated"
+    SESSION_CAP = "session-cap"
+    # the stream and the call
+    GAP_FILLED = "gap-filled"
+    TIME_LIMIT = "time-limit"
+    DRAIN = "drain"
+    STREAM_STATUS = "stream-status"  # Twilio's status callbacks
+    CALL_STATUS = "call-status"
+
+
 @dataclass(slots=True)
 class Event:
     ms: int
-    kind: str  # barge-in, dtmf, transfer, hangup, reconnect, error, ...
+    kind: str  # an EventKind when recorded here; as stored when read back
     data: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -80,8 +124,9 @@ class Transcript:
             listener.on_turn(turn)
         return turn
 
-    def event(self, ms: int, kind: str, **data: Any) -> Event:
-        event = Event(ms, kind, data)
+    def event(self, ms: int, kind: EventKind | str, **data: Any) -> Event:
+        """Record an event; `kind` must be an EventKind (its value accepted: ValueError if not)."""
+        event = Event(ms, EventKind(kind), data)
         self.events.append(event)
         if self.on_event is not None:
             self.on_event(event)
