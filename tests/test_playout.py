@@ -7,8 +7,9 @@ import contextlib
 
 import orjson
 
+from telephony.session.segments import Ledger, Segment, words_within
 from telephony.twilio import messages as tm
-from telephony.twilio.playout import Ledger, Playout, Segment, SegmentState, words_within
+from telephony.twilio.playout import Playout, SpanState
 
 
 class Wire:
@@ -79,7 +80,7 @@ async def test_frames_are_exact_and_marks_follow_their_audio() -> None:
     assert frames[2] == b"\x02" * 30 + b"\xff" * 130
     assert frames[3] == frames[4] == b"\x03" * 160
     assert (one.audio_ms, two.audio_ms) == (43, 40)
-    assert one.state is SegmentState.SENT  # sent, but not heard until Twilio echoes
+    assert one.state is SpanState.SENT  # sent, but not heard until Twilio echoes
 
 
 async def test_never_more_than_the_lead_ahead_of_real_time() -> None:
@@ -122,9 +123,9 @@ async def test_echo_marks_heard_and_clear_makes_the_rest_unheard() -> None:
         assert not playout.speaking
     assert [s.name for s in unheard] == ["s2", "s1"] or [s.name for s in unheard] == ["s1", "s2"]
     assert [s.state for s in segs] == [
-        SegmentState.PLAYED,
-        SegmentState.CLEARED,
-        SegmentState.CLEARED,
+        SpanState.PLAYED,
+        SpanState.CLEARED,
+        SpanState.CLEARED,
     ]
     assert wire.events()[-1] == "clear"
     assert ledger.heard_text() == "sentence 0."
@@ -145,7 +146,7 @@ async def test_partial_audio_without_a_segment_is_cleared_too() -> None:
         playout.add_audio(b"\x09" * 100, seg)  # under a frame, segment not closed
         assert playout.speaking
         unheard = await playout.clear()
-    assert unheard == [seg] and seg.state is SegmentState.CLEARED
+    assert unheard == [seg] and seg.state is SpanState.CLEARED
     assert wire.events() == ["clear"]
 
 
@@ -191,12 +192,12 @@ async def test_a_long_segment_is_marked_every_500_ms_and_echoes_count_its_audio(
             "mark:r0:s0",  # closing: after the last frame
         ]
         assert wire.events().index("mark:r0:s0.1") == 25  # right after frame 25
-        assert playout.on_mark("r0:s0.1") is seg and seg.state is SegmentState.SENT
+        assert playout.on_mark("r0:s0.1") is seg and seg.state is SpanState.SENT
         assert seg.played_ms == 500 and seg.heard() == ("one two three four", True)
         playout.on_mark("r0:s0.2")
         assert seg.played_ms == 1000
         playout.on_mark("r0:s0")
-    assert seg.state is SegmentState.PLAYED and seg.heard() == (seg.text, False)
+    assert seg.state is SpanState.PLAYED and seg.heard() == (seg.text, False)
 
 
 async def test_a_clear_settles_the_segment_in_flight_by_what_had_played() -> None:
@@ -233,7 +234,7 @@ async def test_a_clear_settles_the_segment_in_flight_by_what_had_played() -> Non
 def test_a_segment_cut_at_its_source_is_heard_in_proportion_to_its_text() -> None:
     # The source died after 1 s of a text that takes 2 s: its mark echoed, half was heard.
     seg = Segment("s", "alpha beta gamma delta", audio_ms=1000, played_ms=1000)
-    seg.complete, seg.state = False, SegmentState.PLAYED
+    seg.complete, seg.state = False, SpanState.PLAYED
     assert seg.heard(ms_per_char=2000 / 22) == ("alpha beta", True)
     seg.complete = True  # whole: an echoed closing mark means all of it was heard
     assert seg.heard() == ("alpha beta gamma delta", False)

@@ -24,11 +24,11 @@ from telephony.responder import Message, Responder, ResponderError
 from telephony.retry import Backoff
 from telephony.session.engine import CallContext
 from telephony.session.link import GiveUp, Link
+from telephony.session.segments import Segment
 from telephony.session.sentences import SentenceChunker
 from telephony.session.speech import BotReply, BotSpeech
 from telephony.session.tasks import TaskSet
 from telephony.transcript import EventKind
-from telephony.twilio.playout import Segment
 
 APOLOGY = "Sorry, I'm having trouble right now. Could you say that again?"
 

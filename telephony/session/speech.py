@@ -20,9 +20,10 @@ from typing import TypeVar
 
 from telephony.actions import Action
 from telephony.session.engine import CallContext
+from telephony.session.segments import DEFAULT_MS_PER_CHAR, Ledger, Segment
 from telephony.session.tasks import TaskSet
 from telephony.transcript import EventKind, Turn
-from telephony.twilio.playout import DEFAULT_MS_PER_CHAR, Ledger, Segment, SegmentState
+from telephony.twilio.playout import SpanState
 
 # What cut a reply off before the caller heard all of it (`BotReply.cut_by`).
 CUT_BY_CALLER = "caller"  # barge-in
@@ -59,9 +60,7 @@ class BotReply:
     meta: dict[str, object] = field(default_factory=dict)
 
     def all_segments_done(self) -> bool:
-        return all(
-            s.state in (SegmentState.PLAYED, SegmentState.CLEARED) for s in self.ledger.segments
-        )
+        return all(s.state in (SpanState.PLAYED, SpanState.CLEARED) for s in self.ledger.segments)
 
 
 def latency_breakdown(reply: BotReply) -> dict[str, float]:
@@ -175,7 +174,7 @@ class BotSpeech:
     def _segment_done(self, seg: Segment) -> None:
         reply = self._owner.get(seg.name)
         if reply is not None:
-            if seg.state is SegmentState.PLAYED:
+            if seg.state is SpanState.PLAYED:
                 self._played(reply, seg)
             self._maybe_finish(reply)
 
@@ -246,7 +245,7 @@ class BotSpeech:
             turn.meta["eot_ms"] = reply.eot_ms  # the caller's end of speech this answers
         if reply.first_played_ms is not None:
             turn.meta["first_audio_played_ms"] = reply.first_played_ms
-        played = all(s.state is SegmentState.PLAYED for s in reply.ledger.segments)
+        played = all(s.state is SpanState.PLAYED for s in reply.ledger.segments)
         if reply.last_played_ms is not None and played and not interrupted:
             turn.meta["finished_playing_ms"] = reply.last_played_ms
         transcript.close_turn(turn)

@@ -1,4 +1,4 @@
-"""Outbound audio to Twilio: exact 20 ms frames, paced, with marks, clear and a heard ledger.
+"""Outbound audio to Twilio: exact 20 ms frames, paced, with marks and clear.
 
 Twilio buffers whatever we send and plays it at real time, so the only way to keep `clear`
 cheap and our "bot is speaking" state honest is to pace: frame n of a run of speech is sent
@@ -34,12 +34,9 @@ log = logging.getLogger(__name__)
 FRAME_S = FRAME_MS / 1000
 MARK_EVERY_MS = 500  # a mark at least this often inside a segment
 MARK_EVERY_FRAMES = MARK_EVERY_MS // FRAME_MS
-# With no measured rate yet, speech runs at about this many ms per character (Aura speaks
-# ~150 words a minute: ~14 characters a second, spaces included).
-DEFAULT_MS_PER_CHAR = 65
 
 
-class SegmentState(Enum):
+class SpanState(Enum):
     QUEUED = "queued"  # audio not all sent yet
     SENT = "sent"  # closing mark sent, echo awaited
     PLAYED = "played"  # closing mark echoed: the caller heard all of its audio
@@ -47,86 +44,39 @@ class SegmentState(Enum):
 
 
 @dataclass(slots=True)
-class Segment:
-    """A span of bot speech with its text: the unit of the heard-text ledger.
+class Span:
+    """A span of outbound audio closed by a mark: what the playout knows of a piece of speech
+    (its words are the session's business: telephony/session/segments.py).
 
     `complete` is False while its audio may still grow, and stays False when the speech
-    source died before sending all of it (its text then says more than its audio).
+    source died before sending all of it.
     """
 
     name: str
-    text: str
-    audio_ms: int = 0  # audio received for it
-    state: SegmentState = SegmentState.QUEUED
-    complete: bool = False
-    played_ms: int = 0  # of `audio_ms`, what the caller heard (echoes; the clock once settled)
-    estimated: bool = False  # `played_ms` came from the pacing clock, not a mark
-    sent_ms: int = 0  # audio sent to Twilio
-    plays_until: float = 0.0  # monotonic time its last sent frame finishes playing
-    marks: int = 0  # marks placed inside it so far
-
-    def heard(self, ms_per_char: float = DEFAULT_MS_PER_CHAR) -> tuple[str, bool]:
-        """The text the caller heard, and whether it is an estimate (part of the segment).
-
-        All of it once the closing mark echoed for complete audio. Otherwise the words in
-        proportion to the audio played, out of the audio the whole text takes: the audio
-        received if complete, else at least what the text takes at `ms_per_char`.
-        """
-        played = min(self.played_ms, self.audio_ms)
-        if self.complete and (self.state is SegmentState.PLAYED or played >= self.audio_ms):
-            return self.text, False
-        full = self.audio_ms if self.complete else max(self.audio_ms, len(self.text) * ms_per_char)
-        if played <= 0 or full <= 0:
-            return "", bool(self.text)
-        if played >= full - FRAME_MS:
-            return self.text, False
-        return words_within(self.text, len(self.text) * played / full), True
-
-
-def words_within(text: str, chars: float) -> str:
-    """The words of `text` whose middle falls within its first `chars` characters."""
-    out: list[str] = []
-    pos = 0
-    for word in text.split():
-        start = text.index(word, pos)
-        pos = start + len(word)
-        if start + len(word) / 2 > chars:
-            break
-        out.append(word)
-    return " ".join(out)
+    audio_ms: int = field(default=0, kw_only=True)  # audio received for it
+    state: SpanState = field(default=SpanState.QUEUED, kw_only=True)
+    complete: bool = field(default=False, kw_only=True)
+    # of `audio_ms`, what the caller heard (echoes; the pacing clock once settled)
+    played_ms: int = field(default=0, kw_only=True)
+    estimated: bool = field(default=False, kw_only=True)  # `played_ms` from the clock
+    sent_ms: int = field(default=0, kw_only=True)  # audio sent to Twilio
+    plays_until: float = field(default=0.0, kw_only=True)  # when its last sent frame has played
+    marks: int = field(default=0, kw_only=True)  # marks placed inside it so far
 
 
 @dataclass(slots=True)
 class _Mark:
     """A mark in the queue: when it echoes, `segment` has played up to `through_ms`."""
 
-    segment: Segment
+    segment: Span
     name: str
     through_ms: int
     closes: bool  # the segment's closing mark
 
 
 # Queued work: a frame of audio (bytes, queued as the framer made it: no wrapper per frame), a
-# mark, or a Segment: the frames after it are that segment's audio.
-_Item = bytes | _Mark | Segment
-
-
-@dataclass
-class Ledger:
-    """Segments in order; heard text is what the caller heard of each."""
-
-    segments: list[Segment] = field(default_factory=list)
-
-    def heard(self, ms_per_char: float = DEFAULT_MS_PER_CHAR) -> tuple[str, bool]:
-        """The heard text of every segment, and whether any of it is an estimate."""
-        parts = [s.heard(ms_per_char) for s in self.segments]
-        return " ".join(t for t, _ in parts if t), any(e for _, e in parts)
-
-    def heard_text(self, ms_per_char: float = DEFAULT_MS_PER_CHAR) -> str:
-        return self.heard(ms_per_char)[0]
-
-    def generated_text(self) -> str:
-        return " ".join(s.text for s in self.segments if s.text)
+# mark, or a Span: the frames after it are that segment's audio.
+_Item = bytes | _Mark | Span
 
 
 Send = Callable[[str], Awaitable[None]]
@@ -158,15 +108,15 @@ class Playout:
         self._clock = clock or asyncio.get_running_loop().time
         self._queue: deque[_Item] = deque()
         self._framer = Framer(FRAME_BYTES, MULAW_SILENCE)  # holds audio shorter than a frame
-        self._open: Segment | None = None  # segment collecting audio, not yet closed
+        self._open: Span | None = None  # segment collecting audio, not yet closed
         self._open_frames = 0  # frames queued for the open segment
-        self._sending: Segment | None = None  # whose frames the pacing task is sending
+        self._sending: Span | None = None  # whose frames the pacing task is sending
         self._in_flight: dict[str, _Mark] = {}  # marks sent, echo awaited
         self._wake = asyncio.Event()
         self._run_start = 0.0  # monotonic time frame 0 of the current run plays
         self._run_frames = 0  # frames sent in the current run
         self.frames_sent = 0
-        self.on_segment_done: Callable[[Segment], None] | None = None
+        self.on_segment_done: Callable[[Span], None] | None = None
         # Recording taps (None unless the call is recorded): every media frame with the
         # monotonic time it plays, told before it is sent; and the time a `clear` went out.
         self.on_frame: Callable[[bytes, float], None] | None = None
@@ -174,7 +124,7 @@ class Playout:
 
     # --- what the engine calls --------------------------------------------------------------
 
-    def add_audio(self, audio: bytes, segment: Segment | None = None) -> None:
+    def add_audio(self, audio: bytes, segment: Span | None = None) -> None:
         """Queue μ-law audio of any length; whole 160-byte frames go out, the rest waits."""
         if segment is not None and segment is not self._open:
             self._open, self._open_frames = segment, 0
@@ -191,7 +141,7 @@ class Playout:
             self._queue.extend(frames)
         self._wake.set()
 
-    def _queue_marked(self, seg: Segment, frames: list[bytes]) -> None:
+    def _queue_marked(self, seg: Span, frames: list[bytes]) -> None:
         """The open segment's frames, with a mark after every MARK_EVERY_FRAMES of them."""
         done = self._open_frames
         i = 0
@@ -205,7 +155,7 @@ class Playout:
         self._queue.extend(frames[i:] if i else frames)
         self._open_frames = done + len(frames) - i
 
-    def end_segment(self, segment: Segment, *, complete: bool = True) -> None:
+    def end_segment(self, segment: Span, *, complete: bool = True) -> None:
         """Close `segment` with a mark after all audio queued so far (padding the last frame).
 
         `complete=False`: its source died before sending all of its audio."""
@@ -218,7 +168,7 @@ class Playout:
             self._open = None
         self._wake.set()
 
-    async def clear(self) -> list[Segment]:
+    async def clear(self) -> list[Span]:
         """Barge-in: drop our queue, send Twilio `clear`; returns every segment not heard
         in full, each settled by the clock (what of it had played when the clear went out)."""
         had_audio = bool(self._queue or self._in_flight or self._framer.pending)
@@ -229,19 +179,19 @@ class Playout:
             await self._send(tm.clear_message(self._sid))
         return unheard
 
-    def stop(self) -> list[Segment]:
+    def stop(self) -> list[Span]:
         """The call is over: settle every pending segment by the clock; nothing is sent."""
         return self._settle()
 
-    def _settle(self) -> list[Segment]:
+    def _settle(self) -> list[Span]:
         """Empty the queue; every segment not yet echoed is CLEARED with what of it played."""
         now = self._clock()
-        pending: dict[int, Segment] = {}  # in playing order, each once
+        pending: dict[int, Span] = {}  # in playing order, each once
         for mark in self._in_flight.values():
             pending[id(mark.segment)] = mark.segment
         for item in self._queue:
             seg = item.segment if isinstance(item, _Mark) else item
-            if isinstance(seg, Segment):
+            if isinstance(seg, Span):
                 pending[id(seg)] = seg
         if self._open is not None:
             pending[id(self._open)] = self._open
@@ -258,11 +208,11 @@ class Playout:
             by_clock = min(seg.audio_ms, round(seg.sent_ms - held_ms))
             if by_clock > seg.played_ms:
                 seg.played_ms, seg.estimated = by_clock, True
-            seg.state = SegmentState.CLEARED
+            seg.state = SpanState.CLEARED
             self._done(seg)
         return unheard
 
-    def on_mark(self, name: str) -> Segment | None:
+    def on_mark(self, name: str) -> Span | None:
         """Twilio echoed a mark: its audio has played. Echoes of cleared marks are ignored."""
         mark = self._in_flight.pop(name, None)
         if mark is None:
@@ -270,7 +220,7 @@ class Playout:
         seg = mark.segment
         seg.played_ms = max(seg.played_ms, mark.through_ms)
         if mark.closes:
-            seg.state = SegmentState.PLAYED
+            seg.state = SpanState.PLAYED
             self._done(seg)
         return seg
 
@@ -314,12 +264,12 @@ class Playout:
                 out.append(tm.media_message(self._sid, item))
                 continue
             self._queue.popleft()
-            if isinstance(item, Segment):  # the frames from here on are this one's
+            if isinstance(item, Span):  # the frames from here on are this one's
                 self._account(sending, self._run_frames - since)
                 sending, since = item, self._run_frames
                 continue
             if item.closes:
-                item.segment.state = SegmentState.SENT
+                item.segment.state = SpanState.SENT
             self._in_flight[item.name] = item
             out.append(tm.mark_message(self._sid, item.name))
         self._account(sending, self._run_frames - since)
@@ -330,7 +280,7 @@ class Playout:
         if sleep_s:
             await asyncio.sleep(sleep_s)
 
-    def _account(self, seg: Segment | None, frames: int) -> None:
+    def _account(self, seg: Span | None, frames: int) -> None:
         """`frames` of `seg` just went out: they play until the current run's end."""
         if seg is not None and frames:
             seg.sent_ms += frames * FRAME_MS
@@ -340,6 +290,6 @@ class Playout:
         for text in texts:
             await self._send(text)
 
-    def _done(self, seg: Segment) -> None:
+    def _done(self, seg: Span) -> None:
         if self.on_segment_done is not None:
             self.on_segment_done(seg)
