@@ -271,7 +271,7 @@ async def test_ended_sessions_stay_ended_until_their_cookies_expire(db: Db) -> N
 
 
 def test_redacted_turn_replaces_pii_and_keeps_spans() -> None:
-    from telephony.store.transcripts import redacted_turn
+    from telephony.store.redact import redacted_turn
     from telephony.transcript import Turn
 
     turn = Turn(3, "caller", "my card is 4111 1111 1111 1111 thanks", 100, 900, meta={"a": 1})

@@ -10,7 +10,9 @@ the ORIGINAL text are replaced by ``[REDACTED:<kind>]`` markers.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from telephony.transcript import Turn
 
 __all__ = ["Redacted", "Span", "StreamRedactor", "redact"]
 
@@ -355,3 +357,12 @@ class StreamRedactor:
         if held_words > self.hold_words or digits > _MAX_DIGITS:
             return len(buf)  # too long to be one number: release it (redacted as is)
         return cut
+
+
+def redacted_turn(turn: Turn) -> Turn:
+    """A copy of `turn` with card numbers, SSNs, phone numbers and emails replaced; the
+    spans (offsets in the original text) are kept in meta["redacted"] for the UI."""
+    text, heard = redact(turn.text), redact(turn.heard) if turn.heard else None
+    spans = [(s.start, s.end, s.kind) for s in text.spans]
+    meta = {**turn.meta, "redacted": spans} if spans else dict(turn.meta)
+    return replace(turn, text=text.text, heard=heard.text if heard else turn.heard, meta=meta)

@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import replace
 from typing import Any
 
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
@@ -34,7 +33,7 @@ from telephony.store import instances
 from telephony.store.batch import Kind, Row, write_batch
 from telephony.store.instances import Instance
 from telephony.store.queries import CallFilter, get_call, search_calls
-from telephony.store.redact import redact
+from telephony.store.redact import redacted_turn
 from telephony.store.schema import make_engine
 from telephony.transcript import Event, Transcript, Turn
 
@@ -50,15 +49,6 @@ def _permanent(exc: BaseException) -> bool:
     if isinstance(exc, IntegrityError | DataError):
         return True
     return isinstance(exc, StatementError) and not isinstance(exc, DBAPIError)
-
-
-def redacted_turn(turn: Turn) -> Turn:
-    """A copy of `turn` with card numbers, SSNs, phone numbers and emails replaced; the
-    spans (offsets in the original text) are kept in meta["redacted"] for the UI."""
-    text, heard = redact(turn.text), redact(turn.heard) if turn.heard else None
-    spans = [(s.start, s.end, s.kind) for s in text.spans]
-    meta = {**turn.meta, "redacted": spans} if spans else dict(turn.meta)
-    return replace(turn, text=text.text, heard=heard.text if heard else turn.heard, meta=meta)
 
 
 class TranscriptStore:
