@@ -16,6 +16,7 @@ from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
 from routes import admin, auth, health, staff, twilio
+from routes.fast_paths import log_fast_paths
 from routes.state import WebState
 from routes.templates import STATIC_DIR
 from telephony.config import ConfigStore
@@ -69,6 +70,7 @@ def create_app(
         if not settings.validate_signatures:
             log.warning("!!! Twilio signature validation is OFF (development only) !!!")
         _install_sighup(store)
+        log_fast_paths()
         await upgrade(settings.database_url)  # migrations are applied on start
         # The heartbeat, and closing (outcome `restart`) calls a dead instance left open:
         # telephony/store/instances.py. start() runs the first sweep.

@@ -68,7 +68,7 @@ def _frame_limit(conn: Any) -> int | None:
     return min(limits) if limits else None
 
 
-_CONN_ATTRIBUTES = (
+CONN_ATTRIBUTES = (
     "parser",
     "reader",
     "current_size",
@@ -86,7 +86,7 @@ def can_read(protocol: Any) -> bool:
     return (
         conn is not None
         and not getattr(conn, "extensions", True)
-        and all(hasattr(conn, a) for a in _CONN_ATTRIBUTES)
+        and all(hasattr(conn, a) for a in CONN_ATTRIBUTES)
         and hasattr(transport, "set_protocol")
     )
 

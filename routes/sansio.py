@@ -37,6 +37,11 @@ Pump = Callable[[FrameHandler], Awaitable[StreamEnd | None]]
 UVICORN_WS: dict[str, Any] = {"ws": "websockets-sansio", "ws_per_message_deflate": False}
 
 
+def sansio_available() -> bool:
+    """Whether this uvicorn has the sans-I/O WebSocket protocol the shortcuts reach into."""
+    return _SansIOProtocol is not None
+
+
 def _protocol(callable_: Receive | Send) -> Any:
     """uvicorn's connection object behind an ASGI receive/send (bound methods of it)."""
     protocol = getattr(callable_, "__self__", None)
