@@ -75,7 +75,7 @@ async def reload_config(request: Request) -> Response:
     store: ConfigStore = services.config
     before = store.version
     ok = await asyncio.to_thread(store.reload)
-    detail = {"ok": ok, "from_version": before, "to_version": store.version}
+    detail: dict[str, object] = {"ok": ok, "from_version": before, "to_version": store.version}
     if not ok:
         detail["error"] = store.last_error
     await audit.record(services.db, request.state.user.name, "admin.config.reload", "", detail)

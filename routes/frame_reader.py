@@ -129,7 +129,7 @@ class FrameReader(asyncio.Protocol):
         self.protocol.connection_lost(exc)
 
     def eof_received(self) -> bool | None:
-        return self.protocol.eof_received()  # type: ignore[no-any-return]
+        return self.protocol.eof_received()
 
     def pause_writing(self) -> None:
         self.protocol.pause_writing()
@@ -217,7 +217,9 @@ class FrameReader(asyncio.Protocol):
     @staticmethod
     def _unmask(head: int, mask: memoryview, masked: memoryview) -> str | bytes | None:
         """The message; None for text that is not UTF-8 (websockets and uvicorn close 1007)."""
-        payload: bytes = apply_mask(masked, mask)
+        # bytes(mask): websockets' pure-Python apply_mask (no C extension) repeats the mask
+        # with `*`, which a memoryview does not support.
+        payload: bytes = apply_mask(masked, bytes(mask))
         if head == _WHOLE_BINARY:
             return payload
         try:

@@ -30,6 +30,7 @@ from telephony.store import audit
 from telephony.store.export import as_json, as_text, clock, timeline
 from telephony.store.queries import CallFilter, count_calls, get_call, profiles_seen, search_calls
 from telephony.store.redact import redact
+from telephony.transcript import Role
 
 PAGE_SIZE = 50
 
@@ -147,7 +148,9 @@ async def _call_or_404(request: Request) -> dict[str, Any] | Response:
 
 def _has_recording(call: dict[str, Any]) -> bool:
     path = call.get("recording_path")
-    return bool(path) and Path(path).is_file()
+    if not path:  # none recorded (NULL or empty)
+        return False
+    return Path(path).is_file()
 
 
 def _right_channel(call: dict[str, Any]) -> str:
@@ -163,11 +166,13 @@ def _right_channel(call: dict[str, Any]) -> str:
     return f"bot, then from the handover at {clock(handover['ms'])} the {person}"
 
 
-def _interim(request: Request, sid: str) -> dict[str, str]:
+def _interim(request: Request, sid: str) -> dict[Role, str]:
     """Live words not yet settled into a turn (transcribe engines, per side), for a call in
     progress on this instance. Never stored; redacted like the turns when the profile says."""
     call = services_of(request.app).registry.live.get(sid)
-    interim = call.engine.interim if call is not None and call.engine is not None else None
+    if call is None or call.engine is None:
+        return {}
+    interim = call.engine.interim
     if not interim:
         return {}
     if call.profile.redaction:

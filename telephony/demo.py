@@ -25,6 +25,7 @@ from telephony.config import load_config
 from telephony.inprocess import bind_loopback, serve_app
 from telephony.session.summary import CallSummary
 from telephony.settings import Settings
+from telephony.sim.deepgram.script import Endpoint, FaultKind
 from telephony.sim.deepgram_server import (
     AgentStep,
     FakeDeepgram,
@@ -101,7 +102,7 @@ def default_agent_script() -> Script:
     )
 
 
-FAULT_KINDS = {
+FAULT_KINDS: dict[str, tuple[Endpoint, FaultKind]] = {
     "flux-drop": ("flux", "drop"),
     "flux-silent": ("flux", "silent"),
     "flux-stuck": ("flux", "stuck"),

@@ -45,7 +45,9 @@ DRAIN_TWIML = (
 )
 DRAIN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 END_GRACE_S = 15.0  # for the goodbyes (one REST round trip each) and the calls to wind down
-SHUTDOWN_GRACE_S = 10.0  # uvicorn's graceful shutdown after the drain (connections, tasks)
+# uvicorn's graceful shutdown after the drain (connections, tasks); whole seconds, as
+# uvicorn's timeout_graceful_shutdown is declared.
+SHUTDOWN_GRACE_S = 10
 PROGRESS_LOG_S = 10.0
 POLL_S = 0.1
 

@@ -26,7 +26,10 @@ from typing import Any
 import httpcore
 import httpx
 
-SocketOption = tuple[int, int, int | bytes] | tuple[int, int, None, int]
+# As httpcore's AsyncNetworkBackend declares it (its alias lives in a private module).
+SocketOption = (
+    tuple[int, int, int] | tuple[int, int, bytes | bytearray] | tuple[int, int, None, int]
+)
 
 
 class _Connection(asyncio.Protocol):
@@ -157,7 +160,7 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             raise httpcore.ConnectError(str(exc)) from exc
         if tls is None:
             raise httpcore.ConnectError("TLS handshake failed: connection closed")
-        conn.transport = tls  # type: ignore[assignment]  # an asyncio.Transport all the same
+        conn.transport = tls
         return self
 
     def get_extra_info(self, info: str) -> Any:

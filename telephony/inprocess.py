@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
 from typing import Any, Self
 
@@ -52,6 +52,14 @@ class StartStop:
         await self.stop()
 
 
+class _EmbeddedServer(uvicorn.Server):
+    """Signals belong to whoever runs this loop (a test, the CLI), not to an embedded server."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 class InProcessServer(StartStop):
     """uvicorn serving `app` on `sock` as a task of the running loop.
 
@@ -61,9 +69,7 @@ class InProcessServer(StartStop):
 
     def __init__(self, app: ASGIApp, sock: socket.socket, **config: Any) -> None:
         self.sock = sock
-        self.server = uvicorn.Server(uvicorn.Config(app, **{"log_config": None, **config}))
-        # Signals belong to whoever runs this loop (a test, the CLI), not to an embedded server.
-        self.server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+        self.server = _EmbeddedServer(uvicorn.Config(app, **{"log_config": None, **config}))
         self._task: asyncio.Task[None] | None = None
 
     @property

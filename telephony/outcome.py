@@ -55,6 +55,8 @@ LABELS: dict[Outcome, str] = {
 
 def label(value: str | None) -> str:
     """The human-readable outcome; an unknown value (never written by this code) as it is."""
+    if not value:  # a live call (empty end_reason) or a row read without one
+        return ""
     try:
         return LABELS[Outcome(value)]
     except ValueError:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import pytest
+import websockets.utils
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from websockets.client import ClientProtocol
@@ -16,6 +18,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
+from routes import frame_reader
 from routes.frame_reader import FrameReader, can_read
 
 MAX_SIZE = 4096
@@ -219,6 +222,16 @@ def test_the_reader_resumes_after_websockets_handled_a_frame() -> None:
     assert got.messages == ["a", "b", "c", "d"]
     assert parsed == 4
     assert got.sent == b"\x8a\x01p"  # the pong, unmasked from the server
+
+
+def test_frames_are_unmasked_without_websockets_c_extension(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """websockets' pure-Python apply_mask (its C extension missing) takes the key as bytes."""
+    monkeypatch.setattr(frame_reader, "apply_mask", websockets.utils.apply_mask)
+    got, parsed = through_reader([client_bytes([("text", b"hello"), ("binary", b"\x00\x01")])])
+    assert got.messages == ["hello", b"\x00\x01"]
+    assert parsed == 2
 
 
 def test_a_partial_frame_when_the_pump_ends_goes_to_websockets() -> None:

@@ -138,6 +138,7 @@ def test_every_outcome_has_a_label() -> None:
         *("drained", "refused", "error", "restart"),
     ]
     assert label("bot-hangup") == "Bot hung up" and label("stop") == "stop" and label("") == ""
+    assert label(None) == ""  # a row read without an end_reason
 
 
 async def test_stop_without_our_action_is_the_caller_hanging_up(setup: CallSetup) -> None:

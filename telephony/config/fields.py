@@ -19,7 +19,8 @@ E164_RE = re.compile(r"^\+[1-9]\d{6,14}$")
 ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HOURS_RE = re.compile(r"^(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})$")
-DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+DAYS: tuple[Day, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # by weekday()
 DEFAULT_VOICE = "aura-2-thalia-en"
 
 
@@ -130,7 +131,6 @@ EnvName = Annotated[str, AfterValidator(_env_name)]
 Identifier = Annotated[str, AfterValidator(_identifier)]
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
 AuraVoice = Annotated[str, AfterValidator(_aura_voice)]
-Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 # The request field an LLM's token limit is sent as. max_completion_tokens is the current name
 # and the only one reasoning models accept; max_tokens (deprecated) is for servers predating it.
 TokenLimitParam = Literal["max_completion_tokens", "max_tokens"]

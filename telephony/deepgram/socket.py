@@ -86,6 +86,11 @@ class DeepgramSocket:
         """The endpoint's Error message as a reason (it ends the socket), else None."""
         return None
 
+    def events(self) -> AsyncIterator[object]:
+        """The endpoint's server events until we close (each client overrides this with an
+        async generator of its own event types, usually over `messages`)."""
+        raise NotImplementedError(f"{type(self).__name__}.events")
+
     async def messages(
         self, parse: Callable[[str], Any], *, binary: bool = False
     ) -> AsyncIterator[Any]:

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from websockets.exceptions import ConnectionClosed
 
 from telephony.deepgram import messages as dm
-from telephony.deepgram.connection import build_url
+from telephony.deepgram.connection import ParamValue, build_url
 from telephony.deepgram.socket import DeepgramSocket
 from telephony.window import SlidingWindow
 
@@ -59,7 +59,7 @@ class SpeakClient(DeepgramSocket):
     ) -> None:
         # No `container`: the socket sends raw audio only, and Deepgram's SDK offers no such
         # parameter on it.
-        params = {"model": voice, "encoding": "mulaw", "sample_rate": 8000}
+        params: dict[str, ParamValue] = {"model": voice, "encoding": "mulaw", "sample_rate": 8000}
         super().__init__(build_url(base_url, SPEAK_PATH, params), api_key)
         self.budget = budget or FlushBudget()
         self._clearing = False  # audio before `Cleared` belongs to a reply we cancelled

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import orjson
@@ -33,7 +33,11 @@ async def sse_chunks(response: httpx.Response) -> AsyncGenerator[dict[str, Any],
     finished = False
     encoding = response.headers.get("content-encoding", "").strip().lower()
     raw = encoding in ("", "identity") and not response.is_stream_consumed  # (content= bodies)
-    async with contextlib.aclosing(response.aiter_raw() if raw else response.aiter_bytes()) as body:
+    # httpx annotates both as AsyncIterator, but they are async generators (with aclose).
+    stream = cast(
+        AsyncGenerator[bytes, None], response.aiter_raw() if raw else response.aiter_bytes()
+    )
+    async with contextlib.aclosing(stream) as body:
         async for line in _lines(body):
             if not line.startswith(b"data:"):
                 continue  # blank separators, `:` comments, event:/id: fields

@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import orjson
 
-from telephony.actions import FUNCTION_ACTIONS
+from telephony.actions import FUNCTION_ACTIONS, Action
 from telephony.deepgram import messages as dm
 from telephony.deepgram.agent import AgentClient
 from telephony.retry import Backoff
@@ -41,7 +41,7 @@ from telephony.session.segments import Segment
 from telephony.session.speech import CUT_BY_CALL_END, CUT_BY_CALLER, BotReply, BotSpeech
 from telephony.session.tasks import TaskSet
 from telephony.session.upstream import Upstream
-from telephony.transcript import EventKind
+from telephony.transcript import EventKind, Role
 
 ACTION_GRACE_S = 3.0  # end_call and then silence for this long: act anyway
 REPLY_OVERDUE_MESSAGE = "Sorry, just a moment."
@@ -87,7 +87,7 @@ class AgentEngine:
         self._user_started_ms: int | None = None
         self._last_caller_end_ms: int | None = None
         self._last_caller_end_at: float | None = None
-        self._pending_action: str | None = None  # end_call / transfer_call / session cap
+        self._pending_action: Action | None = None  # end_call / transfer_call / session cap
         self._action_after = 0  # ...runs once a reply numbered >= this has played
         self._action_call: str | None = None  # the function call's id that asked for it
         self._calls: dict[str, asyncio.Task[None]] = {}  # function calls not yet answered
@@ -169,7 +169,7 @@ class AgentEngine:
         return self.link.keepalives_sent
 
     @property
-    def interim(self) -> Mapping[str, str]:
+    def interim(self) -> Mapping[Role, str]:
         return {}  # the agent's turns are not shown live
 
     def on_outbound_audio(self, timestamp_ms: int, payload: bytes) -> None:
@@ -411,7 +411,7 @@ class AgentEngine:
             return orjson.dumps({"error": f"HTTP {response.status_code}"}).decode()
         return response.text
 
-    def _request_action(self, action: str, *, call_id: str | None = None) -> None:
+    def _request_action(self, action: Action, *, call_id: str | None = None) -> None:
         """Hang up / transfer after the next thing the agent says, or after a quiet grace."""
         self._pending_action, self._action_after = action, self.speech.started
         self._action_call = call_id

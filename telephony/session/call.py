@@ -247,7 +247,7 @@ class Call:
         await self.end(
             "max call duration",
             TIME_LIMIT_TWIML,
-            "time-limit",
+            EventKind.TIME_LIMIT,
             outcome=Outcome.MAX_DURATION,
             seconds=self.max_call_s,
         )

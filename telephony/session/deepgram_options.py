@@ -98,7 +98,7 @@ def _functions(profile: Profile) -> list[dict[str, Any]]:
         for f in action_functions(transfer=profile.transfer_number is not None)
     ]
     for f in profile.agent.functions if profile.agent else ():
-        function = {
+        function: dict[str, Any] = {
             "name": f.name,
             "description": f.description,
             "parameters": copy.deepcopy(f.parameters),

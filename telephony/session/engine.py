@@ -17,7 +17,7 @@ from telephony.config import Profile
 from telephony.logs import CallLogger
 from telephony.outcome import Outcome
 from telephony.settings import Settings
-from telephony.transcript import Transcript
+from telephony.transcript import Role, Transcript
 from telephony.twilio.playout import Playout
 
 
@@ -44,7 +44,7 @@ class Engine(Protocol):
         ...
 
     @property
-    def interim(self) -> Mapping[str, str]:
+    def interim(self) -> Mapping[Role, str]:
         """Per side, the words of a turn still in progress (the staff UI's live view)."""
         ...
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import assert_never
 
 import httpx
 
@@ -21,8 +22,8 @@ from telephony.transcript import Role
 
 def build_engine(
     ctx: CallContext, *, http: httpx.AsyncClient | None = None, transcribe: bool = False
-) -> Engine | None:
-    """The engine for the profile's mode; None where no engine runs on the stream.
+) -> Engine:
+    """The engine for the profile's mode.
 
     `http` is the process-wide pool for LLM streaming and function webhooks. `transcribe`:
     this stream is the transcription that continues a flux or agent call after its transfer.
@@ -55,4 +56,4 @@ def build_engine(
             return AgentClient(settings.deepgram_agent_url, key, body)
 
         return AgentEngine(ctx, client, http=http, session_cap_s=settings.agent_session_cap_s)
-    return None
+    assert_never(profile.mode)  # the config schema allows only these modes

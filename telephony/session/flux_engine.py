@@ -33,7 +33,7 @@ from telephony.session.flux_replies import FluxReplies
 from telephony.session.link import Link
 from telephony.session.tasks import TaskSet
 from telephony.session.upstream import Upstream
-from telephony.transcript import EventKind
+from telephony.transcript import EventKind, Role
 
 DTMF_GAP_S = 1.5  # digits typed closer together than this form one entry
 REPLAY_TAIL_MS = 1000  # with no turn open, what may have been in flight when the socket died
@@ -92,7 +92,7 @@ class FluxEngine:
         return 0
 
     @property
-    def interim(self) -> Mapping[str, str]:
+    def interim(self) -> Mapping[Role, str]:
         return {}  # Flux turns are not shown live
 
     def on_outbound_audio(self, timestamp_ms: int, payload: bytes) -> None:

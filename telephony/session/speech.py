@@ -16,14 +16,14 @@ import asyncio
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TypeVar, overload
 
 from telephony.actions import Action
 from telephony.session.engine import CallContext
 from telephony.session.segments import DEFAULT_MS_PER_CHAR, Ledger, Segment
 from telephony.session.tasks import TaskSet
 from telephony.transcript import EventKind, Turn
-from telephony.twilio.playout import SpanState
+from telephony.twilio.playout import Span, SpanState
 
 # What cut a reply off before the caller heard all of it (`BotReply.cut_by`).
 CUT_BY_CALLER = "caller"  # barge-in
@@ -92,9 +92,14 @@ class BotSpeech:
         self._rate_chars = 0
         ctx.playout.on_segment_done = self._segment_done
 
+    # Overloads: a TypeVar parameter cannot default to BotReply itself.
+    @overload
+    def new_reply(self, user_text: str = "", *, interruptible: bool = True) -> BotReply: ...
+    @overload
+    def new_reply(self, user_text: str = "", *, interruptible: bool = True, cls: type[R]) -> R: ...
     def new_reply(
-        self, user_text: str = "", *, interruptible: bool = True, cls: type[R] = BotReply
-    ) -> R:
+        self, user_text: str = "", *, interruptible: bool = True, cls: type[BotReply] = BotReply
+    ) -> BotReply:
         reply = cls(next(self._numbers), user_text, interruptible=interruptible)
         self.started = reply.number + 1
         self.active.append(reply)
@@ -171,14 +176,14 @@ class BotSpeech:
         for reply in list(self.active):  # held speculation: never heard, never written
             self.drop(reply)
 
-    def _segment_done(self, seg: Segment) -> None:
+    def _segment_done(self, seg: Span) -> None:  # the playout's callback: it knows spans
         reply = self._owner.get(seg.name)
         if reply is not None:
             if seg.state is SpanState.PLAYED:
                 self._played(reply, seg)
             self._maybe_finish(reply)
 
-    def _played(self, reply: BotReply, seg: Segment) -> None:
+    def _played(self, reply: BotReply, seg: Span) -> None:
         """A mark echoed: the caller has heard `seg`, up to now on the call clock."""
         ms = self.ctx.now_ms()
         if reply.first_played_ms is None:
@@ -214,6 +219,7 @@ class BotSpeech:
             self.act(reply.action)
         else:  # the goodbye was cut off: the caller has more to say, stay on the line
             ms = reply.interrupted_at_ms
+            assert ms is not None  # barge_in sets it with cut_by
             self.ctx.transcript.event(ms, EventKind.ACTION_CANCELLED, action=reply.action)
 
     def _cut_at_source(self, reply: BotReply) -> None:
@@ -227,8 +233,9 @@ class BotSpeech:
             )
 
     def _write_turn(self, reply: BotReply, generated: str) -> None:
-        interrupted = reply.interrupted_at_ms is not None
-        end_ms = reply.interrupted_at_ms if interrupted else self.ctx.now_ms()
+        cut_at = reply.interrupted_at_ms
+        interrupted = cut_at is not None
+        end_ms = cut_at if cut_at is not None else self.ctx.now_ms()
         start_ms = reply.first_audio_ms if reply.first_audio_ms is not None else end_ms
         transcript = self.ctx.transcript
         turn = reply.turn or transcript.open_turn("bot", "", start_ms, start_ms)
@@ -236,7 +243,7 @@ class BotSpeech:
         turn.heard, turn.meta["heard_estimated"] = reply.ledger.heard(self.ms_per_char)
         if reply.cut_by is not None:
             turn.meta["cut_by"] = reply.cut_by
-        turn.start_ms, turn.end_ms = start_ms, max(start_ms, end_ms or start_ms)
+        turn.start_ms, turn.end_ms = start_ms, max(start_ms, end_ms)
         turn.interrupted_at_ms = reply.interrupted_at_ms
         if reply.eot_ms is not None and reply.first_audio_ms is not None:
             turn.latency_ms = reply.first_audio_ms - reply.eot_ms

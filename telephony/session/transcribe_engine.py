@@ -21,6 +21,7 @@ is never touched — people are talking, there is nothing to apologise for.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -195,7 +196,7 @@ class TranscribeEngine:
         self.ctx = ctx
         self.tracks: dict[Role, TrackTranscriber] = {
             role: TrackTranscriber(
-                ctx, role, lambda role=role: new_client(role), reconnect=reconnect
+                ctx, role, functools.partial(new_client, role), reconnect=reconnect
             )
             for role in TRACKS
         }

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    BindParameter,
     ColumnElement,
     bindparam,
     case,
@@ -252,7 +253,7 @@ async def _snippets(
     conn: AsyncConnection, search: _Search, dialect: str, sids: list[str]
 ) -> dict[str, str]:
     """For each call: its best-ranked matching turn (ties: the earliest), highlighted."""
-    sids_param = bindparam("sids", sids, expanding=True)
+    sids_param: BindParameter[str] = bindparam("sids", sids, expanding=True)  # one per call_sid
     found: dict[str, tuple[str | None, str | None]] = {}
     if dialect == "sqlite":
         ranked = text(

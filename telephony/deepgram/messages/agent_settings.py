@@ -9,7 +9,7 @@ the listen/think/speak providers, functions and context (`History` entries).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from telephony.deepgram.messages.agent import History, Settings
@@ -77,8 +77,8 @@ def agent_settings(
     listen_model: str = "flux-general-en",
     think_provider: Mapping[str, Any] | None = None,
     speak_model: str = "aura-2-thalia-en",
-    functions: list[Mapping[str, Any]] | None = None,
-    context_messages: list[Mapping[str, Any]] | None = None,
+    functions: Sequence[Mapping[str, Any]] | None = None,
+    context_messages: Sequence[Mapping[str, Any]] | None = None,
     eot_threshold: float | None = None,
     eot_timeout_ms: int | None = None,
     keyterms: list[str] | None = None,
