@@ -160,7 +160,7 @@ async def test_llm_sends_system_history_and_settings(
     assert (request["model"], request["temperature"]) == ("fake-1", 0.2)
     assert request["max_completion_tokens"] == 50 and "max_tokens" not in request
     assert request["stream"] is True
-    assert [t["function"]["name"] for t in request["tools"]] == ["transfer_call", "end_call"]
+    assert sorted(t["function"]["name"] for t in request["tools"]) == ["end_call", "transfer_call"]
     assert request["parallel_tool_calls"] is False
 
 
