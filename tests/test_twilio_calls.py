@@ -17,6 +17,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from telephony.retry import Backoff, RetryPolicy
 from telephony.sim.twilio_rest import DEFAULT_ACCOUNT_SID, FakeTwilioRest
 from telephony.twilio.calls import (
     MAX_TWIML_CHARS,
@@ -44,6 +45,7 @@ def fake(server: FakeTwilioRest) -> FakeTwilioRest:
     server.requests.clear()
     server.ended.clear()
     server.fail_next, server.fail_status, server.on_request = 0, 500, None
+    server.fail_retry_after = None
     return server
 
 
@@ -165,15 +167,54 @@ async def test_token_echoed_by_server_is_scrubbed() -> None:
     assert "[redacted]" in str(info.value)
 
 
-async def test_two_500s_then_success_is_retried(fake: FakeTwilioRest) -> None:
+async def test_hang_up_retries_500s(fake: FakeTwilioRest) -> None:
+    # Hanging up twice is harmless (the repeat answers 20404), so any 5xx is worth a repeat.
     fake.fail_next = 2
     started = time.monotonic()
     async with calls_for(fake) as calls:
         await calls.hang_up(CALL)
     assert len(fake.requests) == 3
     gaps = [b.time - a.time for a, b in zip(fake.requests, fake.requests[1:], strict=False)]
-    assert gaps[0] >= 0.18 and gaps[1] >= 0.38  # exponential backoff: 0.2 s, 0.4 s
+    assert gaps[0] >= 0.15 and gaps[1] >= 0.3  # exponential backoff: 0.2 s, 0.4 s, ±20 %
     assert time.monotonic() - started < 1.5
+
+
+@pytest.mark.parametrize("status", [500, 502])
+async def test_transfer_not_repeated_after_server_error(fake: FakeTwilioRest, status: int) -> None:
+    # A 500/502 may follow an update Twilio applied: a repeat would dial the person twice.
+    fake.fail_next, fake.fail_status = 1, status
+    with pytest.raises(TwilioCallsError) as info:
+        async with calls_for(fake) as calls:
+            await calls.transfer(CALL, AGENT)
+    assert info.value.status == status
+    assert len(fake.requests) == 1
+
+
+async def test_transfer_repeated_after_503(fake: FakeTwilioRest) -> None:
+    fake.fail_next, fake.fail_status = 1, 503
+    async with calls_for(fake) as calls:
+        await calls.transfer(CALL, AGENT)
+    assert len(fake.requests) == 2
+    assert fake.requests[0].form == fake.requests[1].form
+
+
+async def test_transfer_429_waits_as_retry_after_asks(fake: FakeTwilioRest) -> None:
+    fake.fail_next, fake.fail_status, fake.fail_retry_after = 1, 429, "0.5"
+    async with calls_for(fake) as calls:
+        await calls.transfer(CALL, AGENT)
+    first, second = fake.requests
+    assert second.time - first.time >= 0.48  # not our 0.2 s backoff
+
+
+async def test_retry_after_longer_than_we_wait_fails_at_once(fake: FakeTwilioRest) -> None:
+    fake.fail_next, fake.fail_status, fake.fail_retry_after = 1, 429, "30"
+    started = time.monotonic()
+    with pytest.raises(TwilioCallsError) as info:
+        async with calls_for(fake) as calls:
+            await calls.transfer(CALL, AGENT)
+    assert (info.value.status, info.value.code) == (429, 20429)
+    assert len(fake.requests) == 1
+    assert time.monotonic() - started < 1.0  # bounded: a live caller is waiting
 
 
 async def test_retries_are_bounded(fake: FakeTwilioRest) -> None:
@@ -208,15 +249,17 @@ async def test_network_errors_retried_only_when_safe() -> None:
 
     # A read timeout may hide a hang-up Twilio did apply; repeating it is harmless.
     http = httpx.AsyncClient(transport=flaky(httpx.ReadTimeout))
-    response = await send_with_retries(
-        lambda: http.post("https://api.test/x"), retries=2, backoff_s=0.01
-    )
+    policy = RetryPolicy(attempts=3, backoff=Backoff(base_s=0.01))
+    response = await send_with_retries(lambda: http.post("https://api.test/x"), policy)
     assert response.status_code == 200 and len(attempts) == 3
     # A transfer only repeats when the request surely never left (would re-dial otherwise).
     attempts.clear()
     with pytest.raises(TwilioCallsError, match="ReadTimeout"):
         await mock_calls(flaky(httpx.ReadTimeout)).transfer(CALL, AGENT)
     assert len(attempts) == 1
+    attempts.clear()
+    await mock_calls(flaky(httpx.ConnectError)).transfer(CALL, AGENT)
+    assert len(attempts) == 3
 
 
 async def test_on_request_callback_sees_hang_up(fake: FakeTwilioRest) -> None:

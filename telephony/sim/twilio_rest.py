@@ -3,7 +3,8 @@
 Answers like Twilio: HTTP Basic auth (401 with code 20003 otherwise), form-encoded body, a JSON
 call resource on success, `{"code": 20404, ...}` for calls in `ended`. A hang-up
 (`Status=completed|canceled`) adds the call to `ended`, so a second one gets 20404 too.
-`fail_next` injects that many `fail_status` replies (after recording) for retry tests.
+`fail_next` injects that many `fail_status` replies (after recording) for retry tests, with a
+`Retry-After: fail_retry_after` header when that is set.
 
 `on_request(call_sid, form)` runs as a task once the reply is decided, so the offline demo can
 end its fake caller's stream with `stop` the way Twilio does after a hang-up or transfer; like
@@ -46,7 +47,9 @@ class RecordedRequest(NamedTuple):
     time: float  # time.monotonic(), so tests can measure retry spacing
 
 
-def _error(status: int, code: int, message: str, **headers: str) -> JSONResponse:
+def _error(
+    status: int, code: int, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     body = {
         "code": code,
         "message": message,
@@ -77,6 +80,7 @@ class FakeTwilioRest(StartStop):
         self.ended: set[str] = set()  # call SIDs that answer 404 / 20404
         self.fail_next = 0  # this many next requests answer `fail_status`
         self.fail_status = 500
+        self.fail_retry_after: str | None = None  # Retry-After of the injected failures
         self.on_request: OnRequest | None = None
         self.app = Starlette(routes=[Route(CALL_PATH, self._update_call, methods=["POST"])])
         self._callbacks: set[asyncio.Task[None]] = set()
@@ -118,7 +122,9 @@ class FakeTwilioRest(StartStop):
         # (the exact code Twilio gives for that is unverified).
         credentials = _basic_credentials(request.headers.get("authorization", ""))
         if credentials != (self.account_sid, self.auth_token) or account_sid != self.account_sid:
-            return _error(401, 20003, "Authenticate", www_authenticate='Basic realm="Twilio API"')
+            return _error(
+                401, 20003, "Authenticate", {"WWW-Authenticate": 'Basic realm="Twilio API"'}
+            )
         # Twilio posts single values; parse_qsl avoids a multipart dependency.
         form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
         self.requests.append(RecordedRequest(call_sid, form, time.monotonic()))
@@ -131,7 +137,9 @@ class FakeTwilioRest(StartStop):
         if self.fail_next > 0:
             self.fail_next -= 1
             # 20429/20500/20503 are Twilio's codes; 20000+status for others is made up.
-            return _error(self.fail_status, 20000 + self.fail_status, "Injected failure")
+            wait = self.fail_retry_after
+            headers = None if wait is None else {"Retry-After": wait}
+            return _error(self.fail_status, 20000 + self.fail_status, "Injected failure", headers)
         if call_sid in self.ended:
             return _error(404, 20404, f"The requested resource {path} was not found")
         if len(form.get("Twiml", "")) > 4000:

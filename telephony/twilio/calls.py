@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable, Mapping
 import httpx
 from twilio.twiml.voice_response import Dial, Start, VoiceResponse
 
+from telephony.retry import SERVER_ERRORS, RetryPolicy, retry_after_s
+
 log = logging.getLogger(__name__)
 
 MAX_TWIML_CHARS = 4000  # a longer `Twiml` parameter fails with Twilio error 32018
@@ -24,13 +26,15 @@ MAX_TWIML_CHARS = 4000  # a longer `Twiml` parameter fails with Twilio error 320
 # calls "cannot be recorded or redirected"; that it also answers Status=completed so is
 # unverified, but either way the caller is gone).
 ALREADY_ENDED = frozenset({20404, 21220})
-BACKOFF_S = 0.2  # first retry delay; doubles per attempt
-BACKOFF_CAP_S = 1.0
 _E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 _SID = re.compile(r"[A-Za-z0-9]{1,64}")  # keeps path segments free of '/', '..', '?'
 # Failures where the request surely never reached Twilio, so even a non-idempotent POST
 # (a transfer, which would re-dial the target) is safe to repeat.
 _UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# Answers Twilio documents as "not processed": 429 ("never processed and always safe to
+# retry", error 20429) and 503 ("temporarily unavailable, try again", 20503). A 500 or 502
+# may come after the update took effect, so a TwiML update (a redirect re-dials) stops there.
+UNPROCESSED = frozenset({429, 503})
 
 
 class TwilioCallsError(Exception):
@@ -42,34 +46,35 @@ class TwilioCallsError(Exception):
         self.code = code
 
 
-def _retryable(status: int) -> bool:
-    return status == 429 or status >= 500
-
-
 async def send_with_retries(
     send: Callable[[], Awaitable[httpx.Response]],
+    policy: RetryPolicy,
     *,
-    retries: int,
     retry_errors: type[Exception] | tuple[type[Exception], ...] = httpx.TransportError,
-    backoff_s: float = BACKOFF_S,
-    backoff_cap_s: float = BACKOFF_CAP_S,
 ) -> httpx.Response:
-    """`send()` until a reply that is not 429/5xx, or `retries` extra attempts are used up.
+    """`send()` again while the reply's status is one of `policy.statuses` (waiting as long as
+    its `Retry-After` asks, within `policy.max_wait_s`) or it raised one of `retry_errors`,
+    for at most `policy.attempts` tries.
 
     Returns the last reply whatever its status; re-raises a transport error once out of tries
-    or when it is not one of `retry_errors`. Other 4xx are never retried: they will not change.
+    or when it is not one of `retry_errors`.
     """
     attempt = 0
     while True:
+        attempt += 1
         try:
             response = await send()
-            if attempt >= retries or not _retryable(response.status_code):
-                return response
         except retry_errors:
-            if attempt >= retries:
+            wait = policy.wait_before(attempt)
+            if wait is None:
                 raise
-        await asyncio.sleep(min(backoff_cap_s, backoff_s * 2**attempt))
-        attempt += 1
+        else:
+            if not policy.retryable(response.status_code):
+                return response
+            wait = policy.wait_before(attempt, retry_after_s(response.headers))
+            if wait is None:  # out of tries, or Twilio asked for a longer wait than we give
+                return response
+        await asyncio.sleep(wait)
 
 
 def apology_twiml(message: str, transfer_to: str | None = None) -> str:
@@ -163,7 +168,10 @@ class TwilioCalls:
         self._owns_http = http is None
         self._http = http or httpx.AsyncClient()
         self._timeout = httpx.Timeout(timeout_s)
-        self._retries = retries
+        # A hang-up is idempotent (a repeat answers 20404, which counts as done): any 429/5xx
+        # is worth another try. A TwiML update is not: only what Twilio did not process.
+        self._idempotent = RetryPolicy(attempts=retries + 1, statuses=SERVER_ERRORS)
+        self._unprocessed = RetryPolicy(attempts=retries + 1, statuses=UNPROCESSED)
 
     async def hang_up(self, call_sid: str) -> None:
         """End the call (`Status=completed`); a call that already ended counts as success."""
@@ -218,11 +226,9 @@ class TwilioCalls:
             timeout=self._timeout,
         )
         try:
-            return await send_with_retries(
-                send,
-                retries=self._retries,
-                retry_errors=httpx.TransportError if idempotent else _UNSENT,
-            )
+            if idempotent:
+                return await send_with_retries(send, self._idempotent)
+            return await send_with_retries(send, self._unprocessed, retry_errors=_UNSENT)
         except httpx.TransportError as exc:
             detail = f"{type(exc).__name__}: {exc}"
             raise TwilioCallsError(
