@@ -11,7 +11,6 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
-from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 from websockets.exceptions import InvalidState
 
 from routes.sansio import batch_writer, frame_pump
@@ -21,7 +20,7 @@ from telephony.session.media_socket import CLOSE_POLICY, FrameHandler, StreamEnd
 from telephony.session.serve import serve_call
 from telephony.settings import Settings
 from telephony.transcript import Event, EventKind
-from telephony.twilio.calls import fork_and_dial
+from telephony.twilio import twiml
 from telephony.twilio.security import valid_signature
 
 log = logging.getLogger(__name__)
@@ -36,46 +35,33 @@ def _signed_url(settings: Settings, request: Request) -> str:
 
 
 def _refusal(message: str) -> Response:
-    resp = VoiceResponse()
-    resp.say(message)
-    resp.hangup()
-    return Response(str(resp), media_type=XML)
+    return Response(twiml.say_and_hang_up(message), media_type=XML)
 
 
 def _overflow(settings: Settings) -> Response:
     """Busy: another instance (if configured) or a polite message and hang up."""
     if settings.overflow_redirect_url:
-        resp = VoiceResponse()
-        resp.redirect(settings.overflow_redirect_url, method="POST")
-        return Response(str(resp), media_type=XML)
+        return Response(twiml.redirect(settings.overflow_redirect_url), media_type=XML)
     return _refusal(settings.busy_message)
 
 
 def _connect_stream(settings: Settings, params: dict[str, str]) -> Response:
-    resp = VoiceResponse()
-    connect = Connect()
-    stream = Stream(
-        url=settings.media_stream_url,
-        status_callback=settings.status_callback_url,
-        status_callback_method="POST",
+    answer = twiml.connect_stream(
+        settings.media_stream_url, params, status_callback=settings.status_callback_url
     )
-    for name, value in params.items():
-        stream.parameter(name=name, value=value)  # the SDK XML-escapes values
-    connect.append(stream)
-    resp.append(connect)
-    return Response(str(resp), media_type=XML)
+    return Response(answer, media_type=XML)
 
 
 def _fork_and_dial(settings: Settings, params: dict[str, str], cfg: TranscribeConfig) -> Response:
     """Transcribe mode: fork both sides to us, and put a person on the call."""
-    resp = fork_and_dial(
+    answer = twiml.fork_and_dial(
         settings.media_stream_url,
         params,
         number=cfg.dial,
         queue=cfg.queue,
         status_callback=settings.status_callback_url,
     )
-    return Response(str(resp), media_type=XML)
+    return Response(answer, media_type=XML)
 
 
 async def _signed_form(request: Request, what: str) -> dict[str, str] | None:

@@ -35,13 +35,13 @@ from telephony.session.call import Call
 from telephony.session.registry import CallRegistry
 from telephony.session.services import DrainState
 from telephony.transcript import EventKind
+from telephony.twilio import twiml
 
 log = logging.getLogger(__name__)
 
 DRAIN_REASON = "server draining"  # the end detail of calls the drain ends (outcome: drained)
-DRAIN_TWIML = (
-    "<Response><Say>Sorry, this line has to close now for maintenance. Please call again."
-    " Goodbye.</Say><Hangup/></Response>"
+DRAIN_TWIML = twiml.say_and_hang_up(
+    "Sorry, this line has to close now for maintenance. Please call again. Goodbye."
 )
 DRAIN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 END_GRACE_S = 15.0  # for the goodbyes (one REST round trip each) and the calls to wind down

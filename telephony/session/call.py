@@ -33,6 +33,7 @@ from telephony.session.summary import CallSummary
 from telephony.settings import Settings
 from telephony.transcript import EventKind
 from telephony.twilio import messages as tm
+from telephony.twilio import twiml
 from telephony.twilio.playout import Playout
 
 if TYPE_CHECKING:
@@ -42,9 +43,7 @@ if TYPE_CHECKING:
 # stays on the call clock. A bigger jump is a broken stream, not packet loss: only
 # MAX_GAP_FILL_MS of it is filled, so hostile timestamps cannot make us loop or send without
 # bound.
-TIME_LIMIT_TWIML = (
-    "<Response><Say>This call has reached its time limit. Goodbye.</Say><Hangup/></Response>"
-)
+TIME_LIMIT_TWIML = twiml.say_and_hang_up("This call has reached its time limit. Goodbye.")
 GAP_EVENT_MS = 100  # fills this long go into the transcript; shorter ones are only counted
 SILENCE_FRAME = bytes((MULAW_SILENCE,)) * FRAME_BYTES  # shared by every fill, never copied
 

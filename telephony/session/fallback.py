@@ -12,7 +12,7 @@ import asyncio
 from telephony.outcome import Outcome
 from telephony.session.engine import CallContext
 from telephony.transcript import EventKind
-from telephony.twilio.calls import apology_twiml
+from telephony.twilio import twiml
 
 FAILURE_APOLOGY = "Sorry, we're having technical trouble on this line."
 TRANSFER_APOLOGY = FAILURE_APOLOGY + " Let me connect you with a colleague."
@@ -30,7 +30,7 @@ async def fail_over(ctx: CallContext, reason: str, *, endpoint: str | None = Non
     ctx.transcript.event(ctx.now_ms(), EventKind.UPSTREAM_FAILED, reason=reason, then=then, **data)
     message = TRANSFER_APOLOGY if transfer_to else FAILURE_APOLOGY
     ctx.mark_outcome(Outcome.FAILOVER, reason)
-    await ctx.redirect(apology_twiml(message, transfer_to))
+    await ctx.redirect(twiml.apology(message, transfer_to))
 
 
 async def hand_over(ctx: CallContext, endpoint: str, reason: str) -> None:

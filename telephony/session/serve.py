@@ -26,7 +26,7 @@ from telephony.session.registry import CallRegistry
 from telephony.session.services import Services
 from telephony.store.recording import CallRecorder
 from telephony.transcript import EventKind
-from telephony.twilio.calls import fork_and_dial
+from telephony.twilio import twiml
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +46,12 @@ def transfer_twiml(services: Services, call: Call, number: str) -> str:
     }
     token = services.tokens.mint(call.call_sid, token_scope(params))
     settings = services.settings
-    resp = fork_and_dial(
+    return twiml.fork_and_dial(
         settings.media_stream_url,
         {"call_token": token, **params},
         number=number,
         status_callback=settings.status_callback_url,
     )
-    return resp.to_xml(xml_declaration=False)
 
 
 def resume_point(registry: CallRegistry, sid: str, cont: Continuation) -> Continuation:

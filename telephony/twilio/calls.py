@@ -11,12 +11,12 @@ import asyncio
 import functools
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 
 import httpx
-from twilio.twiml.voice_response import Dial, Start, VoiceResponse
 
 from telephony.retry import SERVER_ERRORS, RetryPolicy, retry_after_s
+from telephony.twilio import twiml
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,6 @@ MAX_TWIML_CHARS = 4000  # a longer `Twiml` parameter fails with Twilio error 320
 # calls "cannot be recorded or redirected"; that it also answers Status=completed so is
 # unverified, but either way the caller is gone).
 ALREADY_ENDED = frozenset({20404, 21220})
-_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 _SID = re.compile(r"[A-Za-z0-9]{1,64}")  # keeps path segments free of '/', '..', '?'
 # Failures where the request surely never reached Twilio, so even a non-idempotent POST
 # (a transfer, which would re-dial the target) is safe to repeat.
@@ -75,64 +74,6 @@ async def send_with_retries(
             if wait is None:  # out of tries, or Twilio asked for a longer wait than we give
                 return response
         await asyncio.sleep(wait)
-
-
-def apology_twiml(message: str, transfer_to: str | None = None) -> str:
-    """`<Say>` the apology, then `<Dial>` a person or `<Hangup>`: needs nothing but Twilio."""
-    response = VoiceResponse()
-    response.say(message)
-    if transfer_to is not None:
-        if not _E164.fullmatch(transfer_to):
-            raise TwilioCallsError(f"transfer number is not E.164: {transfer_to!r}")
-        response.dial(transfer_to)
-    else:
-        response.hangup()
-    return response.to_xml(xml_declaration=False)
-
-
-def dial_twiml(number: str, *, caller_id: str | None = None) -> str:
-    """`<Response><Dial>number</Dial></Response>`, built (and escaped) by VoiceResponse."""
-    for label, value in (("number", number), ("caller_id", caller_id)):
-        if value is not None and not _E164.fullmatch(value):
-            raise TwilioCallsError(f"transfer {label} is not E.164: {value!r}")
-    response = VoiceResponse()
-    if caller_id is None:
-        response.dial(number)
-    else:
-        response.dial(number, caller_id=caller_id)
-    # No XML declaration: Twilio does not need it and it counts towards the 4000 chars.
-    return response.to_xml(xml_declaration=False)
-
-
-def fork_and_dial(
-    stream_url: str,
-    params: Mapping[str, str],
-    *,
-    number: str | None = None,
-    queue: str | None = None,
-    status_callback: str | None = None,
-) -> VoiceResponse:
-    """`<Start><Stream track="both_tracks">` (a one-way fork of both sides, our `<Parameter>`s
-    XML-escaped by the SDK), then `<Dial>` a number or a `<Queue>`: a person takes the call
-    while we transcribe it. Twilio runs `<Dial>` at once; the fork lasts until the call ends."""
-    if (number is None) == (queue is None):
-        raise TwilioCallsError("fork_and_dial needs a number or a queue")
-    if number is not None and not _E164.fullmatch(number):
-        raise TwilioCallsError(f"dial number is not E.164: {number!r}")
-    response = VoiceResponse()
-    start = Start()
-    extra = {"status_callback": status_callback, "status_callback_method": "POST"}
-    stream = start.stream(url=stream_url, track="both_tracks", **(extra if status_callback else {}))
-    for name, value in params.items():
-        stream.parameter(name=name, value=value)
-    response.append(start)
-    if number is not None:
-        response.dial(number)
-    else:
-        dial = Dial()
-        dial.queue(queue)
-        response.append(dial)
-    return response
 
 
 def _twilio_error(response: httpx.Response) -> tuple[int | None, str]:
@@ -187,19 +128,25 @@ class TwilioCalls:
 
     async def transfer(self, call_sid: str, number: str, *, caller_id: str | None = None) -> None:
         """Replace the call's TwiML with `<Dial>number</Dial>`; Twilio then ends our stream."""
-        await self.update_twiml(call_sid, dial_twiml(number, caller_id=caller_id), "transfer")
+        try:
+            dial = twiml.dial(number, caller_id=caller_id)
+        except twiml.TwimlError as exc:
+            raise TwilioCallsError(f"Twilio transfer of {call_sid} refused: {exc}") from exc
+        await self.update_twiml(call_sid, dial, "transfer")
         log.info("call transferred via REST", extra={"call_sid": call_sid, "to": number})
 
-    async def update_twiml(self, call_sid: str, twiml: str, action: str = "TwiML update") -> None:
-        """Run new TwiML on the live call. Build `twiml` with VoiceResponse, never f-strings."""
-        if len(twiml) > MAX_TWIML_CHARS:
+    async def update_twiml(
+        self, call_sid: str, document: str, action: str = "TwiML update"
+    ) -> None:
+        """Run new TwiML on the live call; `document` comes from telephony.twilio.twiml."""
+        if len(document) > MAX_TWIML_CHARS:
             raise TwilioCallsError(
-                f"Twilio {action} of {call_sid} refused: TwiML is {len(twiml)} chars, "
+                f"Twilio {action} of {call_sid} refused: TwiML is {len(document)} chars, "
                 f"over Twilio's {MAX_TWIML_CHARS} (error 32018)",
                 code=32018,
             )
         # Not idempotent: a repeat after a reply we never saw would re-dial the target.
-        response = await self._post(call_sid, {"Twiml": twiml}, action, idempotent=False)
+        response = await self._post(call_sid, {"Twiml": document}, action, idempotent=False)
         if not response.is_success:
             raise self._failure(action, call_sid, response)
 

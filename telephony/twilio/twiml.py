@@ -1,0 +1,110 @@
+"""Every TwiML document the service gives Twilio: webhook answers and REST call updates.
+
+All are built with the `twilio` library's VoiceResponse, never with strings, so every value
+(a `<Say>` text, a `<Parameter>` value, a URL) is XML-escaped (docs/protocol.md §1.1, §1.6).
+None carries an XML declaration: Twilio does not need one, and on a REST update it would count
+towards the 4000-character limit of the `Twiml` parameter.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from twilio.twiml.voice_response import Connect, Dial, Start, Stream, VoiceResponse
+
+_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+
+
+class TwimlError(ValueError):
+    """A builder was given something Twilio would refuse (or misread) in TwiML."""
+
+
+def _xml(response: VoiceResponse) -> str:
+    return response.to_xml(xml_declaration=False)
+
+
+def _e164(label: str, number: str) -> str:
+    # A number goes in as <Dial>'s text: checked, so nothing but a number is ever dialled.
+    if not _E164.fullmatch(number):
+        raise TwimlError(f"{label} is not E.164: {number!r}")
+    return number
+
+
+def say_and_hang_up(message: str) -> str:
+    """`<Say>` the message, then `<Hangup/>`: refusals, the time limit, the drain's goodbye."""
+    response = VoiceResponse()
+    response.say(message)
+    response.hangup()
+    return _xml(response)
+
+
+def redirect(url: str) -> str:
+    """`<Redirect method="POST">url</Redirect>`: Twilio fetches its TwiML from `url` instead."""
+    response = VoiceResponse()
+    response.redirect(url, method="POST")
+    return _xml(response)
+
+
+def connect_stream(url: str, params: Mapping[str, str], *, status_callback: str) -> str:
+    """`<Connect><Stream url>` with our `<Parameter>`s: the bidirectional stream of a bot call.
+    Twilio POSTs the stream's status changes to `status_callback`."""
+    response = VoiceResponse()
+    connect = Connect()
+    stream = Stream(url=url, status_callback=status_callback, status_callback_method="POST")
+    for name, value in params.items():
+        stream.parameter(name=name, value=value)
+    connect.append(stream)
+    response.append(connect)
+    return _xml(response)
+
+
+def fork_and_dial(
+    url: str,
+    params: Mapping[str, str],
+    *,
+    number: str | None = None,
+    queue: str | None = None,
+    status_callback: str | None = None,
+) -> str:
+    """`<Start><Stream track="both_tracks">` (a one-way fork of both sides), then `<Dial>` a
+    number or a `<Queue>`: a person takes the call while we transcribe it. Twilio runs `<Dial>`
+    at once; the fork lasts until the call ends."""
+    if (number is None) == (queue is None):
+        raise TwimlError("fork_and_dial needs a number or a queue")
+    response = VoiceResponse()
+    start = Start()
+    extra = {"status_callback": status_callback, "status_callback_method": "POST"}
+    stream = start.stream(url=url, track="both_tracks", **(extra if status_callback else {}))
+    for name, value in params.items():
+        stream.parameter(name=name, value=value)
+    response.append(start)
+    if number is not None:
+        response.dial(_e164("dial number", number))
+    else:
+        dial = Dial()
+        dial.queue(queue)
+        response.append(dial)
+    return _xml(response)
+
+
+def dial(number: str, *, caller_id: str | None = None) -> str:
+    """`<Dial>number</Dial>`: a transfer to a person (the call leaves our stream)."""
+    response = VoiceResponse()
+    if caller_id is None:
+        response.dial(_e164("transfer number", number))
+    else:
+        response.dial(_e164("transfer number", number), caller_id=_e164("caller ID", caller_id))
+    return _xml(response)
+
+
+def apology(message: str, transfer_to: str | None = None) -> str:
+    """`<Say>` the apology, then `<Dial>` a person or `<Hangup>`: needs nothing but Twilio, so
+    it works whatever failed upstream."""
+    response = VoiceResponse()
+    response.say(message)
+    if transfer_to is not None:
+        response.dial(_e164("transfer number", transfer_to))
+    else:
+        response.hangup()
+    return _xml(response)
