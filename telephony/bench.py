@@ -10,8 +10,9 @@ One run, two phases with the same load:
    only parses Twilio's JSON, base64-decodes and forwards the frames to Flux, and plays canned
    audio back on EndOfTurn — the floor any bridge pays for the same traffic.
 
-This process is the load generator (pinned to core 1): the lean callers, fake Deepgram (Flux,
-Aura, Voice Agent) and the fake LLM of `telephony.sim.load`. Every call repeats an 8 s
+This process is the load generator (pinned to core 1): the lean callers (telephony.sim.lean_call),
+fake Deepgram (Flux, Aura, Voice Agent: telephony.sim.load_deepgram) and the fake LLM, around the
+conversation of `telephony.sim.load`. Every call repeats an 8 s
 conversation: the caller speaks 1 s, the bot answers (~2.6 s of speech), the caller speaks again
 1.5 s into the answer (a barge-in), the bot answers again.
 
@@ -74,7 +75,9 @@ from telephony.bench_report import Phase, dump_samples, format_report, report
 from telephony.outcome import Outcome
 from telephony.sim import load
 from telephony.sim.fake_llm import FakeLLM
-from telephony.sim.load import BenchDeepgram, Dialer, LeanCall, Probes
+from telephony.sim.lean_call import Dialer, LeanCall, hang_up_all
+from telephony.sim.load import Probes
+from telephony.sim.load_deepgram import BenchDeepgram
 
 AUTH_TOKEN = "bench-auth-token"
 DEEPGRAM_KEY = "bench-deepgram-key"
@@ -116,7 +119,7 @@ async def _warm_up(dialer: Dialer, index: int) -> None:
         if call.player.queued or call.closed.done():
             break
         await asyncio.sleep(0.05)
-    await load.hang_up_all([call])
+    await hang_up_all([call])
 
 
 async def run_phase(
@@ -149,7 +152,7 @@ async def run_phase(
     probes.recording = False
     phase.window_s, phase.cpu_s, phase.load_cpu_s = t1 - t0, cpu1 - cpu0, load1 - load0
     phase.rss_peak_mib = peak
-    await load.hang_up_all(calls)
+    await hang_up_all(calls)
     phase.errors.update(probes.errors)
     if len(calls) < opts.calls:
         phase.errors["calls_not_placed"] += opts.calls - len(calls)
