@@ -91,9 +91,10 @@ async def voice_webhook(request: Request) -> Response:
     if not call_sid or not to:
         return Response("CallSid and To are required", status_code=400)
     route = services.config.current.route(to)
-    if route.profile is None:
+    profile, profile_name = route.profile, route.profile_name
+    if profile is None or profile_name is None:
         log.info("unknown number refused", extra={"call_sid": call_sid, "to": to})
-        return _refusal(route.message)
+        return _refusal(route.message or "")  # a refused Route always carries its message
     registry, draining = services.registry, services.drain.draining
     if draining or registry.load() >= settings.max_calls:
         why = "draining" if draining else f"at capacity ({settings.max_calls})"
@@ -101,16 +102,16 @@ async def voice_webhook(request: Request) -> Response:
         registry.refused.append((call_sid, why))
         return _overflow(settings)
     registry.reserve(call_sid, settings.stream_token_ttl_s)
-    token = services.tokens.mint(call_sid, route.profile_name)
+    token = services.tokens.mint(call_sid, profile_name)
     params = {
         "call_token": token,
-        "profile": route.profile_name,
+        "profile": profile_name,
         "from": form.get("From", ""),
         "to": to,
     }
-    if route.profile.mode == "transcribe":
-        assert route.profile.transcribe is not None  # the config schema requires it
-        return _fork_and_dial(settings, params, route.profile.transcribe)
+    if profile.mode == "transcribe":
+        assert profile.transcribe is not None  # the config schema requires it
+        return _fork_and_dial(settings, params, profile.transcribe)
     return _connect_stream(settings, params)
 
 

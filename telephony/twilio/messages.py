@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
@@ -227,7 +228,7 @@ def _parse_connected(msg: dict) -> Connected:
     )
 
 
-_PARSERS = {
+_PARSERS: dict[str, Callable[[dict], InboundMessage]] = {
     "media": _parse_media,
     "start": _parse_start,
     "dtmf": _parse_dtmf,

@@ -135,7 +135,8 @@ class Session:
     """One accepted connection. Subclasses implement the endpoint's behaviour."""
 
     endpoint: ClassVar[str]
-    parse_client: ClassVar[Callable[[str | bytes], Any]]
+    # A staticmethod in each subclass (the endpoint's parser), so no `self` is bound.
+    parse_client: ClassVar[staticmethod[[str | bytes], Any]]
 
     clock: AudioClock  # set by each endpoint: its audio time drives the timeline
     next_at: float = math.inf  # audio ms of the next scripted event

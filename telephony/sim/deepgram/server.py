@@ -41,6 +41,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from telephony.inprocess import StartStop
 from telephony.sim.deepgram import params as qp
@@ -59,6 +60,7 @@ PATHS = {
     "/v1/listen": "listen",
 }
 JWT_PREFIX = "jwt:"
+TOKEN = Subprotocol("token")  # `Sec-WebSocket-Protocol: token, <key>` (docs/protocol.md §2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +165,7 @@ class FakeDeepgram(StartStop):
             host,
             port,
             process_request=self._process_request,
-            select_subprotocol=lambda _conn, offered: "token" if "token" in offered else None,
+            select_subprotocol=lambda _conn, offered: TOKEN if TOKEN in offered else None,
             create_connection=self.connection_class,
             compression=None,  # cheaper for the benchmark; audio does not compress anyway
             ping_interval=None,  # clients keep the connection alive, not the server
