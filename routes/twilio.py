@@ -15,7 +15,8 @@ from websockets.exceptions import InvalidState
 
 from routes.sansio import batch_writer, frame_pump
 from routes.state import services_of, web_of
-from telephony.config import TranscribeConfig
+from telephony.config import Profile, TranscribeConfig
+from telephony.session.fallback import apology_for
 from telephony.session.media_socket import CLOSE_POLICY, FrameHandler, StreamEnd, read_frames
 from telephony.session.serve import serve_call
 from telephony.settings import Settings
@@ -45,9 +46,12 @@ def _overflow(settings: Settings) -> Response:
     return _refusal(settings.busy_message)
 
 
-def _connect_stream(settings: Settings, params: dict[str, str]) -> Response:
+def _connect_stream(settings: Settings, params: dict[str, str], profile: Profile) -> Response:
     answer = twiml.connect_stream(
-        settings.media_stream_url, params, status_callback=settings.status_callback_url
+        settings.media_stream_url,
+        params,
+        status_callback=settings.status_callback_url,
+        then_apologise=apology_for(profile),  # if our server ever drops the stream
     )
     return Response(answer, media_type=XML)
 
@@ -112,7 +116,7 @@ async def voice_webhook(request: Request) -> Response:
     if profile.mode == "transcribe":
         assert profile.transcribe is not None  # the config schema requires it
         return _fork_and_dial(settings, params, profile.transcribe)
-    return _connect_stream(settings, params)
+    return _connect_stream(settings, params, profile)
 
 
 STATUS_FIELDS = (

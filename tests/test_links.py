@@ -19,6 +19,7 @@ from telephony.audio import silence
 from telephony.demo import OfflineCall, run_offline_call
 from telephony.sim.deepgram_server import FakeDeepgram, Fault, Script
 from telephony.sim.twilio_caller import FakeTwilioCaller
+from telephony.sim.twilio_rest import FakeTwilioRest
 from tests.conftest import AUTH_TOKEN, RunningApp, finished
 
 CLOSE_ERROR = 1011
@@ -145,3 +146,20 @@ async def test_agent_reconnect_keeps_the_audio_held_through_failed_attempts(
     ]
     assert reconnect.data["attempts"] == 4 and reconnect.data["dropped_ms"] == 0
     assert reconnect.data["reconnect_ms"] >= 250  # backoff 0 + 0.1 + 0.2 (±20 %) at least
+
+
+async def test_when_the_hand_over_itself_fails_twilio_still_apologises(
+    running_app: RunningApp, fake_deepgram: FakeDeepgram, fake_rest: FakeTwilioRest
+) -> None:
+    # The agent refuses every socket and Twilio's REST API fails the redirect too: our stream
+    # ends with an error, and Twilio runs the apology the webhook put after </Connect>.
+    fake_deepgram.refuse("agent", 1000)
+    fake_rest.fail_next, fake_rest.fail_status = 10, 500
+    async with httpx.AsyncClient(base_url=running_app.url) as http:
+        caller = FakeTwilioCaller(running_app.url, auth_token=AUTH_TOKEN, http=http)
+        result = await caller.dial("+15550003000", tail_ms=None, max_call_ms=15_000)
+    assert result.closed_by == "server" and result.ran_after_stream
+    assert any("technical trouble" in said for said in result.said) and result.hung_up
+    summary = await finished(running_app, result.call_sid)
+    assert summary.end_reason == "failover"
+    assert len(fake_rest.requests) == 1  # a redirect is not repeated after a 500

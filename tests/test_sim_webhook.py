@@ -31,6 +31,17 @@ def test_read_twiml_connect_stream_with_parameters() -> None:
     )
 
 
+def test_verbs_after_connect_wait_for_the_stream_to_end() -> None:
+    # <Connect> blocks: what follows it is not said (nor hung up) when the call starts, only
+    # once the stream ends without a REST update having replaced the document.
+    answer = read_twiml(
+        twiml.connect_stream(MEDIA, {}, status_callback=BASE, then_apologise=(TRICKY, None))
+    )
+    assert answer.opens_stream and not answer.said and not answer.hung_up
+    assert answer.after_stream is not None
+    assert (answer.after_stream.said, answer.after_stream.hung_up) == ([TRICKY], True)
+
+
 def test_read_twiml_fork_say_and_errors() -> None:
     fork = read_twiml(twiml.fork_and_dial(MEDIA, {}, queue="sales"))
     assert fork.fork and fork.track == "both_tracks" and fork.dialled == ["queue:sales"]

@@ -52,6 +52,20 @@ def test_connect_stream_carries_parameters_and_status_callback() -> None:
     assert params == {"call_token": HOSTILE, "to": "+1"}
 
 
+@pytest.mark.parametrize("transfer_to,then", [(None, "Hangup"), ("+15551234567", "Dial")])
+def test_connect_stream_apologises_if_the_stream_ever_ends_unreplaced(
+    transfer_to: str | None, then: str
+) -> None:
+    answer = twiml.connect_stream(
+        URL, {}, status_callback=STATUS, then_apologise=(HOSTILE, transfer_to)
+    )
+    root = parse(answer)
+    assert verbs(root) == ["Connect", "Say", then]  # Twilio runs these once the stream ends
+    assert root.findtext("Say") == HOSTILE
+    if transfer_to:
+        assert root.findtext("Dial") == transfer_to
+
+
 def test_fork_and_dial_a_number() -> None:
     root = parse(twiml.fork_and_dial(URL, {"k": HOSTILE}, number="+15551234567"))
     assert verbs(root) == ["Start", "Dial"]

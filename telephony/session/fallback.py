@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
+from telephony.config import Profile
 from telephony.outcome import Outcome
 from telephony.session.engine import CallContext
 from telephony.transcript import EventKind
@@ -18,17 +19,22 @@ FAILURE_APOLOGY = "Sorry, we're having technical trouble on this line."
 TRANSFER_APOLOGY = FAILURE_APOLOGY + " Let me connect you with a colleague."
 
 
+def apology_for(profile: Profile) -> tuple[str, str | None]:
+    """The profile's apology and where it hands the caller over (None: hang up)."""
+    transfer_to = profile.transfer_number if profile.on_failure == "transfer" else None
+    return (TRANSFER_APOLOGY if transfer_to else FAILURE_APOLOGY), transfer_to
+
+
 async def fail_over(ctx: CallContext, reason: str, *, endpoint: str | None = None) -> None:
     """Redirect the call to the apology and the hand-over; once per call, whichever link
     failed first (a second failing link has nothing left to hand over)."""
     if ctx.handed_over:
         return
     ctx.handed_over = True
-    transfer_to = ctx.profile.transfer_number if ctx.profile.on_failure == "transfer" else None
+    message, transfer_to = apology_for(ctx.profile)
     then = "transfer" if transfer_to else "hangup"
     data = {"endpoint": endpoint} if endpoint else {}
     ctx.transcript.event(ctx.now_ms(), EventKind.UPSTREAM_FAILED, reason=reason, then=then, **data)
-    message = TRANSFER_APOLOGY if transfer_to else FAILURE_APOLOGY
     ctx.mark_outcome(Outcome.FAILOVER, reason)
     await ctx.redirect(twiml.apology(message, transfer_to))
 

@@ -49,6 +49,8 @@ class CallResult:
     sent_frames: int = 0
     events: list[Event] = field(default_factory=list)
     error: str | None = None  # transport failure (connection refused, bad TwiML, ...)
+    after_stream: TwimlAnswer | None = None  # the verbs after <Connect>, see `ran_after_stream`
+    ran_after_stream: bool = False  # the server ended the stream and Twilio ran them
 
     def mark(self, name: str) -> MarkEcho | None:
         return next((m for m in self.marks if m.name == name), None)
@@ -56,6 +58,7 @@ class CallResult:
     def take(self, answer: TwimlAnswer) -> None:
         """Record what the TwiML said (the webhook's answer, or a REST update's)."""
         self.verbs, self.said, self.hung_up = answer.verbs, answer.said, answer.hung_up
+        self.after_stream = answer.after_stream
         self.dialled += answer.dialled
         self.stream_url, self.parameters = answer.stream_url, answer.parameters
         self.fork, self.track = answer.fork, answer.track

@@ -157,9 +157,27 @@ class FakeTwilioCaller:
         )
         stream = MediaStream(self, result, clock, script)
         await stream.run()
+        self._after_stream(result, script, clock)
         clock.finish()
         await self._follow_updates(result, script, stream.t0)
         return result
+
+    @staticmethod
+    def _after_stream(result: CallResult, script: StreamScript, clock: CallClock) -> None:
+        """Our server ended a <Connect> stream with no REST update in between (those end the
+        stream themselves: a hang-up, a redirect or new TwiML): Twilio goes on with the verbs
+        after </Connect>."""
+        after = result.after_stream
+        replaced = (script.hangup is not None and script.hangup.is_set()) or (
+            script.updates is not None and not script.updates.empty()
+        )
+        if after is None or result.closed_by != "server" or replaced or result.fork:
+            return
+        result.ran_after_stream = True
+        result.said += after.said
+        result.hung_up = result.hung_up or after.hung_up
+        result.dialled += after.dialled
+        clock.event("twiml", "after the stream: " + ",".join(after.verbs))
 
     async def _follow_updates(
         self, result: CallResult, script: StreamScript, origin: float

@@ -80,6 +80,9 @@ class TwimlAnswer:
     fork: bool = False  # a one-way <Start><Stream> (the service must send nothing on it)
     track: str | None = None  # its <Stream track=...>
     error: str | None = None  # what Twilio would refuse
+    # The verbs after a <Connect>: Twilio runs them when the stream ends without a REST update
+    # having replaced the document (our server closed the socket, or lost it).
+    after_stream: TwimlAnswer | None = None
 
     @property
     def opens_stream(self) -> bool:
@@ -96,8 +99,16 @@ def read_twiml(body: bytes | str) -> TwimlAnswer:
         answer.error = f"bad TwiML: {exc}"
         return answer
     answer.verbs = [child.tag for child in root]
+    children = list(root)
+    if "Connect" in answer.verbs:  # <Connect> blocks until its stream ends
+        cut = answer.verbs.index("Connect") + 1
+        rest = ET.Element("Response")
+        rest.extend(children[cut:])
+        answer.after_stream = read_twiml(ET.tostring(rest))
+        for child in children[cut:]:
+            root.remove(child)
     answer.said = [(say.text or "") for say in root.iter("Say")]
-    answer.hung_up = any(verb in ("Hangup", "Reject") for verb in answer.verbs)
+    answer.hung_up = any(child.tag in ("Hangup", "Reject") for child in root)
     for dial in root.iter("Dial"):
         queue = dial.find("Queue")
         answer.dialled.append(f"queue:{queue.text}" if queue is not None else (dial.text or ""))

@@ -46,9 +46,22 @@ def redirect(url: str) -> str:
     return _xml(response)
 
 
-def connect_stream(url: str, params: Mapping[str, str], *, status_callback: str) -> str:
+def connect_stream(
+    url: str,
+    params: Mapping[str, str],
+    *,
+    status_callback: str,
+    then_apologise: tuple[str, str | None] | None = None,
+) -> str:
     """`<Connect><Stream url>` with our `<Parameter>`s: the bidirectional stream of a bot call.
-    Twilio POSTs the stream's status changes to `status_callback`."""
+    Twilio POSTs the stream's status changes to `status_callback`.
+
+    `then_apologise` (message, transfer number or None): what Twilio runs if the stream ends
+    without our REST update replacing this document — our server closed or lost the socket
+    (a crash, an error close, a failed hand-over): the apology, then `<Dial>` or `<Hangup>`,
+    so even then the caller is never left in silence. Every ending we choose (hang-up,
+    transfer, failover, time limit, drain) replaces the document first, so these never run.
+    """
     response = VoiceResponse()
     connect = Connect()
     stream = Stream(url=url, status_callback=status_callback, status_callback_method="POST")
@@ -56,6 +69,8 @@ def connect_stream(url: str, params: Mapping[str, str], *, status_callback: str)
         stream.parameter(name=name, value=value)
     connect.append(stream)
     response.append(connect)
+    if then_apologise is not None:
+        _apologise(response, *then_apologise)
     return _xml(response)
 
 
@@ -102,9 +117,13 @@ def apology(message: str, transfer_to: str | None = None) -> str:
     """`<Say>` the apology, then `<Dial>` a person or `<Hangup>`: needs nothing but Twilio, so
     it works whatever failed upstream."""
     response = VoiceResponse()
+    _apologise(response, message, transfer_to)
+    return _xml(response)
+
+
+def _apologise(response: VoiceResponse, message: str, transfer_to: str | None) -> None:
     response.say(message)
     if transfer_to is not None:
         response.dial(_e164("transfer number", transfer_to))
     else:
         response.hangup()
-    return _xml(response)
