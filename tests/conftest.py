@@ -148,18 +148,6 @@ def lanes_of(item: pytest.Item) -> set[str]:
     return lanes or {"unit"}
 
 
-def _shared_session_fixture(item: pytest.Item) -> str | None:
-    """The first of the tests package's session-scoped fixtures the test uses (e.g. the
-    conformance capture): under xdist every worker would build its own copy."""
-    info = getattr(item, "_fixtureinfo", None)
-    for name, defs in sorted(info.name2fixturedefs.items()) if info is not None else ():
-        if any(
-            d.scope == "session" and (d.func.__module__ or "").startswith("tests") for d in defs
-        ):
-            return name
-    return None
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         explicit = {m.name for m in item.iter_markers()} & {*LANES, "unit"}
@@ -168,9 +156,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             lanes.discard("unit")  # e.g. a test marked `process` by hand
         for lane in sorted(lanes - explicit):
             item.add_marker(lane)
-        shared = _shared_session_fixture(item)
-        if shared is not None and item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(shared))
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
