@@ -1,9 +1,26 @@
-"""Shared fixtures: the real app under uvicorn on a loopback port."""
+"""Shared fixtures: the real app under uvicorn on a loopback port; and the test lanes.
+
+Every test is classified at collection, from what its code and its fixtures' code use (helper
+functions followed through the tests package), so a new test needs no marker by hand:
+
+- `browser`: drives Chromium through Playwright;
+- `process`: spawns a subprocess (`telephony serve`, the CLI, openssl, nginx, ...);
+- `e2e`: runs a call or a fake over real sockets in this process (the app, the fakes);
+- `unit`: none of these.
+
+A test may be both `process` and `e2e` (or `browser` and `e2e`). `-m "not process and not
+browser"` is the fast lane; plain `pytest` runs everything. A test that spawns a subprocess
+without being classified `process` fails (see `_spawn_guard`), so the lanes stay honest.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import inspect
+import os
+import subprocess
+import types
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +67,118 @@ profiles:
       rules: []
       fallback: "Sales here."
 """
+
+
+LANES: dict[str, tuple[str, ...]] = {
+    "browser": ("async_playwright", "sync_playwright"),
+    "process": (
+        "subprocess.run",
+        "subprocess.Popen",
+        "subprocess.check_output",
+        "subprocess.check_call",
+        "create_subprocess_exec",
+        "create_subprocess_shell",
+        "os.system",
+        "os.spawn",
+    ),
+    "e2e": (
+        "serve_app(",
+        "run_offline_call(",
+        "FakeTwilioCaller(",
+        "FakeDeepgram(",
+        "FakeTwilioRest(",
+        "FakeLLM(",
+    ),
+}
+
+
+def _code_names(code: types.CodeType) -> Iterator[str]:
+    yield from code.co_names
+    for const in code.co_consts:  # nested functions, lambdas, comprehensions
+        if isinstance(const, types.CodeType):
+            yield from _code_names(const)
+
+
+_SOURCES: dict[Callable, str] = {}
+
+
+def _reachable_source(func: Callable) -> str:
+    """The source of `func` and of every function of the tests package it refers to by name
+    (followed transitively): what the test can run, short of library code."""
+    if func in _SOURCES:
+        return _SOURCES[func]
+    _SOURCES[func] = ""  # recursion guard
+    inner = inspect.unwrap(func)
+    try:
+        parts = [inspect.getsource(inner)]
+    except (OSError, TypeError):
+        return ""
+    code = getattr(inner, "__code__", None)
+    namespace = getattr(inner, "__globals__", {})
+    for name in set(_code_names(code)) if code is not None else ():
+        target = namespace.get(name)
+        if isinstance(target, type):  # a helper class: its methods
+            candidates = [v for v in vars(target).values() if isinstance(v, types.FunctionType)]
+        else:
+            candidates = [target]
+        for candidate in candidates:
+            if isinstance(candidate, types.FunctionType) and (
+                candidate.__module__ or ""
+            ).startswith("tests"):
+                parts.append(_reachable_source(candidate))
+    _SOURCES[func] = "\n".join(parts)
+    return _SOURCES[func]
+
+
+def lanes_of(item: pytest.Item) -> set[str]:
+    """The lanes of one test, from its own code and its fixtures' code."""
+    funcs: list[Callable] = [item.function] if isinstance(item, pytest.Function) else []
+    info = getattr(item, "_fixtureinfo", None)
+    names = set(info.names_closure) if info is not None else set()
+    for defs in info.name2fixturedefs.values() if info is not None else ():
+        funcs += [
+            d.func
+            for d in defs
+            if (d.func.__module__ or "").startswith("tests") and d.argname != "_spawn_guard"
+        ]
+    text = "\n".join(_reachable_source(f) for f in funcs)
+    lanes = {lane for lane, needles in LANES.items() if any(n in text for n in needles)}
+    if "running_app" in names or "fake_deepgram" in names or "fake_rest" in names:
+        lanes.add("e2e")
+    return lanes or {"unit"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        explicit = {m.name for m in item.iter_markers()} & {*LANES, "unit"}
+        lanes = lanes_of(item) | explicit
+        if lanes - {"unit"}:
+            lanes.discard("unit")  # e.g. a test marked `process` by hand
+        for lane in sorted(lanes - explicit):
+            item.add_marker(lane)
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: two workers per core, at most 8. Most tests wait on a call's real-time clock
+    rather than compute, so a core serves two of them."""
+    return min(2 * (os.cpu_count() or 1), 8)
+
+
+@pytest.fixture(autouse=True)
+def _spawn_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test not classified `process` or `browser` must not spawn a process: it would run in
+    the fast lane. Mark it `@pytest.mark.process` if the classification above missed it."""
+    node = request.node
+    if node.get_closest_marker("process") or node.get_closest_marker("browser"):
+        return
+
+    def refuse(self: subprocess.Popen, *args: object, **kwargs: object) -> None:
+        raise AssertionError(
+            f"{node.nodeid} spawns a subprocess but is not classified `process` "
+            "(tests/conftest.py LANES): add @pytest.mark.process"
+        )
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict:

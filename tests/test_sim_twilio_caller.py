@@ -496,7 +496,12 @@ async def test_hang_up_action(svc: FakeService) -> None:
 
 async def test_hang_up_event_ends_an_open_ended_call(svc: FakeService) -> None:
     hangup = asyncio.Event()
-    asyncio.get_running_loop().call_later(0.15, hangup.set)
+
+    async def script(peer: Peer) -> None:  # hang up 150 ms into the stream (not the webhook)
+        await peer.started()
+        asyncio.get_running_loop().call_later(0.15, hangup.set)
+
+    svc.script = script
     result = await svc.caller().dial("+15550001000", tail_ms=None, hangup=hangup)
     assert result.closed_by == "caller"
     assert 5 <= result.sent_frames <= 12

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import subprocess
@@ -29,7 +30,7 @@ from websockets.exceptions import InvalidStatus
 from telephony.config import Config, TranscribeConfig, load_config
 from telephony.deepgram import messages as dm
 from telephony.deepgram.clock import AudioMap
-from telephony.deepgram.connection import open_socket
+from telephony.deepgram.connection import NOVA_KEEPALIVE, open_socket
 from telephony.deepgram.listen import ListenClient, ListenOptions
 from telephony.logs import call_logger
 from telephony.session.deepgram_options import listen_options
@@ -480,13 +481,21 @@ async def test_time_limit_stops_the_transcription_not_the_call(
     assert [e.kind for e in summary.transcript.events if e.kind == "time-limit"] == ["time-limit"]
 
 
-@pytest.mark.slow
-async def test_keepalive_through_20_s_of_silence_keeps_both_sockets(
-    running_app: RunningApp, fake_deepgram: FakeDeepgram
+async def test_keepalive_through_a_long_silence_keeps_both_sockets(
+    running_app: RunningApp, fake_deepgram: FakeDeepgram, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A 20 s network gap on the stream (no frames at all): each Nova socket gets a JSON
-    KeepAlive after ~4 s without audio, so the fake (NET-0001 after 10 s idle) keeps it, and the
-    turns after the gap are still on the call clock."""
+    """A network gap on the stream (no frames at all) longer than Nova's idle timeout: each
+    Nova socket gets a JSON KeepAlive after `idle_s` without audio, so the fake (NET-0001 after
+    `idle_timeout_s` idle) keeps it, and the turns after the gap are still on the call clock.
+
+    Scaled by 1/4: KeepAlive after 1 s idle (real: NOVA_KEEPALIVE, 4 s), NET-0001 after 2.5 s
+    (real: 10 s), a 5 s gap (20 s): the gap is still twice the idle timeout and longer than the
+    2 s the server fills, so without KeepAlives both sockets would be closed."""
+    keepalive = dataclasses.replace(NOVA_KEEPALIVE, idle_s=NOVA_KEEPALIVE.idle_s / 4)
+    monkeypatch.setattr("telephony.deepgram.listen.NOVA_KEEPALIVE", keepalive)
+    fake_deepgram.options.idle_timeout_s = 2.5
+    gap_ms = 5_000
+    assert gap_ms >= 2 * fake_deepgram.options.idle_timeout_s * 1000
     sid = "CA" + "9" * 32
     # Socket audio time: caller = 1 s before the gap + 2 s gap fill + the rest; staff has no
     # fill, its audio simply jumps.
@@ -498,8 +507,8 @@ async def test_keepalive_through_20_s_of_silence_keeps_both_sockets(
         sid,
         caller,
         staff,
-        audio_ms=24_500,
-        timeline=[PauseStream(1000, 20_000)],
+        audio_ms=gap_ms + 4_500,
+        timeline=[PauseStream(1000, gap_ms)],
     )
     summary = await finished(running_app, sid)
     got = sorted((t.start_ms, t.role, t.text) for t in summary.transcript.turns)
@@ -510,7 +519,8 @@ async def test_keepalive_through_20_s_of_silence_keeps_both_sockets(
         ("staff", "yes sorry about that"),
     ]
     starts = [ms for ms, _, _ in got]
-    assert all(near(a, b) for a, b in zip(starts, (200, 300, 21_500, 22_800), strict=True)), starts
+    expected = (200, 300, 1000 + gap_ms + 500, 1000 + gap_ms + 1800)
+    assert all(near(a, b) for a, b in zip(starts, expected, strict=True)), starts
     logs = fake_deepgram.logs("listen")
     assert len(logs) == 2  # one socket per side, never replaced
     assert not [e for e in summary.transcript.events if e.kind == "transcription-failed"]
@@ -522,7 +532,7 @@ async def test_keepalive_through_20_s_of_silence_keeps_both_sockets(
         audio = [t for t, k, _ in log.received if k == "audio"]
         for t in keepalives:  # only while no audio was sent, never mid-stream
             before = [a for a in audio if a <= t]
-            assert not before or t - before[-1] >= 3.0
+            assert not before or t - before[-1] >= 0.75 * keepalive.idle_s
 
 
 async def test_nova_keepalives_are_counted_in_metrics(

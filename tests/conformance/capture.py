@@ -2,8 +2,8 @@
 
 Every text frame the fakes receive, every message they send and every URL's query parameters,
 per endpoint; the runs provoke every server message type the fakes can send. `conftest.py`
-runs the capture once per session (about half a minute); the client helpers here also drive
-the fidelity tests.
+runs the capture once per session (per xdist worker; about 15 s); the client helpers here also
+drive the fidelity tests.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 import pytest
 
+import routes.app
 from telephony.config import load_config
 from telephony.deepgram import messages as dm
 from telephony.deepgram.agent import AgentClient
@@ -280,75 +281,91 @@ async def capture(numbers: Path) -> Wire:
         mp.setattr(
             "telephony.deepgram.listen.NOVA_KEEPALIVE", KeepAliveSpec(NOVA_KEEPALIVE.rule, 0.3)
         )
-        # Flux mode: a question, a barge-in during the answer, goodbye and hang-up.
-        wire.calls["flux"] = await run_offline_call(
-            number="+15550001000",
-            script=Script(
-                turns=[
-                    ScriptedTurn(start_ms=1000, end_ms=1800, text="What are your hours?"),
-                    ScriptedTurn(start_ms=2700, end_ms=3300, text="Sorry, goodbye."),
-                ]
+        # The four calls are independent (each has its own fakes and app): run together, but
+        # one app's start-up migrations at a time (alembic's module-level context is shared).
+        lock = asyncio.Lock()
+        migrate = routes.app.upgrade
+
+        async def one_at_a_time(*args: Any, **kwargs: Any) -> None:
+            async with lock:
+                await migrate(*args, **kwargs)
+
+        mp.setattr(routes.app, "upgrade", one_at_a_time)
+        calls = await asyncio.gather(
+            # Flux mode: a question, a barge-in during the answer, goodbye and hang-up.
+            run_offline_call(
+                number="+15550001000",
+                script=Script(
+                    turns=[
+                        ScriptedTurn(start_ms=1000, end_ms=1800, text="What are your hours?"),
+                        ScriptedTurn(start_ms=2700, end_ms=3300, text="Sorry, goodbye."),
+                    ]
+                ),
+                config_path=numbers,
+                deepgram_options=fast,
+                llm_options=llm,
+                max_call_ms=8_000,
             ),
-            config_path=numbers,
-            deepgram_options=fast,
-            llm_options=llm,
-            max_call_ms=8_000,
-        )
-        # Eager end of turn, then the caller goes on (EagerEndOfTurn, TurnResumed).
-        wire.calls["eager"] = await run_offline_call(
-            number="+15550002000",
-            script=Script(
-                turns=[
-                    ScriptedTurn(
-                        start_ms=600,
-                        end_ms=2200,
-                        eager_ms=1200,
-                        text="I want to cancel",
-                        resumed=True,
-                        final_text="I want to cancel my order please",
-                    )
-                ]
+            # Eager end of turn, then the caller goes on (EagerEndOfTurn, TurnResumed).
+            run_offline_call(
+                number="+15550002000",
+                script=Script(
+                    turns=[
+                        ScriptedTurn(
+                            start_ms=600,
+                            end_ms=2200,
+                            eager_ms=1200,
+                            text="I want to cancel",
+                            resumed=True,
+                            final_text="I want to cancel my order please",
+                        )
+                    ]
+                ),
+                config_path=numbers,
+                deepgram_options=fast,
+                llm_options=llm,
+                max_call_ms=4_000,
             ),
-            config_path=numbers,
-            deepgram_options=fast,
-            llm_options=llm,
-            max_call_ms=4_000,
-        )
-        # Agent mode: a dropped socket (Settings again, with the conversation as context), a
-        # pause on the stream (KeepAlive), a question, then end_call (FunctionCallResponse).
-        wire.calls["agent"] = await run_offline_call(
-            mode="agent",
-            number="+15550005000",
-            script=Script(
-                agent=[
-                    AgentStep(at_ms=800, user_text="What can you do?", reply_text="Lots."),
-                    AgentStep(
-                        at_ms=2000,
-                        user_text="Bye.",
-                        reply_text="",
-                        function_call=ScriptedFunctionCall("end_call", '{"reason": "done"}'),
-                        reply_after_function="Goodbye!",
-                    ),
-                ],
-                faults=[Fault("agent", 1200, "drop")],
+            # Agent mode: a dropped socket (Settings again, with the conversation as context), a
+            # pause on the stream (KeepAlive), a question, then end_call (FunctionCallResponse).
+            run_offline_call(
+                mode="agent",
+                number="+15550005000",
+                script=Script(
+                    agent=[
+                        AgentStep(at_ms=800, user_text="What can you do?", reply_text="Lots."),
+                        AgentStep(
+                            at_ms=2000,
+                            user_text="Bye.",
+                            reply_text="",
+                            function_call=ScriptedFunctionCall("end_call", '{"reason": "done"}'),
+                            reply_after_function="Goodbye!",
+                        ),
+                    ],
+                    faults=[Fault("agent", 1200, "drop")],
+                ),
+                config_path=numbers,
+                deepgram_options={**fast, "agent_latency_s": 0.1},
+                timeline=[PauseStream(at_ms=2000, ms=1200)],
+                max_call_ms=10_000,
             ),
-            config_path=numbers,
-            deepgram_options={**fast, "agent_latency_s": 0.1},
-            timeline=[PauseStream(at_ms=2000, ms=1200)],
-            max_call_ms=10_000,
+            # Transcribe mode: both sides, every Nova option on, a network gap (KeepAlive).
+            run_offline_call(
+                mode="transcribe",
+                number="+15550007000",
+                config_path=numbers,
+                timeline=[PauseStream(at_ms=4000, ms=1000)],
+            ),
         )
-        # Transcribe mode: both sides, every Nova option on, a network gap (KeepAlive).
-        wire.calls["nova"] = await run_offline_call(
-            mode="transcribe",
-            number="+15550007000",
-            config_path=numbers,
-            timeline=[PauseStream(at_ms=4000, ms=1000)],
-        )
+        wire.calls.update(zip(("flux", "eager", "agent", "nova"), calls, strict=True))
         fakes += [c.deepgram for c in wire.calls.values()]
-        await _flux_session(fakes)
-        await _speak_session(fakes)
-        await _agent_session(fakes, numbers)
-        await _nova_session(fakes)
+        # Each session, too, has its own fake: run together.
+        await asyncio.gather(
+            _flux_session(fakes),
+            _speak_session(fakes),
+            _agent_session(fakes, numbers),
+            _nova_session(fakes),
+        )
     for endpoint, text in texts:
         if text != BOGUS:
             wire.sent[endpoint].append(orjson.loads(text))
