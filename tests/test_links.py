@@ -163,3 +163,49 @@ async def test_when_the_hand_over_itself_fails_twilio_still_apologises(
     summary = await finished(running_app, result.call_sid)
     assert summary.end_reason == "failover"
     assert len(fake_rest.requests) == 1  # a redirect is not repeated after a 500
+
+
+class _StubSocket:
+    """A socket that connects at once and has sent `keepalives` KeepAlives."""
+
+    def __init__(self, keepalives: int) -> None:
+        self.keepalives_sent = keepalives
+        self.aborted = False
+
+    async def connect(self) -> None:
+        pass
+
+    async def abort(self) -> None:
+        self.aborted = True
+
+
+async def test_keepalives_are_counted_once_across_replaced_and_given_up_sockets() -> None:
+    from types import SimpleNamespace
+
+    from telephony.logs import call_logger
+    from telephony.retry import Backoff, FailureBudget
+    from telephony.session.link import Link
+    from telephony.transcript import Transcript
+
+    ctx = SimpleNamespace(log=call_logger("CAstub"), transcript=Transcript(), now_ms=lambda: 0)
+    sockets = iter([_StubSocket(3), _StubSocket(5)])
+    given_up: list[str] = []
+
+    async def give_up(endpoint: str, reason: str) -> None:
+        given_up.append(reason)
+
+    link = Link(
+        ctx,  # type: ignore[arg-type]
+        "listen",
+        lambda: next(sockets),
+        give_up=give_up,
+        backoff=Backoff(attempts=1),
+        budget=FailureBudget(limit=1),
+    )
+    assert await link.start() and link.keepalives_sent == 3
+    assert await link.replace("dropped") and link.keepalives_sent == 3 + 5
+    # The budget is spent: the link gives up, and the last socket is still counted once.
+    assert not await link.replace("dropped again") and given_up
+    assert link.keepalives_sent == 3 + 5 and link.client.aborted
+    kinds = [(e.kind, e.data["reason"]) for e in ctx.transcript.events]
+    assert kinds == [("listen-connection", "start"), ("listen-connection", "dropped")]

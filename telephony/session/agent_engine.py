@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import httpx
@@ -116,11 +116,11 @@ class AgentEngine:
         self._tasks.spawn(self._session_cap(), "session-cap")
         await self.link.run(self._on_server)
 
-    async def _on_server(self, event: dm.AgentServerEvent | bytes) -> None:
-        if isinstance(event, bytes):
+    def _on_server(self, event: dm.AgentServerEvent | bytes) -> Awaitable[None] | None:
+        if isinstance(event, bytes):  # agent speech: handled at once, no coroutine per chunk
             self._on_audio(event)
-        else:
-            await self._on_event(event)
+            return None
+        return self._on_event(event)
 
     def on_caller_audio(self, timestamp_ms: int, payload: bytes) -> None:
         self.upstream.push(timestamp_ms, payload)  # the client holds it until SettingsApplied

@@ -67,7 +67,8 @@ class Link(Generic[S]):
         self._tags = dict(tags or {})
         self._name = " ".join([endpoint, *(str(v) for v in self._tags.values())])
         self._client: S | None = None
-        self._keepalives_before = 0  # sent on sockets this link has replaced
+        self._keepalives_before = 0  # sent on sockets this link has dropped
+        self._dropped = False  # the current socket was dropped (counted in _keepalives_before)
         self.connections = 0
         self.closing = False  # the call is ending: a socket that ends now is not replaced
         self.failed: str | None = None  # why the link was given up
@@ -86,7 +87,8 @@ class Link(Generic[S]):
     @property
     def keepalives_sent(self) -> int:
         """JSON KeepAlives sent on every socket of this link."""
-        current = self._client.keepalives_sent if self._client is not None else 0
+        client = self._client
+        current = client.keepalives_sent if client is not None and not self._dropped else 0
         return self._keepalives_before + current
 
     # --- the socket's life ----------------------------------------------------------------------
@@ -117,8 +119,9 @@ class Link(Generic[S]):
         if self.upstream is not None:
             self.upstream.live = False
         self.ctx.log.warning("%s connection lost: %s", self._name, reason)
-        if self._client is not None:
+        if self._client is not None and not self._dropped:
             self._keepalives_before += self._client.keepalives_sent
+            self._dropped = True
             await self._client.abort()
         if self._on_lost is not None:
             self._on_lost(reason)
@@ -145,7 +148,7 @@ class Link(Generic[S]):
                 error = str(exc) or type(exc).__name__
                 self.ctx.log.warning("%s connect failed (%s): %s", self._name, reason, error)
                 continue
-            self._client = client
+            self._client, self._dropped = client, False
             self._go_live(client, reason, replay, attempt + 1, lost_at)
             return True
         when = "at call start" if reason == START else f"after {reason}"
