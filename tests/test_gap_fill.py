@@ -11,38 +11,14 @@ from telephony.audio import MAX_GAP_FILL_MS
 from telephony.config import load_config
 from telephony.session.call import SILENCE_FRAME, Call
 from telephony.session.handshake import CallSetup
-from telephony.session.media_socket import FrameHandler, StreamEnd, read_frames
 from telephony.session.summary import CallSummary
 from telephony.twilio import messages as tm
 from tests.conftest import NUMBERS_YAML, RunningApp, finished
+from tests.media_sockets import ListSocket
 from tests.test_routes_twilio import closed_with, start_stream
 
 VOICE = b"\x55" * 160  # one 20 ms frame that is not silence, to tell real audio from fill
 MAX_FRAMES = 10_000
-
-
-class FakeSocket:
-    """Hands the call a fixed list of text frames, then reports the peer gone."""
-
-    def __init__(self, frames: list[str]) -> None:
-        self.frames = frames
-        self.sent: list[str] = []
-        self.closed: tuple[int, str] | None = None
-
-    async def receive(self) -> str | bytes | None:
-        return self.frames.pop(0) if self.frames else None
-
-    async def pump(self, handler: FrameHandler) -> StreamEnd | None:
-        return await read_frames(self.receive, handler)
-
-    async def send_text(self, text: str) -> None:
-        self.sent.append(text)
-
-    async def send_many(self, texts: list[str]) -> None:
-        self.sent.extend(texts)
-
-    async def close(self, code: int, reason: str) -> None:
-        self.closed = (code, reason)
 
 
 class RecordingEngine:
@@ -88,7 +64,7 @@ async def run_call(
     frames = [b.media(VOICE, ts) for ts in timestamps]
     engine = RecordingEngine()
     factory = (lambda ctx: engine) if with_engine else None
-    call = Call(FakeSocket(frames), setup, engine_factory=factory)
+    call = Call(ListSocket(frames), setup, engine_factory=factory)
     summary = await asyncio.wait_for(call.run(), 2)
     # Gone without `stop`: a lost stream, not a hang-up.
     assert (summary.end_reason, summary.end_detail) == ("error", "twilio closed the socket")

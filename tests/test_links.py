@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -17,9 +18,13 @@ import pytest
 
 from telephony.audio import silence
 from telephony.demo import OfflineCall, run_offline_call
+from telephony.logs import call_logger
+from telephony.retry import Backoff, FailureBudget
+from telephony.session.link import Link
 from telephony.sim.deepgram_server import FakeDeepgram, Fault, Script
 from telephony.sim.twilio_caller import FakeTwilioCaller
 from telephony.sim.twilio_rest import FakeTwilioRest
+from telephony.transcript import Transcript
 from tests.conftest import AUTH_TOKEN, RunningApp, finished
 
 CLOSE_ERROR = 1011
@@ -180,13 +185,6 @@ class _StubSocket:
 
 
 async def test_keepalives_are_counted_once_across_replaced_and_given_up_sockets() -> None:
-    from types import SimpleNamespace
-
-    from telephony.logs import call_logger
-    from telephony.retry import Backoff, FailureBudget
-    from telephony.session.link import Link
-    from telephony.transcript import Transcript
-
     ctx = SimpleNamespace(log=call_logger("CAstub"), transcript=Transcript(), now_ms=lambda: 0)
     sockets = iter([_StubSocket(3), _StubSocket(5)])
     given_up: list[str] = []

@@ -15,7 +15,7 @@ from telephony.demo import settings_for_fakes
 from telephony.http_pool import make_http_client
 from telephony.metrics import Metrics
 from telephony.outcome import Outcome
-from telephony.session.media_socket import CLOSE_NORMAL, CLOSE_POLICY, FrameHandler, StreamEnd
+from telephony.session.media_socket import CLOSE_NORMAL, CLOSE_POLICY
 from telephony.session.registry import CallRegistry
 from telephony.session.serve import serve_call
 from telephony.session.services import DrainState, Services
@@ -28,33 +28,7 @@ from telephony.twilio import messages as tm
 from telephony.twilio.calls import TwilioCalls
 from telephony.twilio.security import StreamTokens
 from tests.conftest import AUTH_TOKEN, DEEPGRAM_KEY
-
-
-class ListSocket:
-    """The media socket as a list of frames the test wrote; records what the call sent."""
-
-    def __init__(self, frames: list[str]) -> None:
-        self.frames = list(frames)
-        self.sent: list[str] = []
-        self.closed: tuple[int, str] | None = None
-
-    async def receive(self) -> str | bytes | None:
-        return self.frames.pop(0) if self.frames else None
-
-    async def pump(self, handler: FrameHandler) -> StreamEnd | None:
-        while self.frames:
-            if (end := handler(self.frames.pop(0))) is not None:
-                return end
-        return None
-
-    async def send_text(self, text: str) -> None:
-        self.sent.append(text)
-
-    async def send_many(self, texts: list[str]) -> None:
-        self.sent.extend(texts)
-
-    async def close(self, code: int, reason: str) -> None:
-        self.closed = (code, reason)
+from tests.media_sockets import ListSocket
 
 
 @pytest.fixture

@@ -42,7 +42,9 @@ async def fail_over(ctx: CallContext, reason: str, *, endpoint: str | None = Non
 async def hand_over(ctx: CallContext, endpoint: str, reason: str) -> None:
     """A bot's Deepgram link is gone for good (its `Link` gave up): stop what the caller hears,
     apologise and hand over, then wait — Twilio runs the new TwiML and ends our stream, and the
-    call's end cancels this. Never returns, so no engine ends the call with a bare close."""
+    call's end cancels this. Never returns, so no engine ends the call with a bare close. A
+    redirect Twilio refuses raises: the stream then closes with an error and Twilio runs the
+    webhook's own apology after `</Connect>` (telephony/twilio/twiml.py `connect_stream`)."""
     if not ctx.handed_over:
         await ctx.playout.clear()
         await fail_over(ctx, reason, endpoint=endpoint)
