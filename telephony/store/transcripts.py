@@ -12,9 +12,11 @@ callback for a call never carried here must not create one. A callback that arri
 its call's row (written by another instance, or later in the queue) is retried for
 ``STATUS_WAIT_S``, then dropped and counted in ``unknown_status``.
 
-With an ``instance``, a keeper task writes this process's heartbeat and closes calls that dead
-instances left open (telephony/store/instances.py): once before ``start`` returns, then every
-``heartbeat_s``.
+With an ``instance``, a keeper task (telephony/store/keeper.py) writes this process's heartbeat
+and closes calls that dead instances left open: once before ``start`` returns, then every
+``heartbeat_s``; every ``check_s`` it checks that a SQLite file is still the one opened.
+Failed writes and heartbeats, and a deleted or replaced file, are fault episodes
+(telephony/store/health.py): logged once, on /metrics, and the instance is not ready.
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from telephony.outcome import Outcome
 from telephony.store import instances
 from telephony.store.batch import Kind, Row, write_batch
+from telephony.store.health import FileIdentity, StoreHealth, sqlite_path
 from telephony.store.instances import Instance
+from telephony.store.keeper import Keeper
 from telephony.store.queries import CallFilter, get_call, search_calls
 from telephony.store.redact import redacted_turn
-from telephony.store.schema import make_engine
+from telephony.store.schema import make_engine, upgrade
 from telephony.transcript import Event, Transcript, Turn
 
 log = logging.getLogger(__name__)
@@ -67,6 +71,7 @@ class TranscriptStore:
         instance: Instance | None = None,
         heartbeat_s: float = instances.HEARTBEAT_S,
         stale_after_s: float = instances.STALE_AFTER_S,
+        check_s: float = 2.0,
     ) -> None:
         self._owns_engine = isinstance(engine, str)
         # Public seam: the writer reads it on every attempt, so it may be swapped live.
@@ -91,19 +96,26 @@ class TranscriptStore:
         self.heartbeat_s = heartbeat_s
         self.stale_after_s = stale_after_s
         self._keeper: asyncio.Task[None] | None = None
+        self.health = StoreHealth()
+        self.check_s = check_s
+        self._wake = asyncio.Event()  # stop() wakes a writer holding its rows
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
         if self._task is None:
             self._stopping = False
+            self._wake.clear()
             self._task = asyncio.create_task(self._run(), name="transcript-store-writer")
-        if self.instance is not None and self._keeper is None:
+        path = sqlite_path(self.engine.url.render_as_string(hide_password=False))
+        file = await asyncio.to_thread(FileIdentity.of, path) if path else None
+        if (self.instance is not None or file is not None) and self._keeper is None:
+            keeper = Keeper(self, file)
             # The first heartbeat before any call row names this instance, and the calls a
             # crashed predecessor left open are closed before the first page is served.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._keep(), KEEPER_FIRST_TIMEOUT_S)
-            self._keeper = asyncio.create_task(self._keep_loop(), name="instance-keeper")
+                await asyncio.wait_for(keeper.once(), KEEPER_FIRST_TIMEOUT_S)
+            self._keeper = asyncio.create_task(keeper.run(), name="store-keeper")
 
     async def stop(self) -> None:
         """Flush everything queued (bounded by ``stop_timeout``), then stop the writer."""
@@ -117,8 +129,11 @@ class TranscriptStore:
         self.dropped += len(self._status_retries)  # lost at stop, like the queue's rows
         self._status_retries.clear()
         task, self._task = self._task, None
+        if self.health.replaced:
+            await self._reopen()
         if task is not None:
             self._stopping = True
+            self._wake.set()
             with contextlib.suppress(asyncio.QueueFull):
                 self._queue.put_nowait(None)  # wake the writer; if full it is awake anyway
             with contextlib.suppress(TimeoutError):  # on timeout wait_for cancels the writer
@@ -128,13 +143,30 @@ class TranscriptStore:
         if lost:
             self.dropped += lost
             log.error("transcript store stopped with %d rows unwritten", lost)
-        if self.instance is not None:
+        if self.instance is not None and not self.health.replaced:
             try:  # gone cleanly: anything still open is swept by the others' next sweep
                 await instances.forget(self.engine, self.instance)
             except Exception as exc:
                 log.warning("could not remove this instance's heartbeat: %s", exc)
         if self._owns_engine:
             await self.engine.dispose()
+
+    async def _reopen(self) -> None:
+        """The file was deleted or replaced: the rows held in memory go to the file at the path
+        now (a restored backup, or a new database created here) rather than be lost."""
+        url = self.engine.url.render_as_string(hide_password=False)
+        if self._owns_engine:
+            await self.engine.dispose()
+        self.engine, self._owns_engine = make_engine(url), True
+        try:
+            await upgrade(self.engine)
+        except Exception as exc:
+            log.error("transcript store: no database to write the held rows to: %s", exc)
+
+    @property
+    def ready(self) -> bool:
+        """False during a fault episode: /readyz turns new calls away while calls go on."""
+        return self.health.problem is None
 
     @property
     def queue_depth(self) -> int:
@@ -351,17 +383,19 @@ class TranscriptStore:
             self._take(self.max_batch)
             if not self._buffer:
                 continue
+            if self.health.replaced and not self._stopping:
+                # Writing on would commit into the unlinked file: hold the rows until stop().
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.max_backoff)
+                continue
             exc = await self._attempt()
             if exc is None:
                 backoff = self.min_backoff
+                self.health.succeeded("write")
                 continue
             self.retries += 1
-            log.warning(
-                "transcript store write failed (%d rows kept, retry in %.2fs): %s",
-                len(self._buffer),
-                backoff,
-                exc,
-            )
+            self.health.failed("write", exc, self.queue_depth)  # logged once per episode
+            log.debug("transcript store write failed, retry in %.2fs", backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.max_backoff)
 
@@ -421,22 +455,6 @@ class TranscriptStore:
         self._status_retries.pop(id(row), None)
         if not self._stopping:
             self._put_row(row)
-
-    # -- the keeper: heartbeat and restart sweep -----------------------------------------
-
-    async def _keep(self) -> None:
-        """One heartbeat and one sweep; a failure is logged and tried again next time."""
-        assert self.instance is not None
-        try:
-            await instances.heartbeat(self.engine, self.instance)
-            await instances.sweep(self.engine, self.instance, stale_after_s=self.stale_after_s)
-        except Exception as exc:
-            log.warning("instance heartbeat or restart sweep failed: %s", exc)
-
-    async def _keep_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.heartbeat_s)
-            await self._keep()
 
     # -- reads (the UI's queries live in store/queries.py) ------------------------------
 
