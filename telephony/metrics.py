@@ -56,7 +56,9 @@ class StoreStats(Protocol):
     dropped: int
     retries: int
     failed: int
-    health: StoreHealthStats
+
+    @property
+    def health(self) -> StoreHealthStats: ...
 
 
 class StoreHealthStats(Protocol):
