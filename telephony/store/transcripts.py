@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from telephony.outcome import Outcome
 from telephony.store import instances
 from telephony.store.batch import Kind, Row, write_batch
-from telephony.store.health import FileIdentity, StoreHealth, sqlite_path
+from telephony.store.health import FileIdentity, StoreHealth, describe, sqlite_path
 from telephony.store.instances import Instance
 from telephony.store.keeper import Keeper
 from telephony.store.queries import CallFilter, get_call, search_calls
@@ -147,7 +147,7 @@ class TranscriptStore:
             try:  # gone cleanly: anything still open is swept by the others' next sweep
                 await instances.forget(self.engine, self.instance)
             except Exception as exc:
-                log.warning("could not remove this instance's heartbeat: %s", exc)
+                log.warning("could not remove this instance's heartbeat: %s", describe(exc))
         if self._owns_engine:
             await self.engine.dispose()
 
@@ -161,7 +161,7 @@ class TranscriptStore:
         try:
             await upgrade(self.engine)
         except Exception as exc:
-            log.error("transcript store: no database to write the held rows to: %s", exc)
+            log.error("transcript store: no database for the held rows: %s", describe(exc))
 
     @property
     def ready(self) -> bool:
