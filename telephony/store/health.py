@@ -23,6 +23,9 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import make_url
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from telephony.store.schema import make_engine, upgrade
 
 log = logging.getLogger("telephony.store.transcripts")
 
@@ -126,3 +129,17 @@ class FileIdentity:
     def still_there(self) -> bool:
         """Blocking: is the path still this file (not deleted, not replaced)?"""
         return FileIdentity.of(self.path) == self
+
+
+async def reopen(engine: AsyncEngine, *, owned: bool) -> AsyncEngine:
+    """A new engine on the same URL, its schema created if the file at the path is new; for
+    the rows held since the file was deleted or replaced. (The old one is disposed if owned.)"""
+    url = engine.url.render_as_string(hide_password=False)
+    if owned:
+        await engine.dispose()
+    fresh = make_engine(url)
+    try:
+        await upgrade(fresh)
+    except Exception as exc:  # the writer's attempts log and count what cannot be written
+        log.error("transcript store: no database for the held rows: %s", describe(exc))
+    return fresh

@@ -9,13 +9,16 @@ of the store's health, retried at the next heartbeat; a deleted or replaced file
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from telephony.store import instances
-from telephony.store.health import FileIdentity, StoreHealth
+from telephony.store.health import FileIdentity, StoreHealth, sqlite_path
 from telephony.store.instances import Instance
+
+KEEPER_FIRST_TIMEOUT_S = 5.0  # start() waits no longer for the first heartbeat and sweep
 
 
 class Kept(Protocol):
@@ -70,3 +73,17 @@ class Keeper:
             if loop.time() - last >= self.store.heartbeat_s:
                 last = loop.time()
                 await self.heartbeat()
+
+
+async def start_keeper(store: Kept) -> asyncio.Task[None] | None:
+    """The store's keeper, after its first round; None when it has nothing to keep."""
+    path = sqlite_path(store.engine.url.render_as_string(hide_password=False))
+    file = await asyncio.to_thread(FileIdentity.of, path) if path else None
+    if store.instance is None and file is None:
+        return None
+    keeper = Keeper(store, file)
+    # The first heartbeat before any call row names this instance, and the calls a crashed
+    # predecessor left open are closed before the first page is served.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(keeper.once(), KEEPER_FIRST_TIMEOUT_S)
+    return asyncio.create_task(keeper.run(), name="store-keeper")

@@ -33,19 +33,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from telephony.outcome import Outcome
 from telephony.store import instances
 from telephony.store.batch import Kind, Row, write_batch
-from telephony.store.health import FileIdentity, StoreHealth, describe, sqlite_path
+from telephony.store.health import StoreHealth, describe, reopen
 from telephony.store.instances import Instance
-from telephony.store.keeper import Keeper
+from telephony.store.keeper import start_keeper
 from telephony.store.queries import CallFilter, get_call, search_calls
 from telephony.store.redact import redacted_turn
-from telephony.store.schema import make_engine, upgrade
+from telephony.store.schema import make_engine
 from telephony.transcript import Event, Transcript, Turn
 
 log = logging.getLogger(__name__)
 
 STATUS_WAIT_S = 20.0  # a status callback waits this long for its call's row to appear
 STATUS_RETRY_S = 1.0
-KEEPER_FIRST_TIMEOUT_S = 5.0  # start() waits no longer for the first heartbeat and sweep
 
 
 def _permanent(exc: BaseException) -> bool:
@@ -107,15 +106,8 @@ class TranscriptStore:
             self._stopping = False
             self._wake.clear()
             self._task = asyncio.create_task(self._run(), name="transcript-store-writer")
-        path = sqlite_path(self.engine.url.render_as_string(hide_password=False))
-        file = await asyncio.to_thread(FileIdentity.of, path) if path else None
-        if (self.instance is not None or file is not None) and self._keeper is None:
-            keeper = Keeper(self, file)
-            # The first heartbeat before any call row names this instance, and the calls a
-            # crashed predecessor left open are closed before the first page is served.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(keeper.once(), KEEPER_FIRST_TIMEOUT_S)
-            self._keeper = asyncio.create_task(keeper.run(), name="store-keeper")
+        if self._keeper is None:
+            self._keeper = await start_keeper(self)
 
     async def stop(self) -> None:
         """Flush everything queued (bounded by ``stop_timeout``), then stop the writer."""
@@ -129,8 +121,10 @@ class TranscriptStore:
         self.dropped += len(self._status_retries)  # lost at stop, like the queue's rows
         self._status_retries.clear()
         task, self._task = self._task, None
-        if self.health.replaced:
-            await self._reopen()
+        if self.health.replaced and task is not None:
+            # Held rows go to the file at the path now: a restored backup, or a new database.
+            self.engine = await reopen(self.engine, owned=self._owns_engine)
+            self._owns_engine = True
         if task is not None:
             self._stopping = True
             self._wake.set()
@@ -150,18 +144,6 @@ class TranscriptStore:
                 log.warning("could not remove this instance's heartbeat: %s", describe(exc))
         if self._owns_engine:
             await self.engine.dispose()
-
-    async def _reopen(self) -> None:
-        """The file was deleted or replaced: the rows held in memory go to the file at the path
-        now (a restored backup, or a new database created here) rather than be lost."""
-        url = self.engine.url.render_as_string(hide_password=False)
-        if self._owns_engine:
-            await self.engine.dispose()
-        self.engine, self._owns_engine = make_engine(url), True
-        try:
-            await upgrade(self.engine)
-        except Exception as exc:
-            log.error("transcript store: no database for the held rows: %s", describe(exc))
 
     @property
     def ready(self) -> bool:
