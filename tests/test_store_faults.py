@@ -6,8 +6,8 @@ balancer sends new calls elsewhere), `/metrics` counts it, and one ERROR line is
 fault episode. Once the fault is gone the rows kept meanwhile are written and the instance is
 ready again.
 
-- The SQLite file locked by another process (writes time out): rows kept and retried, none of
-  what callers said in the log.
+- The SQLite file locked by another process (writes time out), or made unwritable: rows kept
+  and retried, none of what callers said in the log.
 - The SQLite file deleted, or replaced, under the running process: detected by its inode, the
   store stops writing into the unlinked file and keeps the rows, which reach the file at the
   path when the store stops (the operator restores the file and restarts).
@@ -21,11 +21,13 @@ The SIGBUS of a truncated shared-memory file and a full disk are in tests/test_s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
+import subprocess
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -127,21 +129,62 @@ def errors_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
     ]
 
 
+@contextlib.contextmanager
+def locked(db: Path) -> Iterator[None]:
+    """Another process takes the database's write lock and keeps it: every write times out."""
+    lock = sqlite3.connect(db, timeout=10, isolation_level=None)
+    try:
+        lock.execute("BEGIN EXCLUSIVE")
+        yield
+    finally:
+        lock.rollback()
+        lock.close()
+
+
+@contextlib.contextmanager
+def unwritable(db: Path) -> Iterator[None]:
+    """The file made immutable (tests run as root, whom permissions do not stop)."""
+    if subprocess.run(["chattr", "+i", str(db)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not possible here")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(db)], check=True)
+
+
 async def test_locked_database_mid_call(
     running_app: RunningApp,
     fake_deepgram: FakeDeepgram,
     fake_rest: FakeTwilioRest,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    await fault_mid_call(running_app, fake_deepgram, fake_rest, caplog, locked, "locked")
+
+
+async def test_unwritable_database_mid_call(
+    running_app: RunningApp,
+    fake_deepgram: FakeDeepgram,
+    fake_rest: FakeTwilioRest,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await fault_mid_call(running_app, fake_deepgram, fake_rest, caplog, unwritable, "I/O error")
+
+
+async def fault_mid_call(
+    running_app: RunningApp,
+    fake_deepgram: FakeDeepgram,
+    fake_rest: FakeTwilioRest,
+    caplog: pytest.LogCaptureFixture,
+    fault: Callable[[Path], contextlib.AbstractContextManager[None]],
+    error: str,
+) -> None:
+    """The fault starts once the call is live and lasts past its end; then it is lifted."""
     caplog.set_level(logging.DEBUG)
     store = store_of(running_app)
     call = Call(running_app, fake_deepgram, fake_rest)
     await call.live()
     assert await readyz(running_app) == (200, {"ready": True, "draining": False, "store_ok": True})
-    # Another process takes the database's write lock and keeps it: every write times out.
-    lock = sqlite3.connect(db_path(running_app), timeout=10, isolation_level=None)
-    try:
-        lock.execute("BEGIN EXCLUSIVE")
+    with fault(db_path(running_app)):
 
         async def not_ready() -> bool:
             return (await readyz(running_app))[0] == 503
@@ -156,11 +199,8 @@ async def test_locked_database_mid_call(
         assert scraped["telephony_store_errors_total"] >= 1
         summary = await call.completed()
         assert store.queue_depth > 0  # the call's rows wait in memory
-    finally:
-        lock.rollback()
-        lock.close()
 
-    # The lock is gone: the rows kept are written, and the instance is ready again.
+    # The fault is gone: the rows kept are written, and the instance is ready again.
     async def recovered() -> bool:
         return (await readyz(running_app))[0] == 200 and store.queue_depth == 0
 
@@ -174,7 +214,11 @@ async def test_locked_database_mid_call(
 
     # One ERROR for the whole episode (not one per failed write), none of the rows in it.
     assert len(errors_logged(caplog)) == 1, errors_logged(caplog)
-    assert "locked" in errors_logged(caplog)[0]
+    assert error in errors_logged(caplog)[0]
+    assert any(
+        r.name == STORE_LOGGER and r.levelno == logging.WARNING and "recovered" in r.getMessage()
+        for r in caplog.records
+    )
     for record in caplog.records:
         if record.levelno >= logging.INFO:
             text = record.getMessage()
