@@ -33,12 +33,15 @@ from pathlib import Path
 import asyncpg
 import pytest
 from sqlalchemy import make_url
+from sqlalchemy.exc import OperationalError
 
 from telephony.session.summary import CallSummary
 from telephony.sim.deepgram.tts import tts_text
 from telephony.sim.deepgram_server import FakeDeepgram, Script, ScriptedTurn
 from telephony.sim.twilio_caller import FakeTwilioCaller, silence
 from telephony.sim.twilio_rest import FakeTwilioRest
+from telephony.store.health import StoreHealth
+from telephony.store.schema import upgrade_blocking
 from telephony.store.transcripts import TranscriptStore
 from tests.conftest import AUTH_TOKEN, RunningApp, finished
 from tests.serve_process import eventually
@@ -349,3 +352,38 @@ async def test_postgres_connections_terminated_mid_call(
     assert stored is not None and stored["end_reason"] == "bot-hangup"
     assert [t["text"] for t in stored["turns"]] == [t.text for t in summary.transcript.turns]
     assert (await metrics(running_app))["telephony_store_rows_dropped_total"] == 0
+
+
+# --- the parts, alone ----------------------------------------------------------------------------
+
+
+def test_fault_episode_spans_every_failing_operation(caplog: pytest.LogCaptureFixture) -> None:
+    health = StoreHealth()
+    caplog.set_level(logging.INFO, logger=STORE_LOGGER)
+    params = "('CA1', '+15550009876', 'What are your hours?')"
+    failure = OperationalError(
+        "INSERT INTO turns VALUES (?)", params, sqlite3.OperationalError("disk I/O error")
+    )
+    for _ in range(3):
+        health.failed("write", failure, pending=7)
+    health.failed("heartbeat", failure, pending=7)
+    health.succeeded("write")
+    assert health.problem == "heartbeat failing: OperationalError: disk I/O error"
+    health.succeeded("heartbeat")
+    assert health.problem is None
+    health.succeeded("heartbeat")  # no episode: nothing to log
+    assert (health.errors, health.episodes) == (4, 1)
+    logged = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert [level for level, _ in logged] == [logging.ERROR, logging.WARNING]
+    assert "disk I/O error" in logged[0][1] and "7 rows kept" in logged[0][1]
+    assert all("+1555" not in m and "hours" not in m for _, m in logged)  # no SQL parameters
+
+
+def test_a_database_left_in_wal_mode_is_switched_to_a_rollback_journal(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("PRAGMA journal_mode=WAL").fetchone() == ("wal",)
+    upgrade_blocking(f"sqlite+aiosqlite:///{db}")  # what start-up does first
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+    assert not db.with_name("old.db-shm").exists()
