@@ -410,7 +410,8 @@ class TranscriptStore:
                 if not _permanent(exc):
                     raise
                 self.failed += 1
-                log.error("transcript store rejected %s row %r: %s", row.kind, row.values, exc)
+                # Not the row's values: what a caller said stays out of the logs.
+                log.error("transcript store rejected a %s row: %s", row.kind, describe(exc))
             else:
                 self.written += 1 - len(unmatched)
                 self._retry_status(unmatched)
