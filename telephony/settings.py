@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     # StatefulSet pod or compose service name): calls its previous incarnation left open are
     # closed at start-up instead of once its heartbeat is stale (telephony/store/instances.py).
     instance_id: str = Field("", alias="TELEPHONY_INSTANCE_ID", max_length=64)
+    # --- storage faults (issue 21) ---
+    # How often the transcript store checks, off the audio path, that its SQLite file is still
+    # the one it opened (not deleted or replaced): a changed file makes /readyz not ready.
+    store_check_s: float = Field(2.0, alias="TELEPHONY_STORE_CHECK_S", gt=0)
     log_format: str = Field("text", alias="TELEPHONY_LOG_FORMAT")
     log_level: str = Field("INFO", alias="TELEPHONY_LOG_LEVEL")
 
