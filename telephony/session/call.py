@@ -434,7 +434,7 @@ class Call:
             if self.engine is not None:
                 self.engine.on_dtmf(stats.audio_end_ms, msg.digit)
         elif isinstance(msg, tm.Mark):
-            stats.marks.append(msg.name)
+            stats.marks += 1
             self.playout.on_mark(msg.name)
 
     def _on_bad_frame(self, exc: tm.MessageError, frame: str | bytes) -> bool:
