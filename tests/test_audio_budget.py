@@ -169,3 +169,17 @@ async def test_outbound_track_flood_in_transcribe_mode_is_cut_off(
     for log in nova:
         await log.wait_closed()
     assert 0 < sum(log.audio_bytes for log in nova) <= bound
+
+
+async def test_marks_are_counted_not_kept(running_app: RunningApp) -> None:
+    """Every mark's name (the sender's to choose, up to the message size) was kept in the call's
+    stats for as long as the summary lived: memory that grew with what a caller sent."""
+    ws, b, _ = await open_stream(running_app, "CAmarks")
+    name = "m" * 20_000
+    for _ in range(20):
+        await ws.send(b.mark(name))
+    await ws.send(b.stop())
+    assert (await closed_with(ws))[0] == 1000
+    stats = (await finished(running_app, "CAmarks")).stats
+    assert stats.marks == 20
+    assert name not in repr(stats)

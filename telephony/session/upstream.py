@@ -44,8 +44,9 @@ def charge(payload: bytes) -> int:
 class Upstream:
     """One socket's caller audio: send while live, hold while not, replay after a reconnect.
 
-    `pending_bytes` and `recent_bytes` bound the two windows (as counted by `charge`);
-    `recent_bytes=0` keeps no recent window (a socket with nothing to replay).
+    `pending_bytes` and `recent_bytes` bound the two windows (as counted by `charge`; the recent
+    window holds between 15/16 of its bound and all of it once full); `recent_bytes=0` keeps no
+    recent window (a socket with nothing to replay).
     """
 
     def __init__(
@@ -88,10 +89,16 @@ class Upstream:
         self._hold(timestamp_ms, payload)
 
     def _trim_recent(self) -> None:
-        """The oldest sent frames out until the window is within its bound again."""
-        while self._recent_size > self._recent_max and self._recent:
-            self._recent_ts.popleft()
-            self._recent_size -= charge(self._recent.popleft())
+        """The window is over its bound: the oldest sent frames out, down to 1/16 below it, so
+        a window that stays full (no turn has settled anything for 30 s) is trimmed once per
+        ~100 frames rather than on every frame."""
+        size, floor = self._recent_size, self._recent_max - self._recent_max // 16
+        recent_ts, recent = self._recent_ts, self._recent
+        while size > floor and recent:
+            recent_ts.popleft()
+            n = len(recent.popleft())
+            size -= n if n > FRAME_BYTES else FRAME_BYTES
+        self._recent_size = size
 
     def _hold(self, timestamp_ms: int, payload: bytes) -> None:
         self._pending_ts.append(timestamp_ms)
