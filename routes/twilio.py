@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -13,6 +12,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from websockets.exceptions import InvalidState
 
+from routes.body_limit import capped_form
 from routes.sansio import batch_writer, frame_pump
 from routes.state import services_of, web_of
 from telephony.config import Profile, TranscribeConfig
@@ -71,8 +71,9 @@ def _fork_and_dial(settings: Settings, params: dict[str, str], cfg: TranscribeCo
 async def _signed_form(request: Request, what: str) -> dict[str, str] | None:
     """Twilio's form, if X-Twilio-Signature proves Twilio sent it (or checks are off)."""
     settings = services_of(request.app).settings
-    # Twilio posts form-encoded single values; parse_qsl avoids a multipart dependency.
-    form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
+    # Twilio posts a few KB of form-encoded single values. Bounded before anything is read or
+    # parsed (the signature can only be checked on the parsed form): see routes/body_limit.py.
+    form = await capped_form(request, settings.max_webhook_bytes)
     signature = request.headers.get("x-twilio-signature", "")
     if settings.validate_signatures and not valid_signature(
         settings.twilio_auth_token.get_secret_value(),
