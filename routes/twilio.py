@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
@@ -19,7 +21,9 @@ from telephony.config import Profile, TranscribeConfig
 from telephony.session.fallback import apology_for
 from telephony.session.media_socket import CLOSE_POLICY, FrameHandler, StreamEnd, read_frames
 from telephony.session.serve import serve_call
+from telephony.session.services import Services
 from telephony.settings import Settings
+from telephony.store.stream_claims import record_answer
 from telephony.transcript import Event, EventKind
 from telephony.twilio import twiml
 from telephony.twilio.security import valid_signature
@@ -27,6 +31,7 @@ from telephony.twilio.security import valid_signature
 log = logging.getLogger(__name__)
 
 XML = "text/xml"
+ANSWER_MEMORY = 5_000  # webhook answers remembered per instance (the database has them all)
 
 
 def _signed_url(settings: Settings, request: Request) -> str:
@@ -46,26 +51,39 @@ def _overflow(settings: Settings) -> Response:
     return _refusal(settings.busy_message)
 
 
-def _connect_stream(settings: Settings, params: dict[str, str], profile: Profile) -> Response:
-    answer = twiml.connect_stream(
+def _connect_stream(settings: Settings, params: dict[str, str], profile: Profile) -> str:
+    return twiml.connect_stream(
         settings.media_stream_url,
         params,
         status_callback=settings.status_callback_url,
         then_apologise=apology_for(profile),  # if our server ever drops the stream
     )
-    return Response(answer, media_type=XML)
 
 
-def _fork_and_dial(settings: Settings, params: dict[str, str], cfg: TranscribeConfig) -> Response:
+def _fork_and_dial(settings: Settings, params: dict[str, str], cfg: TranscribeConfig) -> str:
     """Transcribe mode: fork both sides to us, and put a person on the call."""
-    answer = twiml.fork_and_dial(
+    return twiml.fork_and_dial(
         settings.media_stream_url,
         params,
         number=cfg.dial,
         queue=cfg.queue,
         status_callback=settings.status_callback_url,
     )
-    return Response(answer, media_type=XML)
+
+
+async def _recorded(services: Services, call_sid: str, answer: str) -> str:
+    """The call's one answer, as stored for every instance (telephony/store/stream_claims.py);
+    ours if the database cannot say in time (the stream's own claim still holds then)."""
+    try:
+        async with asyncio.timeout(services.settings.stream_claim_timeout_s):
+            return await record_answer(services.db, call_sid, answer)
+    except (TimeoutError, SQLAlchemyError, OSError) as exc:
+        log.warning(
+            "webhook answer not recorded (%s): a repeat elsewhere would get a new token",
+            type(exc).__name__,
+            extra={"call_sid": call_sid},
+        )
+        return answer
 
 
 async def _signed_form(request: Request, what: str) -> dict[str, str] | None:
@@ -95,6 +113,13 @@ async def voice_webhook(request: Request) -> Response:
     call_sid, to = form.get("CallSid", ""), form.get("To", "")
     if not call_sid or not to:
         return Response("CallSid and To are required", status_code=400)
+    # A repeat (Twilio's retry, or a replay of the signed request) gets the first answer, with
+    # the same one-time token: a retry's call connects, a replay gets no token of its own.
+    answers = web_of(request.app).answers
+    known = answers.get(call_sid)
+    if known is not None:
+        log.info("webhook repeated: same answer", extra={"call_sid": call_sid})
+        return Response(known, media_type=XML)
     route = services.config.current.route(to)
     profile, profile_name = route.profile, route.profile_name
     if profile is None or profile_name is None:
@@ -116,8 +141,18 @@ async def voice_webhook(request: Request) -> Response:
     }
     if profile.mode == "transcribe":
         assert profile.transcribe is not None  # the config schema requires it
-        return _fork_and_dial(settings, params, profile.transcribe)
-    return _connect_stream(settings, params, profile)
+        answer = _fork_and_dial(settings, params, profile.transcribe)
+    else:
+        answer = _connect_stream(settings, params, profile)
+    answers[call_sid] = answer  # before the await: a concurrent repeat here gets it too
+    while len(answers) > ANSWER_MEMORY:
+        answers.popitem(last=False)
+    stored = await _recorded(services, call_sid, answer)
+    if stored != answer:  # another instance answered first: its answer, its reservation
+        log.info("webhook repeated: answered elsewhere", extra={"call_sid": call_sid})
+        registry.unreserve(call_sid)
+        answers[call_sid] = stored
+    return Response(stored, media_type=XML)
 
 
 STATUS_FIELDS = (
@@ -155,7 +190,7 @@ async def status_callback(request: Request) -> Response:
     if data.get("StreamError") or data.get("ErrorCode"):
         log.warning("twilio reports an error: %s", data, extra={"call_sid": call_sid})
     services = services_of(request.app)
-    live = services.registry.live.get(call_sid)
+    live = services.registry.current(call_sid)
     ms = live.summary.stats.audio_end_ms if live else int(data.get("CallDuration", "0") or 0) * 1000
     services.transcripts.status(call_sid, Event(ms, kind, data))
     return Response(status_code=204)
