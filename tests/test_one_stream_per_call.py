@@ -146,7 +146,7 @@ async def test_duplicates_cannot_exceed_capacity(two_call_app: RunningApp) -> No
 
 
 def test_registry_counts_every_stream_of_a_call() -> None:
-    from telephony.session.registry import CallRegistry, StreamTaken  # noqa: PLC0415
+    from telephony.session.registry import CallRegistry, StreamTaken
 
     registry = CallRegistry()
     bot = SimpleNamespace(call_sid="CAx", summary=None)
