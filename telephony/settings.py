@@ -55,7 +55,8 @@ class Settings(BaseSettings):
         64 * 1024, alias="TELEPHONY_MAX_WEBHOOK_BYTES", ge=4096, le=1024 * 1024
     )
     # How long the database may take to record a webhook's answer (one per call SID, shared by
-    # every instance: a repeat gets the same answer) before the webhook answers without it.
+    # every instance: a repeat gets the same answer) or a stream's claim on its call (one
+    # instance per stream; decided while the call already runs) before going on without it.
     stream_claim_timeout_s: float = Field(2.0, alias="TELEPHONY_STREAM_CLAIM_TIMEOUT_S", gt=0)
     # Deepgram closes Voice Agent sessions at 2 h; the profile's session_cap_action runs 60 s
     # before this. Lowered only in tests.
