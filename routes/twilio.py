@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import functools
 import logging
 
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
@@ -15,6 +14,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from websockets.exceptions import InvalidState
 
 from routes.body_limit import capped_form
+from routes.call_answers import XML, answer_once
 from routes.sansio import batch_writer, frame_pump
 from routes.state import services_of, web_of
 from telephony.config import Profile, TranscribeConfig
@@ -23,15 +23,11 @@ from telephony.session.media_socket import CLOSE_POLICY, FrameHandler, StreamEnd
 from telephony.session.serve import serve_call
 from telephony.session.services import Services
 from telephony.settings import Settings
-from telephony.store.stream_claims import record_answer
 from telephony.transcript import Event, EventKind
 from telephony.twilio import twiml
 from telephony.twilio.security import valid_signature
 
 log = logging.getLogger(__name__)
-
-XML = "text/xml"
-ANSWER_MEMORY = 5_000  # webhook answers remembered per instance (the database has them all)
 
 
 def _signed_url(settings: Settings, request: Request) -> str:
@@ -71,21 +67,6 @@ def _fork_and_dial(settings: Settings, params: dict[str, str], cfg: TranscribeCo
     )
 
 
-async def _recorded(services: Services, call_sid: str, answer: str) -> str:
-    """The call's one answer, as stored for every instance (telephony/store/stream_claims.py);
-    ours if the database cannot say in time (the stream's own claim still holds then)."""
-    try:
-        async with asyncio.timeout(services.settings.stream_claim_timeout_s):
-            return await record_answer(services.db, call_sid, answer)
-    except (TimeoutError, SQLAlchemyError, OSError) as exc:
-        log.warning(
-            "webhook answer not recorded (%s): a repeat elsewhere would get a new token",
-            type(exc).__name__,
-            extra={"call_sid": call_sid},
-        )
-        return answer
-
-
 async def _signed_form(request: Request, what: str) -> dict[str, str] | None:
     """Twilio's form, if X-Twilio-Signature proves Twilio sent it (or checks are off)."""
     settings = services_of(request.app).settings
@@ -106,20 +87,20 @@ async def _signed_form(request: Request, what: str) -> dict[str, str] | None:
 
 async def voice_webhook(request: Request) -> Response:
     services = services_of(request.app)
-    settings = services.settings
     form = await _signed_form(request, "webhook")
     if form is None:
         return Response("invalid signature", status_code=403)
     call_sid, to = form.get("CallSid", ""), form.get("To", "")
     if not call_sid or not to:
         return Response("CallSid and To are required", status_code=400)
-    # A repeat (Twilio's retry, or a replay of the signed request) gets the first answer, with
-    # the same one-time token: a retry's call connects, a replay gets no token of its own.
-    answers = web_of(request.app).answers
-    known = answers.get(call_sid)
-    if known is not None:
-        log.info("webhook repeated: same answer", extra={"call_sid": call_sid})
-        return Response(known, media_type=XML)
+    fresh = functools.partial(_fresh_answer, services, call_sid, to, form.get("From", ""))
+    return await answer_once(services, web_of(request.app).answers, call_sid, fresh)
+
+
+def _fresh_answer(services: Services, call_sid: str, to: str, from_: str) -> str | Response:
+    """A call heard of for the first time: its profile's TwiML, with a fresh stream token and
+    a reservation; or a refusal (unknown number, busy, draining), never remembered."""
+    settings = services.settings
     route = services.config.current.route(to)
     profile, profile_name = route.profile, route.profile_name
     if profile is None or profile_name is None:
@@ -133,26 +114,11 @@ async def voice_webhook(request: Request) -> Response:
         return _overflow(settings)
     registry.reserve(call_sid, settings.stream_token_ttl_s)
     token = services.tokens.mint(call_sid, profile_name)
-    params = {
-        "call_token": token,
-        "profile": profile_name,
-        "from": form.get("From", ""),
-        "to": to,
-    }
+    params = {"call_token": token, "profile": profile_name, "from": from_, "to": to}
     if profile.mode == "transcribe":
         assert profile.transcribe is not None  # the config schema requires it
-        answer = _fork_and_dial(settings, params, profile.transcribe)
-    else:
-        answer = _connect_stream(settings, params, profile)
-    answers[call_sid] = answer  # before the await: a concurrent repeat here gets it too
-    while len(answers) > ANSWER_MEMORY:
-        answers.popitem(last=False)
-    stored = await _recorded(services, call_sid, answer)
-    if stored != answer:  # another instance answered first: its answer, its reservation
-        log.info("webhook repeated: answered elsewhere", extra={"call_sid": call_sid})
-        registry.unreserve(call_sid)
-        answers[call_sid] = stored
-    return Response(stored, media_type=XML)
+        return _fork_and_dial(settings, params, profile.transcribe)
+    return _connect_stream(settings, params, profile)
 
 
 STATUS_FIELDS = (

@@ -2,8 +2,9 @@
 
 A signed webhook can be replayed (Twilio signs nothing that expires) and Twilio retries one
 with the same CallSid; the media upgrade's signature is the same for every call. So: a repeat
-gets the first answer (the same one-time token, no new one), and a second stream for a call
-already streaming here is refused, never put in the first one's place. The registry counts
+gets the first answer (the same one-time token, no new one) until the stream has started, and
+409 after; a second stream for a call already streaming here is refused, never put in the
+first one's place. The registry counts
 every stream, so neither capacity nor health nor the drain can be fooled by duplicates.
 Across instances: tests/test_one_stream_per_call_scale.py.
 """
@@ -76,6 +77,9 @@ async def test_a_repeated_webhook_gets_the_same_answer_and_no_new_token(
     ws2, _ = await open_stream(running_app, "CArep", params)
     code, reason = await closed_with(ws2)
     assert (code, reason) == (CLOSE_POLICY, "stream token already used")
+    # Its stream has started, so Twilio will not retry: a repeat now is a replay, refused.
+    late = await post_webhook(running_app, call_params("CArep"))
+    assert (late.status_code, late.text) == (409, "call already answered")
     await ws.send(b.stop())
     assert (await closed_with(ws))[0] == 1000
 
@@ -128,8 +132,8 @@ async def test_duplicates_cannot_exceed_capacity(two_call_app: RunningApp) -> No
     _, params = stream_params((await post_webhook(app, call_params("CAone"))).text)
     ws, b = await open_stream(app, "CAone", params)
     await live_stream_of(app, "CAone")
-    for _ in range(3):  # replays: the same answer, no reservation each
-        await post_webhook(app, call_params("CAone"))
+    for _ in range(3):  # replays: refused, no reservation each
+        assert (await post_webhook(app, call_params("CAone"))).status_code == 409
     dupes = []
     for _ in range(3):  # streams with tokens of their own: each refused
         token = services.tokens.mint("CAone", params["profile"])

@@ -85,14 +85,14 @@ async def two_instances(
         yield apps[0], apps[1]
 
 
-async def webhook_at(app: RunningApp, params: dict[str, str]) -> str:
+async def webhook_at(app: RunningApp, params: dict[str, str], status: int = 200) -> str:
     """The webhook posted to `app`'s own address, signed (as Twilio signs) for the public URL."""
     signature = sign(AUTH_TOKEN, app.settings.public_url + "/twilio/voice", params)
     async with app.http() as client:
         resp = await client.post(
             "/twilio/voice", data=params, headers={"X-Twilio-Signature": signature}
         )
-    assert resp.status_code == 200
+    assert resp.status_code == status
     return resp.text
 
 
@@ -124,6 +124,8 @@ async def test_two_instances_cannot_both_carry_a_call(
     ws_b, _ = await stream_at(b, sid, params)
     assert await closed_with(ws_b) == (CLOSE_POLICY, "stream already carried by another instance")
     services_a, services_b = a.app.state.services, b.app.state.services
+    # A's stream has claimed the call: a repeat at B now is a replay (Twilio took an answer).
+    assert await webhook_at(b, call_params(sid), status=409) == "call already answered"
     assert (sid, "stream already carried by another instance") in services_b.registry.refused
     dropped = await finished(b, sid)  # wound down at B (its summary stays B's own)
     assert dropped.end_reason == "refused" and sid not in services_b.registry.live

@@ -17,9 +17,12 @@ db = test_store.db
 
 
 async def test_the_first_answer_is_every_answer(db) -> None:
-    assert await record_answer(db.engine, "CA1", "<first/>") == "<first/>"
-    assert await record_answer(db.engine, "CA1", "<second/>") == "<first/>"
-    assert await record_answer(db.engine, "CA2", "<other/>") == "<other/>"
+    assert await record_answer(db.engine, "CA1", "<first/>") == ("<first/>", False)
+    assert await record_answer(db.engine, "CA1", "<second/>") == ("<first/>", False)
+    assert await record_answer(db.engine, "CA2", "<other/>") == ("<other/>", False)
+    # Once its stream has started (on any instance), a repeat is told so.
+    assert await carry(db.engine, "CA1", "", "instance-a")
+    assert await record_answer(db.engine, "CA1", "<third/>") == ("<first/>", True)
 
 
 async def test_concurrent_answers_agree(db) -> None:
@@ -39,7 +42,7 @@ async def test_one_carrier_per_stream(db) -> None:
 
 async def test_a_stream_carried_before_its_answer_was_stored_keeps_its_carrier(db) -> None:
     assert await carry(db.engine, "CA1", "", "instance-a")  # the webhook's write was late
-    assert await record_answer(db.engine, "CA1", "<late/>") == "<late/>"
+    assert await record_answer(db.engine, "CA1", "<late/>") == ("<late/>", True)
     assert not await carry(db.engine, "CA1", "", "instance-b")
 
 

@@ -5,8 +5,9 @@ replayed; Twilio itself also retries one (same CallSid) on a timeout or a 5xx. A
 socket's upgrade signature signs only the URL, the same for every call: no per-call proof.
 
 * ``record_answer`` (the webhook, which may wait on the database): the first answer for a
-  call SID is stored; every later webhook for it, on any instance, gets that same answer
-  (with the same one-time stream token), never a new token. A genuine retry still connects.
+  call SID is stored; a later webhook for it, on any instance, gets that same answer (with
+  the same one-time stream token), never a new token, so a genuine retry still connects; once
+  the stream has started, a repeat cannot be a retry and is refused (routes/call_answers.py).
 * ``carry`` (after a stream's `start`, off its audio path): the first instance to claim a
   stream (call SID and part: "" for the webhook's stream, the continuation for a transfer's
   transcription) carries it; a claim by another instance fails, and that stream is closed.
@@ -29,8 +30,9 @@ WEBHOOK_PART = ""  # the stream the webhook answered (a continuation names its o
 
 async def record_answer(
     engine: AsyncEngine, call_sid: str, answer: str, now: float | None = None
-) -> str:
-    """Store `answer` as the call's webhook answer unless one is stored; the stored one."""
+) -> tuple[str, bool]:
+    """Store `answer` as the call's webhook answer unless one is stored: the stored one, and
+    whether its stream has started (then a repeat cannot be Twilio's retry)."""
     now = time.time() if now is None else now
     table = stream_claims
     stmt = dialect_insert(engine.dialect.name, table).values(
@@ -46,10 +48,14 @@ async def record_answer(
     async with engine.begin() as conn:
         await conn.execute(delete(table).where(table.c.created_at < now - KEEP_S))
         await conn.execute(stmt)
-        stored = await conn.scalar(
-            select(table.c.answer).where(table.c.call_sid == call_sid, table.c.part == WEBHOOK_PART)
-        )
-    return stored if stored is not None else answer
+        row = (
+            await conn.execute(
+                select(table.c.answer, table.c.carried_by).where(
+                    table.c.call_sid == call_sid, table.c.part == WEBHOOK_PART
+                )
+            )
+        ).one()
+    return (row.answer if row.answer is not None else answer), row.carried_by != ""
 
 
 async def carry(
