@@ -18,12 +18,13 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, quote
+from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from routes.body_limit import capped_form
 from routes.state import services_of, web_of
 from routes.templates import render
 from telephony.store import audit
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "tel_session"
 PRELOGIN_COOKIE = "tel_prelogin"
-MAX_FORM_BYTES = 16 * 1024
+MAX_FORM_BYTES = 16 * 1024  # staff forms hold a CSRF token, a name, a password
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -105,11 +106,8 @@ async def current_user(request: Request) -> User | None:
 
 
 async def read_form(request: Request) -> dict[str, str]:
-    """A small urlencoded form (login, admin buttons); larger bodies are refused."""
-    body = await request.body()
-    if len(body) > MAX_FORM_BYTES:
-        return {}
-    return dict(parse_qsl(body.decode(errors="replace"), keep_blank_values=True))
+    """A small urlencoded form (login, admin buttons); a larger body is refused (413) unread."""
+    return await capped_form(request, MAX_FORM_BYTES)
 
 
 def _wants_html(request: Request) -> bool:

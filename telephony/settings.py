@@ -52,6 +52,15 @@ class Settings(BaseSettings):
     max_audio_ahead_ms: int = Field(2000, alias="TELEPHONY_MAX_AUDIO_AHEAD_MS", ge=100)
     # Non-media messages (marks, DTMF, ...) per second, averaged over 5 s, before closing.
     max_control_per_s: float = Field(50.0, alias="TELEPHONY_MAX_CONTROL_PER_S", gt=0)
+    # -- Webhook hardening (issue 21): Twilio's webhook and status-callback bodies are a few
+    # KB; a larger one is refused (413) unread, so it can never be parsed on the event loop.
+    max_webhook_bytes: int = Field(
+        64 * 1024, alias="TELEPHONY_MAX_WEBHOOK_BYTES", ge=4096, le=1024 * 1024
+    )
+    # How long the database may take to record a webhook's answer (one per call SID, shared by
+    # every instance: a repeat gets the same answer) or a stream's claim on its call (one
+    # instance per stream; decided while the call already runs) before going on without it.
+    stream_claim_timeout_s: float = Field(2.0, alias="TELEPHONY_STREAM_CLAIM_TIMEOUT_S", gt=0)
     # Deepgram closes Voice Agent sessions at 2 h; the profile's session_cap_action runs 60 s
     # before this. Lowered only in tests.
     agent_session_cap_s: float = Field(7200.0, alias="TELEPHONY_AGENT_SESSION_CAP_S")

@@ -135,6 +135,21 @@ audit_log = Table(
     Column("detail", JSON, nullable=True),
 )
 
+# One row per media stream a call may have: the webhook's (part "") and each continuation's
+# (a transfer's transcription). The webhook records its answer here, so a repeat of it, on any
+# instance, gets the same answer; the instance carrying the stream records itself, so no other
+# can carry it too. See store/stream_claims.py.
+stream_claims = Table(
+    "stream_claims",
+    metadata,
+    Column("call_sid", String(64), nullable=False),
+    Column("part", String(128), nullable=False, server_default=""),
+    Column("answer", Text, nullable=True),  # the webhook's TwiML (part "" only)
+    Column("carried_by", String(64), nullable=False, server_default=""),  # instances.id
+    Column("created_at", Double, nullable=False, index=True),  # epoch s
+    PrimaryKeyConstraint("call_sid", "part"),
+)
+
 # Staff sessions ended by logout before their cookie expires: a signed cookie is otherwise
 # valid until then, on every instance. Rows past `expires_at` are dropped at the next logout.
 revoked_sessions = Table(
@@ -151,7 +166,16 @@ def dialect_insert(dialect_name: str, table: Any) -> Any:
     return dialect.insert(table)
 
 
-TABLES = ("calls", "turns", "events", "users", "audit_log", "revoked_sessions", "instances")
+TABLES = (
+    "calls",
+    "turns",
+    "events",
+    "users",
+    "audit_log",
+    "revoked_sessions",
+    "instances",
+    "stream_claims",
+)
 
 
 def _json_dumps(value: Any) -> str:
