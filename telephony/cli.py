@@ -5,9 +5,27 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from telephony.settings import Settings
 
 # The API key `telephony emulator` accepts when DEEPGRAM_API_KEY is unset.
 EMULATOR_DEFAULT_KEY = "test-key"
+
+
+def _settings() -> Settings | None:
+    """The environment's settings, or None after printing why they are invalid (the errors
+    name variables, never their values: Settings hides input in errors)."""
+    from pydantic import ValidationError
+
+    from telephony.settings import Settings
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -19,15 +37,20 @@ def _serve(args: argparse.Namespace) -> int:
     from telephony.config import ConfigError
     from telephony.drain import SHUTDOWN_GRACE_S, DrainingServer
     from telephony.logs import setup_logging
-    from telephony.settings import Settings
+    from telephony.startup import InsecureSettings
 
-    settings = Settings()
+    settings = _settings()
+    if settings is None:
+        return 2
     setup_logging(settings.log_format, settings.log_level)
     try:
         app = create_app(settings, freeze_heap=True)  # see create_app: no GC stalls
     except ConfigError as exc:
         print("\n".join(exc.errors), file=sys.stderr)
         return 1
+    except InsecureSettings as exc:  # no real TWILIO_AUTH_TOKEN (telephony/startup.py)
+        print(exc, file=sys.stderr)
+        return 2
     config = uvicorn.Config(
         app,
         host=args.host,
