@@ -35,6 +35,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from telephony.store.private_files import create_private_file, private_dir
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 # SQLite only autoincrements an INTEGER PRIMARY KEY.
@@ -159,11 +161,14 @@ def _json_dumps(value: Any) -> str:
 
 
 def make_engine(database_url: str, **kw: Any) -> AsyncEngine:
-    """An async engine; for a SQLite file: parent dir created, WAL and foreign keys on."""
+    """An async engine; for a SQLite file: parent dir created (0700) and the file (0600),
+    WAL and foreign keys on."""
     url = make_url(database_url)
     sqlite = url.get_backend_name() == "sqlite"
-    if sqlite and url.database and url.database != ":memory:":
-        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    if sqlite and url.database and url.database != ":memory:" and "mode=memory" not in str(url):
+        path = Path(url.database).expanduser()
+        private_dir(path.parent)
+        create_private_file(path)  # before SQLite makes it with the umask's mode
     engine = create_async_engine(url, json_serializer=_json_dumps, **kw)
     if sqlite:
 
