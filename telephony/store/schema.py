@@ -123,6 +123,9 @@ users = Table(
     Column("role", String(32), nullable=False),
     Column("password_hash", Text, nullable=False),
     Column("created_at", Double, nullable=False),  # epoch s
+    # Logins issued before this (epoch s) are ended: set on creation, role change and password
+    # reset (telephony/store/users.py).
+    Column("sessions_since", Double, nullable=False, server_default="0"),
 )
 
 audit_log = Table(
