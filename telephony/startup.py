@@ -46,6 +46,14 @@ def refusal(settings: Settings) -> str | None:
             "to a random value (the same on every instance), or leave it unset to use "
             f"TWILIO_AUTH_TOKEN; {DEV_FLAG}=1 allows it for local development only."
         )
+    # A known session secret lets anyone sign a staff UI cookie for any account name.
+    session = settings.session_secret
+    if session is not None and is_public_token(session.get_secret_value()):
+        return (
+            "refusing to start: TELEPHONY_SESSION_SECRET is empty or a public placeholder. Set "
+            "it to a random value (the same on every instance), or leave it unset for a random "
+            f"key per process; {DEV_FLAG}=1 allows it for local development only."
+        )
     return None
 
 
@@ -87,8 +95,8 @@ def defaulted(settings: Settings) -> list[tuple[int, str]]:
         lines.append(
             (
                 logging.WARNING,
-                "TWILIO_ACCOUNT_SID unset: REST calls (hang-up, "
-                "transfer) use a placeholder account",
+                "TWILIO_ACCOUNT_SID unset: REST calls (hang-up, transfer) use a placeholder "
+                "account",
             )
         )
     if "database_url" not in given:

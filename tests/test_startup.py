@@ -79,7 +79,12 @@ def test_serve_refuses_credentials_in_a_url_without_echoing_them(tmp_path: Path)
 def test_create_app_refuses_the_public_token_unless_development(
     numbers_yaml: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in (DEV_FLAG, "TWILIO_AUTH_TOKEN", "TELEPHONY_STREAM_TOKEN_SECRET"):
+    for name in (
+        DEV_FLAG,
+        "TWILIO_AUTH_TOKEN",
+        "TELEPHONY_STREAM_TOKEN_SECRET",
+        "TELEPHONY_SESSION_SECRET",
+    ):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(InsecureSettings, match="TWILIO_AUTH_TOKEN"):
         create_app(Settings(TELEPHONY_CONFIG=numbers_yaml))
@@ -89,6 +94,14 @@ def test_create_app_refuses_the_public_token_unless_development(
                 TELEPHONY_CONFIG=numbers_yaml,
                 TWILIO_AUTH_TOKEN="a-real-token",
                 TELEPHONY_STREAM_TOKEN_SECRET="change-me-32-random-bytes",
+            )
+        )
+    with pytest.raises(InsecureSettings, match="TELEPHONY_SESSION_SECRET"):
+        create_app(
+            Settings(
+                TELEPHONY_CONFIG=numbers_yaml,
+                TWILIO_AUTH_TOKEN="a-real-token",
+                TELEPHONY_SESSION_SECRET="change-me-32-random-bytes",
             )
         )
     create_app(Settings(TELEPHONY_CONFIG=numbers_yaml, TWILIO_AUTH_TOKEN="a-real-token"))
