@@ -36,6 +36,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from telephony.store.private_files import create_private_file, private_dir
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 # SQLite only autoincrements an INTEGER PRIMARY KEY.
@@ -122,6 +124,9 @@ users = Table(
     Column("role", String(32), nullable=False),
     Column("password_hash", Text, nullable=False),
     Column("created_at", Double, nullable=False),  # epoch s
+    # Logins issued before this (epoch s) are ended: set on creation, role change and password
+    # reset (telephony/store/users.py).
+    Column("sessions_since", Double, nullable=False, server_default="0"),
 )
 
 audit_log = Table(
@@ -184,8 +189,8 @@ def _json_dumps(value: Any) -> str:
 
 
 def make_engine(database_url: str, **kw: Any) -> AsyncEngine:
-    """An async engine; for a SQLite file: parent dir created, rollback journal, no memory
-    mapping, foreign keys on.
+    """An async engine; for a SQLite file: parent dir created (0700) and the file (0600),
+    rollback journal, no memory mapping, foreign keys on.
 
     No WAL: its index (the ``-shm`` file) is shared memory, mapped into the process, and a
     mapped file that shrinks under it (truncated, replaced, or a full tmpfs) kills the whole
@@ -195,8 +200,10 @@ def make_engine(database_url: str, **kw: Any) -> AsyncEngine:
     writes through file descriptors, so a storage fault is an I/O error the store retries."""
     url = make_url(database_url)
     sqlite = url.get_backend_name() == "sqlite"
-    if sqlite and url.database and url.database != ":memory:":
-        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    if sqlite and url.database and url.database != ":memory:" and "mode=memory" not in str(url):
+        path = Path(url.database).expanduser()
+        private_dir(path.parent)
+        create_private_file(path)  # before SQLite makes it with the umask's mode
     engine = create_async_engine(url, json_serializer=_json_dumps, **kw)
     if sqlite:
 

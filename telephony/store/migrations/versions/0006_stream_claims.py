@@ -1,7 +1,7 @@
 """stream_claims: one webhook answer and one carrying instance per call stream
 
-Revision ID: 0005_stream_claims
-Revises: 0004_outcomes
+Revision ID: 0006_stream_claims
+Revises: 0005_user_sessions
 Create Date: 2026-12-06
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005_stream_claims"
-down_revision = "0004_outcomes"
+revision = "0006_stream_claims"
+down_revision = "0005_user_sessions"
 branch_labels = None
 depends_on = None
 
