@@ -5,15 +5,44 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from telephony import cli_users
 
 if TYPE_CHECKING:
     from telephony.settings import Settings
+    from telephony.sim.deepgram_server import Script
 
 # The API key `telephony emulator` accepts when DEEPGRAM_API_KEY is unset.
 EMULATOR_DEFAULT_KEY = "test-key"
+
+
+class UsageError(Exception):
+    """A mistake on the command line or in a file it names: `main` prints the message as one
+    line (no traceback) and exits 2."""
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Raise UsageError when HOST:PORT cannot be listened on (another process has it): checked
+    before starting, since uvicorn and the emulator would fail later with a log or traceback."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            probe.bind(address)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        raise UsageError(f"cannot listen on {host}:{port}: {why}") from None
+
+
+def _check_config_file(path: object, what: str) -> None:
+    from pathlib import Path
+
+    if not Path(str(path)).is_file():
+        raise UsageError(f"{what}: no such file: {path}")
 
 
 def _settings() -> Settings | None:
@@ -44,6 +73,8 @@ def _serve(args: argparse.Namespace) -> int:
     settings = _settings()
     if settings is None:
         return 2
+    _check_config_file(settings.config_path, "TELEPHONY_CONFIG")
+    _check_port_free(args.host, args.port)
     setup_logging(settings.log_format, settings.log_level)
     try:
         app = create_app(settings, freeze_heap=True)  # see create_app: no GC stalls
@@ -118,30 +149,41 @@ def _retention_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_script(path: str) -> dict[str, Any]:
+    from telephony.sim.deepgram.script_file import read_script
+    from telephony.sim.deepgram_server import ScriptError
+
+    try:
+        return read_script(path)
+    except ScriptError as exc:
+        raise UsageError(f"--script {exc}") from None
+
+
+def _script_from(path: str, data: dict[str, Any]) -> Script:
+    """Script.from_dict, its errors (top-level keys, voiced turns) as a usage error."""
+    from telephony.sim.deepgram_server import Script, ScriptError
+
+    try:
+        return Script.from_dict(data)
+    except ScriptError as exc:
+        raise UsageError(f"--script {path}: {exc}") from None
+
+
 def _emulator(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    import yaml
-
     from telephony.logs import setup_logging
     from telephony.settings import Settings
-    from telephony.sim.deepgram_server import Script, ScriptError, run_emulator
+    from telephony.sim.deepgram_server import run_emulator
 
     settings = Settings()
-    setup_logging(settings.log_format, settings.log_level)
     script, tagged = None, {}
     if args.script:  # the `telephony call --script` timeline; `staff:` for "staff"-tagged sockets
-        try:
-            data = yaml.safe_load(Path(args.script).read_text()) or {}
-            if not isinstance(data, dict):
-                raise ScriptError("a script document must be a mapping")
-            staff = data.pop("staff", None)
-            script = Script.from_dict(data)
-            if staff:
-                tagged["staff"] = Script.from_dict({"turns": staff})
-        except (OSError, yaml.YAMLError, ScriptError) as exc:
-            print(f"error: --script {args.script}: {exc}", file=sys.stderr)
-            return 2
+        data = _read_script(args.script)
+        staff = data.pop("staff", None)
+        script = _script_from(args.script, data)
+        if staff:
+            tagged["staff"] = _script_from(args.script, {"turns": staff})
+    _check_port_free(args.host, args.port)
+    setup_logging(settings.log_format, settings.log_level)
     # The key clients must present: DEEPGRAM_API_KEY, or "test-key" when unset.
     key = settings.deepgram_api_key.get_secret_value() or EMULATOR_DEFAULT_KEY
     # run_emulator prints "fake Deepgram listening on ws://HOST:PORT" once it accepts.
@@ -156,24 +198,26 @@ def _call(args: argparse.Namespace) -> int:
 
     from telephony import demo
     from telephony.logs import setup_logging
-    from telephony.sim.deepgram_server import Script
 
     setup_logging("text", "WARNING")
+    try:
+        faults = [demo.parse_fault(f) for f in args.fault]
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    _check_config_file(args.config, "--config")
     script = staff = None
-    if args.script and args.mode == "transcribe":  # `staff:` holds the other side's turns
-        import yaml
-
-        data = yaml.safe_load(Path(args.script).read_text()) or {}
-        script, staff = demo.split_transcribe_script(data)
-    elif args.script:
-        script = Script.from_yaml(Path(args.script))
+    if args.script:
+        data = _read_script(args.script)
+        if args.mode == "transcribe":  # `staff:` holds the other side's turns
+            script = _script_from(args.script, {k: v for k, v in data.items() if k != "staff"})
+            staff = _script_from(args.script, {"turns": data.get("staff") or []})
+        else:
+            script = _script_from(args.script, data)
     elif args.say:
         script = demo.say_script(args.say, args.mode)
     audio = None
     if args.audio:
-        from telephony.audio import read_wav_as_mulaw8k
-
-        audio = read_wav_as_mulaw8k(args.audio)
+        audio = _read_audio(args.audio)
     call = asyncio.run(
         demo.run_offline_call(
             number=args.number,
@@ -181,8 +225,10 @@ def _call(args: argparse.Namespace) -> int:
             script=script,
             audio=audio,
             config_path=Path(args.config),
-            faults=[demo.parse_fault(f) for f in args.fault],
+            faults=faults,
             staff_script=staff,
+            # --say: one question, one answer, then the caller hangs up (not the 30 s cap).
+            hang_up_after_reply_s=demo.SAY_HANGUP_S if args.say and not args.script else None,
         )
     )
     if args.json:
@@ -190,6 +236,19 @@ def _call(args: argparse.Namespace) -> int:
     else:
         print(demo.format_text(call))
     return 0 if call.summary is not None else 1
+
+
+def _read_audio(path: str) -> bytes:
+    import struct
+
+    from telephony.audio import read_wav_as_mulaw8k
+
+    try:
+        return read_wav_as_mulaw8k(path)
+    except OSError as exc:
+        raise UsageError(f"--audio {path}: cannot read: {exc.strerror or exc}") from None
+    except (ValueError, EOFError, struct.error) as exc:  # not RIFF/WAVE, cut short, unsupported
+        raise UsageError(f"--audio {path}: not a WAV file we can read: {exc}") from None
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -212,14 +271,21 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from importlib.metadata import version
+
     parser = argparse.ArgumentParser(prog="telephony", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('telephony')}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser(
-        "serve", help="run the service under uvicorn (SIGTERM drains calls, then exits)"
+        "serve",
+        help="run the service under uvicorn (SIGTERM drains calls, then exits)",
+        description="Run the service under uvicorn. Settings come from the environment and "
+        "./.env (see .env.example); SIGTERM drains calls, then exits.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,  # --help shows the defaults
     )
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
     serve.add_argument(
         "--ws-max-size", type=int, default=64 * 1024, help="largest WebSocket message, bytes"
     )
@@ -264,9 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
         "/v1/agent/converse, Nova /v1/listen) on one port. Clients authenticate with "
         "'Authorization: Token KEY', where KEY is $DEEPGRAM_API_KEY, or "
         f"'{EMULATOR_DEFAULT_KEY}' when that is unset.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    emulator.add_argument("--host", default="127.0.0.1")
-    emulator.add_argument("--port", type=int, default=8765)
+    emulator.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    emulator.add_argument("--port", type=int, default=8765, help="port to listen on")
     emulator.add_argument(
         "--script",
         metavar="TIMELINE.yaml",
@@ -317,8 +384,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from telephony.settings import env_file_path, load_env_file
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    load_env_file(env_file_path())  # ./.env, under the real environment
+    try:
+        return int(args.func(args))
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

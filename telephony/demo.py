@@ -38,6 +38,7 @@ from telephony.sim.fake_llm import FakeLLM
 from telephony.sim.twilio_caller import CallResult, FakeTwilioCaller
 from telephony.sim.twilio_caller import silence as caller_silence
 from telephony.sim.twilio_rest import FakeTwilioRest
+from telephony.transcript import Event, Turn
 
 DEMO_AUTH_TOKEN = "demo-auth-token"
 DEMO_DEEPGRAM_KEY = "demo-deepgram-key"
@@ -74,13 +75,6 @@ def default_transcribe_scripts() -> tuple[Script, Script]:
     return caller, staff
 
 
-def split_transcribe_script(data: dict[str, Any]) -> tuple[Script, Script]:
-    """A transcribe-mode `--script`: `turns` are the caller's, `staff` the staff member's."""
-    data = dict(data)
-    staff = data.pop("staff", None) or []
-    return Script.from_dict(data), Script.from_dict({"turns": staff})
-
-
 def default_agent_script() -> Script:
     """An agent conversation: a question, a barge-in, then goodbye through end_call."""
     return Script(
@@ -115,12 +109,45 @@ FAULT_KINDS: dict[str, tuple[Endpoint, FaultKind]] = {
 def parse_fault(spec: str) -> Fault:
     """`KIND@SECONDS`, e.g. `flux-drop@2.5`: break that connection at that point of its audio."""
     kind, _, at = spec.partition("@")
-    if kind not in FAULT_KINDS or not at:
+    try:
+        seconds = float(at)
+    except ValueError:
+        seconds = -1.0
+    if kind not in FAULT_KINDS or not seconds >= 0:  # `not >=`: also refuses nan
         raise ValueError(
-            f"--fault {spec!r}: expected KIND@SECONDS with KIND in {sorted(FAULT_KINDS)}"
+            f"--fault {spec!r}: expected KIND@SECONDS (seconds >= 0) with KIND one of "
+            f"{', '.join(FAULT_KINDS)}"
         )
     endpoint, fault = FAULT_KINDS[kind]
-    return Fault(endpoint=endpoint, at_ms=round(float(at) * 1000), kind=fault)
+    return Fault(endpoint=endpoint, at_ms=round(seconds * 1000), kind=fault)
+
+
+# `telephony call --say`: the caller hangs up this long after the bot's answer has played.
+SAY_HANGUP_S = 1.0
+
+
+async def hang_up_after_reply(app: Any, hangup: asyncio.Event, delay_s: float) -> None:
+    """Set `hangup` `delay_s` after the first bot turn that answers a caller turn has closed
+    (its audio played out or was cut off): a one-question demo ends when it is answered."""
+    registry = services_of(app).registry
+    while not registry.live:  # noqa: ASYNC110 (the registry has no event to wait on)
+        await asyncio.sleep(0.02)  # the demo's one call, once its media stream has started
+    call = next(iter(registry.live.values()))
+    answered = asyncio.Event()
+
+    class Listener:
+        def on_turn(self, turn: Turn) -> None:
+            earlier = call.transcript.turns[: turn.index - call.transcript.first_index]
+            if turn.role == "bot" and any(t.role == "caller" for t in earlier):
+                answered.set()
+
+        def on_event(self, event: Event) -> None:
+            pass
+
+    call.transcript.listeners.append(Listener())
+    await answered.wait()
+    await asyncio.sleep(delay_s)
+    hangup.set()
 
 
 def say_script(text: str, mode: str = "flux") -> Script:
@@ -263,11 +290,15 @@ async def run_offline_call(
     faults: Sequence[Fault] = (),
     staff_script: Script | None = None,
     agent_audio: bytes | None = None,
+    hang_up_after_reply_s: float | None = None,
 ) -> OfflineCall:
     """One offline call. Transcribe mode (and a flux/agent call transferred with its
     transcription): `script` gives the caller's Nova turns, `staff_script` the staff side's
     (Nova sockets are tagged with the side), and `agent_audio` is what the person who answers
-    says (the fork's outbound track; silence long enough for `staff_script` by default)."""
+    says (the fork's outbound track; silence long enough for `staff_script` by default).
+    `hang_up_after_reply_s`: the caller hangs up that long after the bot's first answer has
+    played (flux and agent modes), instead of staying on until the bot or `max_call_ms` ends
+    the call."""
     if script is None and mode == "transcribe":
         script, staff_script = default_transcribe_scripts()
     script = script or (default_agent_script() if mode == "agent" else default_script())
@@ -318,7 +349,10 @@ async def run_offline_call(
                 hangup.set()
 
         rest.on_request = on_rest
-        async with serve_app(app, sock):
+        async with serve_app(app, sock), asyncio.TaskGroup() as tasks:
+            watcher = None
+            if hang_up_after_reply_s is not None and mode != "transcribe":
+                watcher = tasks.create_task(hang_up_after_reply(app, hangup, hang_up_after_reply_s))
             caller = FakeTwilioCaller(url, auth_token=DEMO_AUTH_TOKEN)
             result = await caller.dial(
                 number,
@@ -340,6 +374,8 @@ async def run_offline_call(
                 await asyncio.sleep(0.01)
             parts.sort(key=lambda s: s.started_at)
             metrics = services_of(app).metrics.exposition()[0].decode()
+            if watcher is not None:
+                watcher.cancel()
         summary = parts[-1] if parts else None
         return OfflineCall(result, summary, mode, deepgram, rest, llm, parts=parts, metrics=metrics)
 

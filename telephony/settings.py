@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import MutableMapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -13,6 +15,43 @@ DEFAULT_CONFIG = Path("infra/numbers.example.yaml")
 # refuses to start with it unless DEV_FLAG is set (telephony/startup.py).
 PUBLIC_DEV_AUTH_TOKEN = "dev-auth-token"
 DEV_FLAG = "TELEPHONY_ALLOW_INSECURE_DEV"
+# The `telephony` command reads this file (relative to the working directory) into its
+# environment at start, when present. TELEPHONY_ENV_FILE names another; set empty, none.
+ENV_FILE_VAR = "TELEPHONY_ENV_FILE"
+DEFAULT_ENV_FILE = ".env"
+# The file `load_env_file` read in this process, for the start-up log (telephony/startup.py).
+_env_file_read: Path | None = None
+
+
+def env_file_path(environ: MutableMapping[str, str] = os.environ) -> Path | None:
+    """The .env file the `telephony` command should read, or None (TELEPHONY_ENV_FILE="")."""
+    name = environ.get(ENV_FILE_VAR, DEFAULT_ENV_FILE)
+    return Path(name) if name else None
+
+
+def load_env_file(path: Path | None, environ: MutableMapping[str, str] = os.environ) -> list[str]:
+    """Copy the variables of a .env file into `environ` (the process environment, so profile
+    keys such as OPENAI_API_KEY reach the responders too); returns their names. The real
+    environment wins: a variable already set is left alone. An empty value is skipped, as
+    Settings ignores empty variables. A missing file reads nothing. The file is read the way
+    `set -a; . ./.env` reads it in a POSIX shell (quotes, `export`, comments)."""
+    global _env_file_read
+    if path is None or not path.is_file():
+        return []
+    from dotenv import dotenv_values  # pydantic-settings' own .env reader
+
+    loaded = []
+    for name, value in dotenv_values(path).items():
+        if value and name not in environ:
+            environ[name] = value
+            loaded.append(name)
+    _env_file_read = path.resolve()
+    return loaded
+
+
+def env_file_read() -> Path | None:
+    """The .env file this process read at start, if any."""
+    return _env_file_read
 
 
 def no_userinfo(url: str) -> str:
@@ -31,9 +70,16 @@ class Settings(BaseSettings):
     """Every variable is listed, with a comment, in .env.example."""
 
     # hide_input_in_errors: a bad value (a secret pasted into the wrong variable) is never
-    # echoed in the error.
+    # echoed in the error. env_ignore_empty: `VAR=` (as .env.example has them, and as
+    # `set -a; . ./.env` exports them) means unset, not an empty secret or a bad boolean.
+    # env_file=None: Settings never reads a .env itself (a stray one must not reach tests);
+    # the CLI loads one into the environment explicitly (`load_env_file`).
     model_config = SettingsConfigDict(
-        env_file=None, extra="ignore", populate_by_name=True, hide_input_in_errors=True
+        env_file=None,
+        env_ignore_empty=True,
+        extra="ignore",
+        populate_by_name=True,
+        hide_input_in_errors=True,
     )
 
     config_path: Path = Field(DEFAULT_CONFIG, alias="TELEPHONY_CONFIG")

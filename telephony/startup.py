@@ -11,7 +11,13 @@ from __future__ import annotations
 
 import logging
 
-from telephony.settings import DEV_FLAG, PUBLIC_DEV_AUTH_TOKEN, Settings
+from telephony.settings import (
+    DEV_FLAG,
+    ENV_FILE_VAR,
+    PUBLIC_DEV_AUTH_TOKEN,
+    Settings,
+    env_file_read,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +67,15 @@ def defaulted(settings: Settings) -> list[tuple[int, str]]:
     """(level, line) for each setting that matters and was left at its default: one line per
     setting, naming the variable and what the default means; never a secret's value."""
     given = settings.model_fields_set
-    lines: list[tuple[int, str]] = []
+    env_file = env_file_read()
+    lines: list[tuple[int, str]] = [
+        (
+            logging.INFO,
+            f"settings from the environment and {env_file} (the environment wins)"
+            if env_file is not None
+            else f"settings from the environment only (no .env read; see {ENV_FILE_VAR})",
+        )
+    ]
     if settings.allow_insecure_dev:
         lines.append((logging.WARNING, f"{DEV_FLAG} is set: development mode, not for production"))
     if is_public_token(settings.twilio_auth_token.get_secret_value()):

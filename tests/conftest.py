@@ -32,7 +32,7 @@ from routes.app import create_app
 from telephony.demo import settings_for_fakes
 from telephony.inprocess import bind_loopback, serve_app
 from telephony.session.summary import CallSummary
-from telephony.settings import Settings
+from telephony.settings import ENV_FILE_VAR, Settings
 from telephony.sim.deepgram_server import FakeDeepgram
 from telephony.sim.twilio_rest import FakeTwilioRest
 
@@ -40,6 +40,10 @@ try:
     import uvloop  # uvicorn[standard] installs it; `telephony serve` runs on it
 except ImportError:  # pragma: no cover
     uvloop = None
+
+# The CLI reads ./.env (telephony/settings.py load_env_file); tests run in the repository
+# root, where a developer's own .env must reach neither `cli.main` nor the CLI subprocesses.
+os.environ[ENV_FILE_VAR] = ""
 
 AUTH_TOKEN = "test-auth-token"
 DEEPGRAM_KEY = "test-deepgram-key"

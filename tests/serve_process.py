@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from telephony.inprocess import bind_loopback
+from telephony.settings import ENV_FILE_VAR
 from telephony.sim import twilio_caller
 from telephony.sim.deepgram_server import FakeDeepgram
 from telephony.sim.twilio_caller import CallResult
@@ -123,6 +124,7 @@ async def serve_process(
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TELEPHONY_", "TWILIO_"))}
     env.pop("DEEPGRAM_API_KEY", None)
+    env[ENV_FILE_VAR] = ""  # no stray ./.env (see conftest)
     env.update(
         PYTHONPATH=str(REPO),
         TELEPHONY_DATABASE_URL=f"sqlite+aiosqlite:///{db}",

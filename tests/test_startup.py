@@ -16,7 +16,7 @@ import pytest
 from routes.app import create_app
 from telephony.config import ConfigError, load_config
 from telephony.inprocess import bind_loopback, serve_app
-from telephony.settings import DEV_FLAG, Settings
+from telephony.settings import DEV_FLAG, ENV_FILE_VAR, Settings
 from telephony.startup import InsecureSettings
 from tests.conftest import NUMBERS_YAML, RunningApp
 
@@ -27,6 +27,7 @@ SECRET = "sk-live-0SECRET0abcdef123456"
 def _clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TELEPHONY_", "TWILIO_"))}
     env.pop("DEEPGRAM_API_KEY", None)
+    env[ENV_FILE_VAR] = ""  # no stray ./.env (see conftest)
     config = tmp_path / "numbers.yaml"
     config.write_text(NUMBERS_YAML)
     env.update(

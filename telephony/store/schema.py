@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -220,6 +221,11 @@ def make_engine(database_url: str, **kw: Any) -> AsyncEngine:
             cur.close()
 
     return engine
+
+
+# Alembic logs one INFO line per built-in plugin on every upgrade (that is, every start):
+# noise before the lines that matter. Its migration lines stay.
+logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 def alembic_config() -> Any:
