@@ -197,6 +197,7 @@ def _call(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from telephony import demo
+    from telephony.config import ConfigError, load_config
     from telephony.logs import setup_logging
 
     setup_logging("text", "WARNING")
@@ -205,6 +206,11 @@ def _call(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     _check_config_file(args.config, "--config")
+    try:  # the file's own errors, as `telephony config check` lists them
+        load_config(args.config)
+    except ConfigError as exc:
+        print("\n".join(exc.errors), file=sys.stderr)
+        return 1
     script = staff = None
     if args.script:
         data = _read_script(args.script)

@@ -176,6 +176,10 @@ def test_call_usage_mistakes_are_one_line(
     assert f"--config: no such file: {missing}" in _main_error(
         capsys, "call", "--config", str(missing)
     )
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("numbers: [\n")
+    assert cli.main(["call", "--config", str(broken)]) == 1
+    assert capsys.readouterr().err.startswith(f"{broken}:")  # no traceback
     not_wav = tmp_path / "note.wav"
     not_wav.write_text("not audio")
     assert "not a WAV file" in _main_error(capsys, "call", "--audio", str(not_wav))
