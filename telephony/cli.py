@@ -45,9 +45,9 @@ def _check_config_file(path: object, what: str) -> None:
         raise UsageError(f"{what}: no such file: {path}")
 
 
-def _settings() -> Settings | None:
-    """The environment's settings, or None after printing why they are invalid (the errors
-    name variables, never their values: Settings hides input in errors)."""
+def _settings() -> Settings:
+    """The environment's settings; invalid ones are a UsageError on one line naming each
+    variable and what is wrong, never its value (it may be a secret)."""
     from pydantic import ValidationError
 
     from telephony.settings import Settings
@@ -55,8 +55,10 @@ def _settings() -> Settings | None:
     try:
         return Settings()
     except ValidationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return None
+        why = "; ".join(
+            f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise UsageError(f"invalid settings: {why}") from None
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -71,8 +73,6 @@ def _serve(args: argparse.Namespace) -> int:
     from telephony.startup import InsecureSettings
 
     settings = _settings()
-    if settings is None:
-        return 2
     _check_config_file(settings.config_path, "TELEPHONY_CONFIG")
     _check_port_free(args.host, args.port)
     setup_logging(settings.log_format, settings.log_level)
@@ -108,10 +108,9 @@ def _config_check(args: argparse.Namespace) -> int:
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:
-    from telephony.settings import Settings
     from telephony.store.schema import upgrade_blocking
 
-    upgrade_blocking(Settings().database_url)
+    upgrade_blocking(_settings().database_url)
     print("database schema is up to date")
     return 0
 
@@ -120,11 +119,10 @@ def _retention_run(args: argparse.Namespace) -> int:
     import asyncio
 
     from telephony.config import ConfigError, load_config
-    from telephony.settings import Settings
     from telephony.store.retention import RetentionResult, run_retention
     from telephony.store.schema import make_engine, upgrade
 
-    settings = Settings()
+    settings = _settings()
     try:  # each call's retention comes from its profile in the current YAML
         profiles = load_config(settings.config_path).profiles
     except ConfigError as exc:
@@ -171,10 +169,9 @@ def _script_from(path: str, data: dict[str, Any]) -> Script:
 
 def _emulator(args: argparse.Namespace) -> int:
     from telephony.logs import setup_logging
-    from telephony.settings import Settings
     from telephony.sim.deepgram_server import run_emulator
 
-    settings = Settings()
+    settings = _settings()
     script, tagged = None, {}
     if args.script:  # the `telephony call --script` timeline; `staff:` for "staff"-tagged sockets
         data = _read_script(args.script)

@@ -187,6 +187,18 @@ def test_call_usage_mistakes_are_one_line(
     assert "cannot read: No such file or directory" in err
 
 
+@pytest.mark.parametrize("argv", [["db", "upgrade"], ["emulator", "--port", "0"]])
+def test_invalid_settings_are_one_line_without_the_value(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TELEPHONY_MAX_CALLS", "lots")
+    monkeypatch.setenv("DEEPGRAM_URL", "wss://user:sk-SECRET-value@api.deepgram.com")
+    err = _main_error(capsys, *argv)
+    assert "TELEPHONY_MAX_CALLS: Input should be a valid integer" in err, err
+    assert "DEEPGRAM_URL" in err and "credentials in the URL" in err
+    assert "lots" not in err and "sk-SECRET-value" not in err
+
+
 @pytest.mark.parametrize(
     ("document", "expected"),
     [
