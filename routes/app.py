@@ -17,7 +17,9 @@ from starlette.staticfiles import StaticFiles
 
 from routes import admin, auth, health, staff, twilio
 from routes.fast_paths import log_fast_paths
-from routes.state import WebState
+from routes.login_limiter import LoginLimiter
+from routes.security_headers import SecurityHeaders
+from routes.state import WebState, web_of
 from routes.templates import STATIC_DIR
 from telephony.config import ConfigStore
 from telephony.http_pool import make_http_client
@@ -25,6 +27,7 @@ from telephony.metrics import Metrics
 from telephony.session.registry import CallRegistry
 from telephony.session.services import DrainState, Services
 from telephony.settings import Settings
+from telephony.store.hashing import HashPool
 from telephony.store.instances import Instance
 from telephony.store.schema import make_engine, upgrade
 from telephony.store.transcripts import TranscriptStore
@@ -123,17 +126,24 @@ def create_app(
             await services.llm_http.aclose()
             await transcripts.stop()  # flushes every buffered row
             await services.db.dispose()
+            web_of(app).hash_pool.close()
 
     pages = [*auth.routes, *staff.routes, *admin.routes]
     static = Mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app = Starlette(
         routes=[*health.routes, *twilio.routes, *pages, static],
-        middleware=[Middleware(twilio.MediaFastPath)],
+        middleware=[Middleware(SecurityHeaders), Middleware(twilio.MediaFastPath)],
         lifespan=lifespan,
     )
     # What only the web routes keep; the rest (app.state.services) comes with the lifespan.
     app.state.web = WebState(
         session_keys=auth.SessionKeys(_session_secret(settings), settings.session_ttl_s),
-        login_limiter=auth.LoginLimiter(),
+        login_limiter=LoginLimiter(
+            per_account=settings.login_attempts_per_account,
+            per_client=settings.login_attempts_per_client,
+            per_minute=settings.login_attempts_per_minute,
+            window_s=settings.login_window_s,
+        ),
+        hash_pool=HashPool(settings.login_hash_workers, settings.login_hash_queue),
     )
     return app
