@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
@@ -53,6 +55,10 @@ def _session_secret(settings: Settings) -> bytes:
         return settings.session_secret.get_secret_value().encode()
     log.warning("TELEPHONY_SESSION_SECRET unset: staff logins will not survive a restart")
     return secrets.token_bytes(32)
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    return Response(status_code=400)
 
 
 def create_app(
@@ -133,6 +139,9 @@ def create_app(
     app = Starlette(
         routes=[*health.routes, *twilio.routes, *pages, static],
         middleware=[Middleware(SecurityHeaders), Middleware(twilio.MediaFastPath)],
+        # A client gone while its body was read (e.g. cut off by telephony serve's body
+        # timeout) is not an error of ours: no traceback, and nobody to answer.
+        exception_handlers={ClientDisconnect: _client_gone},
         lifespan=lifespan,
     )
     # What only the web routes keep; the rest (app.state.services) comes with the lifespan.
