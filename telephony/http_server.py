@@ -92,13 +92,28 @@ def trusted_proxies(settings: Settings) -> list[str]:
     return [item.strip() for item in settings.trusted_proxies.split(",") if item.strip()]
 
 
+# Connections above TELEPHONY_MAX_CALLS (each call holds one media socket) that the bound keeps
+# at least, for webhooks, status callbacks, probes and the staff UI.
+HEADROOM = 100
+
+
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """`uvicorn.Config` keyword arguments for the HTTP side, from the settings."""
     proxies = trusted_proxies(settings)
+    max_connections = settings.http_max_connections
+    if max_connections < settings.max_calls + HEADROOM:
+        max_connections = settings.max_calls + HEADROOM
+        log.warning(
+            "TELEPHONY_HTTP_MAX_CONNECTIONS (%d) leaves no room beside TELEPHONY_MAX_CALLS "
+            "(%d) media sockets: using %d",
+            settings.http_max_connections,
+            settings.max_calls,
+            max_connections,
+        )
     return {
         "http": guarded_protocol(settings.http_header_timeout_s, settings.http_body_timeout_s),
         "timeout_keep_alive": settings.http_keepalive_s,
-        "limit_concurrency": settings.http_max_connections,
+        "limit_concurrency": max_connections,
         # No trusted proxy: forwarded headers are ignored (uvicorn would trust loopback).
         "proxy_headers": bool(proxies),
         "forwarded_allow_ips": proxies or [],

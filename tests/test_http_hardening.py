@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from telephony.http_server import HEADROOM
 from telephony.logs import hide_query_strings
 from telephony.sim.deepgram_server import FakeDeepgram
 from telephony.sim.twilio_rest import FakeTwilioRest
@@ -78,8 +79,13 @@ async def test_idle_partial_head_and_slow_body_connections_are_closed(
 
 
 async def test_connections_beyond_the_bound_are_answered_503(serve: Serve) -> None:
-    async with serve(TELEPHONY_HTTP_MAX_CONNECTIONS=3, TELEPHONY_HTTP_HEADER_TIMEOUT_S=30) as app:
-        idle = [connect(app.url) for _ in range(3)]
+    bound = {
+        "TELEPHONY_MAX_CALLS": 1,
+        "TELEPHONY_HTTP_MAX_CONNECTIONS": 1 + HEADROOM,
+        "TELEPHONY_HTTP_HEADER_TIMEOUT_S": 30,
+    }
+    async with serve(**bound) as app:
+        idle = [connect(app.url) for _ in range(1 + HEADROOM)]
         try:
             await asyncio.sleep(0.2)  # accepted
             async with app.http() as client:
