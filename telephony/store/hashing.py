@@ -73,7 +73,6 @@ class HashPool:
         self._lock = threading.Lock()  # `_pending` is released by the worker threads
         self._pending = 0  # submitted and not yet finished (running or waiting)
         self._dummy: str | None = None
-        self.refused = 0  # attempts turned away because the queue was full
 
     @property
     def pending(self) -> int:
@@ -85,7 +84,6 @@ class HashPool:
         bound is on threads' work, not on waiting coroutines."""
         with self._lock:
             if self._pending >= self.workers + self.max_waiting:
-                self.refused += 1
                 raise HashBusy
             self._pending += 1
 
