@@ -71,7 +71,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._arm(self.header_timeout_s, "head")
 
     def handle_websocket_upgrade(self) -> None:
-        self._disarm()  # the socket now belongs to the WebSocket protocol
+        self._disarm()  # the socket now belongs to the WebSocket protocol (whatever llhttp called)
         super().handle_websocket_upgrade()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -16,11 +16,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import websockets
 
 from telephony.http_server import HEADROOM
 from telephony.logs import hide_query_strings
 from telephony.sim.deepgram_server import FakeDeepgram
 from telephony.sim.twilio_rest import FakeTwilioRest
+from telephony.twilio.security import sign
+from tests.conftest import AUTH_TOKEN
 from tests.serve_process import scripted_yaml, serve_process
 from tests.served_app import Serve, closed_within, server_factory
 from tests.staff_helpers import ADMIN, STAFF, add_accounts, login
@@ -76,6 +79,19 @@ async def test_idle_partial_head_and_slow_body_connections_are_closed(
             assert (await client.get("/healthz")).status_code == 200
     # The login handler, cut off while reading its body, is not an application error.
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_media_socket_outlives_the_http_deadlines(serve: Serve) -> None:
+    """The upgrade leaves the head and body deadlines behind: a call's socket is not cut at
+    them (here it waits, silent, for its `start`, which may take up to 10 s)."""
+    async with serve(**SHORT) as app:
+        url = app.settings.media_stream_url
+        signature = sign(AUTH_TOKEN, url, {})
+        async with websockets.connect(
+            url, additional_headers={"X-Twilio-Signature": signature}
+        ) as ws:
+            with pytest.raises(TimeoutError):  # nothing arrives, not even a close
+                await asyncio.wait_for(ws.recv(), 2.0)
 
 
 async def test_connections_beyond_the_bound_are_answered_503(serve: Serve) -> None:
