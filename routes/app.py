@@ -85,7 +85,9 @@ def create_app(
         # telephony/store/instances.py. start() runs the first sweep.
         instance = Instance(name=settings.instance_id)
         log.info("instance id %s", instance.id)
-        transcripts = TranscriptStore(settings.database_url, instance=instance)
+        transcripts = TranscriptStore(
+            settings.database_url, instance=instance, check_s=settings.store_check_s
+        )
         await transcripts.start()
         registry = CallRegistry()
         services = Services(

@@ -24,8 +24,14 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 async def readyz(request: Request) -> JSONResponse:
-    ready = not services_of(request.app).drain.draining
-    return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+    """Not ready while draining, or while the transcript store is failing: a load balancer
+    then sends new calls elsewhere; calls in progress go on. Why the store fails is in the
+    ERROR log and on /metrics, not here (a public endpoint)."""
+    services = services_of(request.app)
+    store_ok = services.transcripts.ready
+    ready = store_ok and not services.drain.draining
+    body = {"ready": ready, "draining": services.drain.draining, "store_ok": store_ok}
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 async def metrics(request: Request) -> Response:

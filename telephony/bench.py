@@ -112,7 +112,7 @@ class BenchOptions:
 # --- one phase --------------------------------------------------------------------------------
 
 
-async def _warm_up(dialer: Dialer, index: int) -> None:
+async def warm_up(dialer: Dialer, index: int) -> None:
     """One call until its first bot audio (lazy imports, pools, caches), then hang up."""
     call = await dialer.dial(index)
     for _ in range(int(WARMUP_MAX_S / 0.05)):  # polled: the lean caller keeps no event for it
@@ -131,7 +131,7 @@ async def run_phase(
 ) -> Phase:
     phase = Phase(name, probes=probes)
     warm_probes = dialer.probes
-    await _warm_up(dialer, opts.calls)  # index `calls`: the probes' spare slot
+    await warm_up(dialer, opts.calls)  # index `calls`: the probes' spare slot
     warm_probes.errors.clear()
     await asyncio.sleep(1.0)
     phase.rss_idle_mib = rss_mib(process.pid)
@@ -222,7 +222,7 @@ def _numbers_yaml(llm_url: str) -> str:
     )
 
 
-def _server_env(opts: BenchOptions, workdir: Path, url: str, dg_url: str, llm_url: str) -> dict:
+def server_env(opts: BenchOptions, workdir: Path, url: str, dg_url: str, llm_url: str) -> dict:
     config = workdir / "numbers.yaml"
     config.write_text(_numbers_yaml(llm_url))
     return {
@@ -247,9 +247,7 @@ def _server_env(opts: BenchOptions, workdir: Path, url: str, dg_url: str, llm_ur
 
 
 @contextlib.asynccontextmanager
-async def _fakes(
-    opts: BenchOptions, probes: Probes
-) -> AsyncIterator[tuple[BenchDeepgram, FakeLLM]]:
+async def fakes(opts: BenchOptions, probes: Probes) -> AsyncIterator[tuple[BenchDeepgram, FakeLLM]]:
     total_ms = round((2 * (WARMUP_MAX_S + opts.ramp + opts.seconds) + 60) * 1000)
     deepgram = BenchDeepgram(
         probes,
@@ -284,7 +282,7 @@ async def run_bench(opts: BenchOptions) -> dict[str, Any]:
     capacity = opts.calls + 1  # the warm-up call takes the last slot
     probes = Probes(capacity)
     phases: dict[str, Phase] = {}
-    async with _fakes(opts, probes) as (deepgram, llm):
+    async with fakes(opts, probes) as (deepgram, llm):
         # The generator's long-lived objects leave the garbage collector's view (as the
         # service's do): full collections of them stalled the callers' clocks for 20-60 ms.
         gc.collect()
@@ -292,7 +290,7 @@ async def run_bench(opts: BenchOptions) -> dict[str, Any]:
         # --- the service
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        env = _server_env(opts, workdir, url, deepgram.url, llm.url)
+        env = server_env(opts, workdir, url, deepgram.url, llm.url)
         argv = [sys.executable, *SERVER_ENTRY, "serve", "--port", str(port)]
         server = await spawn("server", argv, env, workdir, opts.pin, port)
         dialer = Dialer(probes, base_url=url, auth_token=AUTH_TOKEN, number=NUMBERS[opts.mode])

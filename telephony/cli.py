@@ -204,6 +204,12 @@ def _call(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.hostile:
+        from telephony import bench_hostile
+
+        return bench_hostile.main(
+            args.hostile, args.calls, args.seconds, not args.no_pin, args.json
+        )
     from telephony import bench
 
     return bench.main(args)
@@ -316,6 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", metavar="FILE", help="write the JSON report here ('-': stdout)")
     bench.add_argument("--ramp", type=float, help="seconds over which calls start")
     bench.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    bench.add_argument(
+        "--hostile",
+        metavar="ATTACKS",
+        help="good calls beside one hostile client instead of the relay comparison: "
+        "'all' or a comma-separated list of body,replay,pump,bigframes,login",
+    )
     bench.set_defaults(func=_bench)
     return parser
 

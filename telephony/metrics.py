@@ -57,6 +57,19 @@ class StoreStats(Protocol):
     retries: int
     failed: int
 
+    @property
+    def health(self) -> StoreHealthStats: ...
+
+
+class StoreHealthStats(Protocol):
+    """The store's fault episodes (``telephony.store.health.StoreHealth``)."""
+
+    @property
+    def problem(self) -> str | None: ...
+
+    replaced: bool
+    errors: int
+
 
 class EngineCounts(Protocol):
     """What the calls collector reads of an engine (``telephony.session.engine.Engine``)."""
@@ -132,6 +145,25 @@ class StoreCollector(Collector):
         if store is not None:
             depth.add_metric([], store.queue_depth)
         yield depth
+        failing = GaugeMetricFamily(
+            "telephony_store_failing",
+            "1 while the transcript store is failing (writes or heartbeat failing, or its "
+            "database file gone): the instance reports not ready; calls go on.",
+        )
+        replaced = GaugeMetricFamily(
+            "telephony_store_database_replaced",
+            "1 once the SQLite database file was deleted or replaced under the running "
+            "process: restart it.",
+        )
+        errors = CounterMetricFamily(
+            "telephony_store_errors",
+            "Failed transcript store operations (batch writes, heartbeats, a replaced file).",
+        )
+        if store is not None:
+            failing.add_metric([], int(store.health.problem is not None))
+            replaced.add_metric([], int(store.health.replaced))
+            errors.add_metric([], store.health.errors)
+        yield from (failing, replaced, errors)
         for name, attribute, doc in STORE_COUNTERS:
             counter = CounterMetricFamily(name, doc)  # the sample is `name` (ends in _total)
             if store is not None:

@@ -45,7 +45,10 @@ class Settings(BaseSettings):
     # kill timeout (Kubernetes terminationGracePeriodSeconds, compose stop_grace_period) above.
     drain_timeout_s: float = Field(300.0, alias="TELEPHONY_DRAIN_TIMEOUT_S", ge=0)
     max_bad_frames: int = Field(20, alias="TELEPHONY_MAX_BAD_FRAMES")
-    # A stream whose audio runs this far ahead of real time is closed (a real one never does).
+    # Each media track may bring at most 8 bytes (1 ms of μ-law) per ms since its stream started,
+    # plus this much lead (Twilio catches up after a network stall); counted in bytes on every
+    # frame, gap-fill silence included, whatever the timestamps. Beyond it the stream is closed
+    # (a real one never gets there). telephony/session/policing.py AudioBudget.
     max_audio_ahead_ms: int = Field(2000, alias="TELEPHONY_MAX_AUDIO_AHEAD_MS", ge=100)
     # Non-media messages (marks, DTMF, ...) per second, averaged over 5 s, before closing.
     max_control_per_s: float = Field(50.0, alias="TELEPHONY_MAX_CONTROL_PER_S", gt=0)
@@ -81,6 +84,11 @@ class Settings(BaseSettings):
     http_body_timeout_s: float = Field(20.0, alias="TELEPHONY_HTTP_BODY_TIMEOUT_S", gt=0)
     http_keepalive_s: int = Field(5, alias="TELEPHONY_HTTP_KEEPALIVE_S", ge=1)
     http_max_connections: int = Field(1000, alias="TELEPHONY_HTTP_MAX_CONNECTIONS", ge=1)
+
+    # --- storage faults (issue 21) ---
+    # How often the transcript store checks, off the audio path, that its SQLite file is still
+    # the one it opened (not deleted or replaced): a changed file makes /readyz not ready.
+    store_check_s: float = Field(2.0, alias="TELEPHONY_STORE_CHECK_S", gt=0)
 
     log_format: str = Field("text", alias="TELEPHONY_LOG_FORMAT")
     log_level: str = Field("INFO", alias="TELEPHONY_LOG_LEVEL")

@@ -64,7 +64,9 @@ async def run_call(
     frames = [b.media(VOICE, ts) for ts in timestamps]
     engine = RecordingEngine()
     factory = (lambda ctx: engine) if with_engine else None
-    call = Call(ListSocket(frames), setup, engine_factory=factory)
+    # The frames come at once, not in real time: the lead covers the fills (which are charged
+    # to the audio budget like the audio they stand in for).
+    call = Call(ListSocket(frames), setup, engine_factory=factory, max_audio_ahead_ms=10_000)
     summary = await asyncio.wait_for(call.run(), 2)
     # Gone without `stop`: a lost stream, not a hang-up.
     assert (summary.end_reason, summary.end_detail) == ("error", "twilio closed the socket")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,6 +15,7 @@ from telephony.demo import run_offline_call
 from telephony.metrics import MAX_END_REASONS, Metrics
 from telephony.session.registry import CallRegistry
 from telephony.sim.deepgram_server import Script, ScriptedTurn
+from telephony.store.health import StoreHealth
 from telephony.transcript import Transcript
 from tests.conftest import NUMBERS_YAML, RunningApp
 
@@ -35,6 +36,7 @@ class FakeStore:
     dropped: int = 0
     retries: int = 0
     failed: int = 0
+    health: StoreHealth = field(default_factory=StoreHealth)
 
 
 @dataclass
@@ -61,6 +63,9 @@ def test_exposition_names_types_and_values() -> None:
     parsed = families(text)
     assert {name for name in parsed if not name.endswith("_created")} == {
         "telephony_store_queue_depth",
+        "telephony_store_failing",
+        "telephony_store_database_replaced",
+        "telephony_store_errors",
         "telephony_calls_active",
         *STORE_COUNTERS,
         "telephony_deepgram_keepalives",

@@ -575,3 +575,27 @@ async def test_a_transcribe_mode_recording_has_the_person_on_the_right(
     _, left, right = read_wav(await recording_of(database, result.caller.call_sid))
     assert left[: len(caller_audio)] == caller_audio
     assert right[: len(agent_audio)] == agent_audio  # outbound frames, at their timestamps
+
+
+@pytest.mark.parametrize("jump_ms", [1_000_000, 10**15])
+async def test_an_outbound_timestamp_far_ahead_cannot_grow_the_recording(
+    tmp_path: Path, executor, jump_ms: int
+) -> None:
+    """Issue 21: the outbound track is placed by its timestamp, which the sender picks; one
+    frame 17 min (or 30 000 years) ahead had the recorder pad, spool and write that much
+    silence. It is placed at most MAX_GAP_MS ahead of the call's present."""
+    clock = Clock()
+    rec = CallRecorder("CAahead", tmp_path, clock=clock, executor=executor)
+    for n in range(10):
+        rec.caller(n * 20, frame(n))
+        rec.outbound(n * 20, frame(40 + n))
+    rec.outbound(jump_ms, frame(70))
+    clock.t += 0.02
+    rec.outbound(jump_ms + 20, frame(71))  # and on from there at real time: still bounded
+    path = await rec.finish()
+    assert path is not None
+    _, left, right = read_wav(path)
+    assert left.startswith(b"".join(frame(n) for n in range(10)))  # then padded to the right's
+    assert len(right) <= (200 + MAX_GAP_MS + 40) * 8
+    assert right[: 10 * 160] == b"".join(frame(40 + n) for n in range(10))
+    assert right.endswith(frame(70) + frame(71))

@@ -7,6 +7,7 @@ connection's search_path) on 127.0.0.1:5432/test; if the server is unreachable i
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -244,7 +245,10 @@ async def test_db_unavailable_rows_retried_then_written(db: Db) -> None:
         await store.stop()
 
 
-async def test_rejected_row_is_counted_and_the_rest_written(db: Db) -> None:
+async def test_rejected_row_is_counted_and_the_rest_written(
+    db: Db, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
     store = TranscriptStore(db.engine, flush_interval=0.05)
     await store.start()
     store.call_started("CA7", started_at=1.0)
@@ -255,6 +259,9 @@ async def test_rejected_row_is_counted_and_the_rest_written(db: Db) -> None:
     call = await store.get_call("CA7")
     assert call is not None and [t["idx"] for t in call["turns"]] == [0, 2]
     assert (store.failed, store.written, store.retries) == (1, 3, 0)
+    rejected = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+    assert len(rejected) == 1 and "role" in rejected[0]  # the reason
+    assert all("role is NOT" not in r.getMessage() for r in caplog.records)  # no row values
 
 
 async def test_ended_sessions_stay_ended_until_their_cookies_expire(db: Db) -> None:

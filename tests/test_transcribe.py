@@ -144,6 +144,20 @@ def test_audio_map_follows_unfilled_gaps() -> None:
     assert m.to_call_ms(3.5) == 21500
 
 
+def test_audio_map_is_bounded_whatever_the_timestamps() -> None:
+    """Issue 21: timestamps that step back on every frame made a breakpoint per frame, for as
+    long as the call lasted. The map keeps at most MAX_BREAKPOINTS; the newest maps right."""
+    from telephony.deepgram.clock import MAX_BREAKPOINTS
+
+    m = AudioMap()
+    for i in range(MAX_BREAKPOINTS + 5000):
+        m.note(i * 20, 1_000_000 - i * 20)  # every 20 ms frame stamped 20 ms before the last
+    assert len(m.conn_ms) == len(m.call_ms) == MAX_BREAKPOINTS
+    last = MAX_BREAKPOINTS + 4999
+    assert m.to_call_ms(last * 0.02 + 0.01) == 1_000_000 - last * 20 + 10
+    assert m.to_call_ms(0.01) == 1_000_010  # the early audio still maps as it did
+
+
 async def test_listen_socket_carries_the_profile_options() -> None:
     cfg = TranscribeConfig(
         dial="+15550009002",

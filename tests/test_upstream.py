@@ -35,7 +35,7 @@ def test_held_until_live_then_replay_then_held_then_direct() -> None:
 
 
 def test_holding_is_bounded_and_drops_are_counted() -> None:
-    up = Upstream(pending_frames=5)
+    up = Upstream(pending_bytes=5 * 160)
     for i in range(8):
         up.push(*frame(i))
     assert up.dropped_frames == 3
@@ -71,12 +71,14 @@ def test_settled_audio_is_forgotten_and_a_closing_socket_holds_nothing() -> None
 
 
 def test_the_recent_window_is_bounded() -> None:
-    up = Upstream(recent_frames=4)
+    up = Upstream(recent_bytes=16 * 160)
     socket = Socket()
     up.go_live(socket.send, [])
-    for i in range(10):
+    for i in range(40):
         up.push(*frame(i))
-    assert up.sent_since(None) == [frame(i) for i in range(6, 10)]
+        assert 0 < len(up.sent_since(None)) <= 16  # trimmed to 15 frames once over 16
+    kept = up.sent_since(None)
+    assert len(kept) in (15, 16) and kept == [frame(i) for i in range(40 - len(kept), 40)]
 
 
 def test_a_socket_that_closes_during_the_replay_leaves_the_rest_held_in_order() -> None:
@@ -101,3 +103,29 @@ def test_a_socket_given_up_for_good_drops_what_waited_and_holds_nothing_more() -
     socket = Socket()
     assert up.go_live(socket.send, [])
     assert socket.sent == []  # nothing was kept for a socket that never comes
+
+
+def test_memory_is_bounded_in_bytes_whatever_the_frame_size() -> None:
+    """Issue 21: the windows were bounded in frames of any size (1 500 x 48 KB frames: 72 MB
+    per stream). In bytes, counting each frame at least as a whole Twilio frame, both windows
+    stay within their bounds for huge frames and tiny ones alike."""
+    from telephony.session.upstream import PENDING_BYTES, RECENT_BYTES
+
+    for size in (48_000, 642, 160, 1):
+        up = Upstream()
+        for i in range(2000):
+            up.push(i * 20, bytes([i % 256]) * size)  # not live yet: held
+        socket = Socket()
+        assert up.go_live(socket.send, [])
+        held = socket.sent[:]  # what was held goes first: the newest, within the bound
+        assert sum(len(audio) for _, audio in held) <= PENDING_BYTES
+        assert len(held) <= PENDING_BYTES // 160
+        assert held[-1][0] == 1999 * 20
+        assert up.dropped_bytes == (2000 - len(held)) * size
+        for i in range(2000, 6000):
+            up.push(i * 20, bytes([i % 256]) * size)
+        kept = up.sent_since(None)
+        assert sum(len(audio) for _, audio in kept) <= RECENT_BYTES
+        assert len(kept) <= RECENT_BYTES // 160
+        assert kept[-1] == (5999 * 20, bytes([5999 % 256]) * size)  # the newest are kept
+        assert len(socket.sent) == 4000 + len(held)  # bounds never hold sending back

@@ -38,6 +38,12 @@ class CallClock:
         return entry.offset_ms + round(seconds * 1000)
 
 
+# Breakpoints one connection's map keeps. A real stream makes a handful (a lost stretch beyond
+# the gap fill, a rare overlapping frame); a sender whose timestamps step back or jump on every
+# frame would make one per frame for as long as the call lasts.
+MAX_BREAKPOINTS = 10_000
+
+
 @dataclass
 class AudioMap:
     """One connection's audio time -> call time, when its audio is not contiguous on the call
@@ -48,15 +54,22 @@ class AudioMap:
     gap nobody filled: a paused stream beyond the call's gap fill, a track whose audio starts
     late) a breakpoint is noted, so the times after it map to the right call time. The first
     frame of a connection is its first breakpoint (the anchor). Costs one comparison per frame.
+    At most MAX_BREAKPOINTS are kept; past that each new one replaces the last (a hostile
+    stream's older word times may then be off; the map's memory is not).
     """
 
     conn_ms: list[float] = field(default_factory=list)  # connection audio ms, ascending
     call_ms: list[int] = field(default_factory=list)  # call time at that point
+    moved: int = 0  # breakpoints past MAX_BREAKPOINTS, folded into the last one
 
     def note(self, conn_ms: float, call_ms: int) -> None:
         """From `conn_ms` of connection audio on, the audio is the call's `call_ms` onwards."""
         if self.conn_ms and self.conn_ms[-1] == conn_ms:  # nothing sent since the last jump
             self.call_ms[-1] = call_ms
+            return
+        if len(self.conn_ms) >= MAX_BREAKPOINTS:  # a hostile stream: the newest audio maps right
+            self.conn_ms[-1], self.call_ms[-1] = conn_ms, call_ms
+            self.moved += 1
             return
         self.conn_ms.append(conn_ms)
         self.call_ms.append(call_ms)

@@ -67,7 +67,7 @@ class AgentEngine:
         self.ctx = ctx
         # Caller audio waits here while the agent socket is replaced (bounded, drops counted);
         # the agent settles nothing we could replay, so no recent window is kept.
-        self.upstream = Upstream(recent_frames=0)
+        self.upstream = Upstream(recent_bytes=0)
         self._context_next: list[dict[str, Any]] | None = None  # a new socket's Settings context
         self.link = Link(
             ctx,

@@ -28,7 +28,7 @@ from telephony.outcome import Outcome
 from telephony.session.engine import CallContext, Engine
 from telephony.session.handshake import CallSetup
 from telephony.session.media_socket import CLOSE_ERROR, CLOSE_NORMAL, StreamEnd, TwilioSocket
-from telephony.session.policing import AHEAD_CHECK_FRAMES, StreamPolice
+from telephony.session.policing import MIN_FRAME_CHARGE, AudioBudget, StreamPolice
 from telephony.session.summary import CallSummary
 from telephony.settings import Settings
 from telephony.transcript import EventKind
@@ -86,7 +86,10 @@ class Call:
             max_control_per_s=max_control_per_s,
         )
         self._limit_reason: str | None = None  # a bound this call broke, or its time limit
-        self._too_fast = False  # set by the pace check, acted on by on_frame
+        self._too_fast = False  # set by the audio budget, acted on by on_frame
+        # Each track's bytes against real time: charged on every frame (see `_on_media`).
+        self._inbound_budget = self._police.inbound
+        self._outbound_budget = self._police.outbound
         self.max_call_s = float(setup.profile.max_call_seconds)
         self._next_sequence = start.sequence + 1
         params = start.custom_parameters
@@ -333,35 +336,56 @@ class Call:
 
     def _on_media(self, msg: tm.Media) -> None:
         self._track_sequence(msg)
+        payload = msg.payload
+        size = len(payload)  # at most MAX_MEDIA_PAYLOAD_BYTES: a bigger frame did not parse
+        # Every frame of either track is charged to its budget before it goes anywhere, whatever
+        # its timestamp: the common path is this add and compare.
+        charge = size if size > MIN_FRAME_CHARGE else MIN_FRAME_CHARGE
         if msg.track == "outbound":
+            budget = self._outbound_budget
+            budget.spent += charge
+            if budget.spent > budget.next_check and budget.over():
+                self._over_budget("outbound", budget)
+                return
             self.summary.stats.outbound_frames += 1
             out_ts = msg.timestamp + self._clock_offset_ms
             if self.recorder is not None:  # the person on the call: the recording's right side
-                self.recorder.outbound(out_ts, msg.payload)
+                self.recorder.outbound(out_ts, payload)
             if self.engine is not None:
-                self.engine.on_outbound_audio(out_ts, msg.payload)
+                self.engine.on_outbound_audio(out_ts, payload)
+            return
+        budget = self._inbound_budget
+        budget.spent += charge
+        if budget.spent > budget.next_check and budget.over():
+            self._over_budget("inbound", budget)
             return
         stats = self.summary.stats
         ts = msg.timestamp + self._clock_offset_ms
-        end_ms = ts + len(msg.payload) // MULAW_BYTES_PER_MS
+        end_ms = ts + size // MULAW_BYTES_PER_MS
         # media.timestamp is the call's audio clock; normally each frame starts where the last
         # one ended, so the common path costs this one comparison.
         if ts != stats.audio_end_ms:
             if ts > stats.audio_end_ms:
                 self._fill_gap(ts)
+                if self._too_fast:  # the fill overspent the budget: nothing more is sent
+                    return
             else:
                 stats.timestamp_overlaps += 1  # forwarded as is; the clock never runs back
                 end_ms = max(end_ms, stats.audio_end_ms)
         stats.media_frames += 1
-        if stats.media_frames % AHEAD_CHECK_FRAMES == 1 and self._police.too_fast(end_ms):
-            self._too_fast = True
-        stats.audio_bytes += len(msg.payload)
+        stats.audio_bytes += size
         stats.last_timestamp_ms = ts
         stats.audio_end_ms = end_ms
         if self.recorder is not None:
-            self.recorder.caller(ts, msg.payload)
+            self.recorder.caller(ts, payload)
         if self.engine is not None:
-            self.engine.on_caller_audio(ts, msg.payload)
+            self.engine.on_caller_audio(ts, payload)
+
+    def _over_budget(self, track: str, budget: AudioBudget) -> None:
+        """The stream sent (or made us fill) more audio than real time allows: it ends, and
+        this frame goes nowhere."""
+        self._too_fast = True
+        self._police.too_fast(track, budget)
 
     def _fill_gap(self, ts: int) -> None:
         """Frames were lost upstream: send silence up to `ts` (bounded) in whole frames.
@@ -379,6 +403,13 @@ class Call:
         stats.timestamp_gap_ms += gap_ms
         stats.filled_gap_ms += fill_ms
         stats.unfilled_gap_ms += unfilled_ms
+        # The fill goes upstream like caller audio, so it is charged like it: a stream whose
+        # every timestamp jumps ahead would otherwise send seconds of silence per frame.
+        budget = self._inbound_budget
+        budget.spent += fill_ms * MULAW_BYTES_PER_MS
+        if budget.spent > budget.next_check and budget.over():
+            self._over_budget("inbound", budget)
+            return
         if fill_ms >= GAP_EVENT_MS:
             extra = {"unfilled_ms": unfilled_ms} if unfilled_ms else {}
             self.transcript.event(start_ms, EventKind.GAP_FILLED, filled_ms=fill_ms, **extra)
@@ -403,7 +434,7 @@ class Call:
             if self.engine is not None:
                 self.engine.on_dtmf(stats.audio_end_ms, msg.digit)
         elif isinstance(msg, tm.Mark):
-            stats.marks.append(msg.name)
+            stats.marks += 1
             self.playout.on_mark(msg.name)
 
     def _on_bad_frame(self, exc: tm.MessageError, frame: str | bytes) -> bool:

@@ -22,7 +22,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Generic, TypeVar
 
-from telephony.audio import FRAME_MS
+from telephony.audio import MULAW_BYTES_PER_MS
 from telephony.deepgram.socket import DeepgramClosed, DeepgramSocket
 from telephony.retry import Backoff, FailureBudget
 from telephony.session.engine import CallContext
@@ -168,8 +168,8 @@ class Link(Generic[S]):
             # Replay, then what was held, then direct sending; False: the new socket already
             # closed, and its events loop replaces it.
             upstream.go_live(client.send_audio, replay)
-            data["replayed_ms"] = len(replay) * FRAME_MS
-            data["dropped_ms"] = upstream.dropped_frames * FRAME_MS
+            data["replayed_ms"] = sum(len(audio) for _, audio in replay) // MULAW_BYTES_PER_MS
+            data["dropped_ms"] = upstream.dropped_ms
         if self._on_live is not None:
             data.update(self._on_live(client, reason))
         if lost_at is not None:  # socket lost -> new socket live with the replay sent

@@ -2,26 +2,65 @@
 
 A real Twilio stream sends a few malformed frames at most, a few control messages (marks,
 DTMF) a second, and audio no faster than real time. A stream that breaks one of these bounds is
-broken or hostile: `Call` ends it with the reason, without affecting any other call. Nothing
-here runs per audio frame: the pace is checked once per AHEAD_CHECK_FRAMES frames.
+broken or hostile: `Call` ends it with the reason, without affecting any other call.
+
+The audio's pace is kept in bytes, per track (`AudioBudget`), whatever the frames' timestamps
+say: timestamps are the caller's to choose (constant or running backwards, they never advance a
+clock), bytes are what Deepgram bills. Per frame that costs the call an integer add and compare;
+the wall clock is read only when the count passes the last allowance computed.
 """
 
 from __future__ import annotations
 
 import time
 
+from telephony.audio import FRAME_BYTES, MULAW_BYTES_PER_MS
 from telephony.logs import CallLogger
 from telephony.window import SlidingWindow
 
 BAD_FRAME_WINDOW_S = 5.0
 CONTROL_WINDOW_S = 5.0
-# A real stream's audio clock never runs ahead of the wall clock (it lags after a stall and
-# catches up). Checked every AHEAD_CHECK_FRAMES frames (one clock read per second of audio).
-AHEAD_CHECK_FRAMES = 50
+# The least a media frame is charged (one Twilio frame, 20 ms): a flood of tiny frames costs
+# per-frame work and bookkeeping (Deepgram's audio map, the replay window) like whole ones, so
+# the budget bounds the frame rate too (50 a second per track, as Twilio sends).
+MIN_FRAME_CHARGE = FRAME_BYTES
+
+
+class AudioBudget:
+    """One track's audio against real time: at most 8 bytes per ms since the stream started,
+    plus a lead of `lead_ms` (Twilio's audio lags after a network stall, then catches up).
+
+    The call adds each frame's bytes (at least MIN_FRAME_CHARGE) to `spent` (and the silence its
+    gap fill sends) and calls `over()` only when `spent` passes `next_check`: what real time
+    allowed at the last look. A stream at real time is looked at about once per `lead_ms`.
+    """
+
+    __slots__ = ("_lead", "_origin", "next_check", "spent")
+
+    def __init__(self, origin: float, lead_ms: int) -> None:
+        self.spent = 0
+        self._origin = origin  # monotonic time the stream started
+        self._lead = lead_ms * MULAW_BYTES_PER_MS
+        self.next_check = self._lead  # nothing to look at before the lead is spent
+
+    def allowed(self, now: float) -> int:
+        return int((now - self._origin) * 1000 * MULAW_BYTES_PER_MS) + self._lead
+
+    def ahead_ms(self) -> int:
+        """How far the audio spent so far runs ahead of real time."""
+        return (self.spent - self.allowed(time.monotonic()) + self._lead) // MULAW_BYTES_PER_MS
+
+    def over(self) -> bool:
+        """`spent` passed `next_check`: True if it is over what real time allows now."""
+        allowed = self.allowed(time.monotonic())
+        if self.spent > allowed:
+            return True
+        self.next_check = allowed
+        return False
 
 
 class StreamPolice:
-    """Sliding-window counts of bad frames and control messages, and the audio's pace."""
+    """Sliding-window counts of bad frames and control messages; the audio budget per track."""
 
     def __init__(
         self,
@@ -35,8 +74,9 @@ class StreamPolice:
         self.max_bad_frames = max_bad_frames
         self._bad_frames = SlidingWindow(max_bad_frames, BAD_FRAME_WINDOW_S)
         self.max_audio_ahead_ms = max_audio_ahead_ms
-        self._audio_origin: float | None = None  # monotonic time of the first media frame
-        self._too_fast = False
+        started = time.monotonic()  # the stream's start: both tracks' budgets count from here
+        self.inbound = AudioBudget(started, max_audio_ahead_ms)
+        self.outbound = AudioBudget(started, max_audio_ahead_ms)
         self.control_limit = round(max_control_per_s * CONTROL_WINDOW_S)
         self._controls = SlidingWindow(self.control_limit, CONTROL_WINDOW_S)
 
@@ -54,16 +94,6 @@ class StreamPolice:
         )
         return True
 
-    def too_fast(self, end_ms: int) -> bool:
-        """Audio up to `end_ms` has arrived: True (once) when it runs ahead of real time by more
-        than allowed, i.e. burns Deepgram credit faster than a caller could."""
-        now = time.monotonic()
-        if self._audio_origin is None:
-            self._audio_origin = now - end_ms / 1000
-            return False
-        ahead_ms = end_ms - (now - self._audio_origin) * 1000
-        if ahead_ms > self.max_audio_ahead_ms and not self._too_fast:
-            self._too_fast = True
-            self.log.warning("closing: caller audio %.0f ms ahead of real time", ahead_ms)
-            return True
-        return False
+    def too_fast(self, track: str, budget: AudioBudget) -> None:
+        """Log why the stream is being ended: `budget` (of `track`) is overspent."""
+        self.log.warning("closing: %s audio %d ms ahead of real time", track, budget.ahead_ms())

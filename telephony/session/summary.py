@@ -28,7 +28,9 @@ class StreamStats:
     timestamp_overlaps: int = 0  # frames whose timestamp went backwards (hostile stream)
     bad_frames: int = 0
     dtmf: list[tuple[int, str]] = field(default_factory=list)
-    marks: list[str] = field(default_factory=list)
+    # Marks echoed: counted, not kept (their names are the caller's to choose, up to the message
+    # size, and a summary outlives its call in the registry's recent list).
+    marks: int = 0
 
 
 @dataclass(slots=True)

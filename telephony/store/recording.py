@@ -14,7 +14,9 @@ Both tracks are μ-law bytes on the call's audio clock (8 bytes per ms of Twilio
   out: whatever was sent but had not played yet never reached the caller, so it is not kept.
 - the person: on a `both_tracks` fork (transcribe mode, or after a transfer) Twilio's
   `outbound` track is what the caller hears, so it is the right channel, each frame at its
-  timestamp (less the caller track's squeezed gaps: both tracks of a fork share timestamps).
+  timestamp (less the caller track's squeezed gaps: both tracks of a fork share timestamps),
+  but never more than `MAX_GAP_MS` ahead of the call's present (the caller's gap fill's bound),
+  so a hostile timestamp cannot make the file grow faster than real time.
 
 The audio path only appends to two bytearrays. Every `flush_ms` of caller audio the part that
 can no longer change (everything older than `hold_ms` before the newest caller audio; a clear
@@ -196,7 +198,14 @@ class CallRecorder:
         if self._broken:
             return
         try:
-            self._put_right((ts_ms - self.squeezed_ms) * BYTES_PER_MS, payload)
+            pos = (ts_ms - self.squeezed_ms) * BYTES_PER_MS
+            if pos > self._bot_base + len(self._bot):  # a jump ahead, or the track's first frame
+                # The caller picks the timestamp: never further ahead of the call's present
+                # than the caller track's gap fill, or one frame would have us pad, spool and
+                # write gigabytes of silence. (A clock read only off the contiguous path.)
+                ceiling = self._pos_at(self._clock()) + MAX_GAP_MS * BYTES_PER_MS
+                pos = min(pos, ceiling)
+            self._put_right(pos, payload)
         except Exception:
             self._break()
 

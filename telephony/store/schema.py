@@ -9,6 +9,7 @@ two in step (a schema change is a new revision, never an edit of an old one).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,15 @@ def _json_dumps(value: Any) -> str:
 
 
 def make_engine(database_url: str, **kw: Any) -> AsyncEngine:
-    """An async engine; for a SQLite file: parent dir created, WAL and foreign keys on."""
+    """An async engine; for a SQLite file: parent dir created, rollback journal, no memory
+    mapping, foreign keys on.
+
+    No WAL: its index (the ``-shm`` file) is shared memory, mapped into the process, and a
+    mapped file that shrinks under it (truncated, replaced, or a full tmpfs) kills the whole
+    process with SIGBUS: every live call dropped. ``locking_mode=EXCLUSIVE`` (WAL with the
+    index on the heap) would lock out the app's second engine, its pooled connections and
+    every outside reader. With a rollback journal and ``mmap_size=0`` SQLite only reads and
+    writes through file descriptors, so a storage fault is an I/O error the store retries."""
     url = make_url(database_url)
     sqlite = url.get_backend_name() == "sqlite"
     if sqlite and url.database and url.database != ":memory:":
@@ -170,7 +179,11 @@ def make_engine(database_url: str, **kw: Any) -> AsyncEngine:
         @event.listens_for(engine.sync_engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
+            # A file left in WAL mode by an older version is switched back. That needs the
+            # only connection (as at start-up's migration); if another holds it, later.
+            with contextlib.suppress(Exception):
+                cur.execute("PRAGMA journal_mode=DELETE")
+            cur.execute("PRAGMA mmap_size=0")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=5000")
             cur.close()

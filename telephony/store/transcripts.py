@@ -12,9 +12,11 @@ callback for a call never carried here must not create one. A callback that arri
 its call's row (written by another instance, or later in the queue) is retried for
 ``STATUS_WAIT_S``, then dropped and counted in ``unknown_status``.
 
-With an ``instance``, a keeper task writes this process's heartbeat and closes calls that dead
-instances left open (telephony/store/instances.py): once before ``start`` returns, then every
-``heartbeat_s``.
+With an ``instance``, a keeper task (telephony/store/keeper.py) writes this process's heartbeat
+and closes calls that dead instances left open: once before ``start`` returns, then every
+``heartbeat_s``; every ``check_s`` it checks that a SQLite file is still the one opened.
+Failed writes and heartbeats, and a deleted or replaced file, are fault episodes
+(telephony/store/health.py): logged once, on /metrics, and the instance is not ready.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from telephony.outcome import Outcome
 from telephony.store import instances
 from telephony.store.batch import Kind, Row, write_batch
+from telephony.store.health import StoreHealth, describe, reopen
 from telephony.store.instances import Instance
+from telephony.store.keeper import start_keeper
 from telephony.store.queries import CallFilter, get_call, search_calls
 from telephony.store.redact import redacted_turn
 from telephony.store.schema import make_engine
@@ -41,7 +45,6 @@ log = logging.getLogger(__name__)
 
 STATUS_WAIT_S = 20.0  # a status callback waits this long for its call's row to appear
 STATUS_RETRY_S = 1.0
-KEEPER_FIRST_TIMEOUT_S = 5.0  # start() waits no longer for the first heartbeat and sweep
 
 
 def _permanent(exc: BaseException) -> bool:
@@ -67,6 +70,7 @@ class TranscriptStore:
         instance: Instance | None = None,
         heartbeat_s: float = instances.HEARTBEAT_S,
         stale_after_s: float = instances.STALE_AFTER_S,
+        check_s: float = 2.0,
     ) -> None:
         self._owns_engine = isinstance(engine, str)
         # Public seam: the writer reads it on every attempt, so it may be swapped live.
@@ -91,19 +95,19 @@ class TranscriptStore:
         self.heartbeat_s = heartbeat_s
         self.stale_after_s = stale_after_s
         self._keeper: asyncio.Task[None] | None = None
+        self.health = StoreHealth()
+        self.check_s = check_s
+        self._wake = asyncio.Event()  # stop() wakes a writer holding its rows
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
         if self._task is None:
             self._stopping = False
+            self._wake.clear()
             self._task = asyncio.create_task(self._run(), name="transcript-store-writer")
-        if self.instance is not None and self._keeper is None:
-            # The first heartbeat before any call row names this instance, and the calls a
-            # crashed predecessor left open are closed before the first page is served.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._keep(), KEEPER_FIRST_TIMEOUT_S)
-            self._keeper = asyncio.create_task(self._keep_loop(), name="instance-keeper")
+        if self._keeper is None:
+            self._keeper = await start_keeper(self)
 
     async def stop(self) -> None:
         """Flush everything queued (bounded by ``stop_timeout``), then stop the writer."""
@@ -117,8 +121,13 @@ class TranscriptStore:
         self.dropped += len(self._status_retries)  # lost at stop, like the queue's rows
         self._status_retries.clear()
         task, self._task = self._task, None
+        if self.health.replaced and task is not None:
+            # Held rows go to the file at the path now: a restored backup, or a new database.
+            self.engine = await reopen(self.engine, owned=self._owns_engine)
+            self._owns_engine = True
         if task is not None:
             self._stopping = True
+            self._wake.set()
             with contextlib.suppress(asyncio.QueueFull):
                 self._queue.put_nowait(None)  # wake the writer; if full it is awake anyway
             with contextlib.suppress(TimeoutError):  # on timeout wait_for cancels the writer
@@ -128,13 +137,18 @@ class TranscriptStore:
         if lost:
             self.dropped += lost
             log.error("transcript store stopped with %d rows unwritten", lost)
-        if self.instance is not None:
+        if self.instance is not None and not self.health.replaced:
             try:  # gone cleanly: anything still open is swept by the others' next sweep
                 await instances.forget(self.engine, self.instance)
             except Exception as exc:
-                log.warning("could not remove this instance's heartbeat: %s", exc)
+                log.warning("could not remove this instance's heartbeat: %s", describe(exc))
         if self._owns_engine:
             await self.engine.dispose()
+
+    @property
+    def ready(self) -> bool:
+        """False during a fault episode: /readyz turns new calls away while calls go on."""
+        return self.health.problem is None
 
     @property
     def queue_depth(self) -> int:
@@ -351,17 +365,19 @@ class TranscriptStore:
             self._take(self.max_batch)
             if not self._buffer:
                 continue
+            if self.health.replaced and not self._stopping:
+                # Writing on would commit into the unlinked file: hold the rows until stop().
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.max_backoff)
+                continue
             exc = await self._attempt()
             if exc is None:
                 backoff = self.min_backoff
+                self.health.succeeded("write")
                 continue
             self.retries += 1
-            log.warning(
-                "transcript store write failed (%d rows kept, retry in %.2fs): %s",
-                len(self._buffer),
-                backoff,
-                exc,
-            )
+            self.health.failed("write", exc, self.queue_depth)  # logged once per episode
+            log.debug("transcript store write failed, retry in %.2fs", backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.max_backoff)
 
@@ -394,7 +410,8 @@ class TranscriptStore:
                 if not _permanent(exc):
                     raise
                 self.failed += 1
-                log.error("transcript store rejected %s row %r: %s", row.kind, row.values, exc)
+                # Not the row's values: what a caller said stays out of the logs.
+                log.error("transcript store rejected a %s row: %s", row.kind, describe(exc))
             else:
                 self.written += 1 - len(unmatched)
                 self._retry_status(unmatched)
@@ -421,22 +438,6 @@ class TranscriptStore:
         self._status_retries.pop(id(row), None)
         if not self._stopping:
             self._put_row(row)
-
-    # -- the keeper: heartbeat and restart sweep -----------------------------------------
-
-    async def _keep(self) -> None:
-        """One heartbeat and one sweep; a failure is logged and tried again next time."""
-        assert self.instance is not None
-        try:
-            await instances.heartbeat(self.engine, self.instance)
-            await instances.sweep(self.engine, self.instance, stale_after_s=self.stale_after_s)
-        except Exception as exc:
-            log.warning("instance heartbeat or restart sweep failed: %s", exc)
-
-    async def _keep_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.heartbeat_s)
-            await self._keep()
 
     # -- reads (the UI's queries live in store/queries.py) ------------------------------
 

@@ -17,8 +17,18 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from telephony.audio import FRAME_BYTES
+
 MULAW_ENCODING = "audio/x-mulaw"
 SAMPLE_RATE = 8000
+# The most audio one media frame may carry. Twilio sends 20 ms frames (FRAME_BYTES = 160 bytes
+# of μ-law); 4 frames' worth leaves room for a sender that batches a few, and no single frame
+# can carry seconds of audio (or tens of KB for every buffer downstream to hold). A longer
+# payload is a malformed frame: refused by its base64 length, before it is decoded, and counted
+# toward the bad-frame limit. 856 characters decode to at most 642 bytes (base64 comes in
+# 3-byte quanta).
+MAX_MEDIA_PAYLOAD_B64 = 4 * -(-4 * FRAME_BYTES // 3)
+MAX_MEDIA_PAYLOAD_BYTES = MAX_MEDIA_PAYLOAD_B64 // 4 * 3
 
 
 class MessageError(ValueError):
@@ -133,6 +143,7 @@ def _parse_media(msg: dict) -> Media:
         seq, chunk, ts = msg.get("sequenceNumber"), media.get("chunk"), media.get("timestamp")
         if (
             type(b64) is str
+            and len(b64) <= MAX_MEDIA_PAYLOAD_B64
             and type(sid) is str
             and type(track) is str
             and _decimal(seq)
@@ -151,6 +162,10 @@ def _parse_media_checked(msg: dict) -> Media:
     """The same checks one by one: a defective frame gets the reason it was refused."""
     media = _obj(msg.get("media"), "media")
     b64 = _str(media, "payload", "media")
+    if len(b64) > MAX_MEDIA_PAYLOAD_B64:
+        raise MessageError(
+            f"media.payload: {len(b64)} base64 characters, over {MAX_MEDIA_PAYLOAD_BYTES} bytes"
+        )
     try:
         payload = _b64decode(b64)
     except ValueError as exc:
