@@ -29,6 +29,7 @@ from telephony.metrics import Metrics
 from telephony.session.registry import CallRegistry
 from telephony.session.services import DrainState, Services
 from telephony.settings import Settings
+from telephony.startup import check_startup
 from telephony.store.hashing import HashPool
 from telephony.store.instances import Instance
 from telephony.store.schema import make_engine, upgrade
@@ -70,8 +71,13 @@ def create_app(
     """The service. `freeze_heap` (the `telephony serve` process): once started, every object
     alive (modules, classes, the app, its pools) leaves the garbage collector's view, so a full
     collection scans only what calls create: scanning the ~130k startup objects took 50-90 ms,
-    a stall of every call's audio (measured with `telephony bench`)."""
+    a stall of every call's audio (measured with `telephony bench`).
+
+    Raises `telephony.startup.InsecureSettings` without a real Twilio auth token (unless the
+    development flag is set): checked here, not only in `telephony serve`, so no way of
+    serving the app runs on the public default token."""
     settings = settings or Settings()
+    check_startup(settings)
     store = config or ConfigStore(settings.config_path)
 
     @contextlib.asynccontextmanager

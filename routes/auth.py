@@ -22,12 +22,13 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, quote
+from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from routes.body_limit import capped_form
 from routes.login_limiter import Refusal
 from routes.state import services_of, web_of
 from routes.templates import render
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "tel_session"
 PRELOGIN_COOKIE = "tel_prelogin"
-MAX_FORM_BYTES = 16 * 1024
+MAX_FORM_BYTES = 16 * 1024  # staff forms hold a CSRF token, a name, a password
 # Retry-After (s) of a login refused by an attempt budget, and by a full hashing queue.
 THROTTLED_RETRY_S, BUSY_RETRY_S = 60, 2
 
@@ -70,9 +71,12 @@ class SessionKeys:
         return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
     def issue(self, name: str, now: float | None = None) -> tuple[str, str]:
-        """(cookie value, nonce) for a fresh login."""
-        nonce = secrets.token_urlsafe(12)
-        expires = int((now or time.time()) + self.ttl_s)
+        """(cookie value, nonce) for a fresh login. The nonce ends in the login's time in ms
+        (signed with the rest): sessions issued before their account's were ended are told
+        from later ones to the millisecond (`issued_at`)."""
+        now = now or time.time()
+        nonce = f"{secrets.token_urlsafe(12)}.{int(now * 1000)}"
+        expires = int(now + self.ttl_s)
         body = f"{name}|{expires}|{nonce}"
         return f"{body}|{self._mac(body)}", nonce
 
@@ -85,6 +89,14 @@ class SessionKeys:
             return None
         ok = hmac.compare_digest(mac, self._mac(f"{name}|{expires}|{nonce}"))
         return (name, nonce, expiry) if ok and expiry > (now or time.time()) else None
+
+    def issued_at(self, nonce: str, expires: int) -> float:
+        """When the session was issued (epoch s), from a verified cookie's nonce; for a cookie
+        from before nonces carried it, from its expiry (then up to 1 s early)."""
+        _, dot, ms = nonce.rpartition(".")
+        if dot and ms.isdigit():
+            return int(ms) / 1000
+        return expires - self.ttl_s
 
     def csrf(self, nonce: str) -> str:
         return self._mac("csrf|" + nonce)
@@ -107,16 +119,16 @@ async def current_user(request: Request) -> User | None:
     if found is None:
         return None
     name, nonce, expires = found
-    role = await session_role(services_of(request.app).db, name, nonce)
+    # A session issued before its account's sessions were ended (telephony/store/users.py)
+    # never passes.
+    issued_at = _keys(request).issued_at(nonce, expires)
+    role = await session_role(services_of(request.app).db, name, nonce, issued_at)
     return User(name, role, nonce, expires) if role else None
 
 
 async def read_form(request: Request) -> dict[str, str]:
-    """A small urlencoded form (login, admin buttons); larger bodies are refused."""
-    body = await request.body()
-    if len(body) > MAX_FORM_BYTES:
-        return {}
-    return dict(parse_qsl(body.decode(errors="replace"), keep_blank_values=True))
+    """A small urlencoded form (login, admin buttons); a larger body is refused (413) unread."""
+    return await capped_form(request, MAX_FORM_BYTES)
 
 
 def _wants_html(request: Request) -> bool:

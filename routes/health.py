@@ -8,6 +8,8 @@ from starlette.routing import Route
 
 from routes.state import services_of, started_services
 
+CONFIG_ERROR = "config error"
+
 
 async def healthz(request: Request) -> JSONResponse:
     services = services_of(request.app)
@@ -18,7 +20,9 @@ async def healthz(request: Request) -> JSONResponse:
             "live_calls": len(services.registry.live),
             "draining": services.drain.draining,
             "config_version": store.version,
-            "config_error": store.last_error,
+            # Anonymous: only whether the last reload failed. The errors themselves are for
+            # admins (/admin) and the log.
+            "config_error": CONFIG_ERROR if store.last_error else None,
         }
     )
 

@@ -169,7 +169,7 @@ def _right_channel(call: dict[str, Any]) -> str:
 def _interim(request: Request, sid: str) -> dict[Role, str]:
     """Live words not yet settled into a turn (transcribe engines, per side), for a call in
     progress on this instance. Never stored; redacted like the turns when the profile says."""
-    call = services_of(request.app).registry.live.get(sid)
+    call = services_of(request.app).registry.current(sid)
     if call is None or call.engine is None:
         return {}
     interim = call.engine.interim

@@ -37,6 +37,8 @@ class WebState:
     )
     # Status callbacks already recorded, so Twilio's retries are dropped (routes/twilio.py).
     status_seen: OrderedDict[tuple[str, ...], None] = field(default_factory=OrderedDict)
+    # The webhook's answer per call SID, so a repeat gets the same one (routes/twilio.py).
+    answers: OrderedDict[str, str] = field(default_factory=OrderedDict)
 
 
 def services_of(app: Starlette) -> Services:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -13,20 +13,21 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from websockets.exceptions import InvalidState
 
+from routes.body_limit import capped_form
+from routes.call_answers import XML, answer_once
 from routes.sansio import batch_writer, frame_pump
 from routes.state import services_of, web_of
 from telephony.config import Profile, TranscribeConfig
 from telephony.session.fallback import apology_for
 from telephony.session.media_socket import CLOSE_POLICY, FrameHandler, StreamEnd, read_frames
 from telephony.session.serve import serve_call
+from telephony.session.services import Services
 from telephony.settings import Settings
 from telephony.transcript import Event, EventKind
 from telephony.twilio import twiml
 from telephony.twilio.security import valid_signature
 
 log = logging.getLogger(__name__)
-
-XML = "text/xml"
 
 
 def _signed_url(settings: Settings, request: Request) -> str:
@@ -46,33 +47,32 @@ def _overflow(settings: Settings) -> Response:
     return _refusal(settings.busy_message)
 
 
-def _connect_stream(settings: Settings, params: dict[str, str], profile: Profile) -> Response:
-    answer = twiml.connect_stream(
+def _connect_stream(settings: Settings, params: dict[str, str], profile: Profile) -> str:
+    return twiml.connect_stream(
         settings.media_stream_url,
         params,
         status_callback=settings.status_callback_url,
         then_apologise=apology_for(profile),  # if our server ever drops the stream
     )
-    return Response(answer, media_type=XML)
 
 
-def _fork_and_dial(settings: Settings, params: dict[str, str], cfg: TranscribeConfig) -> Response:
+def _fork_and_dial(settings: Settings, params: dict[str, str], cfg: TranscribeConfig) -> str:
     """Transcribe mode: fork both sides to us, and put a person on the call."""
-    answer = twiml.fork_and_dial(
+    return twiml.fork_and_dial(
         settings.media_stream_url,
         params,
         number=cfg.dial,
         queue=cfg.queue,
         status_callback=settings.status_callback_url,
     )
-    return Response(answer, media_type=XML)
 
 
 async def _signed_form(request: Request, what: str) -> dict[str, str] | None:
     """Twilio's form, if X-Twilio-Signature proves Twilio sent it (or checks are off)."""
     settings = services_of(request.app).settings
-    # Twilio posts form-encoded single values; parse_qsl avoids a multipart dependency.
-    form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
+    # Twilio posts a few KB of form-encoded single values. Bounded before anything is read or
+    # parsed (the signature can only be checked on the parsed form): see routes/body_limit.py.
+    form = await capped_form(request, settings.max_webhook_bytes)
     signature = request.headers.get("x-twilio-signature", "")
     if settings.validate_signatures and not valid_signature(
         settings.twilio_auth_token.get_secret_value(),
@@ -87,13 +87,20 @@ async def _signed_form(request: Request, what: str) -> dict[str, str] | None:
 
 async def voice_webhook(request: Request) -> Response:
     services = services_of(request.app)
-    settings = services.settings
     form = await _signed_form(request, "webhook")
     if form is None:
         return Response("invalid signature", status_code=403)
     call_sid, to = form.get("CallSid", ""), form.get("To", "")
     if not call_sid or not to:
         return Response("CallSid and To are required", status_code=400)
+    fresh = functools.partial(_fresh_answer, services, call_sid, to, form.get("From", ""))
+    return await answer_once(services, web_of(request.app).answers, call_sid, fresh)
+
+
+def _fresh_answer(services: Services, call_sid: str, to: str, from_: str) -> str | Response:
+    """A call heard of for the first time: its profile's TwiML, with a fresh stream token and
+    a reservation; or a refusal (unknown number, busy, draining), never remembered."""
+    settings = services.settings
     route = services.config.current.route(to)
     profile, profile_name = route.profile, route.profile_name
     if profile is None or profile_name is None:
@@ -107,12 +114,7 @@ async def voice_webhook(request: Request) -> Response:
         return _overflow(settings)
     registry.reserve(call_sid, settings.stream_token_ttl_s)
     token = services.tokens.mint(call_sid, profile_name)
-    params = {
-        "call_token": token,
-        "profile": profile_name,
-        "from": form.get("From", ""),
-        "to": to,
-    }
+    params = {"call_token": token, "profile": profile_name, "from": from_, "to": to}
     if profile.mode == "transcribe":
         assert profile.transcribe is not None  # the config schema requires it
         return _fork_and_dial(settings, params, profile.transcribe)
@@ -154,7 +156,7 @@ async def status_callback(request: Request) -> Response:
     if data.get("StreamError") or data.get("ErrorCode"):
         log.warning("twilio reports an error: %s", data, extra={"call_sid": call_sid})
     services = services_of(request.app)
-    live = services.registry.live.get(call_sid)
+    live = services.registry.current(call_sid)
     ms = live.summary.stats.audio_end_ms if live else int(data.get("CallDuration", "0") or 0) * 1000
     services.transcripts.status(call_sid, Event(ms, kind, data))
     return Response(status_code=204)

@@ -5,9 +5,29 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from telephony import cli_users
+
+if TYPE_CHECKING:
+    from telephony.settings import Settings
 
 # The API key `telephony emulator` accepts when DEEPGRAM_API_KEY is unset.
 EMULATOR_DEFAULT_KEY = "test-key"
+
+
+def _settings() -> Settings | None:
+    """The environment's settings, or None after printing why they are invalid (the errors
+    name variables, never their values: Settings hides input in errors)."""
+    from pydantic import ValidationError
+
+    from telephony.settings import Settings
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -20,15 +40,20 @@ def _serve(args: argparse.Namespace) -> int:
     from telephony.drain import SHUTDOWN_GRACE_S, DrainingServer
     from telephony.http_server import uvicorn_options
     from telephony.logs import setup_logging
-    from telephony.settings import Settings
+    from telephony.startup import InsecureSettings
 
-    settings = Settings()
+    settings = _settings()
+    if settings is None:
+        return 2
     setup_logging(settings.log_format, settings.log_level)
     try:
         app = create_app(settings, freeze_heap=True)  # see create_app: no GC stalls
     except ConfigError as exc:
         print("\n".join(exc.errors), file=sys.stderr)
         return 1
+    except InsecureSettings as exc:  # no real TWILIO_AUTH_TOKEN (telephony/startup.py)
+        print(exc, file=sys.stderr)
+        return 2
     config = uvicorn.Config(
         app,
         host=args.host,
@@ -59,40 +84,6 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 
     upgrade_blocking(Settings().database_url)
     print("database schema is up to date")
-    return 0
-
-
-def _users_add(args: argparse.Namespace) -> int:
-    import asyncio
-    import getpass
-
-    from telephony.settings import Settings
-    from telephony.store.schema import make_engine, upgrade
-    from telephony.store.users import UserError, add_user
-
-    # From a prompt on a terminal; from stdin otherwise (never from the command line).
-    if sys.stdin.isatty():
-        password = getpass.getpass(f"password for {args.name}: ")
-        if getpass.getpass("again: ") != password:
-            print("passwords differ", file=sys.stderr)
-            return 1
-    else:
-        password = sys.stdin.readline().rstrip("\n")
-
-    async def add() -> None:
-        engine = make_engine(Settings().database_url)
-        try:
-            await upgrade(engine)
-            await add_user(engine, args.name, args.role, password)
-        finally:
-            await engine.dispose()
-
-    try:
-        asyncio.run(add())
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"user {args.name} ({args.role}) added")
     return 0
 
 
@@ -248,12 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
         func=_db_upgrade
     )
 
-    users_cmd = sub.add_parser("users", help="staff UI accounts")
-    users_sub = users_cmd.add_subparsers(dest="users_command", required=True)
-    add = users_sub.add_parser("add", help="add a user (password from a prompt or stdin)")
-    add.add_argument("name")
-    add.add_argument("--role", choices=["staff", "admin"], default="staff")
-    add.set_defaults(func=_users_add)
+    cli_users.add_commands(sub)
 
     retention = sub.add_parser("retention", help="data retention")
     retention_sub = retention.add_subparsers(dest="retention_command", required=True)

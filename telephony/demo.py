@@ -210,7 +210,12 @@ def settings_for_fakes(
         DEEPGRAM_API_KEY=deepgram_key,
         DEEPGRAM_URL=deepgram.url,
         DEEPGRAM_AGENT_URL=deepgram.url,
-        **{"TELEPHONY_SESSION_SECRET": secrets.token_urlsafe(32), **overrides},
+        # The fakes' tokens are in this repository, so this is a development run by definition.
+        **{
+            "TELEPHONY_SESSION_SECRET": secrets.token_urlsafe(32),
+            "TELEPHONY_ALLOW_INSECURE_DEV": True,
+            **overrides,
+        },
     )
 
 

@@ -5,6 +5,11 @@ elsewhere while a call runs (the Deepgram clients, the responder, libraries) get
 `bind_call_sid` puts the SID in a context variable that every task the call starts inherits,
 and the handler's `CallSidFilter` copies it onto records that lack one (read only when a line
 is logged: nothing on the audio path).
+
+Values logged can come from outside (a CallSid, From and To, close reasons are whatever the
+peer sent, and Twilio does not sign the media stream's `start` message), so the text format
+escapes control characters (a "\n" cannot forge a second line) and both formats cap each field's
+length. Cheap: a printable, short value is a check of `str.isprintable` and `len`.
 """
 
 from __future__ import annotations
@@ -20,6 +25,29 @@ import orjson
 
 _CALL_SID: ContextVar[str | None] = ContextVar("telephony_call_sid", default=None)
 
+# Longest field (an extra's value) and message written; beyond it: cut, with a marker.
+MAX_FIELD_CHARS = 256
+MAX_MESSAGE_CHARS = 4096
+TRUNCATED = "...[truncated]"
+# Control characters (C0, DEL, C1, and the Unicode line and paragraph separators) -> escapes.
+_ESCAPES = {c: repr(chr(c))[1:-1] for c in (*range(0x20), *range(0x7F, 0xA0))} | {
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+}
+
+
+def _cap(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + TRUNCATED
+
+
+def safe_text(value: object, limit: int = MAX_FIELD_CHARS) -> str:
+    """`value` as one line for the text format: control characters escaped, length capped."""
+    text = value if isinstance(value, str) else str(value)
+    if not text.isprintable():  # rare: only then pay for the translation
+        text = text.translate(_ESCAPES)
+    return _cap(text, limit)
+
+
 # Record attributes that are not user extras (uvicorn adds color_message for its own console).
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
 
@@ -31,22 +59,34 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": _cap(record.getMessage(), MAX_MESSAGE_CHARS),
         }
         for key, value in record.__dict__.items():
-            if key not in _STANDARD:
-                entry[key] = value
+            if key not in _STANDARD:  # JSON escapes control characters itself
+                entry[key] = _cap(value, MAX_FIELD_CHARS) if isinstance(value, str) else value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
 
 
 class TextFormatter(logging.Formatter):
+    """`asctime level logger: message key=value ...`, one line per record (a traceback, if
+    any, follows on its own lines, as Python prints it)."""
+
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        extras = {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+        record.message = safe_text(record.getMessage(), MAX_MESSAGE_CHARS)
+        if self.usesTime():
+            record.asctime = self.formatTime(record, self.datefmt)
+        line = self.formatMessage(record)
+        extras = [f"{k}={safe_text(v)}" for k, v in record.__dict__.items() if k not in _STANDARD]
         if extras:
-            line += " " + " ".join(f"{k}={v}" for k, v in extras.items())
+            line += " " + " ".join(extras)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line += "\n" + record.exc_text
+        if record.stack_info:
+            line += "\n" + self.formatStack(record.stack_info)
         return line
 
 

@@ -3,17 +3,38 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_CONFIG = Path("infra/numbers.example.yaml")
+# The Twilio auth token used when TWILIO_AUTH_TOKEN is unset. It is public, so the service
+# refuses to start with it unless DEV_FLAG is set (telephony/startup.py).
+PUBLIC_DEV_AUTH_TOKEN = "dev-auth-token"
+DEV_FLAG = "TELEPHONY_ALLOW_INSECURE_DEV"
+
+
+def no_userinfo(url: str) -> str:
+    """Refuse `scheme://user:key@host`: a credential in a URL ends up in logs and pages. The
+    error names no part of the URL (it may hold the secret)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise ValueError("not a valid URL") from None
+    if "@" in parts.netloc:
+        raise ValueError("credentials in the URL (user:password@) are not allowed")
+    return url
 
 
 class Settings(BaseSettings):
     """Every variable is listed, with a comment, in .env.example."""
 
-    model_config = SettingsConfigDict(env_file=None, extra="ignore", populate_by_name=True)
+    # hide_input_in_errors: a bad value (a secret pasted into the wrong variable) is never
+    # echoed in the error.
+    model_config = SettingsConfigDict(
+        env_file=None, extra="ignore", populate_by_name=True, hide_input_in_errors=True
+    )
 
     config_path: Path = Field(DEFAULT_CONFIG, alias="TELEPHONY_CONFIG")
     database_url: str = Field(
@@ -52,6 +73,15 @@ class Settings(BaseSettings):
     max_audio_ahead_ms: int = Field(2000, alias="TELEPHONY_MAX_AUDIO_AHEAD_MS", ge=100)
     # Non-media messages (marks, DTMF, ...) per second, averaged over 5 s, before closing.
     max_control_per_s: float = Field(50.0, alias="TELEPHONY_MAX_CONTROL_PER_S", gt=0)
+    # -- Webhook hardening (issue 21): Twilio's webhook and status-callback bodies are a few
+    # KB; a larger one is refused (413) unread, so it can never be parsed on the event loop.
+    max_webhook_bytes: int = Field(
+        64 * 1024, alias="TELEPHONY_MAX_WEBHOOK_BYTES", ge=4096, le=1024 * 1024
+    )
+    # How long the database may take to record a webhook's answer (one per call SID, shared by
+    # every instance: a repeat gets the same answer) or a stream's claim on its call (one
+    # instance per stream; decided while the call already runs) before going on without it.
+    stream_claim_timeout_s: float = Field(2.0, alias="TELEPHONY_STREAM_CLAIM_TIMEOUT_S", gt=0)
     # Deepgram closes Voice Agent sessions at 2 h; the profile's session_cap_action runs 60 s
     # before this. Lowered only in tests.
     agent_session_cap_s: float = Field(7200.0, alias="TELEPHONY_AGENT_SESSION_CAP_S")
@@ -93,15 +123,33 @@ class Settings(BaseSettings):
     log_format: str = Field("text", alias="TELEPHONY_LOG_FORMAT")
     log_level: str = Field("INFO", alias="TELEPHONY_LOG_LEVEL")
 
+    # --- start-up hardening (telephony/startup.py) ---
+    # Development only: start without a real TWILIO_AUTH_TOKEN (the public default then signs
+    # webhooks and stream tokens). The offline demo and the tests set it; production never.
+    allow_insecure_dev: bool = Field(False, alias=DEV_FLAG)
+
     twilio_account_sid: str = Field(
         "AC00000000000000000000000000000000", alias="TWILIO_ACCOUNT_SID"
     )
-    twilio_auth_token: SecretStr = Field(SecretStr("dev-auth-token"), alias="TWILIO_AUTH_TOKEN")
+    twilio_auth_token: SecretStr = Field(
+        SecretStr(PUBLIC_DEV_AUTH_TOKEN), alias="TWILIO_AUTH_TOKEN"
+    )
     twilio_api_url: str = Field("https://api.twilio.com", alias="TWILIO_API_URL")
 
     deepgram_api_key: SecretStr = Field(SecretStr(""), alias="DEEPGRAM_API_KEY")
     deepgram_url: str = Field("wss://api.deepgram.com", alias="DEEPGRAM_URL")
     deepgram_agent_url: str = Field("wss://agent.deepgram.com", alias="DEEPGRAM_AGENT_URL")
+
+    @field_validator(
+        "public_url",
+        "overflow_redirect_url",
+        "twilio_api_url",
+        "deepgram_url",
+        "deepgram_agent_url",
+    )
+    @classmethod
+    def _no_credentials_in_urls(cls, value: str) -> str:
+        return no_userinfo(value)
 
     @property
     def media_stream_url(self) -> str:

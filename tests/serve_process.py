@@ -131,6 +131,7 @@ async def serve_process(
         TELEPHONY_RECORDINGS_DIR=str(tmp_path / "recordings"),
         TELEPHONY_LOG_LEVEL="WARNING",
         TWILIO_AUTH_TOKEN=AUTH_TOKEN,
+        TELEPHONY_ALLOW_INSECURE_DEV="1",  # the token above is in this repository
         TWILIO_ACCOUNT_SID=rest.account_sid,
         TWILIO_API_URL=rest.url,
         DEEPGRAM_API_KEY=DEEPGRAM_KEY,

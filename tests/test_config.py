@@ -157,7 +157,7 @@ CASES = {
               token_limit_param: max_output_tokens
         """,
         "numbers.yaml:10: profiles.sales.responder.token_limit_param: must be"
-        " 'max_completion_tokens' or 'max_tokens' (got 'max_output_tokens')",
+        " 'max_completion_tokens' or 'max_tokens'",
     ),
     "unknown field": (
         """\
@@ -192,7 +192,7 @@ CASES = {
             mode: flux
             responder: {type: scripted, fallback: x}
         """,
-        "numbers.yaml:3: numbers.+15550002000: unknown profile 'salse' (defined: sales)",
+        "numbers.yaml:3: numbers.+15550002000: unknown profile (defined: sales)",
     ),
     "unknown default profile": (
         """\
@@ -200,7 +200,7 @@ CASES = {
         profiles:
           sales: {mode: flux, responder: {type: scripted, fallback: x}}
         """,
-        "numbers.yaml:1: default_profile: unknown profile 'nobody' (defined: sales)",
+        "numbers.yaml:1: default_profile: unknown profile (defined: sales)",
     ),
     "eager above eot": (
         """\
@@ -230,7 +230,7 @@ CASES = {
         profiles:
           sales: {mode: flux, responder: {type: scripted, fallback: x}}
         """,
-        'numbers.yaml:2: numbers.15550001000: quote phone numbers: "+15550001000"',
+        'numbers.yaml:2: numbers.15550001000: quote phone numbers, like "+15550001000"',
     ),
     "bad regex in a list item": (
         """\
@@ -267,7 +267,7 @@ CASES = {
             mode: flux
             responder: {type: gpt, fallback: x}
         """,
-        "numbers.yaml:4: profiles.sales.responder: type must be 'llm', 'scripted' (got 'gpt')",
+        "numbers.yaml:4: profiles.sales.responder: type must be 'llm', 'scripted'",
     ),
     "llm field inside the union": (
         """\
@@ -306,8 +306,7 @@ CASES = {
           sales:
             mode: fluxx
         """,
-        "numbers.yaml:3: profiles.sales.mode: must be 'flux', 'agent' or 'transcribe'"
-        " (got 'fluxx')",
+        "numbers.yaml:3: profiles.sales.mode: must be 'flux', 'agent' or 'transcribe'",
     ),
     "voice must be aura": (
         """\
@@ -370,7 +369,7 @@ CASES = {
               after_hours_profile: sales
         """,
         "numbers.yaml:8: profiles.sales.business_hours.days.monday: must be 'mon', 'tue',"
-        " 'wed', 'thu', 'fri', 'sat' or 'sun' (got 'monday')",
+        " 'wed', 'thu', 'fri', 'sat' or 'sun'",
     ),
     "unknown after-hours profile": (
         """\
@@ -384,7 +383,7 @@ CASES = {
               after_hours_profile: night
         """,
         "numbers.yaml:8: profiles.sales.business_hours.after_hours_profile: unknown profile"
-        " 'night' (defined: sales)",
+        " (defined: sales)",
     ),
     "webhook url": (
         """\
@@ -447,7 +446,7 @@ def test_all_errors_are_reported_in_file_order(in_tmp: Path) -> None:
         """
     )
     assert found == [
-        "numbers.yaml:2: numbers.+15550001000: unknown profile 'ghost' (defined: sales)",
+        "numbers.yaml:2: numbers.+15550001000: unknown profile (defined: sales)",
         "numbers.yaml:12: profiles.sales.responder.temperature: must be between 0 and 2",
         "numbers.yaml:14: profiles.sales.flux.eot_threshold: must be between 0.5 and 0.9",
         "numbers.yaml:15: profiles.sales.recordings: unknown field (allowed: mode, greeting,"
@@ -632,7 +631,7 @@ def test_config_is_frozen_and_checks_references_when_built_directly(in_tmp: Path
     config = load_config(write(VALID))
     with pytest.raises(pydantic.ValidationError):
         config.default_profile = "sales"  # type: ignore[misc]
-    with pytest.raises(pydantic.ValidationError, match="unknown profile 'ghost'"):
+    with pytest.raises(pydantic.ValidationError, match="unknown profile"):
         Config.model_validate(
             {"numbers": {"+15550001000": "ghost"}, "profiles": {}},
         )
@@ -846,7 +845,7 @@ TRANSCRIBE_CASES = {
             transcribe: {dial: "+15550009000", redact: [cards]}
         """,
         "numbers.yaml:4: profiles.desk.transcribe.redact[0]: must be 'pci', 'pii', 'phi',"
-        " 'numbers' or 'ssn' (got 'cards')",
+        " 'numbers' or 'ssn'",
     ),
     "after transfer needs a transfer number": (
         """\

@@ -898,7 +898,7 @@ def test_yaml_deep_nesting_is_refused(n: int, shape: str) -> None:
     ("text", "needle"),
     [
         ("max_call_seconds: " + "1" * 5000 + "\n", "fuzz.yaml:1: YAML error: cannot read a value"),
-        ("numbers: {x: 2001-13-45}\n", "cannot read a value (ValueError: month must be in 1..12)"),
+        ("numbers: {x: 2001-13-45}\n", "cannot read a value (ValueError)"),
         ("a: !!int ''\n", "cannot read a value (IndexError"),
         ("a: !!float ''\n", "cannot read a value (IndexError"),
         ("a: !!bool x\n", "cannot read a value (KeyError"),

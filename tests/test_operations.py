@@ -24,7 +24,9 @@ async def test_sighup_reloads_the_numbers_yaml(numbers_yaml: Path) -> None:
     # A watcher that would not look again for an hour: only SIGHUP can trigger the reload.
     store = ConfigStore(numbers_yaml, poll_interval_s=3600)
     sock = bind_loopback()
-    app = create_app(Settings(TELEPHONY_CONFIG=numbers_yaml), config=store)
+    app = create_app(
+        Settings(TELEPHONY_CONFIG=numbers_yaml, TELEPHONY_ALLOW_INSECURE_DEV=True), config=store
+    )
     async with serve_app(app, sock):
         new_text = NUMBERS_YAML.replace('"+15550002000": sales', "")
         await asyncio.to_thread(numbers_yaml.write_text, new_text)

@@ -162,7 +162,8 @@ async def test_mid_call_configure_survives_a_reconnect(
         registry = running_app.app.state.services.registry
         for _ in range(300):
             call = registry.live.get(sid)
-            if call is not None and call.engine.flux.first_audio_ms is not None:
+            link = call.engine.link if call is not None else None
+            if link is not None and link.connected and link.client.first_audio_ms is not None:
                 await call.engine.configure(eot_threshold=0.85, keyterms=["Zebulon"])
                 return
             await asyncio.sleep(0.01)
@@ -196,7 +197,8 @@ async def test_stuck_turn_threshold_follows_a_mid_call_configure(
         registry = running_app.app.state.services.registry
         for _ in range(300):
             call = registry.live.get(sid)
-            if call is not None and call.engine.flux.first_audio_ms is not None:
+            link = call.engine.link if call is not None else None
+            if link is not None and link.connected and link.client.first_audio_ms is not None:
                 await call.engine.configure(eot_timeout_ms=1000)
                 return
             await asyncio.sleep(0.01)

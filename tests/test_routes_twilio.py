@@ -87,6 +87,16 @@ async def test_webhook_returns_connect_stream_with_escaped_parameters(
     assert params["call_token"].startswith("v1.")
 
 
+async def test_webhook_strips_control_characters_from_the_caller_id(
+    running_app: RunningApp,
+) -> None:
+    # From is whatever the caller's network presents; XML cannot carry a NUL or an escape.
+    resp = await post_webhook(running_app, call_params(frm="+1555\x00\x1b[31m\x7f0001\n"))
+    assert resp.status_code == 200
+    _, params = stream_params(resp.text)  # parses: the document is well-formed
+    assert params["from"] == "+1555[31m0001"
+
+
 @pytest.mark.parametrize("signature", ["", "bm9wZQ=="])
 async def test_webhook_refuses_bad_signature(running_app: RunningApp, signature: str) -> None:
     resp = await post_webhook(running_app, call_params(), signature=signature)

@@ -426,7 +426,9 @@ async def test_queue_target_and_webhook_twiml(running_app: RunningApp) -> None:
     async with running_app.http() as http:
         for number, target in ((DESK, AGENT_NUMBER), (QUEUE_DESK, "queue:support")):
             caller = FakeTwilioCaller(running_app.url, auth_token=AUTH_TOKEN, http=http)
-            form = caller.webhook_params(CallResult("CA1", "MZ1", number, "+15557654321"), {})
+            # One CallSid per call: a repeat of a CallSid gets the first answer (the same token).
+            sid = "CA" + number[-4:]
+            form = caller.webhook_params(CallResult(sid, "MZ" + sid, number, "+15557654321"), {})
             signature = sign(AUTH_TOKEN, running_app.url + "/twilio/voice", form)
             resp = await http.post(
                 "/twilio/voice", data=form, headers={"X-Twilio-Signature": signature}

@@ -116,3 +116,17 @@ def test_apology_then_hang_up_or_transfer() -> None:
     assert verbs(transfer) == ["Say", "Dial"] and transfer.findtext("Dial") == "+15551234567"
     with pytest.raises(twiml.TwimlError):
         twiml.apology("Sorry.", "not a number")
+
+
+def test_control_characters_are_stripped_so_the_document_stays_well_formed() -> None:
+    frm = "+1555\x00\x01\x08\x1b\x7f\x85\ufffe0001\r\n\t"
+    for document in (
+        twiml.connect_stream(URL, {"from": frm}, status_callback=STATUS),
+        twiml.fork_and_dial(URL, {"from": frm}, number="+15551234567"),
+    ):
+        stream = parse(document).find(".//Stream")
+        assert stream is not None
+        [param] = stream.findall("Parameter")
+        assert param.get("value") == "+15550001"
+    root = parse(twiml.say_and_hang_up("Hello\x00 there,\nfriend\x1f."))
+    assert root.findtext("Say") == "Hello there,\nfriend."

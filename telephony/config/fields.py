@@ -30,9 +30,7 @@ DEFAULT_VOICE = "aura-2-thalia-en"
 def _e164(value: object) -> object:
     # YAML reads an unquoted +15550001000 as an integer and drops the "+".
     if isinstance(value, int) and not isinstance(value, bool):
-        raise PydanticCustomError(
-            "e164_unquoted", 'quote phone numbers: "+{digits}"', {"digits": str(value)}
-        )
+        raise PydanticCustomError("e164_unquoted", 'quote phone numbers, like "+15550001000"')
     if not isinstance(value, str) or not E164_RE.match(value):
         raise PydanticCustomError("e164", 'must be an E.164 number like "+15550001000"')
     return value
@@ -53,9 +51,19 @@ def _identifier(value: str) -> str:
 
 
 def _http_url(value: str) -> str:
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # e.g. an unbalanced "[" in the host
+        raise PydanticCustomError("http_url", "must be an http:// or https:// URL") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise PydanticCustomError("http_url", "must be an http:// or https:// URL")
+    # A key in the URL would be logged and shown on the admin page: keys come from api_key_env.
+    if "@" in parts.netloc:
+        raise PydanticCustomError(
+            "http_url_userinfo",
+            "credentials in the URL (user:password@) are not allowed; name the key's "
+            "environment variable with api_key_env",
+        )
     return value
 
 

@@ -233,10 +233,9 @@ def _message(err: Mapping[str, Any], parent: Any, tp: Any) -> str:
         "greater_than": lambda: f"must be greater than {ctx.get('gt')}",
         "less_than_equal": lambda: f"must be at most {ctx.get('le')}",
         "less_than": lambda: f"must be less than {ctx.get('lt')}",
-        "literal_error": lambda: f"must be {ctx.get('expected')} (got {err['input']!r})",
-        "union_tag_invalid": lambda: (
-            f"type must be {ctx.get('expected_tags')} (got {ctx.get('tag')!r})"
-        ),
+        # What was given is never quoted back: it may be a secret pasted into the wrong field.
+        "literal_error": lambda: f"must be {ctx.get('expected')}",
+        "union_tag_invalid": lambda: f"type must be {ctx.get('expected_tags')}",
         "union_tag_not_found": lambda: (
             f"type is required (one of: {', '.join(_tagged_members(tp)) or '?'})"
         ),
@@ -313,7 +312,7 @@ def parse_config_text(text: str, source: str = "<text>") -> Config:
     except (ValueError, OverflowError, LookupError, AttributeError, TypeError) as exc:
         # PyYAML's constructors fail like this on some values: 2001-13-45, a 5000-digit int,
         # `!!int ""` (IndexError), `!!bool x` (KeyError), `!!timestamp x` (AttributeError).
-        why = f"{type(exc).__name__}: {exc}"
+        why = type(exc).__name__  # not the exception's text: it quotes the value
         raise ConfigError([f"{source}:1: YAML error: cannot read a value ({why})"]) from None
     config, problems = _problems(data, doc)
     if config is None:

@@ -383,7 +383,9 @@ def _reference_errors(data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
 
     def ref(loc: Loc, name: object) -> None:
         if isinstance(name, str) and name not in names:
-            found.append((loc, f"unknown profile {name!r} (defined: {defined})"))
+            # The name given is not repeated: errors never echo a value (it may be a secret
+            # pasted into the wrong field, and errors reach logs and the audit log).
+            found.append((loc, f"unknown profile (defined: {defined})"))
 
     numbers = data.get("numbers")
     for number, name in (numbers if isinstance(numbers, dict) else {}).items():

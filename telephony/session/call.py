@@ -255,12 +255,20 @@ class Call:
         )
 
     async def end(
-        self, reason: str, twiml: str | None, event: EventKind, *, outcome: Outcome, **data: object
+        self,
+        reason: str,
+        twiml: str | None,
+        event: EventKind,
+        *,
+        outcome: Outcome,
+        code: int = CLOSE_NORMAL,
+        **data: object,
     ) -> None:
         """End the call from our side: `twiml` (a goodbye) runs on the call through Twilio's
         REST API, then the stream is closed with `reason`, which becomes the end detail and
         `outcome` the end reason (unless we had already ended it another way).
-        `twiml=None` only closes the stream (a call we merely listen to goes on without us).
+        `twiml=None` only closes the stream (a call we merely listen to goes on without us),
+        with `code` (CLOSE_POLICY for a duplicate stream another instance carries).
 
         The transcript gets an `event` (with `data`). Does nothing if the call is already
         ending. Used by the time limit and by the server's drain.
@@ -275,7 +283,7 @@ class Call:
                 await self._rest_redirect(twiml)
             except Exception as exc:  # the stream is closed below whatever REST says
                 self.log.error("%s: goodbye redirect failed: %s", reason, exc)
-        await self.socket.close(CLOSE_NORMAL, reason)
+        await self.socket.close(code, reason)
 
     def _engine_done(self, task: asyncio.Task[None]) -> None:
         """The engine stopping on its own is fatal for the call: end it with the reason."""

@@ -45,6 +45,7 @@ class CallSetup:
     profile_name: str
     profile: Profile
     continuation: Continuation | None = None
+    part: str = ""  # which of the call's streams: "" the webhook's, else its continuation's
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,14 @@ def token_scope(params: Mapping[str, str]) -> str:
     if "continues" not in params:
         return profile
     return f"{profile}|continues|{params.get('offset_ms', '')}|{params.get('turn_base', '')}"
+
+
+def stream_part(params: Mapping[str, str]) -> str:
+    """Which of its call's streams this is: "" for the one the webhook answered, and for a
+    continuation where it continues (as its token says). A call has one live stream per part."""
+    if "continues" not in params:
+        return ""
+    return f"continues|{params.get('offset_ms', '')}|{params.get('turn_base', '')}"[:128]
 
 
 def _continuation(params: Mapping[str, str], sid: str, start: tm.Start) -> Continuation | None:
@@ -112,4 +121,4 @@ async def handshake(socket: TwilioSocket, tokens: StreamTokens, config: Config) 
     if profile is None:
         raise StreamRefused(f"unknown profile {profile_name!r}", sid, start=msg)
     continuation = _continuation(params, sid, msg)
-    return CallSetup(msg, profile_name, profile, continuation)
+    return CallSetup(msg, profile_name, profile, continuation, stream_part(params))

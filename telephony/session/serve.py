@@ -8,10 +8,12 @@ transcription that continues after it), and how the call's end is recorded.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 
 from telephony.logs import bind_call_sid
+from telephony.outcome import Outcome
 from telephony.session.call import Call
 from telephony.session.engines import build_engine
 from telephony.session.handshake import (
@@ -24,6 +26,7 @@ from telephony.session.handshake import (
 from telephony.session.media_socket import CLOSE_POLICY, TwilioSocket
 from telephony.session.registry import CallRegistry
 from telephony.session.services import Services
+from telephony.session.stream_claim import HeldWrites, claim_stream
 from telephony.store.recording import CallRecorder
 from telephony.transcript import EventKind
 from telephony.twilio import twiml
@@ -97,10 +100,36 @@ async def _setup(socket: TwilioSocket, services: Services) -> CallSetup | None:
         return None
 
 
+def _decided(
+    task: asyncio.Task[bool | None], call: Call, held: HeldWrites, registry: CallRegistry
+) -> None:
+    """The stream's claim is decided: its held writes go through, or (another instance carries
+    this stream) they are dropped and the stream is closed without touching the call."""
+    if held.decided:
+        return
+    if task.cancelled() or task.exception() is not None or task.result() is not False:
+        held.release()
+        return
+    held.drop()
+    reason = "stream already carried by another instance"
+    log.warning("media stream refused: %s", reason, extra={"call_sid": call.call_sid})
+    registry.refused.append((call.call_sid, reason))
+    # No goodbye TwiML: the call is someone else's; only this socket closes.
+    coro = call.end(reason, None, EventKind.WARNING, outcome=Outcome.REFUSED, code=CLOSE_POLICY)
+    asyncio.get_running_loop().create_task(coro, name="refuse-duplicate-stream")
+
+
 async def _serve(socket: TwilioSocket, setup: CallSetup, services: Services) -> None:
     settings, registry, rest = services.settings, services.registry, services.twilio_calls
     sid = setup.start.call_sid
     bind_call_sid(sid)  # every line this call's tasks log carries its SID
+    if registry.carries(sid, setup.part):
+        # One live stream per call (and continuation) here: a second never replaces the first.
+        reason = "call already has a live stream"
+        log.warning("media stream refused: %s", reason, extra={"call_sid": sid})
+        registry.refused.append((sid, reason))
+        await socket.close(CLOSE_POLICY, reason)
+        return
     cont = setup.continuation
     if cont is not None:  # transcription after a transfer: the same call, carried on
         cont = setup.continuation = resume_point(registry, sid, cont)
@@ -133,9 +162,13 @@ async def _serve(socket: TwilioSocket, setup: CallSetup, services: Services) -> 
         settings=settings,
         recorder=recorder,
     )
-    registry.add(call)
+    registry.add(call, setup.part)
     transcripts = services.transcripts
     summary = call.summary
+    # Decided off the audio path; until then this stream's store writes wait (stream_claim.py).
+    held = HeldWrites()
+    claim = asyncio.create_task(claim_stream(services, sid, setup.part), name="stream-claim")
+    claim.add_done_callback(lambda task: _decided(task, call, held, registry))
     started = functools.partial(
         transcripts.call_started,
         summary.call_sid,
@@ -146,10 +179,11 @@ async def _serve(socket: TwilioSocket, setup: CallSetup, services: Services) -> 
         started_at=summary.started_at,
     )
     if cont is None:
-        started()
+        held(started)
     else:
-        transcripts.call_resumed(summary)  # the same calls row: live again
+        held(functools.partial(transcripts.call_resumed, summary))  # the same row: live again
     transcripts.attach(summary.call_sid, call.transcript, redact=setup.profile.redaction)
+    held.hold(call.transcript)
     services.metrics.watch_call(call.transcript, setup.profile.mode)
     if cont is not None:  # where the call page shows the bot handing over to a person
         params = setup.start.custom_parameters
@@ -161,11 +195,14 @@ async def _serve(socket: TwilioSocket, setup: CallSetup, services: Services) -> 
     finally:
         registry.done(call)
         services.metrics.call_ended(call)
+        await asyncio.wait({claim})  # bounded by its timeout; decides what `held` does
+        if not held.decided:  # its done callback may not have run yet
+            _decided(claim, call, held, registry)
         # Handed over and its transcription stream already live: that one ends the call row.
-        continued = handed_over and registry.live.get(sid) is not None
+        continued = handed_over and registry.current(sid) is not None
         if not continued:
-            transcripts.call_ended(summary, mode=setup.profile.mode)
-        if recorder is not None:
+            held(functools.partial(transcripts.call_ended, summary, mode=setup.profile.mode))
+        if recorder is not None and not held.dropped:
             # After the call is over and recorded as ended: writing the WAV (on the recording
             # thread) never holds up the hang-up. The file is linked to the call once it exists.
             path = await recorder.finish()

@@ -54,6 +54,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from telephony.audio import MULAW_SILENCE, TWILIO_RATE
+from telephony.store.private_files import open_private, private_dir
 
 with warnings.catch_warnings():
     # stdlib audioop (3.11/3.12) warns on import; on >= 3.13 `audioop-lts` installs the same name.
@@ -295,16 +296,17 @@ class CallRecorder:
             return
         try:
             if not self._started:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._caller_spool.write_bytes(b"")  # a stale spool of this SID is replaced
-                self._bot_spool.write_bytes(b"")
+                # Callers' voices: the directory 0700 and every file 0600 (private_files.py).
+                private_dir(self.path.parent)
+                for spool in (self._caller_spool, self._bot_spool):
+                    open_private(spool, truncate=True).close()  # a stale spool is replaced
                 self._started = True
             if caller:
-                with self._caller_spool.open("ab") as f:
+                with open_private(self._caller_spool) as f:
                     f.write(caller)
             if bot:
                 skip = max(self._bot_written - bot_start, 0)
-                with self._bot_spool.open("ab") as f:
+                with open_private(self._bot_spool) as f:
                     f.write(_silence(max(bot_start - self._bot_written, 0)))
                     f.write(bot[skip:])
                 self._bot_written = max(self._bot_written, bot_start + len(bot))
@@ -328,7 +330,8 @@ class CallRecorder:
             with (
                 self._caller_spool.open("rb") as left,
                 self._bot_spool.open("rb") as right,
-                wave.open(str(tmp), "wb") as out,
+                open_private(tmp, truncate=True) as tmp_file,  # renamed to the WAV: 0600
+                wave.open(tmp_file, "wb") as out,
             ):
                 out.setnchannels(2)
                 out.setsampwidth(2)

@@ -26,7 +26,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from telephony.store import audit
-from telephony.store.schema import calls, events, turns
+from telephony.store.schema import calls, events, stream_claims, turns
 
 if TYPE_CHECKING:
     from telephony.config import Profile
@@ -181,5 +181,7 @@ async def _delete_batch(
             result.events += (
                 await conn.execute(delete(events).where(events.c.call_sid.in_(sids)))
             ).rowcount
+            # The webhook's stored answer names the caller's number: it goes with the call.
+            await conn.execute(delete(stream_claims).where(stream_claims.c.call_sid.in_(sids)))
             await conn.execute(delete(calls).where(calls.c.sid.in_(sids)))
     result.calls += sids

@@ -36,6 +36,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from telephony.store.private_files import create_private_file, private_dir
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 # SQLite only autoincrements an INTEGER PRIMARY KEY.
@@ -122,6 +124,9 @@ users = Table(
     Column("role", String(32), nullable=False),
     Column("password_hash", Text, nullable=False),
     Column("created_at", Double, nullable=False),  # epoch s
+    # Logins issued before this (epoch s) are ended: set on creation, role change and password
+    # reset (telephony/store/users.py).
+    Column("sessions_since", Double, nullable=False, server_default="0"),
 )
 
 audit_log = Table(
@@ -133,6 +138,21 @@ audit_log = Table(
     Column("action", String(64), nullable=False),
     Column("target", Text, nullable=False, server_default=""),
     Column("detail", JSON, nullable=True),
+)
+
+# One row per media stream a call may have: the webhook's (part "") and each continuation's
+# (a transfer's transcription). The webhook records its answer here, so a repeat of it, on any
+# instance, gets the same answer; the instance carrying the stream records itself, so no other
+# can carry it too. See store/stream_claims.py.
+stream_claims = Table(
+    "stream_claims",
+    metadata,
+    Column("call_sid", String(64), nullable=False),
+    Column("part", String(128), nullable=False, server_default=""),
+    Column("answer", Text, nullable=True),  # the webhook's TwiML (part "" only)
+    Column("carried_by", String(64), nullable=False, server_default=""),  # instances.id
+    Column("created_at", Double, nullable=False, index=True),  # epoch s
+    PrimaryKeyConstraint("call_sid", "part"),
 )
 
 # Staff sessions ended by logout before their cookie expires: a signed cookie is otherwise
@@ -151,7 +171,16 @@ def dialect_insert(dialect_name: str, table: Any) -> Any:
     return dialect.insert(table)
 
 
-TABLES = ("calls", "turns", "events", "users", "audit_log", "revoked_sessions", "instances")
+TABLES = (
+    "calls",
+    "turns",
+    "events",
+    "users",
+    "audit_log",
+    "revoked_sessions",
+    "instances",
+    "stream_claims",
+)
 
 
 def _json_dumps(value: Any) -> str:
@@ -160,8 +189,8 @@ def _json_dumps(value: Any) -> str:
 
 
 def make_engine(database_url: str, **kw: Any) -> AsyncEngine:
-    """An async engine; for a SQLite file: parent dir created, rollback journal, no memory
-    mapping, foreign keys on.
+    """An async engine; for a SQLite file: parent dir created (0700) and the file (0600),
+    rollback journal, no memory mapping, foreign keys on.
 
     No WAL: its index (the ``-shm`` file) is shared memory, mapped into the process, and a
     mapped file that shrinks under it (truncated, replaced, or a full tmpfs) kills the whole
@@ -171,8 +200,10 @@ def make_engine(database_url: str, **kw: Any) -> AsyncEngine:
     writes through file descriptors, so a storage fault is an I/O error the store retries."""
     url = make_url(database_url)
     sqlite = url.get_backend_name() == "sqlite"
-    if sqlite and url.database and url.database != ":memory:":
-        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    if sqlite and url.database and url.database != ":memory:" and "mode=memory" not in str(url):
+        path = Path(url.database).expanduser()
+        private_dir(path.parent)
+        create_private_file(path)  # before SQLite makes it with the umask's mode
     engine = create_async_engine(url, json_serializer=_json_dumps, **kw)
     if sqlite:
 

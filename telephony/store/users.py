@@ -1,18 +1,23 @@
-"""Staff and admin accounts for the review UI: scrypt password hashes (telephony/store/hashing.py),
-never plain text."""
+"""Staff and admin accounts for the review UI: scrypt password hashes (made and checked off the
+event loop: telephony/store/hashing.py), never plain text.
+
+Changes to an account (`telephony users add|remove|role|password`) are audited in the same
+transaction, and a role change or new password ends the account's sessions (every login
+issued before `sessions_since`), as removing it does.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from telephony.store.hashing import HashPool, hash_password, verify_password
-from telephony.store.schema import dialect_insert, revoked_sessions, users
+from telephony.store.schema import audit_log, dialect_insert, revoked_sessions, users
 
 __all__ = [
     "ROLES",
@@ -24,7 +29,10 @@ __all__ = [
     "check_new_user",
     "end_session",
     "hash_password",
+    "remove_user",
     "session_role",
+    "set_password",
+    "set_role",
     "verify_password",
 ]
 
@@ -34,31 +42,103 @@ MIN_PASSWORD_CHARS = 10
 
 
 class UserError(ValueError):
-    """A user that cannot be created (bad name, weak password, taken name)."""
+    """A user that cannot be created or changed (bad name, weak password, taken or unknown
+    name, unknown role)."""
+
+
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise UserError(f"role must be one of {', '.join(ROLES)}")
+
+
+def _check_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise UserError(f"password must be at least {MIN_PASSWORD_CHARS} characters")
 
 
 def check_new_user(name: str, role: str, password: str) -> None:
     if not name or len(name) > 128 or not name.replace("-", "").replace(".", "").isalnum():
         raise UserError("name: letters, digits, '.' and '-' only, at most 128 characters")
-    if role not in ROLES:
-        raise UserError(f"role must be one of {', '.join(ROLES)}")
-    if len(password) < MIN_PASSWORD_CHARS:
-        raise UserError(f"password must be at least {MIN_PASSWORD_CHARS} characters")
+    _check_role(role)
+    _check_password(password)
 
 
-async def add_user(engine: AsyncEngine, name: str, role: str, password: str) -> None:
+def _to_ms(t: float) -> float:
+    """Whole milliseconds, as a login's issue time is known (routes/auth.py SessionKeys)."""
+    return int(t * 1000) / 1000
+
+
+async def _audit(
+    conn: AsyncConnection, actor: str, action: str, name: str, detail: dict[str, Any] | None
+) -> None:
+    # The audit row commits with the change or not at all (telephony/store/audit.py's table).
+    row = {"at": time.time(), "user_name": actor, "action": action, "target": name}
+    await conn.execute(insert(audit_log).values(**row, detail=detail))
+
+
+async def add_user(
+    engine: AsyncEngine, name: str, role: str, password: str, *, actor: str = ""
+) -> None:
+    """Create the account; with `actor` (who did it), audited as `user.add`."""
     check_new_user(name, role, password)
+    now = time.time()
     row = {
         "name": name,
         "role": role,
         "password_hash": await asyncio.to_thread(hash_password, password),  # not on the loop
-        "created_at": time.time(),
+        "created_at": now,
+        # A cookie of an earlier account of this name (removed since) must not come back.
+        "sessions_since": _to_ms(now),
     }
     try:
         async with engine.begin() as conn:
             await conn.execute(insert(users).values(**row))
+            if actor:
+                await _audit(conn, actor, "user.add", name, {"role": role})
     except IntegrityError:
         raise UserError(f"user {name!r} already exists") from None
+
+
+async def _role_of(conn: AsyncConnection, name: str) -> str:
+    role = (await conn.execute(select(users.c.role).where(users.c.name == name))).scalar()
+    if role is None:
+        raise UserError(f"no user {name!r}")
+    return str(role)
+
+
+async def remove_user(engine: AsyncEngine, name: str, *, actor: str) -> None:
+    """Delete the account (its sessions end with it); audited as `user.remove`."""
+    async with engine.begin() as conn:
+        role = await _role_of(conn, name)
+        await conn.execute(delete(users).where(users.c.name == name))
+        await _audit(conn, actor, "user.remove", name, {"role": role})
+
+
+async def set_role(engine: AsyncEngine, name: str, role: str, *, actor: str) -> bool:
+    """Change the role and end the account's sessions; audited as `user.role`. False (and
+    nothing changed or audited) if it already has that role."""
+    _check_role(role)
+    async with engine.begin() as conn:
+        old = await _role_of(conn, name)
+        if old == role:
+            return False
+        change = {"role": role, "sessions_since": _to_ms(time.time())}
+        await conn.execute(update(users).where(users.c.name == name).values(**change))
+        await _audit(conn, actor, "user.role", name, {"from": old, "to": role})
+    return True
+
+
+async def set_password(engine: AsyncEngine, name: str, password: str, *, actor: str) -> None:
+    """A new password; every session of the account ends. Audited as `user.password` (the
+    password itself is never recorded)."""
+    _check_password(password)
+    # Before the transaction, and off the loop: it takes ~50 ms of CPU.
+    hashed = await asyncio.to_thread(hash_password, password)
+    async with engine.begin() as conn:
+        await _role_of(conn, name)
+        change = {"password_hash": hashed, "sessions_since": _to_ms(time.time())}
+        await conn.execute(update(users).where(users.c.name == name).values(**change))
+        await _audit(conn, actor, "user.password", name, None)
 
 
 async def authenticate(
@@ -85,11 +165,17 @@ async def authenticate(
     return found.role if ok and found is not None else None
 
 
-async def session_role(engine: AsyncEngine, name: str, nonce: str) -> Role | None:
-    """The user's current role, or None if the account no longer exists or this session
-    (`nonce`, one per login) was ended by a logout."""
+async def session_role(
+    engine: AsyncEngine, name: str, nonce: str, issued_at: float | None = None
+) -> Role | None:
+    """The user's current role, or None if the account no longer exists, this session
+    (`nonce`, one per login) was ended by a logout, or it was issued (`issued_at`, epoch s)
+    before the account's sessions were ended (role change, new password, re-created).
+    Compared to the millisecond: a login in the same millisecond as the change is kept."""
     ended = select(revoked_sessions.c.nonce).where(revoked_sessions.c.nonce == nonce).exists()
     query = select(users.c.role).where(users.c.name == name, ~ended)
+    if issued_at is not None:
+        query = query.where(users.c.sessions_since <= issued_at)
     async with engine.connect() as conn:
         return (await conn.execute(query)).scalar()
 

@@ -14,6 +14,11 @@ from collections.abc import Mapping
 from twilio.twiml.voice_response import Connect, Dial, Start, Stream, VoiceResponse
 
 _E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+# Characters XML 1.0 forbids (ElementTree writes them as they are, and Twilio refuses the
+# document): C0 controls but tab, newline and carriage return; surrogates; U+FFFE and U+FFFF.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+# In a <Parameter> value (a caller's From, the To) no control character is meant: all go.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 
 
 class TwimlError(ValueError):
@@ -22,6 +27,17 @@ class TwimlError(ValueError):
 
 def _xml(response: VoiceResponse) -> str:
     return response.to_xml(xml_declaration=False)
+
+
+def _param(value: str) -> str:
+    """A `<Parameter>` name or value as Twilio passes it on: control characters stripped (a
+    From with a NUL or an escape made the whole document ill-formed)."""
+    return _CONTROL.sub("", value)
+
+
+def _text(value: str) -> str:
+    """Element text (`<Say>`): only what XML cannot carry is stripped; line breaks stay."""
+    return _NOT_XML.sub("", value)
 
 
 def _e164(label: str, number: str) -> str:
@@ -34,7 +50,7 @@ def _e164(label: str, number: str) -> str:
 def say_and_hang_up(message: str) -> str:
     """`<Say>` the message, then `<Hangup/>`: refusals, the time limit, the drain's goodbye."""
     response = VoiceResponse()
-    response.say(message)
+    response.say(_text(message))
     response.hangup()
     return _xml(response)
 
@@ -66,7 +82,7 @@ def connect_stream(
     connect = Connect()
     stream = Stream(url=url, status_callback=status_callback, status_callback_method="POST")
     for name, value in params.items():
-        stream.parameter(name=name, value=value)
+        stream.parameter(name=_param(name), value=_param(value))
     connect.append(stream)
     response.append(connect)
     if then_apologise is not None:
@@ -92,7 +108,7 @@ def fork_and_dial(
     extra = {"status_callback": status_callback, "status_callback_method": "POST"}
     stream = start.stream(url=url, track="both_tracks", **(extra if status_callback else {}))
     for name, value in params.items():
-        stream.parameter(name=name, value=value)
+        stream.parameter(name=_param(name), value=_param(value))
     response.append(start)
     if number is not None:
         response.dial(_e164("dial number", number))
@@ -122,7 +138,7 @@ def apology(message: str, transfer_to: str | None = None) -> str:
 
 
 def _apologise(response: VoiceResponse, message: str, transfer_to: str | None) -> None:
-    response.say(message)
+    response.say(_text(message))
     if transfer_to is not None:
         response.dial(_e164("transfer number", transfer_to))
     else:
