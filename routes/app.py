@@ -12,12 +12,16 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
 from routes import admin, auth, health, staff, twilio
 from routes.fast_paths import log_fast_paths
-from routes.state import WebState
+from routes.login_limiter import LoginLimiter
+from routes.security_headers import SecurityHeaders
+from routes.state import WebState, web_of
 from routes.templates import STATIC_DIR
 from telephony.config import ConfigStore
 from telephony.http_pool import make_http_client
@@ -26,6 +30,7 @@ from telephony.session.registry import CallRegistry
 from telephony.session.services import DrainState, Services
 from telephony.settings import Settings
 from telephony.startup import check_startup
+from telephony.store.hashing import HashPool
 from telephony.store.instances import Instance
 from telephony.store.schema import make_engine, upgrade
 from telephony.store.transcripts import TranscriptStore
@@ -51,6 +56,10 @@ def _session_secret(settings: Settings) -> bytes:
         return settings.session_secret.get_secret_value().encode()
     log.warning("TELEPHONY_SESSION_SECRET unset: staff logins will not survive a restart")
     return secrets.token_bytes(32)
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    return Response(status_code=400)
 
 
 def create_app(
@@ -131,17 +140,27 @@ def create_app(
             await services.llm_http.aclose()
             await transcripts.stop()  # flushes every buffered row
             await services.db.dispose()
+            web_of(app).hash_pool.close()
 
     pages = [*auth.routes, *staff.routes, *admin.routes]
     static = Mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app = Starlette(
         routes=[*health.routes, *twilio.routes, *pages, static],
-        middleware=[Middleware(twilio.MediaFastPath)],
+        middleware=[Middleware(SecurityHeaders), Middleware(twilio.MediaFastPath)],
+        # A client gone while its body was read (e.g. cut off by telephony serve's body
+        # timeout) is not an error of ours: no traceback, and nobody to answer.
+        exception_handlers={ClientDisconnect: _client_gone},
         lifespan=lifespan,
     )
     # What only the web routes keep; the rest (app.state.services) comes with the lifespan.
     app.state.web = WebState(
         session_keys=auth.SessionKeys(_session_secret(settings), settings.session_ttl_s),
-        login_limiter=auth.LoginLimiter(),
+        login_limiter=LoginLimiter(
+            per_account=settings.login_attempts_per_account,
+            per_client=settings.login_attempts_per_client,
+            per_minute=settings.login_attempts_per_minute,
+            window_s=settings.login_window_s,
+        ),
+        hash_pool=HashPool(settings.login_hash_workers, settings.login_hash_queue),
     )
     return app

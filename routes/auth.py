@@ -5,7 +5,11 @@ The role is not trusted from the cookie: it is read from the users table on ever
 removing or demoting an account takes effect at once, and so does a logout: it records the
 session's nonce as revoked in the database, so a copy of the cookie stops working on every
 instance. Forms carry a CSRF token that is an HMAC of the session nonce (or, before login, of
-a separate pre-login cookie).
+a separate pre-login cookie, always minted here: a value the client brings is never adopted).
+
+Logins are limited before any password is checked (routes/login_limiter.py), and the check runs
+in a small pool of threads with a short queue (telephony/store/hashing.py): a flood of attempts
+is answered 429/503 at once and never takes the event loop, which every call's audio shares.
 """
 
 from __future__ import annotations
@@ -25,17 +29,20 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from routes.body_limit import capped_form
+from routes.login_limiter import Refusal
 from routes.state import services_of, web_of
 from routes.templates import render
 from telephony.store import audit
+from telephony.store.hashing import HashBusy
 from telephony.store.users import Role, authenticate, end_session, session_role
-from telephony.window import SlidingWindow
 
 log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "tel_session"
 PRELOGIN_COOKIE = "tel_prelogin"
 MAX_FORM_BYTES = 16 * 1024  # staff forms hold a CSRF token, a name, a password
+# Retry-After (s) of a login refused by an attempt budget, and by a full hashing queue.
+THROTTLED_RETRY_S, BUSY_RETRY_S = 60, 2
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -174,11 +181,14 @@ def _safe_next(target: str) -> str:
 
 
 async def login_page(request: Request) -> Response:
-    nonce = request.cookies.get(PRELOGIN_COOKIE) or secrets.token_urlsafe(12)
-    return _login_form(request, nonce, error="", status_code=200)
+    return _login_form(request, error="", status_code=200)
 
 
-def _login_form(request: Request, nonce: str, *, error: str, status_code: int) -> Response:
+def _login_form(
+    request: Request, *, error: str, status_code: int, retry_after: int = 0
+) -> Response:
+    """The login page with a fresh pre-login nonce: its cookie and the form's CSRF token."""
+    nonce = secrets.token_urlsafe(12)
     response = render(
         request,
         "login.html",
@@ -192,36 +202,49 @@ def _login_form(request: Request, nonce: str, *, error: str, status_code: int) -
     response.set_cookie(
         PRELOGIN_COOKIE, nonce, httponly=True, samesite="strict", secure=_secure(request)
     )
+    if retry_after:
+        response.headers["retry-after"] = str(retry_after)
     return response
 
 
 async def login_submit(request: Request) -> Response:
     form = await read_form(request)
     nonce = request.cookies.get(PRELOGIN_COOKIE, "")
-    db = services_of(request.app).db
-    name = form.get("name", "").strip()[:128]
     if not nonce or not _keys(request).csrf_ok(nonce, form.get("csrf", "")):
+        return _login_form(request, error="Form expired, please try again.", status_code=400)
+    services, web = services_of(request.app), web_of(request.app)
+    db, metrics = services.db, services.metrics
+    name = form.get("name", "").strip()[:128]
+    # The peer, or the forwarded address when the peer is a trusted proxy (http_server.py).
+    client = request.client.host if request.client else "?"
+    refusal = web.login_limiter.attempt(client, name)
+    if refusal is not None:
+        metrics.logins_refused.labels(refusal).inc()
+        if web.refusals_audited.add(time.monotonic()) <= web.refusals_audited.limit:
+            await _audit(request, name or "?", "login.throttled", client, {"reason": refusal.value})
+        wait = "a minute" if refusal is Refusal.GLOBAL else "a few minutes"
         return _login_form(
             request,
-            nonce or secrets.token_urlsafe(12),
-            error="Form expired, please try again.",
-            status_code=400,
+            error=f"Too many attempts; wait {wait}.",
+            status_code=429,
+            retry_after=THROTTLED_RETRY_S,
         )
-    limiter = web_of(request.app).login_limiter
-    client = request.client.host if request.client else "?"
-    if not limiter.allowed(client, name):
-        await audit.record(db, name or "?", "login.throttled", client)
+    try:
+        role = await authenticate(db, name, form.get("password", ""), web.hash_pool)
+    except HashBusy:
+        metrics.logins_refused.labels("busy").inc()
         return _login_form(
-            request, nonce, error="Too many attempts; wait a few minutes.", status_code=429
+            request,
+            error="Busy, please try again in a moment.",
+            status_code=503,
+            retry_after=BUSY_RETRY_S,
         )
-    role = await authenticate(db, name, form.get("password", ""))
     if role is None:
-        limiter.failed(client, name)
-        await audit.record(db, name or "?", "login.failed", client)
-        return _login_form(request, nonce, error="Wrong name or password.", status_code=401)
-    limiter.succeeded(client, name)
+        await _audit(request, name or "?", "login.failed", client)
+        return _login_form(request, error="Wrong name or password.", status_code=401)
+    web.login_limiter.succeeded(client, name)
     cookie, _ = _keys(request).issue(name)
-    await audit.record(db, name, "login", client, {"role": role})
+    await _audit(request, name, "login", client, {"role": role})
     response = RedirectResponse(_safe_next(form.get("next", "/calls")), status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
@@ -235,6 +258,15 @@ async def login_submit(request: Request) -> Response:
     return response
 
 
+async def _audit(
+    request: Request, user: str, action: str, target: str = "", detail: dict[str, str] | None = None
+) -> None:
+    """A login or logout row: never fails the request (audit.record_or_log); counted if lost."""
+    services = services_of(request.app)
+    if not await audit.record_or_log(services.db, user, action, target, detail):
+        services.metrics.audit_rows_lost.inc()
+
+
 @require("staff")
 async def logout(request: Request) -> Response:
     form = await read_form(request)
@@ -243,45 +275,10 @@ async def logout(request: Request) -> Response:
     user: User = request.state.user
     db = services_of(request.app).db
     await end_session(db, user.nonce, user.expires)
-    await audit.record(db, user.name, "logout")
+    await _audit(request, user.name, "logout")
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE)
     return response
-
-
-class LoginLimiter:
-    """Failed logins per (client address, account name), in a sliding window.
-
-    In memory and per process: it slows guessing from one place without any shared store; a
-    distributed attacker is the reverse proxy's job. Bounded: each key keeps at most
-    `max_failures` + 1 times, and past `max_keys` keys the least recently failed is forgotten
-    (a flood of made-up names cannot grow it without end).
-    """
-
-    def __init__(
-        self, max_failures: int = 5, window_s: float = 300.0, max_keys: int = 10_000
-    ) -> None:
-        self.max_failures = max_failures
-        self.window_s = window_s
-        self.max_keys = max_keys
-        self._failures: dict[tuple[str, str], SlidingWindow] = {}
-
-    def allowed(self, client: str, name: str, now: float | None = None) -> bool:
-        window = self._failures.get((client, name))
-        return window is None or window.count(now or time.monotonic()) < self.max_failures
-
-    def failed(self, client: str, name: str, now: float | None = None) -> None:
-        key = (client, name)
-        window = self._failures.pop(key, None)  # re-inserted last: most recently failed
-        if window is None:
-            window = SlidingWindow(self.max_failures, self.window_s)
-            if len(self._failures) >= self.max_keys:
-                del self._failures[next(iter(self._failures))]
-        self._failures[key] = window
-        window.add(now or time.monotonic())
-
-    def succeeded(self, client: str, name: str) -> None:
-        self._failures.pop((client, name), None)
 
 
 routes = [

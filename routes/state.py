@@ -15,15 +15,26 @@ from typing import TYPE_CHECKING
 from starlette.applications import Starlette
 
 from telephony.session.services import Services
+from telephony.store.hashing import HashPool
+from telephony.window import SlidingWindow
 
 if TYPE_CHECKING:
-    from routes.auth import LoginLimiter, SessionKeys
+    from routes.auth import SessionKeys
+    from routes.login_limiter import LoginLimiter
+
+# Refused logins written to the audit log per minute; in a flood the rest are only counted
+# (telephony_logins_refused), so refusing costs no database write.
+REFUSALS_AUDITED_PER_MIN = 30
 
 
 @dataclass(frozen=True, slots=True)
 class WebState:
     session_keys: SessionKeys  # staff-login cookies and CSRF tokens
     login_limiter: LoginLimiter
+    hash_pool: HashPool  # password checks, off the event loop
+    refusals_audited: SlidingWindow = field(
+        default_factory=lambda: SlidingWindow(REFUSALS_AUDITED_PER_MIN, 60.0)
+    )
     # Status callbacks already recorded, so Twilio's retries are dropped (routes/twilio.py).
     status_seen: OrderedDict[tuple[str, ...], None] = field(default_factory=OrderedDict)
     # The webhook's answer per call SID, so a repeat gets the same one (routes/twilio.py).

@@ -69,6 +69,7 @@ def _serve(args: argparse.Namespace) -> int:
     from routes.state import started_services
     from telephony.config import ConfigError
     from telephony.drain import SHUTDOWN_GRACE_S, DrainingServer
+    from telephony.http_server import uvicorn_options
     from telephony.logs import setup_logging
     from telephony.startup import InsecureSettings
 
@@ -92,6 +93,7 @@ def _serve(args: argparse.Namespace) -> int:
         **UVICORN_WS,  # routes/sansio.py: batched writes, frames handled as parsed
         ws_max_size=args.ws_max_size,
         timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+        **uvicorn_options(settings),  # timeouts, connection bound, trusted proxies
     )
     # SIGTERM/SIGINT drain the calls first (telephony/drain.py), then uvicorn shuts down.
     server = DrainingServer(config, lambda: started_services(app), settings.drain_timeout_s)

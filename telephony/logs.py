@@ -106,6 +106,31 @@ class CallSidFilter(logging.Filter):
         return True
 
 
+class NoQueryStrings(logging.Filter):
+    """Cuts the query string off request paths in uvicorn's access log lines: the staff UI's
+    search terms (/calls?q=...) are personal data, and no other route needs one logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(
+            isinstance(arg, str) and "?" in arg for arg in record.args
+        ):
+            record.args = tuple(
+                arg.split("?", 1)[0] if isinstance(arg, str) and arg.startswith("/") else arg
+                for arg in record.args
+            )
+        return True
+
+
+ACCESS_LOGGER = "uvicorn.access"
+
+
+def hide_query_strings() -> None:
+    """Install `NoQueryStrings` on uvicorn's access logger (once; idempotent)."""
+    access = logging.getLogger(ACCESS_LOGGER)
+    if not any(isinstance(f, NoQueryStrings) for f in access.filters):
+        access.addFilter(NoQueryStrings())
+
+
 def setup_logging(fmt: str = "text", level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(CallSidFilter())
@@ -116,6 +141,7 @@ def setup_logging(fmt: str = "text", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    hide_query_strings()
 
 
 class CallLogger(logging.LoggerAdapter):

@@ -263,6 +263,10 @@ class CallMetrics:
                 self._metrics.dropped_audio.inc(new / 1000)
 
 
+# The labels of telephony_logins_refused (routes/login_limiter.py's Refusal, and "busy").
+LOGIN_REFUSALS = ("account", "client", "global", "busy")
+
+
 class Metrics:
     """Every metric of one app, in the app's own registry."""
 
@@ -317,6 +321,21 @@ class Metrics:
             buckets=GC_PAUSE_BUCKETS,
             registry=registry,
         )
+        self.audit_rows_lost = Counter(
+            "telephony_audit_rows_lost",
+            "Audit rows (logins, logouts) that could not be written after retries; each is "
+            "logged at ERROR instead.",
+            registry=registry,
+        )
+        self.logins_refused = Counter(
+            "telephony_logins_refused",
+            "Staff logins refused before the password was checked, by reason: account, client "
+            "or global (attempt budgets), busy (password hashing queue full).",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in LOGIN_REFUSALS:
+            self.logins_refused.labels(reason)
         self.keepalives_of_ended_calls = 0
         self._reasons: set[str] = set()
 

@@ -135,10 +135,37 @@ class Settings(BaseSettings):
     # StatefulSet pod or compose service name): calls its previous incarnation left open are
     # closed at start-up instead of once its heartbeat is stale (telephony/store/instances.py).
     instance_id: str = Field("", alias="TELEPHONY_INSTANCE_ID", max_length=64)
+    # --- staff login and the HTTP server (issue 21: login flood, proxies, slow clients) ---
+    # Login attempts (counted before the password is checked) per client and account name, and
+    # per client over all names, within TELEPHONY_LOGIN_WINDOW_S; and per minute for the whole
+    # instance (load shedding: past it every login waits, but a flood cannot starve the calls).
+    login_attempts_per_account: int = Field(5, alias="TELEPHONY_LOGIN_ATTEMPTS_PER_ACCOUNT", ge=1)
+    login_attempts_per_client: int = Field(30, alias="TELEPHONY_LOGIN_ATTEMPTS_PER_CLIENT", ge=1)
+    login_attempts_per_minute: int = Field(120, alias="TELEPHONY_LOGIN_ATTEMPTS_PER_MINUTE", ge=1)
+    login_window_s: float = Field(300.0, alias="TELEPHONY_LOGIN_WINDOW_S", gt=0)
+    # Threads checking passwords (scrypt: ~50 ms CPU and 16 MiB each), and attempts that may
+    # wait for one; beyond that a login is answered 503 at once.
+    login_hash_workers: int = Field(2, alias="TELEPHONY_LOGIN_HASH_WORKERS", ge=1)
+    login_hash_queue: int = Field(8, alias="TELEPHONY_LOGIN_HASH_QUEUE", ge=0)
+    # Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed: comma-separated
+    # IPs or CIDR networks (e.g. "10.0.0.0/8"), or "*". Empty: none, the peer address is the
+    # client (login limits key on it). Never list an address clients can connect from.
+    trusted_proxies: str = Field("", alias="TELEPHONY_TRUSTED_PROXIES")
+    # `telephony serve`: a connection must deliver a request's headers within
+    # http_header_timeout_s of opening (or of its previous response), and its body within
+    # http_body_timeout_s after them; idle keep-alive connections close after
+    # http_keepalive_s. Past http_max_connections open connections (media sockets included),
+    # new requests are answered 503.
+    http_header_timeout_s: float = Field(10.0, alias="TELEPHONY_HTTP_HEADER_TIMEOUT_S", gt=0)
+    http_body_timeout_s: float = Field(20.0, alias="TELEPHONY_HTTP_BODY_TIMEOUT_S", gt=0)
+    http_keepalive_s: int = Field(5, alias="TELEPHONY_HTTP_KEEPALIVE_S", ge=1)
+    http_max_connections: int = Field(1000, alias="TELEPHONY_HTTP_MAX_CONNECTIONS", ge=1)
+
     # --- storage faults (issue 21) ---
     # How often the transcript store checks, off the audio path, that its SQLite file is still
     # the one it opened (not deleted or replaced): a changed file makes /readyz not ready.
     store_check_s: float = Field(2.0, alias="TELEPHONY_STORE_CHECK_S", gt=0)
+
     log_format: str = Field("text", alias="TELEPHONY_LOG_FORMAT")
     log_level: str = Field("INFO", alias="TELEPHONY_LOG_LEVEL")
 

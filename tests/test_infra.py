@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import ipaddress
 import os
 import re
 import shutil
@@ -351,6 +352,34 @@ def test_nginx_accepts_the_config(tmp_path: Path) -> None:
         timeout=30,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_client_addresses_come_from_the_proxy_the_apps_trust() -> None:
+    """The login limiter keys on the client address: behind the proxy every client shared one
+    bucket, and from loopback X-Forwarded-For was believed whatever it said."""
+    conf = (INFRA / "nginx.conf").read_text()
+    forwarded = re.findall(r"proxy_set_header X-Forwarded-For (\S+);", conf)
+    assert forwarded and set(forwarded) == {"$remote_addr"}  # never what the client sent
+    spec = compose()
+    ((network, attached),) = spec["services"]["proxy"]["networks"].items()
+    proxy_ip = ipaddress.ip_address(attached["ipv4_address"])
+    subnet = spec["networks"][network]["ipam"]["config"][0]["subnet"]
+    assert proxy_ip in ipaddress.ip_network(subnet)
+    for name, app in app_services(spec).items():
+        assert app["environment"]["TELEPHONY_TRUSTED_PROXIES"] == str(proxy_ip), name
+        assert network in app["networks"] and "ports" not in app, name  # reached via the proxy
+    trusted = one("ConfigMap", "telephony-env")["data"]["TELEPHONY_TRUSTED_PROXIES"]
+    networks = [ipaddress.ip_network(item.strip()) for item in trusted.split(",")]
+    assert networks and all(net.is_private for net in networks)
+
+
+def test_proxy_access_log_keeps_no_query_strings_or_referers() -> None:
+    conf = (INFRA / "nginx.conf").read_text()
+    fmt = re.search(r"log_format (\w+) (.*?);", conf, re.S)
+    assert fmt is not None
+    assert re.search(rf"access_log \S+ {fmt.group(1)};", conf)
+    leaks = re.findall(r"\$(request|args|query_string|request_uri|http_referer)\b", fmt.group(2))
+    assert not leaks, leaks
 
 
 # --- Dockerfile ---------------------------------------------------------------------------------

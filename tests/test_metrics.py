@@ -76,6 +76,8 @@ def test_exposition_names_types_and_values() -> None:
         "telephony_barge_ins",
         "telephony_caller_audio_dropped_seconds",
         "telephony_gc_pause_seconds",
+        "telephony_audit_rows_lost",
+        "telephony_logins_refused",
     }
     assert parsed["telephony_turn_first_audio_seconds"].type == "histogram"
     reconnects = parsed["telephony_deepgram_reconnects"]

@@ -1,18 +1,30 @@
 """The audit log: who looked at which transcript, and every admin action.
 
 Writes are awaited (the staff UI is not on the audio path) so a view is never shown without its
-audit row: if the row cannot be written the request fails instead.
+audit row: if the row cannot be written the request fails instead. A transient failure (SQLite's
+"database is locked" while another writer holds it, a dropped PostgreSQL connection) is retried
+a few times first. Logins and logouts use `record_or_log`: refusing a login because its audit
+row could not be written would help nobody, so it never raises; a row it cannot write after the
+retries goes to the log at ERROR, whole, so it is not lost.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from typing import Any
 
 from sqlalchemy import insert, select
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from telephony.store.schema import audit_log
+
+log = logging.getLogger(__name__)
+
+# Pauses between tries of one write (SQLite already waits up to its busy_timeout each try).
+RETRY_DELAYS_S = (0.05, 0.2, 0.5)
 
 
 async def record(
@@ -31,8 +43,34 @@ async def record(
         "target": target,
         "detail": detail,
     }
-    async with engine.begin() as conn:
-        await conn.execute(insert(audit_log).values(**row))
+    for delay in (*RETRY_DELAYS_S, None):
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(insert(audit_log).values(**row))
+            return
+        except OperationalError:
+            if delay is None:
+                raise
+            await asyncio.sleep(delay)
+
+
+async def record_or_log(
+    engine: AsyncEngine,
+    user: str,
+    action: str,
+    target: str = "",
+    detail: dict[str, Any] | None = None,
+) -> bool:
+    """`record`, except that it never raises: False (and the row logged at ERROR) if the row
+    could not be written."""
+    at = time.time()
+    try:
+        await record(engine, user, action, target, detail, at=at)
+    except (SQLAlchemyError, OSError) as exc:
+        row = {"at": at, "user_name": user, "action": action, "target": target, "detail": detail}
+        log.error("audit row not written (%s): %s", type(exc).__name__, row)
+        return False
+    return True
 
 
 async def recent(

@@ -1,4 +1,5 @@
-"""Staff and admin accounts for the review UI: scrypt password hashes, never plain text.
+"""Staff and admin accounts for the review UI: scrypt password hashes (made and checked off the
+event loop: telephony/store/hashing.py), never plain text.
 
 Changes to an account (`telephony users add|remove|role|password`) are audited in the same
 transaction, and a role change or new password ends the account's sessions (every login
@@ -7,10 +8,7 @@ issued before `sessions_since`), as removing it does.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import secrets
+import asyncio
 import time
 from typing import Any, Literal
 
@@ -18,50 +16,34 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from telephony.store.hashing import HashPool, hash_password, verify_password
 from telephony.store.schema import audit_log, dialect_insert, revoked_sessions, users
+
+__all__ = [
+    "ROLES",
+    "HashPool",
+    "Role",
+    "UserError",
+    "add_user",
+    "authenticate",
+    "check_new_user",
+    "end_session",
+    "hash_password",
+    "remove_user",
+    "session_role",
+    "set_password",
+    "set_role",
+    "verify_password",
+]
 
 Role = Literal["staff", "admin"]
 ROLES: tuple[Role, ...] = ("staff", "admin")
 MIN_PASSWORD_CHARS = 10
-# scrypt is memory-hard: 2**14 x 8 x 128 B = 16 MiB per hash, ~50 ms here.
-SCRYPT_N, SCRYPT_R, SCRYPT_P, KEY_BYTES = 2**14, 8, 1, 32
 
 
 class UserError(ValueError):
     """A user that cannot be created or changed (bad name, weak password, taken or unknown
     name, unknown role)."""
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def hash_password(password: str) -> str:
-    """`scrypt$N$r$p$salt$key`, so parameters can be raised later without breaking logins."""
-    salt = secrets.token_bytes(16)
-    key = hashlib.scrypt(
-        password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=KEY_BYTES
-    )
-    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(key)}"
-
-
-def verify_password(password: str, stored: str) -> bool:
-    try:
-        scheme, n, r, p, salt, key = stored.split("$")
-        if scheme != "scrypt":
-            return False
-        expected = base64.b64decode(key)
-        got = hashlib.scrypt(
-            password.encode(),
-            salt=base64.b64decode(salt),
-            n=int(n),
-            r=int(r),
-            p=int(p),
-            dklen=len(expected),
-        )
-    except (ValueError, TypeError):
-        return False
-    return hmac.compare_digest(got, expected)
 
 
 def _check_role(role: str) -> None:
@@ -103,7 +85,7 @@ async def add_user(
     row = {
         "name": name,
         "role": role,
-        "password_hash": hash_password(password),
+        "password_hash": await asyncio.to_thread(hash_password, password),  # not on the loop
         "created_at": now,
         # A cookie of an earlier account of this name (removed since) must not come back.
         "sessions_since": _to_ms(now),
@@ -150,7 +132,8 @@ async def set_password(engine: AsyncEngine, name: str, password: str, *, actor: 
     """A new password; every session of the account ends. Audited as `user.password` (the
     password itself is never recorded)."""
     _check_password(password)
-    hashed = hash_password(password)  # before the transaction: it takes ~50 ms
+    # Before the transaction, and off the loop: it takes ~50 ms of CPU.
+    hashed = await asyncio.to_thread(hash_password, password)
     async with engine.begin() as conn:
         await _role_of(conn, name)
         change = {"password_hash": hashed, "sessions_since": _to_ms(time.time())}
@@ -158,18 +141,28 @@ async def set_password(engine: AsyncEngine, name: str, password: str, *, actor: 
         await _audit(conn, actor, "user.password", name, None)
 
 
-async def authenticate(engine: AsyncEngine, name: str, password: str) -> Role | None:
-    """The user's role if the password is right, else None (same cost either way)."""
+async def authenticate(
+    engine: AsyncEngine, name: str, password: str, pool: HashPool | None = None
+) -> Role | None:
+    """The user's role if the password is right, else None. The same cost either way: one
+    scrypt run in `pool`'s workers (HashBusy if they and their queue are full); without a pool,
+    in a one-off thread (the CLI, tests)."""
     async with engine.connect() as conn:
         found = (
             await conn.execute(
                 select(users.c.role, users.c.password_hash).where(users.c.name == name)
             )
         ).first()
-    if found is None:
-        verify_password(password, hash_password("timing-equaliser"))
-        return None
-    return found.role if verify_password(password, found.password_hash) else None
+    stored = None if found is None else str(found.password_hash)
+    if pool is None:
+        pool = HashPool(workers=1, max_waiting=0)
+        try:
+            ok = await pool.verify(password, stored)
+        finally:
+            pool.close()
+    else:
+        ok = await pool.verify(password, stored)
+    return found.role if ok and found is not None else None
 
 
 async def session_role(
