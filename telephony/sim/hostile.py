@@ -10,7 +10,8 @@ The attacks (the findings of the hardening review, issue 21):
 - `replay`: one correctly signed webhook replayed, and a media stream opened with every answer
   for the same CallSid (each used to mint a fresh token and carry another stream);
 - `pump`: a signed call whose audio never advances the clock (constant timestamps), sent as
-  fast as the socket takes it;
+  fast as the socket takes it; cut off, it dials again (once a second at most, as Twilio
+  places an account's calls);
 - `bigframes`: a signed call whose frames carry 46 KB each (almost 6 s of audio per 20 ms
   frame; the most a 64 KiB WebSocket message holds);
 - `login`: 16 parallel staff logins with random names.
@@ -53,6 +54,9 @@ BIG_PAYLOAD_BYTES = 46 * 1024  # its base64 and envelope just fit the 64 KiB mes
 PUMP_BATCH = 100  # frames per write
 REPLAY_STREAMS = 20  # duplicate streams the replay attack keeps open at most
 LOGIN_WORKERS = 16
+# A call through Twilio is a new phone call: an account places one per second by default (its
+# calls-per-second limit), so a caller who is cut off redials no faster than this.
+REDIAL_S = 1.0
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 
@@ -156,9 +160,14 @@ async def _flood_call(
     frames: Callable[[tm.InboundBuilder, int], list[str]],
     pause_s: float,
 ) -> None:
-    """Signed calls, one at a time, each sent `frames(builder, n)` batches until it is closed."""
+    """Signed calls, one at a time, each sent `frames(builder, n)` batches until it is closed;
+    a new call at most once per REDIAL_S, as a caller dialling through Twilio could."""
+    loop = asyncio.get_running_loop()
+    dialled_at = -REDIAL_S
     async with httpx.AsyncClient(timeout=10) as http:
         while not stop.is_set():
+            await asyncio.sleep(max(0.0, dialled_at + REDIAL_S - loop.time()))
+            dialled_at = loop.time()
             call_sid = "CA" + secrets.token_hex(16)
             try:
                 url, parameters = await _signed_call(http, target, call_sid)
