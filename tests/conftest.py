@@ -16,13 +16,15 @@ without being classified `process` fails (see `_spawn_guard`), so the lanes stay
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import subprocess
 import types
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -30,7 +32,7 @@ from starlette.applications import Starlette
 
 from routes.app import create_app
 from telephony.demo import settings_for_fakes
-from telephony.inprocess import bind_loopback, serve_app
+from telephony.inprocess import InProcessServer, bind_loopback, serve_app
 from telephony.session.summary import CallSummary
 from telephony.settings import ENV_FILE_VAR, Settings
 from telephony.sim.deepgram_server import FakeDeepgram
@@ -252,24 +254,40 @@ async def fake_rest() -> AsyncIterator[FakeTwilioRest]:
         yield fake
 
 
+@contextlib.asynccontextmanager
+async def served_with_fakes(
+    numbers_yaml: Path,
+    deepgram: FakeDeepgram,
+    rest: FakeTwilioRest,
+    server_options: Callable[[Settings], Mapping[str, Any]] | None = None,
+    **overrides: Any,
+) -> AsyncIterator[RunningApp]:
+    """A fresh app on a loopback port, its Deepgram and Twilio REST URLs pointed at the fakes;
+    `overrides` are TELEPHONY_* settings; `server_options` gives uvicorn's options from the
+    settings (e.g. telephony serve's: telephony/http_server.py)."""
+    sock = bind_loopback()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    settings = settings_for_fakes(
+        numbers_yaml, url, deepgram, rest, AUTH_TOKEN, DEEPGRAM_KEY, **overrides
+    )
+    app = create_app(settings)
+    if server_options is None:
+        async with serve_app(app, sock):
+            yield RunningApp(url, settings, app, numbers_yaml)
+    else:
+        options = {"lifespan": "on", **server_options(settings)}
+        async with InProcessServer(app, sock, **options):
+            yield RunningApp(url, settings, app, numbers_yaml)
+
+
 @pytest.fixture
 async def running_app(
     numbers_yaml: Path, fake_deepgram: FakeDeepgram, fake_rest: FakeTwilioRest
 ) -> AsyncIterator[RunningApp]:
-    sock = bind_loopback()
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    settings = settings_for_fakes(
-        numbers_yaml,
-        url,
-        fake_deepgram,
-        fake_rest,
-        AUTH_TOKEN,
-        DEEPGRAM_KEY,
-        TELEPHONY_MAX_BAD_FRAMES=5,
-    )
-    app = create_app(settings)
-    async with serve_app(app, sock):
-        yield RunningApp(url, settings, app, numbers_yaml)
+    async with served_with_fakes(
+        numbers_yaml, fake_deepgram, fake_rest, TELEPHONY_MAX_BAD_FRAMES=5
+    ) as running:
+        yield running
 
 
 async def finished(app: RunningApp, call_sid: str, timeout_s: float = 5.0) -> CallSummary:

@@ -7,17 +7,14 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from routes.app import create_app
-from telephony.demo import settings_for_fakes
 from telephony.http_server import uvicorn_options
-from telephony.inprocess import InProcessServer, bind_loopback
 from telephony.sim.deepgram_server import FakeDeepgram
 from telephony.sim.twilio_rest import FakeTwilioRest
-from tests.conftest import AUTH_TOKEN, DEEPGRAM_KEY, RunningApp
+from tests.conftest import RunningApp, served_with_fakes
 
 Serve = Callable[..., contextlib.AbstractAsyncContextManager[RunningApp]]
 
@@ -25,17 +22,8 @@ Serve = Callable[..., contextlib.AbstractAsyncContextManager[RunningApp]]
 def server_factory(numbers_yaml: Path, deepgram: FakeDeepgram, rest: FakeTwilioRest) -> Serve:
     """`serve(**TELEPHONY_OVERRIDES)`: an `async with` serving a fresh app on loopback."""
 
-    @contextlib.asynccontextmanager
-    async def serve(**overrides: Any) -> AsyncIterator[RunningApp]:
-        sock = bind_loopback()
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        settings = settings_for_fakes(
-            numbers_yaml, url, deepgram, rest, AUTH_TOKEN, DEEPGRAM_KEY, **overrides
-        )
-        app = create_app(settings)
-        options = {"lifespan": "on", **uvicorn_options(settings)}
-        async with InProcessServer(app, sock, **options):
-            yield RunningApp(url, settings, app, numbers_yaml)
+    def serve(**overrides: Any) -> contextlib.AbstractAsyncContextManager[RunningApp]:
+        return served_with_fakes(numbers_yaml, deepgram, rest, uvicorn_options, **overrides)
 
     return serve
 

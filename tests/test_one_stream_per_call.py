@@ -19,14 +19,11 @@ from types import SimpleNamespace
 import pytest
 from websockets.asyncio.client import ClientConnection
 
-from routes.app import create_app
-from telephony.demo import settings_for_fakes
-from telephony.inprocess import bind_loopback, serve_app
 from telephony.session.media_socket import CLOSE_POLICY
 from telephony.sim.deepgram_server import FakeDeepgram
 from telephony.sim.twilio_rest import FakeTwilioRest
 from telephony.twilio import messages as tm
-from tests.conftest import AUTH_TOKEN, DEEPGRAM_KEY, RunningApp, finished
+from tests.conftest import RunningApp, finished, served_with_fakes
 from tests.test_routes_twilio import (
     call_params,
     closed_with,
@@ -110,20 +107,10 @@ async def test_a_second_stream_for_a_live_call_is_refused_and_the_first_goes_on(
 async def two_call_app(
     numbers_yaml: Path, fake_deepgram: FakeDeepgram, fake_rest: FakeTwilioRest
 ) -> AsyncIterator[RunningApp]:
-    sock = bind_loopback()
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    settings = settings_for_fakes(
-        numbers_yaml,
-        url,
-        fake_deepgram,
-        fake_rest,
-        AUTH_TOKEN,
-        DEEPGRAM_KEY,
-        TELEPHONY_MAX_CALLS=2,
-    )
-    app = create_app(settings)
-    async with serve_app(app, sock):
-        yield RunningApp(url, settings, app, numbers_yaml)
+    async with served_with_fakes(
+        numbers_yaml, fake_deepgram, fake_rest, TELEPHONY_MAX_CALLS=2
+    ) as running:
+        yield running
 
 
 async def test_duplicates_cannot_exceed_capacity(two_call_app: RunningApp) -> None:
