@@ -52,4 +52,4 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.section("CI=true: PostgreSQL and browser tests may not skip", red=True)
     for report in _skipped:
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
-        terminalreporter.line(f"SKIPPED {report.nodeid}: {reason}")
+        terminalreporter.line(f"SKIPPED {report.nodeid}: {str(reason).removeprefix('Skipped: ')}")
