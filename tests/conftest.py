@@ -37,6 +37,14 @@ from telephony.session.summary import CallSummary
 from telephony.settings import ENV_FILE_VAR, Settings
 from telephony.sim.deepgram_server import FakeDeepgram
 from telephony.sim.twilio_rest import FakeTwilioRest
+from tests import pg_server, system_tools
+from tests.ci_skips import (  # noqa: F401  (hooks: CI=true fails on a skipped PG/browser test)
+    pytest_runtest_logreport,
+    pytest_runtest_makereport,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+)
+from tests.pg_server import PgServer
 
 try:
     import uvloop  # uvicorn[standard] installs it; `telephony serve` runs on it
@@ -156,6 +164,9 @@ def lanes_of(item: pytest.Item) -> set[str]:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is not None and "postgres_server" in info.names_closure:
+            item.add_marker("postgres")
         explicit = {m.name for m in item.iter_markers()} & {*LANES, "unit"}
         lanes = lanes_of(item) | explicit
         if lanes - {"unit"}:
@@ -186,7 +197,12 @@ def _spawn_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     if node.get_closest_marker("process") or node.get_closest_marker("browser"):
         return
 
+    original = subprocess.Popen.__init__
+
     def refuse(self: subprocess.Popen, *args: object, **kwargs: object) -> None:
+        if pg_server.harness_spawning():  # the session's PostgreSQL, started on first use
+            original(self, *args, **kwargs)  # type: ignore[arg-type]
+            return
         raise AssertionError(
             f"{node.nodeid} spawns a subprocess but is not classified `process` "
             "(tests/conftest.py LANES): add @pytest.mark.process"
@@ -202,6 +218,23 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
     if uvloop is not None and item.get_closest_marker("both_loops") is not None:
         factories["uvloop"] = uvloop.new_event_loop
     return factories
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PgServer]:
+    """The PostgreSQL server of this test process (tests/pg_server.py): started on first use."""
+    with pg_server.session_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    """The browser Playwright drives (tests/system_tools.py): found, or installed from
+    Debian's packages, or the test skips naming what to install."""
+    found = system_tools.chromium()
+    if found.path is None:
+        pytest.skip(found.reason)
+    return found.path
 
 
 @dataclass

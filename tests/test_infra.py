@@ -25,6 +25,7 @@ import yaml
 
 from telephony.config import ConfigStore, check
 from telephony.settings import Settings
+from tests import system_tools
 
 REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "infra"
@@ -115,7 +116,7 @@ def test_the_schema_check_catches_broken_manifests(breakage: Any) -> None:
 def test_kustomize_builds_every_resource() -> None:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        pytest.skip("kubectl is not installed")
+        pytest.skip("kubectl is not installed (optional: install it to check `kubectl kustomize`)")
     out = subprocess.run(
         [kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60, check=True
     ).stdout
@@ -332,13 +333,13 @@ def test_nginx_proxies_websockets_to_every_app_instance() -> None:
 
 
 def test_nginx_accepts_the_config(tmp_path: Path) -> None:
-    """`nginx -t`, where nginx is installed. The compose service names do not resolve here,
-    so the upstream hosts are swapped for 127.0.0.1 in a copy."""
-    nginx = shutil.which("nginx") or next(
-        (p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None
-    )
-    if nginx is None:
-        pytest.skip("nginx is not installed")
+    """`nginx -t` (nginx found, or installed from Debian's packages when the tests may). The
+    compose service names do not resolve here, so the upstream hosts are swapped for 127.0.0.1
+    in a copy."""
+    found = system_tools.nginx()
+    if found.path is None:
+        pytest.skip(found.reason)
+    nginx = found.path
     conf = (INFRA / "nginx.conf").read_text()
     for name in app_services(compose()):
         conf = conf.replace(f"server {name}:8000", "server 127.0.0.1:8000")

@@ -6,19 +6,17 @@ answer (the database has it), and a stream replayed to the other instance with t
 token (which that instance has never seen redeemed) is closed there once its claim on the
 call fails, without touching the call's row; the call goes on where it started.
 
-Needs the PostgreSQL server on 127.0.0.1:5432 (as tests/test_scale_out.py); a fresh database
-is created and dropped per test.
+Needs PostgreSQL: the session's server (tests/pg_server.py), on which a fresh database is
+created and dropped per test.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 from sqlalchemy import select
 from websockets.asyncio.client import ClientConnection, connect
@@ -33,28 +31,15 @@ from telephony.store.schema import calls
 from telephony.twilio import messages as tm
 from telephony.twilio.security import sign
 from tests.conftest import AUTH_TOKEN, DEEPGRAM_KEY, RunningApp, finished
+from tests.pg_server import PgServer, fresh_database
 from tests.test_one_stream_per_call import live_stream_of
 from tests.test_routes_twilio import call_params, closed_with, stream_params
 
-PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
-
 
 @pytest.fixture
-async def shared_database() -> AsyncIterator[str]:
-    name = f"claims_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(PG_DSN, timeout=5)  # unreachable server: the test fails
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    try:
-        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        conn = await asyncpg.connect(PG_DSN, timeout=5)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+async def shared_database(postgres_server: PgServer) -> AsyncIterator[str]:
+    async with fresh_database(postgres_server, "claims") as url:
+        yield url
 
 
 @pytest.fixture

@@ -8,15 +8,14 @@ What the deployment (infra/, README "Deployment and scale-out") relies on, run f
   instance can take either hop; the call then lives on the instance holding its socket;
 - the transcript is in the shared database, complete, whichever instance wrote it.
 
-Needs the PostgreSQL server on 127.0.0.1:5432 that tests/test_store.py uses; a fresh database
-is created and dropped per test.
+Needs PostgreSQL: the session's server (tests/pg_server.py), on which a fresh database is
+created and dropped per test.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from telephony.sim.deepgram_server import FakeDeepgram, Script, ScriptedTurn
 from telephony.sim.twilio_caller import CallResult, FakeTwilioCaller, silence
 from telephony.sim.twilio_rest import FakeTwilioRest
 from tests.conftest import AUTH_TOKEN, DEEPGRAM_KEY
+from tests.pg_server import PgServer, fresh_database
 from tests.serve_process import (
     Server,
     capture_call_results,
@@ -36,7 +36,6 @@ from tests.serve_process import (
     serve_process,
 )
 
-PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 PUBLIC_URL = "https://bridge.example.test"  # the load balancer's address, as Twilio sees it
 
 YAML = scripted_yaml({"one": "Reply one."}, goodbye="bye")
@@ -47,21 +46,10 @@ TURNS = [
 
 
 @pytest.fixture
-async def database() -> AsyncIterator[str]:  # overrides conftest's SQLite file
-    name = f"scale_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(PG_DSN, timeout=5)  # unreachable server: the test fails
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    try:
-        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        conn = await asyncpg.connect(PG_DSN, timeout=5)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+async def database(postgres_server: PgServer) -> AsyncIterator[str]:
+    """Overrides conftest's SQLite file: a fresh database both instances share."""
+    async with fresh_database(postgres_server, "scale") as url:
+        yield url
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The staff UI in real headless Chromium (Debian's /usr/bin/chromium, driven by Playwright).
+"""The staff UI in real headless Chromium (the system's, else Debian's `chromium` package
+installed by the tests when they may: conftest's `chromium_path`), driven by Playwright.
 
 A call is made with the `telephony call` command (the offline demo through the real app and
 the fakes) into this test's database; the UI is then served on that database and used as
@@ -25,7 +26,6 @@ from tests.staff_helpers import ADMIN, STAFF, add_accounts, store_call
 from tests.test_recording import recorded_transfer_call
 from tests.test_staff_ui import audit_rows
 
-CHROMIUM = "/usr/bin/chromium"
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS_DIR", REPO / "test-artifacts"))
 
@@ -73,10 +73,10 @@ def artifacts_dir() -> Path:
 
 
 @pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
+async def browser(chromium_path: str) -> AsyncIterator[Browser]:
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(
-            executable_path=CHROMIUM,
+            executable_path=chromium_path,
             headless=True,
             args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
         )

@@ -1,7 +1,8 @@
 """Store: migrations and the write-behind transcript store, on SQLite and real PostgreSQL.
 
 Every test runs on both backends. The PostgreSQL case uses a fresh schema per test (via the
-connection's search_path) on 127.0.0.1:5432/test; if the server is unreachable it fails.
+connection's search_path) on the session's server (tests/pg_server.py: TELEPHONY_TEST_DATABASE_URL,
+or a throwaway one); if it cannot be had the PostgreSQL cases skip saying why, and CI fails.
 """
 
 from __future__ import annotations
@@ -32,10 +33,8 @@ from telephony.store.schema import (
 from telephony.store.transcripts import TranscriptStore
 from telephony.store.users import add_user, end_session, session_role
 from telephony.transcript import Event, Transcript, Turn
+from tests.pg_server import PgServer
 from tests.serve_process import eventually
-
-PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 @dataclass
@@ -45,7 +44,7 @@ class Db:
     bad_engine: AsyncEngine  # points somewhere unusable
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Db]:
     if request.param == "sqlite":
         engine = make_engine(f"sqlite+aiosqlite:///{tmp_path}/data/store.db")
@@ -53,13 +52,15 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Db
         bad = create_async_engine(f"sqlite+aiosqlite:///{tmp_path}/no/such/dir/store.db")
         schema = None
     else:
+        server: PgServer = request.getfixturevalue("postgres_server")
         schema = f"store_test_{uuid.uuid4().hex[:12]}"
-        conn = await asyncpg.connect(PG_DSN, timeout=5)  # unreachable server: the test fails
+        conn = await asyncpg.connect(server.dsn(), timeout=5)  # unreachable server: the test fails
         try:
             await conn.execute(f'CREATE SCHEMA "{schema}"')
         finally:
             await conn.close()
-        engine = make_engine(PG_URL, connect_args={"server_settings": {"search_path": schema}})
+        settings = {"server_settings": {"search_path": schema}}
+        engine = make_engine(server.url(), connect_args=settings)
         bad = make_engine("postgresql+asyncpg://postgres@127.0.0.1:1/test")
     await upgrade(engine)
     try:
@@ -68,7 +69,7 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Db
         await engine.dispose()
         await bad.dispose()
         if schema is not None:
-            conn = await asyncpg.connect(PG_DSN, timeout=5)
+            conn = await asyncpg.connect(server.dsn(), timeout=5)
             try:
                 await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
             finally:

@@ -44,10 +44,10 @@ from telephony.store.health import StoreHealth
 from telephony.store.schema import upgrade_blocking
 from telephony.store.transcripts import TranscriptStore
 from tests.conftest import AUTH_TOKEN, RunningApp, finished
+from tests.pg_server import PgServer, fresh_database
 from tests.serve_process import eventually
 from tests.test_durability import metrics
 
-PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 QUESTION = "What are your hours?"
 CALLER = "+15550009876"
 STORE_LOGGER = "telephony.store.transcripts"
@@ -298,27 +298,18 @@ async def test_database_file_deleted_or_replaced_mid_call(
 
 
 @pytest.fixture
-async def postgres(database: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[str]:
-    """A fresh PostgreSQL database for this test, and the app pointed at it."""
-    name = f"faults_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(PG_DSN, timeout=5)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    monkeypatch.setenv("TELEPHONY_DATABASE_URL", f"postgresql+asyncpg://postgres@127.0.0.1/{name}")
-    try:
-        yield name
-    finally:
-        conn = await asyncpg.connect(PG_DSN, timeout=5)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+async def postgres(
+    database: str, postgres_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[str]:
+    """A fresh PostgreSQL database for this test, and the app pointed at it; yields its name."""
+    async with fresh_database(postgres_server, "faults") as url:
+        monkeypatch.setenv("TELEPHONY_DATABASE_URL", url)
+        yield url.rsplit("/", 1)[1]
 
 
 async def test_postgres_connections_terminated_mid_call(
     postgres: str,
+    postgres_server: PgServer,
     running_app: RunningApp,
     fake_deepgram: FakeDeepgram,
     fake_rest: FakeTwilioRest,
@@ -332,7 +323,7 @@ async def test_postgres_connections_terminated_mid_call(
 
     await eventually(greeting_written, within=10, what="the first rows in the database")
     # The server ends every connection the app holds (a failover, an admin, a restart).
-    admin = await asyncpg.connect(PG_DSN, timeout=5)
+    admin = await asyncpg.connect(postgres_server.dsn(), timeout=5)
     try:
         killed = await admin.fetchval(
             "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
