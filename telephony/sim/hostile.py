@@ -38,14 +38,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from telephony.audio import FRAME_BYTES
-from telephony.sim.webhook import (
-    DEFAULT_ACCOUNT_SID,
-    WEBHOOK_PATH,
-    post_webhook,
-    read_twiml,
-    signature_header,
-    webhook_params,
-)
+from telephony.sim.webhook import DEFAULT_ACCOUNT_SID, dial_stream, signature_header
 from telephony.twilio import messages as tm
 
 ATTACKS = ("body", "replay", "pump", "bigframes", "login")
@@ -123,14 +116,12 @@ async def body_attack(target: Target, stop: asyncio.Event, tally: Counter[str]) 
 async def _signed_call(
     http: httpx.AsyncClient, target: Target, call_sid: str
 ) -> tuple[str, dict[str, str]]:
-    url = target.base_url.rstrip("/") + WEBHOOK_PATH
-    params = webhook_params(call_sid, target.number, from_number="+15550199999")
-    headers = signature_header(target.auth_token, url, params)
-    response = await post_webhook(http, url, params, headers)
-    answer = read_twiml(response.content)
-    if not answer.opens_stream or answer.stream_url is None:
-        raise ConnectionError("webhook answered without a stream")
-    return answer.stream_url, answer.parameters
+    try:
+        return await dial_stream(
+            http, target.base_url, target.auth_token, call_sid, target.number, "+15550199999"
+        )
+    except httpx.HTTPStatusError as exc:  # e.g. 409 for a replayed webhook
+        raise ConnectionError(f"webhook answered {exc.response.status_code}") from None
 
 
 async def _open_stream(

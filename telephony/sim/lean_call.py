@@ -46,14 +46,7 @@ from telephony.sim.load import (
 )
 from telephony.sim.playout import MarkEcho, PlayoutBuffer
 from telephony.sim.stamped import StampedTransport
-from telephony.sim.webhook import (
-    DEFAULT_ACCOUNT_SID,
-    WEBHOOK_PATH,
-    post_webhook,
-    read_twiml,
-    signature_header,
-    webhook_params,
-)
+from telephony.sim.webhook import DEFAULT_ACCOUNT_SID, dial_stream, signature_header
 from telephony.twilio import messages as tm
 
 
@@ -325,17 +318,9 @@ class Dialer:
         return call
 
     async def _webhook(self, call_sid: str) -> tuple[str, dict[str, str]]:
-        params = webhook_params(call_sid, self.number, from_number="+15550100000")
-        url = self.base_url + WEBHOOK_PATH
-        headers = signature_header(self.auth_token, url, params)
-        response = await post_webhook(self.http, url, params, headers)
-        response.raise_for_status()
-        answer = read_twiml(response.content)
-        if not answer.opens_stream or answer.fork:  # a bot call is a <Connect><Stream>
-            why = answer.error or response.text[:200]
-            raise ConnectionError(f"no <Connect><Stream> in TwiML: {why}")
-        assert answer.stream_url is not None
-        return answer.stream_url, answer.parameters
+        return await dial_stream(
+            self.http, self.base_url, self.auth_token, call_sid, self.number, "+15550100000"
+        )
 
     async def dial_all(self, indexes: Iterable[int], ramp_s: float) -> list[LeanCall]:
         """Calls started evenly over `ramp_s`; failures are counted, not raised.

@@ -125,3 +125,24 @@ def read_twiml(body: bytes | str) -> TwimlAnswer:
     answer.stream_url = stream.get("url")
     answer.parameters = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
     return answer
+
+
+async def dial_stream(
+    http: httpx.AsyncClient,
+    base_url: str,
+    auth_token: str,
+    call_sid: str,
+    to: str,
+    from_number: str,
+) -> tuple[str, dict[str, str]]:
+    """A correctly signed incoming-call webhook; the bot stream's URL and `<Parameter>`s of the
+    `<Connect><Stream>` it answered (ConnectionError for anything else: busy, refused, fork)."""
+    params = webhook_params(call_sid, to, from_number=from_number)
+    url = base_url.rstrip("/") + WEBHOOK_PATH
+    response = await post_webhook(http, url, params, signature_header(auth_token, url, params))
+    response.raise_for_status()
+    answer = read_twiml(response.content)
+    if not answer.opens_stream or answer.fork or answer.stream_url is None:
+        why = answer.error or response.text[:200]
+        raise ConnectionError(f"no <Connect><Stream> in TwiML: {why}")
+    return answer.stream_url, answer.parameters
