@@ -27,6 +27,7 @@ from telephony.sim.twilio_caller import CallResult, FakeTwilioCaller, silence
 from telephony.sim.twilio_rest import FakeTwilioRest
 from tests.conftest import AUTH_TOKEN, DEEPGRAM_KEY
 from tests.serve_process import Server, eventually, scripted_yaml, serve_process
+from tests.test_drain import FULL_CONVERSATION
 from tests.test_durability import read_turns, scrape
 
 YAML = scripted_yaml({"one": "Reply one.", "two": "Reply two."}, goodbye="bye")
@@ -35,15 +36,7 @@ TURNS = [
     ScriptedTurn(start_ms=3000, end_ms=3400, text="turn two"),
     ScriptedTurn(start_ms=5000, end_ms=5400, text="okay bye"),
 ]
-CONVERSATION = [
-    ("bot", "Hi."),
-    ("caller", "turn one"),
-    ("bot", "Reply one."),
-    ("caller", "turn two"),
-    ("bot", "Reply two."),
-    ("caller", "okay bye"),
-    ("bot", "Goodbye."),
-]
+CONVERSATION = FULL_CONVERSATION  # the same scripted exchange, on this test's timing
 
 
 @pytest.fixture
