@@ -236,6 +236,9 @@ def server_env(opts: BenchOptions, workdir: Path, url: str, dg_url: str, llm_url
         "TELEPHONY_LOG_FORMAT": "json",
         "TELEPHONY_LOG_LEVEL": "WARNING",
         "TELEPHONY_DRAIN_TIMEOUT_S": "5",
+        # Every fake caller is 127.0.0.1, standing for Twilio's many addresses: no per-client
+        # request budget (the hostile bench turns it back on, its attacker on 127.0.0.2).
+        "TELEPHONY_HTTP_CLIENT_RATE": "0",
         "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
         "TELEPHONY_ALLOW_INSECURE_DEV": "1",  # the token above is in this repository
         "TWILIO_API_URL": "http://127.0.0.1:9",  # the script never hangs up through REST

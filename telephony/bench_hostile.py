@@ -38,6 +38,10 @@ from telephony.sim.load import Probes
 
 QUIET = "quiet"
 ATTACKER_NICE = 10
+# The attacker connects from here, the good calls from 127.0.0.1: two clients, as two callers
+# on the internet are, so a per-client limit (TELEPHONY_HTTP_CLIENT_RATE) can tell them apart.
+# Linux routes all of 127/8 to loopback; elsewhere the attacker shares 127.0.0.1.
+ATTACKER_SOURCE = "127.0.0.2"
 
 
 @dataclass
@@ -82,6 +86,8 @@ async def _attacker(kind: str, url: str, number: str, seconds: float, pin: bool)
         prefix = ["nice", "-n", str(ATTACKER_NICE)]
     argv = [*prefix, sys.executable, "-m", "telephony.sim.hostile"]
     argv += ["--attack", kind, "--url", url, "--number", number, "--seconds", str(seconds)]
+    if url.startswith("http://127.0.0.1:") and sys.platform.startswith("linux"):
+        argv += ["--source", ATTACKER_SOURCE]
     env = {**os.environ, "TWILIO_AUTH_TOKEN": bench.AUTH_TOKEN}
     workdir = Path(tempfile.mkdtemp(prefix="telephony-hostile-"))
     process = await spawn(f"attacker-{kind}", argv, env, workdir, pin=False, port=0)
@@ -140,6 +146,7 @@ async def run_hostile(opts: HostileOptions) -> dict[str, Any]:
         env = bench.server_env(load, workdir, url, deepgram.url, llm.url)
         # Enough room for every phase's calls: a refused good call would blame the attack.
         env["TELEPHONY_MAX_CALLS"] = str(2 * opts.calls + 10)
+        env.pop("TELEPHONY_HTTP_CLIENT_RATE")  # the default budget: the attacker is 127.0.0.2
         argv = [sys.executable, *bench.SERVER_ENTRY, "serve", "--port", str(port)]
         server = await spawn("server", argv, env, workdir, opts.pin, port)
         try:

@@ -160,6 +160,10 @@ class Settings(BaseSettings):
     http_body_timeout_s: float = Field(20.0, alias="TELEPHONY_HTTP_BODY_TIMEOUT_S", gt=0)
     http_keepalive_s: int = Field(5, alias="TELEPHONY_HTTP_KEEPALIVE_S", ge=1)
     http_max_connections: int = Field(1000, alias="TELEPHONY_HTTP_MAX_CONNECTIONS", ge=1)
+    # Requests (WebSocket upgrades included) one client address may start per second; past it
+    # `telephony serve` answers 429 before routing. Trusted proxies are exempt (limit there:
+    # infra/nginx.conf). 0: no limit.
+    http_client_rate: int = Field(200, alias="TELEPHONY_HTTP_CLIENT_RATE", ge=0)
 
     # --- storage faults (issue 21) ---
     # How often the transcript store checks, off the audio path, that its SQLite file is still

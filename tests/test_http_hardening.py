@@ -105,7 +105,10 @@ async def test_connections_beyond_the_bound_are_answered_503(serve: Serve) -> No
         try:
             await asyncio.sleep(0.2)  # accepted
             async with app.http() as client:
-                assert (await client.get("/healthz")).status_code == 503
+                busy = await client.get("/healthz")
+                assert busy.status_code == 503
+                assert busy.headers.get_list("x-content-type-options") == ["nosniff"]
+                assert busy.headers["retry-after"] == "1"
         finally:
             for sock in idle:
                 sock.close()
@@ -174,6 +177,20 @@ async def test_every_response_says_nosniff(serve: Serve) -> None:
             resp.request.url,
             resp.status_code,
         )
+
+
+async def test_the_servers_own_400_says_nosniff_too(serve: Serve) -> None:
+    """uvicorn answers an unparsable request itself, before any app: that answer carried no
+    nosniff until the protocol wrote its own."""
+    async with serve() as app:
+        sock = connect(app.url)
+        try:
+            sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+            answer = await asyncio.to_thread(sock.recv, 4096)
+        finally:
+            sock.close()
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert b"\r\nx-content-type-options: nosniff\r\n" in answer.lower()
 
 
 # --- the real `telephony serve` ------------------------------------------------------------------

@@ -355,6 +355,22 @@ def test_nginx_accepts_the_config(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
 
 
+def test_the_proxies_limit_each_client_since_the_apps_exempt_them() -> None:
+    """The apps do not apply TELEPHONY_HTTP_CLIENT_RATE to a trusted proxy (every client
+    reaches them from it): the proxy must limit requests per real client address instead."""
+    conf = (INFRA / "nginx.conf").read_text()
+    zone = re.search(r"limit_req_zone \$binary_remote_addr zone=(\w+):\S+ rate=(\d+)r/s;", conf)
+    assert zone is not None
+    assert "limit_req_status 429;" in conf
+    for location in (r"location = /twilio/media \{(.*?)\}", r"location / \{(.*?)\}"):
+        block = re.search(location, conf, re.S)
+        assert block is not None
+        assert f"limit_req zone={zone.group(1)} " in block.group(1), location
+    for ingress in yaml.safe_load_all((INFRA / "k8s" / "ingress.yaml").read_text()):
+        notes = ingress["metadata"]["annotations"]
+        assert int(notes["nginx.ingress.kubernetes.io/limit-rps"]) > 0, ingress["metadata"]
+
+
 def test_client_addresses_come_from_the_proxy_the_apps_trust() -> None:
     """The login limiter keys on the client address: behind the proxy every client shared one
     bucket, and from loopback X-Forwarded-For was believed whatever it said."""

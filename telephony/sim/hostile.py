@@ -32,6 +32,7 @@ import secrets
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
@@ -58,6 +59,17 @@ class Target:
     base_url: str  # http://host:port
     auth_token: str  # the attacker holds one signed webhook, so it may as well sign
     number: str
+    # The attacker's own address (on loopback, 127.0.0.2): another client than the good
+    # callers, as on the internet, so per-client limits see two clients.
+    source: str | None = None
+
+    def http(self, **kwargs: Any) -> httpx.AsyncClient:
+        transport = httpx.AsyncHTTPTransport(local_address=self.source)
+        return httpx.AsyncClient(transport=transport, timeout=10, **kwargs)
+
+    @property
+    def local_addr(self) -> tuple[str, int] | None:
+        return (self.source, 0) if self.source else None
 
 
 Attack = Callable[[Target, asyncio.Event, Counter[str]], Awaitable[None]]
@@ -71,10 +83,10 @@ async def _until(stop: asyncio.Event, step: Callable[[], Awaitable[None]]) -> No
 # --- body ---------------------------------------------------------------------------------
 
 
-async def _post_raw(base_url: str, path: str, body: bytes, tally: Counter[str]) -> None:
+async def _post_raw(target: Target, path: str, body: bytes, tally: Counter[str]) -> None:
     """One POST on a fresh connection; the answer's status, or how the server cut us off."""
-    host, port = httpx.URL(base_url).host, httpx.URL(base_url).port or 80
-    reader, writer = await asyncio.open_connection(host, port)
+    host, port = httpx.URL(target.base_url).host, httpx.URL(target.base_url).port or 80
+    reader, writer = await asyncio.open_connection(host, port, local_addr=target.local_addr)
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {host}\r\n"
         "Content-Type: application/x-www-form-urlencoded\r\n"
@@ -104,7 +116,7 @@ async def body_attack(target: Target, stop: asyncio.Event, tally: Counter[str]) 
 
     async def step() -> None:
         nonlocal turn
-        await _post_raw(target.base_url, paths[turn % 2], body, tally)
+        await _post_raw(target, paths[turn % 2], body, tally)
         turn += 1
 
     await _until(stop, step)
@@ -128,7 +140,13 @@ async def _open_stream(
     target: Target, url: str, call_sid: str, parameters: dict[str, str]
 ) -> tuple[ClientConnection, tm.InboundBuilder]:
     headers = signature_header(target.auth_token, url, {})
-    ws = await connect(url, additional_headers=headers, max_size=2**20, open_timeout=10)
+    ws = await connect(
+        url,
+        additional_headers=headers,
+        max_size=2**20,
+        open_timeout=10,
+        local_addr=target.local_addr,
+    )
     builder = tm.InboundBuilder(
         "MZ" + secrets.token_hex(16), call_sid, DEFAULT_ACCOUNT_SID, custom_parameters=parameters
     )
@@ -155,7 +173,7 @@ async def _flood_call(
     a new call at most once per REDIAL_S, as a caller dialling through Twilio could."""
     loop = asyncio.get_running_loop()
     dialled_at = -REDIAL_S
-    async with httpx.AsyncClient(timeout=10) as http:
+    async with target.http() as http:
         while not stop.is_set():
             await asyncio.sleep(max(0.0, dialled_at + REDIAL_S - loop.time()))
             dialled_at = loop.time()
@@ -216,7 +234,7 @@ async def replay_attack(target: Target, stop: asyncio.Event, tally: Counter[str]
     call_sid = "CA" + secrets.token_hex(16)
     silence = b"\xff" * FRAME_BYTES
     streams: list[tuple[ClientConnection, tm.InboundBuilder]] = []
-    async with httpx.AsyncClient(timeout=10) as http:
+    async with target.http() as http:
         ts = 0
         while not stop.is_set():
             if len(streams) < REPLAY_STREAMS:
@@ -244,7 +262,7 @@ async def replay_attack(target: Target, stop: asyncio.Event, tally: Counter[str]
 
 async def login_attack(target: Target, stop: asyncio.Event, tally: Counter[str]) -> None:
     async def worker() -> None:
-        async with httpx.AsyncClient(base_url=target.base_url, timeout=30) as http:
+        async with target.http(base_url=target.base_url) as http:
             while not stop.is_set():
                 try:
                     page = await http.get("/login")
@@ -299,9 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", required=True, help="the service's base URL")
     parser.add_argument("--number", required=True, help="a number the service answers")
     parser.add_argument("--seconds", type=float, required=True)
+    parser.add_argument("--source", help="local address to connect from (default: any)")
     args = parser.parse_args(argv)
     # The signing key comes from the environment like every secret (never argv: ps shows it).
-    target = Target(args.url, os.environ.get("TWILIO_AUTH_TOKEN", ""), args.number)
+    target = Target(args.url, os.environ.get("TWILIO_AUTH_TOKEN", ""), args.number, args.source)
     tally = asyncio.run(_run_for(args.attack, target, args.seconds))
     print(json.dumps(dict(tally)))
     return 0
