@@ -8,18 +8,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from telephony import cli_users
+from telephony.cli_usage import UsageError, checked_settings, database_errors
 
 if TYPE_CHECKING:
-    from telephony.settings import Settings
     from telephony.sim.deepgram_server import Script
 
 # The API key `telephony emulator` accepts when DEEPGRAM_API_KEY is unset.
 EMULATOR_DEFAULT_KEY = "test-key"
-
-
-class UsageError(Exception):
-    """A mistake on the command line or in a file it names: `main` prints the message as one
-    line (no traceback) and exits 2."""
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -45,22 +40,6 @@ def _check_config_file(path: object, what: str) -> None:
         raise UsageError(f"{what}: no such file: {path}")
 
 
-def _settings() -> Settings:
-    """The environment's settings; invalid ones are a UsageError on one line naming each
-    variable and what is wrong, never its value (it may be a secret)."""
-    from pydantic import ValidationError
-
-    from telephony.settings import Settings
-
-    try:
-        return Settings()
-    except ValidationError as exc:
-        why = "; ".join(
-            f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise UsageError(f"invalid settings: {why}") from None
-
-
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -73,7 +52,7 @@ def _serve(args: argparse.Namespace) -> int:
     from telephony.logs import setup_logging
     from telephony.startup import InsecureSettings
 
-    settings = _settings()
+    settings = checked_settings()
     _check_config_file(settings.config_path, "TELEPHONY_CONFIG")
     _check_port_free(args.host, args.port)
     setup_logging(settings.log_format, settings.log_level)
@@ -112,7 +91,9 @@ def _config_check(args: argparse.Namespace) -> int:
 def _db_upgrade(args: argparse.Namespace) -> int:
     from telephony.store.schema import upgrade_blocking
 
-    upgrade_blocking(_settings().database_url)
+    settings = checked_settings()
+    with database_errors():
+        upgrade_blocking(settings.database_url)
     print("database schema is up to date")
     return 0
 
@@ -124,7 +105,7 @@ def _retention_run(args: argparse.Namespace) -> int:
     from telephony.store.retention import RetentionResult, run_retention
     from telephony.store.schema import make_engine, upgrade
 
-    settings = _settings()
+    settings = checked_settings()
     try:  # each call's retention comes from its profile in the current YAML
         profiles = load_config(settings.config_path).profiles
     except ConfigError as exc:
@@ -141,7 +122,8 @@ def _retention_run(args: argparse.Namespace) -> int:
         finally:
             await engine.dispose()
 
-    result = asyncio.run(run())
+    with database_errors():
+        result = asyncio.run(run())
     if args.dry_run:
         for sid in result.calls:  # what would go, one SID per line, then the summary
             print(sid)
@@ -173,7 +155,7 @@ def _emulator(args: argparse.Namespace) -> int:
     from telephony.logs import setup_logging
     from telephony.sim.deepgram_server import run_emulator
 
-    settings = _settings()
+    settings = checked_settings()
     script, tagged = None, {}
     if args.script:  # the `telephony call --script` timeline; `staff:` for "staff"-tagged sockets
         data = _read_script(args.script)

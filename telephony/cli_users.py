@@ -43,12 +43,14 @@ def _on_users(change: Callable[[AsyncEngine], Awaitable[str]]) -> int:
     """Run one account change against the database; print its result or its error."""
     import asyncio
 
-    from telephony.settings import Settings
+    from telephony.cli_usage import checked_settings, database_errors
     from telephony.store.schema import make_engine, upgrade
     from telephony.store.users import UserError
 
+    settings = checked_settings()  # invalid: one line, exit 2 (telephony/cli.py main)
+
     async def run() -> str:
-        engine = make_engine(Settings().database_url)
+        engine = make_engine(settings.database_url)
         try:
             await upgrade(engine)
             return await change(engine)
@@ -56,7 +58,8 @@ def _on_users(change: Callable[[AsyncEngine], Awaitable[str]]) -> int:
             await engine.dispose()
 
     try:
-        print(asyncio.run(run()))
+        with database_errors():
+            print(asyncio.run(run()))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -9,6 +9,10 @@ layer listens on a Unix socket only and, as root, adds a system user; this modul
 root, runs the server as `nobody` (PostgreSQL refuses to run as root).
 
 Each test that needs a database makes its own (`fresh_database`) or its own schema.
+
+A test process killed outright (SIGKILL, an OOM kill, a lost CI runner) cannot stop its
+server: each server's directory names its owner's pid, and the next session stops and removes
+the servers whose owner is gone (`reap_orphans`).
 """
 
 from __future__ import annotations
@@ -40,6 +44,10 @@ FIX = (
     "ships the server)"
 )
 READY_WITHIN_S = 60.0
+ROOT_PREFIX = "telephony-pg-"
+OWNER_FILE = "owner.pid"
+# A directory without an owner file yet may be another worker's, mid-start.
+UNOWNED_GRACE_S = 120.0
 
 # Spawning the server from a test's fixture is the harness's doing, not the test's: the lane
 # guard in conftest.py lets it through while this is set.
@@ -107,7 +115,8 @@ def throwaway(bindir: Path) -> Iterator[PgServer]:
     """initdb and start a server in a new temp dir on a free loopback port; stop and remove it
     on exit. fsync is off: the data dies with the test session anyway."""
     global _spawning
-    root = Path(tempfile.mkdtemp(prefix="telephony-pg-"))
+    root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX))
+    (root / OWNER_FILE).write_text(str(os.getpid()))
     run_as: dict[str, Any] = {}
     if os.geteuid() == 0:
         nobody = pwd.getpwnam("nobody")
@@ -182,6 +191,50 @@ def throwaway(bindir: Path) -> Iterator[PgServer]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def reap_orphans(tmp: Path | None = None) -> list[Path]:
+    """Stop and remove the throwaway servers whose owning test process is gone; the roots
+    removed. A server that ignores the fast shutdown for 10 s is killed."""
+    reaped = []
+    for root in Path(tmp or tempfile.gettempdir()).glob(ROOT_PREFIX + "*"):
+        try:
+            owner = int((root / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            try:
+                young = time.time() - root.stat().st_mtime < UNOWNED_GRACE_S
+            except OSError:
+                continue
+            if young:
+                continue
+            owner = 0
+        if owner and _alive(owner):
+            continue
+        try:
+            postmaster = int((root / "data" / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            postmaster = 0
+        if postmaster and _alive(postmaster):
+            with contextlib.suppress(OSError):
+                os.kill(postmaster, signal.SIGINT)  # fast shutdown
+            deadline = time.monotonic() + 10
+            while _alive(postmaster) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            with contextlib.suppress(OSError):
+                os.kill(postmaster, signal.SIGKILL)
+        shutil.rmtree(root, ignore_errors=True)
+        reaped.append(root)
+    return reaped
+
+
 @contextlib.contextmanager
 def session_server() -> Iterator[PgServer]:
     url = os.environ.get(ENV, "").strip()
@@ -193,6 +246,7 @@ def session_server() -> Iterator[PgServer]:
         import pytest
 
         pytest.skip(f"no PostgreSQL server: {FIX}")
+    reap_orphans()
     with throwaway(bindir) as server:
         yield server
 

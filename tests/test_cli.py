@@ -108,6 +108,30 @@ def test_env_example_is_posix_shell_and_reads_the_same_both_ways(env_file_state:
     assert environ["TELEPHONY_BUSY_MESSAGE"] == Settings.model_fields["busy_message"].default
 
 
+def test_a_copied_env_example_changes_nothing_until_filled_in(
+    env_file_state: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cp .env.example .env` used to switch a newcomer's logs to JSON and point the stream URL
+    at bridge.example.com (so `telephony call` could not reach the local service): every value
+    it sets is the default; what a deployment must change is left empty."""
+    environ: dict[str, str] = {}
+    load_env_file(REPO / ".env.example", environ)
+    by_alias = {field.alias: name for name, field in Settings.model_fields.items()}
+    for alias in by_alias:  # the tests' own environment is not the defaults
+        if alias:
+            monkeypatch.delenv(alias, raising=False)
+    from_example = Settings.model_validate(
+        {by_alias[k]: v for k, v in environ.items() if k in by_alias}
+    )
+    defaults = Settings.model_validate({})
+    changed = {
+        name: getattr(from_example, name)
+        for name in Settings.model_fields
+        if getattr(from_example, name) != getattr(defaults, name)
+    }
+    assert changed == {}
+
+
 def test_startup_log_names_the_env_file(
     tmp_path: Path,
     numbers_yaml: Path,
@@ -187,7 +211,15 @@ def test_call_usage_mistakes_are_one_line(
     assert "cannot read: No such file or directory" in err
 
 
-@pytest.mark.parametrize("argv", [["db", "upgrade"], ["emulator", "--port", "0"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["db", "upgrade"],
+        ["emulator", "--port", "0"],
+        ["users", "remove", "bob"],
+        ["users", "role", "bob", "admin"],
+    ],
+)
 def test_invalid_settings_are_one_line_without_the_value(
     argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -197,6 +229,35 @@ def test_invalid_settings_are_one_line_without_the_value(
     assert "TELEPHONY_MAX_CALLS: Input should be a valid integer" in err, err
     assert "DEEPGRAM_URL" in err and "credentials in the URL" in err
     assert "lots" not in err and "sk-SECRET-value" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["db", "upgrade"],
+        ["users", "remove", "bob"],
+        ["retention", "run", "--dry-run"],
+    ],
+)
+def test_an_unreachable_database_is_one_line_without_the_url(
+    argv: list[str],
+    numbers_yaml: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A traceback from the driver used to be what an operator saw (and it could quote the
+    URL, password included)."""
+    with socket.socket() as holder:  # a port nothing listens on: connection refused
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+    monkeypatch.setenv("TELEPHONY_CONFIG", str(numbers_yaml))
+    monkeypatch.setenv(
+        "TELEPHONY_DATABASE_URL", f"postgresql+asyncpg://ops:pw-SECRET@127.0.0.1:{port}/calls"
+    )
+    err = _main_error(capsys, *argv)
+    assert err.startswith("error: cannot use the database (TELEPHONY_DATABASE_URL): "), err
+    assert "ConnectionRefusedError" in err
+    assert "pw-SECRET" not in err and "ops" not in err
 
 
 @pytest.mark.parametrize(

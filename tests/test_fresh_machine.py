@@ -5,9 +5,11 @@ that a PostgreSQL or browser test may not skip (tests/ci_skips.py)."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import asyncpg
@@ -151,6 +153,55 @@ async def test_a_throwaway_server_serves_fresh_databases_and_is_removed() -> Non
     assert not data.parent.exists()
     with socket.socket() as sock:  # and nothing listens on its port
         assert sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+OWNER = """
+import sys, time
+from tests import pg_server
+with pg_server.throwaway(pg_server.embedded_bindir()) as server:
+    print(server.netloc, flush=True)
+    time.sleep(600)
+"""
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.process
+def test_the_server_of_a_killed_test_process_is_stopped_by_the_next_session() -> None:
+    """SIGKILL leaves no `finally`: the server went on running, its data in /tmp, for good."""
+    # Not pytest's tmp_path: as root the server runs as nobody, who must reach the directory.
+    tmp_path = Path(tempfile.mkdtemp(prefix="telephony-reap-"))
+    tmp_path.chmod(0o711)
+    try:
+        _kill_the_owner_then_reap(tmp_path)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _kill_the_owner_then_reap(tmp_path: Path) -> None:
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert owner.stdout is not None
+        netloc = owner.stdout.readline().strip()
+        assert netloc, "the owner process did not start its server"
+        port = int(netloc.rsplit(":", 1)[1])
+        (root,) = tmp_path.glob(pg_server.ROOT_PREFIX + "*")
+        # A live owner's server is left alone.
+        assert pg_server.reap_orphans(tmp_path) == []
+        assert _listening(port)
+    finally:
+        owner.kill()
+        owner.wait()
+    assert _listening(port)  # orphaned
+    assert pg_server.reap_orphans(tmp_path) == [root]
+    assert not root.exists()
+    assert not _listening(port)
 
 
 # --- Chromium and nginx ----------------------------------------------------------------------
