@@ -10,7 +10,6 @@ answer and will not retry: a repeat then is a replay, refused with 409 and no Tw
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import Response
 
 from telephony.session.services import Services
+from telephony.store.bounded_wait import wait_at_most
 from telephony.store.stream_claims import record_answer
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,9 @@ async def _recorded(services: Services, call_sid: str, answer: str) -> tuple[str
     """The call's one answer as stored for every instance, and whether its stream started;
     None if the database cannot say in time (the stream's own claim still holds then)."""
     try:
-        async with asyncio.timeout(services.settings.stream_claim_timeout_s):
-            return await record_answer(services.db, call_sid, answer)
+        return await wait_at_most(  # never cancelled mid-transaction: see bounded_wait.py
+            record_answer(services.db, call_sid, answer), services.settings.stream_claim_timeout_s
+        )
     except (TimeoutError, SQLAlchemyError, OSError) as exc:
         log.warning(
             "webhook answer not recorded (%s): a repeat elsewhere would get a new token",

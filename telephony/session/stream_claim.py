@@ -14,13 +14,13 @@ the cross-instance check; the per-instance checks still hold).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from telephony.session.services import Services
+from telephony.store.bounded_wait import wait_at_most
 from telephony.store.instances import new_instance_id
 from telephony.store.stream_claims import carry
 from telephony.transcript import Transcript
@@ -72,8 +72,9 @@ async def claim_stream(services: Services, call_sid: str, part: str) -> bool | N
     instance = services.transcripts.instance
     owner = instance.id if instance is not None else _PROCESS_ID
     try:
-        async with asyncio.timeout(services.settings.stream_claim_timeout_s):
-            return await carry(services.db, call_sid, part, owner)
+        return await wait_at_most(  # never cancelled mid-transaction: see bounded_wait.py
+            carry(services.db, call_sid, part, owner), services.settings.stream_claim_timeout_s
+        )
     except (TimeoutError, SQLAlchemyError, OSError) as exc:
         log.warning(
             "stream claim not recorded (%s): carried without the cross-instance check",

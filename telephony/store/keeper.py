@@ -15,6 +15,7 @@ from typing import Protocol
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from telephony.store import instances
+from telephony.store.bounded_wait import wait_at_most
 from telephony.store.health import FileIdentity, StoreHealth, sqlite_path
 from telephony.store.instances import Instance
 
@@ -72,7 +73,9 @@ class Keeper:
             await self.check_file()
             if loop.time() - last >= self.store.heartbeat_s:
                 last = loop.time()
-                await self.heartbeat()
+                # The store's stop cancels this task: the heartbeat's transaction is let
+                # finish, or it could hold SQLite's lock against the final flush.
+                await wait_at_most(self.heartbeat(), None)
 
 
 async def start_keeper(store: Kept) -> asyncio.Task[None] | None:
@@ -85,5 +88,5 @@ async def start_keeper(store: Kept) -> asyncio.Task[None] | None:
     # The first heartbeat before any call row names this instance, and the calls a crashed
     # predecessor left open are closed before the first page is served.
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(keeper.once(), KEEPER_FIRST_TIMEOUT_S)
+        await wait_at_most(keeper.once(), KEEPER_FIRST_TIMEOUT_S)  # never cancelled mid-write
     return asyncio.create_task(keeper.run(), name="store-keeper")

@@ -1,0 +1,91 @@
+"""telephony/store/bounded_wait.py: a caller stops waiting for a database operation at its
+deadline, and the operation is never cancelled (a transaction cancelled mid-flight could leave
+SQLite locked for good: every later store write failed "database is locked")."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from telephony.session.stream_claim import claim_stream
+from telephony.store.bounded_wait import unwaited, wait_at_most
+from telephony.store.schema import make_engine, upgrade
+from telephony.store.stream_claims import carry
+
+pytestmark = pytest.mark.unit
+
+
+async def test_the_caller_times_out_and_the_operation_runs_to_its_end() -> None:
+    release, steps = asyncio.Event(), []
+
+    async def operation() -> str:
+        try:
+            await release.wait()
+            steps.append("done")
+            return "result"
+        except asyncio.CancelledError:
+            steps.append("cancelled")
+            raise
+
+    with pytest.raises(TimeoutError):
+        await wait_at_most(operation(), 0.05)
+    assert unwaited() == 1
+    release.set()
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert steps == ["done"] and unwaited() == 0
+    assert await wait_at_most(asyncio.sleep(0, "fast"), 1.0) == "fast"
+
+
+async def test_a_cancelled_caller_leaves_the_operation_running() -> None:
+    release, steps = asyncio.Event(), []
+
+    async def operation() -> None:
+        await release.wait()
+        steps.append("done")
+
+    caller = asyncio.create_task(wait_at_most(operation(), None))
+    await asyncio.sleep(0.01)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    release.set()
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert steps == ["done"]
+
+
+async def test_a_claim_that_times_out_on_a_locked_database_is_still_recorded_and_unlocks(
+    tmp_path: Path,
+) -> None:
+    """The claim gives up waiting after its timeout; the claim itself completes once the lock
+    is gone, and the database is writable afterwards (it used to be cancelled instead)."""
+    path = tmp_path / "claims.db"
+    engine = make_engine(f"sqlite+aiosqlite:///{path}")
+    await upgrade(engine)
+    services: Any = SimpleNamespace(
+        db=engine,
+        transcripts=SimpleNamespace(instance=None),
+        settings=SimpleNamespace(stream_claim_timeout_s=0.2),
+    )
+    outside = sqlite3.connect(path, isolation_level=None)
+    try:
+        outside.execute("BEGIN IMMEDIATE")  # someone else holds the write lock
+        assert await claim_stream(services, "CA1", "") is None  # not decided in time
+        outside.execute("COMMIT")
+        for _ in range(100):  # the claim goes on in the background
+            if outside.execute("SELECT carried_by FROM stream_claims").fetchall():
+                break
+            await asyncio.sleep(0.05)
+        assert len(outside.execute("SELECT carried_by FROM stream_claims").fetchall()) == 1
+        assert await carry(engine, "CA2", "", "me")  # and nothing holds the lock
+        outside.execute("BEGIN IMMEDIATE")
+        outside.execute("COMMIT")
+    finally:
+        outside.close()
+        await engine.dispose()
