@@ -342,7 +342,9 @@ async def capture(numbers: Path) -> Wire:
                             reply_after_function="Goodbye!",
                         ),
                     ],
-                    faults=[Fault("agent", 1200, "drop")],
+                    # After the first exchange is done (its text is the context resent), before
+                    # the second: with room for a loaded machine's delays either side.
+                    faults=[Fault("agent", 1700, "drop")],
                 ),
                 config_path=numbers,
                 deepgram_options={**fast, "agent_latency_s": 0.1},
