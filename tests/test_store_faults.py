@@ -135,7 +135,7 @@ def errors_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
 @contextlib.contextmanager
 def locked(db: Path) -> Iterator[None]:
     """Another process takes the database's write lock and keeps it: every write times out."""
-    lock = sqlite3.connect(db, timeout=10, isolation_level=None)
+    lock = sqlite3.connect(db, timeout=10, isolation_level=None, check_same_thread=False)
     try:
         lock.execute("BEGIN EXCLUSIVE")
         yield
@@ -187,7 +187,11 @@ async def fault_mid_call(
     call = Call(running_app, fake_deepgram, fake_rest)
     await call.live()
     assert await readyz(running_app) == (200, {"ready": True, "draining": False, "store_ok": True})
-    with fault(db_path(running_app)):
+    held = fault(db_path(running_app))
+    # Entered off the loop: taking the lock waits for the app's open transaction (the call's
+    # claim, just made) to end, which needs the loop to run.
+    await asyncio.to_thread(held.__enter__)
+    try:
 
         async def not_ready() -> bool:
             return (await readyz(running_app))[0] == 503
@@ -202,6 +206,8 @@ async def fault_mid_call(
         assert scraped["telephony_store_errors_total"] >= 1
         summary = await call.completed()
         assert store.queue_depth > 0  # the call's rows wait in memory
+    finally:
+        held.__exit__(None, None, None)
 
     # The fault is gone: the rows kept are written, and the instance is ready again.
     async def recovered() -> bool:
