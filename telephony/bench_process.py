@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import math
 import os
+import random
 import shutil
 import signal
 import socket
@@ -61,7 +62,22 @@ def can_pin() -> bool:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A loopback port for a server we spawn, which binds it a moment later. Picked at random
+    below the kernel's ephemeral range: a port from that range (binding port 0) can be taken
+    meanwhile by any outgoing connection on the machine."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32_768
+    for _ in range(100):
+        port = random.randrange(10_000, max(low, 10_100))
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # a crowded machine: let the kernel pick
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 

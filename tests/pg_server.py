@@ -23,7 +23,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import tempfile
@@ -36,6 +35,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+
+from tests.ports import free_port
 
 ENV = "TELEPHONY_TEST_DATABASE_URL"
 FIX = (
@@ -91,12 +92,6 @@ def embedded_bindir() -> Path | None:
     return bindir if (bindir / "postgres").is_file() else None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _reachable_by_others(path: Path) -> bool:
     """Whether a user other than the owner may reach `path` (every parent directory o+x)."""
     return all(p.stat().st_mode & stat.S_IXOTH for p in [path, *path.parents])
@@ -141,7 +136,7 @@ def throwaway(bindir: Path) -> Iterator[PgServer]:
                 timeout=120,
                 **run_as,
             )
-            port = _free_port()
+            port = free_port()  # below the ephemeral range: see tests/ports.py
             proc = subprocess.Popen(
                 [
                     *(

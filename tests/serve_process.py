@@ -20,12 +20,12 @@ from typing import Any
 import httpx
 import pytest
 
-from telephony.inprocess import bind_loopback
 from telephony.settings import ENV_FILE_VAR
 from telephony.sim import twilio_caller
 from telephony.sim.deepgram_server import FakeDeepgram
 from telephony.sim.twilio_caller import CallResult
 from telephony.sim.twilio_rest import FakeTwilioRest
+from tests import ports
 from tests.conftest import AUTH_TOKEN, DEEPGRAM_KEY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,12 +87,7 @@ def capture_call_results(monkeypatch: pytest.MonkeyPatch) -> list[CallResult]:
     return made
 
 
-def free_port() -> int:
-    sock = bind_loopback()
-    try:
-        return int(sock.getsockname()[1])
-    finally:
-        sock.close()
+free_port = ports.free_port  # below the ephemeral range: see tests/ports.py
 
 
 @dataclass
