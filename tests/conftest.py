@@ -162,24 +162,6 @@ def lanes_of(item: pytest.Item) -> set[str]:
     return lanes or {"unit"}
 
 
-# Tests (by node id prefix) that take 15-70 s each on a busy machine: the hostile-client
-# benchmark, the tiny benchmarks, the browser tests (Chromium's start-up), the SDK
-# conformance captures (one per worker).
-LONGEST_FIRST = (
-    "tests/test_hostile.py",
-    "tests/test_bench.py",
-    "tests/test_staff_browser.py",
-    "tests/conformance/",
-)
-
-
-def _longest_first(item: pytest.Item) -> int:
-    for rank, prefix in enumerate(LONGEST_FIRST):
-        if item.nodeid.startswith(prefix):
-            return rank
-    return len(LONGEST_FIRST)
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         info = getattr(item, "_fixtureinfo", None)
@@ -191,9 +173,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             lanes.discard("unit")  # e.g. a test marked `process` by hand
         for lane in sorted(lanes - explicit):
             item.add_marker(lane)
-    # The longest tests first: xdist hands out tests in this order, and a minute-long test
-    # handed out last is the run's tail on its own.
-    items.sort(key=_longest_first)
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
@@ -203,7 +182,8 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     tests): 2 workers 532 s, 4 workers 296 s, 6 workers 241-254 s (three green runs, once the
     servers' ports stopped colliding: tests/ports.py), 8 workers 240 s with two failures (the
     calls' own timing lost to CPU contention). Past three per core there is no gain, only
-    flakes."""
+    flakes. (Handing the longest tests out first made it slower, 275 s: the CPU-heavy ones,
+    benchmarks and browsers, then all run at once.)"""
     override = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")
     if override:
         return int(override)

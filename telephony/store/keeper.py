@@ -57,9 +57,17 @@ class Keeper:
             await instances.heartbeat(store.engine, store.instance)
             await instances.sweep(store.engine, store.instance, stale_after_s=store.stale_after_s)
         except Exception as exc:
-            store.health.failed("heartbeat", exc, store.queue_depth)
+            await self.failed("heartbeat", exc)
         else:
             store.health.succeeded("heartbeat")
+
+    async def failed(self, what: str, exc: Exception) -> None:
+        """A write or heartbeat failed: reported as the file's deletion or replacement when
+        that is the cause (a deleted file fails as "attempt to write a readonly database"),
+        else as a fault episode. One ERROR naming the real cause, not two."""
+        await self.check_file()
+        if not self.store.health.replaced:
+            self.store.health.failed(what, exc, self.store.queue_depth)
 
     async def once(self) -> None:
         await self.check_file()
@@ -78,8 +86,9 @@ class Keeper:
                 await wait_at_most(self.heartbeat(), None)
 
 
-async def start_keeper(store: Kept) -> asyncio.Task[None] | None:
-    """The store's keeper, after its first round; None when it has nothing to keep."""
+async def start_keeper(store: Kept) -> tuple[Keeper, asyncio.Task[None]] | None:
+    """The store's keeper and its task, after its first round; None when it has nothing to
+    keep."""
     path = sqlite_path(store.engine.url.render_as_string(hide_password=False))
     file = await asyncio.to_thread(FileIdentity.of, path) if path else None
     if store.instance is None and file is None:
@@ -89,4 +98,4 @@ async def start_keeper(store: Kept) -> asyncio.Task[None] | None:
     # predecessor left open are closed before the first page is served.
     with contextlib.suppress(TimeoutError):
         await wait_at_most(keeper.once(), KEEPER_FIRST_TIMEOUT_S)  # never cancelled mid-write
-    return asyncio.create_task(keeper.run(), name="store-keeper")
+    return keeper, asyncio.create_task(keeper.run(), name="store-keeper")

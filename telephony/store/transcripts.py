@@ -35,7 +35,7 @@ from telephony.store import instances
 from telephony.store.batch import Kind, Row, write_batch
 from telephony.store.health import StoreHealth, describe, reopen
 from telephony.store.instances import Instance
-from telephony.store.keeper import start_keeper
+from telephony.store.keeper import Keeper, start_keeper
 from telephony.store.queries import CallFilter, get_call, search_calls
 from telephony.store.redact import redacted_turn
 from telephony.store.schema import make_engine
@@ -95,6 +95,7 @@ class TranscriptStore:
         self.heartbeat_s = heartbeat_s
         self.stale_after_s = stale_after_s
         self._keeper: asyncio.Task[None] | None = None
+        self._watch: Keeper | None = None  # the keeper itself, which tells a failure's cause
         self.health = StoreHealth()
         self.check_s = check_s
         self._wake = asyncio.Event()  # stop() wakes a writer holding its rows
@@ -107,7 +108,9 @@ class TranscriptStore:
             self._wake.clear()
             self._task = asyncio.create_task(self._run(), name="transcript-store-writer")
         if self._keeper is None:
-            self._keeper = await start_keeper(self)
+            started = await start_keeper(self)
+            if started is not None:
+                self._watch, self._keeper = started
 
     async def stop(self) -> None:
         """Flush everything queued (bounded by ``stop_timeout``), then stop the writer."""
@@ -376,7 +379,10 @@ class TranscriptStore:
                 self.health.succeeded("write")
                 continue
             self.retries += 1
-            self.health.failed("write", exc, self.queue_depth)  # logged once per episode
+            if self._watch is not None:  # a deleted file is reported as that
+                await self._watch.failed("write", exc)
+            else:
+                self.health.failed("write", exc, self.queue_depth)  # logged once per episode
             log.debug("transcript store write failed, retry in %.2fs", backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.max_backoff)

@@ -1,10 +1,15 @@
-"""telephony/store/bounded_wait.py: a caller stops waiting for a database operation at its
+"""The store keeps SQLite usable and says what is wrong with it.
+
+telephony/store/bounded_wait.py: a caller stops waiting for a database operation at its
 deadline, and the operation is never cancelled (a transaction cancelled mid-flight could leave
-SQLite locked for good: every later store write failed "database is locked")."""
+SQLite locked for good: every later store write failed "database is locked").
+telephony/store/keeper.py: a failure caused by a deleted database file is reported as that.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,6 +19,8 @@ import pytest
 
 from telephony.session.stream_claim import claim_stream
 from telephony.store.bounded_wait import unwaited, wait_at_most
+from telephony.store.health import FileIdentity, StoreHealth
+from telephony.store.keeper import Keeper
 from telephony.store.schema import make_engine, upgrade
 from telephony.store.stream_claims import carry
 
@@ -89,3 +96,31 @@ async def test_a_claim_that_times_out_on_a_locked_database_is_still_recorded_and
     finally:
         outside.close()
         await engine.dispose()
+
+
+# --- a failure's cause -----------------------------------------------------------------------
+
+
+async def test_a_write_failing_because_the_file_was_deleted_is_reported_as_the_deletion(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A deleted SQLite file fails writes as "attempt to write a readonly database": that used
+    to be logged as a generic store failure first, and /readyz went 503 for it, before the
+    keeper's next file check named the real cause (two ERRORs; a flaky test)."""
+    path = tmp_path / "gone.db"
+    path.write_bytes(b"")
+    health = StoreHealth()
+    store: Any = SimpleNamespace(health=health, queue_depth=3)
+    keeper = Keeper(store, FileIdentity.of(str(path)))
+    path.unlink()
+    with caplog.at_level(logging.ERROR):
+        await keeper.failed("write", sqlite3.OperationalError("attempt to write a readonly db"))
+    assert health.replaced and health.failing == {}
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "deleted or replaced" in errors[0], errors
+    # A failure with the file in place is a fault episode, as before.
+    path.write_bytes(b"")
+    other = StoreHealth()
+    kept = Keeper(SimpleNamespace(health=other, queue_depth=0), FileIdentity.of(str(path)))
+    await kept.failed("write", sqlite3.OperationalError("database is locked"))
+    assert not other.replaced and "write" in other.failing
