@@ -176,18 +176,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """`-n auto`: three workers per core, at most 8 (PYTEST_XDIST_AUTO_NUM_WORKERS overrides).
+    """`-n auto`: two workers per core, at most 8 (PYTEST_XDIST_AUTO_NUM_WORKERS overrides).
 
-    Most tests wait on a call's real-time clock, not on the CPU. Measured on two cores (1 304
-    tests): 2 workers 532 s, 4 workers 296 s, 6 workers 241-254 s (three green runs, once the
-    servers' ports stopped colliding: tests/ports.py), 8 workers 240 s with two failures (the
-    calls' own timing lost to CPU contention). Past three per core there is no gain, only
-    flakes. (Handing the longest tests out first made it slower, 275 s: the CPU-heavy ones,
-    benchmarks and browsers, then all run at once.)"""
+    Most tests wait on a call's real-time clock, not on the CPU. Measured on two cores (1 305
+    tests): 2 workers 532 s; 4 workers 296 s; 6 workers 241-254 s, but 2 of 5 runs then had a
+    real-time test fail (a scripted caller's turn overlapping a reply delayed by CPU
+    contention); 8 workers 240 s with two failures. Handing the longest tests out first made it
+    slower (275 s at 6: the benchmarks and browsers then all run at once)."""
     override = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")
     if override:
         return int(override)
-    return min(3 * (os.cpu_count() or 1), 8)
+    return min(2 * (os.cpu_count() or 1), 8)
 
 
 @pytest.fixture(autouse=True)
