@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from telephony.session.stream_claim import claim_stream
 from telephony.store.bounded_wait import unwaited, wait_at_most
@@ -124,3 +127,32 @@ async def test_a_write_failing_because_the_file_was_deleted_is_reported_as_the_d
     kept = Keeper(SimpleNamespace(health=other, queue_depth=0), FileIdentity.of(str(path)))
     await kept.failed("write", sqlite3.OperationalError("database is locked"))
     assert not other.replaced and "write" in other.failing
+
+
+@pytest.mark.process  # chattr
+async def test_a_connection_opened_read_only_during_a_fault_is_dropped_after_it(
+    tmp_path: Path,
+) -> None:
+    """SQLite opens a file it cannot write read-only, and the pooled connection stayed so
+    after the fault: writes on it kept failing (after a storage fault the store "recovered",
+    then failed again on the heartbeat's turn with that connection)."""
+    path = tmp_path / "calls.db"
+    engine = make_engine(f"sqlite+aiosqlite:///{path}", pool_size=1, max_overflow=0)
+    try:
+        await upgrade(engine)
+        await engine.dispose()  # the next connection is opened during the fault
+        chattr = await asyncio.to_thread(
+            subprocess.run, ["chattr", "+i", str(path)], capture_output=True
+        )
+        if chattr.returncode != 0:
+            pytest.skip("chattr +i is not possible here")
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))  # opened read-only, back to the pool
+        finally:
+            await asyncio.to_thread(subprocess.run, ["chattr", "-i", str(path)], check=True)
+        with pytest.raises(OperationalError, match="readonly database"):
+            await carry(engine, "CA1", "", "me")  # the read-only connection's one failure
+        assert await carry(engine, "CA1", "", "me")  # a fresh connection: writable
+    finally:
+        await engine.dispose()

@@ -220,6 +220,16 @@ def make_engine(database_url: str, **kw: Any) -> AsyncEngine:
             cur.execute("PRAGMA busy_timeout=5000")
             cur.close()
 
+        @event.listens_for(engine.sync_engine, "handle_error")
+        def _readonly_is_a_lost_connection(context: Any) -> None:
+            # SQLite opens a file it cannot write (immutable, read-only mount) read-only, and
+            # the connection stays so after the fault is gone: every write on it would fail
+            # "attempt to write a readonly database" for as long as the pool keeps it. Treated
+            # as a lost connection, it is dropped (with the pool's older ones) at its first
+            # failed write, and the retry opens a fresh one.
+            if "readonly database" in str(context.original_exception):
+                context.is_disconnect = True
+
     return engine
 
 

@@ -376,6 +376,10 @@ class TranscriptStore:
             exc = await self._attempt()
             if exc is None:
                 backoff = self.min_backoff
+                if self.health.failing and self._watch and self._watch.file is not None:
+                    # A SQLite file recovered: connections opened during the fault may be
+                    # read-only for good (schema.py), so the pool starts afresh.
+                    await self.engine.dispose()
                 self.health.succeeded("write")
                 continue
             self.retries += 1
