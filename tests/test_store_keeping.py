@@ -4,6 +4,8 @@ telephony/store/bounded_wait.py: a caller stops waiting for a database operation
 deadline, and the operation is never cancelled (a transaction cancelled mid-flight could leave
 SQLite locked for good: every later store write failed "database is locked").
 telephony/store/keeper.py: a failure caused by a deleted database file is reported as that.
+telephony/store/schema.py: a connection opened read-only during a fault does not outlive it,
+and apps starting together on one SQLite file migrate it one at a time.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import logging
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -26,6 +29,8 @@ from telephony.store.health import FileIdentity, StoreHealth
 from telephony.store.keeper import Keeper
 from telephony.store.schema import make_engine, upgrade
 from telephony.store.stream_claims import carry
+
+REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.unit
 
@@ -156,3 +161,37 @@ async def test_a_connection_opened_read_only_during_a_fault_is_dropped_after_it(
         assert await carry(engine, "CA1", "", "me")  # a fresh connection: writable
     finally:
         await engine.dispose()
+
+
+# --- migrations started together ---------------------------------------------------------------
+
+MIGRATE = """
+import sys
+from telephony.store.schema import upgrade_blocking
+upgrade_blocking(f"sqlite+aiosqlite:///{sys.argv[1]}")
+"""
+
+
+async def test_apps_starting_together_in_one_process_migrate_one_at_a_time(
+    tmp_path: Path,
+) -> None:
+    """Four offline calls (each its own app) starting at once on one SQLite file: Alembic's
+    command API, run concurrently, failed (KeyError, "table calls already exists")."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
+    results = await asyncio.gather(*(upgrade(url) for _ in range(6)), return_exceptions=True)
+    assert [r for r in results if isinstance(r, BaseException)] == []
+
+
+@pytest.mark.process
+async def test_instances_starting_together_on_one_sqlite_file_all_start(tmp_path: Path) -> None:
+    """Across processes the migration holds SQLite's write lock: the others wait, then find
+    the schema at head (before: 5 of 12 starters failed, "table calls already exists")."""
+    db = tmp_path / "shared.db"
+    starters = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", MIGRATE, str(db), cwd=REPO, stderr=asyncio.subprocess.PIPE
+        )
+        for _ in range(4)
+    ]
+    outcomes = [(await p.wait(), (await p.stderr.read()).decode()[-300:]) for p in starters]  # type: ignore[union-attr]
+    assert all(code == 0 for code, _ in outcomes), outcomes

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -253,11 +254,23 @@ def alembic_config() -> Any:
 MIGRATION_LOCK_KEY = 0x7E1E_9407_0000_0001
 
 
+# SQLite: the migration takes the database's write lock first (BEGIN IMMEDIATE), so starters
+# in other processes wait for it (busy_timeout) and then find the schema at head; without it
+# two of them both created the tables ("table calls already exists"). Within one process,
+# Alembic's command API is not safe to run concurrently at all: one migration at a time per
+# event loop (`_migrating`).
+_migrating: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def _upgrade_sync(connection: Connection, revision: str) -> None:
     from alembic import command
 
     if connection.dialect.name == "postgresql":
         connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
+    elif connection.dialect.name == "sqlite":
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
     cfg = alembic_config()
     cfg.attributes["connection"] = connection
     command.upgrade(cfg, revision)
@@ -266,8 +279,9 @@ def _upgrade_sync(connection: Connection, revision: str) -> None:
 async def upgrade(database: str | AsyncEngine, revision: str = "head") -> None:
     """Run ``alembic upgrade head`` on a URL (or an existing async engine)."""
     engine = make_engine(database) if isinstance(database, str) else database
+    lock = _migrating.setdefault(asyncio.get_running_loop(), asyncio.Lock())
     try:
-        async with engine.begin() as conn:
+        async with lock, engine.begin() as conn:
             await conn.run_sync(_upgrade_sync, revision)
     finally:
         if isinstance(database, str):
