@@ -176,17 +176,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """`-n auto`: two workers per core, at most 8 (PYTEST_XDIST_AUTO_NUM_WORKERS overrides).
+    """`-n auto`: one worker per core, at most 8 (PYTEST_XDIST_AUTO_NUM_WORKERS overrides).
 
-    Most tests wait on a call's real-time clock, not on the CPU. Measured on two cores (1 305
-    tests): 2 workers 532 s; 4 workers 296 s; 6 workers 241-254 s, but 2 of 5 runs then had a
-    real-time test fail (a scripted caller's turn overlapping a reply delayed by CPU
-    contention); 8 workers 240 s with two failures. Handing the longest tests out first made it
-    slower (275 s at 6: the benchmarks and browsers then all run at once)."""
+    Most tests wait on a call's real-time clock, not on the CPU, so more workers cut the wall
+    time — measured on two cores (1 308 tests, 2026-12-07): 2 workers 532 s; 4 workers 296-342
+    s; 6 workers 241-254 s; 8 workers 240 s — but past one per core the calls' own timing
+    loses to CPU contention now and then (at 4 workers 1 run in 3 had a real-time failure, at
+    6 workers 2 in 5, at 8 every run), and CI must not be red by chance. Handing the longest
+    tests out first made it slower (275 s at 6: the benchmarks and browsers all at once)."""
     override = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")
     if override:
         return int(override)
-    return min(2 * (os.cpu_count() or 1), 8)
+    return min(os.cpu_count() or 1, 8)
 
 
 @pytest.fixture(autouse=True)
