@@ -61,21 +61,31 @@ def can_pin() -> bool:
     return hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2
 
 
+def ephemeral_low() -> int:
+    """The lowest port the kernel gives outgoing connections (Linux; elsewhere a guess)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def free_port() -> int:
     """A loopback port for a server we spawn, which binds it a moment later. Picked at random
     below the kernel's ephemeral range: a port from that range (binding port 0) can be taken
     meanwhile by any outgoing connection on the machine."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32_768
+    low = ephemeral_low()
     for _ in range(100):
         port = random.randrange(10_000, max(low, 10_100))
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
+        if port_is_free(port):
             return port
     with socket.socket() as sock:  # a crowded machine: let the kernel pick
         sock.bind(("127.0.0.1", 0))

@@ -12,24 +12,17 @@ from __future__ import annotations
 
 import itertools
 import os
-import socket
-from pathlib import Path
+
+from telephony.bench_process import ephemeral_low, port_is_free
 
 LOWEST = 10_000
 MAX_WORKERS = 16
 
 
-def _ephemeral_low() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32_768  # Linux's default; elsewhere a safe guess
-
-
 def _block() -> range:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
     index = int(worker) % MAX_WORKERS if worker.isdigit() else 0
-    top = max(LOWEST + MAX_WORKERS * 100, min(_ephemeral_low(), 32_768))
+    top = max(LOWEST + MAX_WORKERS * 100, min(ephemeral_low(), 32_768))
     size = (top - LOWEST) // MAX_WORKERS
     return range(LOWEST + index * size, LOWEST + (index + 1) * size)
 
@@ -41,10 +34,6 @@ def free_port() -> int:
     """A loopback port nothing listens on now, from this worker's block."""
     for _ in range(len(_block())):
         port = next(_candidates)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
+        if port_is_free(port):
             return port
     raise RuntimeError("no free port in this test worker's block")
