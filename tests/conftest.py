@@ -37,7 +37,7 @@ from telephony.session.summary import CallSummary
 from telephony.settings import ENV_FILE_VAR, Settings
 from telephony.sim.deepgram_server import FakeDeepgram
 from telephony.sim.twilio_rest import FakeTwilioRest
-from tests import pg_server, system_tools
+from tests import fast_clock, pg_server, system_tools
 from tests.ci_skips import (  # noqa: F401  (hooks: CI=true fails on a skipped PG/browser test)
     pytest_runtest_logreport,
     pytest_runtest_makereport,
@@ -214,8 +214,10 @@ def _spawn_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict:
     """Tests marked `both_loops` run twice: on asyncio's loop and on uvloop, whose transports
-    are other classes (the media socket's fast paths reach into them); the rest on asyncio's."""
-    factories = {"asyncio": asyncio.new_event_loop}
+    are other classes (the media socket's fast paths reach into them); the rest on asyncio's.
+    A test marked `clock(N)` runs on a loop whose clock runs N times faster (tests/fast_clock.py;
+    uvloop's clock cannot be scaled, so its run stays real time)."""
+    factories = {"asyncio": fast_clock.loop_factory(fast_clock.clock_scale(item))}
     if uvloop is not None and item.get_closest_marker("both_loops") is not None:
         factories["uvloop"] = uvloop.new_event_loop
     return factories

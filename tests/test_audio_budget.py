@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +22,8 @@ from telephony.sim.deepgram_server import FakeDeepgram
 from telephony.twilio import messages as tm
 from tests.conftest import NUMBERS_YAML, RunningApp, finished
 from tests.test_routes_twilio import call_params, closed_with, open_media, post_webhook
+
+pytestmark = pytest.mark.clock(4)  # whole calls on a 4x clock (tests/fast_clock.py)
 
 DESK = "+15550003000"
 FRAME = b"\xff" * 160
@@ -55,7 +56,7 @@ async def open_stream(
     ws = await open_media(app)
     b = tm.InboundBuilder("MZ" + call_sid, call_sid, "AC1", custom_parameters=params)
     await ws.send(b.connected())
-    started = time.monotonic()
+    started = asyncio.get_running_loop().time()
     tracks = ("inbound", "outbound") if to == DESK else ("inbound",)
     await ws.send(b.start(tracks=tracks))
     return ws, b, started
@@ -81,7 +82,7 @@ async def flood(ws: ClientConnection, frames: list[str]) -> None:
 
 def bound_bytes(started: float) -> int:
     """What the budget allows from the stream's start until now: real time plus the lead."""
-    return round(((time.monotonic() - started) * 1000 + LEAD_MS) * BYTES_PER_MS)
+    return round(((asyncio.get_running_loop().time() - started) * 1000 + LEAD_MS) * BYTES_PER_MS)
 
 
 def flux_upstream(engine):

@@ -25,6 +25,8 @@ from telephony.sim.deepgram_server import (
     tts_audio,
 )
 
+pytestmark = pytest.mark.clock(4)  # whole calls on a 4x clock (tests/fast_clock.py)
+
 KEY = "k"
 FRAME = b"\xff" * 160
 MS_PER_CHAR = 5

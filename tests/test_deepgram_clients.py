@@ -25,6 +25,8 @@ from telephony.deepgram.socket import DeepgramClosed
 from telephony.deepgram.speak import FlushBudget, SpeakClient
 from telephony.sim.deepgram_server import FakeDeepgram, Script, ScriptedTurn
 
+pytestmark = pytest.mark.clock(4)  # whole calls on a 4x clock (tests/fast_clock.py)
+
 KEY = "k"
 FRAME = b"\xff" * 160
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from telephony.sim.deepgram_server import FakeDeepgram, Script, ScriptedTurn
 from telephony.sim.twilio_caller import FakeTwilioCaller, HangUp, SendDtmf, SendRaw, StreamFormat
 from telephony.sim.twilio_caller import silence as silence_ms
 from tests.conftest import AUTH_TOKEN, NUMBERS_YAML, RunningApp, finished
+
+pytestmark = pytest.mark.clock(4)  # whole calls on a 4x clock (tests/fast_clock.py)
 
 
 def caller(app: RunningApp) -> FakeTwilioCaller:

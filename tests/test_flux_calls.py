@@ -13,6 +13,8 @@ from telephony.sim.deepgram.tts import tts_text
 from telephony.sim.deepgram_server import Script, ScriptedTurn
 from telephony.sim.twilio_caller import SendDtmf
 
+pytestmark = pytest.mark.clock(4)  # whole calls on a 4x clock (tests/fast_clock.py)
+
 MS_PER_CHAR = 30  # fake Aura speech: 30 ms per character keeps calls short
 
 NUMBERS = """\

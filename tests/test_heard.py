@@ -25,6 +25,8 @@ from telephony.sim.twilio_caller import HangUp
 from telephony.transcript import Turn
 from tests.test_recording import read_wav, recording_of
 
+pytestmark = pytest.mark.clock(4)  # whole calls on a 4x clock (tests/fast_clock.py)
+
 MS_PER_CHAR = 60  # about Aura's real rate
 GREETING = "Thanks for calling Acme. How can I help?"
 HOURS = "We are open from nine in the morning until five in the evening, Monday to Friday."

@@ -27,6 +27,8 @@ from telephony.sim.twilio_rest import FakeTwilioRest
 from telephony.transcript import Transcript
 from tests.conftest import AUTH_TOKEN, RunningApp, finished
 
+pytestmark = pytest.mark.clock(4)  # whole calls on a 4x clock (tests/fast_clock.py)
+
 CLOSE_ERROR = 1011
 
 

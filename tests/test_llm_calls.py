@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from telephony.demo import run_offline_call
 from telephony.sim.deepgram_server import Script, ScriptedTurn
+
+pytestmark = pytest.mark.clock(4)  # whole calls on a 4x clock (tests/fast_clock.py)
 
 NUMBERS = """\
 numbers:

@@ -19,6 +19,8 @@ from telephony.store.health import StoreHealth
 from telephony.transcript import Transcript
 from tests.conftest import NUMBERS_YAML, RunningApp
 
+pytestmark = pytest.mark.clock(4)  # whole calls on a 4x clock (tests/fast_clock.py)
+
 STORE_COUNTERS = {
     "telephony_store_rows_written": "written",
     "telephony_store_rows_dropped": "dropped",

@@ -32,6 +32,8 @@ from tests.test_routes_twilio import (
     stream_params,
 )
 
+pytestmark = pytest.mark.clock(4)  # whole calls on a 4x clock (tests/fast_clock.py)
+
 
 async def open_stream(
     app: RunningApp, sid: str, params: dict[str, str]

@@ -26,6 +26,8 @@ from telephony.sim.deepgram_server import (
     tts_text,
 )
 
+pytestmark = pytest.mark.clock(4)  # whole calls on a 4x clock (tests/fast_clock.py)
+
 KEY = "test-key"
 AUTH = {"Authorization": f"Token {KEY}"}
 FLUX = "/v2/listen?model=flux-general-en&encoding=mulaw&sample_rate=8000"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +41,8 @@ from telephony.sim.twilio_caller import (
 )
 from telephony.twilio import messages as tm
 
+pytestmark = pytest.mark.clock(4)  # whole calls on a 4x clock (tests/fast_clock.py)
+
 AUTH = "caller-test-auth-token"
 REFUSED = "+15550009999"
 TRICKY = "a&b<c>\"d'e"  # must survive XML escaping in TwiML and come back in `start`
@@ -74,7 +75,7 @@ class Peer:
                 parsed: tm.InboundMessage | None = tm.parse_inbound(raw)
             except tm.MessageError:
                 parsed = None
-            self.items.append(Item(time.monotonic(), raw, parsed))
+            self.items.append(Item(asyncio.get_running_loop().time(), raw, parsed))
             self._changed.set()
 
     async def wait_for(self, pred: Callable[[Any], bool]) -> Item:
@@ -101,7 +102,7 @@ class Peer:
             await self.ws.send_bytes(text)
         else:
             await self.ws.send_text(text)
-        return time.monotonic()
+        return asyncio.get_running_loop().time()
 
     def of(self, kind: type) -> list[Any]:
         return [item.msg for item in self.items if isinstance(item.msg, kind)]
@@ -316,9 +317,9 @@ async def test_concurrent_calls_are_independent(svc: FakeService) -> None:
 
 
 async def test_frames_are_paced_in_real_time(svc: FakeService) -> None:
-    began = time.monotonic()
+    began = asyncio.get_running_loop().time()
     await svc.caller().dial("+15550001000", audio=silence(1000), tail_ms=0)
-    elapsed = time.monotonic() - began
+    elapsed = asyncio.get_running_loop().time() - began
     arrivals = [item.t for item in svc.peers[0].items if isinstance(item.msg, tm.Media)]
     assert len(arrivals) == 50
     # A functional check of pacing (not a speed target): 49 intervals of 20 ms, no burst.
@@ -335,7 +336,7 @@ async def test_mark_echoes_only_after_its_audio_played(svc: FakeService) -> None
         sid = peer.stream_sid
         svc.notes["idle_sent"] = await peer.send(tm.mark_message(sid, "idle"))
         svc.notes["idle_echo"] = await peer.echo_of("idle")
-        svc.notes["audio_sent"] = time.monotonic()
+        svc.notes["audio_sent"] = asyncio.get_running_loop().time()
         for i in range(0, len(bot_audio), FRAME_BYTES):
             await peer.send(tm.media_message(sid, bot_audio[i : i + FRAME_BYTES]))
         await peer.send(tm.mark_message(sid, "played"))
@@ -513,9 +514,9 @@ async def test_server_close_ends_the_call(svc: FakeService) -> None:
         await peer.ws.close(1008, "bad token")
 
     svc.script = script
-    began = time.monotonic()
+    began = asyncio.get_running_loop().time()
     result = await svc.caller().dial("+15550001000", audio=silence(5000))
-    assert time.monotonic() - began < 1.0
+    assert asyncio.get_running_loop().time() - began < 1.0
     assert (result.close_code, result.close_reason, result.closed_by) == (
         1008,
         "bad token",

@@ -54,6 +54,8 @@ from telephony.twilio.security import sign
 from tests.conftest import AUTH_TOKEN, DEEPGRAM_KEY, RunningApp, finished
 from tests.staff_helpers import STAFF, add_accounts, login
 
+pytestmark = pytest.mark.clock(4)  # whole calls on a 4x clock (tests/fast_clock.py)
+
 DESK, QUEUE_DESK, BOT, SHORT = "+15550005000", "+15550006000", "+15550007000", "+15550008000"
 AGENT_BOT = "+15550007001"
 AGENT_NUMBER, TRANSFER_NUMBER = "+15550009002", "+15557770000"

@@ -7,12 +7,13 @@ broken or hostile: `Call` ends it with the reason, without affecting any other c
 The audio's pace is kept in bytes, per track (`AudioBudget`), whatever the frames' timestamps
 say: timestamps are the caller's to choose (constant or running backwards, they never advance a
 clock), bytes are what Deepgram bills. Per frame that costs the call an integer add and compare;
-the wall clock is read only when the count passes the last allowance computed.
+the clock is read only when the count passes the last allowance computed.
 """
 
 from __future__ import annotations
 
-import time
+import asyncio
+from collections.abc import Callable
 
 from telephony.audio import FRAME_BYTES, MULAW_BYTES_PER_MS
 from telephony.logs import CallLogger
@@ -35,11 +36,12 @@ class AudioBudget:
     allowed at the last look. A stream at real time is looked at about once per `lead_ms`.
     """
 
-    __slots__ = ("_lead", "_origin", "next_check", "spent")
+    __slots__ = ("_clock", "_lead", "_origin", "next_check", "spent")
 
-    def __init__(self, origin: float, lead_ms: int) -> None:
+    def __init__(self, origin: float, lead_ms: int, clock: Callable[[], float]) -> None:
         self.spent = 0
-        self._origin = origin  # monotonic time the stream started
+        self._origin = origin  # `clock` time the stream started
+        self._clock = clock
         self._lead = lead_ms * MULAW_BYTES_PER_MS
         self.next_check = self._lead  # nothing to look at before the lead is spent
 
@@ -48,11 +50,11 @@ class AudioBudget:
 
     def ahead_ms(self) -> int:
         """How far the audio spent so far runs ahead of real time."""
-        return (self.spent - self.allowed(time.monotonic()) + self._lead) // MULAW_BYTES_PER_MS
+        return (self.spent - self.allowed(self._clock()) + self._lead) // MULAW_BYTES_PER_MS
 
     def over(self) -> bool:
         """`spent` passed `next_check`: True if it is over what real time allows now."""
-        allowed = self.allowed(time.monotonic())
+        allowed = self.allowed(self._clock())
         if self.spent > allowed:
             return True
         self.next_check = allowed
@@ -74,20 +76,22 @@ class StreamPolice:
         self.max_bad_frames = max_bad_frames
         self._bad_frames = SlidingWindow(max_bad_frames, BAD_FRAME_WINDOW_S)
         self.max_audio_ahead_ms = max_audio_ahead_ms
-        started = time.monotonic()  # the stream's start: both tracks' budgets count from here
-        self.inbound = AudioBudget(started, max_audio_ahead_ms)
-        self.outbound = AudioBudget(started, max_audio_ahead_ms)
+        # The call's loop keeps the time (as for every other timer of the call).
+        self._clock = clock = asyncio.get_running_loop().time
+        started = clock()  # the stream's start: both tracks' budgets count from here
+        self.inbound = AudioBudget(started, max_audio_ahead_ms, clock)
+        self.outbound = AudioBudget(started, max_audio_ahead_ms, clock)
         self.control_limit = round(max_control_per_s * CONTROL_WINDOW_S)
         self._controls = SlidingWindow(self.control_limit, CONTROL_WINDOW_S)
 
     def bad_frame(self) -> bool:
         """One more malformed frame; True when the flood limit is reached."""
-        return self._bad_frames.add(time.monotonic()) > self.max_bad_frames
+        return self._bad_frames.add(self._clock()) > self.max_bad_frames
 
     def control_flood(self) -> bool:
         """One more control message (marks, DTMF and the like: a few per second at most on a
         real call); True when there are too many."""
-        if self._controls.add(time.monotonic()) <= self.control_limit:
+        if self._controls.add(self._clock()) <= self.control_limit:
             return False
         self.log.warning(
             "closing: more than %d control messages in %.0f s", self.control_limit, CONTROL_WINDOW_S

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import asyncio
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
@@ -65,6 +65,12 @@ class CallResult:
         self.error = self.error or answer.error
 
 
+def loop_now() -> float:
+    """The fake caller's clock: the running loop's, like the service's, so both agree on a
+    call's timings whatever clock the loop keeps (tests run some calls on a faster one)."""
+    return asyncio.get_running_loop().time()
+
+
 class CallClock:
     """Timestamps events on the call clock. Until the stream opens, times are kept raw and
     converted later, so the webhook shows up at negative ms."""
@@ -81,7 +87,7 @@ class CallClock:
         return (now - (self.origin if self.origin is not None else now)) * 1000
 
     def event(self, kind: str, detail: str = "", now: float | None = None) -> None:
-        self._raw.append((time.monotonic() if now is None else now, kind, detail))
+        self._raw.append((loop_now() if now is None else now, kind, detail))
 
     def finish(self) -> None:
         origin = self.origin

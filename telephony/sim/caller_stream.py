@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from collections import deque
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
@@ -23,7 +22,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.protocol import State
 
 from telephony.audio import FRAME_BYTES, FRAME_MS, silence
-from telephony.sim.call_result import CallClock, CallResult
+from telephony.sim.call_result import CallClock, CallResult, loop_now
 from telephony.sim.caller_script import (
     Action,
     AudioSource,
@@ -63,10 +62,10 @@ class MediaStream:
             caller.account_sid,
             custom_parameters={k: v for k, v in params.items() if v is not None},
         )
-        self.player = PlayoutBuffer(time.monotonic(), keep_audio=script.keep_audio)
+        self.player = PlayoutBuffer(loop_now(), keep_audio=script.keep_audio)
         self.closed = False  # the socket is gone (either side)
         self.stopped = False  # we sent `stop`: the caller sends nothing more
-        self.t0 = 0.0  # monotonic start of the stream (0: it never opened)
+        self.t0 = 0.0  # loop-clock start of the stream (0: it never opened)
         self.tracks = STREAM_TRACKS[result.track]
 
     async def run(self) -> None:
@@ -75,7 +74,7 @@ class MediaStream:
             return
         receiver: asyncio.Task[None] | None = None
         try:
-            t0 = self.t0 = time.monotonic()
+            t0 = self.t0 = loop_now()
             self.clock.start(t0)
             self.player.origin = t0
             await ws.send(self.builder.connected())
@@ -184,7 +183,7 @@ class MediaStream:
             # An open-ended tail is always real time: unpaced, it would flood the server.
             paced = script.realtime or (end is None and base + n >= audio_ticks)
             if paced and not script.realtime and base + n == audio_ticks:
-                pace_t, pace_n = time.monotonic(), n
+                pace_t, pace_n = loop_now(), n
             await self._tick_wait(paced, pace_t + (n - pace_n) * FRAME_MS / 1000)
             while actions and actions[0].at_ms <= call_ts:
                 action = actions.popleft()
@@ -194,7 +193,7 @@ class MediaStream:
                 if isinstance(action, PauseStream):
                     paused_until = max(paused_until, action.at_ms + action.ms)
                 await self._act(ws, action, ts)
-            await self._echo(ws, self.player.advance(time.monotonic()))
+            await self._echo(ws, self.player.advance(loop_now()))
             if call_ts >= paused_until and not self.closed:
                 if inbound:
                     await ws.send(self.builder.media(self._frame(base + n), ts))
@@ -209,7 +208,7 @@ class MediaStream:
     async def _tick_wait(paced: bool, deadline: float) -> None:
         if paced:
             # Sleep to an absolute deadline so scheduling delays never accumulate.
-            await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+            await asyncio.sleep(max(0.0, deadline - loop_now()))
         else:
             await asyncio.sleep(0)  # let the receive task and the server run
 
@@ -227,7 +226,7 @@ class MediaStream:
         if self.closed or ws.state is not State.OPEN:
             return  # the server closed first
         self.result.closed_by = self.result.closed_by or "caller"
-        self.player.advance(time.monotonic())  # playback ends with the call
+        self.player.advance(loop_now())  # playback ends with the call
         self.stopped = True
         try:
             await ws.send(self.builder.stop())
@@ -241,12 +240,12 @@ class MediaStream:
     async def _receive(self, ws: ClientConnection) -> None:
         try:
             async for data in ws:
-                await self._handle(ws, data, time.monotonic())
+                await self._handle(ws, data, loop_now())
         except ConnectionClosed:
             pass
         finally:
             if not self.stopped:  # else playback already ended at the hang-up
-                self.player.advance(time.monotonic())
+                self.player.advance(loop_now())
             self.closed = True
             self.result.closed_by = self.result.closed_by or "server"
             self.clock.event("closed", f"{ws.close_code} {ws.close_reason or ''}".strip())

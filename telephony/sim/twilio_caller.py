@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import secrets
-import time
 from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
@@ -36,7 +35,7 @@ from telephony.audio import FRAME_BYTES as FRAME_BYTES
 from telephony.audio import FRAME_MS
 from telephony.audio import silence as silence
 from telephony.audio import tone as tone
-from telephony.sim.call_result import CallClock, CallResult
+from telephony.sim.call_result import CallClock, CallResult, loop_now
 from telephony.sim.call_result import Event as Event
 from telephony.sim.caller_script import Action, AudioSource, StreamFormat, StreamScript
 from telephony.sim.caller_script import HangUp as HangUp
@@ -200,7 +199,7 @@ class FakeTwilioCaller:
             if not _take_twiml(fork, fork.twiml, clock):
                 clock.finish()
                 return
-            offset_ms = round((time.monotonic() - origin) * 1000 / FRAME_MS) * FRAME_MS
+            offset_ms = round((loop_now() - origin) * 1000 / FRAME_MS) * FRAME_MS
             later = dataclasses.replace(
                 script, offset_ms=offset_ms, parameter_overrides={}, stream_format=StreamFormat()
             )

@@ -19,7 +19,6 @@ import asyncio
 import base64
 import binascii
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from typing import Any, NamedTuple
@@ -44,7 +43,7 @@ OnRequest = Callable[[str, dict[str, str]], Awaitable[None]]
 class RecordedRequest(NamedTuple):
     call_sid: str
     form: dict[str, str]
-    time: float  # time.monotonic(), so tests can measure retry spacing
+    time: float  # the loop's clock, so tests can measure retry spacing
 
 
 def _error(
@@ -127,7 +126,7 @@ class FakeTwilioRest(StartStop):
             )
         # Twilio posts single values; parse_qsl avoids a multipart dependency.
         form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
-        self.requests.append(RecordedRequest(call_sid, form, time.monotonic()))
+        self.requests.append(RecordedRequest(call_sid, form, asyncio.get_running_loop().time()))
         response = self._reply(request.url.path, call_sid, form)
         if response.status_code == 200 and self.on_request is not None:
             self._run_callback(self.on_request(call_sid, dict(form)))

@@ -1,0 +1,56 @@
+"""An asyncio event loop whose clock runs `scale` times faster than real time.
+
+Most end-to-end tests wait on a call's real-time clock: 20 ms frames, playout paced to the
+audio, keepalive and watchdog timers. The service, the fakes and the tests all read time from
+the running loop (`loop.time()`, `asyncio.sleep`, `asyncio.timeout`, `call_later`), so one
+faster loop plays a whole call faster with every ratio between its timings kept: a 10 s call
+on a 4x clock takes 2.5 s, and every ms figure in it is still in call-clock ms.
+
+What does not scale is work done outside the loop's clock: CPU time and threads (SQLite's,
+the password hashes). On a 4x clock 1 ms of real work reads as 4 ms, so a test that bounds a
+latency tightly, or waits on another process, stays on the real clock (scale 1).
+
+Use: `pytestmark = pytest.mark.clock(4)` in a module, or `@pytest.mark.clock(1)` on a test to
+override it (tests/conftest.py pytest_asyncio_loop_factories).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import selectors
+import time
+from collections.abc import Callable
+
+import pytest
+
+
+class _ScaledSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+    """The loop computes its select timeout in loop seconds; wait that many real ones / scale."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self._scale = scale
+
+    def select(self, timeout: float | None = None) -> list:
+        return super().select(None if timeout is None else timeout / self._scale)
+
+
+class ScaledLoop(asyncio.SelectorEventLoop):
+    def __init__(self, scale: float) -> None:
+        super().__init__(_ScaledSelector(scale))
+        self.scale = scale
+        self._origin = time.monotonic()
+
+    def time(self) -> float:
+        return self._origin + (time.monotonic() - self._origin) * self.scale
+
+
+def clock_scale(item: pytest.Item) -> float:
+    marker = item.get_closest_marker("clock")
+    return float(marker.args[0]) if marker is not None else 1.0
+
+
+def loop_factory(scale: float) -> Callable[[], asyncio.AbstractEventLoop]:
+    if scale == 1:
+        return asyncio.new_event_loop
+    return lambda: ScaledLoop(scale)
