@@ -11,15 +11,20 @@ the password hashes). On a 4x clock 1 ms of real work reads as 4 ms, so a test t
 latency tightly, or waits on another process, stays on the real clock (scale 1).
 
 Use: `pytestmark = pytest.mark.clock(4)` in a module, or `@pytest.mark.clock(1)` on a test to
-override it (tests/conftest.py pytest_asyncio_loop_factories).
+override it (tests/conftest.py pytest_asyncio_loop_factories). A synchronous test that runs the
+CLI in-process uses `scaled_loops`; one that runs it as a user would, `cli_argv`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import runpy
 import selectors
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +59,38 @@ def loop_factory(scale: float) -> Callable[[], asyncio.AbstractEventLoop]:
     if scale == 1:
         return asyncio.new_event_loop
     return lambda: ScaledLoop(scale)
+
+
+class _ScaledPolicy(asyncio.DefaultEventLoopPolicy):
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        return ScaledLoop(self.scale)
+
+
+@contextlib.contextmanager
+def scaled_loops(scale: float) -> Iterator[None]:
+    """Every loop `asyncio.run` makes in the block (the CLI's) runs on a `scale`x clock."""
+    before = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(_ScaledPolicy(scale))
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop_policy(before)
+
+
+def cli_argv(scale: float, *args: str) -> list[str]:
+    """`python -m telephony.cli ARGS` in a new process, its event loops on a `scale`x clock."""
+    root = str(Path(__file__).resolve().parent.parent)
+    code = (
+        f"import sys; sys.path.insert(0, {root!r}); "
+        f"from tests.fast_clock import _run_cli; _run_cli({float(scale)!r})"
+    )
+    return [sys.executable, "-c", code, *args]
+
+
+def _run_cli(scale: float) -> None:
+    asyncio.set_event_loop_policy(_ScaledPolicy(scale))
+    runpy.run_module("telephony.cli", run_name="__main__", alter_sys=True)

@@ -12,6 +12,7 @@ from telephony.demo import OfflineCall, run_offline_call
 from telephony.sim.deepgram.tts import tts_text
 from telephony.sim.deepgram_server import Script, ScriptedTurn
 from telephony.sim.twilio_caller import SendDtmf
+from tests import fast_clock
 
 pytestmark = pytest.mark.clock(4)  # whole calls on a 4x clock (tests/fast_clock.py)
 
@@ -316,9 +317,10 @@ def test_call_command_prints_the_json_transcript(
 ) -> None:
     from telephony.cli import main
 
-    code = main(
-        ["call", "--json", "--number", "+15550001000", "--say", "bye", "--config", str(numbers)]
-    )
+    with fast_clock.scaled_loops(4):
+        code = main(
+            ["call", "--json", "--number", "+15550001000", "--say", "bye", "--config", str(numbers)]
+        )
     out = json.loads(capsys.readouterr().out)
     assert code == 0
     assert set(out) >= {"call_sid", "mode", "turns", "events"} and out["mode"] == "flux"

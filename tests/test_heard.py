@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from telephony.sim.deepgram.tts import tts_text
 from telephony.sim.deepgram_server import AgentStep, Fault, Script, ScriptedTurn
 from telephony.sim.twilio_caller import HangUp
 from telephony.transcript import Turn
+from tests import fast_clock
 from tests.test_recording import read_wav, recording_of
 
 pytestmark = pytest.mark.clock(4)  # whole calls on a 4x clock (tests/fast_clock.py)
@@ -252,7 +252,7 @@ def test_the_demo_call_stores_the_cut_reply_with_what_played_and_ends_bot_hangup
     """`telephony call --json` with the default script, as a user runs it: the hours answer
     the caller cuts into keeps the words that played, and the bot ends the call."""
     out = subprocess.run(
-        [sys.executable, "-m", "telephony.cli", "call", "--json"],
+        fast_clock.cli_argv(4, "call", "--json"),  # the call on a 4x clock
         capture_output=True,
         text=True,
         timeout=120,

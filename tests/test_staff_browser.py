@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from telephony.transcript import Turn
+from tests import fast_clock
 from tests.conftest import RunningApp
 from tests.staff_helpers import ADMIN, STAFF, add_accounts, store_call
 from tests.test_recording import recorded_transfer_call
@@ -53,7 +53,7 @@ def demo_call(tmp_path: Path, database: str) -> dict:
         "TELEPHONY_RECORDINGS_DIR": str(tmp_path / "recordings"),
     }
     config = str(_recording_yaml(tmp_path))
-    cmd = [sys.executable, "-m", "telephony.cli", "call", "--json", "--config", config]
+    cmd = fast_clock.cli_argv(4, "call", "--json", "--config", config)  # on a 4x clock
     out = subprocess.run(
         [*cmd, "--number", "+15550001000"],
         env=env,
@@ -270,6 +270,7 @@ async def test_calls_list_refreshes_only_while_a_call_is_live(
     await page.close()
 
 
+@pytest.mark.clock(4)  # the recorded call (the browser's own waits are real time)
 async def test_transferred_call_plays_to_its_last_turn_and_audits_only_playing(
     running_app: RunningApp, database: str, browser: Browser, tmp_path: Path
 ) -> None:

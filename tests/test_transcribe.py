@@ -17,7 +17,6 @@ import dataclasses
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -51,6 +50,7 @@ from telephony.store.queries import get_call
 from telephony.transcript import Transcript
 from telephony.twilio.playout import Playout
 from telephony.twilio.security import sign
+from tests import fast_clock
 from tests.conftest import AUTH_TOKEN, DEEPGRAM_KEY, RunningApp, finished
 from tests.staff_helpers import STAFF, add_accounts, login
 
@@ -710,7 +710,7 @@ async def test_transfer_from_a_voice_agent_continues_as_one_transcript(
 def test_telephony_call_transcribe_json() -> None:
     root = Path(__file__).resolve().parent.parent
     done = subprocess.run(
-        [sys.executable, "-m", "telephony.cli", "call", "--mode", "transcribe", "--json"],
+        fast_clock.cli_argv(4, "call", "--mode", "transcribe", "--json"),  # on a 4x clock
         cwd=root,
         env=os.environ.copy(),  # conftest points the database and recordings at tmp_path
         capture_output=True,

@@ -33,6 +33,7 @@ import orjson
 from telephony.actions import FUNCTION_ACTIONS, Action
 from telephony.deepgram import messages as dm
 from telephony.deepgram.agent import AgentClient
+from telephony.http_pool import tls_context
 from telephony.retry import Backoff
 from telephony.session.engine import CallContext
 from telephony.session.fallback import hand_over
@@ -399,7 +400,7 @@ class AgentEngine:
         if function is None:
             return orjson.dumps({"error": f"unknown function {call.name}"}).decode()
         arguments = orjson.loads(call.arguments or "{}")
-        http = self._http or httpx.AsyncClient()
+        http = self._http or httpx.AsyncClient(verify=tls_context())
         try:
             response = await http.post(
                 str(function.url), json=arguments, timeout=function.timeout_s

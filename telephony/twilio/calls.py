@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 
+from telephony.http_pool import tls_context
 from telephony.retry import SERVER_ERRORS, RetryPolicy, retry_after_s
 from telephony.twilio import twiml
 
@@ -107,7 +108,7 @@ class TwilioCalls:
         self._auth = httpx.BasicAuth(account_sid, auth_token)
         self._secret = auth_token  # kept only to scrub it from error messages
         self._owns_http = http is None
-        self._http = http or httpx.AsyncClient()
+        self._http = http or httpx.AsyncClient(verify=tls_context())
         self._timeout = httpx.Timeout(timeout_s)
         # A hang-up is idempotent (a repeat answers 20404, which counts as done): any 429/5xx
         # is worth another try. A TwiML update is not: only what Twilio did not process.

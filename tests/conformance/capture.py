@@ -2,7 +2,7 @@
 
 Every text frame the fakes receive, every message they send and every URL's query parameters,
 per endpoint; the runs provoke every server message type the fakes can send. `conftest.py`
-runs the capture once per session (per xdist worker; about 15 s); the client helpers here also
+runs the capture once per session (per xdist worker); the client helpers here also
 drive the fidelity tests.
 """
 
