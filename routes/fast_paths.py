@@ -19,6 +19,7 @@ from routes.frame_reader import CONN_ATTRIBUTES
 from routes.sansio import sansio_available
 from telephony.client_frames import apply_mask
 from telephony.http_backend import AsyncioBackend, use_asyncio_backend
+from telephony.http_pool import tls_context
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def fast_paths() -> dict[str, bool]:
     """Each shortcut and whether it is active (as far as can be told before a call)."""
     from websockets.server import ServerProtocol
 
-    transport = use_asyncio_backend(httpx.AsyncHTTPTransport())
+    transport = use_asyncio_backend(httpx.AsyncHTTPTransport(verify=tls_context()))
     pool = getattr(transport, "_pool", None)
     conn = ServerProtocol()
     return {

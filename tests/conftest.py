@@ -32,6 +32,7 @@ from starlette.applications import Starlette
 
 from routes.app import create_app
 from telephony.demo import settings_for_fakes
+from telephony.http_pool import tls_context
 from telephony.inprocess import InProcessServer, bind_loopback, serve_app
 from telephony.session.summary import CallSummary
 from telephony.settings import ENV_FILE_VAR, Settings
@@ -252,7 +253,7 @@ class RunningApp:
         return self.settings.media_stream_url
 
     def http(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.url)
+        return httpx.AsyncClient(base_url=self.url, verify=tls_context())  # one CA parse
 
 
 @pytest.fixture(autouse=True)

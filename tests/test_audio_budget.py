@@ -23,7 +23,7 @@ from telephony.twilio import messages as tm
 from tests.conftest import NUMBERS_YAML, RunningApp, finished
 from tests.test_routes_twilio import call_params, closed_with, open_media, post_webhook
 
-pytestmark = pytest.mark.clock(4)  # whole calls on a 4x clock (tests/fast_clock.py)
+pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
 
 DESK = "+15550003000"
 FRAME = b"\xff" * 160

@@ -17,6 +17,8 @@ from telephony.twilio.security import sign
 from tests.conftest import AUTH_TOKEN, RunningApp
 from tests.test_routes_twilio import call_params
 
+pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
+
 CAP = 64 * 1024  # TELEPHONY_MAX_WEBHOOK_BYTES' default
 TWILIO_PATHS = ["/twilio/voice", "/twilio/status"]
 

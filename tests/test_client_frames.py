@@ -13,6 +13,8 @@ from websockets.server import ServerProtocol
 from telephony import client_frames
 from telephony.client_frames import MaskKeys, binary_frame, text_frame
 
+pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
+
 
 def parsed(data: bytes) -> list[tuple[Opcode, bytes, bool]]:
     server = ServerProtocol(state=State.OPEN, max_size=None)

@@ -25,7 +25,7 @@ from telephony.deepgram.socket import DeepgramClosed
 from telephony.deepgram.speak import FlushBudget, SpeakClient
 from telephony.sim.deepgram_server import FakeDeepgram, Script, ScriptedTurn
 
-pytestmark = pytest.mark.clock(4)  # whole calls on a 4x clock (tests/fast_clock.py)
+pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
 
 KEY = "k"
 FRAME = b"\xff" * 160

@@ -11,7 +11,7 @@ from telephony.sim.twilio_caller import FakeTwilioCaller, HangUp, SendDtmf, Send
 from telephony.sim.twilio_caller import silence as silence_ms
 from tests.conftest import AUTH_TOKEN, NUMBERS_YAML, RunningApp, finished
 
-pytestmark = pytest.mark.clock(4)  # whole calls on a 4x clock (tests/fast_clock.py)
+pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
 
 
 def caller(app: RunningApp) -> FakeTwilioCaller:

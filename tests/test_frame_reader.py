@@ -21,6 +21,8 @@ from websockets.uri import parse_uri
 from routes import frame_reader
 from routes.frame_reader import FrameReader, can_read
 
+pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
+
 MAX_SIZE = 4096
 
 

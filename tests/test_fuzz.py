@@ -51,7 +51,7 @@ from telephony.sim.twilio_rest import FakeTwilioRest
 from telephony.twilio import messages as tm
 from tests.conftest import AUTH_TOKEN, DEEPGRAM_KEY, NUMBERS_YAML, RunningApp, finished
 
-pytestmark = pytest.mark.clock(4)  # whole calls on a 4x clock (tests/fast_clock.py)
+pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
 
 EXAMPLES = int(os.environ.get("TELEPHONY_FUZZ_EXAMPLES", "200"))
 HANG_S = 5.0  # one parse taking this long is a hang (real ones take micro- to milliseconds)

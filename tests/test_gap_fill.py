@@ -17,7 +17,7 @@ from tests.conftest import NUMBERS_YAML, RunningApp, finished
 from tests.media_sockets import ListSocket
 from tests.test_routes_twilio import closed_with, start_stream
 
-pytestmark = pytest.mark.clock(4)  # whole calls on a 4x clock (tests/fast_clock.py)
+pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
 
 VOICE = b"\x55" * 160  # one 20 ms frame that is not silence, to tell real audio from fill
 MAX_FRAMES = 10_000

@@ -25,7 +25,7 @@ from telephony.transcript import Turn
 from tests import fast_clock
 from tests.test_recording import read_wav, recording_of
 
-pytestmark = pytest.mark.clock(4)  # whole calls on a 4x clock (tests/fast_clock.py)
+pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
 
 MS_PER_CHAR = 60  # about Aura's real rate
 GREETING = "Thanks for calling Acme. How can I help?"

@@ -17,6 +17,8 @@ import pytest
 from telephony.http_backend import AsyncioBackend, use_asyncio_backend
 from telephony.http_pool import ShardedTransport
 
+pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
+
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 

@@ -28,6 +28,8 @@ from tests.serve_process import scripted_yaml, serve_process
 from tests.served_app import Serve, closed_within, server_factory
 from tests.staff_helpers import ADMIN, STAFF, add_accounts, login
 
+pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
+
 SHORT = {"TELEPHONY_HTTP_HEADER_TIMEOUT_S": 0.6, "TELEPHONY_HTTP_BODY_TIMEOUT_S": 0.6}
 LIMIT_S = 5.0  # generous: a connection still open then is held, not slow to close
 

@@ -27,7 +27,7 @@ from telephony.sim.twilio_rest import FakeTwilioRest
 from telephony.transcript import Transcript
 from tests.conftest import AUTH_TOKEN, RunningApp, finished
 
-pytestmark = pytest.mark.clock(4)  # whole calls on a 4x clock (tests/fast_clock.py)
+pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
 
 CLOSE_ERROR = 1011
 

@@ -54,7 +54,7 @@ from telephony.sim.twilio_rest import FakeTwilioRest
 from telephony.store.schema import make_engine
 from telephony.store.users import add_user
 
-pytestmark = pytest.mark.clock(4)  # whole calls on a 4x clock (tests/fast_clock.py)
+pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
 
 ROOT = Path(__file__).resolve().parent.parent
 LLM_KEY_ENV = "TELEPHONY_HYGIENE_LLM_KEY"

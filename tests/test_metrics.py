@@ -19,7 +19,7 @@ from telephony.store.health import StoreHealth
 from telephony.transcript import Transcript
 from tests.conftest import NUMBERS_YAML, RunningApp
 
-pytestmark = pytest.mark.clock(4)  # whole calls on a 4x clock (tests/fast_clock.py)
+pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
 
 STORE_COUNTERS = {
     "telephony_store_rows_written": "written",

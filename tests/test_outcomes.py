@@ -32,7 +32,7 @@ from tests.test_routes_twilio import (
     stream_params,
 )
 
-pytestmark = pytest.mark.clock(4)  # whole calls on a 4x clock (tests/fast_clock.py)
+pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
 
 SID = "CAoutcome"
 

@@ -28,6 +28,8 @@ from tests import test_store
 from tests.serve_process import eventually
 from tests.test_store import Db, count_turns
 
+pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
+
 db = test_store.db  # the fixture: each test on SQLite and PostgreSQL, a fresh migrated db
 
 ALL = ["CA5", "CA4", "CA3", "CA2", "CA1"]  # newest first

@@ -26,7 +26,7 @@ from telephony.store.transcripts import TranscriptStore
 from telephony.twilio.playout import Playout
 from tests import test_store
 
-pytestmark = pytest.mark.clock(4)  # whole calls on a 4x clock (tests/fast_clock.py)
+pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)

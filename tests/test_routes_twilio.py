@@ -13,6 +13,8 @@ from telephony.twilio import messages as tm
 from telephony.twilio.security import sign
 from tests.conftest import AUTH_TOKEN, RunningApp, finished
 
+pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
+
 
 async def post_webhook(app: RunningApp, params: dict[str, str], signature: str | None = None):
     if signature is None:

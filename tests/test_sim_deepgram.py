@@ -26,7 +26,7 @@ from telephony.sim.deepgram_server import (
     tts_text,
 )
 
-pytestmark = pytest.mark.clock(4)  # whole calls on a 4x clock (tests/fast_clock.py)
+pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Token {KEY}"}

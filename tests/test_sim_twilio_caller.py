@@ -41,7 +41,7 @@ from telephony.sim.twilio_caller import (
 )
 from telephony.twilio import messages as tm
 
-pytestmark = pytest.mark.clock(4)  # whole calls on a 4x clock (tests/fast_clock.py)
+pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
 
 AUTH = "caller-test-auth-token"
 REFUSED = "+15550009999"

@@ -48,6 +48,8 @@ from tests.pg_server import PgServer, fresh_database
 from tests.serve_process import eventually
 from tests.test_durability import metrics
 
+pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
+
 QUESTION = "What are your hours?"
 CALLER = "+15550009876"
 STORE_LOGGER = "telephony.store.transcripts"

@@ -54,7 +54,7 @@ from tests import fast_clock
 from tests.conftest import AUTH_TOKEN, DEEPGRAM_KEY, RunningApp, finished
 from tests.staff_helpers import STAFF, add_accounts, login
 
-pytestmark = pytest.mark.clock(4)  # whole calls on a 4x clock (tests/fast_clock.py)
+pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
 
 DESK, QUEUE_DESK, BOT, SHORT = "+15550005000", "+15550006000", "+15550007000", "+15550008000"
 AGENT_BOT = "+15550007001"

@@ -39,6 +39,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from telephony.audio import FRAME_BYTES
+from telephony.http_pool import tls_context
 from telephony.sim.webhook import DEFAULT_ACCOUNT_SID, dial_stream, signature_header
 from telephony.twilio import messages as tm
 
@@ -64,7 +65,7 @@ class Target:
     source: str | None = None
 
     def http(self, **kwargs: Any) -> httpx.AsyncClient:
-        transport = httpx.AsyncHTTPTransport(local_address=self.source)
+        transport = httpx.AsyncHTTPTransport(local_address=self.source, verify=tls_context())
         return httpx.AsyncClient(transport=transport, timeout=10, **kwargs)
 
     @property

@@ -33,6 +33,7 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from telephony.client_frames import text_frame
+from telephony.http_pool import tls_context
 from telephony.sim.load import (
     BURST_GAP_S,
     FILLER,
@@ -292,7 +293,7 @@ class Dialer:
         self.number = number
         self.webhook = webhook
         self.media_url = media_url
-        self.http = httpx.AsyncClient(timeout=20)
+        self.http = httpx.AsyncClient(timeout=20, verify=tls_context())
 
     async def aclose(self) -> None:
         await self.http.aclose()

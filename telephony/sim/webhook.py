@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from telephony.http_pool import tls_context
 from telephony.twilio.security import sign as twilio_sign
 
 DEFAULT_ACCOUNT_SID = "AC" + "0" * 32
@@ -63,7 +64,7 @@ async def post_webhook(
     """POST the form, on `http` or (None) a client of its own."""
     if http is not None:
         return await http.post(url, data=params, headers=headers)
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(timeout=10, verify=tls_context()) as client:
         return await client.post(url, data=params, headers=headers)
 
 
