@@ -29,9 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from telephony import bench
 from telephony.bench_process import LOAD_CORE, SERVER_CORE, Process, free_port, spawn, wait_ready
 from telephony.bench_report import percentile
+from telephony.http_pool import tls_context
 from telephony.sim.hostile import ATTACKS
 from telephony.sim.lean_call import Dialer, LeanCall, hang_up_all
 from telephony.sim.load import Probes
@@ -129,6 +132,19 @@ async def _phase(
     return phase
 
 
+async def _wound_down(server: Process, limit_s: float = 10.0) -> None:
+    """Until the service carries no call (the phase's and the attacker's, hung up), plus a
+    moment for what follows a call's end (its store rows); at most `limit_s`."""
+    deadline = time.monotonic() + limit_s
+    async with httpx.AsyncClient(timeout=2, verify=tls_context()) as http:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                if (await http.get(server.url + "/healthz")).json()["live_calls"] == 0:
+                    break
+            await asyncio.sleep(0.1)
+    await asyncio.sleep(0.3)
+
+
 async def run_hostile(opts: HostileOptions) -> dict[str, Any]:
     """The quiet phase, then one per attack; the report (see `format_hostile`)."""
     unknown = set(opts.attacks) - set(ATTACKS)
@@ -162,7 +178,7 @@ async def run_hostile(opts: HostileOptions) -> dict[str, Any]:
                     phases.append(await _phase(name, server, dialer, probes, opts, number))
                 finally:
                     await dialer.aclose()
-                await asyncio.sleep(2.0)  # the service winds the last phase's calls down
+                await _wound_down(server)  # the last phase's calls, before the next phase
         finally:
             code = await server.stop()
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -53,11 +53,26 @@ class StartStop:
 
 
 class _EmbeddedServer(uvicorn.Server):
-    """Signals belong to whoever runs this loop (a test, the CLI), not to an embedded server."""
+    """Signals belong to whoever runs this loop (a test, the CLI), not to an embedded server.
+
+    uvicorn looks at `should_exit` every 100 ms; `stop()` also wakes the wait, so an embedded
+    server (one per fake, per test) stops at once instead of at its next tick."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.wake = asyncio.Event()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def main_loop(self) -> None:
+        counter = 0
+        while not await self.on_tick(counter):  # uvicorn's tick: date header, exit conditions
+            counter = (counter + 1) % 864_000
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.1):
+                    await self.wake.wait()
 
 
 class InProcessServer(StartStop):
@@ -89,6 +104,7 @@ class InProcessServer(StartStop):
         if task is None:
             return
         self.server.should_exit = True
+        self.server.wake.set()
         await task
 
 

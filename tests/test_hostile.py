@@ -41,17 +41,17 @@ def _refused(attack: str, got: dict[str, int]) -> bool:
     raise AssertionError(f"no refusal rule for {attack}")
 
 
-@pytest.mark.process
-def test_one_hostile_client_leaves_good_calls_alone() -> None:
-    """One run (about a minute) for every attack: a module fixture would run again on each
-    xdist worker that a parametrized test landed on."""
-    report = load_run(run_hostile(HostileOptions(calls=CALLS, seconds=SECONDS, pin=False)))
+LATENCY_CHECKS = ("reply p95", "jitter p99")
+
+
+def _failures(report: dict, attacks: tuple[str, ...]) -> dict[str, list[str]]:
+    """The checks each attack phase failed, against the same run's quiet phase."""
     quiet = report["phases"][QUIET]
     assert quiet["errors"] == {}
     assert quiet["calls"] == CALLS
     assert quiet["replies"] >= CALLS  # every call got at least its first reply in the window
-    failures = []
-    for attack in ATTACKS:
+    failed: dict[str, list[str]] = {}
+    for attack in attacks:
         phase = report["phases"][attack]
         checks = {
             "refused": _refused(attack, phase["attack"]),
@@ -63,6 +63,96 @@ def test_one_hostile_client_leaves_good_calls_alone() -> None:
             "jitter p99": phase["pacing_jitter_p99_ms"]
             <= quiet["pacing_jitter_p99_ms"] + JITTER_P99_MARGIN_MS,
         }
-        failures += [f"{attack}: {name}" for name, ok in checks.items() if not ok]
-    if failures:
-        pytest.fail("\n".join([*failures, format_hostile(report)]), pytrace=False)
+        if names := [name for name, ok in checks.items() if not ok]:
+            failed[attack] = names
+    return failed
+
+
+def _run(attacks: tuple[str, ...]) -> dict:
+    options = HostileOptions(attacks=attacks, calls=CALLS, seconds=SECONDS, pin=False)
+    return load_run(run_hostile(options))
+
+
+@pytest.mark.process
+def test_one_hostile_client_leaves_good_calls_alone() -> None:
+    """One run (about a minute) for every attack: a module fixture would run again on each
+    xdist worker that a parametrized test landed on.
+
+    A phase that misses only a latency bound is measured once more (a new run of the quiet
+    phase and that attack): the other worker's load comes and goes between 4 s phases, and
+    a spike lands on one phase, where a regression (seconds, as before the fixes) lands on
+    both runs. Any other failed check fails at once."""
+    report = _run(ATTACKS)
+    failed = _failures(report, ATTACKS)
+    again = tuple(a for a, names in failed.items() if set(names) <= set(LATENCY_CHECKS))
+    reports = [report]
+    if again:
+        retry = _run(again)
+        reports.append(retry)
+        still = _failures(retry, again)
+        for attack in again:
+            if attack in still:
+                failed[attack] = [f"{name} (twice)" for name in still[attack]]
+            else:
+                del failed[attack]
+    if failed:
+        lines = [f"{attack}: {name}" for attack, names in failed.items() for name in names]
+        pytest.fail("\n".join([*lines, *map(format_hostile, reports)]), pytrace=False)
+
+
+def _canned(reply_p95: dict[str, float]) -> dict:
+    """A report in run_hostile's shape: every attack refused, the given reply p95s."""
+    attack_got = {
+        "body": {"/twilio/voice 413": 3},
+        "replay": {"streams alive at the end": 1},
+        "pump": {"calls": 3, "closed 1008": 2},
+        "bigframes": {"calls": 3, "closed 1009": 2},
+        "login": {"login 429": 5},
+    }
+    phases = {
+        name: {
+            "attack": attack_got.get(name, {}),
+            "errors": {},
+            "calls": CALLS,
+            "replies": 40,
+            "eot_to_first_audio_p95_ms": p95,
+            "pacing_jitter_p99_ms": 2.0,
+        }
+        for name, p95 in reply_p95.items()
+    }
+    return {"phases": phases}
+
+
+@pytest.mark.parametrize(
+    "second, fails",
+    [(420.0, False), (900.0, True)],
+    ids=["a spike measured again passes", "slow twice fails"],
+)
+def test_a_latency_miss_is_measured_again_before_failing(
+    monkeypatch: pytest.MonkeyPatch, second: float, fails: bool
+) -> None:
+    first = _canned({QUIET: 400.0, **dict.fromkeys(ATTACKS, 410.0), "replay": 900.0})
+    runs = iter([first, _canned({QUIET: 400.0, "replay": second})])
+    asked: list[tuple[str, ...]] = []
+
+    def fake_run(attacks: tuple[str, ...]) -> dict:
+        asked.append(attacks)
+        return next(runs)
+
+    monkeypatch.setattr("tests.test_hostile._run", fake_run)
+    monkeypatch.setattr("tests.test_hostile.format_hostile", lambda report: "")
+    if fails:
+        with pytest.raises(pytest.fail.Exception, match=r"replay: reply p95 \(twice\)"):
+            test_one_hostile_client_leaves_good_calls_alone()
+    else:
+        test_one_hostile_client_leaves_good_calls_alone()
+    assert asked == [ATTACKS, ("replay",)]
+
+
+def test_a_refusal_miss_fails_without_a_second_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    report = _canned({QUIET: 400.0, **dict.fromkeys(ATTACKS, 410.0)})
+    report["phases"]["pump"]["attack"] = {"calls": 1}  # the service never closed its call
+    monkeypatch.setattr("tests.test_hostile._run", lambda attacks: report)
+    monkeypatch.setattr("tests.test_hostile.format_hostile", lambda report: "")
+    with pytest.raises(pytest.fail.Exception, match="pump: refused"):
+        test_one_hostile_client_leaves_good_calls_alone()
