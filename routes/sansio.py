@@ -31,10 +31,32 @@ except ImportError:  # an older uvicorn: plain ASGI
 
 Pump = Callable[[FrameHandler], Awaitable[StreamEnd | None]]
 
-# How `telephony serve` runs uvicorn's WebSocket side. permessage-deflate is declined (RFC 7692
-# lets a server): it would cost a zlib pass per 20 ms frame each way and a compressor's memory
-# per call, for base64 audio on a server-to-server link, and it keeps FrameReader out.
-UVICORN_WS: dict[str, Any] = {"ws": "websockets-sansio", "ws_per_message_deflate": False}
+if _SansIOProtocol is not None:
+
+    class MediaSocketProtocol(_SansIOProtocol):
+        """uvicorn's sans-I/O protocol, but a server shutdown leaves a closing socket alone.
+
+        When the peer's Close frame arrives, websockets answers it and uvicorn closes the
+        transport; until `connection_lost` (a loop turn later) the socket is still among the
+        server's connections. uvicorn's `shutdown` then sends a second Close, websockets refuses
+        it (InvalidState), and the exception ends uvicorn's shutdown before the app's lifespan
+        shutdown, which flushes the store's last rows."""
+
+        def shutdown(self) -> None:
+            if self.transport.is_closing():
+                self.stop_keepalive()
+                return
+            super().shutdown()
+
+    _WS_PROTOCOL: Any = MediaSocketProtocol
+else:
+    _WS_PROTOCOL = "auto"
+
+# How `telephony serve` (and an in-process serve_app) runs uvicorn's WebSocket side.
+# permessage-deflate is declined (RFC 7692 lets a server): it would cost a zlib pass per 20 ms
+# frame each way and a compressor's memory per call, for base64 audio on a server-to-server
+# link, and it keeps FrameReader out.
+UVICORN_WS: dict[str, Any] = {"ws": _WS_PROTOCOL, "ws_per_message_deflate": False}
 
 
 def sansio_available() -> bool:

@@ -112,6 +112,11 @@ class InProcessServer(StartStop):
 async def serve_app(
     app: ASGIApp, sock: socket.socket, *, ws_max_size: int = 64 * 1024
 ) -> AsyncIterator[uvicorn.Server]:
-    """Serve the service's app (with its lifespan) on `sock` for the `async with` body."""
-    async with InProcessServer(app, sock, ws_max_size=ws_max_size, lifespan="on") as running:
+    """Serve the service's app (with its lifespan) on `sock` for the `async with` body, with
+    `telephony serve`'s WebSocket protocol."""
+    from routes.sansio import UVICORN_WS  # the composition root may reach routes
+
+    async with InProcessServer(
+        app, sock, ws_max_size=ws_max_size, lifespan="on", **UVICORN_WS
+    ) as running:
         yield running.server

@@ -183,14 +183,15 @@ async def test_a_reply_cut_in_its_first_sentence_is_heard_up_to_the_barge_in(
 async def test_an_aura_drop_mid_reply_stores_only_the_audio_that_arrived(
     numbers: Path, database: str
 ) -> None:
-    # Aura streams HOURS 4x faster than real time from ~4.5 s; it dies ~0.35 s into that.
+    # Aura streams HOURS (5 s of audio) 4x faster than real time, from ~4.6 s to ~5.9 s; it
+    # dies ~0.8 s into that, late enough for a reply that started late on a busy machine.
     result = await flux_call(
         numbers,
         [
             ScriptedTurn(start_ms=3200, end_ms=4400, text="What are your opening hours?"),
             ScriptedTurn(start_ms=9000, end_ms=9800, text="Okay bye."),
         ],
-        faults=[Fault(endpoint="speak", at_ms=4900, kind="drop")],
+        faults=[Fault(endpoint="speak", at_ms=5400, kind="drop")],
     )
     assert [
         e.data["reason"] != "start"

@@ -4,6 +4,7 @@ plain ASGI reading every other server gets: same frames, same order, same ending
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -279,3 +280,35 @@ async def test_with_compression_negotiated_websockets_reads_every_frame(
     """A server that accepts permessage-deflate (the client here offers it) gets compressed
     frames, which only websockets can read: the reader stays out, nothing is lost."""
     assert await mixed_traffic(monkeypatch, {**UVICORN_WS, "ws_per_message_deflate": True}) == 0
+
+
+@pytest.mark.parametrize("ours", [True, False], ids=["ours", "uvicorn's own"])
+async def test_a_shutdown_just_as_the_peer_closes_does_not_raise(ours: bool) -> None:
+    """uvicorn's shutdown calls each connection's `shutdown()`; one whose peer's Close was
+    answered a moment ago (the transport closing, `connection_lost` not yet run) made
+    uvicorn's own protocol send a second Close, which websockets refuses: the exception ended
+    the server's shutdown before the app's lifespan shutdown (the store's last flush)."""
+    base = sansio._SansIOProtocol
+    raised: list[BaseException] = []
+
+    class Probe(sansio.MediaSocketProtocol if ours else base):  # type: ignore[misc,name-defined]
+        def handle_close(self, event: Any) -> None:
+            super().handle_close(event)
+            try:
+                self.shutdown()  # what the server's shutdown does, in this very loop turn
+            except Exception as exc:
+                raised.append(exc)
+
+    async def app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        ws = WebSocket(scope, receive, send)
+        await ws.accept()
+        with contextlib.suppress(Exception):
+            while True:
+                await ws.receive_text()
+
+    sock = bind_loopback()
+    async with InProcessServer(app, sock, **{**UVICORN_WS, "ws": Probe}):
+        async with connect(f"ws://127.0.0.1:{sock.getsockname()[1]}/") as ws:
+            await ws.send("hello")
+        await asyncio.sleep(0.05)
+    assert [type(e).__name__ for e in raised] == ([] if ours else ["InvalidState"])
