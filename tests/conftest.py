@@ -179,12 +179,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """`-n auto`: one worker per core, at most 8 (PYTEST_XDIST_AUTO_NUM_WORKERS overrides).
 
-    Most tests wait on a call's real-time clock, not on the CPU, so more workers cut the wall
-    time — measured on two cores (1 308 tests, 2026-12-07): 2 workers 532 s; 4 workers 296-342
-    s; 6 workers 241-254 s; 8 workers 240 s — but past one per core the calls' own timing
-    loses to CPU contention now and then (at 4 workers 1 run in 3 had a real-time failure, at
-    6 workers 2 in 5, at 8 every run), and CI must not be red by chance. Handing the longest
-    tests out first made it slower (275 s at 6: the benchmarks and browsers all at once)."""
+    Measured on two cores with two workers: 532-538 s for 1 308 tests when every call ran on
+    the real clock; 229-244 s for 1 315 once in-process calls ran on the 4x clock
+    (tests/fast_clock.py) and each app start stopped parsing the CA bundle 16 times (2026-12-07).
+    Past one worker per core the calls' own timing loses to CPU contention now and then (before
+    the 4x clock, at 4 workers 1 run in 3 had a real-time failure, at 6 workers 2 in 5), and CI
+    must not be red by chance; the 4x clock makes CPU delays look 4x longer, so more so now.
+    Handing the longest tests out first made it slower (the benchmarks and browsers at once).
+    """
     override = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")
     if override:
         return int(override)
