@@ -15,6 +15,7 @@ from typing import Any, Literal
 from sqlalchemy import Insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from telephony.store.call_stats import refresh_facts
 from telephony.store.schema import calls, dialect_insert, events, turns
 
 Kind = Literal["call_started", "call_ended", "turn", "event", "status", "refused"]
@@ -118,6 +119,23 @@ async def write_batch(engine: AsyncEngine, rows: list[Row]) -> list[Row]:
             event_rows += [r.values for r in status_rows if r.values["call_sid"] in known]
         if event_rows:
             await conn.execute(dialect_insert(dialect, events), event_rows)
+        # The dashboard's facts of every call this batch ended, resumed or added to after
+        # its end (a late turn): from what is now in the rows.
+        touched = ended.keys() | refused.keys()
+        late = sids - touched
+        if late:
+            touched |= set(
+                (
+                    await conn.execute(
+                        select(calls.c.sid).where(
+                            calls.c.sid.in_(late), calls.c.ended_at.is_not(None)
+                        )
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        await refresh_facts(conn, touched)
     return unmatched
 
 

@@ -44,6 +44,7 @@ from sqlalchemy import and_, bindparam, delete, false, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from telephony.outcome import Outcome
+from telephony.store.call_stats import refresh_facts
 from telephony.store.schema import calls, dialect_insert, events, instances, turns
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,7 @@ async def sweep(
                 )
             )
             await conn.execute(close, rows)
+            await refresh_facts(conn, closed)  # the dashboard counts them, as restarts
         if gone:
             await conn.execute(delete(instances).where(instances.c.id.in_(list(gone))))
     if closed:

@@ -166,6 +166,48 @@ revoked_sessions = Table(
     Column("expires_at", Double, nullable=False, index=True),  # epoch s: the cookie's own
 )
 
+# The dashboard's numbers (store/call_stats.py): each ended call's facts, kept to move the
+# rollups by the difference when its end is written again; and sums per 15-minute bucket
+# (epoch s of the calls' starts), profile and outcome, and per reply-latency bin.
+call_facts = Table(
+    "call_facts",
+    metadata,
+    Column("sid", String(64), ForeignKey("calls.sid", ondelete="CASCADE"), primary_key=True),
+    Column("bucket", BigInteger, nullable=False),
+    Column("profile", String(64), nullable=False),
+    Column("outcome", String(64), nullable=False),
+    Column("duration_ms", BigInteger, nullable=False),
+    Column("bot_turns", Integer, nullable=False),
+    Column("barge_ins", Integer, nullable=False),
+    Column("reconnects", Integer, nullable=False),
+    Column("latency_bins", JSON, nullable=True),  # one bin's lower edge (ms) per bot turn
+)
+
+call_rollup = Table(
+    "call_rollup",
+    metadata,
+    Column("bucket", BigInteger, nullable=False),
+    Column("profile", String(64), nullable=False),
+    Column("outcome", String(64), nullable=False),
+    Column("calls", Integer, nullable=False),
+    Column("duration_ms", BigInteger, nullable=False),
+    Column("bot_turns", Integer, nullable=False),
+    Column("barge_ins", Integer, nullable=False),
+    Column("barged_calls", Integer, nullable=False),
+    Column("reconnects", Integer, nullable=False),
+    PrimaryKeyConstraint("bucket", "profile", "outcome", name="pk_call_rollup"),
+)
+
+latency_rollup = Table(
+    "latency_rollup",
+    metadata,
+    Column("bucket", BigInteger, nullable=False),
+    Column("profile", String(64), nullable=False),
+    Column("bin_ms", Integer, nullable=False),
+    Column("turns", Integer, nullable=False),
+    PrimaryKeyConstraint("bucket", "profile", "bin_ms", name="pk_latency_rollup"),
+)
+
 
 def dialect_insert(dialect_name: str, table: Any) -> Any:
     """INSERT with the dialect's ON CONFLICT clauses (both SQLite and PostgreSQL have them)."""
@@ -182,6 +224,9 @@ TABLES = (
     "revoked_sessions",
     "instances",
     "stream_claims",
+    "call_facts",
+    "call_rollup",
+    "latency_rollup",
 )
 
 
