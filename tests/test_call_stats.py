@@ -18,6 +18,7 @@ from telephony.store.dashboard import dashboard, offset_segments, percentile_of_
 from telephony.store.schema import (
     call_facts,
     call_rollup,
+    call_rollup_hourly,
     calls,
     latency_rollup,
     make_engine,
@@ -269,3 +270,30 @@ async def test_an_empty_range_and_a_reversed_one(db: Db) -> None:  # noqa: F811
     assert board.total.latency_ms(0.5) is None and board.total.rate("failover") is None
     with pytest.raises(ValueError, match="ends before it starts"):
         await dashboard(db.engine, date(2026, 2, 1), date(2026, 1, 1))
+
+
+async def test_a_long_range_reads_the_hourly_rollups_and_gets_the_same_figures(
+    db: Db,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await write(
+        db.engine,
+        ("CAl1", at(NY, 2026, 1, 5, 9, 50), "caller-hangup", [bot(1, 420)], 0),
+        ("CAl2", at(NY, 2026, 2, 20, 23, 55), "transferred", [bot(1, 700, "caller")], 1),
+        ("CAl3", at(NY, 2026, 3, 9, 0, 10), "failover", [], 0, "sales"),  # after the change
+    )
+    args = (db.engine, date(2026, 1, 1), date(2026, 3, 31), "America/New_York")
+    hourly = await dashboard(*args)
+    async with db.engine.connect() as conn:  # the hourly tables are what it read
+        assert len((await conn.execute(select(call_rollup_hourly))).all()) == 3
+    monkeypatch.setattr("telephony.store.dashboard.FIFTEEN_MINUTE_UP_TO_DAYS", 1000)
+    fine = await dashboard(*args)
+    assert [(p.start, p.outcomes, p.sums, p.latency_bins) for p in hourly.periods] == [
+        (p.start, p.outcomes, p.sums, p.latency_bins) for p in fine.periods
+    ]
+    assert [p.start.date().isoformat() for p in hourly.periods] == [
+        "2026-01-05",
+        "2026-02-20",
+        "2026-03-09",
+    ]
+    assert hourly.busiest_hours == fine.busiest_hours

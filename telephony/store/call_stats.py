@@ -4,9 +4,9 @@ Whenever a call's end is written (the writer's batch, the restart sweep), its fa
 duration, bot turns, barge-ins, Deepgram reconnects, reply latencies — are computed from its
 stored rows, and the change from the facts it had before is added to its 15-minute bucket:
 nothing for a first end, the old facts taken back for a resumed call (live again until its
-transcription ends) or an end written twice. A dashboard over a year then reads at most
-~35 000 buckets per profile and outcome, never the calls. Buckets are 15 minutes so that any
-time zone (+05:45 included) gets whole local hours and days.
+transcription ends) or an end written twice. A dashboard then reads buckets, never the calls:
+15-minute ones, so that any time zone (+05:30 and +05:45 included) gets its own local hours
+and days, and hourly ones (a quarter of the rows) for long ranges in whole-hour zones.
 
 Retention deletes a call and its facts, not the rollups: the dashboard still counts it.
 """
@@ -19,20 +19,29 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, Table, delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from telephony.store.schema import (
     call_facts,
     call_rollup,
+    call_rollup_hourly,
     calls,
     dialect_insert,
     events,
     latency_rollup,
+    latency_rollup_hourly,
     turns,
 )
 
 BUCKET_S = 900
+HOUR_S = 3600
+# Each resolution's tables: (bucket seconds, calls rollup, latency rollup). The same changes go
+# to both; a dashboard reads the coarsest that fits its range and time zone.
+RESOLUTIONS: tuple[tuple[int, Table, Table], ...] = (
+    (BUCKET_S, call_rollup, latency_rollup),
+    (HOUR_S, call_rollup_hourly, latency_rollup_hourly),
+)
 # Reply latency bins (lower edges, ms): 50 ms steps to 1 s, 250 ms to 3 s, 1 s to 10 s, then
 # one open bin. A percentile is reported as its bin's upper edge (at most one step high).
 LATENCY_BINS_MS: tuple[int, ...] = (
@@ -218,34 +227,39 @@ def _add_rollups(
     rollup: Counter[tuple[int, str, str, str]],
     latency: Counter[tuple[int, str, int]],
 ) -> None:
-    rows: dict[tuple[int, str, str], dict[str, Any]] = {}
-    for (bucket, profile, outcome, column), n in rollup.items():
-        row = rows.setdefault(
-            (bucket, profile, outcome),
-            {"bucket": bucket, "profile": profile, "outcome": outcome}
-            | dict.fromkeys(ROLLUP_SUMS, 0),
-        )
-        row[column] += n
-    if rows:
-        stmt = dialect_insert(dialect, call_rollup)
-        conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["bucket", "profile", "outcome"],
-                set_={c: call_rollup.c[c] + stmt.excluded[c] for c in ROLLUP_SUMS},
-            ),
-            list(rows.values()),
-        )
-    lat_rows = [
-        {"bucket": bucket, "profile": profile, "bin_ms": b, "turns": n}
-        for (bucket, profile, b), n in latency.items()
-        if n
-    ]
-    if lat_rows:
-        stmt = dialect_insert(dialect, latency_rollup)
-        conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["bucket", "profile", "bin_ms"],
-                set_={"turns": latency_rollup.c.turns + stmt.excluded.turns},
-            ),
-            lat_rows,
-        )
+    for seconds, rollup_table, latency_table in RESOLUTIONS:
+        rows: dict[tuple[int, str, str], dict[str, Any]] = {}
+        for (bucket, profile, outcome, column), n in rollup.items():
+            key = (bucket // seconds * seconds, profile, outcome)
+            row = rows.setdefault(
+                key,
+                {"bucket": key[0], "profile": profile, "outcome": outcome}
+                | dict.fromkeys(ROLLUP_SUMS, 0),
+            )
+            row[column] += n
+        if rows:
+            stmt = dialect_insert(dialect, rollup_table)
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["bucket", "profile", "outcome"],
+                    set_={c: rollup_table.c[c] + stmt.excluded[c] for c in ROLLUP_SUMS},
+                ),
+                list(rows.values()),
+            )
+        turns_by: Counter[tuple[int, str, int]] = Counter()
+        for (bucket, profile, b), n in latency.items():
+            turns_by[(bucket // seconds * seconds, profile, b)] += n
+        lat_rows = [
+            {"bucket": bucket, "profile": profile, "bin_ms": b, "turns": n}
+            for (bucket, profile, b), n in turns_by.items()
+            if n
+        ]
+        if lat_rows:
+            stmt = dialect_insert(dialect, latency_table)
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["bucket", "profile", "bin_ms"],
+                    set_={"turns": latency_table.c.turns + stmt.excluded.turns},
+                ),
+                lat_rows,
+            )

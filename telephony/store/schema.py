@@ -183,30 +183,42 @@ call_facts = Table(
     Column("latency_bins", JSON, nullable=True),  # one bin's lower edge (ms) per bot turn
 )
 
-call_rollup = Table(
-    "call_rollup",
-    metadata,
-    Column("bucket", BigInteger, nullable=False),
-    Column("profile", String(64), nullable=False),
-    Column("outcome", String(64), nullable=False),
-    Column("calls", Integer, nullable=False),
-    Column("duration_ms", BigInteger, nullable=False),
-    Column("bot_turns", Integer, nullable=False),
-    Column("barge_ins", Integer, nullable=False),
-    Column("barged_calls", Integer, nullable=False),
-    Column("reconnects", Integer, nullable=False),
-    PrimaryKeyConstraint("bucket", "profile", "outcome", name="pk_call_rollup"),
-)
 
-latency_rollup = Table(
-    "latency_rollup",
-    metadata,
-    Column("bucket", BigInteger, nullable=False),
-    Column("profile", String(64), nullable=False),
-    Column("bin_ms", Integer, nullable=False),
-    Column("turns", Integer, nullable=False),
-    PrimaryKeyConstraint("bucket", "profile", "bin_ms", name="pk_latency_rollup"),
-)
+def _call_rollup(name: str) -> Table:
+    return Table(
+        name,
+        metadata,
+        Column("bucket", BigInteger, nullable=False),
+        Column("profile", String(64), nullable=False),
+        Column("outcome", String(64), nullable=False),
+        Column("calls", Integer, nullable=False),
+        Column("duration_ms", BigInteger, nullable=False),
+        Column("bot_turns", Integer, nullable=False),
+        Column("barge_ins", Integer, nullable=False),
+        Column("barged_calls", Integer, nullable=False),
+        Column("reconnects", Integer, nullable=False),
+        PrimaryKeyConstraint("bucket", "profile", "outcome", name=f"pk_{name}"),
+    )
+
+
+def _latency_rollup(name: str) -> Table:
+    return Table(
+        name,
+        metadata,
+        Column("bucket", BigInteger, nullable=False),
+        Column("profile", String(64), nullable=False),
+        Column("bin_ms", Integer, nullable=False),
+        Column("turns", Integer, nullable=False),
+        PrimaryKeyConstraint("bucket", "profile", "bin_ms", name=f"pk_{name}"),
+    )
+
+
+# 15-minute buckets (any time zone's hours and days); hourly ones, a quarter of the rows, for
+# long ranges in zones whose offsets are whole hours.
+call_rollup = _call_rollup("call_rollup")
+latency_rollup = _latency_rollup("latency_rollup")
+call_rollup_hourly = _call_rollup("call_rollup_hourly")
+latency_rollup_hourly = _latency_rollup("latency_rollup_hourly")
 
 
 def dialect_insert(dialect_name: str, table: Any) -> Any:
@@ -227,6 +239,8 @@ TABLES = (
     "call_facts",
     "call_rollup",
     "latency_rollup",
+    "call_rollup_hourly",
+    "latency_rollup_hourly",
 )
 
 

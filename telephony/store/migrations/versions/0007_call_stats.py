@@ -1,4 +1,4 @@
-"""call_facts, call_rollup, latency_rollup: the dashboard's numbers, filled for ended calls
+"""call_facts and the 15-minute and hourly rollups: the dashboard's numbers, backfilled
 
 Revision ID: 0007_call_stats
 Revises: 0006_stream_claims
@@ -36,27 +36,30 @@ def upgrade() -> None:
         sa.Column("reconnects", sa.Integer, nullable=False),
         sa.Column("latency_bins", sa.JSON, nullable=True),
     )
-    op.create_table(
-        "call_rollup",
-        sa.Column("bucket", sa.BigInteger, nullable=False),
-        sa.Column("profile", sa.String(64), nullable=False),
-        sa.Column("outcome", sa.String(64), nullable=False),
-        sa.Column("calls", sa.Integer, nullable=False),
-        sa.Column("duration_ms", sa.BigInteger, nullable=False),
-        sa.Column("bot_turns", sa.Integer, nullable=False),
-        sa.Column("barge_ins", sa.Integer, nullable=False),
-        sa.Column("barged_calls", sa.Integer, nullable=False),
-        sa.Column("reconnects", sa.Integer, nullable=False),
-        sa.PrimaryKeyConstraint("bucket", "profile", "outcome", name="pk_call_rollup"),
-    )
-    op.create_table(
-        "latency_rollup",
-        sa.Column("bucket", sa.BigInteger, nullable=False),
-        sa.Column("profile", sa.String(64), nullable=False),
-        sa.Column("bin_ms", sa.Integer, nullable=False),
-        sa.Column("turns", sa.Integer, nullable=False),
-        sa.PrimaryKeyConstraint("bucket", "profile", "bin_ms", name="pk_latency_rollup"),
-    )
+    for suffix in ("", "_hourly"):
+        op.create_table(
+            f"call_rollup{suffix}",
+            sa.Column("bucket", sa.BigInteger, nullable=False),
+            sa.Column("profile", sa.String(64), nullable=False),
+            sa.Column("outcome", sa.String(64), nullable=False),
+            sa.Column("calls", sa.Integer, nullable=False),
+            sa.Column("duration_ms", sa.BigInteger, nullable=False),
+            sa.Column("bot_turns", sa.Integer, nullable=False),
+            sa.Column("barge_ins", sa.Integer, nullable=False),
+            sa.Column("barged_calls", sa.Integer, nullable=False),
+            sa.Column("reconnects", sa.Integer, nullable=False),
+            sa.PrimaryKeyConstraint("bucket", "profile", "outcome", name=f"pk_call_rollup{suffix}"),
+        )
+        op.create_table(
+            f"latency_rollup{suffix}",
+            sa.Column("bucket", sa.BigInteger, nullable=False),
+            sa.Column("profile", sa.String(64), nullable=False),
+            sa.Column("bin_ms", sa.Integer, nullable=False),
+            sa.Column("turns", sa.Integer, nullable=False),
+            sa.PrimaryKeyConstraint(
+                "bucket", "profile", "bin_ms", name=f"pk_latency_rollup{suffix}"
+            ),
+        )
     _backfill()
 
 
@@ -77,6 +80,7 @@ def _backfill() -> None:
 
 
 def downgrade() -> None:
-    op.drop_table("latency_rollup")
-    op.drop_table("call_rollup")
+    for suffix in ("_hourly", ""):
+        op.drop_table(f"latency_rollup{suffix}")
+        op.drop_table(f"call_rollup{suffix}")
     op.drop_table("call_facts")
