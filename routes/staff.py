@@ -7,11 +7,13 @@ live calls; the fragments reuse the page templates, so there is one rendering of
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from starlette.requests import Request
 from starlette.responses import (
@@ -45,8 +47,11 @@ class ListQuery:
     page: int = 1
 
 
-def _day(value: str, tz_minutes: int, errors: list[str], label: str) -> datetime | None:
-    """Midnight of a YYYY-MM-DD day in the viewer's time zone, as a UTC datetime."""
+def _day(
+    value: str, tz_minutes: int, errors: list[str], label: str, zone: ZoneInfo | None = None
+) -> datetime | None:
+    """Midnight of a YYYY-MM-DD day in the viewer's time zone, as a UTC datetime: in `zone`
+    (a named zone, right on a daylight-saving day) when given, else at a fixed offset."""
     if not value:
         return None
     try:
@@ -54,8 +59,20 @@ def _day(value: str, tz_minutes: int, errors: list[str], label: str) -> datetime
     except ValueError:
         errors.append(f"{label}: not a date (YYYY-MM-DD)")
         return None
+    if zone is not None:
+        return datetime(day.year, day.month, day.day, tzinfo=zone).astimezone(UTC)
     # JavaScript's getTimezoneOffset(): minutes to add to local time to get UTC.
     return datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(minutes=tz_minutes)
+
+
+def _zone(name: str, errors: list[str]) -> ZoneInfo | None:
+    if not name:
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        errors.append(f"time zone: {name!r} is not a known zone")
+        return None
 
 
 def _int(value: str, errors: list[str], label: str, lo: int, hi: int) -> int | None:
@@ -74,14 +91,20 @@ def _int(value: str, errors: list[str], label: str, lo: int, hi: int) -> int | N
 
 def parse_list_query(params: Any) -> ListQuery:
     keys = (
-        *("q", "number", "profile", "from", "to", "tz"),
+        *("q", "number", "profile", "from", "to", "tz", "tzname"),
         *("interrupted", "min_latency", "status", "outcome"),
     )
     form = {k: params.get(k, "").strip()[:500] for k in keys}
     errors: list[str] = []
     tz = _int(form["tz"], errors, "time zone", -14 * 60, 14 * 60) or 0
-    after = _day(form["from"], tz, errors, "from")
-    before = _day(form["to"], tz, errors, "to")
+    zone = _zone(form["tzname"], errors)  # the dashboard's links name the zone
+    after = _day(form["from"], tz, errors, "from", zone)
+    # "to" is inclusive of the whole day: up to the next day's midnight.
+    to_day = form["to"]
+    if to_day and zone is not None:
+        with contextlib.suppress(ValueError):
+            to_day = (date.fromisoformat(to_day) + timedelta(days=1)).isoformat()
+    before = _day(to_day, tz, errors, "to", zone)
     page = _int(params.get("page", ""), errors, "page", 1, 100_000) or 1
     interrupted = {"yes": True, "no": False}.get(form["interrupted"])
     status = form["status"] if form["status"] in ("live", "ended") else ""
@@ -91,8 +114,11 @@ def parse_list_query(params: Any) -> ListQuery:
         number=form["number"],
         profile=form["profile"],
         started_after=after.timestamp() if after else None,
-        # "to" is inclusive of the whole day.
-        started_before=(before + timedelta(days=1)).timestamp() if before else None,
+        started_before=(
+            (before if zone is not None else before + timedelta(days=1)).timestamp()
+            if before
+            else None
+        ),
         interrupted=interrupted,
         min_latency_ms=_int(form["min_latency"], errors, "minimum latency", 0, 600_000),
         status=status,

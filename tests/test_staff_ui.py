@@ -53,6 +53,7 @@ EVENTS = [
 
 PROTECTED_GETS = [
     "/calls",
+    "/dashboard",
     "/calls/rows",
     f"/calls/{SID}",
     f"/calls/{SID}/timeline",
