@@ -21,6 +21,7 @@ from starlette.responses import (
     PlainTextResponse,
     RedirectResponse,
     Response,
+    StreamingResponse,
 )
 from starlette.routing import Route
 
@@ -29,6 +30,7 @@ from routes.state import services_of
 from routes.templates import render
 from telephony.outcome import LABELS
 from telephony.store import audit
+from telephony.store.calls_csv import csv_lines
 from telephony.store.export import as_json, as_text, clock, timeline
 from telephony.store.queries import CallFilter, count_calls, get_call, profiles_seen, search_calls
 from telephony.store.redact import redact
@@ -156,6 +158,27 @@ async def call_list(request: Request) -> Response:
 
 
 @require("staff")
+async def call_csv(request: Request) -> Response:
+    """Every call the list's filter matches (all pages), as CSV, streamed; audited."""
+    query = parse_list_query(request.query_params)
+    if query.errors:
+        return PlainTextResponse("\n".join(query.errors) + "\n", status_code=400)
+    db = services_of(request.app).db
+    detail = {k: v for k, v in query.form.items() if v}
+    await audit.record(db, request.state.user.name, "calls.export_csv", "", detail)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return StreamingResponse(
+        csv_lines(db, replace(query.filter, limit=0, offset=0)),
+        media_type="text/csv; charset=utf-8",
+        headers={
+            "content-disposition": f'attachment; filename="calls-{stamp}.csv"',
+            "cache-control": "no-store",
+            "x-content-type-options": "nosniff",
+        },
+    )
+
+
+@require("staff")
 async def call_rows(request: Request) -> Response:
     """The list's table body alone, for the page's polling of live calls."""
     query = parse_list_query(request.query_params)
@@ -280,6 +303,7 @@ routes = [
     Route("/", home),
     Route("/calls", call_list),
     Route("/calls/rows", call_rows),
+    Route("/calls.csv", call_csv),
     Route("/calls/{sid}", call_page),
     Route("/calls/{sid}/timeline", call_timeline),
     Route("/calls/{sid}/export.json", call_export),

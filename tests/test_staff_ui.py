@@ -54,6 +54,7 @@ EVENTS = [
 PROTECTED_GETS = [
     "/calls",
     "/dashboard",
+    "/calls.csv",
     "/calls/rows",
     f"/calls/{SID}",
     f"/calls/{SID}/timeline",

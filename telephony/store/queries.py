@@ -178,7 +178,8 @@ def _matching_sids(search: _Search, dialect: str) -> Any:
     raise NotImplementedError(f"full-text search is not available on {dialect}")
 
 
-def _conditions(f: CallFilter, dialect: str) -> list[ColumnElement[bool]]:
+def conditions(f: CallFilter, dialect: str) -> list[ColumnElement[bool]]:
+    """The WHERE clauses of `f` over `calls` (the list, its count and its CSV export)."""
     if f.status not in ("", "live", "ended"):
         raise ValueError(f"status must be '', 'live' or 'ended', not {f.status!r}")
     if f.outcome and f.outcome not in tuple(Outcome):
@@ -318,7 +319,7 @@ async def search_calls(engine: AsyncEngine, f: CallFilter) -> list[dict[str, Any
     dialect = _dialect(engine)
     page = (
         select(calls)
-        .where(*_conditions(f, dialect))
+        .where(*conditions(f, dialect))
         .order_by(calls.c.started_at.desc(), calls.c.sid)
         .limit(limit)
         .offset(offset)
@@ -351,7 +352,7 @@ async def search_calls(engine: AsyncEngine, f: CallFilter) -> list[dict[str, Any
 
 async def count_calls(engine: AsyncEngine, f: CallFilter) -> int:
     """How many calls match ``f`` in all (``limit`` and ``offset`` are ignored)."""
-    stmt = select(func.count()).select_from(calls).where(*_conditions(f, _dialect(engine)))
+    stmt = select(func.count()).select_from(calls).where(*conditions(f, _dialect(engine)))
     async with engine.connect() as conn:
         return int((await conn.execute(stmt)).scalar_one())
 
