@@ -382,3 +382,25 @@ async def test_dashboard_draws_its_charts_and_a_bar_opens_its_calls(
     await expect(page.locator("tr[data-sid]")).to_have_count(2)
     assert not problems, problems
     await page.close()
+
+
+async def test_the_calls_list_downloads_its_filter_as_csv(
+    running_app: RunningApp, database: str, browser: Browser, tmp_path: Path
+) -> None:
+    await add_accounts(database)
+    turns = [Turn(0, "caller", "hello", 0, 400)]
+    await store_call(database, "CA" + "8" * 32, turns=turns, outcome=Outcome.FAILOVER)
+    await store_call(database, "CA" + "9" * 32, turns=turns)
+    page = await browser.new_page()
+    await log_in(page, running_app.url, STAFF, "/calls")
+    await page.goto(f"{running_app.url}/calls?outcome=failover")
+    async with page.expect_download() as info:
+        await page.get_by_role("link", name="Download all as CSV").click()
+    download = await info.value
+    assert download.suggested_filename.startswith("calls-")
+    saved = tmp_path / download.suggested_filename
+    await download.save_as(saved)
+    lines = saved.read_text().splitlines()
+    assert lines[0].startswith("call_sid,started_utc,")
+    assert [line.split(",")[0] for line in lines[1:]] == ["CA" + "8" * 32]
+    await page.close()
