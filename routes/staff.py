@@ -26,6 +26,7 @@ from starlette.responses import (
 from starlette.routing import Route
 
 from routes.auth import require
+from routes.explain import unanswered
 from routes.state import services_of
 from routes.templates import render
 from telephony.outcome import LABELS
@@ -229,6 +230,11 @@ def _interim(request: Request, sid: str) -> dict[Role, str]:
     return dict(interim)
 
 
+def _unanswered(call: dict[str, Any], items: list[Any]) -> set[int]:
+    """A live call's last caller turn may still get its answer: only ended calls are judged."""
+    return unanswered(items, call.get("mode", "")) if call.get("ended_at") is not None else set()
+
+
 @require("staff")
 async def call_page(request: Request) -> Response:
     call = await _call_or_404(request)
@@ -236,9 +242,11 @@ async def call_page(request: Request) -> Response:
         return call
     db = services_of(request.app).db
     await audit.record(db, request.state.user.name, "call.view", call["sid"])
+    items = timeline(call)
     context = {
         "call": call,
-        "items": timeline(call),
+        "items": items,
+        "unanswered": _unanswered(call, items),
         "has_recording": _has_recording(call),
         "right_channel": _right_channel(call),
         "interim": _interim(request, call["sid"]),
@@ -252,7 +260,13 @@ async def call_timeline(request: Request) -> Response:
     call = await _call_or_404(request)
     if isinstance(call, Response):
         return call
-    context = {"call": call, "items": timeline(call), "interim": _interim(request, call["sid"])}
+    items = timeline(call)
+    context = {
+        "call": call,
+        "items": items,
+        "unanswered": _unanswered(call, items),
+        "interim": _interim(request, call["sid"]),
+    }
     response = render(request, "_timeline.html", context)
     response.headers["x-live"] = "1" if call.get("ended_at") is None else "0"
     return response

@@ -13,6 +13,7 @@ from markupsafe import Markup, escape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
+from routes.explain import event_sentence, latency_steps
 from routes.state import web_of
 from telephony.outcome import label as outcome_label
 from telephony.store.export import clock, heard_split
@@ -62,6 +63,8 @@ _env.filters.update(
     clock=clock, iso=iso, utc=utc, marked=marked, snippet=snippet, outcome=outcome_label
 )
 _env.globals["heard_split"] = heard_split
+_env.globals["latency_steps"] = latency_steps
+_env.globals["event_sentence"] = event_sentence
 _env.globals["now"] = time.time
 
 

@@ -141,6 +141,8 @@ class FluxReplies:
         try:
             async with self.responder.respond(history, reply.user_text) as stream:
                 async for delta in stream:
+                    if reply.first_token_at is None and delta:
+                        reply.first_token_at = asyncio.get_running_loop().time()
                     for sentence in chunker.push(delta):
                         await self._say_sentence(reply, sentence)
                 reply.action = stream.action

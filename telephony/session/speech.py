@@ -47,7 +47,8 @@ class BotReply:
     finished: bool = False
     eot_ms: int | None = None  # caller end of speech on the call clock
     eot_at: float | None = None  # monotonic time the caller's turn ended
-    first_text_at: float | None = None  # monotonic: first text sent to TTS
+    first_token_at: float | None = None  # loop time: the responder's first text (LLM token)
+    first_text_at: float | None = None  # loop time: first text (a sentence) sent to TTS
     first_audio_ms: int | None = None
     first_audio_at: float | None = None
     # When the caller heard it, on the call clock, from Twilio's mark echoes: the first segment
@@ -64,11 +65,18 @@ class BotReply:
 
 
 def latency_breakdown(reply: BotReply) -> dict[str, float]:
-    """Wall-clock stages of a reply, ms: caller turn end -> first text to TTS -> first audio."""
+    """Stages of a reply, ms: caller turn end -> the responder's first token -> first text to
+    TTS -> first audio back (loop time); then that audio playing for the caller (call clock,
+    from Twilio's mark echo)."""
     eot, text, audio = reply.eot_at, reply.first_text_at, reply.first_audio_at
     if eot is None or audio is None:
         return {}
     out = {"eot_to_audio_ms": round((audio - eot) * 1000, 1)}
+    token = reply.first_token_at
+    if token is not None and (text is None or token <= text):
+        out["eot_to_token_ms"] = round(max(0.0, token - eot) * 1000, 1)  # the LLM's first token
+    if reply.first_played_ms is not None and reply.first_audio_ms is not None:
+        out["audio_to_played_ms"] = max(0, reply.first_played_ms - reply.first_audio_ms)
     if text is not None:
         out["eot_to_text_ms"] = round(max(0.0, text - eot) * 1000, 1)  # responder share
         out["text_to_audio_ms"] = round((audio - max(text, eot)) * 1000, 1)  # TTS share
