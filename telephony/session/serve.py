@@ -28,6 +28,7 @@ from telephony.session.registry import CallRegistry
 from telephony.session.services import Services
 from telephony.session.stream_claim import HeldWrites, claim_stream
 from telephony.store.recording import CallRecorder
+from telephony.store.redact import audio_spans
 from telephony.transcript import EventKind
 from telephony.twilio import twiml
 
@@ -205,8 +206,17 @@ async def _serve(socket: TwilioSocket, setup: CallSetup, services: Services) -> 
         if recorder is not None and not held.dropped:
             # After the call is over and recorded as ended: writing the WAV (on the recording
             # thread) never holds up the hang-up. The file is linked to the call once it exists.
-            path = await recorder.finish()
+            path = await recorder.finish(_silence(call, setup.profile.redaction))
             if path is not None and continued:
                 started(recording_path=str(path))  # the row stays live
             elif path is not None:
                 transcripts.call_ended(summary, mode=setup.profile.mode, recording_path=str(path))
+
+
+def _silence(call: Call, redaction: bool) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Where the recording must be silent, as the transcript is redacted: the caller's turns
+    on the left channel, the bot's or the person's on the right."""
+    if not redaction:
+        return [], []
+    turns = call.transcript.turns
+    return audio_spans(turns, ("caller",)), audio_spans(turns, ("bot", "staff"))

@@ -50,7 +50,7 @@ import sys
 import threading
 import warnings
 import wave
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from telephony.audio import MULAW_SILENCE, TWILIO_RATE
@@ -272,8 +272,12 @@ class CallRecorder:
 
     # --- finishing --------------------------------------------------------------------------
 
-    async def finish(self) -> Path | None:
+    async def finish(self, silence: tuple[Spans, Spans] = ((), ())) -> Path | None:
         """Write the WAV; its path, or None (logged with the call SID) if that failed.
+
+        `silence`: spans of call-clock ms (start, end) to silence on the left and the right
+        channel, written as silence from the spools, so the WAV never holds what they cover
+        (audio redaction: telephony/store/redact.py `audio_spans`).
 
         Runs on the worker thread; shielded, so a cancelled caller does not lose the file.
         """
@@ -283,7 +287,7 @@ class CallRecorder:
         try:
             if not self._broken:
                 self._flush(final=True)
-            future = self._executor.submit(self._write_wav)
+            future = self._executor.submit(self._write_wav, silence)
             return await asyncio.shield(asyncio.wrap_future(future))
         except Exception:
             log.exception("recording failed", extra={"call_sid": self.call_sid})
@@ -314,7 +318,8 @@ class CallRecorder:
             self._error = exc
             log.error("recording spool failed: %s", exc, extra={"call_sid": self.call_sid})
 
-    def _write_wav(self) -> Path | None:
+    def _write_wav(self, silence: tuple[Spans, Spans] = ((), ())) -> Path | None:
+        left_spans, right_spans = (_byte_spans(s) for s in silence)
         try:
             if self._error is not None:
                 raise self._error
@@ -338,8 +343,14 @@ class CallRecorder:
                 out.setframerate(TWILIO_RATE)
                 if self._base:
                     self._write_earlier_part(out, self._base)
-                for _ in range(0, max(caller_len, bot_len), WAV_CHUNK):
-                    out.writeframes(_stereo(left.read(WAV_CHUNK), right.read(WAV_CHUNK)))
+                for offset in range(0, max(caller_len, bot_len), WAV_CHUNK):
+                    at = self._base + offset  # call-clock byte of this chunk's start
+                    out.writeframes(
+                        _stereo(
+                            _silenced(left.read(WAV_CHUNK), at, left_spans),
+                            _silenced(right.read(WAV_CHUNK), at, right_spans),
+                        )
+                    )
             os.replace(tmp, self.path)
             return self.path
         except Exception:
@@ -385,6 +396,25 @@ class CallRecorder:
             n = min(WAV_CHUNK, frames - written)
             out.writeframes(silent[: n * _PCM_FRAME])
             written += n
+
+
+Spans = Sequence[tuple[int, int]]  # call-clock ms, [start, end)
+
+
+def _byte_spans(spans: Spans) -> list[tuple[int, int]]:
+    return sorted((max(0, s) * BYTES_PER_MS, max(0, e) * BYTES_PER_MS) for s, e in spans if e > s)
+
+
+def _silenced(chunk: bytes, at: int, spans: list[tuple[int, int]]) -> bytes:
+    """`chunk` (μ-law starting at call byte `at`) with what `spans` cover made silence."""
+    end = at + len(chunk)
+    hit = [(max(s, at), min(e, end)) for s, e in spans if s < end and e > at]
+    if not hit:
+        return chunk
+    out = bytearray(chunk)
+    for s, e in hit:
+        out[s - at : e - at] = _silence(e - s)
+    return bytes(out)
 
 
 def _stereo(left: bytes, right: bytes) -> bytes:

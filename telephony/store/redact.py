@@ -10,6 +10,7 @@ the ORIGINAL text are replaced by ``[REDACTED:<kind>]`` markers.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from telephony.transcript import Turn
@@ -366,3 +367,31 @@ def redacted_turn(turn: Turn) -> Turn:
     spans = [(s.start, s.end, s.kind) for s in text.spans]
     meta = {**turn.meta, "redacted": spans} if spans else dict(turn.meta)
     return replace(turn, text=text.text, heard=heard.text if heard else turn.heard, meta=meta)
+
+
+# Deepgram's own redaction (a profile's `redact:` Nova option) leaves tokens such as [PCI_1] or
+# [SSN] where the words were: the audio under them still holds what was said.
+_DEEPGRAM_MARK = re.compile(r"\[(?:PCI|SSN|NUMBER|NUMBERS|REDACTED)[A-Z_]*(?:_\d+)?\]")
+AUDIO_MARGIN_MS = 250
+
+
+def needs_silence(text: str | None) -> bool:
+    """Whether a turn's words held something the transcript redacts."""
+    if not text:
+        return False
+    return bool(_find_spans(text)) or _DEEPGRAM_MARK.search(text) is not None
+
+
+def audio_spans(
+    turns: Iterable[Turn], roles: Iterable[str], margin_ms: int = AUDIO_MARGIN_MS
+) -> list[tuple[int, int]]:
+    """Call-clock spans (ms) of the recording to silence: every turn of `roles` whose text (or,
+    for the bot, what was heard) the transcript redacts, the whole turn plus `margin_ms` each
+    side. Whole turns: the stored turns keep no word times, and a redacted span must not
+    leave the number's first or last digit audible."""
+    wanted = set(roles)
+    return [
+        (max(0, t.start_ms - margin_ms), t.end_ms + margin_ms)
+        for t in turns
+        if t.role in wanted and (needs_silence(t.text) or needs_silence(t.heard))
+    ]
