@@ -48,7 +48,8 @@ from tests.pg_server import PgServer, fresh_database
 from tests.serve_process import eventually
 from tests.test_durability import metrics
 
-pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
+# The real clock: these faults hold SQLite's locks and busy timeouts for real seconds, and on
+# a 4x clock (tests/fast_clock.py) the call's replies then ran late enough to be talked over.
 
 QUESTION = "What are your hours?"
 CALLER = "+15550009876"
