@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS_DIR", REPO / "test-artifacts"))
 
 DEMO_YAML = (REPO / "infra" / "numbers.example.yaml").read_text()
+POLL_MS = 3000  # routes/static/staff.js: how often a live page refreshes
 
 
 def _recording_yaml(tmp_path: Path) -> Path:
@@ -202,6 +203,7 @@ async def test_live_call_updates_without_reload(
         database, sid, turns=[Turn(0, "caller", "hello is anyone there", 0, 900)], ended=False
     )
     page = await browser.new_page()
+    await page.clock.install()  # the page's 3 s polls, run on demand (run_for), not waited
     await log_in(page, running_app.url, ADMIN, "/calls")
     row = page.locator(f'tr[data-sid="{sid}"]')
     await expect(row).to_contain_text("in progress")
@@ -215,6 +217,7 @@ async def test_live_call_updates_without_reload(
         ],
         ended=True,
     )
+    await page.clock.run_for(POLL_MS)
     await expect(row).to_contain_text("Caller hung up", timeout=10_000)
     await expect(row.locator("td").nth(6)).to_have_text("2")
     assert await page.evaluate("window.__marker") == 1
@@ -237,10 +240,12 @@ async def test_calls_list_refreshes_only_while_a_call_is_live(
     ended, live = "CA" + "5" * 32, "CA" + "6" * 32
     await store_call(database, ended, turns=[Turn(0, "caller", "all done", 0, 900)])
     page = await browser.new_page()
+    await page.clock.install()  # the page's 3 s polls, run on demand (run_for), not waited
     refreshes = await rows_requests(page)
     await log_in(page, running_app.url, STAFF, "/calls")
     await expect(page.locator(f'tr[data-sid="{ended}"]')).to_be_visible()
-    await page.wait_for_timeout(3_600)  # longer than one refresh period
+    await page.clock.run_for(2 * POLL_MS)  # two refresh periods
+    await page.wait_for_timeout(200)  # any request they made, reported
     assert refreshes == []
 
     hello = [Turn(0, "caller", "hello is anyone there", 0, 900)]
@@ -259,14 +264,16 @@ async def test_calls_list_refreshes_only_while_a_call_is_live(
     assert await link.evaluate("a => document.activeElement === a")
     turns = [*hello, Turn(1, "bot", "Yes, how can I help?", 1000, 2000, heard="Yes")]
     await store_call(database, live, turns=turns, **live_call)
+    await page.clock.run_for(POLL_MS)
     await expect(row.locator("td").nth(6)).to_have_text("2", timeout=10_000)  # refreshed
     for n in range(2):  # that refresh, then one that changed nothing: neither moved them
         assert await link.evaluate("a => document.activeElement === a"), "focus moved"
         assert await page.evaluate("getSelection().toString()") == "+15551230000"
         if n == 0:
             seen = len(refreshes)
+            await page.clock.run_for(POLL_MS)
             for _ in range(100):
-                await page.wait_for_timeout(100)
+                await page.wait_for_timeout(50)
                 if len(refreshes) > seen:
                     break
             await page.wait_for_timeout(300)  # its rows applied
@@ -328,6 +335,7 @@ async def test_live_call_page_timeline_follows_the_call(
     first = [Turn(0, "caller", "hello is anyone there", 0, 900)]
     await store_call(database, sid, turns=first, ended=False)
     page = await browser.new_page()
+    await page.clock.install()  # the page's 3 s polls, run on demand (run_for), not waited
     await log_in(page, running_app.url, STAFF, f"/calls/{sid}")
     timeline = page.locator("#timeline")
     await expect(timeline.locator("tr.turn")).to_have_count(1)
@@ -336,10 +344,12 @@ async def test_live_call_page_timeline_follows_the_call(
     await page.evaluate("window.__marker = 1")
     turns = [*first, Turn(1, "bot", "Yes, how can I help?", 1000, 2000, heard="Yes")]
     await store_call(database, sid, turns=turns, ended=False)
+    await page.clock.run_for(POLL_MS)
     await expect(timeline.locator("tr.turn.bot")).to_contain_text("how can I help", timeout=10_000)
     assert await row.evaluate("r => document.activeElement === r"), "focus moved"
     assert await page.evaluate("window.__marker") == 1  # updated in place, not reloaded
     await store_call(database, sid, turns=turns, ended=True)
+    await page.clock.run_for(POLL_MS)
     await expect(page.locator("#call-status")).to_contain_text("Caller hung up", timeout=10_000)
     await page.close()
 
