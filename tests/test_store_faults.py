@@ -48,8 +48,7 @@ from tests.pg_server import PgServer, fresh_database
 from tests.serve_process import eventually
 from tests.test_durability import metrics
 
-# The real clock: these faults hold SQLite's locks and busy timeouts for real seconds, and on
-# a 4x clock (tests/fast_clock.py) the call's replies then ran late enough to be talked over.
+pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
 
 QUESTION = "What are your hours?"
 CALLER = "+15550009876"
@@ -86,7 +85,9 @@ class Call:
             Script(
                 turns=[
                     ScriptedTurn(start_ms=1800, end_ms=2400, text=QUESTION),
-                    ScriptedTurn(start_ms=5000, end_ms=5400, text="Okay bye."),
+                    # A second after the reply's end (~4.6 s): on the 4x clock a busy
+                    # machine's delay looks 4x longer, and 0.4 s once let "bye" talk over it.
+                    ScriptedTurn(start_ms=6000, end_ms=6400, text="Okay bye."),
                 ]
             ),
         )
