@@ -12,7 +12,9 @@ latency tightly, or waits on another process, stays on the real clock (scale 1).
 
 Use: `pytestmark = pytest.mark.clock(4)` in a module, or `@pytest.mark.clock(1)` on a test to
 override it (tests/conftest.py pytest_asyncio_loop_factories). A synchronous test that runs the
-CLI in-process uses `scaled_loops`; one that runs it as a user would, `cli_argv`.
+CLI in-process uses `scaled_loops`; one that runs it as a user would, `cli_argv` (which also
+puts `telephony serve` on the clock, on asyncio's loop rather than uvloop: tests/serve_process.py
+starts it so when the test's own loop is scaled).
 """
 
 from __future__ import annotations
@@ -93,4 +95,13 @@ def cli_argv(scale: float, *args: str) -> list[str]:
 
 def _run_cli(scale: float) -> None:
     asyncio.set_event_loop_policy(_ScaledPolicy(scale))
+    # `telephony serve` runs uvicorn on uvloop, whose clock cannot be scaled: asyncio's here.
+    import uvicorn
+
+    uvicorn.Config.get_loop_factory = lambda self: lambda: ScaledLoop(scale)  # type: ignore[method-assign]
     runpy.run_module("telephony.cli", run_name="__main__", alter_sys=True)
+
+
+def scale_of_running_loop() -> float:
+    """The clock scale of the running loop (1 for any loop but a ScaledLoop)."""
+    return getattr(asyncio.get_running_loop(), "scale", 1.0)

@@ -25,7 +25,7 @@ from telephony.sim import twilio_caller
 from telephony.sim.deepgram_server import FakeDeepgram
 from telephony.sim.twilio_caller import CallResult
 from telephony.sim.twilio_rest import FakeTwilioRest
-from tests import ports
+from tests import fast_clock, ports
 from tests.conftest import AUTH_TOKEN, DEEPGRAM_KEY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,7 +139,7 @@ async def serve_process(
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "telephony.cli", "serve", "--port", str(port)),
+            *_serve_argv(port),
             cwd=REPO,
             env=env,
             stdout=out,
@@ -163,3 +163,12 @@ async def serve_process(
         if proc.returncode is None:
             proc.kill()
         await asyncio.wait_for(proc.wait(), 10)
+
+
+def _serve_argv(port: int) -> list[str]:
+    """`telephony serve`, on the test's own clock: a test on a 4x loop talks to a server on a
+    4x loop (tests/fast_clock.py), or the fake caller's audio would run ahead of its clock."""
+    scale = fast_clock.scale_of_running_loop()
+    if scale == 1:
+        return [sys.executable, "-m", "telephony.cli", "serve", "--port", str(port)]
+    return fast_clock.cli_argv(scale, "serve", "--port", str(port))

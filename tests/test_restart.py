@@ -33,6 +33,8 @@ from tests.conftest import AUTH_TOKEN, DEEPGRAM_KEY
 from tests.serve_process import NUMBER, eventually, scripted_yaml, serve_process
 from tests.test_store import Db
 
+pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
+
 db = test_store.db  # each test on SQLite and PostgreSQL, a fresh migrated database
 
 FAST = {"flush_interval": 0.02, "heartbeat_s": 0.1, "stale_after_s": 0.6}

@@ -30,6 +30,8 @@ from tests.serve_process import Server, eventually, scripted_yaml, serve_process
 from tests.test_drain import FULL_CONVERSATION
 from tests.test_durability import read_turns, scrape
 
+pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
+
 YAML = scripted_yaml({"one": "Reply one.", "two": "Reply two."}, goodbye="bye")
 TURNS = [
     ScriptedTurn(start_ms=800, end_ms=1200, text="turn one"),
