@@ -181,7 +181,9 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 
     Measured on two cores with two workers: 532-538 s for 1 308 tests when every call ran on
     the real clock; 229-244 s for 1 315 once in-process calls ran on the 4x clock
-    (tests/fast_clock.py) and each app start stopped parsing the CA bundle 16 times (2026-12-07).
+    (tests/fast_clock.py) and each app start stopped parsing the CA bundle 16 times; 229 s for
+    1 350 with some `telephony serve` tests and the browser's polls on fast clocks too
+    (2026-12-07).
     Past one worker per core the calls' own timing loses to CPU contention now and then (before
     the 4x clock, at 4 workers 1 run in 3 had a real-time failure, at 6 workers 2 in 5), and CI
     must not be red by chance; the 4x clock makes CPU delays look 4x longer, so more so now.
