@@ -414,3 +414,32 @@ async def test_the_calls_list_downloads_its_filter_as_csv(
     assert lines[0].startswith("call_sid,started_utc,")
     assert [line.split(",")[0] for line in lines[1:]] == ["CA" + "8" * 32]
     await page.close()
+
+
+@pytest.mark.clock(4)  # the recorded call (the browser's own waits are real time)
+async def test_the_playing_turn_follows_the_recording_and_the_player_stays_in_view(
+    running_app: RunningApp, database: str, browser: Browser, tmp_path: Path
+) -> None:
+    result = await recorded_transfer_call(tmp_path)
+    sid = result.caller.call_sid
+    await add_accounts(database)
+    page = await browser.new_page(viewport={"width": 1000, "height": 420})  # the page scrolls
+    await log_in(page, running_app.url, STAFF, f"/calls/{sid}")
+    turns = page.locator("#timeline tr.turn")
+    assert await turns.count() >= 3
+    second = turns.nth(1)
+    second_ms = int(await second.get_attribute("data-ms") or 0)
+    await turns.nth(0).click()  # plays from the first turn: that one is current
+    await expect(page.locator("#timeline tr.current")).to_have_count(1)
+    # From just before the second turn, playback carries the mark onto it by itself.
+    await page.evaluate(
+        "(t) => { const a = document.getElementById('player'); a.currentTime = t; a.play(); }",
+        max(0.0, second_ms / 1000 - 0.3),
+    )
+    await expect(second).to_have_attribute("aria-current", "true", timeout=5_000)
+    await expect(page.locator("#timeline tr.current")).to_have_count(1)
+    await page.mouse.wheel(0, 3000)
+    await page.wait_for_timeout(200)
+    box = await page.locator("#player").bounding_box()
+    assert box is not None and 0 <= box["y"] < 60, box  # still at the top of the view
+    await page.close()

@@ -97,6 +97,38 @@ function poll(el) {
   schedule();
 }
 
+// Mark `row` as the one playing (one at a time), for the eye and for screen readers.
+function markCurrent(timeline, row) {
+  for (const r of timeline.querySelectorAll("tr.current")) {
+    if (r === row) continue;
+    r.classList.remove("current");
+    r.removeAttribute("aria-current");
+  }
+  if (row && !row.classList.contains("current")) {
+    row.classList.add("current");
+    row.setAttribute("aria-current", "true");
+    return true;
+  }
+  return false;
+}
+
+// While the recording plays, the turn being heard is the current row, scrolled into view
+// (rows are in call-time order: the last turn started at or before the playhead).
+function followPlayback() {
+  const player = document.getElementById("player");
+  const timeline = document.getElementById("timeline");
+  if (!player || !timeline) return;
+  player.addEventListener("timeupdate", () => {
+    const ms = player.currentTime * 1000;
+    let row = null;
+    for (const r of timeline.querySelectorAll("tr.turn[data-ms]")) {
+      if (Number(r.dataset.ms) > ms) break;
+      row = r;
+    }
+    if (row && markCurrent(timeline, row) && !player.paused) row.scrollIntoView({ block: "nearest" });
+  });
+}
+
 function seekOnClick() {
   const player = document.getElementById("player");
   const timeline = document.getElementById("timeline");
@@ -104,8 +136,7 @@ function seekOnClick() {
   function seek(row) {
     if (!player || row.dataset.ms === undefined) return;
     player.currentTime = Number(row.dataset.ms) / 1000;
-    for (const r of timeline.querySelectorAll("tr.current")) r.classList.remove("current");
-    row.classList.add("current");
+    markCurrent(timeline, row);
     player.play().catch(() => {});  // autoplay may be refused; the seek stands
   }
   timeline.addEventListener("click", (ev) => {
@@ -125,5 +156,6 @@ document.addEventListener("DOMContentLoaded", () => {
   localiseTimes(document);
   fillTimeZone();
   seekOnClick();
+  followPlayback();
   for (const el of document.querySelectorAll("[data-poll]")) poll(el);
 });
