@@ -63,8 +63,9 @@ PROTECTED_GETS = [
     f"/calls/{SID}/recording.wav",
     "/admin",
     "/admin/audit",
+    "/admin/users",
 ]
-ADMIN_ONLY = {"/admin", "/admin/audit"}
+ADMIN_ONLY = {"/admin", "/admin/audit", "/admin/users"}
 
 
 @pytest.fixture

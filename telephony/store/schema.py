@@ -129,6 +129,8 @@ users = Table(
     # Logins issued before this (epoch s) are ended: set on creation, role change and password
     # reset (telephony/store/users.py).
     Column("sessions_since", Double, nullable=False, server_default="0"),
+    # A disabled account cannot log in and its sessions end; it and its history stay.
+    Column("disabled", Boolean, nullable=False, server_default=false()),
 )
 
 audit_log = Table(

@@ -150,7 +150,9 @@ async def authenticate(
     async with engine.connect() as conn:
         found = (
             await conn.execute(
-                select(users.c.role, users.c.password_hash).where(users.c.name == name)
+                select(users.c.role, users.c.password_hash, users.c.disabled).where(
+                    users.c.name == name
+                )
             )
         ).first()
     stored = None if found is None else str(found.password_hash)
@@ -162,7 +164,33 @@ async def authenticate(
             pool.close()
     else:
         ok = await pool.verify(password, stored)
-    return found.role if ok and found is not None else None
+    if not ok or found is None or found.disabled:
+        return None
+    return found.role
+
+
+async def set_disabled(engine: AsyncEngine, name: str, disabled: bool, *, actor: str) -> bool:
+    """Disable (every session ends, no login) or enable the account; audited as
+    `user.disable` / `user.enable`. False (nothing changed or audited) if already so."""
+    async with engine.begin() as conn:
+        await _role_of(conn, name)
+        now = (await conn.execute(select(users.c.disabled).where(users.c.name == name))).scalar()
+        if bool(now) == disabled:
+            return False
+        change: dict[str, Any] = {"disabled": disabled}
+        if disabled:
+            change["sessions_since"] = _to_ms(time.time())
+        await conn.execute(update(users).where(users.c.name == name).values(**change))
+        await _audit(conn, actor, "user.disable" if disabled else "user.enable", name, None)
+    return True
+
+
+async def list_users(engine: AsyncEngine) -> list[dict[str, Any]]:
+    """Every account (no password hashes), by name."""
+    cols = (users.c.name, users.c.role, users.c.created_at, users.c.disabled)
+    async with engine.connect() as conn:
+        rows = await conn.execute(select(*cols).order_by(users.c.name))
+        return [dict(r._mapping) for r in rows]
 
 
 async def session_role(
@@ -173,7 +201,7 @@ async def session_role(
     before the account's sessions were ended (role change, new password, re-created).
     Compared to the millisecond: a login in the same millisecond as the change is kept."""
     ended = select(revoked_sessions.c.nonce).where(revoked_sessions.c.nonce == nonce).exists()
-    query = select(users.c.role).where(users.c.name == name, ~ended)
+    query = select(users.c.role).where(users.c.name == name, ~ended, ~users.c.disabled)
     if issued_at is not None:
         query = query.where(users.c.sessions_since <= issued_at)
     async with engine.connect() as conn:
