@@ -1,4 +1,4 @@
-"""`telephony users add|remove|role|password`: staff UI accounts from the command line.
+"""`telephony users add|remove|role|password|disable|enable`: staff UI accounts, from a shell.
 
 Every change is written to the audit log (as `cli:<OS user>`) in the same transaction, and a
 removal, role change or new password ends the account's sessions (telephony/store/users.py).
@@ -115,6 +115,21 @@ def _users_password(args: argparse.Namespace) -> int:
     return _on_users(reset)
 
 
+def _users_disabled(args: argparse.Namespace) -> int:
+    from telephony.store.users import set_disabled
+
+    disable = args.users_command == "disable"
+
+    async def switch(engine: AsyncEngine) -> str:
+        if not await set_disabled(engine, args.name, disable, actor=_operator()):
+            return f"user {args.name} is already {args.users_command}d"
+        if disable:
+            return f"user {args.name} disabled; their sessions have ended"
+        return f"user {args.name} enabled"
+
+    return _on_users(switch)
+
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The `users` subcommands, on the main parser's subparsers."""
     users_cmd = sub.add_parser("users", help="staff UI accounts")
@@ -136,3 +151,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     password.add_argument("name")
     password.set_defaults(func=_users_password)
+    for verb, what in (("disable", "no login, their sessions end"), ("enable", "log in again")):
+        cmd = users_sub.add_parser(verb, help=f"{verb} a user: {what} (audited)")
+        cmd.add_argument("name")
+        cmd.set_defaults(func=_users_disabled)

@@ -70,6 +70,15 @@ async def test_users_commands_change_accounts_and_audit_each_change(tmp_path: Pa
         assert await authenticate(engine, "bob", OLD_PW) is None
     finally:
         await engine.dispose()
+    out = users_cli(tmp_path, "disable", "bob")
+    assert out.returncode == 0 and "disabled; their sessions have ended" in out.stdout, out.stderr
+    engine = make_engine(db)
+    try:
+        assert await authenticate(engine, "bob", NEW_PW) is None  # disabled: no login
+    finally:
+        await engine.dispose()
+    out = users_cli(tmp_path, "enable", "bob")
+    assert out.returncode == 0 and "bob enabled" in out.stdout, out.stderr
     out = users_cli(tmp_path, "remove", "bob")
     assert out.returncode == 0 and "removed" in out.stdout, out.stderr
 
@@ -80,6 +89,8 @@ async def test_users_commands_change_accounts_and_audit_each_change(tmp_path: Pa
         (actor, "user.add", "bob", {"role": "admin"}),
         (actor, "user.role", "bob", {"from": "admin", "to": "staff"}),
         (actor, "user.password", "bob", None),
+        (actor, "user.disable", "bob", None),
+        (actor, "user.enable", "bob", None),
         (actor, "user.remove", "bob", {"role": "staff"}),
     ]
     assert not any(OLD_PW in str(r) or NEW_PW in str(r) for r in rows)
