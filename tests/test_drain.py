@@ -15,7 +15,6 @@ import logging
 import os
 import signal
 import sqlite3
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -40,6 +39,8 @@ from tests.serve_process import (
     scripted_yaml,
     serve_process,
 )
+
+pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
 
 MS_PER_CHAR = 30  # fake Aura: 30 ms of speech per character keeps the calls short
 NUMBER = "+15550001000"
@@ -156,7 +157,7 @@ async def test_sigterm_mid_call_drains_then_exits_with_the_transcript_flushed(
             await heard_reply(live, 1, dial, server)
             heard_before = echoed(live)
             os.kill(server.proc.pid, signal.SIGTERM)
-            signalled = time.monotonic()
+            signalled = asyncio.get_running_loop().time()
 
             # Not ready any more, at once...
             async def not_ready() -> bool:
@@ -171,12 +172,12 @@ async def test_sigterm_mid_call_drains_then_exits_with_the_transcript_flushed(
             assert late.said == [BUSY] and late.hung_up
             # ...and the live call goes on to its end (the caller says bye, the bot hangs up).
             result = await asyncio.wait_for(dial, 20)
-            call_over = time.monotonic()
+            call_over = asyncio.get_running_loop().time()
         finally:
             if not dial.done():
                 dial.cancel()
         assert await exit_code(server, 10) == 0, server.output()
-        exited = time.monotonic()
+        exited = asyncio.get_running_loop().time()
         log = server.log.read_text()
 
     assert result.error is None and result.closed_by == "caller", result
@@ -226,13 +227,13 @@ async def test_drain_ends_remaining_calls_with_a_goodbye(
             await eventually(lambda: _true(live_results), within=10, what="the call to start")
             await heard_reply(live_results[0], 1, dial, server)
             os.kill(server.proc.pid, signal.SIGTERM)
-            signalled = time.monotonic()
+            signalled = asyncio.get_running_loop().time()
             if how == "second-signal":
                 await asyncio.sleep(0.5)
                 assert not dial.done()
                 os.kill(server.proc.pid, signal.SIGTERM)
             result = await asyncio.wait_for(dial, 15)
-            ended = time.monotonic() - signalled
+            ended = asyncio.get_running_loop().time() - signalled
         finally:
             if not dial.done():
                 dial.cancel()
@@ -285,18 +286,18 @@ class StandInCall:
 
 async def test_drain_with_nothing_live_returns_at_once() -> None:
     state = SimpleNamespace(registry=CallRegistry(), drain=DrainState())
-    started = time.monotonic()
+    started = asyncio.get_running_loop().time()
     await drain(state, timeout_s=30)
-    assert state.drain.draining and time.monotonic() - started < 0.5
+    assert state.drain.draining and asyncio.get_running_loop().time() - started < 0.5
 
 
 async def test_drain_waits_for_answered_calls_whose_socket_is_on_its_way() -> None:
     registry = CallRegistry()
     registry.reserve("CAcoming", ttl_s=0.5)
     state = SimpleNamespace(registry=registry, drain=DrainState())
-    started = time.monotonic()
+    started = asyncio.get_running_loop().time()
     await drain(state, timeout_s=30)
-    assert 0.4 < time.monotonic() - started < 2  # until the reservation lapsed
+    assert 0.4 < asyncio.get_running_loop().time() - started < 2  # until the reservation lapsed
 
 
 async def test_drain_hangs_up_bot_calls_but_only_closes_transcription_streams() -> None:

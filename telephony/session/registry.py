@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
 from telephony.session.call import Call
 from telephony.session.summary import CallSummary
+
+
+def _now() -> float:
+    """The loop's clock, like every other timer of a call (a reservation lapses on it); off a
+    loop, the monotonic clock, which asyncio's and uvloop's loops both read."""
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return time.monotonic()
 
 
 class StreamTaken(Exception):
@@ -53,14 +63,14 @@ class CallRegistry:
         return cont[-1] if cont else self.live.get(call_sid)
 
     def reserve(self, call_sid: str, ttl_s: float, now: float | None = None) -> None:
-        self.reserved[call_sid] = (time.monotonic() if now is None else now) + ttl_s
+        self.reserved[call_sid] = (_now() if now is None else now) + ttl_s
 
     def unreserve(self, call_sid: str) -> None:
         self.reserved.pop(call_sid, None)
 
     def load(self, now: float | None = None) -> int:
         """Live streams plus answered calls whose socket is still on its way."""
-        now = time.monotonic() if now is None else now
+        now = _now() if now is None else now
         for sid in [s for s, expiry in self.reserved.items() if expiry <= now]:
             del self.reserved[sid]
         return len(self.live) + len(self.reserved)
