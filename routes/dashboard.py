@@ -22,8 +22,7 @@ from routes.auth import require
 from routes.state import services_of
 from routes.templates import render
 from telephony.outcome import LABELS
-from telephony.store.dashboard import Dashboard, Period, dashboard
-from telephony.store.queries import profiles_seen
+from telephony.store.dashboard import Dashboard, Period, dashboard, dashboard_profiles
 
 DEFAULT_DAYS = 7
 MAX_DAYS = 366
@@ -143,7 +142,7 @@ async def dashboard_page(request: Request) -> Response:
         "rows": rows,
         "total": total,
         "outcomes": LABELS,
-        "profiles": await profiles_seen(db),
+        "profiles": await dashboard_profiles(db),
         "busiest": sorted(range(24), key=lambda h: -board.busiest_hours[h])[:3],
         "chart": json.dumps(chart_data(board, rows)),
     }

@@ -23,7 +23,7 @@ from datetime import date, timedelta
 from sqlalchemy import insert
 
 from telephony.store.call_stats import BUCKET_S, RESOLUTIONS, ROLLUP_SUMS, latency_bin
-from telephony.store.dashboard import Granularity, dashboard
+from telephony.store.dashboard import Granularity, dashboard, dashboard_profiles
 from telephony.store.schema import make_engine, upgrade
 
 OUTCOMES = {"caller-hangup": 0.62, "bot-hangup": 0.2, "transferred": 0.15, "failover": 0.03}
@@ -121,6 +121,12 @@ async def main(database: str | None, calls: int, days: int, repeat: int) -> None
             f"(median of {repeat}; {board.total.calls} calls, "
             f"p95 {board.total.latency_ms(0.95)} ms)"
         )
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        profiles = await dashboard_profiles(engine)
+        times.append((time.perf_counter() - t) * 1000)
+    print(f"profiles for the form: {statistics.median(times):6.1f} ms ({', '.join(profiles)})")
     await engine.dispose()
 
 

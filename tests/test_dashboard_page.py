@@ -102,6 +102,8 @@ async def test_a_profile_filter_and_bad_input(app_with_calls: RunningApp) -> Non
         bad = await client.get("/dashboard", params={"from": "yesterday", "tz": "Mars/Olympus"})
     assert '<strong id="total-calls">1</strong>' in sales.text
     assert "Profiles: sales." in sales.text
+    options = re.findall(r'<option value="([^"]+)" ?(selected)?>', sales.text)
+    assert options == [("sales", "selected"), ("support", "")]  # the profiles with calls
     assert bad.status_code == 200
     assert "from: not a date (YYYY-MM-DD)" in bad.text
     assert "&#39;Mars/Olympus&#39; is not a known zone" in bad.text

@@ -214,3 +214,12 @@ async def dashboard(
         total=total,
         busiest_hours=busiest,
     )
+
+
+async def dashboard_profiles(engine: AsyncEngine) -> list[str]:
+    """Profiles with ended calls, from the hourly rollup: a year of it is tens of thousands of
+    rows, where the calls table would be a million."""
+    table = RESOLUTIONS[1][1]
+    stmt = select(table.c.profile).distinct().where(table.c.profile != "").order_by(table.c.profile)
+    async with engine.connect() as conn:
+        return list((await conn.execute(stmt)).scalars())
