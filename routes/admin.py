@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from routes.auth import check_csrf, read_form, require
+from routes.auth import posted_form, require
 from routes.state import services_of
 from routes.templates import render
 from telephony.config import ConfigStore, check
@@ -68,9 +68,9 @@ async def config_page(request: Request) -> Response:
 
 @require("admin")
 async def reload_config(request: Request) -> Response:
-    form = await read_form(request)
-    if not await check_csrf(request, form):
-        return render(request, "error.html", {"message": "Form expired."}, status_code=400)
+    form = await posted_form(request)
+    if isinstance(form, Response):
+        return form
     services = services_of(request.app)
     store: ConfigStore = services.config
     before = store.version

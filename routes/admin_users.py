@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from routes.auth import check_csrf, read_form, require
+from routes.auth import posted_form, require
 from routes.state import services_of
 from routes.templates import render
 from telephony.store import audit
@@ -53,9 +53,9 @@ async def users_page(request: Request) -> Response:
 @require("admin")
 async def users_change(request: Request) -> Response:
     """One form per change: `action` is add, role, password, disable or enable."""
-    form = await read_form(request)
-    if not await check_csrf(request, form):
-        return render(request, "error.html", {"message": "Form expired."}, status_code=400)
+    form = await posted_form(request)
+    if isinstance(form, Response):
+        return form
     db = services_of(request.app).db
     actor = request.state.user.name
     action, name = form.get("action", ""), form.get("name", "").strip()

@@ -170,6 +170,15 @@ async def check_csrf(request: Request, form: dict[str, str]) -> bool:
     return _keys(request).csrf_ok(user.nonce, form.get("csrf", ""))
 
 
+async def posted_form(request: Request) -> dict[str, str] | Response:
+    """A staff page's POST: its form, or the 400 page when the CSRF token is not this
+    session's (an old page, or a forged post)."""
+    form = await read_form(request)
+    if not await check_csrf(request, form):
+        return render(request, "error.html", {"message": "Form expired."}, status_code=400)
+    return form
+
+
 def _safe_next(target: str) -> str:
     """Only local paths: never an open redirect to another site."""
     if target.startswith("/") and not target.startswith("//") and "\\" not in target:

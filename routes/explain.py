@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from telephony.store.export import Item
+from telephony.transcript import CONNECTION_KINDS
 
 ENDPOINTS = {
     "flux": "Deepgram Flux (speech recognition)",
@@ -66,7 +67,7 @@ def _clock(ms: float) -> str:
 def event_sentence(kind: str, data: dict[str, Any] | None, ms: float) -> str:
     """An event in words, or "" when the kind has none (the page lists its fields)."""
     data = data or {}
-    if kind.endswith("-connection"):
+    if kind in CONNECTION_KINDS:
         name = ENDPOINTS.get(kind.removesuffix("-connection"), kind.removesuffix("-connection"))
         tries = data.get("attempts")
         if data.get("reason", "start") == "start":

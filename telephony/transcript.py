@@ -74,6 +74,21 @@ class EventKind(StrEnum):
     CALL_STATUS = "call-status"
 
 
+# Each Deepgram link's connection event (reason "start" for the first, else a reconnect).
+CONNECTION_KINDS = frozenset(
+    {
+        EventKind.FLUX_CONNECTION,
+        EventKind.SPEAK_CONNECTION,
+        EventKind.AGENT_CONNECTION,
+        EventKind.LISTEN_CONNECTION,
+    }
+)
+# What cut a bot reply off before the caller heard all of it (`Turn.meta["cut_by"]`).
+CUT_BY_CALLER = "caller"  # barge-in
+CUT_BY_DROP = "drop"  # the speech source (Aura, the agent socket) died mid-reply
+CUT_BY_CALL_END = "call-end"  # hang-up, transfer, drain: the call ended while it played
+
+
 @dataclass(slots=True)
 class Event:
     ms: int

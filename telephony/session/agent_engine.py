@@ -39,10 +39,10 @@ from telephony.session.engine import CallContext
 from telephony.session.fallback import hand_over
 from telephony.session.link import Link
 from telephony.session.segments import Segment
-from telephony.session.speech import CUT_BY_CALL_END, CUT_BY_CALLER, BotReply, BotSpeech
+from telephony.session.speech import BotReply, BotSpeech
 from telephony.session.tasks import TaskSet
 from telephony.session.upstream import Upstream
-from telephony.transcript import EventKind, Role
+from telephony.transcript import CUT_BY_CALL_END, CUT_BY_CALLER, EventKind, Role
 
 ACTION_GRACE_S = 3.0  # end_call and then silence for this long: act anyway
 REPLY_OVERDUE_MESSAGE = "Sorry, just a moment."

@@ -22,13 +22,9 @@ from telephony.actions import Action
 from telephony.session.engine import CallContext
 from telephony.session.segments import DEFAULT_MS_PER_CHAR, Ledger, Segment
 from telephony.session.tasks import TaskSet
-from telephony.transcript import EventKind, Turn
+from telephony.transcript import CUT_BY_CALL_END, CUT_BY_CALLER, CUT_BY_DROP, EventKind, Turn
 from telephony.twilio.playout import Span, SpanState
 
-# What cut a reply off before the caller heard all of it (`BotReply.cut_by`).
-CUT_BY_CALLER = "caller"  # barge-in
-CUT_BY_DROP = "drop"  # the speech source (Aura, the agent socket) died mid-reply
-CUT_BY_CALL_END = "call-end"  # hang-up, transfer, drain: the call ended while it played
 R = TypeVar("R", bound="BotReply")
 
 

@@ -33,6 +33,7 @@ from telephony.store.schema import (
     latency_rollup_hourly,
     turns,
 )
+from telephony.transcript import CONNECTION_KINDS, CUT_BY_CALLER
 
 BUCKET_S = 900
 HOUR_S = 3600
@@ -50,9 +51,6 @@ LATENCY_BINS_MS: tuple[int, ...] = (
     *range(3000, 10_000, 1000),
     10_000,
 )
-# Reconnect events are "<endpoint>-connection" with a reason; "start" is the first connect.
-CONNECTION_SUFFIX = "-connection"
-CUT_BY_CALLER = "caller"  # turns.meta["cut_by"] of a reply the caller talked over
 
 
 def latency_bin(ms: int) -> int:
@@ -115,7 +113,7 @@ def facts_of(
     reconnects = sum(
         1
         for kind, data in kinds
-        if kind.endswith(CONNECTION_SUFFIX) and (data or {}).get("reason", "start") != "start"
+        if kind in CONNECTION_KINDS and (data or {}).get("reason", "start") != "start"
     )
     return CallFacts(
         bucket=int(call["started_at"]) // BUCKET_S * BUCKET_S,
@@ -175,7 +173,7 @@ def refresh_facts_sync(conn: Connection, sids: Iterable[str]) -> None:
             turns_of[t.call_sid].append(t._mapping)
         for e in conn.execute(
             select(events.c.call_sid, events.c.kind, events.c.data).where(
-                events.c.call_sid.in_(ended), events.c.kind.like(f"%{CONNECTION_SUFFIX}")
+                events.c.call_sid.in_(ended), events.c.kind.in_(sorted(CONNECTION_KINDS))
             )
         ):
             kinds_of[e.call_sid].append((e.kind, e.data))
