@@ -186,6 +186,26 @@ call_facts = Table(
 )
 
 
+# Deepgram Text Intelligence (/v1/read) results per ended call (telephony/insights): the
+# worker's state ("pending", "done", "failed", "off") and what it read from the redacted
+# transcript. Lists are JSON: topics and intents as strings, turn_sentiments per bot/caller turn.
+call_insights = Table(
+    "call_insights",
+    metadata,
+    Column("call_sid", String(64), ForeignKey("calls.sid", ondelete="CASCADE"), primary_key=True),
+    Column("status", String(16), nullable=False, index=True),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("updated_at", Double, nullable=False),  # epoch s
+    Column("error", Text, nullable=False, server_default=""),
+    Column("summary", Text, nullable=False, server_default=""),
+    Column("sentiment", String(16), nullable=False, server_default=""),
+    Column("sentiment_score", Double, nullable=True),
+    Column("topics", JSON, nullable=True),
+    Column("intents", JSON, nullable=True),
+    Column("turn_sentiments", JSON, nullable=True),
+)
+
+
 def _call_rollup(name: str) -> Table:
     return Table(
         name,
