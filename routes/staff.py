@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import wave
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import anyio
+import anyio.to_thread
+import orjson
 from starlette.requests import Request
 from starlette.responses import (
     FileResponse,
@@ -30,14 +35,17 @@ from routes.explain import unanswered
 from routes.state import services_of
 from routes.templates import render
 from telephony.outcome import LABELS
-from telephony.store import audit
+from telephony.store import audit, waveform
 from telephony.store.calls_csv import csv_lines
 from telephony.store.export import as_json, as_text, clock, timeline
 from telephony.store.queries import CallFilter, count_calls, get_call, profiles_seen, search_calls
 from telephony.store.redact import redact
 from telephony.transcript import Role
 
+log = logging.getLogger(__name__)
+
 PAGE_SIZE = 50
+WAVEFORM_THREADS = 2
 
 
 @dataclass
@@ -309,6 +317,30 @@ async def call_recording(request: Request) -> Response:
     return response
 
 
+@require("staff")
+async def call_waveform(request: Request) -> Response:
+    """The recording's levels per channel (telephony/store/waveform.py) for the page to draw.
+    Not audited: levels say when someone spoke, not what (the page view is audited)."""
+    call = await _call_or_404(request)
+    if isinstance(call, Response):
+        return call
+    if not _has_recording(call):
+        return PlainTextResponse("no recording", status_code=404)
+    # A few at a time in worker threads: an hour's WAV is ~115 MB to read.
+    limiter = getattr(request.app.state, "waveform_limiter", None)
+    if limiter is None:
+        limiter = request.app.state.waveform_limiter = anyio.CapacityLimiter(WAVEFORM_THREADS)
+    path = Path(call["recording_path"])
+    try:
+        levels = await anyio.to_thread.run_sync(waveform.cached, path, limiter=limiter)
+    except (OSError, EOFError, ValueError, wave.Error) as exc:
+        log.warning("waveform of %s: %s", call["sid"], exc)
+        return PlainTextResponse("recording unreadable", status_code=404)
+    response = Response(orjson.dumps(levels.as_json()), media_type="application/json")
+    response.headers["cache-control"] = "private, no-cache"
+    return response
+
+
 async def home(request: Request) -> Response:
     return RedirectResponse("/calls", status_code=303)
 
@@ -323,4 +355,5 @@ routes = [
     Route("/calls/{sid}/export.json", call_export),
     Route("/calls/{sid}/export.txt", call_export),
     Route("/calls/{sid}/recording.wav", call_recording),
+    Route("/calls/{sid}/waveform.json", call_waveform),
 ]

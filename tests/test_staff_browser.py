@@ -29,6 +29,7 @@ from tests.conftest import RunningApp
 from tests.staff_helpers import ADMIN, STAFF, add_accounts, store_call
 from tests.test_recording import recorded_transfer_call
 from tests.test_staff_ui import audit_rows
+from tests.test_waveform import tone, write_wav
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS_DIR", REPO / "test-artifacts"))
@@ -442,4 +443,59 @@ async def test_the_playing_turn_follows_the_recording_and_the_player_stays_in_vi
     await page.wait_for_timeout(200)
     box = await page.locator("#player").bounding_box()
     assert box is not None and 0 <= box["y"] < 60, box  # still at the top of the view
+    await page.close()
+
+
+async def test_the_waveform_draws_both_channels_marks_turns_and_seeks(
+    running_app: RunningApp, database: str, browser: Browser, tmp_path: Path
+) -> None:
+    """A 4 s recording: the caller speaks in its first half, the bot in its second. The
+    canvas shows the caller above the line on the left, the bot below it on the right, a tick
+    at each turn's start; a click three quarters along plays from 3 s."""
+    await add_accounts(database)
+    sid = "CA" + "4" * 32
+    wav = tmp_path / f"{sid}.wav"
+    write_wav(wav, tone(2, 20_000) + [0] * 16_000, [0] * 16_000 + tone(2, 20_000))
+    turns = [Turn(0, "caller", "hello", 0, 1900), Turn(1, "bot", "Hi", 2000, 3900, heard="Hi")]
+    await store_call(database, sid, turns=turns, recording_path=str(wav))
+    page = await browser.new_page(viewport={"width": 1000, "height": 700})
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    await log_in(page, running_app.url, STAFF, f"/calls/{sid}")
+    canvas = page.locator("#waveform")
+    await expect(canvas).to_be_visible()
+    # Which colour is drawn where: [caller above the line, heard below] per quarter.
+    drawn = await canvas.evaluate(
+        """c => {
+          const g = c.getContext("2d"), w = c.width, h = c.height;
+          const ink = (x0, x1, y0, y1) => {
+            const d = g.getImageData(x0, y0, x1 - x0, y1 - y0).data;
+            let n = 0;
+            for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++;
+            return n;
+          };
+          const q = Math.floor(w / 4), mid = Math.floor(h / 2);
+          const sides = (x0, x1) => [ink(x0, x1, h * 0.1, mid - 2), ink(x0, x1, mid + 2, h * 0.9)];
+          return {
+            first: sides(q / 2, q * 1.5),
+            last: sides(q * 2.5, q * 3.5),
+            tickCaller: ink(0, 3, 0, 3),
+            tickBot: ink(Math.floor(w / 2), Math.floor(w / 2) + 3, h - 3, h),
+          };
+        }"""
+    )
+    assert drawn["first"][0] > 0 and drawn["first"][1] == 0, drawn
+    assert drawn["last"][0] == 0 and drawn["last"][1] > 0, drawn
+    assert drawn["tickCaller"] > 0 and drawn["tickBot"] > 0, drawn
+    box = await canvas.bounding_box()
+    assert box is not None
+    await page.mouse.click(box["x"] + box["width"] * 0.75, box["y"] + box["height"] / 2)
+    await page.wait_for_function(
+        "() => { const a = document.getElementById('player'); return a.currentTime >= 2.9; }",
+        timeout=10_000,
+    )
+    # Playing the second half marks the bot's turn as the current one.
+    await expect(page.locator("#timeline tr.turn.bot")).to_have_attribute("aria-current", "true")
+    await page.screenshot(path=str(ARTIFACTS / "call-page-waveform.png"))
+    assert not problems, problems
     await page.close()

@@ -61,6 +61,7 @@ PROTECTED_GETS = [
     f"/calls/{SID}/export.json",
     f"/calls/{SID}/export.txt",
     f"/calls/{SID}/recording.wav",
+    f"/calls/{SID}/waveform.json",
     "/admin",
     "/admin/audit",
     "/admin/users",
@@ -138,7 +139,7 @@ async def test_role_table(staff_app: RunningApp) -> None:
         async with client_as(staff_app, who) as client:
             for path in PROTECTED_GETS:
                 resp = await client.get(path)
-                if path.endswith("recording.wav"):
+                if path.endswith(("recording.wav", "waveform.json")):
                     assert resp.status_code == 404  # allowed, but this call has no recording
                 elif path in ADMIN_ONLY and who is STAFF:
                     assert resp.status_code == 403, path

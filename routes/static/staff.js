@@ -152,10 +152,101 @@ function seekOnClick() {
   });
 }
 
+// The recording's waveform (levels from the server, telephony/store/waveform.py): the caller
+// above the centre line, what the caller heard below, a tick per turn start, a line at the
+// playhead. A click plays from that point. The drawing is kept in an offscreen canvas so a
+// playhead move repaints one image and one line.
+const WAVE_COLOURS = { caller: "#6b4bb3", heard: "#0b5cad", playhead: "#b3261e", line: "#d9dee3" };
+
+async function drawWaveform() {
+  const canvas = document.getElementById("waveform");
+  const player = document.getElementById("player");
+  if (!canvas || !player) return;
+  let levels;
+  try {
+    const resp = await fetch(canvas.dataset.src, { credentials: "same-origin" });
+    if (!resp.ok) return;
+    levels = await resp.json();
+  } catch (e) {
+    return;  // no waveform; the player and the timeline work without it
+  }
+  if (!levels.duration_ms) return;
+  canvas.closest("figure").hidden = false;
+  const turns = Array.from(document.querySelectorAll("#timeline tr.turn[data-ms]"), (r) => ({
+    ms: Number(r.dataset.ms),
+    caller: r.classList.contains("caller"),
+  }));
+  let base = null;
+
+  function paintBase() {
+    const ratio = window.devicePixelRatio || 1;
+    const width = Math.max(1, Math.round(canvas.clientWidth * ratio));
+    const height = Math.max(1, Math.round(canvas.clientHeight * ratio));
+    canvas.width = width;
+    canvas.height = height;
+    base = document.createElement("canvas");
+    base.width = width;
+    base.height = height;
+    const g = base.getContext("2d");
+    const mid = height / 2;
+    const half = mid - 8 * ratio;  // room for the turn ticks at the edges
+    const n = levels.left.length;
+    for (let x = 0; x < width; x++) {
+      const from = Math.floor((x * n) / width);
+      const to = Math.max(from + 1, Math.floor(((x + 1) * n) / width));
+      let up = 0;
+      let down = 0;
+      for (let i = from; i < to && i < n; i++) {
+        up = Math.max(up, levels.left[i]);
+        down = Math.max(down, levels.right[i]);
+      }
+      g.fillStyle = WAVE_COLOURS.caller;
+      g.fillRect(x, mid - (up / 100) * half, 1, (up / 100) * half);
+      g.fillStyle = WAVE_COLOURS.heard;
+      g.fillRect(x, mid, 1, (down / 100) * half);
+    }
+    g.fillStyle = WAVE_COLOURS.line;
+    g.fillRect(0, Math.floor(mid), width, Math.max(1, Math.round(ratio)));
+    for (const t of turns) {
+      const x = Math.round((t.ms / levels.duration_ms) * width);
+      g.fillStyle = t.caller ? WAVE_COLOURS.caller : WAVE_COLOURS.heard;
+      g.fillRect(x, t.caller ? 0 : height - 7 * ratio, 3 * ratio, 7 * ratio);
+    }
+    paint();
+  }
+
+  function paint() {
+    const g = canvas.getContext("2d");
+    g.clearRect(0, 0, canvas.width, canvas.height);
+    g.drawImage(base, 0, 0);
+    if (player.currentTime > 0) {
+      const x = Math.round(((player.currentTime * 1000) / levels.duration_ms) * canvas.width);
+      g.fillStyle = WAVE_COLOURS.playhead;
+      g.fillRect(x, 0, Math.max(1, Math.round(window.devicePixelRatio || 1)), canvas.height);
+    }
+  }
+
+  paintBase();
+  player.addEventListener("timeupdate", paint);
+  player.addEventListener("seeked", paint);
+  let resizing = null;
+  window.addEventListener("resize", () => {
+    clearTimeout(resizing);
+    resizing = setTimeout(paintBase, 100);
+  });
+  canvas.addEventListener("click", (ev) => {
+    const box = canvas.getBoundingClientRect();
+    const at = Math.min(1, Math.max(0, (ev.clientX - box.left) / box.width));
+    player.currentTime = (at * levels.duration_ms) / 1000;
+    player.play().catch(() => {});  // autoplay may be refused; the seek stands
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   localiseTimes(document);
   fillTimeZone();
   seekOnClick();
   followPlayback();
+  drawWaveform();
   for (const el of document.querySelectorAll("[data-poll]")) poll(el);
 });
