@@ -21,7 +21,7 @@
   if (!data.x.length) return;
 
   const COLORS = ["#2b6cb0", "#38a169", "#d69e2e", "#e53e3e", "#805ad5", "#718096", "#dd6b20", "#319795", "#b83280"];
-  const width = () => Math.max(320, Math.min(document.querySelector("main").clientWidth - 16, 1100));
+  const width = () => Math.max(280, Math.min(document.querySelector("main").clientWidth - 16, 1100));
   // x values are local wall times written as epoch seconds: format them as UTC to read them back.
   const tzDate = (ts) => uPlot.tzDate(new Date(ts * 1000), "Etc/UTC");
   const step = data.granularity === "hour" ? 3600 : 86400;
