@@ -4,6 +4,9 @@ backfill, and the figures per local hour and day in any time zone."""
 
 from __future__ import annotations
 
+import math
+import random
+from collections import Counter
 from datetime import date, datetime
 from types import SimpleNamespace
 from typing import Any
@@ -13,7 +16,7 @@ import pytest
 from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from telephony.store.call_stats import BUCKET_S, latency_bin
+from telephony.store.call_stats import BUCKET_S, bin_upper_ms, latency_bin
 from telephony.store.dashboard import dashboard, offset_segments, percentile_of_bins
 from telephony.store.schema import (
     call_facts,
@@ -297,3 +300,79 @@ async def test_a_long_range_reads_the_hourly_rollups_and_gets_the_same_figures(
         "2026-03-09",
     ]
     assert hourly.busiest_hours == fine.busiest_hours
+
+
+async def test_random_calls_give_the_figures_computed_from_the_calls_themselves(
+    db: Db,  # noqa: F811
+) -> None:
+    """An oracle: 120 seeded random calls over five New York days around the autumn change
+    (2026-11-01 has two 01:00 hours), each period's figures recomputed here straight from the
+    calls by local wall-clock day and hour, against what the rollups give."""
+    rng = random.Random(20261107)
+    outcomes = ["caller-hangup", "transferred", "failover", "bot-hangup"]
+    start, end = at(NY, 2026, 10, 30, 0, 0), at(NY, 2026, 11, 4, 0, 0)
+    made = []
+    for i in range(120):
+        started = rng.uniform(start, end) if i % 10 else at(NY, 2026, 11, 1, 1, 30) + i  # EDT
+        bots = [
+            bot(j + 1, rng.choice([None, rng.randint(100, 4000)]), rng.choice([None, "caller"]))
+            for j in range(rng.randint(0, 3))
+        ]
+        made.append((f"CAr{i:03d}", started, rng.choice(outcomes), bots, rng.randint(0, 2),
+                     rng.choice(["support", "sales"])))  # fmt: skip
+    made.append(("CAfold", at(NY, 2026, 11, 1, 6, 30) - 5 * 3600, "caller-hangup", [], 0))  # EST
+    await write(db.engine, *made)
+
+    def local(t: float) -> datetime:
+        return datetime.fromtimestamp(t, NY).replace(tzinfo=None)
+
+    def expected(group: list[tuple]) -> dict[str, Any]:
+        lat = sorted(t.latency_ms for c in group for t in c[3] if t.latency_ms is not None)
+        pct = {
+            q: bin_upper_ms(latency_bin(lat[max(1, math.ceil(q * len(lat))) - 1])) if lat else None
+            for q in (0.5, 0.95)
+        }
+        return {
+            "calls": len(group),
+            "outcomes": dict(Counter(c[2] for c in group)),
+            "barged_calls": sum(1 for c in group if any(t.interrupted for t in c[3])),
+            "barge_ins": sum(1 for c in group for t in c[3] if t.interrupted),
+            "reconnects": sum(c[4] for c in group),
+            "p50": pct[0.5],
+            "p95": pct[0.95],
+        }
+
+    def got(p: Any) -> dict[str, Any]:
+        return {
+            "calls": p.calls,
+            "outcomes": {k: v for k, v in p.outcomes.items() if v},
+            "barged_calls": p.sums["barged_calls"],
+            "barge_ins": p.sums["barge_ins"],
+            "reconnects": p.sums["reconnects"],
+            "p50": p.latency_ms(0.5),
+            "p95": p.latency_ms(0.95),
+        }
+
+    by_day: dict[str, list[tuple]] = {}
+    for c in made:
+        by_day.setdefault(local(c[1]).date().isoformat(), []).append(c)
+    board = await dashboard(db.engine, date(2026, 10, 30), date(2026, 11, 3), "America/New_York")
+    assert board.granularity == "day"
+    assert {p.start.date().isoformat(): got(p) for p in board.periods} == {
+        day: expected(group) for day, group in by_day.items()
+    }
+    assert got(board.total) == expected(made)
+    assert board.busiest_hours == [sum(1 for c in made if local(c[1]).hour == h) for h in range(24)]
+
+    # The autumn day by the hour, for the "sales" profile only: 25 hours of calls on 24
+    # wall-clock hours (both 01:00 hours are the hour 01:00).
+    sales = [c for c in by_day["2026-11-01"] if (c[5:] or ("support",))[0] == "sales"]
+    by_hour: dict[int, list[tuple]] = {}
+    for c in sales:
+        by_hour.setdefault(local(c[1]).hour, []).append(c)
+    day = await dashboard(db.engine, date(2026, 11, 1), date(2026, 11, 1), "America/New_York",
+                          profiles=["sales"])  # fmt: skip
+    assert day.granularity == "hour"
+    assert {p.start.hour: got(p) for p in day.periods} == {
+        h: expected(group) for h, group in by_hour.items()
+    }
