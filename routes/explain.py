@@ -90,10 +90,14 @@ def event_sentence(kind: str, data: dict[str, Any] | None, ms: float) -> str:
 
 def unanswered(items: list[Item], mode: str) -> set[int]:
     """Caller turns (by index) in a bot call that no bot turn followed before the caller spoke
-    again or the call ended."""
+    again or the call ended. Backchannels ("mm-hmm" over the bot) expect no answer."""
     if mode not in BOT_MODES:
         return set()
-    turns = [i.turn for i in items if i.turn is not None]
+    turns = [
+        i.turn
+        for i in items
+        if i.turn is not None and not (i.turn.get("meta") or {}).get("backchannel")
+    ]
     out: set[int] = set()
     for here, after in zip(turns, [*turns[1:], None], strict=True):
         if here["role"] == "caller" and (after is None or after["role"] == "caller"):

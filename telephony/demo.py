@@ -189,6 +189,7 @@ class OfflineCall:
                         "start_ms": t.start_ms,
                         "end_ms": t.end_ms,
                         "latency_ms": t.latency_ms,
+                        "meta": dict(t.meta or {}),
                     }
                 )
             events += [e.as_dict() for e in part.transcript.events]

@@ -210,6 +210,8 @@ def reason_label(reason: str) -> str:
 FIRST_AUDIO_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
 REPLY_PLAYED_BUCKETS = (0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0)
 # A pause past 5 ms shows in pacing jitter; past the playout lead (120 ms) callers could hear it.
+# Smart barge-in: StartOfTurn -> the decision to clear (telephony/session/barge_in.py).
+BARGE_IN_DECISION_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 2.0)
 GC_PAUSE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 DEEPGRAM_ENDPOINTS = ("flux", "speak", "agent", "listen")
 MAX_END_REASONS = 50  # distinct end-reason labels; further ones count as "other"
@@ -231,6 +233,8 @@ class CallMetrics:
 
     def on_turn(self, turn: Any) -> None:
         if turn.role != "bot":
+            if turn.meta and turn.meta.get("backchannel"):
+                self._metrics.backchannels.inc()
             return
         meta = turn.meta
         eot = meta.get("eot_ms")
@@ -247,6 +251,9 @@ class CallMetrics:
         kind = event.kind
         if kind == "barge-in":
             self._metrics.barge_ins.inc()
+            decided_after = event.data.get("decided_after_ms")
+            if decided_after is not None:
+                self._metrics.barge_in_decision.observe(decided_after / 1000)
             return
         endpoint = RECONNECT_EVENTS.get(kind)
         if endpoint is None:
@@ -305,6 +312,18 @@ class Metrics:
         self.barge_ins = Counter(
             "telephony_barge_ins",
             "Caller speech that interrupted the bot (Twilio clear sent).",
+            registry=registry,
+        )
+        self.backchannels = Counter(
+            "telephony_backchannels",
+            "Caller backchannels over the bot (barge_in mode smart): it kept talking and did not "
+            "answer them.",
+            registry=registry,
+        )
+        self.barge_in_decision = Histogram(
+            "telephony_barge_in_decision_seconds",
+            "Smart barge-in: Flux's StartOfTurn -> the decision to clear the bot.",
+            buckets=BARGE_IN_DECISION_BUCKETS,
             registry=registry,
         )
         self.dropped_audio = Counter(

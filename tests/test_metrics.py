@@ -76,6 +76,8 @@ def test_exposition_names_types_and_values() -> None:
         "telephony_turn_reply_played_seconds",
         "telephony_deepgram_reconnects",
         "telephony_barge_ins",
+        "telephony_backchannels",
+        "telephony_barge_in_decision_seconds",
         "telephony_caller_audio_dropped_seconds",
         "telephony_gc_pause_seconds",
         "telephony_audit_rows_lost",
@@ -204,8 +206,14 @@ def test_barge_ins_reconnects_and_dropped_audio_from_events() -> None:
     transcript.event(9500, "flux-connection", reason="socket closed", dropped_ms=1000)
     transcript.event(9600, "speak-connection", reason="timeout")
     transcript.event(9700, "dtmf", digit="1")  # not counted anywhere
+    transcript.event(9800, "barge-in", decided_by="words", decided_after_ms=250)  # smart
+    transcript.add_turn("caller", "mm-hmm", 9900, 10_100, meta={"backchannel": True})
+    transcript.add_turn("caller", "what?", 10_200, 10_400, meta={"trigger": "model"})
 
-    assert sample(metrics, "telephony_barge_ins_total") == 1
+    assert sample(metrics, "telephony_barge_ins_total") == 2
+    assert sample(metrics, "telephony_barge_in_decision_seconds_count") == 1
+    assert sample(metrics, "telephony_barge_in_decision_seconds_sum") == pytest.approx(0.25)
+    assert sample(metrics, "telephony_backchannels_total") == 1
     reconnects = "telephony_deepgram_reconnects_total"
     assert sample(metrics, reconnects, endpoint="flux") == 3
     assert sample(metrics, reconnects, endpoint="speak") == 1

@@ -15,8 +15,6 @@ from zoneinfo import ZoneInfo
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     PlainValidator,
     ValidationInfo,
@@ -26,6 +24,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from telephony.actions import BUILTIN_FUNCTIONS, Action
+from telephony.config.barge_in import BargeInConfig
 from telephony.config.fields import (
     DAYS,
     DEFAULT_VOICE,
@@ -51,6 +50,7 @@ from telephony.config.fields import (
     _timezone,
     between,
 )
+from telephony.config.model import ConfigModel
 
 DEFAULT_UNKNOWN_MESSAGE = "Sorry, this number is not in service. Goodbye."
 _REFS_CHECKED = "references_checked"  # validation-context flag: load_config checked them itself
@@ -58,9 +58,7 @@ _REFS_CHECKED = "references_checked"  # validation-context flag: load_config che
 Loc = tuple[Any, ...]
 
 
-class _Model(BaseModel):
-    # Typos are errors; frozen so a live call's configuration cannot change under it.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Model = ConfigModel
 
 
 # --- responders -----------------------------------------------------------------------------
@@ -253,6 +251,7 @@ class Profile(_Model):
     mode: Literal["flux", "agent", "transcribe"]
     greeting: str | None = None
     greeting_interruptible: bool = True
+    barge_in: BargeInConfig = Field(default_factory=BargeInConfig)
     responder: ResponderConfig | None = Field(None, validate_default=True)
     voice: AuraVoice = DEFAULT_VOICE
     flux: FluxConfig = Field(default_factory=FluxConfig)

@@ -5,7 +5,9 @@ DTMF. The replies (responder, Aura, playout, speculation) are `FluxReplies` in f
 
 Turn state machine (Flux `TurnInfo.event`):
 - StartOfTurn while the bot may be heard -> barge-in: Twilio `clear`, Aura `Clear`, reply
-  cancelled, all before the next event is read.
+  cancelled, all before the next event is read. With `barge_in.mode: smart` the turn's first
+  words decide instead, and a turn of only backchannels never interrupts nor is answered
+  (`SmartBargeIn`, barge_in.py).
 - EagerEndOfTurn -> start the responder speculatively; its text is held, not spoken.
 - TurnResumed -> cancel the speculative reply, discard its text.
 - EndOfTurn -> commit the speculative reply if the final transcript equals the eager one,
@@ -21,12 +23,14 @@ from dataclasses import replace
 
 from websockets.exceptions import ConnectionClosed
 
+from telephony.config.barge_in import DEFAULT_BACKCHANNELS
 from telephony.deepgram import messages as dm
 from telephony.deepgram.clock import CallClock
 from telephony.deepgram.flux import FluxClient, FluxOptions
 from telephony.deepgram.speak import SpeakClient
 from telephony.responder import Responder
 from telephony.retry import Backoff
+from telephony.session.barge_in import Backchannels, SmartBargeIn
 from telephony.session.engine import CallContext
 from telephony.session.fallback import hand_over
 from telephony.session.flux_replies import FluxReplies
@@ -71,6 +75,16 @@ class FluxEngine:
             backoff=reconnect,
         )
         self.replies = FluxReplies(ctx, responder, speak, self._tasks, self._give_up, reconnect)
+        barge_in = ctx.profile.barge_in
+        # The English model hears English; the multilingual one any language we have phrases of.
+        languages = ("en",) if ctx.profile.flux.model == "flux-general-en" else DEFAULT_BACKCHANNELS
+        self.barge = SmartBargeIn(
+            barge_in,
+            Backchannels.for_profile(barge_in, languages),
+            self._tasks,
+            self._interrupt,
+            lambda: self.replies.speaking,
+        )
         self._turn_open = False
         self._dtmf: list[str] = []
         self._dtmf_timer = self._tasks.timer("dtmf", self._dtmf_entry)
@@ -194,6 +208,7 @@ class FluxEngine:
     def _on_live(self, client: FluxClient, reason: str) -> dict[str, int]:
         """A new socket took the replay: anchor its audio times to the call clock."""
         self._turn_open = False  # a new connection starts with no turn; the replay reopens it
+        self.barge.reset()
         offset = client.first_audio_ms
         if offset is None:  # nothing sent yet: the next frame anchors it
             offset = self.ctx.now_ms()
@@ -258,9 +273,14 @@ class FluxEngine:
         start = self._turn_start_ms if self._turn_start_ms is not None else ms
         self._last_turn_end_ms = ms
         self.upstream.forget_before(ms)  # this turn is settled: do not replay it
+        backchannel = await self.barge.end_of_turn(text)
         if text:
-            self.ctx.transcript.add_turn("caller", text, start, ms, meta={"trigger": "watchdog"})
-            self.replies.answer(text, ms)
+            meta: dict[str, object] = {"trigger": "watchdog"}
+            if backchannel:
+                meta["backchannel"] = True
+            self.ctx.transcript.add_turn("caller", text, start, ms, meta=meta)
+            if not backchannel:
+                self.replies.answer(text, ms)
         await self.flux.abort()  # the events loop sees the close and reconnects
 
     async def _on_turn(self, ev: dm.TurnInfo) -> None:
@@ -274,11 +294,16 @@ class FluxEngine:
         if kind == "StartOfTurn":
             self._turn_open = True
             self._turn_start_ms = self.clock.to_call_ms(ev.audio_window_start)
-            await self.replies.barge_in(self._turn_start_ms)
+            await self.barge.start_of_turn(self._turn_start_ms, ev.transcript)
         elif kind == "EagerEndOfTurn":
-            self.replies.speculate(ev.transcript)
+            await self.barge.words(ev.transcript)
+            if not self.barge.holding:  # a backchannel so far: nothing to answer
+                self.replies.speculate(ev.transcript)
         elif kind == "TurnResumed":
             self.replies.drop_speculation()
+            await self.barge.words(ev.transcript)
+        elif kind == "Update":
+            await self.barge.words(ev.transcript)
         elif kind == "EndOfTurn":
             self._turn_open = False
             self._forced_at = None
@@ -286,9 +311,19 @@ class FluxEngine:
             self.upstream.forget_before(self._last_turn_end_ms)  # never replayed again
             await self._end_of_turn(ev)
 
+    async def _interrupt(self, start_ms: int, why: str, decided_after_ms: int) -> None:
+        """Barge-in for the turn that started at `start_ms`; how it was decided, for a smart
+        one, goes on its event."""
+        detail = None
+        if self.barge.smart:
+            detail = {"decided_by": why, "decided_after_ms": decided_after_ms}
+        await self.replies.barge_in(start_ms, detail)
+
     async def _end_of_turn(self, ev: dm.TurnInfo) -> None:
-        text = f"{ev.transcript.strip()} {self._dtmf_for_turn}".strip()
-        self._dtmf_for_turn = ""
+        digits, self._dtmf_for_turn = self._dtmf_for_turn, ""
+        # Keys pressed in the turn are never a backchannel.
+        backchannel = await self.barge.end_of_turn(ev.transcript) and not digits
+        text = f"{ev.transcript.strip()} {digits}".strip()
         if not text:
             self.replies.drop_speculation()
             return
@@ -297,6 +332,12 @@ class FluxEngine:
         meta: dict[str, object] = {"trigger": ev.trigger or ""}
         if ev.languages:  # flux-general-multi: what the caller spoke, most used first
             meta["languages"] = list(ev.languages)
+        if backchannel:
+            # Heard over the bot and only an acknowledgement: kept, never answered.
+            meta["backchannel"] = True
+            self.replies.drop_speculation()
+            self.ctx.transcript.add_turn("caller", text, start_ms, end_ms, meta=meta)
+            return
         self.ctx.transcript.add_turn("caller", text, start_ms, end_ms, meta=meta)
         self.replies.answer(text, end_ms)
 

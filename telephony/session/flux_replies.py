@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from telephony.deepgram import messages as dm
@@ -108,7 +108,12 @@ class FluxReplies:
 
     # --- barge-in -------------------------------------------------------------------------------
 
-    async def barge_in(self, ms: int) -> None:
+    @property
+    def speaking(self) -> bool:
+        """The caller hears (or is about to hear) a reply."""
+        return bool(self.speech.audible)
+
+    async def barge_in(self, ms: int, detail: Mapping[str, object] | None = None) -> None:
         """Twilio clear, Aura Clear and our queue go together, before the next event is read.
 
         A held (speculative) reply is not audible, so it is left to TurnResumed / EndOfTurn.
@@ -120,7 +125,7 @@ class FluxReplies:
                     reply.task.cancel()
             self._flush_groups.clear()
 
-        if await self.speech.barge_in(ms, before_clear=stop_generating):
+        if await self.speech.barge_in(ms, before_clear=stop_generating, detail=detail):
             await self.speak.clear()
 
     # --- replies --------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar, overload
 
@@ -151,8 +151,15 @@ class BotSpeech:
     def audible(self) -> list[BotReply]:
         return [r for r in self.active if not r.finished and not r.held]
 
-    async def barge_in(self, ms: int, *, before_clear: Callable[[], None] | None = None) -> bool:
-        """Caller speech over the bot: clear Twilio and our queue; False if not interruptible."""
+    async def barge_in(
+        self,
+        ms: int,
+        *,
+        before_clear: Callable[[], None] | None = None,
+        detail: Mapping[str, object] | None = None,
+    ) -> bool:
+        """Caller speech over the bot: clear Twilio and our queue; False if not interruptible.
+        `detail` goes on the barge-in event (how a smart barge-in decided)."""
         replies = self.audible
         if not replies or not all(r.interruptible for r in replies):
             return False
@@ -162,7 +169,9 @@ class BotSpeech:
         if before_clear is not None:
             before_clear()
         await self.ctx.playout.clear()
-        self.ctx.transcript.event(ms, EventKind.BARGE_IN, replies=[r.number for r in replies])
+        self.ctx.transcript.event(
+            ms, EventKind.BARGE_IN, replies=[r.number for r in replies], **(detail or {})
+        )
         for reply in replies:
             self._finish(reply)
         return True
