@@ -51,6 +51,7 @@ from telephony.config.fields import (
     _timezone,
     between,
 )
+from telephony.config.insights import InsightsConfig
 
 DEFAULT_UNKNOWN_MESSAGE = "Sorry, this number is not in service. Goodbye."
 _REFS_CHECKED = "references_checked"  # validation-context flag: load_config checked them itself
@@ -268,6 +269,7 @@ class Profile(_Model):
     redaction: bool = True
     max_call_seconds: Annotated[int, Field(ge=1)] = 3600
     business_hours: BusinessHours | None = None
+    insights: InsightsConfig = Field(default_factory=InsightsConfig)  # post-call /v1/read
 
     @field_validator("responder", "agent", "transcribe")
     @classmethod
