@@ -318,8 +318,9 @@ async def search_calls(engine: AsyncEngine, f: CallFilter) -> list[dict[str, Any
     ``max_latency_ms`` (None without latencies), ``live`` (``ended_at`` is None) and
     ``snippet``: None without ``q``; with ``q``, plain unescaped text of at most ~160
     characters from the call's best-ranked matching turn (ties: the earliest turn), taken
-    from its ``text``, or from ``heard`` when only that matched. Matched words are wrapped in
-    « and » (``MARK_START``/``MARK_END``), e.g. ``"…I'd like a «refund» for my order"``;
+    from its ``text``, or from ``heard`` when only that matched (None when only the call's
+    insights matched). Matched words are wrapped in « and » (``MARK_START``/``MARK_END``),
+    e.g. ``"…I'd like a «refund» for my order"``;
     "…" marks text left out. Matches follow each backend's stemming (``refunds`` query:
     ``«refund»`` marked). A « or » already in the transcript is passed through as is.
 
