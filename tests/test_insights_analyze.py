@@ -16,7 +16,7 @@ from telephony.deepgram.read import ReadClient
 from telephony.insights.analyze import POLICY, analyze_call
 from telephony.retry import RetryPolicy
 from telephony.sim.deepgram.read import FakeRead
-from telephony.store.insights import insights_of
+from telephony.store.insights import claim, insights_of
 from telephony.store.schema import call_insight_labels, make_engine, upgrade
 from tests.insights_helpers import CARD, add_call, profiles, write_numbers
 
@@ -96,6 +96,26 @@ async def test_a_card_number_said_never_reaches_deepgram(
     await add_call(engine, "CA2", profile="open")
     assert await analyze_call(engine, client, profiles(tmp_path), "CA2") == "done"
     assert CARD in fake.requests[-1].text
+
+
+async def test_the_worker_analyses_only_pending_calls_once(
+    engine: AsyncEngine, fake: FakeRead, client: ReadClient, tmp_path: Path
+) -> None:
+    """A call offered again (its recording's second end row) is not sent twice, and of two
+    takers that read the same pending row (two instances' sweeps) only one claims it; the CLI
+    (not only_pending) may run a call again."""
+    yaml = profiles(tmp_path)
+    await add_call(engine, "CA1")
+    assert await analyze_call(engine, client, yaml, "CA1", only_pending=True) == "done"
+    assert await analyze_call(engine, client, yaml, "CA1", only_pending=True) == ""
+    assert len(fake.requests) == 1
+    await add_call(engine, "CA2")
+    seen = (await insights_of(engine, ["CA2"]))["CA2"]["updated_at"]
+    assert await claim(engine, "CA2", seen)
+    assert not await claim(engine, "CA2", seen)  # the other taker, with the same row seen
+    assert len(fake.requests) == 1
+    assert await analyze_call(engine, client, yaml, "CA1") == "done"
+    assert len(fake.requests) == 2
 
 
 async def test_insights_off_sends_nothing(

@@ -20,7 +20,7 @@ from telephony.insights.metrics import InsightsMetrics, result_label
 from telephony.insights.text import build_text, labels, turn_sentiments
 from telephony.retry import SERVER_ERRORS, Backoff, RetryPolicy
 from telephony.store import insights as store
-from telephony.store.insights import DONE, FAILED, OFF, Insights
+from telephony.store.insights import DONE, FAILED, OFF, PENDING, Insights
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +71,17 @@ async def analyze_call(
     policy: RetryPolicy = POLICY,
     metrics: InsightsMetrics | None = None,
     sleep: Sleep = asyncio.sleep,
+    only_pending: bool = False,
 ) -> str:
     """Analyse one ended call and store the outcome; returns its status (done | failed | off),
-    or "" when the call is unknown or not over (nothing stored)."""
+    or "" when nothing was done: the call is unknown or not over, or (`only_pending`, the
+    worker) its row is not pending or another taker claimed it first."""
     call = await store.call_for_insights(engine, sid)
     if call is None:
+        return ""
+    if only_pending and (
+        call["status"] != PENDING or not await store.claim(engine, sid, call["updated_at"])
+    ):
         return ""
     profile = profiles.get(call["profile"])
     options = read_options(profile)

@@ -145,4 +145,5 @@ class InsightsWorker:
             sid,
             policy=self.policy,
             metrics=self.metrics,
+            only_pending=True,  # a call offered twice (its recording's end) is analysed once
         )

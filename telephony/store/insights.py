@@ -54,24 +54,19 @@ async def mark_pending(conn: AsyncConnection, dialect: str, sids: Iterable[str])
         await conn.execute(stmt, rows)
 
 
-async def set_pending(engine: AsyncEngine, sids: Sequence[str]) -> None:
-    """Pending again (the CLI's `--force`, or a call ended before its row could be added)."""
-    async with engine.begin() as conn:
-        await mark_pending(conn, engine.dialect.name, sids)
-        await conn.execute(
-            update(call_insights)
-            .where(call_insights.c.call_sid.in_(sids))
-            .values(status=PENDING, updated_at=time.time())
-        )
-
-
 async def call_for_insights(engine: AsyncEngine, sid: str) -> dict[str, Any] | None:
     """The ended call's profile, its turns (by idx) and its insights status; None when the
     call is unknown or not over."""
     async with engine.connect() as conn:
         row = (
             await conn.execute(
-                select(calls.c.sid, calls.c.profile, calls.c.ended_at, call_insights.c.status)
+                select(
+                    calls.c.sid,
+                    calls.c.profile,
+                    calls.c.ended_at,
+                    call_insights.c.status,
+                    call_insights.c.updated_at,
+                )
                 .select_from(
                     calls.outerjoin(call_insights, call_insights.c.call_sid == calls.c.sid)
                 )
@@ -89,8 +84,26 @@ async def call_for_insights(engine: AsyncEngine, sid: str) -> dict[str, Any] | N
             "sid": row.sid,
             "profile": row.profile,
             "status": row.status,
+            "updated_at": row.updated_at,
             "turns": [dict(t._mapping) for t in found],
         }
+
+
+async def claim(engine: AsyncEngine, sid: str, seen_at: float) -> bool:
+    """Take a pending call for analysis: True for exactly one taker of the row as it was seen
+    (`updated_at` == `seen_at`). Touching `updated_at` also keeps every instance's sweep off it
+    for a sweep interval, so two instances rarely analyse one call."""
+    stmt = (
+        update(call_insights)
+        .where(
+            call_insights.c.call_sid == sid,
+            call_insights.c.status == PENDING,
+            call_insights.c.updated_at == seen_at,
+        )
+        .values(updated_at=time.time())
+    )
+    async with engine.begin() as conn:
+        return (await conn.execute(stmt)).rowcount == 1
 
 
 async def _upsert(conn: AsyncConnection, dialect: str, sid: str, values: dict[str, Any]) -> None:

@@ -224,6 +224,7 @@ class FakeRead(StartStop):
         self.requests: list[RecordedRead] = []
         self._failures: list[tuple[int, str | None]] = []
         self._server: InProcessServer | None = None
+        self._host = "127.0.0.1"
         self._stopping = asyncio.Event()
         self.app = Starlette(routes=[Route("/v1/read", self._read, methods=["POST"])])
 
@@ -235,12 +236,13 @@ class FakeRead(StartStop):
     def url(self) -> str:
         if self._server is None:
             raise RuntimeError("the fake /v1/read is not serving")
-        return f"http://127.0.0.1:{self._server.port}"
+        return f"http://{self._host}:{self._server.port}"
 
-    async def start(self) -> None:
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self._stopping.clear()
         if self._server is None:
-            server = InProcessServer(self.app, bind_loopback(), lifespan="off")
+            self._host = host
+            server = InProcessServer(self.app, bind_loopback(port, host), lifespan="off")
             await server.start()
             self._server = server
 

@@ -146,7 +146,8 @@ class FakeDeepgram(StartStop):
         )
         self.max_connections = max_connections
         # Text Intelligence (POST /v1/read) needs an HTTP server of its own: started with this
-        # one when `serve_read`, at `read.url` (set DEEPGRAM_REST_URL to it).
+        # one when `serve_read`, at `read.url` (set DEEPGRAM_REST_URL to it): on the port after
+        # this one's when that was given, else on any free one.
         self.read = FakeRead(api_key)
         self.serve_read = serve_read
         self._refusals: dict[str, int] = dict(refuse or {})  # endpoint -> handshakes to refuse
@@ -180,8 +181,8 @@ class FakeDeepgram(StartStop):
         self._host = host
         self._port = self._server.sockets[0].getsockname()[1]
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
-        if self.serve_read:
-            await self.read.start()
+        if self.serve_read:  # a fixed port (the next one) when this one was chosen
+            await self.read.start(host, port + 1 if port else 0)
 
     async def stop(self) -> None:
         await self.read.stop()
