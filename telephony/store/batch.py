@@ -70,7 +70,7 @@ async def write_batch(engine: AsyncEngine, rows: list[Row]) -> list[Row]:
     event_rows: list[dict[str, Any]] = []
     status_rows: list[Row] = []
     sids: set[str] = set()
-    insight_sids: set[str] = set()
+    wants_insights: set[str] = set()
     for row in rows:
         v = row.values
         if row.kind == "call_started":
@@ -79,7 +79,7 @@ async def write_batch(engine: AsyncEngine, rows: list[Row]) -> list[Row]:
             if INSIGHTS in v:
                 v = {k: x for k, x in v.items() if k != INSIGHTS}
                 if row.values[INSIGHTS] and v.get("ended_at") is not None:
-                    insight_sids.add(v["sid"])
+                    wants_insights.add(v["sid"])
             ended[v["sid"]] = v
         elif row.kind == "refused":
             refused[v["sid"]] = v
@@ -112,8 +112,8 @@ async def write_batch(engine: AsyncEngine, rows: list[Row]) -> list[Row]:
             )
         if ended:
             await _write_ended(conn, dialect, list(ended.values()))
-        if insight_sids:
-            await mark_pending(conn, dialect, insight_sids)
+        if wants_insights:
+            await mark_pending(conn, dialect, wants_insights)
         if turn_rows:
             await conn.execute(
                 _upsert_statement(dialect, turns, ("call_sid", "idx"), _TURN_COLS),
