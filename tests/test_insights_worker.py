@@ -55,6 +55,7 @@ async def test_a_full_queue_leaves_calls_pending_for_the_sweep(
             queue_size=1,
             workers=1,
             sweep_s=0.5,
+            lease_s=0.5,
             metrics=InsightsMetrics(),
         )
         for sid in ("CA1", "CA2", "CA3"):
@@ -70,7 +71,7 @@ async def test_a_full_queue_leaves_calls_pending_for_the_sweep(
                 rows = await insights_of(engine, ["CA1", "CA2", "CA3"])
                 return {r["status"] for r in rows.values()} == {"done"}
 
-            # CA2 and CA3 by the sweep, once pending 0.5 s
+            # CA2 and CA3 by the sweep, once untouched for 0.5 s
             await eventually(all_done, within=10, what="every call analysed")
         finally:
             await worker.stop()

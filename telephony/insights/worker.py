@@ -3,8 +3,10 @@
 Fed by the transcript writer once a call's end (and its `pending` row) is committed
 (`TranscriptStore.on_insights`): `offer` only does `put_nowait` on a bounded queue, so
 nothing upstream ever waits here. A full queue drops the offer; the row stays `pending` and
-a sweep, at start and every `sweep_s`, offers the pending rows that have waited at least that
-long (younger ones are most likely in some instance's queue already). `stop` lets requests
+a sweep, at start and every `sweep_s`, offers the pending rows untouched for `lease_s`: a row
+is touched when its call is claimed for analysis, and one analysis with every retry (four
+tries of up to 30 s, Retry-After waits of up to 2 min) ends well within the default 10 min, so
+no instance's sweep takes a call another one is still working on. `stop` lets requests
 in flight finish for up to `stop_timeout_s`, then cancels them: whatever is not `done` or
 `failed` stays `pending` for the next start's sweep or `telephony insights run`.
 """
@@ -41,6 +43,7 @@ class InsightsWorker:
         queue_size: int = 1000,
         workers: int = 2,
         sweep_s: float = 60.0,
+        lease_s: float = 600.0,
         stop_timeout_s: float = 5.0,
         policy: RetryPolicy = POLICY,
     ) -> None:
@@ -50,6 +53,7 @@ class InsightsWorker:
         self.metrics = metrics
         self.policy = policy
         self.sweep_s = sweep_s
+        self.lease_s = lease_s
         self.stop_timeout_s = stop_timeout_s
         self._queue: asyncio.Queue[str] = asyncio.Queue(queue_size)
         self._known: set[str] = set()  # queued or being analysed: offered once at a time
@@ -104,11 +108,11 @@ class InsightsWorker:
         self._known.clear()
 
     async def sweep(self) -> int:
-        """Offer the pending rows that have waited at least `sweep_s`; how many were found."""
+        """Offer the pending rows untouched for `lease_s`; how many were found."""
         room = self._queue.maxsize - self._queue.qsize()
         if room <= 0:
             return 0
-        older_than = time.time() - self.sweep_s
+        older_than = time.time() - self.lease_s
         sids = await store.pending_sids(self.engine, room, older_than=older_than)
         self.offer(sids)
         return len(sids)
