@@ -24,7 +24,10 @@ from routes.security_headers import SecurityHeaders
 from routes.state import WebState, web_of
 from routes.templates import STATIC_DIR
 from telephony.config import ConfigStore
+from telephony.deepgram.read import ReadClient
 from telephony.http_pool import make_http_client
+from telephony.insights.metrics import InsightsMetrics
+from telephony.insights.worker import InsightsWorker
 from telephony.metrics import Metrics
 from telephony.session.registry import CallRegistry
 from telephony.session.services import DrainState, Services
@@ -60,6 +63,24 @@ def _session_secret(settings: Settings) -> bytes:
 
 async def _client_gone(request: Request, exc: Exception) -> Response:
     return Response(status_code=400)
+
+
+def _insights_worker(settings: Settings, config: ConfigStore, services: Services) -> InsightsWorker:
+    """Post-call insights for profiles that ask for them, on the services' store."""
+    client = ReadClient(
+        settings.deepgram_rest_base,
+        settings.deepgram_api_key.get_secret_value(),
+        timeout_s=settings.insights_timeout_s,
+    )
+    return InsightsWorker(
+        services.db,
+        client,
+        lambda: config.current.profiles,
+        metrics=InsightsMetrics(services.metrics.registry),
+        queue_size=settings.insights_queue,
+        workers=settings.insights_workers,
+        sweep_s=settings.insights_sweep_s,
+    )
 
 
 def create_app(
@@ -113,6 +134,9 @@ def create_app(
             ),
         )
         app.state.services = services
+        app.state.insights = insights = _insights_worker(settings, store, services)
+        transcripts.on_insights = insights.offer
+        await insights.start()
         unwatch_gc = services.metrics.watch_gc()
         watcher = asyncio.create_task(store.watch(), name="config-watch")
         if freeze_heap:
@@ -138,6 +162,8 @@ def create_app(
                 await watcher
             await services.twilio_calls.aclose()
             await services.llm_http.aclose()
+            await insights.stop()  # unfinished calls stay pending (the next start's sweep)
+            await insights.client.aclose()
             await transcripts.stop()  # flushes every buffered row
             await services.db.dispose()
             web_of(app).hash_pool.close()

@@ -30,6 +30,7 @@ from starlette.responses import (
 )
 from starlette.routing import Route
 
+from routes import insights_view
 from routes.auth import require
 from routes.explain import unanswered
 from routes.state import services_of
@@ -104,6 +105,7 @@ def parse_list_query(params: Any) -> ListQuery:
     keys = (
         *("q", "number", "profile", "from", "to", "tz", "tzname"),
         *("interrupted", "min_latency", "status", "outcome"),
+        *("topic", "intent"),  # post-call insights
     )
     form = {k: params.get(k, "").strip()[:500] for k in keys}
     errors: list[str] = []
@@ -134,6 +136,8 @@ def parse_list_query(params: Any) -> ListQuery:
         min_latency_ms=_int(form["min_latency"], errors, "minimum latency", 0, 600_000),
         status=status,
         outcome=outcome,
+        topic=form["topic"],
+        intent=form["intent"],
         limit=PAGE_SIZE,
         offset=(page - 1) * PAGE_SIZE,
     )
@@ -144,6 +148,7 @@ async def _rows(request: Request, query: ListQuery) -> tuple[list[dict[str, Any]
     db = services_of(request.app).db
     rows = await search_calls(db, query.filter)
     total = await count_calls(db, replace(query.filter, limit=0, offset=0))
+    await insights_view.attach(db, rows)
     return rows, total
 
 
@@ -162,6 +167,7 @@ async def call_list(request: Request) -> Response:
         "outcomes": LABELS,
         "page_size": PAGE_SIZE,
         "pages": max(1, -(-total // PAGE_SIZE)),
+        "insight_choices": await insights_view.filter_choices(db),
     }
     return render(request, "calls.html", context)
 
@@ -251,6 +257,7 @@ async def call_page(request: Request) -> Response:
     db = services_of(request.app).db
     await audit.record(db, request.state.user.name, "call.view", call["sid"])
     items = timeline(call)
+    insights = await insights_view.of_call(db, call["sid"])
     context = {
         "call": call,
         "items": items,
@@ -258,6 +265,8 @@ async def call_page(request: Request) -> Response:
         "has_recording": _has_recording(call),
         "right_channel": _right_channel(call),
         "interim": _interim(request, call["sid"]),
+        "insights": insights,
+        "turn_sentiment": insights_view.turn_sentiments(insights),
     }
     return render(request, "call.html", context)
 
@@ -269,11 +278,13 @@ async def call_timeline(request: Request) -> Response:
     if isinstance(call, Response):
         return call
     items = timeline(call)
+    insights = await insights_view.of_call(services_of(request.app).db, call["sid"])
     context = {
         "call": call,
         "items": items,
         "unanswered": _unanswered(call, items),
         "interim": _interim(request, call["sid"]),
+        "turn_sentiment": insights_view.turn_sentiments(insights),
     }
     response = render(request, "_timeline.html", context)
     response.headers["x-live"] = "1" if call.get("ended_at") is None else "0"

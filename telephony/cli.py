@@ -1,4 +1,5 @@
-"""`telephony` command line: serve, config check, db, users, retention, emulator, call, bench."""
+"""`telephony` command line: serve, config check, db, users, insights, retention, emulator, call,
+bench."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from telephony import cli_users
+from telephony import cli_insights, cli_users
 from telephony.cli_usage import UsageError, checked_settings, database_errors
 
 if TYPE_CHECKING:
@@ -55,6 +56,8 @@ def _serve(args: argparse.Namespace) -> int:
     settings = checked_settings()
     _check_config_file(settings.config_path, "TELEPHONY_CONFIG")
     _check_port_free(args.host, args.port)
+    if args.port:  # /v1/read is served over HTTP on the next port (telephony/sim/deepgram/read.py)
+        _check_port_free(args.host, args.port + 1)
     setup_logging(settings.log_format, settings.log_level)
     try:
         app = create_app(settings, freeze_heap=True)  # see create_app: no GC stalls
@@ -291,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     cli_users.add_commands(sub)
+    cli_insights.add_commands(sub)
 
     retention = sub.add_parser("retention", help="data retention")
     retention_sub = retention.add_subparsers(dest="retention_command", required=True)
@@ -314,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
         "emulator",
         help="run the fake Deepgram server",
         description="The fake Deepgram (Flux /v2/listen, Aura /v1/speak, Voice Agent "
-        "/v1/agent/converse, Nova /v1/listen) on one port. Clients authenticate with "
+        "/v1/agent/converse, Nova /v1/listen) on one port, and Text Intelligence POST /v1/read "
+        "over HTTP on the next (set DEEPGRAM_REST_URL to it). Clients authenticate with "
         "'Authorization: Token KEY', where KEY is $DEEPGRAM_API_KEY, or "
         f"'{EMULATOR_DEFAULT_KEY}' when that is unset.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -238,6 +238,8 @@ def settings_for_fakes(
         DEEPGRAM_API_KEY=deepgram_key,
         DEEPGRAM_URL=deepgram.url,
         DEEPGRAM_AGENT_URL=deepgram.url,
+        # Its own port: the fake's /v1/read is HTTP (telephony/sim/deepgram/read.py).
+        DEEPGRAM_REST_URL=deepgram.read.url if deepgram.read.started else "",
         # The fakes' tokens are in this repository, so this is a development run by definition.
         **{
             "TELEPHONY_SESSION_SECRET": secrets.token_urlsafe(32),
@@ -262,7 +264,9 @@ async def fakes(
     deepgram_options: dict[str, Any] | None = None,
     llm_options: dict[str, Any] | None = None,
 ) -> AsyncIterator[tuple[FakeDeepgram, FakeLLM, FakeTwilioRest]]:
-    deepgram = FakeDeepgram(api_key=DEMO_DEEPGRAM_KEY, script=script, **(deepgram_options or {}))
+    # /v1/read too: profiles with `insights:` on analyse the demo's calls offline.
+    options = {"serve_read": True, **(deepgram_options or {})}
+    deepgram = FakeDeepgram(api_key=DEMO_DEEPGRAM_KEY, script=script, **options)
     llm = FakeLLM(api_key="demo-llm-key", **(llm_options or {}))
     rest = FakeTwilioRest(auth_token=DEMO_AUTH_TOKEN)
     await deepgram.start()

@@ -170,6 +170,12 @@ class Settings(BaseSettings):
     # the one it opened (not deleted or replaced): a changed file makes /readyz not ready.
     store_check_s: float = Field(2.0, alias="TELEPHONY_STORE_CHECK_S", gt=0)
 
+    # --- post-call insights (telephony/insights/; profiles' `insights:` switch them on) ---
+    insights_queue: int = Field(1000, alias="TELEPHONY_INSIGHTS_QUEUE", ge=1)
+    insights_workers: int = Field(2, alias="TELEPHONY_INSIGHTS_WORKERS", ge=1)
+    insights_sweep_s: float = Field(60.0, alias="TELEPHONY_INSIGHTS_SWEEP_S", gt=0)
+    insights_timeout_s: float = Field(30.0, alias="TELEPHONY_INSIGHTS_TIMEOUT_S", gt=0)
+
     log_format: str = Field("text", alias="TELEPHONY_LOG_FORMAT")
     log_level: str = Field("INFO", alias="TELEPHONY_LOG_LEVEL")
 
@@ -189,6 +195,8 @@ class Settings(BaseSettings):
     deepgram_api_key: SecretStr = Field(SecretStr(""), alias="DEEPGRAM_API_KEY")
     deepgram_url: str = Field("wss://api.deepgram.com", alias="DEEPGRAM_URL")
     deepgram_agent_url: str = Field("wss://agent.deepgram.com", alias="DEEPGRAM_AGENT_URL")
+    # Deepgram's REST endpoints (Text Intelligence /v1/read); empty: DEEPGRAM_URL as https://.
+    deepgram_rest_url: str = Field("", alias="DEEPGRAM_REST_URL")
 
     @field_validator(
         "public_url",
@@ -196,6 +204,7 @@ class Settings(BaseSettings):
         "twilio_api_url",
         "deepgram_url",
         "deepgram_agent_url",
+        "deepgram_rest_url",
     )
     @classmethod
     def _no_credentials_in_urls(cls, value: str) -> str:
@@ -210,6 +219,19 @@ class Settings(BaseSettings):
         elif base.startswith("http://"):
             base = "ws://" + base.removeprefix("http://")
         return base + "/twilio/media"
+
+    @property
+    def deepgram_rest_base(self) -> str:
+        """Where Deepgram's REST API is: DEEPGRAM_REST_URL, else DEEPGRAM_URL's host over HTTP
+        (wss:// -> https://), so one setting points both at a region or a proxy."""
+        if self.deepgram_rest_url:
+            return self.deepgram_rest_url.rstrip("/")
+        base = self.deepgram_url.rstrip("/")
+        if base.startswith("wss://"):
+            return "https://" + base.removeprefix("wss://")
+        if base.startswith("ws://"):
+            return "http://" + base.removeprefix("ws://")
+        return base
 
     @property
     def status_callback_url(self) -> str:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 from websockets.asyncio.client import connect
 
 from routes.app import create_app
@@ -69,6 +70,19 @@ async def test_emulator_command_serves_fake_deepgram() -> None:
         async with connect(url, additional_headers={"Authorization": "Token emulator-key"}) as ws:
             first = await asyncio.wait_for(ws.recv(), 5)
         assert '"Connected"' in str(first)
+        read_url = f"http://127.0.0.1:{port + 1}"  # Text Intelligence: HTTP, the next port
+        while f"fake Deepgram /v1/read on {read_url}" not in line.decode():
+            line = await asyncio.wait_for(proc.stdout.readline(), 10)
+            assert line, "emulator exited"
+        async with httpx.AsyncClient() as http:
+            got = await http.post(
+                read_url + "/v1/read",
+                params={"language": "en", "sentiment": "true"},
+                json={"text": "Great, thanks."},
+                headers={"Authorization": "Token emulator-key"},
+            )
+        assert got.status_code == 200, got.text
+        assert got.json()["results"]["sentiments"]["average"]["sentiment"] == "positive"
     finally:
         proc.terminate()
         await proc.wait()

@@ -16,7 +16,7 @@ from tests.pg_server import PgServer, fresh_database
 
 # Full-text search is dialect SQL written in revision 0002 (an FTS5 table on SQLite, a GIN
 # expression index on PostgreSQL), not part of the declared tables.
-SEARCH_OBJECTS = ("turns_fts", "ix_turns_search")
+SEARCH_OBJECTS = ("turns_fts", "ix_turns_search", "call_insights_fts", "ix_call_insights_search")
 
 
 def _declared(obj: Any, name: str | None, kind: str, reflected: bool, compare_to: Any) -> bool:

@@ -50,6 +50,7 @@ from telephony.config.fields import (
     _timezone,
     between,
 )
+from telephony.config.insights import InsightsConfig
 from telephony.config.model import ConfigModel
 
 DEFAULT_UNKNOWN_MESSAGE = "Sorry, this number is not in service. Goodbye."
@@ -267,6 +268,7 @@ class Profile(_Model):
     redaction: bool = True
     max_call_seconds: Annotated[int, Field(ge=1)] = 3600
     business_hours: BusinessHours | None = None
+    insights: InsightsConfig = Field(default_factory=InsightsConfig)  # post-call /v1/read
 
     @field_validator("responder", "agent", "transcribe")
     @classmethod

@@ -202,7 +202,14 @@ async def _serve(socket: TwilioSocket, setup: CallSetup, services: Services) -> 
         # Handed over and its transcription stream already live: that one ends the call row.
         continued = handed_over and registry.current(sid) is not None
         if not continued:
-            held(functools.partial(transcripts.call_ended, summary, mode=setup.profile.mode))
+            held(
+                functools.partial(
+                    transcripts.call_ended,
+                    summary,
+                    mode=setup.profile.mode,
+                    insights=setup.profile.insights.enabled,
+                )
+            )
         if recorder is not None and not held.dropped:
             # After the call is over and recorded as ended: writing the WAV (on the recording
             # thread) never holds up the hang-up. The file is linked to the call once it exists.
@@ -210,7 +217,12 @@ async def _serve(socket: TwilioSocket, setup: CallSetup, services: Services) -> 
             if path is not None and continued:
                 started(recording_path=str(path))  # the row stays live
             elif path is not None:
-                transcripts.call_ended(summary, mode=setup.profile.mode, recording_path=str(path))
+                transcripts.call_ended(
+                    summary,
+                    mode=setup.profile.mode,
+                    recording_path=str(path),
+                    insights=setup.profile.insights.enabled,
+                )
 
 
 def _silence(call: Call, redaction: bool) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:

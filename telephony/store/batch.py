@@ -16,9 +16,13 @@ from sqlalchemy import Insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from telephony.store.call_stats import refresh_facts
+from telephony.store.insights import mark_pending
 from telephony.store.schema import calls, dialect_insert, events, turns
 
 Kind = Literal["call_started", "call_ended", "turn", "event", "status", "refused"]
+# A call_ended row's flag (not a column): its profile wants post-call insights, so the same
+# transaction adds the call's pending call_insights row (telephony/store/insights.py).
+INSIGHTS = "insights"
 
 _START_COLS = (
     "from_number",
@@ -66,11 +70,16 @@ async def write_batch(engine: AsyncEngine, rows: list[Row]) -> list[Row]:
     event_rows: list[dict[str, Any]] = []
     status_rows: list[Row] = []
     sids: set[str] = set()
+    wants_insights: set[str] = set()
     for row in rows:
         v = row.values
         if row.kind == "call_started":
             started[v["sid"]] = v
         elif row.kind == "call_ended":
+            if INSIGHTS in v:
+                v = {k: x for k, x in v.items() if k != INSIGHTS}
+                if row.values[INSIGHTS] and v.get("ended_at") is not None:
+                    wants_insights.add(v["sid"])
             ended[v["sid"]] = v
         elif row.kind == "refused":
             refused[v["sid"]] = v
@@ -103,6 +112,8 @@ async def write_batch(engine: AsyncEngine, rows: list[Row]) -> list[Row]:
             )
         if ended:
             await _write_ended(conn, dialect, list(ended.values()))
+        if wants_insights:
+            await mark_pending(conn, dialect, wants_insights)
         if turn_rows:
             await conn.execute(
                 _upsert_statement(dialect, turns, ("call_sid", "idx"), _TURN_COLS),
@@ -137,6 +148,15 @@ async def write_batch(engine: AsyncEngine, rows: list[Row]) -> list[Row]:
             )
         await refresh_facts(conn, touched)
     return unmatched
+
+
+def insight_sids(rows: list[Row]) -> list[str]:
+    """Calls these rows ended with insights wanted: once written, the worker's to analyse."""
+    return [
+        r.values["sid"]
+        for r in rows
+        if r.kind == "call_ended" and r.values.get(INSIGHTS) and r.values.get("ended_at")
+    ]
 
 
 async def _write_ended(conn: AsyncConnection, dialect: str, rows: list[dict[str, Any]]) -> None:

@@ -18,11 +18,12 @@ from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from telephony.outcome import label
+from telephony.store.insights import DONE, insights_of
 from telephony.store.queries import CallFilter, conditions
 from telephony.store.schema import call_facts, calls, turns
 
 PAGE_ROWS = 1000
-COLUMNS = (
+BASE_COLUMNS = (
     "call_sid",
     "started_utc",
     "ended_utc",
@@ -40,6 +41,9 @@ COLUMNS = (
     "reply_latency_mean_ms",
     "reply_latency_max_ms",
 )
+# Post-call insights (telephony/store/insights.py), empty unless done; labels joined by "; ".
+INSIGHT_COLUMNS = ("summary", "sentiment", "sentiment_score", "topics", "intents")
+COLUMNS = (*BASE_COLUMNS, *INSIGHT_COLUMNS)
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -53,6 +57,19 @@ def _utc(epoch: float | None) -> str:
     if epoch is None:
         return ""
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _insight_cells(row: dict[str, Any] | None) -> tuple[Any, ...]:
+    if row is None or row["status"] != DONE:
+        return ("",) * len(INSIGHT_COLUMNS)
+    score = row["sentiment_score"]
+    return (
+        row["summary"],
+        row["sentiment"],
+        "" if score is None else round(float(score), 3),
+        "; ".join(t["label"] for t in row["topics"] or ()),
+        "; ".join(t["label"] for t in row["intents"] or ()),
+    )
 
 
 async def csv_lines(engine: AsyncEngine, f: CallFilter) -> AsyncIterator[str]:
@@ -99,6 +116,7 @@ async def csv_lines(engine: AsyncEngine, f: CallFilter) -> AsyncIterator[str]:
                 call_facts.c.reconnects,
             ).where(call_facts.c.sid.in_(sids))
             facts = {sid: (b, g, r) for sid, b, g, r in await conn.execute(facts_q)}
+            found = await insights_of(conn, sids)
         out = io.StringIO()
         writer = csv.writer(out)
         for r in rows:
@@ -125,6 +143,7 @@ async def csv_lines(engine: AsyncEngine, f: CallFilter) -> AsyncIterator[str]:
                         reconnects,
                         "" if avg is None else round(float(avg)),
                         "" if mx is None else mx,
+                        *_insight_cells(found.get(r["sid"])),
                     )
                 ]
             )

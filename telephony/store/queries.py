@@ -17,7 +17,8 @@ Query grammar (the same on both backends):
   16 terms (and words per phrase), each word at 100 characters.
 
 Matching is per turn: every required word must appear in one turn's ``text`` or ``heard``
-(a call matches when any of its turns does). Case-insensitive on both backends.
+(a call matches when any of its turns does), or in the call's post-call insights (summary,
+topics and intents, taken together). Case-insensitive on both backends.
 
 Backend differences (both stem English words, so ``refunds`` finds ``refund`` everywhere):
 
@@ -57,6 +58,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from telephony.outcome import Outcome
+from telephony.store import insights_search
 from telephony.store.schema import calls, events, turns
 
 __all__ = ["CallFilter", "count_calls", "get_call", "profiles_seen", "search_calls"]
@@ -86,6 +88,9 @@ class CallFilter:
     min_latency_ms: int | None = None  # calls having some turn with latency_ms >= this
     status: str = ""  # "" | "live" (ended_at IS NULL) | "ended"
     outcome: str = ""  # "" | an Outcome value: calls that ended so (end_reason)
+    # -- post-call insights (telephony/store/insights_search.py) --
+    topic: str = ""  # calls with this topic (case-insensitive, whole label)
+    intent: str = ""  # calls with this intent
     limit: int = 50
     offset: int = 0
 
@@ -187,9 +192,7 @@ def conditions(f: CallFilter, dialect: str) -> list[ColumnElement[bool]]:
     conds: list[ColumnElement[bool]] = []
     if f.q.strip():
         search = _search(f.q)
-        conds.append(
-            false() if search is None else calls.c.sid.in_(_matching_sids(search, dialect))
-        )
+        conds.append(false() if search is None else _matches(search, dialect))
     if digits := _number_digits(f.number):
         conds.append(or_(calls.c.from_number.contains(digits), calls.c.to_number.contains(digits)))
     if f.profile:
@@ -213,7 +216,18 @@ def conditions(f: CallFilter, dialect: str) -> list[ColumnElement[bool]]:
         conds.append(calls.c.ended_at.is_not(None))
     if f.outcome:
         conds.append(calls.c.end_reason == f.outcome)
+    # -- post-call insights --
+    if f.topic.strip():
+        conds.append(insights_search.label_condition("topic", f.topic))
+    if f.intent.strip():
+        conds.append(insights_search.label_condition("intent", f.intent))
     return conds
+
+
+def _matches(search: _Search, dialect: str) -> ColumnElement[bool]:
+    """A turn of the call matches, or its insights' summary, topics or intents do."""
+    in_insights = insights_search.matching_sids(search.fts5, search.websearch, dialect)
+    return or_(calls.c.sid.in_(_matching_sids(search, dialect)), calls.c.sid.in_(in_insights))
 
 
 # -- snippets ----------------------------------------------------------------------------
@@ -304,8 +318,9 @@ async def search_calls(engine: AsyncEngine, f: CallFilter) -> list[dict[str, Any
     ``max_latency_ms`` (None without latencies), ``live`` (``ended_at`` is None) and
     ``snippet``: None without ``q``; with ``q``, plain unescaped text of at most ~160
     characters from the call's best-ranked matching turn (ties: the earliest turn), taken
-    from its ``text``, or from ``heard`` when only that matched. Matched words are wrapped in
-    « and » (``MARK_START``/``MARK_END``), e.g. ``"…I'd like a «refund» for my order"``;
+    from its ``text``, or from ``heard`` when only that matched (None when only the call's
+    insights matched). Matched words are wrapped in « and » (``MARK_START``/``MARK_END``),
+    e.g. ``"…I'd like a «refund» for my order"``;
     "…" marks text left out. Matches follow each backend's stemming (``refunds`` query:
     ``«refund»`` marked). A « or » already in the transcript is passed through as is.
 

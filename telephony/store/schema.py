@@ -189,6 +189,9 @@ call_facts = Table(
 # Deepgram Text Intelligence (/v1/read) results per ended call (telephony/insights): the
 # worker's state ("pending", "done", "failed", "off") and what it read from the redacted
 # transcript. Lists are JSON: topics and intents as strings, turn_sentiments per bot/caller turn.
+# Post-call insights (telephony/insights/): one row per ended call of a profile with insights
+# on. status: pending | done | failed | off. search_text (summary, topics, intents) is indexed
+# for the list's search like turns (revision 0009: FTS5 / a GIN index).
 call_insights = Table(
     "call_insights",
     metadata,
@@ -200,9 +203,23 @@ call_insights = Table(
     Column("summary", Text, nullable=False, server_default=""),
     Column("sentiment", String(16), nullable=False, server_default=""),
     Column("sentiment_score", Double, nullable=True),
-    Column("topics", JSON, nullable=True),
+    Column("topics", JSON, nullable=True),  # [{"label", "confidence"}], most confident first
     Column("intents", JSON, nullable=True),
-    Column("turn_sentiments", JSON, nullable=True),
+    Column("turn_sentiments", JSON, nullable=True),  # [{"idx", "sentiment", "score"}]
+    Column("search_text", Text, nullable=False, server_default=""),
+)
+
+# The topics and intents of each call, one row per label: what the list's topic= and intent=
+# filters look up (a JSON column cannot be indexed the same way on both databases).
+call_insight_labels = Table(
+    "call_insight_labels",
+    metadata,
+    Column("call_sid", String(64), ForeignKey("calls.sid", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(8), nullable=False),  # topic | intent
+    Column("label", String(200), nullable=False),  # as Deepgram wrote it
+    Column("folded", String(200), nullable=False),  # casefolded: what filters compare
+    PrimaryKeyConstraint("call_sid", "kind", "folded", name="pk_call_insight_labels"),
+    Index("ix_call_insight_labels_kind_folded", "kind", "folded"),
 )
 
 
@@ -263,6 +280,8 @@ TABLES = (
     "latency_rollup",
     "call_rollup_hourly",
     "latency_rollup_hourly",
+    "call_insights",
+    "call_insight_labels",
 )
 
 

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
@@ -32,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from telephony.outcome import Outcome
 from telephony.store import instances
-from telephony.store.batch import Kind, Row, write_batch
+from telephony.store.batch import INSIGHTS, Kind, Row, insight_sids, write_batch
 from telephony.store.health import StoreHealth, describe, reopen
 from telephony.store.instances import Instance
 from telephony.store.keeper import Keeper, start_keeper
@@ -99,6 +100,9 @@ class TranscriptStore:
         self.health = StoreHealth()
         self.check_s = check_s
         self._wake = asyncio.Event()  # stop() wakes a writer holding its rows
+        # Told the SIDs of calls whose pending insights row was just committed (the insights
+        # worker's queue: it must not block). Runs on the writer task, never the call's.
+        self.on_insights: Callable[[list[str]], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -196,10 +200,12 @@ class TranscriptStore:
         duration_ms: int | None = None,
         mode: str | None = None,
         recording_path: str | None = None,
+        insights: bool = False,
     ) -> None:
         """``summary``: a ``CallSummary`` (or anything with its fields). ``mode`` and
         ``recording_path`` are written only when given (a recording is linked once its file
-        exists, which may be a second ``call_ended`` for the same call)."""
+        exists, which may be a second ``call_ended`` for the same call). ``insights``: the
+        profile wants post-call insights (a pending row is written with the end)."""
         ended_at = summary.ended_at or time.time()
         if duration_ms is None:
             stats = getattr(summary, "stats", None)
@@ -220,6 +226,8 @@ class TranscriptStore:
             values["mode"] = mode
         if recording_path is not None:
             values["recording_path"] = recording_path
+        if insights:
+            values[INSIGHTS] = True
         self._put("call_ended", values)
 
     def call_resumed(self, summary: Any) -> None:
@@ -400,6 +408,7 @@ class TranscriptStore:
                 return exc
         else:
             self.written += len(self._buffer) - len(unmatched)
+            self._ended_with_insights(self._buffer)
             self._buffer.clear()
             self._retry_status(unmatched)
             return None
@@ -424,8 +433,16 @@ class TranscriptStore:
                 log.error("transcript store rejected a %s row: %s", row.kind, describe(exc))
             else:
                 self.written += 1 - len(unmatched)
+                self._ended_with_insights([row])
                 self._retry_status(unmatched)
             self._buffer.pop(0)
+
+    def _ended_with_insights(self, rows: list[Row]) -> None:
+        if self.on_insights is not None and (sids := insight_sids(rows)):
+            try:
+                self.on_insights(sids)
+            except Exception:  # a listener's bug must not make a committed batch look failed
+                log.exception("insights listener failed; the calls stay pending")
 
     def _retry_status(self, rows: list[Row]) -> None:
         """Status callbacks whose call has no row yet: again in a while, or given up."""

@@ -50,6 +50,7 @@ from telephony.sim.deepgram.base import Assignment, ConnectionLog, Options, Sess
 from telephony.sim.deepgram.flux import FluxSession
 from telephony.sim.deepgram.flux_voiced import TextCursor, VoicedFluxSession
 from telephony.sim.deepgram.listen import ListenSession
+from telephony.sim.deepgram.read import FakeRead
 from telephony.sim.deepgram.script import Fault, Script
 from telephony.sim.deepgram.speak import SpeakSession
 
@@ -125,6 +126,7 @@ class FakeDeepgram(StartStop):
         refuse: Mapping[str, int] | None = None,
         log_audio: bool = True,
         tick_s: float = 0.05,
+        serve_read: bool = False,
     ) -> None:
         self.options = Options(
             api_key=api_key,
@@ -143,6 +145,11 @@ class FakeDeepgram(StartStop):
             tick_s=tick_s,
         )
         self.max_connections = max_connections
+        # Text Intelligence (POST /v1/read) needs an HTTP server of its own: started with this
+        # one when `serve_read`, at `read.url` (set DEEPGRAM_REST_URL to it): on the port after
+        # this one's when that was given, else on any free one.
+        self.read = FakeRead(api_key)
+        self.serve_read = serve_read
         self._refusals: dict[str, int] = dict(refuse or {})  # endpoint -> handshakes to refuse
         self.connections: list[ConnectionLog] = []
         self.rejections: list[Rejection] = []
@@ -174,8 +181,11 @@ class FakeDeepgram(StartStop):
         self._host = host
         self._port = self._server.sockets[0].getsockname()[1]
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
+        if self.serve_read:  # a fixed port (the next one) when this one was chosen
+            await self.read.start(host, port + 1 if port else 0)
 
     async def stop(self) -> None:
+        await self.read.stop()
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -380,11 +390,12 @@ async def serve_forever(
 ) -> None:
     """`script` for every connection; `tagged` scripts for connections with that tag (e.g.
     "staff": the transcribe mode's other side, as `telephony call` sets it)."""
-    fake = FakeDeepgram(api_key=api_key, script=script, realtime=realtime)
+    fake = FakeDeepgram(api_key=api_key, script=script, realtime=realtime, serve_read=True)
     for tag, tagged_script in (tagged or {}).items():
         fake.set_script(tag, tagged_script)
     await fake.start(host, port)
     print(f"fake Deepgram listening on {fake.url}", flush=True)
+    print(f"fake Deepgram /v1/read on {fake.read.url} (DEEPGRAM_REST_URL)", flush=True)
     try:
         await asyncio.Future()  # until cancelled
     finally:
