@@ -85,6 +85,11 @@ def event_sentence(kind: str, data: dict[str, Any] | None, ms: float) -> str:
         return f"{name} could not be kept: the call was handed over ({data.get('reason', '')})."
     if kind == "barge-in":
         return f"The caller spoke over the bot at {_clock(ms)}; its audio was cleared."
+    if kind == "nudge" and data.get("reprompt"):
+        after = data.get("after_s", "?")
+        return f"The caller said nothing for {after} s: reprompt {data['reprompt']}."
+    if kind == "idle-goodbye":
+        return "The caller stayed silent after every reprompt: the bot said goodbye and hung up."
     return ""
 
 

@@ -30,6 +30,7 @@ class Outcome(StrEnum):
     # only transcribe, either person did).
     CALLER_HANGUP = "caller-hangup"
     BOT_HANGUP = "bot-hangup"  # the bot (responder rule, end_call, session cap) hung up
+    IDLE_HANGUP = "idle-hangup"  # the caller said nothing through the reprompts (profile idle)
     TRANSFERRED = "transferred"  # the bot transferred the call to a person
     FAILOVER = "failover"  # Deepgram gave up: Twilio apologised and dialled or hung up
     MAX_DURATION = "max-duration"  # the profile's max_call_seconds ended it (or its transcription)
@@ -43,6 +44,7 @@ class Outcome(StrEnum):
 LABELS: dict[Outcome, str] = {
     Outcome.CALLER_HANGUP: "Caller hung up",
     Outcome.BOT_HANGUP: "Bot hung up",
+    Outcome.IDLE_HANGUP: "Caller silent",
     Outcome.TRANSFERRED: "Transferred",
     Outcome.FAILOVER: "Failed over",
     Outcome.MAX_DURATION: "Time limit",

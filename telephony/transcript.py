@@ -44,7 +44,8 @@ class EventKind(StrEnum):
     HANGUP = "hangup"
     TRANSFER = "transfer"
     HANDOVER = "handover"  # a transferred call's transcription continues the bot's transcript
-    NUDGE = "nudge"
+    NUDGE = "nudge"  # the caller was silent: a reprompt (session/idle.py)
+    IDLE_GOODBYE = "idle-goodbye"  # silent through every reprompt: goodbye, then hang-up
     REPLY_WATCHDOG = "reply-watchdog"
     ERROR = "error"
     # Deepgram links: one event per connection (telephony/session/link.py), and giving up

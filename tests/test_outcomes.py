@@ -136,7 +136,8 @@ async def run(call: Call) -> tuple[str, str]:
 def test_every_outcome_has_a_label() -> None:
     assert set(LABELS) == set(Outcome)
     assert [str(o) for o in Outcome] == [
-        *("caller-hangup", "bot-hangup", "transferred", "failover", "max-duration"),
+        *("caller-hangup", "bot-hangup", "idle-hangup", "transferred", "failover"),
+        "max-duration",
         *("drained", "refused", "error", "restart"),
     ]
     assert label("bot-hangup") == "Bot hung up" and label("stop") == "stop" and label("") == ""

@@ -50,6 +50,7 @@ from telephony.config.fields import (
     _timezone,
     between,
 )
+from telephony.config.idle import IdleConfig
 from telephony.config.insights import InsightsConfig
 from telephony.config.model import ConfigModel
 
@@ -269,6 +270,7 @@ class Profile(_Model):
     max_call_seconds: Annotated[int, Field(ge=1)] = 3600
     business_hours: BusinessHours | None = None
     insights: InsightsConfig = Field(default_factory=InsightsConfig)  # post-call /v1/read
+    idle: IdleConfig | None = None  # reprompt a silent caller, then hang up
 
     @field_validator("responder", "agent", "transcribe")
     @classmethod
@@ -290,6 +292,20 @@ class Profile(_Model):
                     "dial and queue are for transcribe mode; a flux or agent profile hands "
                     "over to transfer_number",
                 )
+        return value
+
+    @field_validator("idle")
+    @classmethod
+    def _idle(cls, value: IdleConfig | None, info: ValidationInfo) -> IdleConfig | None:
+        if value is None:
+            return value
+        if info.data.get("mode") == "transcribe":
+            raise PydanticCustomError("idle", "only for flux and agent profiles (a person answers)")
+        agent = info.data.get("agent")
+        if isinstance(agent, AgentConfig) and agent.silence_nudge_s is not None:
+            raise PydanticCustomError(
+                "idle", "replaces agent.silence_nudge_s: set one (idle.reprompt_after_s)"
+            )
         return value
 
     @field_validator("transcribe_after_transfer")

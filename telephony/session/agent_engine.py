@@ -34,9 +34,12 @@ from telephony.actions import FUNCTION_ACTIONS, Action
 from telephony.deepgram import messages as dm
 from telephony.deepgram.agent import AgentClient
 from telephony.http_pool import tls_context
+from telephony.outcome import Outcome
 from telephony.retry import Backoff
 from telephony.session.engine import CallContext
 from telephony.session.fallback import hand_over
+from telephony.session.idle import IdleWatch
+from telephony.session.idle import config_of as idle_config_of
 from telephony.session.link import Link
 from telephony.session.segments import Segment
 from telephony.session.speech import BotReply, BotSpeech
@@ -91,6 +94,7 @@ class AgentEngine:
         self._pending_action: Action | None = None  # end_call / transfer_call / session cap
         self._action_after = 0  # ...runs once a reply numbered >= this has played
         self._action_call: str | None = None  # the function call's id that asked for it
+        self._action_outcome: Outcome | None = None  # how it ends the call (bot-hangup)
         self._calls: dict[str, asyncio.Task[None]] = {}  # function calls not yet answered
         # The server's History as Settings context entries; None until the first arrives.
         self._history: list[dict[str, Any]] | None = None
@@ -100,7 +104,10 @@ class AgentEngine:
         self._last_sent: BotReply | None = None  # a reply a LatencyReport may still follow
         self._tasks = TaskSet(ctx.log)
         self._action_timer = self._tasks.timer("action-grace", self._action_grace_over)
-        self._nudge_timer = self._tasks.timer("nudge", self._nudge)
+        self.idle = IdleWatch(
+            ctx, idle_config_of(ctx.profile), self._tasks, say=self._say_idle, busy=self._busy
+        )
+        self.speech.on_quiet = self.idle.bot_quiet
         self._reply_timer = self._tasks.timer("reply-watchdog", self._reply_overdue)
         agent = ctx.profile.agent
         self._functions = {f.name: f for f in agent.functions} if agent else {}
@@ -178,6 +185,7 @@ class AgentEngine:
 
     def on_dtmf(self, ms: int, digit: str) -> None:
         self.ctx.transcript.event(ms, EventKind.DTMF, digit=digit)
+        self.idle.caller_active()
         self._tasks.spawn(self.client.inject_user_message(f"The caller pressed {digit}."), "dtmf")
 
     async def close(self) -> None:
@@ -222,7 +230,6 @@ class AgentEngine:
         reply.eot_ms, reply.eot_at = self._last_caller_end_ms, self._last_caller_end_at
         self._last_caller_end_ms = self._last_caller_end_at = None
         self._reply = reply
-        self._nudge_timer.cancel()
         return reply
 
     def _end_reply(self, *, complete: bool = True) -> None:
@@ -283,6 +290,7 @@ class AgentEngine:
 
     def _on_text(self, event: dm.ConversationText, ms: int) -> None:
         if event.role == "user":
+            self.idle.caller_active()
             start = self._user_started_ms if self._user_started_ms is not None else ms
             self.ctx.transcript.add_turn("caller", event.content, start, ms)
             self._watch_for_reply()
@@ -299,7 +307,7 @@ class AgentEngine:
 
     async def _barge_in(self, ms: int) -> None:
         self._user_started_ms = ms
-        self._nudge_timer.cancel()
+        self.idle.caller_active()
         if await self.speech.barge_in(ms):
             self._reply, self._segment = None, None
             if self._pending_action is not None:  # asked for, goodbye not yet spoken
@@ -312,13 +320,9 @@ class AgentEngine:
     def _reply_finished(self, reply: BotReply) -> None:
         if reply.cut_by in (CUT_BY_CALLER, CUT_BY_CALL_END):  # a drop still counts as said
             return
-        if self._pending_action is not None:
-            if reply.number >= self._action_after and not self.speech.audible:
-                self._run_pending_action()  # the goodbye said after the request has played
-            return
-        nudge_s = self.ctx.profile.agent.silence_nudge_s if self.ctx.profile.agent else None
-        if nudge_s:
-            self._nudge_timer.start(nudge_s)
+        pending = self._pending_action is not None
+        if pending and reply.number >= self._action_after and not self.speech.audible:
+            self._run_pending_action()  # the goodbye said after the request has played
 
     def _on_history(self, event: dm.History) -> None:
         entry = event.to_dict()
@@ -356,10 +360,22 @@ class AgentEngine:
         turn = reply.turn.index if reply is not None and reply.turn is not None else None
         self.ctx.transcript.event(ms, EventKind.LATENCY_REPORT, turn=turn, **report)
 
-    async def _nudge(self) -> None:
-        """Caller silence for N s after the bot finished playing: prompt them."""
-        self.ctx.transcript.event(self.ctx.now_ms(), EventKind.NUDGE)
-        await self.say(self.ctx.profile.agent.nudge_message)  # type: ignore[union-attr]
+    def _busy(self) -> bool:
+        """Not silence: the caller is speaking, the agent is thinking or speaking, or the call
+        is about to end."""
+        return (
+            self._user_started_ms is not None
+            or self._last_caller_end_ms is not None
+            or self._reply is not None
+            or bool(self.speech.active)
+            or self._pending_action is not None
+        )
+
+    async def _say_idle(self, text: str, final: bool) -> None:
+        """A reprompt, or the goodbye after which the call hangs up (idle.py)."""
+        if final:
+            self._request_action("hangup", outcome=Outcome.IDLE_HANGUP)
+        await self.say(text)
 
     # --- function calls ---------------------------------------------------------------------
 
@@ -412,17 +428,19 @@ class AgentEngine:
             return orjson.dumps({"error": f"HTTP {response.status_code}"}).decode()
         return response.text
 
-    def _request_action(self, action: Action, *, call_id: str | None = None) -> None:
+    def _request_action(
+        self, action: Action, *, call_id: str | None = None, outcome: Outcome | None = None
+    ) -> None:
         """Hang up / transfer after the next thing the agent says, or after a quiet grace."""
         self._pending_action, self._action_after = action, self.speech.started
-        self._action_call = call_id
+        self._action_call, self._action_outcome = call_id, outcome
         self._action_timer.start(ACTION_GRACE_S)
 
     def _run_pending_action(self) -> None:
         action, self._pending_action = self._pending_action, None
         self._action_timer.cancel()
         if action is not None:
-            self.speech.act(action)
+            self.speech.act(action, self._action_outcome)
 
     def _action_grace_over(self) -> None:
         """The goodbye came before the request, or none came: do not hold the line open."""

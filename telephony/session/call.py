@@ -163,13 +163,13 @@ class Call:
         if self._outcome is outcome and not self._ending:
             self._outcome, self._outcome_detail = None, ""
 
-    async def _rest_hang_up(self) -> None:
+    async def _rest_hang_up(self, outcome: Outcome = Outcome.BOT_HANGUP) -> None:
         if self._hang_up is not None:
-            self._mark(Outcome.BOT_HANGUP)
+            self._mark(outcome)
             try:
                 await self._hang_up(self.call_sid)
             except Exception:
-                self._unmark(Outcome.BOT_HANGUP)
+                self._unmark(outcome)
                 raise
 
     async def _rest_transfer(self, number: str) -> None:

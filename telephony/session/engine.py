@@ -65,7 +65,8 @@ class CallContext:
     transcript: Transcript
     log: CallLogger
     now_ms: Callable[[], int]  # the call's audio clock: end of the last caller frame received
-    hang_up: Callable[[], Awaitable[None]]  # REST hang-up (after the goodbye has played)
+    # REST hang-up (after the goodbye has played); the outcome is bot-hangup unless given
+    hang_up: Callable[..., Awaitable[None]]
     transfer: Callable[[str], Awaitable[None]]  # REST transfer to a number
     redirect: Callable[[str], Awaitable[None]]  # REST: run this TwiML on the call instead
     # How the call is ending, said before the REST action that ends it (hang_up and transfer

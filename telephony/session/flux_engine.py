@@ -28,12 +28,15 @@ from telephony.deepgram import messages as dm
 from telephony.deepgram.clock import CallClock
 from telephony.deepgram.flux import FluxClient, FluxOptions
 from telephony.deepgram.speak import SpeakClient
+from telephony.outcome import Outcome
 from telephony.responder import Responder
 from telephony.retry import Backoff
 from telephony.session.barge_in import Backchannels, SmartBargeIn
 from telephony.session.engine import CallContext
 from telephony.session.fallback import hand_over
 from telephony.session.flux_replies import FluxReplies
+from telephony.session.idle import IdleWatch
+from telephony.session.idle import config_of as idle_config_of
 from telephony.session.link import Link
 from telephony.session.tasks import TaskSet
 from telephony.session.upstream import Upstream
@@ -85,6 +88,14 @@ class FluxEngine:
             self._interrupt,
             lambda: self.replies.speaking,
         )
+        self.idle = IdleWatch(
+            ctx,
+            idle_config_of(ctx.profile),
+            self._tasks,
+            say=self._say_idle,
+            busy=lambda: self._turn_open or bool(self.replies.speech.active),
+        )
+        self.replies.speech.on_quiet = self.idle.bot_quiet
         self._turn_open = False
         self._dtmf: list[str] = []
         self._dtmf_timer = self._tasks.timer("dtmf", self._dtmf_entry)
@@ -131,6 +142,7 @@ class FluxEngine:
 
     def on_dtmf(self, ms: int, digit: str) -> None:
         self.ctx.transcript.event(ms, EventKind.DTMF, digit=digit)
+        self.idle.caller_active()
         self._dtmf.append(digit)
         self._dtmf_timer.start(0.0 if digit == "#" else DTMF_GAP_S)
 
@@ -293,6 +305,7 @@ class FluxEngine:
             self._last_update = ev.transcript
         if kind == "StartOfTurn":
             self._turn_open = True
+            self.idle.caller_active()
             self._turn_start_ms = self.clock.to_call_ms(ev.audio_window_start)
             await self.barge.start_of_turn(self._turn_start_ms, ev.transcript)
         elif kind == "EagerEndOfTurn":
@@ -310,6 +323,12 @@ class FluxEngine:
             self._last_turn_end_ms = self.clock.to_call_ms(ev.audio_window_end)
             self.upstream.forget_before(self._last_turn_end_ms)  # never replayed again
             await self._end_of_turn(ev)
+
+    def _say_idle(self, text: str, final: bool) -> None:
+        """A reprompt, or the goodbye after which the call hangs up (idle.py)."""
+        reply = self.replies.say_fixed(text, interruptible=True)
+        if final:
+            reply.action, reply.outcome = "hangup", Outcome.IDLE_HANGUP
 
     async def _interrupt(self, start_ms: int, why: str, decided_after_ms: int) -> None:
         """Barge-in for the turn that started at `start_ms`; how it was decided, for a smart

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar, overload
 
 from telephony.actions import Action
+from telephony.outcome import Outcome
 from telephony.session.engine import CallContext
 from telephony.session.segments import DEFAULT_MS_PER_CHAR, Ledger, Segment
 from telephony.session.tasks import TaskSet
@@ -39,6 +40,7 @@ class BotReply:
     text: list[str] = field(default_factory=list)  # what was generated, in order
     ledger: Ledger = field(default_factory=Ledger)
     action: Action = "none"
+    outcome: Outcome | None = None  # how a hang-up `action` ends the call (default bot-hangup)
     generated_done: bool = False  # no more text or audio will be added
     finished: bool = False
     eot_ms: int | None = None  # caller end of speech on the call clock
@@ -89,6 +91,8 @@ class BotSpeech:
         self.active: list[BotReply] = []
         self._owner: dict[str, BotReply] = {}  # segment name -> reply
         self._on_finished = on_finished
+        # The bot has stopped talking: a reply played out and none is under way (idle.py).
+        self.on_quiet: Callable[[], None] | None = None
         self._tasks = TaskSet(ctx.log, on_error=self._action_failed)
         # This call's speech rate, from segments whose audio arrived whole: how long the text
         # of a segment cut off at its source would have taken.
@@ -226,10 +230,14 @@ class BotSpeech:
             self._write_turn(reply, generated)
         if self._on_finished is not None:
             self._on_finished(reply)
+        ending = reply.action in ("hangup", "transfer") and reply.cut_by != CUT_BY_CALLER
+        quiet = not self.active and reply.cut_by not in (CUT_BY_CALLER, CUT_BY_CALL_END)
+        if quiet and not ending and self.on_quiet is not None:
+            self.on_quiet()
         if reply.action not in ("hangup", "transfer") or reply.cut_by == CUT_BY_CALL_END:
             return
         if reply.cut_by != CUT_BY_CALLER:  # played in full, or as far as its source got
-            self.act(reply.action)
+            self.act(reply.action, reply.outcome)
         else:  # the goodbye was cut off: the caller has more to say, stay on the line
             ms = reply.interrupted_at_ms
             assert ms is not None  # barge_in sets it with cut_by
@@ -270,15 +278,16 @@ class BotSpeech:
             turn.meta["finished_playing_ms"] = reply.last_played_ms
         transcript.close_turn(turn)
 
-    def act(self, action: Action) -> None:
-        """Hang up or transfer now (callers make sure the goodbye has played)."""
-        self._tasks.spawn(self._act(action), action)
+    def act(self, action: Action, outcome: Outcome | None = None) -> None:
+        """Hang up or transfer now (callers make sure the goodbye has played); a hang-up ends
+        the call as `outcome` (bot-hangup by default)."""
+        self._tasks.spawn(self._act(action, outcome), action)
 
-    async def _act(self, action: Action) -> None:
+    async def _act(self, action: Action, outcome: Outcome | None = None) -> None:
         ms = self.ctx.now_ms()
         if action == "hangup":
             self.ctx.transcript.event(ms, EventKind.HANGUP)
-            await self.ctx.hang_up()
+            await (self.ctx.hang_up(outcome) if outcome else self.ctx.hang_up())
             return
         number = self.ctx.profile.transfer_number
         if not number:
