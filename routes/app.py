@@ -94,6 +94,8 @@ def create_app(
         transcripts = TranscriptStore(
             settings.database_url, instance=instance, check_s=settings.store_check_s
         )
+        # The review queue's thresholds: the profile's in the YAML as it is when a call ends.
+        transcripts.review_for = lambda profile: store.current.review_for(profile)
         await transcripts.start()
         registry = CallRegistry()
         services = Services(

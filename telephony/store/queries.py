@@ -57,6 +57,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from telephony.outcome import Outcome
+from telephony.store.qa_filters import qa_columns, qa_conditions
 from telephony.store.schema import calls, events, turns
 
 __all__ = ["CallFilter", "count_calls", "get_call", "profiles_seen", "search_calls"]
@@ -86,6 +87,13 @@ class CallFilter:
     min_latency_ms: int | None = None  # calls having some turn with latency_ms >= this
     status: str = ""  # "" | "live" (ended_at IS NULL) | "ended"
     outcome: str = ""  # "" | an Outcome value: calls that ended so (end_reason)
+    # QA (telephony/store/qa_filters.py): a tag; one score row's scorer, range and pass/fail
+    tag: str = ""
+    scorer: str = ""
+    min_score: float | None = None
+    max_score: float | None = None
+    passed: bool | None = None
+    unreviewed: bool = False  # never marked reviewed, or flagged again since
     limit: int = 50
     offset: int = 0
 
@@ -213,7 +221,7 @@ def conditions(f: CallFilter, dialect: str) -> list[ColumnElement[bool]]:
         conds.append(calls.c.ended_at.is_not(None))
     if f.outcome:
         conds.append(calls.c.end_reason == f.outcome)
-    return conds
+    return conds + qa_conditions(f)
 
 
 # -- snippets ----------------------------------------------------------------------------
@@ -338,6 +346,7 @@ async def search_calls(engine: AsyncEngine, f: CallFilter) -> list[dict[str, Any
         stats = {sid: (n, i, lat) for sid, n, i, lat in await conn.execute(agg)}
         search = _search(f.q) if f.q.strip() else None
         snippets = await _snippets(conn, search, dialect, sids) if search else {}
+        qa = await qa_columns(conn, sids)
     for row in rows:
         n, i, lat = stats.get(row["sid"], (0, 0, None))
         row.update(
@@ -346,6 +355,7 @@ async def search_calls(engine: AsyncEngine, f: CallFilter) -> list[dict[str, Any
             max_latency_ms=None if lat is None else int(lat),
             live=row["ended_at"] is None,
             snippet=snippets.get(row["sid"]) if search else None,
+            qa=qa[row["sid"]],
         )
     return rows
 
