@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from routes import admin, admin_users, auth, dashboard, health, staff, twilio
+from routes import admin, admin_users, auth, dashboard, health, qa, staff, twilio
 from routes.fast_paths import log_fast_paths
 from routes.login_limiter import LoginLimiter
 from routes.security_headers import SecurityHeaders
@@ -145,6 +145,7 @@ def create_app(
             web_of(app).hash_pool.close()
 
     pages = [*auth.routes, *staff.routes, *dashboard.routes, *admin.routes, *admin_users.routes]
+    pages += qa.routes
     static = Mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app = Starlette(
         routes=[*health.routes, *twilio.routes, *pages, static],

@@ -28,6 +28,7 @@ from telephony.config import (
     check,
     load_config,
 )
+from telephony.config.qa import Criterion, QAConfig, ReviewConfig, Scorecard
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "infra" / "numbers.example.yaml"
 SECRET_HINT = "secrets come from the environment; name the variable with api_key_env"
@@ -104,6 +105,7 @@ def test_example_file_documents_every_field() -> None:
     text = EXAMPLE.read_text()
     models = [Config, Profile, LLMResponderConfig, ScriptedResponderConfig, ScriptRuleConfig]
     models += [FluxConfig, AgentConfig, AgentFunction, TranscribeConfig, BusinessHours]
+    models += [QAConfig, Scorecard, Criterion, ReviewConfig]
     missing = [f"{m.__name__}.{f}" for m in models for f in m.model_fields if f not in text]
     assert missing == []
 
@@ -452,7 +454,7 @@ def test_all_errors_are_reported_in_file_order(in_tmp: Path) -> None:
         "numbers.yaml:15: profiles.sales.recordings: unknown field (allowed: mode, greeting,"
         " greeting_interruptible, responder, voice, flux, agent, transcribe, on_failure,"
         " transfer_number, transcribe_after_transfer, recording, retention_days, redaction,"
-        " max_call_seconds, business_hours)",
+        " max_call_seconds, business_hours, review)",
     ]
 
 

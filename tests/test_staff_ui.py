@@ -64,7 +64,10 @@ PROTECTED_GETS = [
     "/admin",
     "/admin/audit",
     "/admin/users",
+    "/review",
 ]
+# QA's posts (routes/qa.py): their roles and CSRF are tested in test_qa_pages.py.
+QA_POSTS = [f"/calls/{SID}/{p}" for p in ("notes", "notes/1", "tags", "score", "reviewed")]
 ADMIN_ONLY = {"/admin", "/admin/audit", "/admin/users"}
 
 
@@ -107,7 +110,7 @@ async def test_anonymous_is_refused_everywhere(staff_app: RunningApp, path: str)
         assert "Refund" not in api.text and "refund" not in browser.text
 
 
-@pytest.mark.parametrize("path", ["/admin/reload", "/logout"])
+@pytest.mark.parametrize("path", ["/admin/reload", "/logout", *QA_POSTS])
 async def test_anonymous_posts_are_refused(staff_app: RunningApp, path: str) -> None:
     async with staff_app.http() as client:
         assert (await client.post(path, data={"csrf": "x"})).status_code == 401
@@ -128,6 +131,7 @@ def test_every_staff_route_is_in_the_role_table(staff_app: RunningApp) -> None:
     }
     tested = {p.replace(SID, "{sid}") for p in PROTECTED_GETS} | {"/admin/reload", "/logout"}
     tested |= {"/calls/{sid}/export.json", "/calls/{sid}/export.txt"}
+    tested |= {p.replace(SID, "{sid}").replace("notes/1", "notes/{note:int}") for p in QA_POSTS}
     paths = {r.path for r in staff_app.app.routes if isinstance(r, Route)}
     assert paths - open_paths - tested == set()
 

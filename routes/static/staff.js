@@ -139,11 +139,15 @@ function seekOnClick() {
     markCurrent(timeline, row);
     player.play().catch(() => {});  // autoplay may be refused; the seek stands
   }
+  // A turn's QA note controls (typing, buttons) are not a request to play.
+  const inQa = (ev) => ev.target.closest(".qa-turn") !== null;
   timeline.addEventListener("click", (ev) => {
+    if (inQa(ev)) return;
     const row = ev.target.closest("tr[data-ms]");
     if (row) seek(row);
   });
   timeline.addEventListener("keydown", (ev) => {
+    if (inQa(ev)) return;
     const row = ev.target.closest("tr[data-ms]");
     if (row && (ev.key === "Enter" || ev.key === " ")) {
       ev.preventDefault();

@@ -18,6 +18,7 @@ from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from telephony.outcome import label
+from telephony.store.qa_filters import qa_columns
 from telephony.store.queries import CallFilter, conditions
 from telephony.store.schema import call_facts, calls, turns
 
@@ -39,6 +40,12 @@ COLUMNS = (
     "reconnects",
     "reply_latency_mean_ms",
     "reply_latency_max_ms",
+    # QA: the call's tags (";"-separated) and its latest score (telephony/store/qa_filters.py)
+    "tags",
+    "score",
+    "passed",
+    "scorer",
+    "reviewed",
 )
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -99,12 +106,15 @@ async def csv_lines(engine: AsyncEngine, f: CallFilter) -> AsyncIterator[str]:
                 call_facts.c.reconnects,
             ).where(call_facts.c.sid.in_(sids))
             facts = {sid: (b, g, r) for sid, b, g, r in await conn.execute(facts_q)}
+            qa = await qa_columns(conn, sids)
         out = io.StringIO()
         writer = csv.writer(out)
         for r in rows:
             n, avg, mx = stats.get(r["sid"], (0, None, None))
             bot_turns, barge_ins, reconnects = facts.get(r["sid"], ("", "", ""))
             duration = r["duration_ms"]
+            q = qa[r["sid"]]
+            scored = q["score"] or {}
             writer.writerow(
                 [
                     _cell(v)
@@ -125,6 +135,11 @@ async def csv_lines(engine: AsyncEngine, f: CallFilter) -> AsyncIterator[str]:
                         reconnects,
                         "" if avg is None else round(float(avg)),
                         "" if mx is None else mx,
+                        ";".join(q["tags"]),
+                        "" if not scored else f"{scored['score']:g}",
+                        "" if not scored else ("yes" if scored["passed"] else "no"),
+                        scored.get("scorer", ""),
+                        "yes" if q["reviewed"] and not q["flags"] else "no",
                     )
                 ]
             )
