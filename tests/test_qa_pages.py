@@ -18,7 +18,7 @@ from routes.auth import User
 from telephony import cli
 from telephony.cli_users import ROLE_CHOICES
 from telephony.outcome import Outcome
-from telephony.store.schema import audit_log, call_notes, make_engine, upgrade
+from telephony.store.schema import audit_log, call_notes, make_engine, review_flags, upgrade
 from telephony.store.users import ROLES, add_user, at_least, authenticate
 from telephony.transcript import Event, Turn
 from tests.conftest import NUMBERS_YAML, RunningApp
@@ -284,3 +284,49 @@ async def test_admins_make_supervisors_and_supervisors_are_not_admins(
         assert (await sup.get("/admin/users")).status_code == 403
         assert (await sup.get("/admin")).status_code == 403
         assert (await sup.get("/review")).status_code == 200
+
+
+async def test_the_writer_flags_with_the_yamls_thresholds_as_it_is_at_the_end(
+    qa_app: RunningApp,
+) -> None:
+    """The app wires its transcript store to the YAML in use: a reload applies to the next end."""
+    services = qa_app.app.state.services
+    assert services.transcripts.review_for("support") == services.config.current.review_for(
+        "support"
+    )
+    assert services.transcripts.review_for("support").latency_ms == 1500
+    strict = NUMBERS_YAML.replace(
+        "  support:\n    mode: flux\n",
+        "  support:\n    mode: flux\n    review: {latency_ms: 100}\n",
+    )
+    assert strict != NUMBERS_YAML
+    qa_app.yaml_path.write_text(strict + QA_YAML)
+    assert services.config.reload()
+    assert services.transcripts.review_for("support").latency_ms == 100
+
+
+def test_the_cli_backfills_flags(
+    database: str, numbers_yaml: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    monkeypatch.setenv("TELEPHONY_CONFIG", str(numbers_yaml))
+    asyncio.run(upgrade(database))
+    asyncio.run(store_call(database, SLOW, turns=TURNS, started_at=1_800_000_000.0))
+
+    async def wipe() -> None:
+        engine = make_engine(database)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(review_flags.delete())
+        finally:
+            await engine.dispose()
+
+    asyncio.run(wipe())  # as a call ended before revision 0010
+    assert cli.main(["qa", "flag", "--since", "2027-01-01"]) == 0
+    assert "1 ended calls looked at; 1 flagged for review" in capsys.readouterr().out
+    assert cli.main(["qa", "flag", "--since", "2030-01-01"]) == 0  # after the call: none
+    assert "0 ended calls looked at; 0 flagged" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as usage:
+        cli.main(["qa", "flag", "--since", "yesterday"])
+    assert usage.value.code == 2 and "YYYY-MM-DD" in capsys.readouterr().err
+    assert [a for _, a, _ in asyncio.run(qa_audit(database))] == ["qa.flag", "qa.flag"]
