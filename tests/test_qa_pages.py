@@ -163,6 +163,8 @@ async def test_a_supervisor_tags_scores_and_reviews_from_the_call_page(
         assert "tag+follow-up+added" in tagged.headers["location"]
         made_up = await post(sup, f"{page}/tags", page, tag="made-up")
         assert "qa_error=not+one+of+the+configured+tags" in made_up.headers["location"]
+        other = await post(sup, f"{page}/score", page, scorecard="sales-only", **{"c.upsell": "on"})
+        assert "not+a+scorecard+for+profile+support" in other.headers["location"]
         scored = await post(sup, f"{page}/score", page, scorecard="basic", **{"c.solve": "on"})
         assert "basic%3A+75+%2F+100%2C+pass" in scored.headers["location"]
         done = await post(sup, f"{page}/reviewed", page)

@@ -266,6 +266,9 @@ async def test_a_score_is_weighted_and_rescoring_replaces_it_with_old_and_new_au
     await save_score(db.engine, "CAclean", "basic", CARD, {"greet": True, "solve": True}, "boss")
     with pytest.raises(QAError, match="not criteria"):
         await save_score(db.engine, "CAclean", "basic", CARD, {"made_up": True}, "sup")
+    sales_only = Scorecard(criteria=CARD.criteria, profiles=["sales"])
+    with pytest.raises(QAError, match="not a scorecard for profile support"):
+        await save_score(db.engine, "CAclean", "pitch", sales_only, {"greet": True}, "sup")
     scores = await scores_of(db.engine, "CAclean")
     assert sorted((s["scorer"], s["score"]) for s in scores) == [("boss", 100.0), ("sup", 75.0)]
     rows = await audit_of(db.engine)

@@ -32,7 +32,8 @@ async def save_score(
     scorer: str,
 ) -> dict[str, Any]:
     """Score the call with scorecard `name` (`card`: its current definition); the stored row.
-    Answers for criteria the card does not have are refused; a criterion left out is not met."""
+    Answers for criteria the card does not have are refused, as is a card for other profiles;
+    a criterion left out is not met."""
     ids = {c.id for c in card.criteria}
     if unknown := sorted(set(answers) - ids):
         raise QAError(f"not criteria of {name}: {', '.join(unknown)}")
@@ -49,8 +50,11 @@ async def save_score(
     }
     key = (call_scores.c.call_sid == sid, call_scores.c.scorecard == name)
     async with engine.begin() as conn:
-        if (await conn.execute(select(calls.c.sid).where(calls.c.sid == sid))).first() is None:
+        profile = (await conn.execute(select(calls.c.profile).where(calls.c.sid == sid))).first()
+        if profile is None:
             raise QAError("no such call")
+        if not card.applies_to(profile[0]):
+            raise QAError(f"{name} is not a scorecard for profile {profile[0] or '(none)'}")
         old = await conn.execute(select(call_scores).where(*key, call_scores.c.scorer == scorer))
         before = old.first()
         stmt = dialect_insert(engine.dialect.name, call_scores)
