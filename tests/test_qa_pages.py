@@ -17,7 +17,10 @@ from sqlalchemy import select
 from routes.auth import User
 from telephony import cli
 from telephony.cli_users import ROLE_CHOICES
+from telephony.demo import run_offline_call
 from telephony.outcome import Outcome
+from telephony.sim.deepgram_server import Script, ScriptedTurn
+from telephony.store.review_queue import flags_for
 from telephony.store.schema import audit_log, call_notes, make_engine, review_flags, upgrade
 from telephony.store.users import ROLES, add_user, at_least, authenticate
 from telephony.transcript import Event, Turn
@@ -332,3 +335,27 @@ def test_the_cli_backfills_flags(
         cli.main(["qa", "flag", "--since", "yesterday"])
     assert usage.value.code == 2 and "YYYY-MM-DD" in capsys.readouterr().err
     assert [a for _, a, _ in asyncio.run(qa_audit(database))] == ["qa.flag", "qa.flag"]
+
+
+async def test_a_real_call_is_flagged_by_its_profiles_phrases(
+    tmp_path: Path, database: str
+) -> None:
+    """Through the app and the fakes: the writer flags the call with the YAML's `review:`."""
+    head = "  support:\n    mode: flux\n"
+    yaml = NUMBERS_YAML.replace(head, head + "    review: {human_phrases: [manager]}\n")
+    config = tmp_path / "review.yaml"
+    config.write_text(yaml + QA_YAML)
+    said = ScriptedTurn(start_ms=1500, end_ms=2600, text="I want your manager")
+    result = await run_offline_call(
+        number="+15550001000", script=Script(turns=[said]), config_path=config,
+        max_call_ms=6_000, hang_up_after_reply_s=0.5,
+    )  # fmt: skip
+    assert result.summary is not None
+    engine = make_engine(database)
+    try:
+        flags = await flags_for(engine, result.summary.call_sid)
+    finally:
+        await engine.dispose()
+    assert [(f["rule"], f["detail"]) for f in flags] == [
+        ("human", 'caller turn #1: "I want your manager"')
+    ]
