@@ -309,12 +309,13 @@ async def search_calls(engine: AsyncEngine, f: CallFilter) -> list[dict[str, Any
     """One page of calls matching ``f``, newest first (``started_at`` desc, then ``sid``).
 
     Each dict has every ``calls`` column plus ``turn_count``, ``interrupted_count``,
-    ``max_latency_ms`` (None without latencies), ``live`` (``ended_at`` is None) and
-    ``snippet``: None without ``q``; with ``q``, plain unescaped text of at most ~160
-    characters from the call's best-ranked matching turn (ties: the earliest turn), taken
-    from its ``text``, or from ``heard`` when only that matched. Matched words are wrapped in
-    « and » (``MARK_START``/``MARK_END``), e.g. ``"…I'd like a «refund» for my order"``;
-    "…" marks text left out. Matches follow each backend's stemming (``refunds`` query:
+    ``max_latency_ms`` (None without latencies), ``live`` (``ended_at`` is None), ``qa`` (its
+    tags, latest score, reviewed and open flags: ``qa_filters.qa_columns``) and ``snippet``:
+    None without ``q``; with ``q``, plain unescaped text of at most ~160 characters from the
+    call's best-ranked matching turn (ties: the earliest turn), taken from its ``text``, or
+    from ``heard`` when only that matched. Matched words are wrapped in « and »
+    (``MARK_START``/``MARK_END``), e.g. ``"…I'd like a «refund» for my order"``; "…" marks
+    text left out. Matches follow each backend's stemming (``refunds`` query:
     ``«refund»`` marked). A « or » already in the transcript is passed through as is.
 
     See the module docstring for the search grammar and backend differences. Raises
