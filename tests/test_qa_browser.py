@@ -117,3 +117,30 @@ async def test_a_supervisor_reviews_a_call_and_the_list_finds_it(
     await expect(page.locator("#total")).to_have_text("1")
     await expect(page.locator(f'#queue tr[data-sid="{SID}"]')).to_have_count(0)
     assert errors == []
+
+
+async def test_a_note_on_a_live_calls_turn_survives_the_timelines_refresh(
+    running_app: RunningApp,
+    database: str,
+    browser: Browser,  # noqa: F811
+) -> None:
+    engine = make_engine(database)
+    try:
+        await add_user(engine, *SUPERVISOR)
+    finally:
+        await engine.dispose()
+    live = [Turn(0, "caller", "hello?", 0, 900)]
+    await store_call(database, SID, turns=live, ended=False)
+    base = running_app.url
+    page = await browser.new_page()
+    await log_in(page, base, SUPERVISOR, f"/calls/{SID}")
+    await expect(page.locator("#timeline")).to_have_attribute("data-poll", f"/calls/{SID}/timeline")
+    turn = page.locator("#turn-0")
+    await turn.get_by_text("note", exact=True).click()
+    await turn.get_by_label("Note on turn 0").fill("Caller sounds confused.")
+    async with page.expect_response(f"{base}/calls/{SID}/timeline"):  # one refresh (3 s)
+        pass
+    await page.wait_for_timeout(200)  # the refresh applied
+    await expect(turn.get_by_label("Note on turn 0")).to_have_value("Caller sounds confused.")
+    await turn.get_by_role("button", name="Add note").click()
+    await expect(page.locator("#turn-0 .qa-note")).to_contain_text("Caller sounds confused.")
