@@ -16,7 +16,7 @@ from telephony.transcript import Turn
 from tests.conftest import NUMBERS_YAML, RunningApp
 from tests.staff_helpers import store_call
 from tests.test_qa_pages import QA_YAML, SUPERVISOR
-from tests.test_staff_browser import browser, log_in  # noqa: F401  (the Chromium fixture)
+from tests.test_staff_browser import ARTIFACTS, browser, log_in  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
 
@@ -96,6 +96,8 @@ async def test_a_supervisor_reviews_a_call_and_the_list_finds_it(
 
     await panel.get_by_role("button", name="Mark reviewed").click()
     await expect(page.locator("#qa-reviewed")).to_contain_text("Reviewed by sam")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "qa-call-page.png"), full_page=True)
 
     # The list: tag, result, scorer and "not yet reviewed" filters.
     await page.goto(base + "/calls")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from telephony.config import ConfigError, ConfigStore, parse_config_text
+from telephony.config import ConfigError, ConfigStore, check, parse_config_text
 from telephony.config.qa import Criterion, ReviewConfig, Scorecard
 
 BASE = """\
@@ -102,3 +102,10 @@ def test_a_reload_picks_up_new_tags_and_scorecards(tmp_path: Path) -> None:
     path.write_text(BASE + "qa:\n  tags: [Bad Tag]\n")
     assert not store.reload()  # a broken file keeps the previous tags
     assert store.current.qa.tags == ["vip"] and "qa.tags[0]" in (store.last_error or "")
+
+
+def test_config_check_summarises_the_qa_block() -> None:
+    example = Path(__file__).resolve().parent.parent / "infra" / "numbers.example.yaml"
+    ok, text = check(example)
+    assert ok, text
+    assert "call review: 4 tags; scorecards: service, sales-pitch" in text
