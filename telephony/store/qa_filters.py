@@ -22,8 +22,10 @@ if TYPE_CHECKING:
 
 def qa_conditions(f: CallFilter) -> list[ColumnElement[bool]]:
     conds: list[ColumnElement[bool]] = []
+    # IN (the few tagged or scored calls), not EXISTS probed per call: read from the tags'
+    # and scores' own indexes, the cost follows the matches, not the calls.
     if f.tag:
-        conds.append(exists().where(call_tags.c.call_sid == calls.c.sid, call_tags.c.tag == f.tag))
+        conds.append(calls.c.sid.in_(select(call_tags.c.call_sid).where(call_tags.c.tag == f.tag)))
     score: list[ColumnElement[bool]] = []
     if f.scorer:
         score.append(call_scores.c.scorer == f.scorer)
@@ -34,7 +36,7 @@ def qa_conditions(f: CallFilter) -> list[ColumnElement[bool]]:
     if f.passed is not None:
         score.append(call_scores.c.passed == f.passed)
     if score:
-        conds.append(exists().where(and_(call_scores.c.call_sid == calls.c.sid, *score)))
+        conds.append(calls.c.sid.in_(select(call_scores.c.call_sid).where(and_(*score))))
     if f.unreviewed:
         reviewed = exists().where(call_reviews.c.call_sid == calls.c.sid)
         conds.append(or_(not_(reviewed), open_flag()))

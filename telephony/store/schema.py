@@ -293,10 +293,18 @@ review_flags = Table(
     Column("call_sid", String(64), ForeignKey("calls.sid", ondelete="CASCADE"), nullable=False),
     Column("rule", String(32), nullable=False),
     Column("detail", Text, nullable=False, server_default=""),
-    Column("flagged_at", Double, nullable=False, index=True),  # epoch s
+    Column("flagged_at", Double, nullable=False),  # epoch s
     Column("reviewed_by", String(128), nullable=True),
     Column("reviewed_at", Double, nullable=True),  # epoch s; None: in the queue
     PrimaryKeyConstraint("call_sid", "rule", name="pk_review_flags"),
+)
+# The queue: open flags only (a small set however many calls were reviewed), by rule.
+Index(
+    "ix_review_flags_open",
+    review_flags.c.rule,
+    review_flags.c.call_sid,
+    sqlite_where=review_flags.c.reviewed_at.is_(None),
+    postgresql_where=review_flags.c.reviewed_at.is_(None),
 )
 call_reviews = Table(
     "call_reviews",

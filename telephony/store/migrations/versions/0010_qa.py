@@ -69,7 +69,14 @@ def upgrade() -> None:
         sa.Column("reviewed_at", sa.Double, nullable=True),
         sa.PrimaryKeyConstraint("call_sid", "rule", name="pk_review_flags"),
     )
-    op.create_index("ix_review_flags_flagged_at", "review_flags", ["flagged_at"])
+    open_only = sa.text("reviewed_at IS NULL")
+    op.create_index(
+        "ix_review_flags_open",
+        "review_flags",
+        ["rule", "call_sid"],
+        sqlite_where=open_only,
+        postgresql_where=open_only,
+    )
     op.create_table(
         "call_reviews",
         _call_sid(primary_key=True),
@@ -80,7 +87,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("call_reviews")
-    op.drop_index("ix_review_flags_flagged_at", "review_flags")
+    op.drop_index("ix_review_flags_open", "review_flags")
     op.drop_table("review_flags")
     op.drop_index("ix_call_scores_scorer", "call_scores")
     op.drop_table("call_scores")
