@@ -8,7 +8,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, insert, select
+from alembic import command
+from sqlalchemy import Connection, delete, insert, inspect, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from telephony.config.qa import Criterion, ReviewConfig, Scorecard
@@ -19,7 +20,7 @@ from telephony.store.qa_scores import save_score, scores_of
 from telephony.store.qa_tags import add_tag, remove_tag, tags_of
 from telephony.store.queries import CallFilter, count_calls, search_calls
 from telephony.store.review_queue import backfill, flags_for, mark_reviewed, queue
-from telephony.store.schema import audit_log, calls, review_flags, turns
+from telephony.store.schema import alembic_config, audit_log, calls, review_flags, turns
 from telephony.store.transcripts import TranscriptStore
 from telephony.transcript import Event, Turn
 from tests import test_store
@@ -321,3 +322,23 @@ async def test_the_queue_lists_open_flags_newest_first_by_rule_and_profile(db: D
     assert review["target"] == "CAhuman" and review["detail"] == {"flags": ["human"]}
     with pytest.raises(QAError):
         await mark_reviewed(db.engine, "CAnope", "sup")
+
+
+QA_TABLES = {"call_notes", "call_tags", "call_scores", "review_flags", "call_reviews"}
+
+
+async def test_revision_0010_goes_down_and_up_again(db: Db) -> None:
+    def tables(conn: Connection) -> set[str]:
+        return set(inspect(conn).get_table_names()) & QA_TABLES
+
+    def down_and_up(conn: Connection) -> tuple[set[str], set[str]]:
+        cfg = alembic_config()
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0009_insights")
+        down = tables(conn)
+        command.upgrade(cfg, "head")
+        return down, tables(conn)
+
+    async with db.engine.begin() as conn:
+        assert await conn.run_sync(tables) == QA_TABLES
+        assert await conn.run_sync(down_and_up) == (set(), QA_TABLES)
