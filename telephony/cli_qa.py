@@ -8,7 +8,7 @@ import argparse
 import sys
 from datetime import UTC, date, datetime
 
-from telephony.cli_usage import UsageError, checked_settings, database_errors
+from telephony.cli_usage import checked_settings, database_errors
 
 
 def _since(text: str) -> float:
@@ -59,6 +59,3 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     flag.add_argument("--since", type=_since, required=True, metavar="YYYY-MM-DD")
     flag.set_defaults(func=_qa_flag)
-
-
-__all__ = ["UsageError", "add_commands"]
