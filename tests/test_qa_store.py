@@ -20,6 +20,7 @@ from telephony.store.qa_scores import save_score, scores_of
 from telephony.store.qa_tags import add_tag, remove_tag, tags_of
 from telephony.store.queries import CallFilter, count_calls, search_calls
 from telephony.store.review_queue import backfill, flags_for, mark_reviewed, queue
+from telephony.store.review_rules import flags_of
 from telephony.store.schema import alembic_config, audit_log, calls, review_flags, turns
 from telephony.store.transcripts import TranscriptStore
 from telephony.transcript import Event, Turn
@@ -88,6 +89,16 @@ CALLS: dict[str, tuple[str, list[Turn], list[Event]]] = {
         "caller-hangup",
         [Turn(0, "caller", "Can I talk to a Real  Person please", 0, 900), bot(1, 1000)],
         [],
+    ),
+    "CAhandedover": (  # said to the person who took the call, not to the bot
+        "transferred",
+        [
+            hello(),
+            bot(1, 500),
+            Turn(2, "caller", "thanks, you are a real person", 3000, 3900),
+            Turn(3, "staff", "I am", 4000, 4500),
+        ],
+        [Event(2500, "handover", {"to": "+15550009999"})],
     ),
     "CAmanagement": (  # "agents" and "humanity" are not the whole words
         "caller-hangup",
@@ -342,3 +353,14 @@ async def test_revision_0010_goes_down_and_up_again(db: Db) -> None:
     async with db.engine.begin() as conn:
         assert await conn.run_sync(tables) == QA_TABLES
         assert await conn.run_sync(down_and_up) == (set(), QA_TABLES)
+
+
+def test_a_person_is_asked_for_only_while_the_bot_has_the_call() -> None:
+    said = [{"idx": 0, "role": "caller", "text": "put me through to an operator", "start_ms": 0,
+             "interrupted": False, "latency_ms": None, "meta": None}]  # fmt: skip
+    call = {"end_reason": "caller-hangup", "end_detail": "", "mode": "flux"}
+    assert "human" in flags_of(call, said, [], ReviewConfig())
+    transcribed = {**call, "mode": "transcribe"}  # the caller talks to a person throughout
+    assert flags_of(transcribed, said, [], ReviewConfig()) == {}
+    handed_over = [("handover", {}, 0)]  # from the start of the turn on: a person's call
+    assert "human" not in flags_of(call, said, handed_over, ReviewConfig())

@@ -83,12 +83,13 @@ def refresh_flags_sync(
     )
     for t in conn.execute(select(*tcols).where(turns.c.call_sid.in_(list(ended)))):
         turns_of[t.call_sid].append(t._mapping)
-    kinds_of: dict[str, list[tuple[str, Any]]] = {sid: [] for sid in ended}
-    failed = select(events.c.call_sid, events.c.kind, events.c.data).where(
-        events.c.call_sid.in_(list(ended)), events.c.kind == str(EventKind.UPSTREAM_FAILED)
+    events_of: dict[str, list[tuple[str, Any, int]]] = {sid: [] for sid in ended}
+    wanted_kinds = [str(EventKind.UPSTREAM_FAILED), str(EventKind.HANDOVER)]
+    found = select(events.c.call_sid, events.c.kind, events.c.data, events.c.ms).where(
+        events.c.call_sid.in_(list(ended)), events.c.kind.in_(wanted_kinds)
     )
-    for e in conn.execute(failed):
-        kinds_of[e.call_sid].append((e.kind, e.data))
+    for e in conn.execute(found):
+        events_of[e.call_sid].append((e.kind, e.data, e.ms))
     old: dict[str, dict[str, Mapping[Any, Any]]] = {sid: {} for sid in ended}
     for f in conn.execute(select(review_flags).where(review_flags.c.call_sid.in_(list(ended)))):
         old[f.call_sid][f.rule] = f._mapping
@@ -97,7 +98,7 @@ def refresh_flags_sync(
     flagged = 0
     for sid, call in ended.items():
         try:
-            new = flags_of(call, turns_of[sid], kinds_of[sid], review_for(call["profile"] or ""))
+            new = flags_of(call, turns_of[sid], events_of[sid], review_for(call["profile"] or ""))
         except Exception:  # a surprise in QA must never cost the transcript its write
             log.exception("review flags not computed for %s", sid)
             continue

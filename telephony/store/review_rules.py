@@ -6,7 +6,8 @@ the call's stored row, turns and events and its profile's thresholds (`review:` 
   (the call page marks the same turns);
 - `latency`: a bot reply slower than the profile's `latency_ms`;
 - `barge-ins`: the caller spoke over the bot at least `barge_ins` times;
-- `human`: a caller turn with one of the profile's `human_phrases` (whole words).
+- `human`: a caller turn with one of the profile's `human_phrases` (whole words), said to the
+  bot: not in transcribe mode, nor after a handover (the caller is talking to a person then).
 """
 
 from __future__ import annotations
@@ -50,12 +51,15 @@ def _quote(text: str) -> str:
 def flags_of(
     call: Mapping[Any, Any],
     turns: list[Mapping[Any, Any]],
-    kinds: Iterable[tuple[str, Mapping[Any, Any] | None]],
+    events: Iterable[tuple[str, Mapping[Any, Any] | None, int]],
     review: ReviewConfig,
 ) -> dict[str, str]:
-    """The rules an ended call trips, each with a short reason a supervisor reads."""
+    """The rules an ended call trips, each with a short reason a supervisor reads. `events`:
+    (kind, data, ms) of its upstream-failed and handover events."""
     flags: dict[str, str] = {}
-    failed = [data or {} for kind, data in kinds if kind == EventKind.UPSTREAM_FAILED]
+    events = list(events)
+    failed = [data or {} for kind, data, _ in events if kind == EventKind.UPSTREAM_FAILED]
+    handover = min((ms for kind, _, ms in events if kind == EventKind.HANDOVER), default=None)
     if call["end_reason"] == Outcome.FAILOVER or failed:
         why = failed[0] if failed else {}
         parts = [str(why.get("endpoint", "")), str(why.get("reason", ""))]
@@ -72,9 +76,11 @@ def flags_of(
     )
     if review.barge_ins is not None and barge_ins >= review.barge_ins:
         flags["barge-ins"] = f"{barge_ins} barge-ins (threshold {review.barge_ins})"
-    pattern = review.human_re
+    pattern = review.human_re if call.get("mode") in BOT_MODES else None
     if pattern is not None:
-        for t in turns:
+        for t in in_order:
+            if handover is not None and t["start_ms"] >= handover:
+                break  # a person has the call from here
             if t["role"] == "caller" and pattern.search(t["text"] or ""):
                 flags["human"] = f'caller turn #{t["idx"]}: "{_quote(t["text"])}"'
                 break
