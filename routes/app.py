@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from routes import admin, admin_users, auth, dashboard, health, staff, twilio
+from routes import admin, admin_users, auth, dashboard, health, qa, staff, twilio
 from routes.fast_paths import log_fast_paths
 from routes.login_limiter import LoginLimiter
 from routes.security_headers import SecurityHeaders
@@ -115,6 +115,8 @@ def create_app(
         transcripts = TranscriptStore(
             settings.database_url, instance=instance, check_s=settings.store_check_s
         )
+        # The review queue's thresholds: the profile's in the YAML as it is when a call ends.
+        transcripts.review_for = lambda profile: store.current.review_for(profile)
         await transcripts.start()
         registry = CallRegistry()
         services = Services(
@@ -169,6 +171,7 @@ def create_app(
             web_of(app).hash_pool.close()
 
     pages = [*auth.routes, *staff.routes, *dashboard.routes, *admin.routes, *admin_users.routes]
+    pages += qa.routes
     static = Mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app = Starlette(
         routes=[*health.routes, *twilio.routes, *pages, static],

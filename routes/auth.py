@@ -34,7 +34,7 @@ from routes.state import services_of, web_of
 from routes.templates import render
 from telephony.store import audit
 from telephony.store.hashing import HashBusy
-from telephony.store.users import Role, authenticate, end_session, session_role
+from telephony.store.users import Role, at_least, authenticate, end_session, session_role
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,11 @@ class User:
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+    @property
+    def is_supervisor(self) -> bool:
+        """A supervisor or an admin: may tag, score and mark calls reviewed."""
+        return at_least(self.role, "supervisor")
 
 
 class SessionKeys:
@@ -135,13 +140,14 @@ def _wants_html(request: Request) -> bool:
     return "text/html" in request.headers.get("accept", "")
 
 
-def _forbidden(request: Request, user: User) -> Response:
+def forbidden(request: Request, user: User, message: str) -> Response:
     log.warning("staff UI: %s (%s) refused %s", user.name, user.role, request.url.path)
-    return render(request, "error.html", {"message": "Admins only."}, status_code=403, user=user)
+    return render(request, "error.html", {"message": message}, status_code=403, user=user)
 
 
 def require(role: Role = "staff") -> Callable[[Handler], Handler]:
-    """Page decorator: anonymous -> login (401 for non-HTML clients); wrong role -> 403."""
+    """Page decorator: anonymous -> login (401 for non-HTML clients); a role below `role`
+    (admin ⊇ supervisor ⊇ staff) -> 403."""
 
     def decorate(handler: Handler) -> Handler:
         async def guarded(request: Request) -> Response:
@@ -153,8 +159,8 @@ def require(role: Role = "staff") -> Callable[[Handler], Handler]:
                     )
                     return RedirectResponse(f"/login?next={target}", status_code=303)
                 return Response("login required", status_code=401)
-            if role == "admin" and not user.is_admin:
-                return _forbidden(request, user)
+            if not at_least(user.role, role):
+                return forbidden(request, user, f"{role.capitalize()}s only.")
             request.state.user = user
             return await handler(request)
 

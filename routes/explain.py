@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from telephony.store.export import Item
+from telephony.store.review_rules import unanswered_turns
 from telephony.transcript import CONNECTION_KINDS
 
 ENDPOINTS = {
@@ -25,7 +26,6 @@ AGENT_STAGES = (
     ("tts_ms", "text to speech's first audio"),
     ("total_ms", "end of speech to first audio, in all"),
 )
-BOT_MODES = ("flux", "agent")
 
 
 def _ms(value: float) -> str:
@@ -95,16 +95,5 @@ def event_sentence(kind: str, data: dict[str, Any] | None, ms: float) -> str:
 
 def unanswered(items: list[Item], mode: str) -> set[int]:
     """Caller turns (by index) in a bot call that no bot turn followed before the caller spoke
-    again or the call ended. Backchannels ("mm-hmm" over the bot) expect no answer."""
-    if mode not in BOT_MODES:
-        return set()
-    turns = [
-        i.turn
-        for i in items
-        if i.turn is not None and not (i.turn.get("meta") or {}).get("backchannel")
-    ]
-    out: set[int] = set()
-    for here, after in zip(turns, [*turns[1:], None], strict=True):
-        if here["role"] == "caller" and (after is None or after["role"] == "caller"):
-            out.add(here["idx"])
-    return out
+    again or the call ended: the review queue's rule (telephony/store/review_rules.py)."""
+    return unanswered_turns([i.turn for i in items if i.turn is not None], mode)

@@ -33,6 +33,7 @@ from starlette.routing import Route
 from routes import insights_view
 from routes.auth import require
 from routes.explain import unanswered
+from routes.qa import parse_qa_filters, qa_context
 from routes.state import services_of
 from routes.templates import render
 from telephony.outcome import LABELS
@@ -141,7 +142,9 @@ def parse_list_query(params: Any) -> ListQuery:
         limit=PAGE_SIZE,
         offset=(page - 1) * PAGE_SIZE,
     )
-    return ListQuery(flt, form, errors, page)
+    qa_form, qa_fields = parse_qa_filters(params, errors)  # tag, score, scorer, reviewed
+    form.update(qa_form)
+    return ListQuery(replace(flt, **qa_fields), form, errors, page)
 
 
 async def _rows(request: Request, query: ListQuery) -> tuple[list[dict[str, Any]], int]:
@@ -165,6 +168,7 @@ async def call_list(request: Request) -> Response:
         "query": query,
         "profiles": await profiles_seen(db),
         "outcomes": LABELS,
+        "qa_tags": services_of(request.app).config.current.qa.tags,
         "page_size": PAGE_SIZE,
         "pages": max(1, -(-total // PAGE_SIZE)),
         "insight_choices": await insights_view.filter_choices(db),
@@ -267,6 +271,7 @@ async def call_page(request: Request) -> Response:
         "interim": _interim(request, call["sid"]),
         "insights": insights,
         "turn_sentiment": insights_view.turn_sentiments(insights),
+        "qa": await qa_context(request, call),
     }
     return render(request, "call.html", context)
 
@@ -285,6 +290,7 @@ async def call_timeline(request: Request) -> Response:
         "unanswered": _unanswered(call, items),
         "interim": _interim(request, call["sid"]),
         "turn_sentiment": insights_view.turn_sentiments(insights),
+        "qa": await qa_context(request, call),
     }
     response = render(request, "_timeline.html", context)
     response.headers["x-live"] = "1" if call.get("ended_at") is None else "0"

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from telephony import cli_insights, cli_users
+from telephony import cli_insights, cli_qa, cli_users
 from telephony.cli_usage import UsageError, checked_settings, database_errors
 
 if TYPE_CHECKING:
@@ -295,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_users.add_commands(sub)
     cli_insights.add_commands(sub)
+    cli_qa.add_commands(sub)
 
     retention = sub.add_parser("retention", help="data retention")
     retention_sub = retention.add_subparsers(dest="retention_command", required=True)

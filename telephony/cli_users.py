@@ -15,6 +15,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+# telephony/store/users.py ROLES, spelled out so building the parser imports no database code
+# (tests/test_qa_roles.py checks they agree).
+ROLE_CHOICES = ("staff", "supervisor", "admin")
+
 
 def _read_password(name: str) -> str | None:
     """From a prompt on a terminal (twice); from stdin otherwise; never the command line."""
@@ -136,14 +140,14 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     users_sub = users_cmd.add_subparsers(dest="users_command", required=True)
     add = users_sub.add_parser("add", help="add a user (password from a prompt or stdin; audited)")
     add.add_argument("name")
-    add.add_argument("--role", choices=["staff", "admin"], default="staff")
+    add.add_argument("--role", choices=ROLE_CHOICES, default="staff")
     add.set_defaults(func=_users_add)
     remove = users_sub.add_parser("remove", help="delete a user; their sessions end (audited)")
     remove.add_argument("name")
     remove.set_defaults(func=_users_remove)
     role = users_sub.add_parser("role", help="change a user's role; their sessions end (audited)")
     role.add_argument("name")
-    role.add_argument("role", choices=["staff", "admin"])
+    role.add_argument("role", choices=ROLE_CHOICES)
     role.set_defaults(func=_users_role)
     password = users_sub.add_parser(
         "password",

@@ -30,6 +30,7 @@ from telephony.config import (
 )
 from telephony.config.barge_in import BargeInConfig
 from telephony.config.idle import IdleConfig
+from telephony.config.qa import Criterion, QAConfig, ReviewConfig, Scorecard
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "infra" / "numbers.example.yaml"
 SECRET_HINT = "secrets come from the environment; name the variable with api_key_env"
@@ -107,6 +108,7 @@ def test_example_file_documents_every_field() -> None:
     models = [Config, Profile, LLMResponderConfig, ScriptedResponderConfig, ScriptRuleConfig]
     models += [FluxConfig, AgentConfig, AgentFunction, TranscribeConfig, BusinessHours]
     models += [BargeInConfig, IdleConfig]
+    models += [QAConfig, Scorecard, Criterion, ReviewConfig]
     missing = [f"{m.__name__}.{f}" for m in models for f in m.model_fields if f not in text]
     assert missing == []
 
@@ -455,7 +457,7 @@ def test_all_errors_are_reported_in_file_order(in_tmp: Path) -> None:
         "numbers.yaml:15: profiles.sales.recordings: unknown field (allowed: mode, greeting,"
         " greeting_interruptible, barge_in, responder, voice, flux, agent, transcribe, on_failure,"
         " transfer_number, transcribe_after_transfer, recording, retention_days, redaction,"
-        " max_call_seconds, business_hours, insights, idle)",
+        " max_call_seconds, business_hours, insights, idle, review)",
     ]
 
 

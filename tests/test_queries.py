@@ -151,6 +151,7 @@ async def test_unfiltered_list_rows(db: Db) -> None:
         "max_latency_ms",
         "live",
         "snippet",
+        "qa",
     }
     one = by["CA1"]
     assert (one["from_number"], one["to_number"], one["profile"], one["mode"]) == (

@@ -1,6 +1,7 @@
-"""The staff UI over HTTP: login, the role table, pages, exports, the admin page and the audit log.
+"""The staff UI over HTTP: the role table, pages, exports, the admin page and the audit log.
 
-The browser-level behaviour (search, seeking the player) is in test_staff_browser.py.
+Logging in and out is in test_staff_login.py; the browser-level behaviour (search, seeking the
+player) in test_staff_browser.py.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from routes.auth import SESSION_COOKIE
 from telephony.outcome import Outcome
 from telephony.store.export import as_text, heard_split
 from telephony.store.schema import audit_log, make_engine, users
@@ -65,7 +65,10 @@ PROTECTED_GETS = [
     "/admin",
     "/admin/audit",
     "/admin/users",
+    "/review",
 ]
+# QA's posts (routes/qa.py): their roles and CSRF are tested in test_qa_pages.py.
+QA_POSTS = [f"/calls/{SID}/{p}" for p in ("notes", "notes/1", "tags", "score", "reviewed")]
 ADMIN_ONLY = {"/admin", "/admin/audit", "/admin/users"}
 
 
@@ -108,7 +111,7 @@ async def test_anonymous_is_refused_everywhere(staff_app: RunningApp, path: str)
         assert "Refund" not in api.text and "refund" not in browser.text
 
 
-@pytest.mark.parametrize("path", ["/admin/reload", "/logout"])
+@pytest.mark.parametrize("path", ["/admin/reload", "/logout", *QA_POSTS])
 async def test_anonymous_posts_are_refused(staff_app: RunningApp, path: str) -> None:
     async with staff_app.http() as client:
         assert (await client.post(path, data={"csrf": "x"})).status_code == 401
@@ -129,6 +132,7 @@ def test_every_staff_route_is_in_the_role_table(staff_app: RunningApp) -> None:
     }
     tested = {p.replace(SID, "{sid}") for p in PROTECTED_GETS} | {"/admin/reload", "/logout"}
     tested |= {"/calls/{sid}/export.json", "/calls/{sid}/export.txt"}
+    tested |= {p.replace(SID, "{sid}").replace("notes/1", "notes/{note:int}") for p in QA_POSTS}
     paths = {r.path for r in staff_app.app.routes if isinstance(r, Route)}
     assert paths - open_paths - tested == set()
 
@@ -168,76 +172,6 @@ async def test_tampered_or_orphaned_cookie_is_anonymous(
             await conn.execute(users.delete().where(users.c.name == STAFF[0]))
         await engine.dispose()
         assert (await client.get("/calls")).status_code == 401
-
-
-# --- login ----------------------------------------------------------------------------------
-
-
-async def test_login_cookie_flags_and_audit(staff_app: RunningApp, database: str) -> None:
-    async with staff_app.http() as client:
-        resp = await login(client, *STAFF[::2])
-        assert resp.status_code == 303 and resp.headers["location"] == "/calls"
-        set_cookie = next(h for h in resp.headers.get_list("set-cookie") if "tel_session=" in h)
-        assert "HttpOnly" in set_cookie and "SameSite=strict" in set_cookie
-        bad = await login(client, STAFF[0], "not-the-password")
-        assert bad.status_code == 401 and "Wrong name or password" in bad.text
-    actions = [(r["user_name"], r["action"]) for r in await audit_rows(database)]
-    assert ("alice", "login") in actions and ("alice", "login.failed") in actions
-
-
-async def test_login_needs_csrf_token(staff_app: RunningApp) -> None:
-    async with staff_app.http() as client:
-        await client.get("/login")
-        resp = await client.post(
-            "/login", data={"csrf": "forged", "name": STAFF[0], "password": STAFF[2]}
-        )
-        assert resp.status_code == 400
-        assert "tel_session" not in client.cookies
-
-
-async def test_login_is_throttled_after_repeated_failures(staff_app: RunningApp) -> None:
-    async with staff_app.http() as client:
-        for _ in range(5):
-            assert (await login(client, ADMIN[0], "guess-guess-guess")).status_code == 401
-        # Even the right password is refused while throttled: guessing cannot be confirmed.
-        throttled = await login(client, ADMIN[0], ADMIN[2])
-        assert throttled.status_code == 429
-        assert (await login(client, STAFF[0], STAFF[2])).status_code == 303  # other account
-
-
-async def test_login_never_redirects_off_site(staff_app: RunningApp) -> None:
-    async with staff_app.http() as client:
-        page = await client.get("/login?next=//evil.example/x")
-        assert 'value="/calls"' in page.text
-        resp = await client.post(
-            "/login",
-            data={
-                "csrf": csrf_of(page.text),
-                "name": STAFF[0],
-                "password": STAFF[2],
-                "next": "https://evil.example/",
-            },
-        )
-        assert resp.headers["location"] == "/calls"
-
-
-async def test_logout_needs_csrf_and_ends_session(staff_app: RunningApp, database: str) -> None:
-    async with client_as(staff_app, STAFF) as client, client_as(staff_app, STAFF) as other:
-        assert (await client.post("/logout", data={"csrf": "x"})).status_code == 400
-        page = await client.get("/calls")
-        kept = client.cookies[SESSION_COOKIE]  # a copy, as a stolen cookie would be
-        resp = await client.post("/logout", data={"csrf": csrf_of(page.text)})
-        assert resp.status_code == 303
-        assert (await client.get("/calls")).status_code == 401
-        # The copy is still signed and unexpired, yet the session is over (server-side).
-        async with staff_app.http() as thief:
-            thief.cookies.set(SESSION_COOKIE, kept)
-            assert (await thief.get("/calls")).status_code == 401
-        # The same user's other login is another session: it goes on.
-        assert (await other.get("/calls")).status_code == 200
-    assert ("alice", "logout") in [
-        (r["user_name"], r["action"]) for r in await audit_rows(database)
-    ]
 
 
 # --- the call page and exports ------------------------------------------------------------------
@@ -516,18 +450,3 @@ def test_heard_split(text: str, heard: str | None, expected: tuple[str, str]) ->
 def test_text_export_of_live_call() -> None:
     call = {"sid": "CAx", "started_at": 0.0, "ended_at": None, "turns": [], "events": []}
     assert "in progress" in as_text(call)
-
-
-async def test_cookies_are_secure_outside_development(staff_app: RunningApp) -> None:
-    """Behind https (any real deployment) the session cookie is Secure; plain http is dev."""
-    staff_app.settings.public_url = "https://calls.example.com"
-    async with staff_app.http() as client:
-        page = await client.get("/login")
-        assert "secure" in page.headers["set-cookie"].lower()  # the pre-login cookie too
-        # httpx keeps Secure cookies off plain http: hand the pre-login cookie over by hand.
-        client.headers["cookie"] = f"tel_prelogin={page.cookies['tel_prelogin']}"
-        resp = await client.post(
-            "/login", data={"csrf": csrf_of(page.text), "name": STAFF[0], "password": STAFF[2]}
-        )
-    session = next(h for h in resp.headers.get_list("set-cookie") if "tel_session=" in h)
-    assert "Secure" in session and "HttpOnly" in session

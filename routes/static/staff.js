@@ -27,6 +27,12 @@ function syncAttributes(to, from) {
   }
 }
 
+// A live call's turn with its QA note control open (routes/templates/_qa_turn.html): its
+// cell is left as it is, or a refresh would close the form and lose what is being typed.
+function writing(cell) {
+  return cell.querySelector(".qa-turn details[open]") !== null;
+}
+
 // Bring the rows in `el` up to date with a fragment of rows, touching only what changed: a
 // row is matched by its data-sid (else its position) and only its cells whose HTML differs
 // are replaced. Replacing the whole body (innerHTML) would drop keyboard focus to <body> and
@@ -49,6 +55,7 @@ function updateRows(el, html) {
     }
     syncAttributes(row, fresh);
     Array.from(fresh.cells).forEach((cell, j) => {
+      if (writing(row.cells[j])) return;  // a QA note being written waits for its submit
       if (row.cells[j].outerHTML !== cell.outerHTML) row.cells[j].replaceWith(cell);
     });
     return row;
@@ -139,11 +146,15 @@ function seekOnClick() {
     markCurrent(timeline, row);
     player.play().catch(() => {});  // autoplay may be refused; the seek stands
   }
+  // A turn's QA note controls (typing, buttons) are not a request to play.
+  const inQa = (ev) => ev.target.closest(".qa-turn") !== null;
   timeline.addEventListener("click", (ev) => {
+    if (inQa(ev)) return;
     const row = ev.target.closest("tr[data-ms]");
     if (row) seek(row);
   });
   timeline.addEventListener("keydown", (ev) => {
+    if (inQa(ev)) return;
     const row = ev.target.closest("tr[data-ms]");
     if (row && (ev.key === "Enter" || ev.key === " ")) {
       ev.preventDefault();

@@ -271,8 +271,9 @@ def _secret_problems(doc: _Doc) -> list[tuple[int, Loc, str]]:
         key = loc[-1]
         if not isinstance(key, str) or loc in doc.items:
             continue
-        if len(loc) == 2 and loc[0] in ("numbers", "profiles"):
-            continue  # a phone number or profile name, not a field
+        named = len(loc) == 2 and loc[0] in ("numbers", "profiles")
+        if named or (len(loc) == 3 and loc[:2] == ("qa", "scorecards")):
+            continue  # a phone number, profile or scorecard name, not a field
         if any(loc[i] == "parameters" and loc[i - 2] == "functions" for i in range(2, len(loc))):
             continue  # function arguments described in JSON schema
         if SECRET_KEY_RE.match(key):
@@ -339,6 +340,9 @@ def summary(config: Config) -> str:
             out.append(f"  {name}: forwarded to {target}, both sides transcribed ({model})")
         if profile.transcribe_after_transfer:
             out.append(f"  {name}: transfers to {profile.transfer_number} stay transcribed")
+    if config.qa.tags or config.qa.scorecards:
+        cards = ", ".join(config.qa.scorecards) or "none"
+        out.append(f"call review: {len(config.qa.tags)} tags; scorecards: {cards}")
     if config.default_profile:
         out.append(f"default profile: {config.default_profile}")
     else:

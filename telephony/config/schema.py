@@ -53,6 +53,7 @@ from telephony.config.fields import (
 from telephony.config.idle import IdleConfig
 from telephony.config.insights import InsightsConfig
 from telephony.config.model import ConfigModel
+from telephony.config.qa import QAConfig, ReviewConfig
 
 DEFAULT_UNKNOWN_MESSAGE = "Sorry, this number is not in service. Goodbye."
 _REFS_CHECKED = "references_checked"  # validation-context flag: load_config checked them itself
@@ -271,6 +272,7 @@ class Profile(_Model):
     business_hours: BusinessHours | None = None
     insights: InsightsConfig = Field(default_factory=InsightsConfig)  # post-call /v1/read
     idle: IdleConfig | None = None  # reprompt a silent caller, then hang up
+    review: ReviewConfig = Field(default_factory=ReviewConfig)  # QA: when calls get flagged
 
     @field_validator("responder", "agent", "transcribe")
     @classmethod
@@ -366,6 +368,7 @@ class Config(_Model):
     default_profile: str | None = None  # for numbers not listed; unset: refuse them
     unknown_number_message: str = DEFAULT_UNKNOWN_MESSAGE
     profiles: dict[str, Profile]
+    qa: QAConfig = Field(default_factory=QAConfig)  # tags and scorecards (config/qa.py)
 
     @model_validator(mode="after")
     def _references(self, info: ValidationInfo) -> Config:
@@ -387,6 +390,11 @@ class Config(_Model):
         # One hop only: the after-hours profile's own hours are not consulted (no loops).
         after = hours.after_hours_profile
         return Route(after, self.profiles[after], after_hours=True)
+
+    def review_for(self, profile: str) -> ReviewConfig:
+        """A profile's review thresholds; the defaults for a profile no longer in the file."""
+        found = self.profiles.get(profile)
+        return found.review if found is not None else ReviewConfig()
 
 
 def _reference_errors(data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
@@ -413,6 +421,12 @@ def _reference_errors(data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
         if isinstance(hours, dict):
             loc = ("profiles", pname, "business_hours", "after_hours_profile")
             ref(loc, hours.get("after_hours_profile"))
+    qa = data.get("qa")
+    cards = qa.get("scorecards") if isinstance(qa, dict) else None
+    for cname, card in (cards if isinstance(cards, dict) else {}).items():
+        listed = card.get("profiles") if isinstance(card, dict) else None
+        for i, name in enumerate(listed if isinstance(listed, list) else []):
+            ref(("qa", "scorecards", cname, "profiles", i), name)
     return found
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import insert, select
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from telephony.store.schema import audit_log
 
@@ -52,6 +52,19 @@ async def record(
             if delay is None:
                 raise
             await asyncio.sleep(delay)
+
+
+async def record_in(
+    conn: AsyncConnection,
+    user: str,
+    action: str,
+    target: str = "",
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """A row in the caller's transaction: it commits with the change it describes or not at
+    all (QA changes, account changes)."""
+    row = {"at": time.time(), "user_name": user, "action": action, "target": target}
+    await conn.execute(insert(audit_log).values(**row, detail=detail))
 
 
 async def record_or_log(

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from telephony.store.call_stats import refresh_facts
 from telephony.store.insights import mark_pending
+from telephony.store.review_queue import ReviewFor, default_review, refresh_flags
 from telephony.store.schema import calls, dialect_insert, events, turns
 
 Kind = Literal["call_started", "call_ended", "turn", "event", "status", "refused"]
@@ -58,9 +59,12 @@ class Row:
     until: float = 0.0  # status rows: monotonic deadline for their call's row to appear
 
 
-async def write_batch(engine: AsyncEngine, rows: list[Row]) -> list[Row]:
+async def write_batch(
+    engine: AsyncEngine, rows: list[Row], review_for: ReviewFor = default_review
+) -> list[Row]:
     """Write rows in one transaction. Column sets of the kinds are disjoint enough that
     the kinds commute, so each kind goes in one statement (last write wins per key).
+    `review_for`: the profiles' QA review thresholds, for the flags of calls it ends.
     Returns the status rows whose call has no row (nothing of theirs written)."""
     dialect = engine.dialect.name
     started: dict[str, dict[str, Any]] = {}
@@ -147,6 +151,7 @@ async def write_batch(engine: AsyncEngine, rows: list[Row]) -> list[Row]:
                 .all()
             )
         await refresh_facts(conn, touched)
+        await refresh_flags(conn, touched, review_for)  # the review queue's, likewise
     return unmatched
 
 

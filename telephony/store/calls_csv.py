@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from telephony.outcome import label
 from telephony.store.insights import DONE, insights_of
+from telephony.store.qa_filters import qa_columns
 from telephony.store.queries import CallFilter, conditions
 from telephony.store.schema import call_facts, calls, turns
 
@@ -43,7 +44,9 @@ BASE_COLUMNS = (
 )
 # Post-call insights (telephony/store/insights.py), empty unless done; labels joined by "; ".
 INSIGHT_COLUMNS = ("summary", "sentiment", "sentiment_score", "topics", "intents")
-COLUMNS = (*BASE_COLUMNS, *INSIGHT_COLUMNS)
+# QA: the call's tags (";"-separated) and its latest score (telephony/store/qa_filters.py).
+QA_COLUMNS = ("tags", "score", "passed", "scorer", "reviewed")
+COLUMNS = (*BASE_COLUMNS, *INSIGHT_COLUMNS, *QA_COLUMNS)
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -117,12 +120,15 @@ async def csv_lines(engine: AsyncEngine, f: CallFilter) -> AsyncIterator[str]:
             ).where(call_facts.c.sid.in_(sids))
             facts = {sid: (b, g, r) for sid, b, g, r in await conn.execute(facts_q)}
             found = await insights_of(conn, sids)
+            qa = await qa_columns(conn, sids)
         out = io.StringIO()
         writer = csv.writer(out)
         for r in rows:
             n, avg, mx = stats.get(r["sid"], (0, None, None))
             bot_turns, barge_ins, reconnects = facts.get(r["sid"], ("", "", ""))
             duration = r["duration_ms"]
+            q = qa[r["sid"]]
+            scored = q["score"] or {}
             writer.writerow(
                 [
                     _cell(v)
@@ -144,6 +150,11 @@ async def csv_lines(engine: AsyncEngine, f: CallFilter) -> AsyncIterator[str]:
                         "" if avg is None else round(float(avg)),
                         "" if mx is None else mx,
                         *_insight_cells(found.get(r["sid"])),
+                        ";".join(q["tags"]),
+                        "" if not scored else f"{scored['score']:g}",
+                        "" if not scored else ("yes" if scored["passed"] else "no"),
+                        scored.get("scorer", ""),
+                        "yes" if q["reviewed"] and not q["flags"] else "no",
                     )
                 ]
             )

@@ -45,6 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from telephony.outcome import Outcome
 from telephony.store.call_stats import refresh_facts
+from telephony.store.review_queue import ReviewFor, default_review, refresh_flags
 from telephony.store.schema import calls, dialect_insert, events, instances, turns
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ async def sweep(
     *,
     stale_after_s: float = STALE_AFTER_S,
     unowned_after_s: float = UNOWNED_AFTER_S,
+    review_for: ReviewFor = default_review,
 ) -> list[str]:
     """Close (as `restart`) the open calls of instances that are gone; their SIDs."""
     now = time.time() if now is None else now
@@ -153,6 +155,7 @@ async def sweep(
             )
             await conn.execute(close, rows)
             await refresh_facts(conn, closed)  # the dashboard counts them, as restarts
+            await refresh_flags(conn, closed, review_for)  # and the review queue sees them
         if gone:
             await conn.execute(delete(instances).where(instances.c.id.in_(list(gone))))
     if closed:

@@ -18,6 +18,7 @@ from telephony.store import instances
 from telephony.store.bounded_wait import wait_at_most
 from telephony.store.health import FileIdentity, StoreHealth, sqlite_path
 from telephony.store.instances import Instance
+from telephony.store.review_queue import ReviewFor
 
 KEEPER_FIRST_TIMEOUT_S = 5.0  # start() waits no longer for the first heartbeat and sweep
 
@@ -31,6 +32,7 @@ class Kept(Protocol):
     heartbeat_s: float
     stale_after_s: float
     check_s: float
+    review_for: ReviewFor
 
     @property
     def queue_depth(self) -> int: ...
@@ -55,7 +57,12 @@ class Keeper:
             return
         try:
             await instances.heartbeat(store.engine, store.instance)
-            await instances.sweep(store.engine, store.instance, stale_after_s=store.stale_after_s)
+            await instances.sweep(
+                store.engine,
+                store.instance,
+                stale_after_s=store.stale_after_s,
+                review_for=store.review_for,
+            )
         except Exception as exc:
             await self.failed("heartbeat", exc)
         else:

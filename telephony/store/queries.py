@@ -59,6 +59,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from telephony.outcome import Outcome
 from telephony.store import insights_search
+from telephony.store.qa_filters import qa_columns, qa_conditions
 from telephony.store.schema import calls, events, turns
 
 __all__ = ["CallFilter", "count_calls", "get_call", "profiles_seen", "search_calls"]
@@ -91,6 +92,13 @@ class CallFilter:
     # -- post-call insights (telephony/store/insights_search.py) --
     topic: str = ""  # calls with this topic (case-insensitive, whole label)
     intent: str = ""  # calls with this intent
+    # QA (telephony/store/qa_filters.py): a tag; one score row's scorer, range and pass/fail
+    tag: str = ""
+    scorer: str = ""
+    min_score: float | None = None
+    max_score: float | None = None
+    passed: bool | None = None
+    unreviewed: bool = False  # never marked reviewed, or flagged again since
     limit: int = 50
     offset: int = 0
 
@@ -221,7 +229,7 @@ def conditions(f: CallFilter, dialect: str) -> list[ColumnElement[bool]]:
         conds.append(insights_search.label_condition("topic", f.topic))
     if f.intent.strip():
         conds.append(insights_search.label_condition("intent", f.intent))
-    return conds
+    return conds + qa_conditions(f)
 
 
 def _matches(search: _Search, dialect: str) -> ColumnElement[bool]:
@@ -315,13 +323,14 @@ async def search_calls(engine: AsyncEngine, f: CallFilter) -> list[dict[str, Any
     """One page of calls matching ``f``, newest first (``started_at`` desc, then ``sid``).
 
     Each dict has every ``calls`` column plus ``turn_count``, ``interrupted_count``,
-    ``max_latency_ms`` (None without latencies), ``live`` (``ended_at`` is None) and
-    ``snippet``: None without ``q``; with ``q``, plain unescaped text of at most ~160
-    characters from the call's best-ranked matching turn (ties: the earliest turn), taken
-    from its ``text``, or from ``heard`` when only that matched (None when only the call's
-    insights matched). Matched words are wrapped in « and » (``MARK_START``/``MARK_END``),
-    e.g. ``"…I'd like a «refund» for my order"``;
-    "…" marks text left out. Matches follow each backend's stemming (``refunds`` query:
+    ``max_latency_ms`` (None without latencies), ``live`` (``ended_at`` is None), ``qa`` (its
+    tags, latest score, reviewed and open flags: ``qa_filters.qa_columns``) and ``snippet``:
+    None without ``q``; with ``q``, plain unescaped text of at most ~160 characters from the
+    call's best-ranked matching turn (ties: the earliest turn), taken from its ``text``, or
+    from ``heard`` when only that matched (None when only the call's insights matched).
+    Matched words are wrapped in « and » (``MARK_START``/``MARK_END``), e.g.
+    ``"…I'd like a «refund» for my order"``; "…" marks text left out. Matches follow each
+    backend's stemming (``refunds`` query:
     ``«refund»`` marked). A « or » already in the transcript is passed through as is.
 
     See the module docstring for the search grammar and backend differences. Raises
@@ -353,6 +362,7 @@ async def search_calls(engine: AsyncEngine, f: CallFilter) -> list[dict[str, Any
         stats = {sid: (n, i, lat) for sid, n, i, lat in await conn.execute(agg)}
         search = _search(f.q) if f.q.strip() else None
         snippets = await _snippets(conn, search, dialect, sids) if search else {}
+        qa = await qa_columns(conn, sids)
     for row in rows:
         n, i, lat = stats.get(row["sid"], (0, 0, None))
         row.update(
@@ -361,6 +371,7 @@ async def search_calls(engine: AsyncEngine, f: CallFilter) -> list[dict[str, Any
             max_latency_ms=None if lat is None else int(lat),
             live=row["ended_at"] is None,
             snippet=snippets.get(row["sid"]) if search else None,
+            qa=qa[row["sid"]],
         )
     return rows
 

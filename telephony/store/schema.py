@@ -260,6 +260,78 @@ call_rollup_hourly = _call_rollup("call_rollup_hourly")
 latency_rollup_hourly = _latency_rollup("latency_rollup_hourly")
 
 
+# --- QA (store/qa_notes.py, qa_tags.py, qa_scores.py, review_queue.py; revision 0010) ------
+# Every change to these is audited in its own transaction (audit_log), so history outlives a
+# deleted note or a replaced score.
+call_notes = Table(
+    "call_notes",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column(
+        "call_sid",
+        String(64),
+        ForeignKey("calls.sid", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("turn_idx", Integer, nullable=True),  # None: a note on the whole call
+    Column("author", String(128), nullable=False),
+    Column("created_at", Double, nullable=False),  # epoch s
+    Column("updated_at", Double, nullable=False),  # epoch s
+    Column("text", Text, nullable=False),
+)
+call_tags = Table(
+    "call_tags",
+    metadata,
+    Column("call_sid", String(64), ForeignKey("calls.sid", ondelete="CASCADE"), nullable=False),
+    Column("tag", String(64), nullable=False, index=True),
+    Column("added_by", String(128), nullable=False),
+    Column("added_at", Double, nullable=False),  # epoch s
+    PrimaryKeyConstraint("call_sid", "tag", name="pk_call_tags"),
+)
+# One current score per call, scorecard and scorer: scoring again replaces it (old in audit).
+call_scores = Table(
+    "call_scores",
+    metadata,
+    Column("call_sid", String(64), ForeignKey("calls.sid", ondelete="CASCADE"), nullable=False),
+    Column("scorecard", String(64), nullable=False),
+    Column("scorer", String(128), nullable=False, index=True),
+    Column("scored_at", Double, nullable=False),  # epoch s
+    Column("answers", JSON, nullable=False),  # criterion id -> met (bool)
+    Column("score", Double, nullable=False),  # 0-100, weighted
+    Column("passed", Boolean, nullable=False),
+    PrimaryKeyConstraint("call_sid", "scorecard", "scorer", name="pk_call_scores"),
+)
+# Why an ended call needs a look (store/review_rules.py): one row per rule that fired; a
+# supervisor's "reviewed" stamps the call's flags and writes call_reviews.
+review_flags = Table(
+    "review_flags",
+    metadata,
+    Column("call_sid", String(64), ForeignKey("calls.sid", ondelete="CASCADE"), nullable=False),
+    Column("rule", String(32), nullable=False),
+    Column("detail", Text, nullable=False, server_default=""),
+    Column("flagged_at", Double, nullable=False),  # epoch s
+    Column("reviewed_by", String(128), nullable=True),
+    Column("reviewed_at", Double, nullable=True),  # epoch s; None: in the queue
+    PrimaryKeyConstraint("call_sid", "rule", name="pk_review_flags"),
+)
+# The queue: open flags only (a small set however many calls were reviewed), by rule.
+Index(
+    "ix_review_flags_open",
+    review_flags.c.rule,
+    review_flags.c.call_sid,
+    sqlite_where=review_flags.c.reviewed_at.is_(None),
+    postgresql_where=review_flags.c.reviewed_at.is_(None),
+)
+call_reviews = Table(
+    "call_reviews",
+    metadata,
+    Column("call_sid", String(64), ForeignKey("calls.sid", ondelete="CASCADE"), primary_key=True),
+    Column("reviewed_by", String(128), nullable=False),
+    Column("reviewed_at", Double, nullable=False),  # epoch s
+)
+
+
 def dialect_insert(dialect_name: str, table: Any) -> Any:
     """INSERT with the dialect's ON CONFLICT clauses (both SQLite and PostgreSQL have them)."""
     dialect = postgresql if dialect_name == "postgresql" else sqlite
@@ -282,6 +354,11 @@ TABLES = (
     "latency_rollup_hourly",
     "call_insights",
     "call_insight_labels",
+    "call_notes",
+    "call_tags",
+    "call_scores",
+    "review_flags",
+    "call_reviews",
 )
 
 

@@ -39,6 +39,7 @@ from telephony.store.instances import Instance
 from telephony.store.keeper import Keeper, start_keeper
 from telephony.store.queries import CallFilter, get_call, search_calls
 from telephony.store.redact import redacted_turn
+from telephony.store.review_queue import ReviewFor, default_review
 from telephony.store.schema import make_engine
 from telephony.transcript import Event, Transcript, Turn
 
@@ -99,6 +100,9 @@ class TranscriptStore:
         self._watch: Keeper | None = None  # the keeper itself, which tells a failure's cause
         self.health = StoreHealth()
         self.check_s = check_s
+        # Public seam: the profiles' QA review thresholds, from the current YAML (the app
+        # wires it; read at each write, so a reload applies to the next call's end).
+        self.review_for: ReviewFor = default_review
         self._wake = asyncio.Event()  # stop() wakes a writer holding its rows
         # Told the SIDs of calls whose pending insights row was just committed (the insights
         # worker's queue: it must not block). Runs on the writer task, never the call's.
@@ -402,7 +406,7 @@ class TranscriptStore:
     async def _attempt(self) -> Exception | None:
         """Write the buffer; on success it is emptied. Returns the transient error, if any."""
         try:
-            unmatched = await write_batch(self.engine, self._buffer)
+            unmatched = await write_batch(self.engine, self._buffer, self.review_for)
         except Exception as exc:
             if not _permanent(exc):
                 return exc
@@ -424,7 +428,7 @@ class TranscriptStore:
         while self._buffer:
             row = self._buffer[0]
             try:
-                unmatched = await write_batch(self.engine, [row])
+                unmatched = await write_batch(self.engine, [row], self.review_for)
             except Exception as exc:
                 if not _permanent(exc):
                     raise

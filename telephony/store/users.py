@@ -25,6 +25,7 @@ __all__ = [
     "Role",
     "UserError",
     "add_user",
+    "at_least",
     "authenticate",
     "check_new_user",
     "end_session",
@@ -36,9 +37,16 @@ __all__ = [
     "verify_password",
 ]
 
-Role = Literal["staff", "admin"]
-ROLES: tuple[Role, ...] = ("staff", "admin")
+# Each role may do what the ones before it may: staff read everything and write notes;
+# supervisors also tag, score and mark calls reviewed; admins also run the configuration.
+Role = Literal["staff", "supervisor", "admin"]
+ROLES: tuple[Role, ...] = ("staff", "supervisor", "admin")
 MIN_PASSWORD_CHARS = 10
+
+
+def at_least(role: str, needed: Role) -> bool:
+    """Whether `role` may do what `needed` may (an unknown role may do nothing)."""
+    return role in ROLES and ROLES.index(role) >= ROLES.index(needed)
 
 
 class UserError(ValueError):
