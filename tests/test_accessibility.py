@@ -19,9 +19,14 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
 from telephony.outcome import Outcome
+from telephony.store.insights import Insights, save_done
+from telephony.store.qa_notes import add_note
+from telephony.store.qa_tags import add_tag
+from telephony.store.schema import make_engine
 from telephony.transcript import Event, Turn
-from tests.conftest import RunningApp
+from tests.conftest import NUMBERS_YAML, RunningApp
 from tests.staff_helpers import ADMIN, STAFF, add_accounts, store_call
+from tests.test_qa_pages import QA_YAML
 from tests.test_waveform import tone, write_wav
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,7 +43,7 @@ STAFF_PAGES = [
     "/dashboard",
     "/calls/CAnothere",  # the error page
 ]
-ADMIN_PAGES = ["/admin", "/admin/audit", "/admin/users"]
+ADMIN_PAGES = ["/admin", "/admin/audit", "/admin/users", "/review", f"/calls/{SID}"]  # QA forms
 
 
 @pytest.fixture
@@ -79,6 +84,21 @@ async def seed(database: str, tmp_path: Path) -> None:
     events = [Event(1200, "reconnect", {"endpoint": "flux", "gap_ms": 22, "replayed_ms": 1000})]
     await store_call(database, SID, turns=turns, events=events, recording_path=str(wav))
     day = calendar.timegm((*time.gmtime(time.time() - 86_400)[:3], 12, 0, 0, 0, 0, 0))
+    engine = make_engine(database)
+    try:  # the QA panel and the insights with something in them
+        found = Insights(
+            summary="The caller asked about opening hours and paying by card.",
+            sentiment="neutral",
+            sentiment_score=0.1,
+            topics=[{"label": "Opening hours", "confidence": 0.9}],
+            intents=[{"label": "Ask about payment", "confidence": 0.8}],
+            turn_sentiments=[{"idx": 0, "sentiment": "positive", "score": 0.4}],
+        )
+        await save_done(engine, SID, found, attempts=1)
+        await add_tag(engine, SID, "follow-up", ADMIN[0], ["follow-up"])
+        await add_note(engine, SID, STAFF[0], "Check the card question.", turn_idx=2)
+    finally:
+        await engine.dispose()
     for i, outcome in enumerate((Outcome.CALLER_HANGUP, Outcome.FAILOVER, Outcome.TRANSFERRED)):
         await store_call(database, f"CA{i:032d}", turns=turns[:2], outcome=outcome,
                          started_at=day + i * 3600)  # fmt: skip
@@ -118,6 +138,13 @@ async def check(page: Page, path: str) -> list[str]:
         )
         problems.append(f"{path}: the page scrolls sideways by {overflow} px ({wide})")
     return problems
+
+
+@pytest.fixture
+def numbers_yaml(tmp_path: Path) -> Path:
+    path = tmp_path / "numbers.yaml"
+    path.write_text(NUMBERS_YAML + QA_YAML)
+    return path
 
 
 @pytest.fixture(scope="module", autouse=True)

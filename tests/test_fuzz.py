@@ -1118,5 +1118,5 @@ def test_yaml_error_lines_stay_one_line(key: str) -> None:
     (line,) = info.value.errors
     assert line.isprintable() and line.startswith("fuzz.yaml:1: ")
     assert line.endswith(
-        ": unknown field (allowed: numbers, default_profile, unknown_number_message, profiles)"
+        ": unknown field (allowed: numbers, default_profile, unknown_number_message, profiles, qa)"
     )

@@ -116,18 +116,18 @@ async def test_staff_search_open_call_and_seek(
     await expect(page.locator("header .who")).to_contain_text("alice")
 
     # Full-text search finds the call by what the caller said.
-    await page.get_by_placeholder("words the caller or bot said").fill("opening hours")
+    await page.get_by_label("Search transcripts").fill("opening hours")
     await page.get_by_role("button", name="Filter").click()
     await expect(page.locator("#total")).to_have_text("1")
     row = page.locator(f'tr[data-sid="{sid}"]')
     await expect(row).to_contain_text("+15550001000")
-    await page.get_by_placeholder("words the caller or bot said").fill("zebra crossing")
+    await page.get_by_label("Search transcripts").fill("zebra crossing")
     await page.get_by_role("button", name="Filter").click()
     await expect(page.locator("#total")).to_have_text("0")
     await page.go_back()
     # The outcome, readable in the list, and a filter by it.
     await expect(row.locator("td").nth(4)).to_have_text("Bot hung up")
-    await page.get_by_placeholder("words the caller or bot said").fill("")
+    await page.get_by_label("Search transcripts").fill("")
     await page.get_by_label("Outcome").select_option(label="Caller hung up")
     await page.get_by_role("button", name="Filter").click()
     await expect(page.locator("#total")).to_have_text("0")
