@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from starlette.applications import Starlette
 
 from routes.app import create_app
 from routes.state import services_of
@@ -38,6 +39,7 @@ from telephony.sim.fake_llm import FakeLLM
 from telephony.sim.twilio_caller import CallResult, FakeTwilioCaller
 from telephony.sim.twilio_caller import silence as caller_silence
 from telephony.sim.twilio_rest import FakeTwilioRest
+from telephony.store.insights import PENDING, insights_of
 from telephony.transcript import Event, Turn
 
 DEMO_AUTH_TOKEN = "demo-auth-token"
@@ -378,11 +380,33 @@ async def run_offline_call(
                     break
                 await asyncio.sleep(0.01)
             parts.sort(key=lambda s: s.started_at)
+            if parts:
+                await settle_insights(app, result.call_sid, parts[-1].profile)
             metrics = services_of(app).metrics.exposition()[0].decode()
             if watcher is not None:
                 watcher.cancel()
         summary = parts[-1] if parts else None
         return OfflineCall(result, summary, mode, deepgram, rest, llm, parts=parts, metrics=metrics)
+
+
+INSIGHTS_SETTLE_S = 10.0
+
+
+async def settle_insights(app: Starlette, call_sid: str, profile_name: str) -> None:
+    """Wait (bounded) for a demo call's insights, from the fake's /v1/read, before the app
+    stops: left pending, they would be sent by a later `telephony serve` on the same database,
+    to the real Deepgram if it has a key."""
+    services = services_of(app)
+    profile = services.config.current.profiles.get(profile_name)
+    if profile is None or not profile.insights.enabled:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + INSIGHTS_SETTLE_S
+    while loop.time() < deadline:
+        row = (await insights_of(services.db, [call_sid])).get(call_sid)
+        if row is not None and row["status"] != PENDING:
+            return
+        await asyncio.sleep(0.05)
 
 
 def format_text(call: OfflineCall) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page, async_playwright, expect
 
 from telephony.outcome import Outcome
 from telephony.store.insights import Insights, save_done
@@ -171,3 +171,42 @@ async def test_every_page_passes_axe_and_fits_the_width(
                 await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
         await context.close()
     assert not problems, "\n".join(problems)
+
+
+async def test_a_phone_sees_the_key_columns_and_folded_filters_and_a_skip_link(
+    running_app: RunningApp, database: str, browser: Browser, tmp_path: Path
+) -> None:
+    await seed(database, tmp_path)
+    context = await browser.new_context(viewport={"width": 390, "height": 800})
+    page = await context.new_page()
+    await log_in(page, running_app.url, STAFF)
+    # Started, From, Status, Duration: on screen without scrolling anything sideways.
+    headers = page.locator("table.call-list thead th")
+    visible = [await h.inner_text() for h in await headers.all() if await h.is_visible()]
+    assert visible == ["Started", "From", "Status", "Duration"], visible
+    for cell in await headers.all():
+        box = await cell.bounding_box()
+        assert box is None or box["x"] + box["width"] <= 390, (await cell.inner_text(), box)
+    # The filters are folded until opened; the search box stays out.
+    filters = page.locator("#more-filters")
+    assert not await filters.evaluate("d => d.open")
+    await expect(page.get_by_label("Search transcripts")).to_be_visible()
+    await expect(page.get_by_label("Outcome")).to_be_hidden()
+    await page.get_by_text("Filters", exact=True).click()
+    await expect(page.get_by_label("Outcome")).to_be_visible()
+    # A filter in use keeps them open.
+    await page.goto(running_app.url + "/calls?outcome=failover")
+    assert await filters.evaluate("d => d.open")
+    # The first Tab reaches the skip link; it takes the keyboard past the header.
+    await page.keyboard.press("Tab")
+    skip = page.get_by_role("link", name="Skip to content")
+    await expect(skip).to_be_focused()
+    await page.keyboard.press("Enter")
+    await expect(page.locator("main")).to_be_focused()
+    await context.close()
+
+    wide = await browser.new_page(viewport={"width": 1280, "height": 800})
+    await log_in(wide, running_app.url, STAFF)
+    assert await wide.locator("#more-filters").evaluate("d => d.open")
+    await expect(wide.locator("table.call-list thead th").nth(2)).to_be_visible()  # To
+    await wide.close()

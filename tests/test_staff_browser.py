@@ -145,6 +145,18 @@ async def test_staff_search_open_call_and_seek(
     await expect(interrupted.locator("span.heard")).to_contain_text("We are open")
     await expect(interrupted.locator("del.unheard")).to_contain_text("Friday")
     await expect(page.locator("#call-status")).to_contain_text("Bot hung up")
+    # Post-call insights (the example's front desk asks for them; the demo waits for the fake's
+    # /v1/read): the summary and a topic that opens the list filtered by it.
+    await expect(page.locator("#insight-summary")).to_contain_text("opening hours")
+    await expect(page.locator("#insight-sentiment")).to_be_visible()
+    topic = page.locator("#insight-topics a").first
+    await expect(topic).to_be_visible()
+    await topic.click()
+    await expect(page).to_have_url(re.compile(r"/calls\?topic="))
+    await expect(page.locator("#total")).to_have_text("1")
+    # The list shows the call's summary under its row's first cell.
+    await expect(page.locator(f'tr[data-sid="{sid}"]')).to_contain_text("The caller said")
+    await page.go_back()
 
     # Clicking a turn loads the recording (nothing is preloaded) and seeks to the turn's start.
     player = page.locator("#player")

@@ -253,9 +253,20 @@ async function drawWaveform() {
   });
 }
 
+// On a phone the list's filters start folded, unless one of them is in use.
+function foldFilters() {
+  const box = document.getElementById("more-filters");
+  if (!box || !window.matchMedia("(max-width: 600px)").matches) return;
+  const used = Array.from(box.querySelectorAll("input, select")).some((el) =>
+    el.type === "checkbox" ? el.checked : el.value !== "",
+  );
+  if (!used) box.open = false;
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   localiseTimes(document);
   fillTimeZone();
+  foldFilters();
   seekOnClick();
   followPlayback();
   drawWaveform();
