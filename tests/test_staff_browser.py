@@ -9,7 +9,6 @@ of the call page is kept in test-artifacts/ (or $TEST_ARTIFACTS_DIR).
 
 from __future__ import annotations
 
-import calendar
 import json
 import os
 import re
@@ -17,7 +16,6 @@ import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
@@ -364,46 +362,6 @@ async def test_live_call_page_timeline_follows_the_call(
     await store_call(database, sid, turns=turns, ended=True)
     await page.clock.run_for(POLL_MS)
     await expect(page.locator("#call-status")).to_contain_text("Caller hung up", timeout=10_000)
-    await page.close()
-
-
-async def test_dashboard_draws_its_charts_and_a_bar_opens_its_calls(
-    running_app: RunningApp, database: str, browser: Browser
-) -> None:
-    """The vendored uPlot draws both charts under the page's CSP (no error, no refused
-    resource); the tables carry the same figures; a click low on the day's bar opens the
-    calls list filtered to that day and the outcome at the bottom of the stack."""
-    await add_accounts(database)
-    day = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 86_400))
-    noon = calendar.timegm(time.strptime(day + " 12:00", "%Y-%m-%d %H:%M"))
-    caller = Turn(0, "caller", "hello", 0, 400)
-    reply = Turn(1, "bot", "Hi there", 500, 1500, heard="Hi there", latency_ms=450)
-    for i, outcome in enumerate((Outcome.CALLER_HANGUP, Outcome.CALLER_HANGUP, Outcome.FAILOVER)):
-        await store_call(database, f"CA{i:032d}", turns=[caller, reply],
-                         started_at=noon + i * 60, outcome=outcome)  # fmt: skip
-    page = await browser.new_page()
-    problems: list[str] = []
-    page.on("pageerror", lambda exc: problems.append(str(exc)))
-    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-    page.on(
-        "response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None
-    )
-    await log_in(page, running_app.url, STAFF, "/dashboard")
-    await page.goto(f"{running_app.url}/dashboard?from={day}&to={day}&tz=UTC")
-    await expect(page.locator("#total-calls")).to_have_text("3")
-    await expect(page.locator("#calls-chart canvas")).to_have_count(1)
-    await expect(page.locator("#latency-chart canvas")).to_have_count(1)
-    await expect(page.locator("#calls-chart .u-legend")).to_contain_text("Failed over")
-    over = await page.locator("#calls-chart .u-over").bounding_box()
-    assert over is not None
-    # One day in the range: its bar stands in the middle of the plot.
-    await page.mouse.move(over["x"] + over["width"] / 2, over["y"] + over["height"] - 3)
-    await page.mouse.click(over["x"] + over["width"] / 2, over["y"] + over["height"] - 3)
-    await expect(page).to_have_url(re.compile(r"/calls\?"))
-    query = parse_qs(urlsplit(page.url).query)
-    assert query == {"from": [day], "to": [day], "tzname": ["UTC"], "outcome": ["caller-hangup"]}
-    await expect(page.locator("tr[data-sid]")).to_have_count(2)
-    assert not problems, problems
     await page.close()
 
 
