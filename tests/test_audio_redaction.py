@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from playwright.async_api import Browser, expect
 
 from telephony.audio import MULAW_SILENCE, tone
 from telephony.demo import run_offline_call
@@ -13,7 +14,10 @@ from telephony.sim.deepgram_server import Script, ScriptedTurn
 from telephony.store.recording import _silenced
 from telephony.store.redact import AUDIO_MARGIN_MS, audio_spans
 from telephony.transcript import Turn
+from tests.conftest import RunningApp
+from tests.staff_helpers import STAFF, add_accounts
 from tests.test_recording import read_wav, recording_of, rms
+from tests.test_staff_browser import browser, log_in  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
 
@@ -92,3 +96,55 @@ def test_silenced_covers_exactly_the_span() -> None:
     assert out[:20] == loud[:20] and out[40:70] == loud[40:70]
     assert set(out[20:40]) == {MULAW_SILENCE} and set(out[70:]) == {MULAW_SILENCE}
     assert _silenced(loud, 800, [(0, 800), (880, 880)]) == loud  # touching, empty
+
+
+async def test_staff_hear_the_redacted_recording_in_the_browser(
+    tmp_path: Path,
+    database: str,
+    running_app: RunningApp,
+    browser: Browser,  # noqa: F811
+) -> None:
+    """What the call page's player gets, decoded by Chromium itself: the card number's turn is
+    silent on the caller's channel, the audio around it is not, and the transcript masks it."""
+    config = tmp_path / "numbers.yaml"
+    config.write_text(NUMBERS)
+    result = await run_offline_call(
+        number="+15550001000",
+        script=Script(turns=[ScriptedTurn(start_ms=3000, end_ms=4200, text=CARD)]),
+        config_path=config,
+        audio=tone(440, 6500),
+        max_call_ms=7_000,
+        deepgram_options={"speak_ms_per_char": 30},
+    )
+    sid = result.caller.call_sid
+    await recording_of(database, sid)
+    await add_accounts(database)
+    page = await browser.new_page()
+    await log_in(page, running_app.url, STAFF, f"/calls/{sid}")
+    await expect(page.locator("#timeline tr.turn.caller")).to_contain_text("my card is [card]")
+    levels = await page.evaluate(
+        """async ([url, spans]) => {
+          const bytes = await (await fetch(url)).arrayBuffer();
+          const audio = await new OfflineAudioContext(2, 1, 8000).decodeAudioData(bytes);
+          const left = audio.getChannelData(0), rate = audio.sampleRate;
+          return spans.map(([a, b]) => {
+            let sum = 0, n = 0;
+            for (let i = Math.floor(a * rate / 1000); i < Math.floor(b * rate / 1000); i++) {
+              sum += left[i] * left[i]; n++;
+            }
+            return Math.sqrt(sum / n);
+          });
+        }""",
+        [
+            f"/calls/{sid}/recording.wav",
+            [
+                [3000 - AUDIO_MARGIN_MS, 4200 + AUDIO_MARGIN_MS],
+                [500, 3000 - AUDIO_MARGIN_MS - 20],
+                [4200 + AUDIO_MARGIN_MS + 20, 6400],
+            ],
+        ],
+    )
+    redacted, before, after = levels
+    assert redacted == 0, levels
+    assert before > 0.03 and after > 0.03, levels  # the tone, about -10 dBFS
+    await page.close()
