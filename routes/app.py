@@ -9,6 +9,7 @@ import logging
 import secrets
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -25,10 +26,12 @@ from routes.state import WebState, web_of
 from routes.templates import STATIC_DIR
 from telephony.config import ConfigStore
 from telephony.deepgram.read import ReadClient
+from telephony.deepgram.speak_rest import SpeakRestClient
 from telephony.http_pool import make_http_client
 from telephony.insights.metrics import InsightsMetrics
 from telephony.insights.worker import InsightsWorker
 from telephony.metrics import Metrics
+from telephony.session.phrases import PhraseCache
 from telephony.session.registry import CallRegistry
 from telephony.session.services import DrainState, Services
 from telephony.settings import Settings
@@ -83,6 +86,15 @@ def _insights_worker(settings: Settings, config: ConfigStore, services: Services
     )
 
 
+def _phrase_cache(settings: Settings) -> tuple[PhraseCache, SpeakRestClient]:
+    """Fixed phrases through Aura's REST endpoint, kept under TELEPHONY_PHRASE_CACHE_DIR."""
+    client = SpeakRestClient(
+        settings.deepgram_rest_base, settings.deepgram_api_key.get_secret_value()
+    )
+    directory = Path(settings.phrase_cache_dir) if settings.phrase_cache_dir else None
+    return PhraseCache(client.synthesize, directory), client
+
+
 def create_app(
     settings: Settings | None = None,
     config: ConfigStore | None = None,
@@ -119,7 +131,9 @@ def create_app(
         transcripts.review_for = lambda profile: store.current.review_for(profile)
         await transcripts.start()
         registry = CallRegistry()
+        phrases, speak_rest = _phrase_cache(settings)
         services = Services(
+            phrases=phrases,
             settings=settings,
             config=store,
             tokens=StreamTokens(settings.token_secret(), ttl_s=settings.stream_token_ttl_s),
@@ -136,6 +150,7 @@ def create_app(
             ),
         )
         app.state.services = services
+        phrases_task = asyncio.create_task(phrases.run(store), name="phrase-cache")
         app.state.insights = insights = _insights_worker(settings, store, services)
         transcripts.on_insights = insights.offer
         await insights.start()
@@ -164,6 +179,10 @@ def create_app(
                 await watcher
             await services.twilio_calls.aclose()
             await services.llm_http.aclose()
+            phrases_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await phrases_task
+            await speak_rest.aclose()
             await insights.stop()  # unfinished calls stay pending (the next start's sweep)
             await insights.client.aclose()
             await transcripts.stop()  # flushes every buffered row

@@ -360,6 +360,10 @@ async def run_offline_call(
             watcher = None
             if hang_up_after_reply_s is not None and mode != "transcribe":
                 watcher = tasks.create_task(hang_up_after_reply(app, hangup, hang_up_after_reply_s))
+            phrases = services_of(app).phrases
+            if phrases is not None:  # the demo's greeting from the cache, as in production
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(phrases.ready.wait(), PHRASES_READY_S)
             caller = FakeTwilioCaller(url, auth_token=DEMO_AUTH_TOKEN)
             result = await caller.dial(
                 number,
@@ -390,6 +394,7 @@ async def run_offline_call(
 
 
 INSIGHTS_SETTLE_S = 10.0
+PHRASES_READY_S = 5.0
 
 
 async def settle_insights(app: Starlette, call_sid: str, profile_name: str) -> None:

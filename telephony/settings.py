@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     )
     # Per-call stereo WAVs of profiles with `recording: true` (<CallSid>.wav), and their spools.
     recordings_dir: Path = Field(Path("data/recordings"), alias="TELEPHONY_RECORDINGS_DIR")
+    # Fixed phrases synthesised ahead of time (greetings, fillers, reprompts); "" keeps them in
+    # memory only, synthesised again at every start.
+    phrase_cache_dir: str = Field("data/phrases", alias="TELEPHONY_PHRASE_CACHE_DIR")
     public_url: str = Field("http://127.0.0.1:8000", alias="TELEPHONY_PUBLIC_URL")
     # Turning signature checks off is for local development only; start-up logs a warning.
     validate_signatures: bool = Field(True, alias="TELEPHONY_VALIDATE_SIGNATURES")

@@ -46,6 +46,7 @@ class EventKind(StrEnum):
     HANDOVER = "handover"  # a transferred call's transcription continues the bot's transcript
     NUDGE = "nudge"  # the caller was silent: a reprompt (session/idle.py)
     IDLE_GOODBYE = "idle-goodbye"  # silent through every reprompt: goodbye, then hang-up
+    FILLER = "filler"  # a reply slow to come: "One moment." first (profile filler)
     REPLY_WATCHDOG = "reply-watchdog"
     ERROR = "error"
     # Deepgram links: one event per connection (telephony/session/link.py), and giving up

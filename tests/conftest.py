@@ -273,6 +273,8 @@ def recordings_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Call recordings, likewise, go to the test's own directory (never ./data)."""
     path = tmp_path / "recordings"
     monkeypatch.setenv("TELEPHONY_RECORDINGS_DIR", str(path))
+    # ...and so does the phrase cache (telephony/session/phrases.py).
+    monkeypatch.setenv("TELEPHONY_PHRASE_CACHE_DIR", str(tmp_path / "phrases"))
     return path
 
 

@@ -29,6 +29,7 @@ from telephony.config import (
     load_config,
 )
 from telephony.config.barge_in import BargeInConfig
+from telephony.config.filler import FillerConfig
 from telephony.config.idle import IdleConfig
 from telephony.config.qa import Criterion, QAConfig, ReviewConfig, Scorecard
 
@@ -107,7 +108,7 @@ def test_example_file_documents_every_field() -> None:
     text = EXAMPLE.read_text()
     models = [Config, Profile, LLMResponderConfig, ScriptedResponderConfig, ScriptRuleConfig]
     models += [FluxConfig, AgentConfig, AgentFunction, TranscribeConfig, BusinessHours]
-    models += [BargeInConfig, IdleConfig]
+    models += [BargeInConfig, IdleConfig, FillerConfig]
     models += [QAConfig, Scorecard, Criterion, ReviewConfig]
     missing = [f"{m.__name__}.{f}" for m in models for f in m.model_fields if f not in text]
     assert missing == []
@@ -457,7 +458,7 @@ def test_all_errors_are_reported_in_file_order(in_tmp: Path) -> None:
         "numbers.yaml:15: profiles.sales.recordings: unknown field (allowed: mode, greeting,"
         " greeting_interruptible, barge_in, responder, voice, flux, agent, transcribe, on_failure,"
         " transfer_number, transcribe_after_transfer, recording, retention_days, redaction,"
-        " max_call_seconds, business_hours, insights, idle, review)",
+        " max_call_seconds, business_hours, insights, idle, filler, review)",
     ]
 
 

@@ -54,6 +54,8 @@ ENGINES = (
     "telephony.session.fallback",
     "telephony.session.tasks",
     "telephony.session.sentences",
+    "telephony.session.idle",
+    "telephony.session.barge_in",
 )
 ABOVE_ENGINES = (
     "telephony.session.call",
@@ -62,6 +64,7 @@ ABOVE_ENGINES = (
     "telephony.session.handshake",
     "telephony.session.registry",
     "telephony.session.services",
+    "telephony.session.phrases",
 )
 
 

@@ -50,6 +50,7 @@ from telephony.config.fields import (
     _timezone,
     between,
 )
+from telephony.config.filler import FillerConfig
 from telephony.config.idle import IdleConfig
 from telephony.config.insights import InsightsConfig
 from telephony.config.model import ConfigModel
@@ -272,6 +273,7 @@ class Profile(_Model):
     business_hours: BusinessHours | None = None
     insights: InsightsConfig = Field(default_factory=InsightsConfig)  # post-call /v1/read
     idle: IdleConfig | None = None  # reprompt a silent caller, then hang up
+    filler: FillerConfig | None = None  # flux: "One moment." while a reply is slow to come
     review: ReviewConfig = Field(default_factory=ReviewConfig)  # QA: when calls get flagged
 
     @field_validator("responder", "agent", "transcribe")
@@ -308,6 +310,13 @@ class Profile(_Model):
             raise PydanticCustomError(
                 "idle", "replaces agent.silence_nudge_s: set one (idle.reprompt_after_s)"
             )
+        return value
+
+    @field_validator("filler")
+    @classmethod
+    def _filler(cls, value: FillerConfig | None, info: ValidationInfo) -> FillerConfig | None:
+        if value is not None and info.data.get("mode") != "flux":
+            raise PydanticCustomError("filler", "only for flux profiles (our own replies)")
         return value
 
     @field_validator("transcribe_after_transfer")

@@ -138,7 +138,8 @@ def parse_response(body: dict[str, Any]) -> ReadResult:
     )
 
 
-def _reason(response: httpx.Response) -> str:
+def error_reason(response: httpx.Response) -> str:
+    """Deepgram's short reason from an error response (REST endpoints share the shape)."""
     try:
         body = response.json()
     except ValueError:
@@ -170,7 +171,7 @@ class ReadClient:
         except httpx.HTTPError as exc:
             raise ReadError(f"request failed: {type(exc).__name__}") from None
         if response.status_code != 200:
-            reason = _reason(response)
+            reason = error_reason(response)
             raise ReadError(
                 f"HTTP {response.status_code}" + (f": {reason}" if reason else ""),
                 status=response.status_code,

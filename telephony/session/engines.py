@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import assert_never
 
@@ -19,14 +20,21 @@ from telephony.session.flux_engine import FluxEngine
 from telephony.session.transcribe_engine import TranscribeEngine
 from telephony.transcript import Role
 
+PhraseLookup = Callable[[str, str], bytes | None]  # (voice, text) -> μ-law audio
+
 
 def build_engine(
-    ctx: CallContext, *, http: httpx.AsyncClient | None = None, transcribe: bool = False
+    ctx: CallContext,
+    *,
+    http: httpx.AsyncClient | None = None,
+    transcribe: bool = False,
+    phrases: PhraseLookup | None = None,
 ) -> Engine:
     """The engine for the profile's mode.
 
     `http` is the process-wide pool for LLM streaming and function webhooks. `transcribe`:
     this stream is the transcription that continues a flux or agent call after its transfer.
+    `phrases`: cached audio of fixed phrases by (voice, text) (session/phrases.py).
     """
     profile, settings = ctx.profile, ctx.settings
     key = settings.deepgram_api_key.get_secret_value()
@@ -48,6 +56,7 @@ def build_engine(
             lambda opts: FluxClient(settings.deepgram_url, key, opts),
             options,
             lambda: SpeakClient(settings.deepgram_url, key, profile.voice),
+            phrase=(lambda text: phrases(profile.voice, text)) if phrases else (lambda text: None),
         )
     if profile.mode == "agent":
 

@@ -61,6 +61,7 @@ class FluxEngine:
         speak: Callable[[], SpeakClient],
         *,
         reconnect: Backoff | None = None,
+        phrase: Callable[[str], bytes | None] = lambda text: None,
     ) -> None:
         self.ctx = ctx
         self.options = options  # what Flux confirmed last: a reconnect's URL carries it
@@ -77,7 +78,9 @@ class FluxEngine:
             on_live=self._on_live,
             backoff=reconnect,
         )
-        self.replies = FluxReplies(ctx, responder, speak, self._tasks, self._give_up, reconnect)
+        self.replies = FluxReplies(
+            ctx, responder, speak, self._tasks, self._give_up, reconnect, phrase=phrase
+        )
         barge_in = ctx.profile.barge_in
         # The English model hears English; the multilingual one any language we have phrases of.
         languages = ("en",) if ctx.profile.flux.model == "flux-general-en" else DEFAULT_BACKCHANNELS

@@ -14,6 +14,7 @@ or ends.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -51,9 +52,11 @@ class FluxReplies:
         tasks: TaskSet,
         give_up: GiveUp,
         backoff: Backoff | None = None,
+        phrase: Callable[[str], bytes | None] = lambda text: None,
     ) -> None:
         self.ctx = ctx
         self.responder = responder
+        self._phrase = phrase  # a fixed phrase's cached audio (session/phrases.py), if any
         self.link = Link(
             ctx, "speak", speak, give_up=give_up, on_lost=self._speak_lost, backoff=backoff
         )
@@ -62,6 +65,10 @@ class FluxReplies:
         self.history: list[Message] = []
         self._speculative: FluxReply | None = None
         self._flush_groups: deque[tuple[FluxReply, Segment]] = deque()  # audio still to come
+        filler = ctx.profile.filler
+        self._filler_texts = itertools.cycle(filler.phrases) if filler else None
+        self._filler_timer = tasks.timer("filler", self._filler_due)
+        self._waiting: FluxReply | None = None  # the committed reply a filler may cover
 
     # --- the caller's turns -------------------------------------------------------------------
 
@@ -80,6 +87,21 @@ class FluxReplies:
         reply.held = False
         reply.eot_ms, reply.eot_at = eot_ms, asyncio.get_running_loop().time()
         reply.committed.set()
+        if self._filler_texts is not None and reply.first_text_at is None:
+            assert self.ctx.profile.filler is not None
+            self._waiting = reply
+            self._filler_timer.start(self.ctx.profile.filler.after_ms / 1000)
+
+    def _filler_due(self) -> None:
+        """The reply has said nothing yet: a short phrase, so the caller hears we are on it.
+        It plays before the reply, whose audio queues after it."""
+        reply, self._waiting = self._waiting, None
+        if reply is None or reply.finished or reply.first_text_at is not None:
+            return
+        assert self._filler_texts is not None
+        filler = self.say_fixed(next(self._filler_texts), interruptible=True)
+        filler.meta["filler"] = True
+        self.ctx.transcript.event(self.ctx.now_ms(), EventKind.FILLER, reply=reply.number)
 
     def speculate(self, transcript: str) -> None:
         """EagerEndOfTurn: start a reply to `transcript`, its text held until EndOfTurn."""
@@ -131,8 +153,21 @@ class FluxReplies:
     # --- replies --------------------------------------------------------------------------------
 
     def say_fixed(self, text: str, *, interruptible: bool) -> FluxReply:
+        """A phrase said word for word (greeting, filler, reprompt, goodbye): from the phrase
+        cache when it has it and no Aura audio is still coming (which it would overtake),
+        else through Aura."""
         reply = self.speech.new_reply(interruptible=interruptible, cls=FluxReply)
         reply.committed.set()
+        audio = None if self._flush_groups else self._phrase(text)
+        if audio is not None:
+            reply.text.append(text)
+            reply.first_text_at = asyncio.get_running_loop().time()
+            reply.meta["cached"] = True
+            seg = self.speech.segment(reply, text)
+            self.speech.audio(reply, seg, audio)
+            self.speech.end_segment(seg)
+            self.speech.generated(reply)
+            return reply
 
         async def fixed() -> None:
             await self._say_sentence(reply, text)
@@ -184,6 +219,8 @@ class FluxReplies:
 
     def _remember(self, reply: BotReply) -> None:
         """The LLM's history holds what the caller heard, not what was generated."""
+        if reply.meta.get("filler"):
+            return  # "One moment." is not part of the conversation the LLM reads
         said = reply.turn.heard if reply.turn and reply.interrupted_at_ms is not None else None
         text = said if said is not None else " ".join(reply.text)
         if text:
@@ -215,6 +252,7 @@ class FluxReplies:
 
     def drop_all(self) -> None:
         """The call is being handed over: nothing more is generated or spoken."""
+        self._filler_timer.cancel()
         self.drop_speculation()
         for reply in self.speech.audible:
             if isinstance(reply, FluxReply) and reply.task is not None:

@@ -155,7 +155,10 @@ async def _serve(socket: TwilioSocket, setup: CallSetup, services: Services) -> 
         max_audio_ahead_ms=settings.max_audio_ahead_ms,
         max_control_per_s=settings.max_control_per_s,
         engine_factory=lambda ctx: build_engine(
-            ctx, http=services.llm_http, transcribe=cont is not None
+            ctx,
+            http=services.llm_http,
+            transcribe=cont is not None,
+            phrases=services.phrases.get if services.phrases else None,
         ),
         hang_up=rest.hang_up,
         transfer=transfer,

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from telephony.config import ConfigStore
 from telephony.metrics import Metrics
+from telephony.session.phrases import PhraseCache
 from telephony.session.registry import CallRegistry
 from telephony.settings import Settings
 from telephony.store.transcripts import TranscriptStore
@@ -42,3 +43,4 @@ class Services:
     db: AsyncEngine  # the staff UI's reads and the audit log
     llm_http: httpx.AsyncClient  # one pool for every call's responder
     twilio_calls: TwilioCalls  # REST actions on live calls: hang-up, transfer, redirect
+    phrases: PhraseCache | None = None  # fixed phrases' audio, synthesised ahead of time

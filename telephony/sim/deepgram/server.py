@@ -37,6 +37,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
+from starlette.routing import Route
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.frames import Frame, Opcode
@@ -53,6 +54,7 @@ from telephony.sim.deepgram.listen import ListenSession
 from telephony.sim.deepgram.read import FakeRead
 from telephony.sim.deepgram.script import Fault, Script
 from telephony.sim.deepgram.speak import SpeakSession
+from telephony.sim.deepgram.speak_rest import FakeSpeakRest
 
 PATHS = {
     "/v2/listen": "flux",
@@ -149,6 +151,11 @@ class FakeDeepgram(StartStop):
         # one when `serve_read`, at `read.url` (set DEEPGRAM_REST_URL to it): on the port after
         # this one's when that was given, else on any free one.
         self.read = FakeRead(api_key)
+        # ...which also serves Aura's REST endpoint (POST /v1/speak): fixed phrases.
+        self.speak_rest = FakeSpeakRest(api_key, self.options.speak_ms_per_char)
+        self.read.app.router.routes.append(
+            Route("/v1/speak", self.speak_rest.handle, methods=["POST"])
+        )
         self.serve_read = serve_read
         self._refusals: dict[str, int] = dict(refuse or {})  # endpoint -> handshakes to refuse
         self.connections: list[ConnectionLog] = []
