@@ -14,11 +14,23 @@ import httpx
 from websockets.asyncio.client import connect
 
 from routes.app import create_app
+from telephony.bench_process import port_is_free
 from telephony.config import ConfigStore
 from telephony.deepgram import messages as dm
 from telephony.inprocess import bind_loopback, serve_app
 from telephony.settings import Settings
 from tests.conftest import NUMBERS_YAML
+from tests.ports import free_port
+
+
+def _emulator_ports() -> int:
+    """The emulator's port; the next one (Text Intelligence) is free too. From below the
+    ephemeral range: one from bind(0) may be taken by another worker's outgoing connection
+    before the emulator binds it (tests/ports.py)."""
+    port = free_port()
+    while not port_is_free(port + 1):
+        port = free_port()
+    return port
 
 
 async def test_sighup_reloads_the_numbers_yaml(numbers_yaml: Path) -> None:
@@ -42,9 +54,7 @@ async def test_sighup_reloads_the_numbers_yaml(numbers_yaml: Path) -> None:
 
 
 async def test_emulator_command_serves_fake_deepgram() -> None:
-    sock = bind_loopback()
-    port = sock.getsockname()[1]
-    sock.close()
+    port = _emulator_ports()
     env = {**os.environ, "DEEPGRAM_API_KEY": "emulator-key"}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -102,9 +112,7 @@ async def test_emulator_serves_a_script_file_to_a_real_client(tmp_path: Path) ->
     authenticating with the documented default key (no DEEPGRAM_API_KEY) gets its turns."""
     timeline = tmp_path / "timeline.yaml"
     timeline.write_text(EMULATOR_SCRIPT)
-    sock = bind_loopback()
-    port = sock.getsockname()[1]
-    sock.close()
+    port = _emulator_ports()
     env = {k: v for k, v in os.environ.items() if k != "DEEPGRAM_API_KEY"}
     proc = await asyncio.create_subprocess_exec(
         *(sys.executable, "-m", "telephony.cli", "emulator", "--port", str(port)),
