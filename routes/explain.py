@@ -72,6 +72,8 @@ def event_sentence(kind: str, data: dict[str, Any] | None, ms: float) -> str:
         tries = data.get("attempts")
         if data.get("reason", "start") == "start":
             return f"{name} connected" + (f" after {tries} attempts" if tries else "") + "."
+        if data.get("planned"):
+            return f"{name} reconnected on purpose ({data['reason']})."
         words = f"{name} connection lost ({data['reason']})"
         if data.get("reconnect_ms") is not None:
             words += f", back in {_ms(float(data['reconnect_ms']))}"

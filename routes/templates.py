@@ -16,6 +16,7 @@ from starlette.responses import HTMLResponse
 from routes.explain import event_sentence, latency_steps
 from routes.state import web_of
 from telephony.outcome import label as outcome_label
+from telephony.session.language import NAMES as LANGUAGE_NAMES
 from telephony.store.export import clock, heard_split
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
@@ -60,7 +61,13 @@ _env = Environment(
     lstrip_blocks=True,
 )
 _env.filters.update(
-    clock=clock, iso=iso, utc=utc, marked=marked, snippet=snippet, outcome=outcome_label
+    clock=clock,
+    iso=iso,
+    utc=utc,
+    marked=marked,
+    snippet=snippet,
+    outcome=outcome_label,
+    language=lambda code: LANGUAGE_NAMES.get(str(code), str(code)),
 )
 _env.globals["heard_split"] = heard_split
 _env.globals["latency_steps"] = latency_steps

@@ -35,6 +35,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from telephony.transcript import is_reconnect
+
 __all__ = [
     "CallMetrics",
     "CallsCollector",
@@ -259,7 +261,7 @@ class CallMetrics:
         if endpoint is None:
             return
         data = event.data
-        if data.get("reason", "start") != "start":
+        if is_reconnect(data):
             self._metrics.deepgram_reconnects.labels(endpoint).inc()
         dropped = data.get("dropped_ms")
         if dropped:

@@ -8,7 +8,7 @@ other). Event kinds are `EventKind`s, so a misspelt kind fails where it is writt
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, Protocol
@@ -76,7 +76,8 @@ class EventKind(StrEnum):
     CALL_STATUS = "call-status"
 
 
-# Each Deepgram link's connection event (reason "start" for the first, else a reconnect).
+# Each Deepgram link's connection event: reason "start" for the first, `planned` for one we
+# chose (a new Aura voice: telephony/session/link.py `swap`), else a reconnect after a loss.
 CONNECTION_KINDS = frozenset(
     {
         EventKind.FLUX_CONNECTION,
@@ -85,6 +86,14 @@ CONNECTION_KINDS = frozenset(
         EventKind.LISTEN_CONNECTION,
     }
 )
+
+
+def is_reconnect(data: Mapping[str, Any] | None) -> bool:
+    """Does this connection event replace a socket that was lost?"""
+    data = data or {}
+    return data.get("reason", "start") != "start" and not data.get("planned")
+
+
 # What cut a bot reply off before the caller heard all of it (`Turn.meta["cut_by"]`).
 CUT_BY_CALLER = "caller"  # barge-in
 CUT_BY_DROP = "drop"  # the speech source (Aura, the agent socket) died mid-reply

@@ -21,6 +21,7 @@ from telephony.config import (
     ConfigStore,
     FluxConfig,
     LLMResponderConfig,
+    PhraseSet,
     Profile,
     ScriptedResponderConfig,
     ScriptRuleConfig,
@@ -86,6 +87,7 @@ def test_example_file_passes_check() -> None:
     assert "+15550004000 -> support-desk (transcribe)" in text
     assert "support-desk: forwarded to +15550009002, both sides transcribed (nova-3)" in text
     assert "front-desk: transfers to +15550009000 stay transcribed" in text
+    assert "sales: answers in en, es (Flux hints: en, es)" in text
     assert "default profile: front-desk" in text
 
 
@@ -108,7 +110,7 @@ def test_example_file_documents_every_field() -> None:
     text = EXAMPLE.read_text()
     models = [Config, Profile, LLMResponderConfig, ScriptedResponderConfig, ScriptRuleConfig]
     models += [FluxConfig, AgentConfig, AgentFunction, TranscribeConfig, BusinessHours]
-    models += [BargeInConfig, IdleConfig, FillerConfig]
+    models += [BargeInConfig, IdleConfig, FillerConfig, PhraseSet]
     models += [QAConfig, Scorecard, Criterion, ReviewConfig]
     missing = [f"{m.__name__}.{f}" for m in models for f in m.model_fields if f not in text]
     assert missing == []
@@ -175,7 +177,8 @@ CASES = {
               keyterm: [Acme]
         """,
         "numbers.yaml:6: profiles.sales.flux.keyterm: unknown field (allowed: model, encoding,"
-        " eot_threshold, eager_eot_threshold, eot_timeout_ms, keyterms)",
+        " eot_threshold, eager_eot_threshold, eot_timeout_ms, keyterms, language_hints,"
+        " follow_language)",
     ),
     "missing field": (
         """\
@@ -458,7 +461,7 @@ def test_all_errors_are_reported_in_file_order(in_tmp: Path) -> None:
         "numbers.yaml:15: profiles.sales.recordings: unknown field (allowed: mode, greeting,"
         " greeting_interruptible, barge_in, responder, voice, flux, agent, transcribe, on_failure,"
         " transfer_number, transcribe_after_transfer, recording, retention_days, redaction,"
-        " max_call_seconds, business_hours, insights, idle, filler, review)",
+        " max_call_seconds, business_hours, insights, idle, filler, review, voices, phrases)",
     ]
 
 

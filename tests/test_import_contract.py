@@ -56,6 +56,7 @@ ENGINES = (
     "telephony.session.sentences",
     "telephony.session.idle",
     "telephony.session.barge_in",
+    "telephony.session.language",
 )
 ABOVE_ENGINES = (
     "telephony.session.call",

@@ -7,12 +7,20 @@ Models are frozen: a live call keeps the `Config` it started with; new calls rea
 `ConfigStore.current`.
 
 One module per concept: `fields` (field types and their wording), `schema` (the pydantic
-models), `loader` (YAML with line-numbered errors, `telephony config check`), `reload` (hot
-reload). This package re-exports their names, so callers keep writing
-`from telephony.config import Profile`.
+models of numbers and profiles), `engines` (a profile's flux/agent/transcribe sections),
+`languages` (voices and phrases per language), one module per other profile section, `loader`
+(YAML with line-numbered errors, `telephony config check`), `reload` (hot reload). This
+package re-exports their names, so callers keep writing `from telephony.config import Profile`.
 """
 
 from telephony.actions import Action
+from telephony.config.engines import (
+    BUILTIN_AGENT_FUNCTIONS,
+    AgentConfig,
+    AgentFunction,
+    FluxConfig,
+    TranscribeConfig,
+)
 from telephony.config.fields import (
     DAYS,
     DEFAULT_VOICE,
@@ -36,6 +44,7 @@ from telephony.config.fields import (
     TokenLimitParam,
     between,
 )
+from telephony.config.languages import PhraseSet
 from telephony.config.loader import (
     MAX_YAML_CHARS,
     MAX_YAML_NODES,
@@ -49,13 +58,9 @@ from telephony.config.loader import (
 )
 from telephony.config.reload import ConfigStore
 from telephony.config.schema import (
-    BUILTIN_AGENT_FUNCTIONS,
     DEFAULT_UNKNOWN_MESSAGE,
-    AgentConfig,
-    AgentFunction,
     BusinessHours,
     Config,
-    FluxConfig,
     LLMResponderConfig,
     Loc,
     Profile,
@@ -63,7 +68,6 @@ from telephony.config.schema import (
     Route,
     ScriptedResponderConfig,
     ScriptRuleConfig,
-    TranscribeConfig,
 )
 
 __all__ = [
@@ -100,6 +104,7 @@ __all__ = [
     "Identifier",
     "LLMResponderConfig",
     "Loc",
+    "PhraseSet",
     "Positive",
     "Profile",
     "RedactKind",

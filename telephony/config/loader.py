@@ -26,6 +26,7 @@ from telephony.config.schema import (
     _dotted,
     _reference_errors,
 )
+from telephony.deepgram import messages as dm
 
 # Key names that would hold a secret value (api_key_env, max_tokens, token_limit_param do not).
 SECRET_KEY_RE = re.compile(r"^(?:.*[_-])?(?:api[_-]?key|token|secret|password|passwd)$", re.I)
@@ -340,6 +341,10 @@ def summary(config: Config) -> str:
             out.append(f"  {name}: forwarded to {target}, both sides transcribed ({model})")
         if profile.transcribe_after_transfer:
             out.append(f"  {name}: transfers to {profile.transfer_number} stay transcribed")
+        if profile.mode == "flux" and profile.flux.model == "flux-general-multi":
+            spoken = [dm.voice_language(profile.voice), *profile.voices]
+            hints = ", ".join(profile.flux.language_hints) or "none"
+            out.append(f"  {name}: answers in {', '.join(spoken)} (Flux hints: {hints})")
     if config.qa.tags or config.qa.scorecards:
         cards = ", ".join(config.qa.scorecards) or "none"
         out.append(f"call review: {len(config.qa.tags)} tags; scorecards: {cards}")

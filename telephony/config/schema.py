@@ -16,15 +16,19 @@ from zoneinfo import ZoneInfo
 from pydantic import (
     AfterValidator,
     Field,
-    PlainValidator,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
-from telephony.actions import BUILTIN_FUNCTIONS, Action
+from telephony.actions import Action
 from telephony.config.barge_in import BargeInConfig
+from telephony.config.engines import (
+    AgentConfig,
+    FluxConfig,
+    TranscribeConfig,
+)
 from telephony.config.fields import (
     DAYS,
     DEFAULT_VOICE,
@@ -32,27 +36,19 @@ from telephony.config.fields import (
     AuraVoice,
     Day,
     EnvName,
-    EotThreshold,
-    EotTimeoutMs,
-    FluxModel,
     HttpUrl,
-    Identifier,
     Positive,
-    RedactKind,
     TokenLimitParam,
-    _endpointing,
     _hours,
-    _language,
-    _nova_model,
     _parse_hours,
     _regex,
-    _tag,
     _timezone,
     between,
 )
 from telephony.config.filler import FillerConfig
 from telephony.config.idle import IdleConfig
 from telephony.config.insights import InsightsConfig
+from telephony.config.languages import PhraseSet, check_phrases, check_voices
 from telephony.config.model import ConfigModel
 from telephony.config.qa import QAConfig, ReviewConfig
 
@@ -98,141 +94,6 @@ ResponderConfig = Annotated[
 ]
 
 
-# --- engines --------------------------------------------------------------------------------
-
-
-class FluxConfig(_Model):
-    model: FluxModel = "flux-general-en"
-    encoding: Literal["mulaw", "linear16"] = "mulaw"  # linear16 is sent at 16 kHz
-    eot_threshold: EotThreshold = 0.7
-    eager_eot_threshold: Annotated[float, between(0.3, 0.9)] | None = None
-    eot_timeout_ms: EotTimeoutMs = 5000
-    keyterms: list[str] = []
-
-    @field_validator("eager_eot_threshold")
-    @classmethod
-    def _eager_not_above_eot(cls, value: float | None, info: ValidationInfo) -> float | None:
-        eot = info.data.get("eot_threshold")
-        if value is not None and eot is not None and value > eot:
-            raise PydanticCustomError(
-                "eager_above_eot", "must be <= eot_threshold ({eot})", {"eot": eot}
-            )
-        return value
-
-
-class AgentFunction(_Model):
-    name: Identifier
-    description: str
-    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
-    url: HttpUrl  # webhook called with the function's arguments
-    timeout_s: Positive = 5.0
-    # Deepgram holds the call until the caller's turn is confirmed, so a turn the caller
-    # resumes never runs it: for webhooks with side effects (a booking, a payment).
-    defer_until_eot: bool = False
-
-
-BUILTIN_AGENT_FUNCTIONS = BUILTIN_FUNCTIONS
-
-
-class AgentConfig(_Model):
-    listen_model: Literal["flux-general-en", "flux-general-multi", "nova-3", "nova-2"] = (
-        "flux-general-en"
-    )
-    eot_threshold: EotThreshold | None = None
-    eot_timeout_ms: EotTimeoutMs | None = None
-    keyterms: list[str] = []
-    think_provider: str = "open_ai"
-    think_model: str = "gpt-4o-mini"
-    think_prompt: str
-    speak_voice: AuraVoice = DEFAULT_VOICE
-    functions: list[AgentFunction] = []
-    silence_nudge_s: Positive | None = None
-    reply_timeout_s: Positive = 8.0  # caller finished, no agent speech this long: nudge
-    nudge_message: str = "Are you still there?"
-    session_cap_action: Literal["warn", "transfer", "end"] = "end"
-
-    @field_validator("eot_threshold", "eot_timeout_ms")
-    @classmethod
-    def _flux_only(cls, value: float | None, info: ValidationInfo) -> float | None:
-        model = info.data.get("listen_model", "")
-        if value is not None and not model.startswith("flux"):
-            raise PydanticCustomError("flux_only", "only applies to flux listen models")
-        return value
-
-    @field_validator("functions")
-    @classmethod
-    def _unique_names(cls, value: list[AgentFunction]) -> list[AgentFunction]:
-        names = [f.name for f in value]
-        if builtin := sorted(set(names) & BUILTIN_AGENT_FUNCTIONS):
-            raise PydanticCustomError(
-                "builtin_function",
-                "{names} are built in (they hang up / transfer after the goodbye plays); "
-                "remove them here",
-                {"names": ", ".join(builtin)},
-            )
-        if dupes := sorted({n for n in names if names.count(n) > 1}):
-            raise PydanticCustomError(
-                "duplicate_function", "duplicate function names: {names}", {"names": dupes}
-            )
-        return value
-
-
-class TranscribeConfig(_Model):
-    """Live transcription with Nova (`/v1/listen`), one socket per side of the call.
-
-    In a transcribe profile `dial` or `queue` says where Twilio forwards the call while both
-    sides are transcribed; flux and agent profiles use the rest (the Nova options) for the
-    transcription that continues after a transfer (`transcribe_after_transfer`).
-    """
-
-    dial: E164 | None = None  # transcribe mode: the agent's number ...
-    queue: Annotated[str, Field(min_length=1, max_length=64)] | None = None  # ... or a queue
-    listen_model: Annotated[str, AfterValidator(_nova_model)] = "nova-3"
-    language: Annotated[str, AfterValidator(_language)] = "en"
-    interim_results: bool = True  # live view only: interim text is never stored
-    endpointing: Annotated[int | bool, PlainValidator(_endpointing)] = 300  # ms, or false
-    utterance_end_ms: Annotated[int, between(1000, 10000)] | None = 1000
-    vad_events: bool = True
-    smart_format: bool = True
-    punctuate: bool = True
-    diarize: bool = False
-    numerals: bool = False
-    profanity_filter: bool = False
-    redact: list[RedactKind] = []  # Deepgram's own redaction, before our `redaction`
-    keyterms: list[str] = []  # nova-3 only
-    keywords: list[str] = []  # nova-2 only ("word" or "word:boost")
-    tags: list[Annotated[str, AfterValidator(_tag)]] = []  # usage tags; call SID and side added
-
-    @field_validator("utterance_end_ms")
-    @classmethod
-    def _needs_interim(cls, value: int | None, info: ValidationInfo) -> int | None:
-        if value is not None and info.data.get("interim_results") is False:
-            raise PydanticCustomError(
-                "needs_interim", "needs interim_results: true (or set utterance_end_ms: null)"
-            )
-        return value
-
-    @field_validator("keyterms")
-    @classmethod
-    def _keyterms_nova3(cls, value: list[str], info: ValidationInfo) -> list[str]:
-        if value and not str(info.data.get("listen_model", "nova-3")).startswith("nova-3"):
-            raise PydanticCustomError("nova3_only", "keyterms need a nova-3 model (use keywords)")
-        return value
-
-    @field_validator("keywords")
-    @classmethod
-    def _keywords_nova2(cls, value: list[str], info: ValidationInfo) -> list[str]:
-        if value and str(info.data.get("listen_model", "nova-3")).startswith("nova-3"):
-            raise PydanticCustomError("nova2_only", "keywords are for nova-2; nova-3 uses keyterms")
-        return value
-
-    @model_validator(mode="after")
-    def _one_target(self) -> TranscribeConfig:
-        if self.dial is not None and self.queue is not None:
-            raise ValueError("give dial or queue, not both")
-        return self
-
-
 # --- profile --------------------------------------------------------------------------------
 
 
@@ -275,6 +136,19 @@ class Profile(_Model):
     idle: IdleConfig | None = None  # reprompt a silent caller, then hang up
     filler: FillerConfig | None = None  # flux: "One moment." while a reply is slow to come
     review: ReviewConfig = Field(default_factory=ReviewConfig)  # QA: when calls get flagged
+    # flux-general-multi: a voice and fixed phrases per language (config/languages.py)
+    voices: dict[str, AuraVoice] = {}
+    phrases: dict[str, PhraseSet] = {}
+
+    @field_validator("voices")
+    @classmethod
+    def _voices(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        return check_voices(value, info.data)
+
+    @field_validator("phrases")
+    @classmethod
+    def _phrases(cls, value: dict[str, PhraseSet], info: ValidationInfo) -> dict[str, PhraseSet]:
+        return check_phrases(value, info.data)
 
     @field_validator("responder", "agent", "transcribe")
     @classmethod

@@ -32,6 +32,7 @@ class FluxOptions:
     eot_timeout_ms: int | None = None
     keyterms: tuple[str, ...] = field(default=())
     tag: str | None = None  # Deepgram usage tag; we send the call SID to attribute usage per call
+    language_hints: tuple[str, ...] = field(default=())  # flux-general-multi only
 
     @property
     def sample_rate(self) -> int:
@@ -51,6 +52,7 @@ class FluxOptions:
             "eot_timeout_ms": self.eot_timeout_ms,
             "keyterm": list(self.keyterms) or None,
             "tag": self.tag,
+            "language_hint": list(self.language_hints) or None,
         }
 
 

@@ -159,6 +159,10 @@ class DeepgramSocket:
             with contextlib.suppress(Exception):
                 await self._ws.wait_closed()
 
+    async def close(self) -> None:
+        """End the socket the endpoint's way (each client says how; by default a plain close)."""
+        await self.close_politely(wait_for_server=False)
+
     async def close_politely(self, *last: str | bytes, wait_for_server: bool = True) -> None:
         """Send `last` (the tail of the audio, the endpoint's close message); with
         `wait_for_server` (the endpoint closes once it has answered them) wait a bounded time

@@ -61,6 +61,7 @@ class SpeakClient(DeepgramSocket):
         # parameter on it.
         params: dict[str, ParamValue] = {"model": voice, "encoding": "mulaw", "sample_rate": 8000}
         super().__init__(build_url(base_url, SPEAK_PATH, params), api_key)
+        self.voice = voice  # one voice per socket: another voice is another socket
         self.budget = budget or FlushBudget()
         self._clearing = False  # audio before `Cleared` belongs to a reply we cancelled
 

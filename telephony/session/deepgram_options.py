@@ -28,6 +28,7 @@ def flux_options(flux: FluxConfig) -> FluxOptions:
         eager_eot_threshold=flux.eager_eot_threshold,
         eot_timeout_ms=flux.eot_timeout_ms,
         keyterms=tuple(flux.keyterms),
+        language_hints=tuple(flux.language_hints),
     )
 
 

@@ -55,8 +55,8 @@ def build_engine(
             build_responder(profile.responder, http=http),
             lambda opts: FluxClient(settings.deepgram_url, key, opts),
             options,
-            lambda: SpeakClient(settings.deepgram_url, key, profile.voice),
-            phrase=(lambda text: phrases(profile.voice, text)) if phrases else (lambda text: None),
+            lambda voice: SpeakClient(settings.deepgram_url, key, voice),
+            phrase=phrases or (lambda voice, text: None),
         )
     if profile.mode == "agent":
 

@@ -58,10 +58,10 @@ class FluxEngine:
         responder: Responder,
         flux: Callable[[FluxOptions], FluxClient],
         options: FluxOptions,
-        speak: Callable[[], SpeakClient],
+        speak: Callable[[str], SpeakClient],
         *,
         reconnect: Backoff | None = None,
-        phrase: Callable[[str], bytes | None] = lambda text: None,
+        phrase: Callable[[str, str], bytes | None] = lambda voice, text: None,
     ) -> None:
         self.ctx = ctx
         self.options = options  # what Flux confirmed last: a reconnect's URL carries it
@@ -97,6 +97,7 @@ class FluxEngine:
             self._tasks,
             say=self._say_idle,
             busy=lambda: self._turn_open or bool(self.replies.speech.active),
+            localize=self.replies.language.idle,
         )
         self.replies.speech.on_quiet = self.idle.bot_quiet
         self._turn_open = False
@@ -109,6 +110,7 @@ class FluxEngine:
         self._last_update = ""
         self._last_progress_at = 0.0
         self._forced_at: float | None = None
+        self._hinted = options.language_hints  # the language hints last asked of Flux
 
     @property
     def flux(self) -> FluxClient:
@@ -181,6 +183,7 @@ class FluxEngine:
         eager_eot_threshold: float | None = None,
         eot_timeout_ms: int | None = None,
         keyterms: list[str] | None = None,
+        language_hints: list[str] | None = None,
     ) -> None:
         """Change Flux's turn settings mid-call (applied once Flux confirms them)."""
         await self.flux.configure(
@@ -188,21 +191,38 @@ class FluxEngine:
             eager_eot_threshold=eager_eot_threshold,
             eot_timeout_ms=eot_timeout_ms,
             keyterms=keyterms,
+            language_hints=language_hints,
         )
+
+    async def _follow_language(self) -> None:
+        """`flux.follow_language`: once the caller's language is known (and whenever it
+        changes), Flux is hinted with it alone."""
+        caller = self.replies.language.caller
+        if not self.ctx.profile.flux.follow_language or caller is None:
+            return
+        if self._hinted != (caller,):
+            self._hinted = (caller,)
+            with contextlib.suppress(ConnectionClosed):
+                await self.flux.configure(language_hints=[caller])
 
     def _configured(self, ok: dm.ConfigureSuccess) -> None:
         """Remember what Flux applied, so a reconnect's URL carries it (and the watchdog's
         threshold follows it)."""
         th = ok.thresholds
         before = self.options.eot_timeout_ms
+        hints = self.options.language_hints if ok.language_hints is None else ok.language_hints
         self.options = replace(
             self.options,
             eot_threshold=th.get("eot_threshold", self.options.eot_threshold),
             eager_eot_threshold=th.get("eager_eot_threshold", self.options.eager_eot_threshold),
             eot_timeout_ms=th.get("eot_timeout_ms", self.options.eot_timeout_ms),
             keyterms=tuple(ok.keyterms),
+            language_hints=tuple(hints),
         )
-        self.ctx.transcript.event(self.ctx.now_ms(), EventKind.FLUX_CONFIGURED, thresholds=dict(th))
+        data: dict[str, object] = {"thresholds": dict(th)}
+        if ok.language_hints is not None:
+            data["language_hints"] = list(ok.language_hints)
+        self.ctx.transcript.event(self.ctx.now_ms(), EventKind.FLUX_CONFIGURED, **data)
         if self.options.eot_timeout_ms != before:
             self._restart_watchdog()  # it may be asleep on the old threshold
 
@@ -361,7 +381,8 @@ class FluxEngine:
             self.ctx.transcript.add_turn("caller", text, start_ms, end_ms, meta=meta)
             return
         self.ctx.transcript.add_turn("caller", text, start_ms, end_ms, meta=meta)
-        self.replies.answer(text, end_ms)
+        self.replies.answer(text, end_ms, ev.languages)
+        await self._follow_language()
 
     # --- DTMF ---------------------------------------------------------------------------------
 

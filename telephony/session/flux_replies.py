@@ -14,9 +14,8 @@ or ends.
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from telephony.deepgram import messages as dm
@@ -24,6 +23,7 @@ from telephony.deepgram.speak import SpeakClient
 from telephony.responder import Message, Responder, ResponderError
 from telephony.retry import Backoff
 from telephony.session.engine import CallContext
+from telephony.session.language import APOLOGY, CallLanguage
 from telephony.session.link import GiveUp, Link
 from telephony.session.segments import Segment
 from telephony.session.sentences import SentenceChunker
@@ -31,7 +31,7 @@ from telephony.session.speech import BotReply, BotSpeech
 from telephony.session.tasks import TaskSet
 from telephony.transcript import EventKind
 
-APOLOGY = "Sorry, I'm having trouble right now. Could you say that again?"
+__all__ = ["APOLOGY", "FluxReplies"]
 
 
 @dataclass(eq=False)
@@ -39,6 +39,7 @@ class FluxReply(BotReply):
     committed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     unflushed: list[str] = field(default_factory=list)  # sent to Aura, not yet flushed
+    language: str = ""  # what it is said in (session/language.py)
 
 
 class FluxReplies:
@@ -48,35 +49,48 @@ class FluxReplies:
         self,
         ctx: CallContext,
         responder: Responder,
-        speak: Callable[[], SpeakClient],
+        speak: Callable[[str], SpeakClient],
         tasks: TaskSet,
         give_up: GiveUp,
         backoff: Backoff | None = None,
-        phrase: Callable[[str], bytes | None] = lambda text: None,
+        phrase: Callable[[str, str], bytes | None] = lambda voice, text: None,
     ) -> None:
         self.ctx = ctx
         self.responder = responder
-        self._phrase = phrase  # a fixed phrase's cached audio (session/phrases.py), if any
+        self._phrase = phrase  # a fixed phrase's cached audio by (voice, text) (phrases.py)
+        self.language = CallLanguage(ctx.profile)
+        self.voice = self.language.voice  # what replies are said in from now on
         self.link = Link(
-            ctx, "speak", speak, give_up=give_up, on_lost=self._speak_lost, backoff=backoff
+            ctx,
+            "speak",
+            lambda: speak(self.voice),
+            give_up=give_up,
+            on_lost=self._speak_lost,
+            on_live=self._speak_live,
+            backoff=backoff,
         )
         self._tasks = tasks
         self.speech = BotSpeech(ctx, on_finished=self._remember)
         self.history: list[Message] = []
         self._speculative: FluxReply | None = None
         self._flush_groups: deque[tuple[FluxReply, Segment]] = deque()  # audio still to come
-        filler = ctx.profile.filler
-        self._filler_texts = itertools.cycle(filler.phrases) if filler else None
+        self._drained = asyncio.Event()  # set whenever no Aura audio is still to come
+        self._voice_ready = asyncio.Event()  # the live Aura socket speaks `self.voice`
+        self._voice_task: asyncio.Task[None] | None = None
+        self._fillers_said = 0
         self._filler_timer = tasks.timer("filler", self._filler_due)
         self._waiting: FluxReply | None = None  # the committed reply a filler may cover
 
     # --- the caller's turns -------------------------------------------------------------------
 
-    def answer(self, text: str, eot_ms: int) -> None:
-        """Commit the speculative reply if it answered this exact text, else start anew."""
+    def answer(self, text: str, eot_ms: int, languages: Sequence[str] | None = None) -> None:
+        """Commit the speculative reply if it answered this exact text in the language the
+        caller spoke (`languages`, from Flux), else start anew."""
+        if self.language.heard(languages):
+            self._follow_voice()
         reply = self._speculative
         self._speculative = None
-        if reply is not None and reply.user_text != text:
+        if reply is not None and (reply.user_text != text or reply.language != self.language.reply):
             self._cancel(reply)
             reply = None
         if reply is None:
@@ -87,8 +101,7 @@ class FluxReplies:
         reply.held = False
         reply.eot_ms, reply.eot_at = eot_ms, asyncio.get_running_loop().time()
         reply.committed.set()
-        if self._filler_texts is not None and reply.first_text_at is None:
-            assert self.ctx.profile.filler is not None
+        if self.ctx.profile.filler is not None and reply.first_text_at is None:
             self._waiting = reply
             self._filler_timer.start(self.ctx.profile.filler.after_ms / 1000)
 
@@ -98,8 +111,11 @@ class FluxReplies:
         reply, self._waiting = self._waiting, None
         if reply is None or reply.finished or reply.first_text_at is not None:
             return
-        assert self._filler_texts is not None
-        filler = self.say_fixed(next(self._filler_texts), interruptible=True)
+        fillers = self.language.fillers()
+        self._fillers_said += 1
+        filler = self.say_fixed(
+            fillers[(self._fillers_said - 1) % len(fillers)], interruptible=True
+        )
         filler.meta["filler"] = True
         self.ctx.transcript.event(self.ctx.now_ms(), EventKind.FILLER, reply=reply.number)
 
@@ -113,9 +129,17 @@ class FluxReplies:
         self._speculative = self._start_reply(text, speculative=True)
 
     def _start_reply(self, text: str, *, speculative: bool) -> FluxReply:
-        reply = self.speech.new_reply(text, cls=FluxReply)
+        reply = self._new_reply(text)
         reply.held = speculative
-        reply.task = self._tasks.spawn(self._generate(reply, list(self.history)), "reply")
+        history = [*self.language.instruction(), *self.history]
+        reply.task = self._tasks.spawn(self._generate(reply, history), "reply")
+        return reply
+
+    def _new_reply(self, text: str = "", *, interruptible: bool = True) -> FluxReply:
+        reply = self.speech.new_reply(text, interruptible=interruptible, cls=FluxReply)
+        reply.language = self.language.reply
+        if self.language.multilingual:
+            reply.meta["language"] = reply.language  # the staff UI shows it per turn
         return reply
 
     def drop_speculation(self) -> None:
@@ -146,6 +170,7 @@ class FluxReplies:
                 if isinstance(reply, FluxReply) and reply.task is not None:
                     reply.task.cancel()
             self._flush_groups.clear()
+            self._settled()
 
         if await self.speech.barge_in(ms, before_clear=stop_generating, detail=detail):
             await self.speak.clear()
@@ -156,9 +181,9 @@ class FluxReplies:
         """A phrase said word for word (greeting, filler, reprompt, goodbye): from the phrase
         cache when it has it and no Aura audio is still coming (which it would overtake),
         else through Aura."""
-        reply = self.speech.new_reply(interruptible=interruptible, cls=FluxReply)
+        reply = self._new_reply(interruptible=interruptible)
         reply.committed.set()
-        audio = None if self._flush_groups else self._phrase(text)
+        audio = None if self._flush_groups else self._phrase(self.voice, text)
         if audio is not None:
             reply.text.append(text)
             reply.first_text_at = asyncio.get_running_loop().time()
@@ -193,11 +218,12 @@ class FluxReplies:
             self.ctx.log.warning("responder failed: %s", exc)
             ms = self.ctx.now_ms()
             self.ctx.transcript.event(ms, EventKind.ERROR, source="responder", detail=str(exc))
-            await self._say_sentence(reply, APOLOGY)
+            await self._say_sentence(reply, self.language.apology)
         await self._end_reply_text(reply)
 
     async def _say_sentence(self, reply: FluxReply, sentence: str) -> None:
         await reply.committed.wait()  # a speculative reply holds its text until EndOfTurn
+        await self._voice_ready.wait()  # Aura is being given another voice
         reply.text.append(sentence)
         reply.unflushed.append(sentence)
         if reply.first_text_at is None:
@@ -243,12 +269,46 @@ class FluxReplies:
                 self.speech.audio(reply, seg, event)
         elif isinstance(event, dm.Flushed) and self._flush_groups:
             self.speech.end_segment(self._flush_groups.popleft()[1])
+            self._settled()
 
     def _speak_lost(self, reason: str) -> None:
         """Aura dropped: what it had not yet spoken is lost; close those segments with the
         audio that did arrive (so their replies finish); the link connects a new socket."""
         while self._flush_groups:
             self.speech.end_segment(self._flush_groups.popleft()[1], complete=False)
+        self._settled()
+
+    def _settled(self) -> None:
+        if not self._flush_groups:
+            self._drained.set()
+
+    # --- the voice: one per Aura socket -----------------------------------------------------
+
+    def _speak_live(self, client: SpeakClient, reason: str) -> dict[str, object]:
+        """A socket is live (the first, a replacement or a new voice): text may go to it once
+        it speaks the voice replies are now said in."""
+        if client.voice == self.voice:
+            self._voice_ready.set()
+        return {"voice": client.voice} if self.language.multilingual else {}
+
+    def _follow_voice(self) -> None:
+        """The call's language changed: Aura needs the voice that speaks it, a new socket."""
+        if self.language.voice == self.voice:
+            return
+        self.voice = self.language.voice
+        self._voice_ready.clear()
+        if self._voice_task is None or self._voice_task.done():
+            self._voice_task = self._tasks.spawn(self._swap_voice(), "voice")
+
+    async def _swap_voice(self) -> None:
+        """Once the old voice's audio has all come (it would be cut off), swap the socket;
+        again if the language changed once more meanwhile."""
+        while self.link.connected and self.link.client.voice != self.voice:
+            while self._flush_groups:
+                self._drained.clear()
+                await self._drained.wait()
+            if not await self.link.swap(f"voice {self.voice}"):
+                return  # given up: the call is being handed over
 
     def drop_all(self) -> None:
         """The call is being handed over: nothing more is generated or spoken."""
@@ -258,3 +318,4 @@ class FluxReplies:
             if isinstance(reply, FluxReply) and reply.task is not None:
                 reply.task.cancel()
         self._flush_groups.clear()
+        self._settled()

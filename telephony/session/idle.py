@@ -49,9 +49,11 @@ class IdleWatch:
         *,
         say: Callable[[str, bool], Awaitable[None] | None],
         busy: Callable[[], bool],
+        localize: Callable[[IdleConfig], IdleConfig] = lambda config: config,
     ) -> None:
         self.ctx = ctx
         self.config = config
+        self._localize = localize  # its texts in the call's language (session/language.py)
         self._say = say
         self._busy = busy
         self._timer = tasks.timer("idle", self._silent)
@@ -72,6 +74,7 @@ class IdleWatch:
         if config is None or self._busy():
             return
         ms = self.ctx.now_ms()
+        config = self._localize(config)
         if config.reprompts is None or self.reprompts < config.reprompts:
             self.reprompts += 1
             text = config.messages[(self.reprompts - 1) % len(config.messages)]

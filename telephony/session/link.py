@@ -10,7 +10,8 @@ Every link lives the same way, whatever its endpoint:
   go first on the new one.
 - Each connection is one transcript event, `<endpoint>-connection` (reason, attempts, audio
   replayed and dropped, how long the link was down), and the metrics count reconnects from
-  that event alone (telephony/metrics.py).
+  that event alone (telephony/metrics.py). A socket we replace on purpose (`swap`: Aura in
+  another voice) is `planned`, never counted as a reconnect.
 - Giving up is one path, the engine's `give_up(endpoint, reason)`: for the bot modes the
   apology and hand-over (telephony/session/fallback.py), never a bare close of the call; for
   a transcribed side a `transcription-failed` record (people are talking: the call goes on).
@@ -101,15 +102,31 @@ class Link(Generic[S]):
         """The live socket's events to `on_event` until we close it; a socket that fails is
         replaced and its successor's events follow. Returns once closed or given up."""
         while self._client is not None and self.failed is None:
+            client = self._client
             try:
-                async for event in self._client.events():
+                async for event in client.events():
                     handled = on_event(event)
                     if handled is not None:
                         await handled
-                return  # we closed it: the call is over
+                if self._client is client:
+                    return  # we closed it: the call is over
             except DeepgramClosed as exc:
+                if self._client is not client:
+                    continue  # swapped for another (see `swap`): its end was ours
                 if self.closing or not await self.replace(str(exc)):
                     return
+
+    async def swap(self, reason: str) -> bool:
+        """A planned new socket (another Aura voice, say): connected before the old one is
+        closed, so the events loop goes on with it; not a failure, so nothing is spent from the
+        budget. False if no new socket could be had (the link was given up)."""
+        old = self._client
+        if not await self._connect(reason, [], lost_at=None, planned=True):
+            return False
+        if old is not None and old is not self._client:
+            self._keepalives_before += old.keepalives_sent
+            await old.close()
+        return True
 
     async def replace(self, reason: str) -> bool:
         """The socket failed: drop it and connect another (the failure budget allowing).
@@ -135,7 +152,9 @@ class Link(Generic[S]):
         replay = self._replay() if self._replay is not None else []
         return await self._connect(reason, replay, lost_at=lost_at)
 
-    async def _connect(self, reason: str, replay: list[Frame], *, lost_at: float | None) -> bool:
+    async def _connect(
+        self, reason: str, replay: list[Frame], *, lost_at: float | None, planned: bool = False
+    ) -> bool:
         error = ""
         for attempt, delay in enumerate(self._backoff.delays()):
             await asyncio.sleep(delay)
@@ -149,7 +168,7 @@ class Link(Generic[S]):
                 self.ctx.log.warning("%s connect failed (%s): %s", self._name, reason, error)
                 continue
             self._client, self._dropped = client, False
-            self._go_live(client, reason, replay, attempt + 1, lost_at)
+            self._go_live(client, reason, replay, attempt + 1, lost_at, planned)
             return True
         when = "at call start" if reason == START else f"after {reason}"
         attempts = self._backoff.attempts
@@ -157,9 +176,17 @@ class Link(Generic[S]):
         return False
 
     def _go_live(
-        self, client: S, reason: str, replay: list[Frame], attempts: int, lost_at: float | None
+        self,
+        client: S,
+        reason: str,
+        replay: list[Frame],
+        attempts: int,
+        lost_at: float | None,
+        planned: bool,
     ) -> None:
         data: dict[str, Any] = {"connection": self.connections, "reason": reason}
+        if planned:
+            data["planned"] = True  # not a reconnect (telephony/transcript.py is_reconnect)
         data.update(self._tags)
         if attempts > 1:
             data["attempts"] = attempts

@@ -27,8 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from telephony.config import Config, ConfigStore
-from telephony.session.flux_replies import APOLOGY
-from telephony.session.idle import config_of as idle_config_of
+from telephony.session.language import phrase_texts
 from telephony.store.private_files import open_private, private_dir
 
 log = logging.getLogger(__name__)
@@ -47,20 +46,12 @@ def phrase_key(voice: str, text: str) -> str:
 
 
 def fixed_phrases(config: Config) -> set[tuple[str, str]]:
-    """(voice, text) of every phrase a Flux call of `config` may say word for word."""
+    """(voice, text) of every phrase a Flux call of `config` may say word for word, in every
+    language its profiles speak."""
     wanted: set[tuple[str, str]] = set()
     for profile in config.profiles.values():
-        if profile.mode != "flux":
-            continue  # the Voice Agent speaks with its own voice, through its own socket
-        texts = [APOLOGY]
-        if profile.greeting:
-            texts.append(profile.greeting)
-        idle = idle_config_of(profile)
-        if idle is not None:
-            texts += [*idle.messages, idle.goodbye]
-        if profile.filler is not None:
-            texts += profile.filler.phrases
-        wanted.update((profile.voice, text) for text in texts if text.strip())
+        if profile.mode == "flux":  # the Voice Agent speaks through its own socket
+            wanted |= phrase_texts(profile)
     return wanted
 
 

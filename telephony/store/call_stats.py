@@ -33,7 +33,7 @@ from telephony.store.schema import (
     latency_rollup_hourly,
     turns,
 )
-from telephony.transcript import CONNECTION_KINDS, CUT_BY_CALLER
+from telephony.transcript import CONNECTION_KINDS, CUT_BY_CALLER, is_reconnect
 
 BUCKET_S = 900
 HOUR_S = 3600
@@ -110,11 +110,7 @@ def facts_of(
     barge_ins = sum(
         1 for t in bot if t["interrupted"] and (t["meta"] or {}).get("cut_by") == CUT_BY_CALLER
     )
-    reconnects = sum(
-        1
-        for kind, data in kinds
-        if kind in CONNECTION_KINDS and (data or {}).get("reason", "start") != "start"
-    )
+    reconnects = sum(1 for kind, data in kinds if kind in CONNECTION_KINDS and is_reconnect(data))
     return CallFacts(
         bucket=int(call["started_at"]) // BUCKET_S * BUCKET_S,
         profile=call["profile"] or "",

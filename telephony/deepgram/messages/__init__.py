@@ -72,6 +72,7 @@ from telephony.deepgram.messages.flux import (  # noqa: F401
     EOT_TIMEOUT_MS_RANGE,
     FLUX_EVENTS,
     FLUX_MODELS,
+    FLUX_MULTI_LANGUAGES,
     CloseStream,
     Configure,
     ConfigureFailure,
@@ -82,10 +83,12 @@ from telephony.deepgram.messages.flux import (  # noqa: F401
     FluxWarning,
     ForceEndTurn,
     TurnInfo,
+    base_language,
     close_stream,
     configure,
     flux_threshold_problems,
     force_end_turn,
+    language_hint_problems,
     parse_flux_client,
     parse_flux_server,
 )
@@ -102,6 +105,7 @@ from telephony.deepgram.messages.listen import (  # noqa: F401
     parse_listen_server,
 )
 from telephony.deepgram.messages.speak import (  # noqa: F401
+    AURA_LANGUAGES,
     Clear,
     Cleared,
     Close,
@@ -118,6 +122,7 @@ from telephony.deepgram.messages.speak import (  # noqa: F401
     parse_speak_client,
     parse_speak_server,
     speak,
+    voice_language,
 )
 from telephony.deepgram.messages.wire import (  # noqa: F401
     DeepgramMessageError,
@@ -134,6 +139,7 @@ __all__ = [  # noqa: RUF022 - grouped by endpoint, not sorted
     "encode",
     # Flux
     "FLUX_MODELS",
+    "FLUX_MULTI_LANGUAGES",
     "FluxConnected",
     "TurnInfo",
     "ConfigureSuccess",
@@ -149,6 +155,8 @@ __all__ = [  # noqa: RUF022 - grouped by endpoint, not sorted
     "force_end_turn",
     "close_stream",
     "flux_threshold_problems",
+    "language_hint_problems",
+    "base_language",
     # Speak
     "Metadata",
     "Flushed",
@@ -157,6 +165,8 @@ __all__ = [  # noqa: RUF022 - grouped by endpoint, not sorted
     "SpeakError",
     "Speak",
     "Flush",
+    "AURA_LANGUAGES",
+    "voice_language",
     "Clear",
     "Close",
     "parse_speak_server",

@@ -35,6 +35,23 @@ FLUX_EVENTS = ("StartOfTurn", "Update", "EagerEndOfTurn", "TurnResumed", "EndOfT
 EOT_THRESHOLD_RANGE = (0.5, 1.0)
 EAGER_EOT_THRESHOLD_RANGE = (0.3, 0.9)
 EOT_TIMEOUT_MS_RANGE = (500, 60000)
+# What flux-general-multi hears and takes as `language_hint` (docs/protocol.md §2); a region
+# subtag (es-MX) is accepted and read as its base language.
+FLUX_MULTI_LANGUAGES = ("en", "es", "fr", "de", "hi", "ru", "pt", "ja", "it", "nl")
+
+
+def base_language(tag: str) -> str:
+    """`es-MX` -> `es`: the language Flux and Aura decide by."""
+    return tag.split("-", 1)[0].lower()
+
+
+def language_hint_problems(hints: tuple[str, ...] | list[str]) -> list[str]:
+    """Hints flux-general-multi would not know."""
+    return [
+        f"language_hint {h!r} is not one of {', '.join(FLUX_MULTI_LANGUAGES)}"
+        for h in hints
+        if base_language(h) not in FLUX_MULTI_LANGUAGES
+    ]
 
 
 @_message
@@ -64,6 +81,7 @@ class TurnInfo(_Wire):
     sequence_id: int = 0
     request_id: str = ""
     languages: tuple[str, ...] | None = None  # flux-general-multi: detected, most frequent first
+    languages_hinted: tuple[str, ...] | None = None  # the language hints in force for this turn
 
 
 @_message
@@ -74,6 +92,7 @@ class ConfigureSuccess(_Wire):
     keyterms: tuple[str, ...] = ()
     sequence_id: int = 0
     request_id: str = ""
+    language_hints: tuple[str, ...] | None = None  # flux-general-multi: the hints now in force
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ConfigureSuccess:

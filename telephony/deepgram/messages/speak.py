@@ -19,6 +19,14 @@ from telephony.deepgram.messages.wire import (
 
 # --- Aura /v1/speak ------------------------------------------------------------------------
 
+# The languages Aura-2 voices speak; a voice's name ends with its language (aura-2-celeste-es).
+AURA_LANGUAGES = ("en", "es", "de", "fr", "nl", "it", "ja")
+
+
+def voice_language(voice: str) -> str:
+    """`aura-2-celeste-es` -> `es`."""
+    return voice.rsplit("-", 1)[-1].lower()
+
 
 @_message
 @dataclass(slots=True)

@@ -109,6 +109,7 @@ class FluxSession(Session):
         self.eager_eot_threshold = params.eager_eot_threshold
         self.eot_timeout_ms = params.eot_timeout_ms
         self.keyterms = params.keyterms
+        self.language_hints = params.language_hints
         self.turns = turns
         self.next_turn = 0  # index into turns
         self.turn: OpenTurn | None = None
@@ -179,8 +180,10 @@ class FluxSession(Session):
         problems = dm.flux_threshold_problems(
             msg.eot_threshold, msg.eager_eot_threshold, msg.eot_timeout_ms
         )
-        if msg.language_hints is not None and self.params.model != "flux-general-multi":
-            problems.append("language_hints need flux-general-multi")
+        if msg.language_hints is not None:
+            if self.params.model != "flux-general-multi":
+                problems.append("language_hints need flux-general-multi")
+            problems += dm.language_hint_problems(msg.language_hints)
         if problems:
             await self.send(dm.ConfigureFailure("; ".join(problems), self._seq(), self._rid))
             return
@@ -192,13 +195,24 @@ class FluxSession(Session):
             self.eot_timeout_ms = msg.eot_timeout_ms
         if msg.keyterms is not None:
             self.keyterms = msg.keyterms
+        if msg.language_hints is not None:
+            self.language_hints = msg.language_hints
         thresholds: dict[str, Any] = {
             "eot_threshold": self.eot_threshold,
             "eot_timeout_ms": self.eot_timeout_ms,
         }
         if self.eager_eot_threshold is not None:
             thresholds["eager_eot_threshold"] = self.eager_eot_threshold
-        await self.send(dm.ConfigureSuccess(thresholds, self.keyterms, self._seq(), self._rid))
+        multi = self.params.model == "flux-general-multi"
+        await self.send(
+            dm.ConfigureSuccess(
+                thresholds,
+                self.keyterms,
+                self._seq(),
+                self._rid,
+                language_hints=self.language_hints if multi else None,
+            )
+        )
         await self._advance()  # e.g. eager just got enabled
 
     # --- the turn timeline -------------------------------------------------------------------
@@ -290,10 +304,21 @@ class FluxSession(Session):
             trigger=trigger,
             sequence_id=self._seq(),
             request_id=self._rid,
-            # The multilingual model reports the languages it detected (the fake speaks English).
-            languages=("en",) if words and self.params.model == "flux-general-multi" else None,
+            **self._languages(turn, bool(words)),
         )
         await self.send(msg)
+
+    def _languages(self, turn: OpenTurn, any_words: bool) -> dict[str, Any]:
+        """flux-general-multi reports the languages it detected once it has words (the script
+        says which; English by default) and, when hinted, the hints in force."""
+        if self.params.model != "flux-general-multi":
+            return {}
+        out: dict[str, Any] = {}
+        if any_words:
+            out["languages"] = (turn.spec.language,)
+        if self.language_hints:
+            out["languages_hinted"] = self.language_hints
+        return out
 
     # --- what a TurnInfo says (overridden by the voiced session) ---------------------------------
 

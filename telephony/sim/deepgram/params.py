@@ -204,6 +204,7 @@ class FluxParams:
     eot_timeout_ms: int
     keyterms: tuple[str, ...]
     tag: str | None
+    language_hints: tuple[str, ...] = ()
 
 
 NOVA_ONLY = frozenset(set(LISTEN_PARAMS) - set(FLUX_PARAMS))
@@ -218,6 +219,8 @@ def flux_params(q: Query) -> FluxParams:
     _check(q, FLUX_PARAMS, "/v2/listen")
     if "language_hint" in q and model != "flux-general-multi":
         raise ParamError("language_hint needs model=flux-general-multi")
+    if problems := dm.language_hint_problems(q.get("language_hint", [])):
+        raise ParamError("; ".join(problems))
     encoding, rate = _encoding_and_rate(q, FLUX_RATES, strict_pair=True)
     eot, eager = _number(q, "eot_threshold"), _number(q, "eager_eot_threshold")
     timeout = _integer(q, "eot_timeout_ms")
@@ -232,6 +235,7 @@ def flux_params(q: Query) -> FluxParams:
         eot_timeout_ms=5000 if timeout is None else timeout,
         keyterms=tuple(q.get("keyterm", ())),
         tag=_one(q, "tag"),
+        language_hints=tuple(q.get("language_hint", ())),
     )
 
 

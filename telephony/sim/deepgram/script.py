@@ -66,6 +66,7 @@ class ScriptedTurn:
     resumed: bool = False
     final_text: str | None = None  # the EndOfTurn text of a resumed turn
     resumed_ms: int | None = None
+    language: str = "en"  # what flux-general-multi reports the caller spoke
 
     def __post_init__(self) -> None:
         if not self.text.split():
@@ -81,15 +82,18 @@ class ScriptedTurn:
                 raise ScriptError(f"ScriptedTurn needs eager_ms < resumed_ms < end_ms: {self}")
 
     @classmethod
-    def said(cls, text: str, final_text: str | None = None) -> ScriptedTurn:
+    def said(cls, text: str, final_text: str | None = None, language: str = "en") -> ScriptedTurn:
         """A turn for a voiced Script: only the words matter; its times are placeholders.
 
         `final_text` is the EndOfTurn text if the caller pauses for `eager_silence_ms` or more
         and then goes on talking (TurnResumed, if the connection enabled eager end of turn).
         """
         if final_text is None:
-            return cls(0, 1, text)
-        return cls(0, 3, text, eager_ms=1, resumed=True, final_text=final_text, resumed_ms=2)
+            return cls(0, 1, text, language=language)
+        return cls(
+            0, 3, text, eager_ms=1, resumed=True, final_text=final_text, resumed_ms=2,
+            language=language,
+        )  # fmt: skip
 
     @property
     def resume_at(self) -> int:
@@ -251,7 +255,7 @@ def _said(d: Any) -> ScriptedTurn:
     if isinstance(d, str):
         return ScriptedTurn.said(d)
     if isinstance(d, Mapping) and "start_ms" not in d and "end_ms" not in d:
-        if unknown := set(d) - {"text", "final_text"}:
+        if unknown := set(d) - {"text", "final_text", "language"}:
             raise ScriptError(f"voiced turn: unknown keys {sorted(unknown)}")
         return ScriptedTurn.said(**d)
     return _build(ScriptedTurn, d)
