@@ -39,6 +39,7 @@ BELOW_SESSION = (
     "telephony.client_frames",
     "telephony.settings",
     "telephony.logs",
+    "telephony.live",
 )
 # The engines: they run a call's upstream links; the call, its serving and the factory that
 # picks an engine sit above them.
