@@ -7,7 +7,8 @@ Models are frozen: a live call keeps the `Config` it started with; new calls rea
 `ConfigStore.current`.
 
 One module per concept: `fields` (field types and their wording), `schema` (the pydantic
-models), `loader` (YAML with line-numbered errors, `telephony config check`), `reload` (hot
+models; sections with rules of their own in modules of their own: `responder`, `barge_in`,
+...), `loader` (YAML with line-numbered errors, `telephony config check`), `reload` (hot
 reload). This package re-exports their names, so callers keep writing
 `from telephony.config import Profile`.
 """
@@ -48,6 +49,15 @@ from telephony.config.loader import (
     summary,
 )
 from telephony.config.reload import ConfigStore
+from telephony.config.responder import (
+    MAX_FALLBACKS,
+    LLMBackend,
+    LLMFallbackConfig,
+    LLMResponderConfig,
+    ResponderConfig,
+    ScriptedResponderConfig,
+    ScriptRuleConfig,
+)
 from telephony.config.schema import (
     BUILTIN_AGENT_FUNCTIONS,
     DEFAULT_UNKNOWN_MESSAGE,
@@ -56,13 +66,9 @@ from telephony.config.schema import (
     BusinessHours,
     Config,
     FluxConfig,
-    LLMResponderConfig,
     Loc,
     Profile,
-    ResponderConfig,
     Route,
-    ScriptedResponderConfig,
-    ScriptRuleConfig,
     TranscribeConfig,
 )
 
@@ -77,6 +83,7 @@ __all__ = [
     "HOURS_RE",
     "IDENTIFIER_RE",
     "LANGUAGE_RE",
+    "MAX_FALLBACKS",
     "MAX_YAML_CHARS",
     "MAX_YAML_NODES",
     "NOVA_MODEL_RE",
@@ -98,6 +105,8 @@ __all__ = [
     "FluxModel",
     "HttpUrl",
     "Identifier",
+    "LLMBackend",
+    "LLMFallbackConfig",
     "LLMResponderConfig",
     "Loc",
     "Positive",
