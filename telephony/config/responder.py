@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, Field, ValidationInfo, field_validator
-from pydantic_core import PydanticCustomError
+from pydantic import AfterValidator, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from telephony.actions import Action
 from telephony.config.fields import (
@@ -84,13 +84,24 @@ class LLMResponderConfig(ConfigModel):
     token_limit_param: TokenLimitParam = "max_completion_tokens"
     first_token_timeout_s: Positive = 5.0
     # Last, so that its validator sees the primary's fields.
-    fallbacks: Annotated[list[LLMFallbackConfig], Field(max_length=MAX_FALLBACKS)] = []
+    fallbacks: list[LLMFallbackConfig] = []
 
     @field_validator("fallbacks")
     @classmethod
     def _distinct(
         cls, value: list[LLMFallbackConfig], info: ValidationInfo
     ) -> list[LLMFallbackConfig]:
+        if len(value) > MAX_FALLBACKS:
+            raise _item_error(
+                value,
+                MAX_FALLBACKS,
+                PydanticCustomError(
+                    "fallbacks_too_many",
+                    "at most {n} fallbacks: each one can add its first_token_timeout_s of "
+                    "silence before the caller hears anything",
+                    {"n": MAX_FALLBACKS},
+                ),
+            )
         primary = _primary(info.data)
         if primary is None:
             return value  # the primary's own errors are reported; nothing to compare with
@@ -99,12 +110,13 @@ class LLMResponderConfig(ConfigModel):
             identity = _resolve(primary, fallback).identity
             if identity in seen:
                 earlier = "the primary" if seen.index(identity) == 0 else "an earlier fallback"
-                raise PydanticCustomError(
+                error = PydanticCustomError(
                     "fallback_same",
-                    "fallbacks[{i}] is the same backend as {earlier} (base_url, model and "
-                    "api_key_env): give it another base_url, model or api_key_env",
-                    {"i": i, "earlier": earlier},
+                    "the same backend as {earlier} (base_url, model and api_key_env): give it "
+                    "another base_url, model or api_key_env",
+                    {"earlier": earlier},
                 )
+                raise _item_error(value, i, error)
             seen.append(identity)
         return value
 
@@ -113,6 +125,12 @@ class LLMResponderConfig(ConfigModel):
         primary = _primary(self.model_dump())
         assert primary is not None  # a validated config has every primary field
         return [primary, *(_resolve(primary, f) for f in self.fallbacks)]
+
+
+def _item_error(items: list[Any], index: int, error: PydanticCustomError) -> ValidationError:
+    """An error located at one item of the list (so the loader names that item's line)."""
+    details = InitErrorDetails(type=error, loc=(index,), input=items[index])
+    return ValidationError.from_exception_data("fallbacks", [details])
 
 
 def _primary(data: dict[str, Any]) -> LLMBackend | None:
