@@ -216,6 +216,21 @@ async def test_the_event_never_carries_a_key_or_an_error_body(http: httpx.AsyncC
     assert "sk-wrong" not in repr(responder)
 
 
+async def test_an_error_quoting_the_key_keeps_none_of_it(http: httpx.AsyncClient) -> None:
+    """OpenAI's 401 quotes the key it was given, masked but for its first and last characters:
+    the error (logged, and the apology's transcript event) keeps neither end."""
+    async with FakeLLM(first_token_delay_ms=5) as fake:
+        env = {"PRIMARY_KEY": "sk-wrong-secret-4711", "BACKUP_KEY": "sk-also-wrong-0815"}
+        responder, _ = build(config(fake.url), http, env)
+        with pytest.raises(ResponderError) as caught:
+            await responder.respond([], "hi").text()
+    body = fake.requests[-1]["authorization"]
+    assert body == "Bearer sk-also-wrong-0815"
+    message = str(caught.value)
+    assert "LLM HTTP 401: " in message and "Incorrect API key provided: [redacted]." in message
+    assert "sk-" not in message and "0815" not in message
+
+
 def test_a_backend_without_its_key_is_left_out(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="telephony.responder.build")
     cfg = config("https://llm.example.com/v1")

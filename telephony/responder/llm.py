@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 # A retry is worth it only if the repeated request still has this long for its first token
 # after the wait; with less, it would only turn a prompt error into a first-token timeout.
 RETRY_MARGIN_S = 0.5
+# "Incorrect API key provided: sk-ab***...wxyz." (OpenAI's 401 message)
+_KEY_ECHO = re.compile(r"(API key provided:)\s*[^\s.,]+")
 
 
 class LLMResponder:
@@ -121,7 +124,7 @@ class LLMResponder:
             if status < 400:
                 return response
             try:
-                excerpt = await body_excerpt(response)
+                excerpt = self._without_key(await body_excerpt(response))
             finally:
                 await response.aclose()
                 _unlink(response)
@@ -142,6 +145,12 @@ class LLMResponder:
         except httpx.HTTPError as exc:
             message = f"LLM request to {self._url} failed: {exc!r}"
             raise ResponderError(message, kind="connection") from exc
+
+    def _without_key(self, excerpt: str) -> str:
+        """The error body as logs and transcripts may keep it: OpenAI's 401 quotes the key it
+        was given (masked but for its first and last characters), a proxy might quote it all."""
+        excerpt = _KEY_ECHO.sub(r"\1 [redacted]", excerpt)
+        return excerpt.replace(self._headers["Authorization"].removeprefix("Bearer "), "[key]")
 
     def _retry_wait(
         self, status: int, attempt: int, retry_after: float | None, deadline: float

@@ -166,7 +166,13 @@ class FakeLLM(StartStop):
             script = None
         if auth != f"Bearer {self.api_key}":
             record["status"] = 401
-            await _json(send, 401, _error("Incorrect API key provided.", "invalid_api_key"))
+            # As OpenAI does: the key given, masked but for its first and last characters.
+            given = _masked(auth.removeprefix("Bearer "))
+            message = (
+                f"Incorrect API key provided: {given}. You can find your API key at "
+                "https://platform.openai.com/account/api-keys."
+            )
+            await _json(send, 401, _error(message, "invalid_api_key"))
         elif self.fail_next > 0:
             self.fail_next -= 1
             record["status"] = self.fail_status
@@ -298,6 +304,12 @@ def _events(chunk: _Chunks, text: str, tool: str | None, prompt_tokens: int) -> 
         last += chunk.usage_chunk(prompt_tokens, completion_tokens + (tool is not None))
     events.append(last + b"data: [DONE]\n\n")
     return events
+
+
+def _masked(key: str) -> str:
+    if len(key) <= 8:
+        return "*" * len(key)
+    return key[:3] + "*" * (len(key) - 7) + key[-4:]
 
 
 def _words(messages: list[dict[str, Any]]) -> int:
