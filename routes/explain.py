@@ -85,6 +85,8 @@ def event_sentence(kind: str, data: dict[str, Any] | None, ms: float) -> str:
     if kind == "upstream-failed":
         name = ENDPOINTS.get(str(data.get("endpoint", "")), str(data.get("endpoint", "")))
         return f"{name} could not be kept: the call was handed over ({data.get('reason', '')})."
+    if kind == "llm-fallback":
+        return _llm_fallback(data)
     if kind == "barge-in":
         return f"The caller spoke over the bot at {_clock(ms)}; its audio was cleared."
     if kind == "nudge" and data.get("reprompt"):
@@ -93,6 +95,29 @@ def event_sentence(kind: str, data: dict[str, Any] | None, ms: float) -> str:
     if kind == "idle-goodbye":
         return "The caller stayed silent after every reprompt: the bot said goodbye and hung up."
     return ""
+
+
+# Why an LLM backend was abandoned (telephony/responder/fallback.py's reasons), in words.
+FALLBACK_REASONS = {
+    "timeout": "gave no first token in time",
+    "rate-limited": "was rate-limited",
+    "server-error": "failed",
+    "client-error": "refused the request",
+    "connection": "could not be reached",
+    "stream": "broke off its reply",
+}
+
+
+def _llm_fallback(data: dict[str, Any]) -> str:
+    reason = str(data.get("reason", ""))
+    what = FALLBACK_REASONS.get(reason, f"failed ({reason})")
+    if data.get("status") is not None:
+        what += f" (HTTP {data['status']})"
+    after = f" after {_ms(float(data['after_ms']))}" if data.get("after_ms") is not None else ""
+    return (
+        f"The LLM {data.get('from', '?')} {what}{after}: {data.get('to', '?')} was asked "
+        "for the same reply instead."
+    )
 
 
 def unanswered(items: list[Item], mode: str) -> set[int]:

@@ -4,6 +4,7 @@ bench."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -86,7 +87,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _config_check(args: argparse.Namespace) -> int:
     from telephony.config import check
 
-    ok, text = check(args.path)
+    ok, text = check(args.path, env=os.environ)
     print(text, file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
 

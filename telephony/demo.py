@@ -208,13 +208,19 @@ class OfflineCall:
 
 
 def _demo_config(source: Path, llm_url: str) -> Path:
-    """The admin YAML with LLM responders pointed at the fake LLM (offline)."""
+    """The admin YAML with LLM responders, fallbacks too, pointed at the fake LLM (offline):
+    one fake serves every backend, told apart by model (its `models` scripts them)."""
     data = yaml.safe_load(source.read_text())
     for profile in (data.get("profiles") or {}).values():
         responder = profile.get("responder") or {}
         if responder.get("type") == "llm":
             responder["base_url"] = llm_url
             responder["api_key_env"] = DEMO_LLM_KEY_ENV
+            for fallback in responder.get("fallbacks") or []:  # those naming their own
+                if "base_url" in fallback:
+                    fallback["base_url"] = llm_url
+                if "api_key_env" in fallback:
+                    fallback["api_key_env"] = DEMO_LLM_KEY_ENV
     out = Path(tempfile.mkdtemp(prefix="telephony-demo-")) / source.name
     out.write_text(yaml.safe_dump(data, sort_keys=False))
     load_config(out)  # fail early, with the file's own errors

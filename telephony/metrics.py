@@ -35,6 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from telephony.responder.fallback import SWITCH_REASONS
 from telephony.transcript import is_reconnect
 
 __all__ = [
@@ -257,6 +258,9 @@ class CallMetrics:
             if decided_after is not None:
                 self._metrics.barge_in_decision.observe(decided_after / 1000)
             return
+        if kind == "llm-fallback":
+            self._metrics.llm_fallbacks.labels(event.data["reason"]).inc()
+            return
         endpoint = RECONNECT_EVENTS.get(kind)
         if endpoint is None:
             return
@@ -328,6 +332,15 @@ class Metrics:
             buckets=BARGE_IN_DECISION_BUCKETS,
             registry=registry,
         )
+        self.llm_fallbacks = Counter(
+            "telephony_llm_fallbacks",
+            "Flux mode: turns an LLM backend failed before its first token, so the next backend "
+            "of the profile's responder answered, by why it failed.",
+            ["reason"],
+            registry=registry,
+        )
+        for switch_reason in SWITCH_REASONS:
+            self.llm_fallbacks.labels(switch_reason)
         self.dropped_audio = Counter(
             "telephony_caller_audio_dropped_seconds",
             "Caller audio dropped because a Deepgram socket was down longer than the reconnect "

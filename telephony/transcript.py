@@ -48,6 +48,7 @@ class EventKind(StrEnum):
     IDLE_GOODBYE = "idle-goodbye"  # silent through every reprompt: goodbye, then hang-up
     FILLER = "filler"  # a reply slow to come: "One moment." first (profile filler)
     REPLY_WATCHDOG = "reply-watchdog"
+    LLM_FALLBACK = "llm-fallback"  # an LLM backend failed a turn; the next one answers it
     ERROR = "error"
     # Deepgram links: one event per connection (telephony/session/link.py), and giving up
     FLUX_CONNECTION = "flux-connection"

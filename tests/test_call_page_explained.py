@@ -101,6 +101,24 @@ def test_events_in_words() -> None:
     assert event_sentence("dtmf", {"digit": "1"}, 10) == ""
 
 
+def test_an_llm_fallback_in_words() -> None:
+    switch = {"from": "gpt-4o@api.openai.com", "to": "llama-3.3@api.groq.com", "from_backend": 0,
+              "to_backend": 1, "reason": "server-error", "status": 503, "after_ms": 84}  # fmt: skip
+    assert event_sentence("llm-fallback", switch, 5000) == (
+        "The LLM gpt-4o@api.openai.com failed (HTTP 503) after 84 ms: llama-3.3@api.groq.com "
+        "was asked for the same reply instead."
+    )
+    silent = switch | {"reason": "timeout", "after_ms": 3001.2}
+    del silent["status"]
+    assert event_sentence("llm-fallback", silent, 5000) == (
+        "The LLM gpt-4o@api.openai.com gave no first token in time after 3001 ms: "
+        "llama-3.3@api.groq.com was asked for the same reply instead."
+    )
+    for reason, words in [("rate-limited", "was rate-limited"), ("connection", "could not be "
+                          "reached"), ("stream", "broke off its reply")]:  # fmt: skip
+        assert words in event_sentence("llm-fallback", switch | {"reason": reason}, 0)
+
+
 def _items(*roles: str) -> list[Item]:
     return [Item(i * 1000, "turn", turn={"idx": i, "role": r}) for i, r in enumerate(roles)]
 
@@ -127,6 +145,8 @@ async def test_the_call_page_shows_it(running_app: RunningApp, database: str) ->
         Event(2000, "flux-connection", {"connection": 1, "reason": "Flux closed: 1006",
                                         "reconnect_ms": 22.0, "replayed_ms": 1000}),
         Event(4000, "upstream-failed", {"endpoint": "speak", "reason": "speak failed 6 times"}),
+        Event(3900, "llm-fallback", {"from": "m1@a.example", "to": "m2@b.example",
+                                     "reason": "timeout", "after_ms": 3000}),
     ]  # fmt: skip
     await store_call(database, sid, turns=turns, events=events, outcome=Outcome.FAILOVER)
     async with client_as(running_app, STAFF) as client:
@@ -136,4 +156,5 @@ async def test_the_call_page_shows_it(running_app: RunningApp, database: str) ->
     assert "→ Aura&#39;s first audio: 121 ms" in html
     assert "back in 22 ms, 1.0 s of the caller&#39;s audio replayed." in html
     assert 'class="event upstream-failed failure"' in html
+    assert "The LLM m1@a.example gave no first token in time after 3000 ms: m2@b.example" in html
     assert html.count('<span class="badge failure">no answer</span>') == 1  # "and on sunday"

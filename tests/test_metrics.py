@@ -79,6 +79,7 @@ def test_exposition_names_types_and_values() -> None:
         "telephony_backchannels",
         "telephony_barge_in_decision_seconds",
         "telephony_caller_audio_dropped_seconds",
+        "telephony_llm_fallbacks",
         "telephony_gc_pause_seconds",
         "telephony_audit_rows_lost",
         "telephony_logins_refused",
@@ -91,6 +92,15 @@ def test_exposition_names_types_and_values() -> None:
         "agent",
         "listen",
     }  # every endpoint shows 0 before its first reconnect
+    fallbacks = parsed["telephony_llm_fallbacks"]
+    assert {s.labels["reason"] for s in fallbacks.samples if s.name.endswith("_total")} == {
+        "timeout",
+        "rate-limited",
+        "server-error",
+        "client-error",
+        "connection",
+        "stream",
+    }
     for name, family in parsed.items():
         assert family.documentation, f"{name} has no HELP"
     depth = parsed["telephony_store_queue_depth"]

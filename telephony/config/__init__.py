@@ -8,9 +8,10 @@ Models are frozen: a live call keeps the `Config` it started with; new calls rea
 
 One module per concept: `fields` (field types and their wording), `schema` (the pydantic
 models of numbers and profiles), `engines` (a profile's flux/agent/transcribe sections),
-`languages` (voices and phrases per language), one module per other profile section, `loader`
-(YAML with line-numbered errors, `telephony config check`), `reload` (hot reload). This
-package re-exports their names, so callers keep writing `from telephony.config import Profile`.
+`responder`, `languages` (voices and phrases per language), one module per other profile
+section, `loader` (YAML with line-numbered errors, `telephony config check`), `reload` (hot
+reload). This package re-exports their names, so callers keep writing
+`from telephony.config import Profile`.
 """
 
 from telephony.actions import Action
@@ -57,17 +58,22 @@ from telephony.config.loader import (
     summary,
 )
 from telephony.config.reload import ConfigStore
+from telephony.config.responder import (
+    MAX_FALLBACKS,
+    LLMBackend,
+    LLMFallbackConfig,
+    LLMResponderConfig,
+    ResponderConfig,
+    ScriptedResponderConfig,
+    ScriptRuleConfig,
+)
 from telephony.config.schema import (
     DEFAULT_UNKNOWN_MESSAGE,
     BusinessHours,
     Config,
-    LLMResponderConfig,
     Loc,
     Profile,
-    ResponderConfig,
     Route,
-    ScriptedResponderConfig,
-    ScriptRuleConfig,
 )
 
 __all__ = [
@@ -81,6 +87,7 @@ __all__ = [
     "HOURS_RE",
     "IDENTIFIER_RE",
     "LANGUAGE_RE",
+    "MAX_FALLBACKS",
     "MAX_YAML_CHARS",
     "MAX_YAML_NODES",
     "NOVA_MODEL_RE",
@@ -102,6 +109,8 @@ __all__ = [
     "FluxModel",
     "HttpUrl",
     "Identifier",
+    "LLMBackend",
+    "LLMFallbackConfig",
     "LLMResponderConfig",
     "Loc",
     "PhraseSet",

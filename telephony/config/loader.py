@@ -18,10 +18,10 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from telephony.config.responder import LLMResponderConfig
 from telephony.config.schema import (
     _REFS_CHECKED,
     Config,
-    LLMResponderConfig,
     Loc,
     _dotted,
     _reference_errors,
@@ -326,12 +326,14 @@ def parse_config_text(text: str, source: str = "<text>") -> Config:
     return config
 
 
-def summary(config: Config) -> str:
-    """What the file routes where, for `telephony config check`."""
+def summary(config: Config, env: Mapping[str, str] | None = None) -> str:
+    """What the file routes where, for `telephony config check`; with `env`, the key
+    variables the file names that it does not set (a warning: the check may run elsewhere)."""
     out = [
         f"  {number} -> {name} ({config.profiles[name].mode})"
         for number, name in config.numbers.items()
     ]
+    keys: dict[str, list[str]] = {}  # LLM key variable -> the backends reading it
     for name, profile in config.profiles.items():
         if hours := profile.business_hours:
             out.append(f"  {name}: after hours ({hours.timezone}) -> {hours.after_hours_profile}")
@@ -345,6 +347,14 @@ def summary(config: Config) -> str:
             spoken = [dm.voice_language(profile.voice), *profile.voices]
             hints = ", ".join(profile.flux.language_hints) or "none"
             out.append(f"  {name}: answers in {', '.join(spoken)} (Flux hints: {hints})")
+        if isinstance(profile.responder, LLMResponderConfig):
+            backends = profile.responder.backends()
+            if len(backends) > 1:
+                chain = " -> ".join(b.name for b in backends)
+                out.append(f"  {name}: LLM {chain}, each answering a turn the one before failed")
+            for i, backend in enumerate(backends):
+                which = "responder" if i == 0 else f"responder.fallbacks[{i - 1}]"
+                keys.setdefault(backend.api_key_env, []).append(f"{name}.{which}")
     if config.qa.tags or config.qa.scorecards:
         cards = ", ".join(config.qa.scorecards) or "none"
         out.append(f"call review: {len(config.qa.tags)} tags; scorecards: {cards}")
@@ -352,23 +362,20 @@ def summary(config: Config) -> str:
         out.append(f"default profile: {config.default_profile}")
     else:
         out.append(f"unknown numbers: refused ({config.unknown_number_message!r})")
-    envs = sorted(
-        {
-            p.responder.api_key_env
-            for p in config.profiles.values()
-            if isinstance(p.responder, LLMResponderConfig)
-        }
-    )
-    if envs:
-        out.append(f"environment variables read: {', '.join(envs)}")
+    if keys:
+        out.append(f"environment variables read: {', '.join(sorted(keys))}")
+    for var, readers in sorted(keys.items()):
+        if env is not None and not env.get(var):
+            out.append(f"warning: {var} is not set here (the LLM key of {', '.join(readers)})")
     return "\n".join(out)
 
 
-def check(path: str | Path) -> tuple[bool, str]:
-    """(ok, text): a summary when the file is valid, else every error, one per line."""
+def check(path: str | Path, env: Mapping[str, str] | None = None) -> tuple[bool, str]:
+    """(ok, text): a summary when the file is valid, else every error, one per line. With
+    `env` (the CLI passes the process environment), unset key variables are warned about."""
     try:
         config = load_config(path)
     except ConfigError as exc:
         return False, "\n".join(exc.errors)
     head = f"{path}: OK: {len(config.numbers)} numbers, {len(config.profiles)} profiles"
-    return True, f"{head}\n{summary(config)}"
+    return True, f"{head}\n{summary(config, env)}"

@@ -22,7 +22,6 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from telephony.actions import Action
 from telephony.config.barge_in import BargeInConfig
 from telephony.config.engines import (
     AgentConfig,
@@ -35,15 +34,9 @@ from telephony.config.fields import (
     E164,
     AuraVoice,
     Day,
-    EnvName,
-    HttpUrl,
-    Positive,
-    TokenLimitParam,
     _hours,
     _parse_hours,
-    _regex,
     _timezone,
-    between,
 )
 from telephony.config.filler import FillerConfig
 from telephony.config.idle import IdleConfig
@@ -51,6 +44,7 @@ from telephony.config.insights import InsightsConfig
 from telephony.config.languages import PhraseSet, check_phrases, check_voices
 from telephony.config.model import ConfigModel
 from telephony.config.qa import QAConfig, ReviewConfig
+from telephony.config.responder import ResponderConfig, ScriptedResponderConfig
 
 DEFAULT_UNKNOWN_MESSAGE = "Sorry, this number is not in service. Goodbye."
 _REFS_CHECKED = "references_checked"  # validation-context flag: load_config checked them itself
@@ -59,39 +53,6 @@ Loc = tuple[Any, ...]
 
 
 _Model = ConfigModel
-
-
-# --- responders -----------------------------------------------------------------------------
-
-
-class LLMResponderConfig(_Model):
-    type: Literal["llm"]
-    base_url: HttpUrl
-    model: str
-    api_key_env: EnvName
-    system_prompt: str
-    # Unset: not sent, the server's default applies (reasoning models reject any other).
-    temperature: Annotated[float, between(0, 2)] | None = None
-    max_tokens: Annotated[int, Field(ge=1)] | None = None  # the reply's token limit
-    token_limit_param: TokenLimitParam = "max_completion_tokens"
-    first_token_timeout_s: Positive = 5.0
-
-
-class ScriptRuleConfig(_Model):
-    pattern: Annotated[str, AfterValidator(_regex)]  # searched case-insensitively
-    reply: str
-    action: Action = "none"
-
-
-class ScriptedResponderConfig(_Model):
-    type: Literal["scripted"]
-    rules: list[ScriptRuleConfig] = []
-    fallback: str
-
-
-ResponderConfig = Annotated[
-    LLMResponderConfig | ScriptedResponderConfig, Field(discriminator="type")
-]
 
 
 # --- profile --------------------------------------------------------------------------------

@@ -12,16 +12,19 @@ so a barge-in that cancels the consuming task also closes the HTTP stream at onc
 closes the generator even when the task was cancelled between two deltas.
 
 base.py: the protocol and its types; scripted.py: rules; llm.py: the chat-completions client,
-sse.py: its stream parsing; build.py: from a profile's config. The HTTP pool the LLM shares
+sse.py: its stream parsing; fallback.py: several LLM backends, the next answering a turn the
+one before failed; build.py: from a profile's config. The HTTP pool the LLM shares
 is telephony/http_pool.py; the sentence chunker for TTS is telephony/session/sentences.py.
 """
 
 from telephony.responder.base import Message, Reply, Responder, ResponderError
 from telephony.responder.build import build_responder
+from telephony.responder.fallback import FallbackResponder, Switch
 from telephony.responder.llm import LLMResponder
 from telephony.responder.scripted import ScriptedResponder, ScriptRule
 
 __all__ = [
+    "FallbackResponder",
     "LLMResponder",
     "Message",
     "Reply",
@@ -29,5 +32,6 @@ __all__ = [
     "ResponderError",
     "ScriptRule",
     "ScriptedResponder",
+    "Switch",
     "build_responder",
 ]

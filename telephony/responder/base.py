@@ -12,12 +12,19 @@ from telephony.config import Action
 Role = Literal["system", "user", "assistant"]
 
 
+# What went wrong, as fallback events and metrics name it (telephony/responder/fallback.py).
+ErrorKind = Literal["timeout", "http", "connection", "stream", "key"]
+
+
 class ResponderError(Exception):
     """The reply could not be produced (HTTP error, timeout, broken stream, missing key)."""
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, kind: ErrorKind | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
+        self.kind: ErrorKind = kind or ("http" if status is not None else "stream")
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 # A retry is worth it only if the repeated request still has this long for its first token
 # after the wait; with less, it would only turn a prompt error into a first-token timeout.
 RETRY_MARGIN_S = 0.5
+# "Incorrect API key provided: sk-ab***...wxyz." (OpenAI's 401 message)
+_KEY_ECHO = re.compile(r"(API key provided:)\s*[^\s.,]+")
 
 
 class LLMResponder:
@@ -37,7 +40,9 @@ class LLMResponder:
     A 429 or 5xx is retried once, after the server's `retry-after-ms` / `Retry-After` (else
     a short backoff), only when that wait plus `RETRY_MARGIN_S` fits in what is left of the
     first-token budget: the caller is waiting in silence, and the apology beats a long pause.
-    Nothing is retried once the reply has started streaming.
+    Nothing is retried once the reply has started streaming. With `retry=False` (a backend
+    with a fallback behind it: telephony/responder/fallback.py) nothing is retried at all:
+    the next backend is the retry, and it need not wait for a `Retry-After`.
     """
 
     def __init__(
@@ -52,6 +57,7 @@ class LLMResponder:
         token_limit_param: TokenLimitParam = "max_completion_tokens",
         first_token_timeout_s: float = 5.0,
         actions: bool = True,
+        retry: bool = True,
         http: httpx.AsyncClient | None = None,
     ) -> None:
         self._url = base_url.rstrip("/") + "/chat/completions"
@@ -70,6 +76,7 @@ class LLMResponder:
             actions=actions,
         )
         self._first_token_timeout_s = first_token_timeout_s
+        self._attempts = 2 if retry else 1
         self._owns_http = http is None
         self._http = http if http is not None else make_http_client()
 
@@ -117,7 +124,7 @@ class LLMResponder:
             if status < 400:
                 return response
             try:
-                excerpt = await body_excerpt(response)
+                excerpt = self._without_key(await body_excerpt(response))
             finally:
                 await response.aclose()
                 _unlink(response)
@@ -136,15 +143,23 @@ class LLMResponder:
         except TimeoutError:
             raise self._timeout_error() from None
         except httpx.HTTPError as exc:
-            raise ResponderError(f"LLM request to {self._url} failed: {exc!r}") from exc
+            message = f"LLM request to {self._url} failed: {exc!r}"
+            raise ResponderError(message, kind="connection") from exc
 
-    @staticmethod
+    def _without_key(self, excerpt: str) -> str:
+        """The error body as logs and transcripts may keep it: OpenAI's 401 quotes the key it
+        was given (masked but for its first and last characters), a proxy might quote it all."""
+        excerpt = _KEY_ECHO.sub(r"\1 [redacted]", excerpt)
+        return excerpt.replace(self._headers["Authorization"].removeprefix("Bearer "), "[key]")
+
     def _retry_wait(
-        status: int, attempt: int, retry_after: float | None, deadline: float
+        self, status: int, attempt: int, retry_after: float | None, deadline: float
     ) -> float | None:
         """Seconds to wait before repeating the request, or None: fail now."""
         left = deadline - asyncio.get_running_loop().time()
-        policy = RetryPolicy(attempts=2, statuses=SERVER_ERRORS, max_wait_s=left - RETRY_MARGIN_S)
+        policy = RetryPolicy(
+            attempts=self._attempts, statuses=SERVER_ERRORS, max_wait_s=left - RETRY_MARGIN_S
+        )
         if not policy.retryable(status):
             return None
         return policy.wait_before(attempt, retry_after)
@@ -163,7 +178,8 @@ class LLMResponder:
             raise ResponderError(f"LLM stream broke: {exc!r}") from exc
 
     def _timeout_error(self) -> ResponderError:
-        return ResponderError(f"LLM gave no first token within {self._first_token_timeout_s:g} s")
+        timeout = self._first_token_timeout_s
+        return ResponderError(f"LLM gave no first token within {timeout:g} s", kind="timeout")
 
 
 def _unlink(response: httpx.Response) -> None:

@@ -17,6 +17,7 @@ from telephony.session.agent_engine import AgentEngine
 from telephony.session.deepgram_options import agent_settings, flux_options, listen_options
 from telephony.session.engine import CallContext, Engine
 from telephony.session.flux_engine import FluxEngine
+from telephony.session.flux_replies import record_llm_fallback
 from telephony.session.transcribe_engine import TranscribeEngine
 from telephony.transcript import Role
 
@@ -52,7 +53,11 @@ def build_engine(
         options = replace(flux_options(profile.flux), tag=ctx.call_sid)
         return FluxEngine(
             ctx,
-            build_responder(profile.responder, http=http),
+            build_responder(
+                profile.responder,
+                http=http,
+                on_fallback=lambda switch: record_llm_fallback(ctx, switch),
+            ),
             lambda opts: FluxClient(settings.deepgram_url, key, opts),
             options,
             lambda voice: SpeakClient(settings.deepgram_url, key, voice),

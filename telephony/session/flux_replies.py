@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from telephony.deepgram import messages as dm
 from telephony.deepgram.speak import SpeakClient
-from telephony.responder import Message, Responder, ResponderError
+from telephony.responder import Message, Responder, ResponderError, Switch
 from telephony.retry import Backoff
 from telephony.session.engine import CallContext
 from telephony.session.language import APOLOGY, CallLanguage
@@ -32,6 +32,19 @@ from telephony.session.tasks import TaskSet
 from telephony.transcript import EventKind
 
 __all__ = ["APOLOGY", "FluxReplies"]
+
+
+def record_llm_fallback(ctx: CallContext, switch: Switch) -> None:
+    """An LLM backend failed a turn before its first token: the next one answers it."""
+    ctx.log.warning(
+        "LLM backend %s failed (%s, %s) after %d ms; %s answers the turn",
+        switch.from_name,
+        switch.reason,
+        switch.error,
+        switch.after_ms,
+        switch.to_name,
+    )
+    ctx.transcript.event(ctx.now_ms(), EventKind.LLM_FALLBACK, **switch.as_event())
 
 
 @dataclass(eq=False)

@@ -15,6 +15,10 @@ too, as vLLM does with strict chat templates (Mistral's).
 
 Faults: `fail_next` authorised requests answer `fail_status` (429 by default) with
 `fail_headers` (e.g. `{"retry-after-ms": "120"}`) instead of a reply, for retry tests.
+`models` scripts one model's requests (fallback tests: one backend misbehaves, the next
+answers): a `ModelScript` gives an error status (and headers), its own delay before the first
+token, or a stream that stops after some words without `finish_reason` or `[DONE]` (a broken
+stream), for its next `times` requests (all of them when None).
 
 A bare ASGI app under in-process uvicorn: no framework, one watcher task per stream, so the
 benchmark can hold hundreds of streams open. A client that goes away mid-reply is noticed
@@ -33,7 +37,8 @@ import contextlib
 import itertools
 import re
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -54,6 +59,26 @@ _SSE_HEADERS = [
 ]
 
 
+@dataclass
+class ModelScript:
+    """How the fake answers one model's requests (fields left None: as usual)."""
+
+    status: int | None = None  # answer this error status instead of a reply
+    headers: dict[str, str] = field(default_factory=dict)  # with the error, e.g. Retry-After
+    first_token_delay_ms: float | None = None
+    break_after_words: int | None = None  # then end the body: no finish_reason, no [DONE]
+    times: int | None = None  # applies to this many more requests; None: to all
+
+    def take(self) -> bool:
+        """Whether it applies to this request (counting it)."""
+        if self.times is None:
+            return True
+        if self.times <= 0:
+            return False
+        self.times -= 1
+        return True
+
+
 class FakeLLM(StartStop):
     def __init__(
         self,
@@ -64,6 +89,7 @@ class FakeLLM(StartStop):
         replies: list[tuple[str, str]] | None = None,
         tools: list[tuple[str, str]] | None = None,
         strict_roles: bool = False,
+        models: Mapping[str, ModelScript] | None = None,
     ) -> None:
         self.api_key = api_key
         self.first_token_delay_ms = first_token_delay_ms
@@ -74,6 +100,7 @@ class FakeLLM(StartStop):
         self.fail_next = 0  # this many next authorised requests answer `fail_status`
         self.fail_status = 429
         self.fail_headers: dict[str, str] = {}
+        self.models = dict(models or {})  # model name -> its script
         self.requests: list[dict[str, Any]] = []  # every request, authorised or not
         self.active = 0  # streams in progress
         self.completed = 0  # streams that reached [DONE]
@@ -134,14 +161,27 @@ class FakeLLM(StartStop):
         client = scope.get("client") or ("", 0)
         record = {**(request or {}), "path": scope["path"], "authorization": auth, "client": client}
         self.requests.append(record)
+        script = self.models.get(str((request or {}).get("model")))
+        if script is not None and (auth != f"Bearer {self.api_key}" or not script.take()):
+            script = None
         if auth != f"Bearer {self.api_key}":
             record["status"] = 401
-            await _json(send, 401, _error("Incorrect API key provided.", "invalid_api_key"))
+            # As OpenAI does: the key given, masked but for its first and last characters.
+            given = _masked(auth.removeprefix("Bearer "))
+            message = (
+                f"Incorrect API key provided: {given}. You can find your API key at "
+                "https://platform.openai.com/account/api-keys."
+            )
+            await _json(send, 401, _error(message, "invalid_api_key"))
         elif self.fail_next > 0:
             self.fail_next -= 1
             record["status"] = self.fail_status
             error = _error("Injected failure", "injected_failure", kind="server_error")
             await _json(send, self.fail_status, error, self.fail_headers)
+        elif script is not None and script.status is not None:
+            record["status"] = script.status
+            error = _error("Scripted failure", "scripted_failure", kind="server_error")
+            await _json(send, script.status, error, script.headers)
         elif request is None or not request.get("stream"):
             record["status"] = 400
             await _json(send, 400, _error("expected a JSON body with stream=true", "bad_request"))
@@ -150,7 +190,7 @@ class FakeLLM(StartStop):
             await _json(send, 400, refusal)
         else:
             record["status"] = 200
-            await self._stream(request, receive, send)
+            await self._stream(request, receive, send, script)
 
     def _refusal(self, request: dict[str, Any]) -> dict[str, Any] | None:
         """The API's 400 error body for a request it would refuse, else None."""
@@ -177,26 +217,35 @@ class FakeLLM(StartStop):
             return _error(message, "bad_request", param="messages")
         return None
 
-    async def _stream(self, request: dict[str, Any], receive: Receive, send: Send) -> None:
+    async def _stream(
+        self, request: dict[str, Any], receive: Receive, send: Send, script: ModelScript | None
+    ) -> None:
         offered = {t.get("function", {}).get("name") for t in request.get("tools") or []}
         messages = request.get("messages") or []
         text, tool = self.reply_for(messages, offered)
         usage = (request.get("stream_options") or {}).get("include_usage") is True
         chunk = _Chunks(f"chatcmpl-fake-{next(self._ids)}", request.get("model", "fake"), usage)
+        events = _events(chunk, text, tool, _words(messages))
+        first_delay_ms = self.first_token_delay_ms
+        if script is not None:
+            if script.first_token_delay_ms is not None:
+                first_delay_ms = script.first_token_delay_ms
+            if script.break_after_words is not None:
+                events = events[: script.break_after_words]
         watcher = asyncio.create_task(_until_disconnect(receive))
         self._watchers.add(watcher)
         self.active += 1
         try:
             await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
             await _body(send, chunk.delta({"role": "assistant", "content": ""}))
-            for i, piece in enumerate(_events(chunk, text, tool, _words(messages))):
-                delay = self.first_token_delay_ms / 1000 if i == 0 else self._token_interval()
+            for i, piece in enumerate(events):
+                delay = first_delay_ms / 1000 if i == 0 else self._token_interval()
                 if await _gone_within(watcher, delay):
                     break
                 await _body(send, piece)
             else:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
-                self.completed += 1
+                self.completed += script is None or script.break_after_words is None
                 return
             if not watcher.cancelled():  # cancelled means the fake is stopping
                 self.disconnects += 1
@@ -255,6 +304,12 @@ def _events(chunk: _Chunks, text: str, tool: str | None, prompt_tokens: int) -> 
         last += chunk.usage_chunk(prompt_tokens, completion_tokens + (tool is not None))
     events.append(last + b"data: [DONE]\n\n")
     return events
+
+
+def _masked(key: str) -> str:
+    if len(key) <= 8:
+        return "*" * len(key)
+    return key[:3] + "*" * (len(key) - 7) + key[-4:]
 
 
 def _words(messages: list[dict[str, Any]]) -> int:
