@@ -11,6 +11,7 @@ import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
@@ -18,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from routes import admin, admin_users, auth, dashboard, health, qa, staff, twilio
+from routes import admin, admin_users, auth, dashboard, health, live, qa, staff, twilio
 from routes.fast_paths import log_fast_paths
 from routes.login_limiter import LoginLimiter
 from routes.security_headers import SecurityHeaders
@@ -30,6 +31,8 @@ from telephony.deepgram.speak_rest import SpeakRestClient
 from telephony.http_pool import make_http_client
 from telephony.insights.metrics import InsightsMetrics
 from telephony.insights.worker import InsightsWorker
+from telephony.live.bus import LiveBus
+from telephony.live.pg import PgNotify
 from telephony.metrics import Metrics
 from telephony.session.phrases import PhraseCache
 from telephony.session.registry import CallRegistry
@@ -86,6 +89,17 @@ def _insights_worker(settings: Settings, config: ConfigStore, services: Services
     )
 
 
+def _live_bus(instance: str, db: AsyncEngine) -> LiveBus:
+    """Live events heard by every instance: through PostgreSQL when the store is PostgreSQL
+    (the instances share it), else within this process (SQLite: one instance)."""
+    if db.dialect.name != "postgresql":
+        return LiveBus(instance)
+    transport = PgNotify(db)
+    bus = LiveBus(instance, transport)
+    transport.on_lost = bus.reset_all
+    return bus
+
+
 def _phrase_cache(settings: Settings) -> tuple[PhraseCache, SpeakRestClient]:
     """Fixed phrases through Aura's REST endpoint, kept under TELEPHONY_PHRASE_CACHE_DIR."""
     client = SpeakRestClient(
@@ -132,7 +146,9 @@ def create_app(
         await transcripts.start()
         registry = CallRegistry()
         phrases, speak_rest = _phrase_cache(settings)
+        db = make_engine(settings.database_url)  # the staff UI's reads, audit log
         services = Services(
+            live=_live_bus(instance.id, db),
             phrases=phrases,
             settings=settings,
             config=store,
@@ -141,7 +157,7 @@ def create_app(
             drain=DrainState(),
             transcripts=transcripts,
             metrics=Metrics.for_app(transcripts, registry),
-            db=make_engine(settings.database_url),  # the staff UI's reads, audit log
+            db=db,
             llm_http=make_http_client(),
             twilio_calls=TwilioCalls(
                 account_sid=settings.twilio_account_sid,
@@ -150,6 +166,7 @@ def create_app(
             ),
         )
         app.state.services = services
+        await services.live.start()
         phrases_task = asyncio.create_task(phrases.run(store), name="phrase-cache")
         app.state.insights = insights = _insights_worker(settings, store, services)
         transcripts.on_insights = insights.offer
@@ -186,11 +203,12 @@ def create_app(
             await insights.stop()  # unfinished calls stay pending (the next start's sweep)
             await insights.client.aclose()
             await transcripts.stop()  # flushes every buffered row
+            await services.live.stop()
             await services.db.dispose()
             web_of(app).hash_pool.close()
 
     pages = [*auth.routes, *staff.routes, *dashboard.routes, *admin.routes, *admin_users.routes]
-    pages += qa.routes
+    pages += [*qa.routes, *live.routes]
     static = Mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app = Starlette(
         routes=[*health.routes, *twilio.routes, *pages, static],

@@ -140,8 +140,9 @@ async def test_a_note_on_a_live_calls_turn_survives_the_timelines_refresh(
     turn = page.locator("#turn-0")
     await turn.get_by_text("note", exact=True).click()
     await turn.get_by_label("Note on turn 0").fill("Caller sounds confused.")
-    async with page.expect_response(f"{base}/calls/{SID}/timeline"):  # one refresh (3 s)
-        pass
+    async with page.expect_response(f"{base}/calls/{SID}/timeline"):  # one refresh
+        # What the call publishes as its next turn closes (telephony/session/live_feed.py)
+        running_app.app.state.services.live.publish("turn", SID, idx=1, role="bot")
     await page.wait_for_timeout(200)  # the refresh applied
     await expect(turn.get_by_label("Note on turn 0")).to_have_value("Caller sounds confused.")
     await turn.get_by_role("button", name="Add note").click()

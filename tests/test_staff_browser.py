@@ -33,7 +33,12 @@ REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS_DIR", REPO / "test-artifacts"))
 
 DEMO_YAML = (REPO / "infra" / "numbers.example.yaml").read_text()
-POLL_MS = 3000  # routes/static/staff.js: how often a live page refreshes
+SETTLED_MS = 1250  # routes/static/staff.js: the later of a live event's two refreshes
+
+
+def publish(app: RunningApp, kind: str, sid: str, /, **data: object) -> None:
+    """What a call on this instance publishes (telephony/session/live_feed.py)."""
+    app.app.state.services.live.publish(kind, sid, **data)
 
 
 def _recording_yaml(tmp_path: Path) -> Path:
@@ -214,7 +219,6 @@ async def test_live_call_updates_without_reload(
         database, sid, turns=[Turn(0, "caller", "hello is anyone there", 0, 900)], ended=False
     )
     page = await browser.new_page()
-    await page.clock.install()  # the page's 3 s polls, run on demand (run_for), not waited
     await log_in(page, running_app.url, ADMIN, "/calls")
     row = page.locator(f'tr[data-sid="{sid}"]')
     await expect(row).to_contain_text("in progress")
@@ -228,7 +232,7 @@ async def test_live_call_updates_without_reload(
         ],
         ended=True,
     )
-    await page.clock.run_for(POLL_MS)
+    publish(running_app, "call-ended", sid, outcome="caller-hangup", duration_ms=2000)
     await expect(row).to_contain_text("Caller hung up", timeout=10_000)
     await expect(row.locator("td").nth(6)).to_have_text("2")
     assert await page.evaluate("window.__marker") == 1
@@ -242,21 +246,21 @@ async def rows_requests(page: Page) -> list[str]:
     return seen
 
 
-async def test_calls_list_refreshes_only_while_a_call_is_live(
+async def test_calls_list_refreshes_on_live_events_only(
     running_app: RunningApp, database: str, browser: Browser
 ) -> None:
-    """No live call: no refresh at all. A live call: refreshes that update its row but leave
-    keyboard focus and a text selection where the user put them."""
+    """Nothing happening: no request at all (no polling). A live call's event: a refresh that
+    updates its row but leaves keyboard focus and a text selection where the user put them. A
+    call starting: its row appears."""
     await add_accounts(database)
-    ended, live = "CA" + "5" * 32, "CA" + "6" * 32
+    ended, live, new = "CA" + "5" * 32, "CA" + "6" * 32, "CA" + "8" * 32
     await store_call(database, ended, turns=[Turn(0, "caller", "all done", 0, 900)])
     page = await browser.new_page()
-    await page.clock.install()  # the page's 3 s polls, run on demand (run_for), not waited
     refreshes = await rows_requests(page)
     await log_in(page, running_app.url, STAFF, "/calls")
     await expect(page.locator(f'tr[data-sid="{ended}"]')).to_be_visible()
-    await page.clock.run_for(2 * POLL_MS)  # two refresh periods
-    await page.wait_for_timeout(200)  # any request they made, reported
+    publish(running_app, "turn", "CA" + "0" * 32, idx=3, role="caller")  # a call not listed
+    await page.wait_for_timeout(2 * SETTLED_MS)
     assert refreshes == []
 
     hello = [Turn(0, "caller", "hello is anyone there", 0, 900)]
@@ -275,20 +279,24 @@ async def test_calls_list_refreshes_only_while_a_call_is_live(
     assert await link.evaluate("a => document.activeElement === a")
     turns = [*hello, Turn(1, "bot", "Yes, how can I help?", 1000, 2000, heard="Yes")]
     await store_call(database, live, turns=turns, **live_call)
-    await page.clock.run_for(POLL_MS)
+    publish(running_app, "turn", live, idx=1, role="bot", text="Yes")
     await expect(row.locator("td").nth(6)).to_have_text("2", timeout=10_000)  # refreshed
     for n in range(2):  # that refresh, then one that changed nothing: neither moved them
         assert await link.evaluate("a => document.activeElement === a"), "focus moved"
         assert await page.evaluate("getSelection().toString()") == "+15551230000"
         if n == 0:
             seen = len(refreshes)
-            await page.clock.run_for(POLL_MS)
+            publish(running_app, "event", live, kind="barge-in", ms=1500)
             for _ in range(100):
                 await page.wait_for_timeout(50)
                 if len(refreshes) > seen:
                     break
-            await page.wait_for_timeout(300)  # its rows applied
+            await page.wait_for_timeout(SETTLED_MS + 300)  # both refreshes applied
     assert len(refreshes) >= 2
+
+    await store_call(database, new, turns=hello, ended=False)
+    publish(running_app, "call-started", new, number="+15550001000", profile="support")
+    await expect(page.locator(f'tr[data-sid="{new}"]')).to_be_visible(timeout=10_000)
     await page.close()
 
 
@@ -346,7 +354,6 @@ async def test_live_call_page_timeline_follows_the_call(
     first = [Turn(0, "caller", "hello is anyone there", 0, 900)]
     await store_call(database, sid, turns=first, ended=False)
     page = await browser.new_page()
-    await page.clock.install()  # the page's 3 s polls, run on demand (run_for), not waited
     await log_in(page, running_app.url, STAFF, f"/calls/{sid}")
     timeline = page.locator("#timeline")
     await expect(timeline.locator("tr.turn")).to_have_count(1)
@@ -355,12 +362,13 @@ async def test_live_call_page_timeline_follows_the_call(
     await page.evaluate("window.__marker = 1")
     turns = [*first, Turn(1, "bot", "Yes, how can I help?", 1000, 2000, heard="Yes")]
     await store_call(database, sid, turns=turns, ended=False)
-    await page.clock.run_for(POLL_MS)
+    publish(running_app, "turn", "CA" + "4" * 32, idx=1, role="bot")  # another call's: ignored
+    publish(running_app, "turn", sid, idx=1, role="bot", text="Yes")
     await expect(timeline.locator("tr.turn.bot")).to_contain_text("how can I help", timeout=10_000)
     assert await row.evaluate("r => document.activeElement === r"), "focus moved"
     assert await page.evaluate("window.__marker") == 1  # updated in place, not reloaded
     await store_call(database, sid, turns=turns, ended=True)
-    await page.clock.run_for(POLL_MS)
+    publish(running_app, "call-ended", sid, outcome="caller-hangup", duration_ms=2000)
     await expect(page.locator("#call-status")).to_contain_text("Caller hung up", timeout=10_000)
     await page.close()
 

@@ -132,6 +132,7 @@ def test_every_staff_route_is_in_the_role_table(staff_app: RunningApp) -> None:
     }
     tested = {p.replace(SID, "{sid}") for p in PROTECTED_GETS} | {"/admin/reload", "/logout"}
     tested |= {"/calls/{sid}/export.json", "/calls/{sid}/export.txt"}
+    tested |= {"/live/events"}  # a stream: its refusals are in tests/test_live_events.py
     tested |= {p.replace(SID, "{sid}").replace("notes/1", "notes/{note:int}") for p in QA_POSTS}
     paths = {r.path for r in staff_app.app.routes if isinstance(r, Route)}
     assert paths - open_paths - tested == set()

@@ -1,7 +1,13 @@
-// Staff UI behaviour, no build step: local times, live polling, click-to-seek.
+// Staff UI behaviour, no build step: local times, live updates, click-to-seek.
 "use strict";
 
-const POLL_MS = 3000;
+const POLL_MS = 3000;  // only where the browser has no EventSource, or the stream is refused
+// Live events (routes/live.py) ask for a refresh; a burst of them asks once. The store writes
+// a call's rows behind it (within 0.5 s), so a second refresh follows to pick up what the
+// first came too early for.
+const REFRESH_MS = 250;
+const SETTLED_MS = 1250;
+const LIVE_KINDS = ["call-started", "call-ended", "turn", "event", "reconnect", "reset"];
 
 function localiseTimes(root) {
   for (const el of root.querySelectorAll("time[datetime]")) {
@@ -66,35 +72,76 @@ function updateRows(el, html) {
   });
 }
 
-// Refresh the element's rows from the fragment at data-poll every POLL_MS. The calls list
-// (data-poll-while="tr.live") polls only while it lists a live call: with none there is
-// nothing to follow, and a page that never changes needs no requests. A call page's timeline
-// has data-poll only while its call is live and stops when the server says it ended.
+// Fetch the element's fragment (data-poll) and apply it; false once there is nothing more to
+// follow (the call ended: the page reloads to show its final status and recording).
+async function refresh(el) {
+  let resp;
+  try {
+    resp = await fetch(el.dataset.poll, { credentials: "same-origin" });
+  } catch (e) {
+    return true;  // network blip: the next event or poll tries again
+  }
+  if (resp.status === 401) {
+    window.location = "/login?next=" + encodeURIComponent(location.pathname + location.search);
+    return false;
+  }
+  if (!resp.ok) return true;
+  updateRows(el, await resp.text());
+  const total = resp.headers.get("x-total");
+  const counter = document.getElementById("total");
+  if (total !== null && counter) counter.textContent = total;
+  if (resp.headers.get("x-live") === "0") {
+    window.location.reload();
+    return false;
+  }
+  return true;
+}
+
+// Does a live event concern this element? A call page's timeline (data-live-sid) follows its
+// call only; the calls list follows calls starting and ending, and the turns of calls it shows.
+function concerns(el, kind, data) {
+  if (kind === "reset") return true;  // events were missed: refetch
+  const sid = el.dataset.liveSid;
+  if (sid) return data.sid === sid;
+  if (kind === "call-started" || kind === "call-ended") return true;
+  return el.querySelector(`tr[data-sid="${CSS.escape(data.sid || "")}"]`) !== null;
+}
+
+// One event stream per page, pushed by the server (no polling): each element with data-poll
+// refreshes its fragment when an event concerns it. Without EventSource, or when the stream
+// is refused for good, the old way: poll every POLL_MS while something is live.
+function follow(els) {
+  if (!els.length) return;
+  if (!window.EventSource) return els.forEach(poll);
+  const source = new EventSource("/live/events");
+  for (const el of els) {
+    const timers = [null, null];
+    let following = true;
+    const due = () => {
+      [REFRESH_MS, SETTLED_MS].forEach((ms, i) => {
+        clearTimeout(timers[i]);
+        timers[i] = setTimeout(async () => { following = following && await refresh(el); }, ms);
+      });
+    };
+    for (const kind of LIVE_KINDS) {
+      source.addEventListener(kind, (e) => {
+        if (following && concerns(el, kind, JSON.parse(e.data || "{}"))) due();
+      });
+    }
+  }
+  source.onerror = () => {
+    if (source.readyState === EventSource.CLOSED) els.forEach(poll);  // else it reconnects
+  };
+}
+
+// The fallback: refresh every POLL_MS while the element lists something live
+// (data-poll-while), or always.
 function poll(el) {
   const whileSel = el.dataset.pollWhile;
   const wanted = () => !whileSel || el.querySelector(whileSel) !== null;
   let timer = null;
   async function tick() {
-    if (document.hidden) return schedule();
-    let resp;
-    try {
-      resp = await fetch(el.dataset.poll, { credentials: "same-origin" });
-    } catch (e) {
-      return schedule();  // network blip: try again later
-    }
-    if (resp.status === 401) {
-      window.location = "/login?next=" + encodeURIComponent(location.pathname + location.search);
-      return;
-    }
-    if (!resp.ok) return schedule();
-    updateRows(el, await resp.text());
-    const total = resp.headers.get("x-total");
-    const counter = document.getElementById("total");
-    if (total !== null && counter) counter.textContent = total;
-    if (resp.headers.get("x-live") === "0") {
-      window.location.reload();  // the call just ended: show its final status and recording
-      return;
-    }
+    if (!document.hidden && !(await refresh(el))) return;
     schedule();
   }
   function schedule() {
@@ -270,5 +317,5 @@ document.addEventListener("DOMContentLoaded", () => {
   seekOnClick();
   followPlayback();
   drawWaveform();
-  for (const el of document.querySelectorAll("[data-poll]")) poll(el);
+  follow(Array.from(document.querySelectorAll("[data-poll]")));
 });

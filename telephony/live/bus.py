@@ -159,7 +159,7 @@ class LiveBus:
 
     # --- publishing (any code on the loop; never waits) -------------------------------------
 
-    def publish(self, kind: str, sid: str, **data: Any) -> None:
+    def publish(self, kind: str, sid: str, /, **data: Any) -> None:
         if len(self._queue) >= self._queue_max:
             self.counts.dropped += 1
             return

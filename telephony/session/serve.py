@@ -23,6 +23,7 @@ from telephony.session.handshake import (
     handshake,
     token_scope,
 )
+from telephony.session.live_feed import LiveFeed
 from telephony.session.media_socket import CLOSE_POLICY, TwilioSocket
 from telephony.session.registry import CallRegistry
 from telephony.session.services import Services
@@ -189,6 +190,15 @@ async def _serve(socket: TwilioSocket, setup: CallSetup, services: Services) -> 
     transcripts.attach(summary.call_sid, call.transcript, redact=setup.profile.redaction)
     held.hold(call.transcript)
     services.metrics.watch_call(call.transcript, setup.profile.mode)
+    feed = LiveFeed(services.live, sid, redaction=setup.profile.redaction)
+    if cont is None:
+        feed.started(
+            to_number=summary.to_number,
+            profile=summary.profile,
+            mode=setup.profile.mode,
+            started_at=summary.started_at,
+        )
+    call.transcript.listeners.append(feed)
     if cont is not None:  # where the call page shows the bot handing over to a person
         params = setup.start.custom_parameters
         call.transcript.event(
@@ -205,6 +215,8 @@ async def _serve(socket: TwilioSocket, setup: CallSetup, services: Services) -> 
         # Handed over and its transcription stream already live: that one ends the call row.
         continued = handed_over and registry.current(sid) is not None
         if not continued:
+            duration_ms = round((summary.ended_at - summary.started_at) * 1000)
+            feed.ended(str(summary.end_reason), max(0, duration_ms))
             held(
                 functools.partial(
                     transcripts.call_ended,

@@ -6,12 +6,13 @@ the routes read it. Nothing here knows a web framework, so a call can be served 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from telephony.config import ConfigStore
+from telephony.live.bus import LiveBus
 from telephony.metrics import Metrics
 from telephony.session.phrases import PhraseCache
 from telephony.session.registry import CallRegistry
@@ -44,3 +45,5 @@ class Services:
     llm_http: httpx.AsyncClient  # one pool for every call's responder
     twilio_calls: TwilioCalls  # REST actions on live calls: hang-up, transfer, redirect
     phrases: PhraseCache | None = None  # fixed phrases' audio, synthesised ahead of time
+    # Live events for the staff UI, heard by every instance (telephony/live/bus.py)
+    live: LiveBus = field(default_factory=lambda: LiveBus("local"))
