@@ -129,6 +129,10 @@ class Transcript:
     on_event: Callable[[Event], None] | None = None
     # Further subscribers (metrics), told after the hooks above; the same rules apply.
     listeners: list[TranscriptListener] = field(default_factory=list)
+    # Live-only signals (who is speaking, what they are saying so far), for the staff UI's live
+    # views: told, never stored. `signal(kind, data)`; kinds: "interim" (role, text), "opened"
+    # (a turn began: idx, role).
+    live: list[Callable[[str, dict[str, Any]], None]] = field(default_factory=list)
     # A stream that continues a call's transcript (transcription after a transfer) numbers
     # its turns after the ones already stored.
     first_index: int = 0
@@ -141,7 +145,14 @@ class Transcript:
         """A turn that has begun (bot speech): it takes its place in the order now."""
         turn = Turn(self.first_index + len(self.turns), role, text, start_ms, end_ms, **kw)
         self.turns.append(turn)
+        if self.live:
+            self.signal("opened", idx=turn.index, role=role)
         return turn
+
+    def signal(self, kind: str, **data: Any) -> None:
+        """A live-only signal (see `live`); nothing is kept."""
+        for hook in self.live:
+            hook(kind, data)
 
     def close_turn(self, turn: Turn) -> Turn:
         """The turn's fields are final: hand it to persistence."""

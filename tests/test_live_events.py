@@ -121,6 +121,14 @@ async def test_a_calls_events_reach_staff_as_they_happen_redacted(app: RunningAp
         assert [t["role"] for t in turns][:2] == ["bot", "caller"]
         caller = next(t for t in turns if t["role"] == "caller")
         assert CARD not in caller["text"] and "[REDACTED:card]" in caller["text"]
+        # While the caller spoke: what they had said so far (redacted too), and the bot's
+        # turns as they began to be heard.
+        interims = [d for _, k, d, _ in live.events if k == "interim" and d["sid"] == "CAlive1"]
+        assert interims and all(d["role"] == "caller" for d in interims)
+        assert interims[0]["text"].startswith("my")
+        assert not any("4111" in d["text"] for d in interims)  # not even part of it
+        opened = [d for _, k, d, _ in live.events if k == "opened" and d["sid"] == "CAlive1"]
+        assert [d["role"] for d in opened][:1] == ["bot"]
         ids = [i for i, k, d, _ in live.events if d.get("sid") == "CAlive1"]
         assert len(set(ids)) == len(ids) and all(i.count(".") >= 1 for i in ids)
 

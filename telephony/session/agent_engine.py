@@ -249,6 +249,7 @@ class AgentEngine:
     async def _on_event(self, event: Any) -> None:
         ms = self.ctx.now_ms()
         if isinstance(event, dm.UserStartedSpeaking):
+            self.ctx.transcript.signal("interim", role="caller", text="")  # live views
             cut = self._reply
             await self._barge_in(ms)
             if cut is not None and self._reply is None:

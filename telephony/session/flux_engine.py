@@ -111,6 +111,7 @@ class FluxEngine:
         self._last_progress_at = 0.0
         self._forced_at: float | None = None
         self._hinted = options.language_hints  # the language hints last asked of Flux
+        self._shown = ""  # the interim text live views were last told
 
     @property
     def flux(self) -> FluxClient:
@@ -326,6 +327,9 @@ class FluxEngine:
             self._last_progress_at = asyncio.get_running_loop().time()
         if kind != "EndOfTurn" and ev.transcript:
             self._last_update = ev.transcript
+        if kind == "StartOfTurn" or (kind == "Update" and ev.transcript != self._shown):
+            self._shown = ev.transcript  # live views: the caller is speaking, and says this
+            self.ctx.transcript.signal("interim", role="caller", text=ev.transcript)
         if kind == "StartOfTurn":
             self._turn_open = True
             self.idle.caller_active()

@@ -8,11 +8,16 @@ only calls `publish`, which never waits. Nothing per audio frame.
 
 from __future__ import annotations
 
+import re
+
 from telephony.live.bus import LiveBus
 from telephony.store.redact import redact
 from telephony.transcript import CONNECTION_KINDS, Event, EventKind, Turn, is_reconnect
 
 TEXT_CHARS = 300
+# In a turn still being spoken, any run of 4 digits or more (spaces and dashes between): what
+# the caller is in the middle of saying may be a card or account number not yet whole.
+PARTIAL_NUMBER = re.compile(r"\d(?:[\d \-]{2,}\d)")
 # The events a live view shows (alerts, state): the rest stay on the call page.
 WATCHED = frozenset(
     {
@@ -50,6 +55,16 @@ class LiveFeed:
     def ended(self, outcome: str, duration_ms: int) -> None:
         self.bus.publish("call-ended", self.sid, outcome=outcome, duration_ms=duration_ms)
 
+    def signal(self, kind: str, data: dict[str, object]) -> None:
+        """The transcript's live-only signals: who is speaking, and what so far."""
+        if kind == "interim":
+            text = str(data.get("text", ""))
+            if self.redaction:  # half a card number is not a card number to `redact`
+                text = PARTIAL_NUMBER.sub("[number]", redact(text).text)
+            self.bus.publish("interim", self.sid, role=data.get("role"), text=text[:TEXT_CHARS])
+        elif kind == "opened":
+            self.bus.publish("opened", self.sid, idx=data.get("idx"), role=data.get("role"))
+
     # --- TranscriptListener -------------------------------------------------------------------
 
     def on_turn(self, turn: Turn) -> None:
@@ -67,6 +82,8 @@ class LiveFeed:
             data["interrupted"] = True
         if turn.latency_ms is not None:
             data["latency_ms"] = turn.latency_ms
+        if turn.meta.get("backchannel"):
+            data["backchannel"] = True  # not answered: the bot is not thinking about it
         self.bus.publish("turn", self.sid, **data)
 
     def on_event(self, event: Event) -> None:

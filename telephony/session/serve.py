@@ -199,6 +199,7 @@ async def _serve(socket: TwilioSocket, setup: CallSetup, services: Services) -> 
             started_at=summary.started_at,
         )
     call.transcript.listeners.append(feed)
+    call.transcript.live.append(feed.signal)
     if cont is not None:  # where the call page shows the bot handing over to a person
         params = setup.start.custom_parameters
         call.transcript.event(

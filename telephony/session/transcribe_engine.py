@@ -142,6 +142,8 @@ class TrackTranscriber:
     def _on_results(self, r: dm.Results) -> None:
         if not r.is_final:
             self._interim = r.transcript.strip()
+            if self._interim:  # live views: this side is speaking, and says this
+                self.ctx.transcript.signal("interim", role=self.role, text=self.interim)
             return
         client = self.client
         assert client is not None
