@@ -349,8 +349,10 @@ async def run_offline_call(
 
         async def on_rest(call_sid: str, form: dict[str, str]) -> None:
             # Twilio ends the media stream when a call is hung up or redirected; TwiML that
-            # forks the call again (a transfer that stays transcribed) opens a new stream.
-            if "<Start>" in form.get("Twiml", ""):
+            # forks the call again (a transfer that stays transcribed) opens a new stream, and
+            # a <Number url> (a warm transfer's whisper) is fetched when the person answers.
+            document = form.get("Twiml", "")
+            if "<Start>" in document or "<Number " in document:
                 updates.put_nowait(form["Twiml"])
             else:
                 hangup.set()

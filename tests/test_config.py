@@ -332,7 +332,8 @@ CASES = {
             on_failure: transfer
             responder: {type: scripted, fallback: x}
         """,
-        "numbers.yaml:2: profiles.sales.transfer_number: required because on_failure is transfer",
+        "numbers.yaml:2: profiles.sales.transfer_number: required because on_failure is transfer"
+        " (transfer.number or transfer_number)",
     ),
     "bad time zone": (
         """\
@@ -457,8 +458,8 @@ def test_all_errors_are_reported_in_file_order(in_tmp: Path) -> None:
         "numbers.yaml:14: profiles.sales.flux.eot_threshold: must be between 0.5 and 0.9",
         "numbers.yaml:15: profiles.sales.recordings: unknown field (allowed: mode, greeting,"
         " greeting_interruptible, barge_in, responder, voice, flux, agent, transcribe, on_failure,"
-        " transfer_number, transcribe_after_transfer, recording, retention_days, redaction,"
-        " max_call_seconds, business_hours, insights, idle, filler, review)",
+        " transfer, transfer_number, transcribe_after_transfer, recording, retention_days,"
+        " redaction, max_call_seconds, business_hours, insights, idle, filler, review)",
     ]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from urllib.parse import urlencode
 
 from telephony.logs import bind_call_sid
 from telephony.outcome import Outcome
@@ -27,15 +28,19 @@ from telephony.session.media_socket import CLOSE_POLICY, TwilioSocket
 from telephony.session.registry import CallRegistry
 from telephony.session.services import Services
 from telephony.session.stream_claim import HeldWrites, claim_stream
+from telephony.session.whisper import build_whisper
 from telephony.store.recording import CallRecorder
 from telephony.store.redact import audio_spans
 from telephony.transcript import EventKind
 from telephony.twilio import twiml
+from telephony.twilio.security import whisper_query
 
 log = logging.getLogger(__name__)
 
 
-def transfer_twiml(services: Services, call: Call, number: str) -> str:
+def transfer_twiml(
+    services: Services, call: Call, number: str, whisper_url: str | None = None
+) -> str:
     """A bot call handed to a person, still transcribed: the fork's `<Parameter>`s say where
     the transcript continues (the bot part's audio end and turn count), bound to the token."""
     summary, transcript = call.summary, call.transcript
@@ -55,7 +60,30 @@ def transfer_twiml(services: Services, call: Call, number: str) -> str:
         {"call_token": token, **params},
         number=number,
         status_callback=settings.status_callback_url,
+        whisper_url=whisper_url,
     )
+
+
+async def prepare_whisper(services: Services, call: Call) -> str | None:
+    """A warm transfer's whisper, built now and recorded as the call's `whisper` event (the
+    text the whisper route says: telephony/session/whisper.py); its signed URL, or None when
+    the profile has no whisper."""
+    whisper = await build_whisper(call.profile, call.transcript, http=services.llm_http)
+    if whisper is None:
+        return None
+    cfg = call.profile.whisper
+    say = {"voice": cfg.whisper_voice, "language": cfg.whisper_language} if cfg else {}
+    ms = call.summary.stats.audio_end_ms
+    call.transcript.event(
+        ms,
+        EventKind.WHISPER,
+        text=whisper.text,
+        source=whisper.source,
+        **{k: v for k, v in say.items() if v},  # how the route says it (Twilio's default voice)
+    )
+    settings = services.settings
+    query = whisper_query(settings.token_secret(), call.call_sid)
+    return f"{settings.whisper_url}?{urlencode(query)}"
 
 
 def resume_point(registry: CallRegistry, sid: str, cont: Continuation) -> Continuation:
@@ -142,11 +170,13 @@ async def _serve(socket: TwilioSocket, setup: CallSetup, services: Services) -> 
 
     async def transfer(call_sid: str, number: str) -> None:
         nonlocal handed_over
+        whisper_url = await prepare_whisper(services, call)
         if not setup.profile.transcribe_after_transfer:
-            await rest.transfer(call_sid, number)
+            await rest.transfer(call_sid, number, whisper_url=whisper_url)
             return
         handed_over = True
-        await rest.update_twiml(call_sid, transfer_twiml(services, call, number), "transfer")
+        document = transfer_twiml(services, call, number, whisper_url)
+        await rest.update_twiml(call_sid, document, "transfer")
 
     call = Call(
         socket,
