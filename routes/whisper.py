@@ -25,7 +25,7 @@ from routes.state import services_of
 from routes.twilio import signed_form
 from telephony.session.services import Services
 from telephony.store.bounded_wait import wait_at_most
-from telephony.store.queries import latest_event
+from telephony.store.transfers import latest_event
 from telephony.transcript import EventKind
 from telephony.twilio import twiml
 from telephony.twilio.security import TokenError, check_whisper_query

@@ -67,7 +67,8 @@ function updateRows(el, html) {
 }
 
 // Refresh the element's rows from the fragment at data-poll every POLL_MS. The calls list
-// (data-poll-while="tr.live") polls only while it lists a live call: with none there is
+// (data-poll-while="tr.live, tr.handed") polls only while it lists a live call (or one just
+// transferred to a person, routes/transfer_view.py): with none there is
 // nothing to follow, and a page that never changes needs no requests. A call page's timeline
 // has data-poll only while its call is live and stops when the server says it ended.
 function poll(el) {

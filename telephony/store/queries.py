@@ -407,16 +407,3 @@ async def get_call(engine: AsyncEngine, sid: str) -> dict[str, Any] | None:
         )
         call["events"] = [dict(r._mapping) for r in e]
     return call
-
-
-async def latest_event(engine: AsyncEngine, sid: str, kind: str) -> dict[str, Any] | None:
-    """The data of a call's latest event of this kind (a transfer's whisper), or None."""
-    stmt = (
-        select(events.c.data)
-        .where(events.c.call_sid == sid, events.c.kind == kind)
-        .order_by(events.c.ms.desc(), events.c.id.desc())
-        .limit(1)
-    )
-    async with engine.connect() as conn:
-        data = (await conn.execute(stmt)).scalar_one_or_none()
-    return dict(data) if isinstance(data, dict) else None
