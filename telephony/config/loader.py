@@ -340,6 +340,9 @@ def summary(config: Config) -> str:
             out.append(f"  {name}: forwarded to {target}, both sides transcribed ({model})")
         if profile.transcribe_after_transfer:
             out.append(f"  {name}: transfers to {profile.transfer_number} stay transcribed")
+        if (w := profile.whisper) is not None:
+            how = "the LLM, else the template" if w.whisper_source == "llm" else "the template"
+            out.append(f"  {name}: warm transfers to {w.number}: a whisper from {how}")
     if config.qa.tags or config.qa.scorecards:
         cards = ", ".join(config.qa.scorecards) or "none"
         out.append(f"call review: {len(config.qa.tags)} tags; scorecards: {cards}")

@@ -42,8 +42,8 @@ def _template(value: str) -> str:
         if name not in WHISPER_FIELDS or spec or conversion:
             raise PydanticCustomError(
                 "whisper_template",
-                "unknown placeholder {{{name}}}; use {fields}",
-                {"name": name, "fields": ", ".join("{" + f + "}" for f in WHISPER_FIELDS)},
+                "unknown placeholder {name}; use {fields}",
+                {"name": "{" + name + "}", "fields": ", ".join("{" + f + "}" for f in WHISPER_FIELDS)},
             )
     fixed = string.Formatter().vformat(value, (), dict.fromkeys(WHISPER_FIELDS, ""))
     if len(fixed.split()) > MAX_WHISPER_WORDS:
