@@ -264,3 +264,16 @@ async def test_agent_transfer_call_gets_the_same_whisper(numbers: Path) -> None:
         "Transferring a caller. They said: I need a refund. They asked for a person."
     ]
     assert whisper_events(result)[0]["text"] == heard.said[0]
+
+
+async def test_a_failing_whisper_never_stops_the_transfer(
+    numbers: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("whisper builder bug")
+
+    monkeypatch.setattr("telephony.session.serve.build_whisper", broken)
+    result = await flux_call(numbers, "+15550001000", REFUND_THEN_HUMAN)
+    assert f"<Dial>{PERSON}</Dial>" in transfer_twiml(result)  # dialled plainly
+    assert whisper_events(result) == []
+    assert result.as_json()["end_reason"] == "transferred"

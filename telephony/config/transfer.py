@@ -43,7 +43,10 @@ def _template(value: str) -> str:
             raise PydanticCustomError(
                 "whisper_template",
                 "unknown placeholder {name}; use {fields}",
-                {"name": "{" + name + "}", "fields": ", ".join("{" + f + "}" for f in WHISPER_FIELDS)},
+                {
+                    "name": "{" + name + "}",
+                    "fields": ", ".join("{" + f + "}" for f in WHISPER_FIELDS),
+                },
             )
     fixed = string.Formatter().vformat(value, (), dict.fromkeys(WHISPER_FIELDS, ""))
     if len(fixed.split()) > MAX_WHISPER_WORDS:

@@ -170,7 +170,11 @@ async def _serve(socket: TwilioSocket, setup: CallSetup, services: Services) -> 
 
     async def transfer(call_sid: str, number: str) -> None:
         nonlocal handed_over
-        whisper_url = await prepare_whisper(services, call)
+        try:
+            whisper_url = await prepare_whisper(services, call)
+        except Exception:  # a whisper is a courtesy: never the reason a transfer fails
+            call.log.exception("whisper not prepared; transferring without it")
+            whisper_url = None
         if not setup.profile.transcribe_after_transfer:
             await rest.transfer(call_sid, number, whisper_url=whisper_url)
             return

@@ -103,7 +103,9 @@ def from_template(profile: Profile, cfg: TransferConfig, transcript: Transcript)
     }
     used = {name for _, name, _, _ in string.Formatter().parse(cfg.whisper_template) if name}
     fixed = cfg.whisper_template.format(**dict.fromkeys(values, ""))
-    room = MAX_WHISPER_WORDS - len(fixed.split()) - len(values["reason"].split())
+    room = MAX_WHISPER_WORDS - len(fixed.split())
+    if "reason" in used:  # said in full: the quotes make room for it
+        room -= len(values["reason"].split())
     # What the caller said gets most of the room left; what they were told the rest.
     quoted = [n for n in ("request", "told") if n in used]
     shares = (
