@@ -80,11 +80,20 @@ async def test_calls_list_marks_transfers_and_keeps_fresh_ones_live(calls: Runni
         rows = (await client.get("/calls/rows")).text
     just, old, plain, kept = (row_of(rows, s) for s in (JUST, OLD, PLAIN, KEPT))
     assert "handed" in just.split("|")[0] and "transferred" in just.split("|")[0]
-    assert "with a person: +15557770000" in just and f"they heard: “{WHISPER}”" in just
-    assert "handed" not in old.split("|")[0] and "transferred: +15557770000" in old
+    assert (
+        'with a person<span class="to">: +15557770000</span>' in just
+        and f"they heard: “{WHISPER}”" in just
+    )
+    assert (
+        "handed" not in old.split("|")[0]
+        and 'transferred<span class="to">: +15557770000</span>' in old
+    )
     assert "they heard" not in old
     assert "transfer" not in plain
-    assert "live" in kept.split("|")[0] and "with a person: +15557770000" in kept
+    assert (
+        "live" in kept.split("|")[0]
+        and 'with a person<span class="to">: +15557770000</span>' in kept
+    )
     # The list polls while it shows a call just handed over (not only while one is live).
     assert 'data-poll-while="tr.live, tr.handed"' in page
 
