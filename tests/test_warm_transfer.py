@@ -272,7 +272,7 @@ async def test_a_failing_whisper_never_stops_the_transfer(
     async def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("whisper builder bug")
 
-    monkeypatch.setattr("telephony.session.serve.build_whisper", broken)
+    monkeypatch.setattr("telephony.session.whisper.build_whisper", broken)
     result = await flux_call(numbers, "+15550001000", REFUND_THEN_HUMAN)
     assert f"<Dial>{PERSON}</Dial>" in transfer_twiml(result)  # dialled plainly
     assert whisper_events(result) == []

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from telephony.config import Profile
-from telephony.session.whisper import build_whisper, from_template, speakable
+from telephony.session.whisper import WhisperAhead, build_whisper, from_template, speakable
 from telephony.sim.fake_llm import FakeLLM
 from telephony.transcript import EventKind, Transcript
 
@@ -152,3 +152,31 @@ async def test_an_llm_in_time_writes_it(slow_llm: FakeLLM) -> None:
 async def test_no_whisper_without_whisper_on() -> None:
     p = profile(whisper=False)
     assert await build_whisper(p, conversation(("caller", "hi"))) is None
+
+
+async def test_a_whisper_started_ahead_is_used_unless_the_caller_spoke_since(
+    slow_llm: FakeLLM,
+) -> None:
+    slow_llm.first_token_delay_ms = 0
+    p = llm_profile(slow_llm.url, budget_ms=2000)
+    transcript = conversation(("caller", "my parcel never arrived"))
+    ahead = WhisperAhead(p, transcript)
+    ahead.start()  # the reply asked for a transfer; its line plays
+    ahead.start()  # asked again for the same point of the conversation: no second request
+    transcript.add_turn("bot", "Putting you through.", 2000, 2500)  # the line itself
+    first = await ahead.get()
+    assert first is not None and first.source == "llm" and len(slow_llm.requests) == 1
+    # The caller cut in and said more; a later transfer's whisper is built from that.
+    transcript.add_turn("caller", "actually it is about a refund", 3000, 3500)
+    second = await ahead.get()
+    assert second is not None and len(slow_llm.requests) == 2
+    assert slow_llm.requests[-1]["messages"][-1]["content"].endswith(
+        "Caller: actually it is about a refund"
+    )
+    ahead.close()
+
+
+async def test_nothing_is_started_ahead_without_a_whisper() -> None:
+    ahead = WhisperAhead(profile(whisper=False), conversation(("caller", "hi")))
+    ahead.start()
+    assert await ahead.get() is None

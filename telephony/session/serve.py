@@ -28,7 +28,7 @@ from telephony.session.media_socket import CLOSE_POLICY, TwilioSocket
 from telephony.session.registry import CallRegistry
 from telephony.session.services import Services
 from telephony.session.stream_claim import HeldWrites, claim_stream
-from telephony.session.whisper import build_whisper
+from telephony.session.whisper import WhisperAhead
 from telephony.store.recording import CallRecorder
 from telephony.store.redact import audio_spans
 from telephony.transcript import EventKind
@@ -64,11 +64,11 @@ def transfer_twiml(
     )
 
 
-async def prepare_whisper(services: Services, call: Call) -> str | None:
-    """A warm transfer's whisper, built now and recorded as the call's `whisper` event (the
-    text the whisper route says: telephony/session/whisper.py); its signed URL, or None when
-    the profile has no whisper."""
-    whisper = await build_whisper(call.profile, call.transcript, http=services.llm_http)
+async def prepare_whisper(services: Services, call: Call, ahead: WhisperAhead) -> str | None:
+    """A warm transfer's whisper (built ahead while the handover line played, or now),
+    recorded as the call's `whisper` event (the text the whisper route says:
+    telephony/session/whisper.py); its signed URL, or None when the profile has no whisper."""
+    whisper = await ahead.get()
     if whisper is None:
         return None
     cfg = call.profile.whisper
@@ -167,11 +167,13 @@ async def _serve(socket: TwilioSocket, setup: CallSetup, services: Services) -> 
         start_ms = cont.offset_ms if cont is not None else 0
         recorder = CallRecorder(sid, settings.recordings_dir, start_ms=start_ms)
     handed_over = False  # this call was transferred with its transcription continuing
+    ahead: WhisperAhead | None = None  # set once the call exists (it reads its transcript)
 
     async def transfer(call_sid: str, number: str) -> None:
         nonlocal handed_over
         try:
-            whisper_url = await prepare_whisper(services, call)
+            assert ahead is not None
+            whisper_url = await prepare_whisper(services, call, ahead)
         except Exception:  # a whisper is a courtesy: never the reason a transfer fails
             call.log.exception("whisper not prepared; transferring without it")
             whisper_url = None
@@ -197,9 +199,11 @@ async def _serve(socket: TwilioSocket, setup: CallSetup, services: Services) -> 
         hang_up=rest.hang_up,
         transfer=transfer,
         redirect=rest.update_twiml,
+        transfer_coming=lambda: ahead.start() if ahead is not None else None,
         settings=settings,
         recorder=recorder,
     )
+    ahead = WhisperAhead(setup.profile, call.transcript, http=services.llm_http)
     registry.add(call, setup.part)
     transcripts = services.transcripts
     summary = call.summary
@@ -231,6 +235,7 @@ async def _serve(socket: TwilioSocket, setup: CallSetup, services: Services) -> 
     try:
         await call.run()
     finally:
+        ahead.close()  # a whisper no transfer asked for
         registry.done(call)
         services.metrics.call_ended(call)
         await asyncio.wait({claim})  # bounded by its timeout; decides what `held` does

@@ -183,3 +183,39 @@ async def build_whisper(
         else:
             return Whisper(text, "llm")
     return Whisper(from_template(profile, cfg, transcript), "template")
+
+
+class WhisperAhead:
+    """A call's whisper, started as soon as a reply asks for a transfer (`start`), so an LLM
+    writes it while the handover line plays rather than after. `get` at the transfer uses it
+    if the caller has said nothing since; otherwise (a barge-in, a later transfer) it builds
+    afresh. One task at most; `close` cancels it when the call ends."""
+
+    def __init__(
+        self, profile: Profile, transcript: Transcript, *, http: httpx.AsyncClient | None = None
+    ) -> None:
+        self._profile, self._transcript, self._http = profile, transcript, http
+        self._task: asyncio.Task[Whisper | None] | None = None
+        self._basis = -1  # the caller turns the task's whisper was built from
+
+    def _caller_turns(self) -> int:
+        return sum(1 for t in self._transcript.turns if t.role == "caller")
+
+    def start(self) -> None:
+        if self._profile.whisper is None:
+            return
+        if self._task is not None and self._basis == self._caller_turns():
+            return  # already under way for this point of the conversation
+        self.close()
+        self._basis = self._caller_turns()
+        coro = build_whisper(self._profile, self._transcript, http=self._http)
+        self._task = asyncio.get_running_loop().create_task(coro, name="whisper")
+
+    async def get(self) -> Whisper | None:
+        self.start()
+        return await self._task if self._task is not None else None
+
+    def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._task = None
