@@ -430,5 +430,7 @@ def format_text(call: OfflineCall) -> str:
     for event in call.as_json()["events"]:
         detail = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("ms", "kind"))
         out.append(f"{event['ms']:>6} ms  event   {event['kind']}  {detail}".rstrip())
+    for fork in call.caller.forks:  # what the fake Twilio played to the person who answered
+        out += [f"whisper to {w.number}: {' '.join(w.said)!r}" for w in fork.whispers]
     out.append(f"ended: {call.as_json()['end_reason']}")
     return "\n".join(out)

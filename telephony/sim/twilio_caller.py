@@ -210,8 +210,10 @@ class FakeTwilioCaller:
                 script, offset_ms=offset_ms, parameter_overrides={}, stream_format=StreamFormat()
             )
             stream = MediaStream(self, fork, clock, later)
-            await stream.run()
-            await whispers
+            try:
+                await stream.run()
+            finally:
+                await whispers
             clock.finish()
 
     async def _whispers(self, result: CallResult, answer: TwimlAnswer, clock: CallClock) -> None:
