@@ -92,6 +92,10 @@ def event_sentence(kind: str, data: dict[str, Any] | None, ms: float) -> str:
     if kind == "nudge" and data.get("reprompt"):
         after = data.get("after_s", "?")
         return f"The caller said nothing for {after} s: reprompt {data['reprompt']}."
+    if kind == "transfer":
+        return f"The bot transferred the call to {data.get('to', 'a person')}."
+    if kind == "whisper":
+        return f"Before being connected, the person who answered heard: “{data.get('text', '')}”"
     if kind == "idle-goodbye":
         return "The caller stayed silent after every reprompt: the bot said goodbye and hung up."
     return ""

@@ -30,7 +30,7 @@ from starlette.responses import (
 )
 from starlette.routing import Route
 
-from routes import insights_view
+from routes import insights_view, transfer_view
 from routes.auth import require
 from routes.explain import unanswered
 from routes.qa import parse_qa_filters, qa_context
@@ -152,6 +152,7 @@ async def _rows(request: Request, query: ListQuery) -> tuple[list[dict[str, Any]
     rows = await search_calls(db, query.filter)
     total = await count_calls(db, replace(query.filter, limit=0, offset=0))
     await insights_view.attach(db, rows)
+    await transfer_view.attach(db, rows)
     return rows, total
 
 
@@ -269,6 +270,7 @@ async def call_page(request: Request) -> Response:
         "has_recording": _has_recording(call),
         "right_channel": _right_channel(call),
         "interim": _interim(request, call["sid"]),
+        "transfer": transfer_view.of_call(call),
         "insights": insights,
         "turn_sentiment": insights_view.turn_sentiments(insights),
         "qa": await qa_context(request, call),

@@ -67,7 +67,7 @@ def _fork_and_dial(settings: Settings, params: dict[str, str], cfg: TranscribeCo
     )
 
 
-async def _signed_form(request: Request, what: str) -> dict[str, str] | None:
+async def signed_form(request: Request, what: str) -> dict[str, str] | None:
     """Twilio's form, if X-Twilio-Signature proves Twilio sent it (or checks are off)."""
     settings = services_of(request.app).settings
     # Twilio posts a few KB of form-encoded single values. Bounded before anything is read or
@@ -87,7 +87,7 @@ async def _signed_form(request: Request, what: str) -> dict[str, str] | None:
 
 async def voice_webhook(request: Request) -> Response:
     services = services_of(request.app)
-    form = await _signed_form(request, "webhook")
+    form = await signed_form(request, "webhook")
     if form is None:
         return Response("invalid signature", status_code=403)
     call_sid, to = form.get("CallSid", ""), form.get("To", "")
@@ -138,7 +138,7 @@ async def status_callback(request: Request) -> Response:
     """Call and stream status callbacks: signed like the webhook, recorded once as events of
     calls we carried (never creating a row: see TranscriptStore.status). They do not change a
     call's outcome, which its stream's end decides (telephony/outcome.py)."""
-    form = await _signed_form(request, "status callback")
+    form = await signed_form(request, "status callback")
     if form is None:
         return Response("invalid signature", status_code=403)
     call_sid = form.get("CallSid", "")

@@ -355,8 +355,10 @@ async def run_offline_call(
 
         async def on_rest(call_sid: str, form: dict[str, str]) -> None:
             # Twilio ends the media stream when a call is hung up or redirected; TwiML that
-            # forks the call again (a transfer that stays transcribed) opens a new stream.
-            if "<Start>" in form.get("Twiml", ""):
+            # forks the call again (a transfer that stays transcribed) opens a new stream, and
+            # a <Number url> (a warm transfer's whisper) is fetched when the person answers.
+            document = form.get("Twiml", "")
+            if "<Start>" in document or "<Number " in document:
                 updates.put_nowait(form["Twiml"])
             else:
                 hangup.set()
@@ -434,5 +436,7 @@ def format_text(call: OfflineCall) -> str:
     for event in call.as_json()["events"]:
         detail = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("ms", "kind"))
         out.append(f"{event['ms']:>6} ms  event   {event['kind']}  {detail}".rstrip())
+    for fork in call.caller.forks:  # what the fake Twilio played to the person who answered
+        out += [f"whisper to {w.number}: {' '.join(w.said)!r}" for w in fork.whispers]
     out.append(f"ended: {call.as_json()['end_reason']}")
     return "\n".join(out)

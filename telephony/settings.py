@@ -241,6 +241,11 @@ class Settings(BaseSettings):
         """Where Twilio posts call and stream status callbacks (routes/twilio.py)."""
         return self.public_url.rstrip("/") + "/twilio/status"
 
+    @property
+    def whisper_url(self) -> str:
+        """Where Twilio fetches a warm transfer's whisper (routes/whisper.py)."""
+        return self.public_url.rstrip("/") + "/twilio/whisper"
+
     def token_secret(self) -> bytes:
         secret = self.stream_token_secret or self.twilio_auth_token
         return secret.get_secret_value().encode()

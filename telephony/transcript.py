@@ -43,6 +43,7 @@ class EventKind(StrEnum):
     ACTION_CANCELLED = "action-cancelled"
     HANGUP = "hangup"
     TRANSFER = "transfer"
+    WHISPER = "whisper"  # a warm transfer: what the person who answers hears first
     HANDOVER = "handover"  # a transferred call's transcription continues the bot's transcript
     NUDGE = "nudge"  # the caller was silent: a reprompt (session/idle.py)
     IDLE_GOODBYE = "idle-goodbye"  # silent through every reprompt: goodbye, then hang-up

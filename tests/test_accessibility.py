@@ -62,7 +62,7 @@ async def browser(chromium_path: str) -> AsyncIterator[Browser]:
 
 async def seed(database: str, tmp_path: Path) -> None:
     """Calls with every kind of row the pages draw: turns heard in part, a barge-in, an
-    unanswered question, events, a recording, several outcomes over two days."""
+    unanswered question, events, a warm transfer, a recording, several outcomes over two days."""
     await add_accounts(database)
     wav = tmp_path / f"{SID}.wav"
     write_wav(wav, tone(1, 8_000) + [0] * 8_000, [0] * 8_000 + tone(1, 8_000))
@@ -81,7 +81,16 @@ async def seed(database: str, tmp_path: Path) -> None:
         ),
         Turn(2, "caller", "can I pay with card 4111 1111 1111 1111?", 2000, 2900),
     ]
-    events = [Event(1200, "reconnect", {"endpoint": "flux", "gap_ms": 22, "replayed_ms": 1000})]
+    events = [
+        Event(1200, "reconnect", {"endpoint": "flux", "gap_ms": 22, "replayed_ms": 1000}),
+        # A warm transfer: the list's "with a person" mark and the call page's transfer note.
+        Event(2900, "transfer", {"to": "+15557770000"}),
+        Event(
+            2900,
+            "whisper",
+            {"text": "Transferring a caller about card payments.", "source": "template"},
+        ),
+    ]
     await store_call(database, SID, turns=turns, events=events, recording_path=str(wav))
     day = calendar.timegm((*time.gmtime(time.time() - 86_400)[:3], 12, 0, 0, 0, 0, 0))
     engine = make_engine(database)

@@ -33,6 +33,7 @@ from telephony.config.barge_in import BargeInConfig
 from telephony.config.filler import FillerConfig
 from telephony.config.idle import IdleConfig
 from telephony.config.qa import Criterion, QAConfig, ReviewConfig, Scorecard
+from telephony.config.transfer import DEFAULT_WHISPER_TEMPLATE, TransferConfig
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "infra" / "numbers.example.yaml"
 SECRET_HINT = "secrets come from the environment; name the variable with api_key_env"
@@ -88,6 +89,10 @@ def test_example_file_passes_check() -> None:
     assert "support-desk: forwarded to +15550009002, both sides transcribed (nova-3)" in text
     assert "front-desk: transfers to +15550009000 stay transcribed" in text
     assert "sales: answers in en, es (Flux hints: en, es)" in text
+    assert "front-desk: warm transfers to +15550009000: a whisper from the template" in text
+    assert (
+        "sales: warm transfers to +15550009001: a whisper from the LLM, else the template" in text
+    )
     assert "default profile: front-desk" in text
 
 
@@ -110,7 +115,7 @@ def test_example_file_documents_every_field() -> None:
     text = EXAMPLE.read_text()
     models = [Config, Profile, LLMResponderConfig, ScriptedResponderConfig, ScriptRuleConfig]
     models += [FluxConfig, AgentConfig, AgentFunction, TranscribeConfig, BusinessHours]
-    models += [BargeInConfig, IdleConfig, FillerConfig, PhraseSet]
+    models += [BargeInConfig, IdleConfig, FillerConfig, PhraseSet, TransferConfig]
     models += [QAConfig, Scorecard, Criterion, ReviewConfig]
     missing = [f"{m.__name__}.{f}" for m in models for f in m.model_fields if f not in text]
     assert missing == []
@@ -335,7 +340,8 @@ CASES = {
             on_failure: transfer
             responder: {type: scripted, fallback: x}
         """,
-        "numbers.yaml:2: profiles.sales.transfer_number: required because on_failure is transfer",
+        "numbers.yaml:2: profiles.sales.transfer_number: required because on_failure is transfer"
+        " (transfer.number or transfer_number)",
     ),
     "bad time zone": (
         """\
@@ -460,8 +466,9 @@ def test_all_errors_are_reported_in_file_order(in_tmp: Path) -> None:
         "numbers.yaml:14: profiles.sales.flux.eot_threshold: must be between 0.5 and 0.9",
         "numbers.yaml:15: profiles.sales.recordings: unknown field (allowed: mode, greeting,"
         " greeting_interruptible, barge_in, responder, voice, flux, agent, transcribe, on_failure,"
-        " transfer_number, transcribe_after_transfer, recording, retention_days, redaction,"
-        " max_call_seconds, business_hours, insights, idle, filler, review, voices, phrases)",
+        " transfer, transfer_number, transcribe_after_transfer, recording, retention_days,"
+        " redaction, max_call_seconds, business_hours, insights, idle, filler, review, voices,"
+        " phrases)",
     ]
 
 
@@ -919,3 +926,139 @@ def test_transcribe_defaults_and_options(in_tmp: Path) -> None:
     bot = config.profiles["bot"]
     assert bot.transcribe_after_transfer and bot.transcribe is None  # Nova defaults
     assert not config.profiles["desk"].transcribe_after_transfer
+
+
+# --- transfer: the long form, and the whisper -----------------------------------------------
+
+TRANSFER_CASES = {
+    "both forms disagree": (
+        """\
+        profiles:
+          sales:
+            mode: flux
+            responder: {type: scripted, fallback: x}
+            transfer: {number: "+15557770000", whisper: true}
+            transfer_number: "+15557770001"
+        """,
+        "numbers.yaml:6: profiles.sales.transfer_number: disagrees with transfer.number: give"
+        " the number once (transfer.number)",
+    ),
+    "no number in the long form": (
+        """\
+        profiles:
+          sales:
+            mode: flux
+            responder: {type: scripted, fallback: x}
+            transfer: {whisper: true}
+        """,
+        "numbers.yaml:5: profiles.sales.transfer.number: required",
+    ),
+    "llm whisper without an llm": (
+        """\
+        profiles:
+          sales:
+            mode: flux
+            responder: {type: scripted, fallback: x}
+            transfer: {number: "+15557770000", whisper: true, whisper_source: llm}
+        """,
+        "numbers.yaml:5: profiles.sales.transfer: whisper_source llm needs a flux profile with"
+        " an llm responder (use template)",
+    ),
+    "unknown placeholder": (
+        """\
+        profiles:
+          sales:
+            mode: flux
+            responder: {type: scripted, fallback: x}
+            transfer:
+              number: "+15557770000"
+              whisper: true
+              whisper_template: "Caller {name} wants {request}"
+        """,
+        "numbers.yaml:8: profiles.sales.transfer.whisper_template: unknown placeholder {name};"
+        " use {request}, {told}, {reason}",
+    ),
+    "template too long": (
+        """\
+        profiles:
+          sales:
+            mode: flux
+            responder: {type: scripted, fallback: x}
+            transfer:
+              number: "+15557770000"
+              whisper_template: "one two three four five six seven eight nine ten eleven twelve
+                thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty twenty-one
+                twenty-two twenty-three twenty-four twenty-five twenty-six {request}"
+        """,
+        "numbers.yaml:7: profiles.sales.transfer.whisper_template: too long: at most 25 words"
+        " are spoken before the person is connected",
+    ),
+    "voice": (
+        """\
+        profiles:
+          sales:
+            mode: flux
+            responder: {type: scripted, fallback: x}
+            transfer: {number: "+15557770000", whisper: true, whisper_voice: aura-2-thalia-en}
+        """,
+        "numbers.yaml:5: profiles.sales.transfer.whisper_voice: a Twilio <Say> voice: man, woman,"
+        " alice, Polly.<Name>, Google.<name>",
+    ),
+    "budget": (
+        """\
+        profiles:
+          sales:
+            mode: flux
+            responder: {type: scripted, fallback: x}
+            transfer: {number: "+15557770000", whisper_llm_ms: 5000}
+        """,
+        "numbers.yaml:5: profiles.sales.transfer.whisper_llm_ms: must be between 100 and 3000",
+    ),
+    "transcribe mode": (
+        """\
+        profiles:
+          desk:
+            mode: transcribe
+            transcribe: {queue: support}
+            transfer: {number: "+15557770000", whisper: true}
+        """,
+        "numbers.yaml:5: profiles.desk.transfer: only for flux and agent profiles (transcribe"
+        " mode dials itself)",
+    ),
+}
+
+
+@pytest.mark.parametrize(("text", "expected"), TRANSFER_CASES.values(), ids=TRANSFER_CASES)
+def test_transfer_errors(in_tmp: Path, text: str, expected: str) -> None:
+    assert errors(text) == [expected]
+
+
+def test_transfer_long_form_is_the_transfer_number(in_tmp: Path) -> None:
+    config = load_config(
+        write(
+            """\
+            profiles:
+              warm:
+                mode: flux
+                on_failure: transfer
+                responder: {type: scripted, fallback: x}
+                transfer: {number: "+15557770000", whisper: true}
+                transcribe_after_transfer: true
+              same:
+                mode: agent
+                agent: {think_prompt: hi, session_cap_action: transfer}
+                transfer: {number: "+15557770000"}
+                transfer_number: "+15557770000"
+              short:
+                mode: flux
+                responder: {type: scripted, fallback: x}
+                transfer_number: "+15557770000"
+            """
+        )
+    )
+    warm, same, short = (config.profiles[n] for n in ("warm", "same", "short"))
+    assert warm.transfer_number == same.transfer_number == short.transfer_number == "+15557770000"
+    assert warm.whisper is not None and warm.whisper.whisper_template == DEFAULT_WHISPER_TEMPLATE
+    assert (warm.whisper.whisper_source, warm.whisper.whisper_llm_ms) == ("template", 800)
+    assert warm.whisper.whisper_voice is None  # Twilio's default voice
+    assert same.whisper is None and short.whisper is None and short.transfer is None

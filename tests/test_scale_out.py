@@ -158,3 +158,64 @@ async def test_webhook_on_one_instance_media_on_the_other(
         ("caller", "okay bye"),
         ("bot", "Goodbye."),
     ]
+
+
+WARM_YAML = YAML.replace(
+    '        - {pattern: "bye", reply: "Goodbye.", action: hangup}',
+    '        - {pattern: "bye", reply: "Putting you through.", action: transfer}',
+).replace(
+    "    mode: flux\n", '    mode: flux\n    transfer: {number: "+15557770000", whisper: true}\n'
+)
+
+
+async def test_whisper_asked_of_the_instance_that_did_not_carry_the_call(
+    tmp_path: Path,
+    database: str,
+    fakes: tuple[FakeDeepgram, FakeTwilioRest],
+) -> None:
+    """The call lives on B and transfers there; Twilio's whisper request reaches A, which has
+    only the shared database to go by."""
+    assert "action: transfer" in WARM_YAML and "whisper: true" in WARM_YAML
+    deepgram, rest = fakes
+    updates: asyncio.Queue[str] = asyncio.Queue()
+
+    async def on_rest(call_sid: str, form: dict[str, str]) -> None:
+        if "Twiml" in form:
+            updates.put_nowait(form["Twiml"])
+
+    rest.on_request = on_rest
+    shared = {
+        "TELEPHONY_DATABASE_URL": database,
+        "TELEPHONY_PUBLIC_URL": PUBLIC_URL,
+        "TELEPHONY_STREAM_TOKEN_SECRET": "shared-stream-token-secret",
+        "TELEPHONY_SESSION_SECRET": "shared-session-secret",
+        "TELEPHONY_STREAM_TOKEN_TTL_S": "5",
+    }
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async with contextlib.AsyncExitStack() as stack:
+        a, b = [
+            await stack.enter_async_context(
+                serve_process(tmp_path / name, WARM_YAML, deepgram, rest, **shared)
+            )
+            for name in ("a", "b")
+        ]
+        # The balancer sends the webhook and the whisper request (both to the public URL, so
+        # to a.url here) to A, the media socket to B: the call lives, and transfers, on B.
+        caller = FakeTwilioCaller(a.url, auth_token=AUTH_TOKEN, public_url=PUBLIC_URL)
+        result = await caller.dial(
+            "+15550001000",
+            audio=silence(10_000),
+            tail_ms=None,
+            max_call_ms=10_000,
+            connect_url=b.url.replace("http://", "ws://") + "/twilio/media",
+            twiml_updates=updates,
+        )
+        assert result.error is None, f"{a.output()}\n{b.output()}"
+        [fork] = result.forks
+        [heard] = fork.whispers
+        assert heard.url.startswith(PUBLIC_URL + "/twilio/whisper?")
+        assert heard.http_status == 200, f"{a.output()}"
+        assert heard.said == [
+            "Transferring a caller. They said: okay bye. The assistant is handing them over."
+        ], f"{a.output()}"

@@ -106,3 +106,12 @@ async def test_lean_call_plays_out_like_the_full_caller() -> None:
     call._on_media(b"\x00" * 160, 20.0)
     assert probes.errors["buffer_over_10min_31931"] == 1
     assert call.player.buffered == MAX_BUFFER_BYTES
+
+
+def test_read_twiml_finds_number_urls() -> None:
+    answer = read_twiml(
+        '<Response><Dial answerOnBridge="true"><Number url="https://x.test/w?a=1&amp;b=2">'
+        "+15557770000</Number><Number>+15557770001</Number></Dial></Response>"
+    )
+    assert answer.dialled == ["+15557770000", "+15557770001"]
+    assert answer.number_urls == [("+15557770000", "https://x.test/w?a=1&b=2", "POST")]

@@ -129,6 +129,7 @@ def test_every_staff_route_is_in_the_role_table(staff_app: RunningApp) -> None:
         "/metrics",
         "/twilio/voice",
         "/twilio/status",
+        "/twilio/whisper",  # Twilio's, signed (tests/test_whisper_route.py)
     }
     tested = {p.replace(SID, "{sid}") for p in PROTECTED_GETS} | {"/admin/reload", "/logout"}
     tested |= {"/calls/{sid}/export.json", "/calls/{sid}/export.txt"}

@@ -130,3 +130,35 @@ def test_control_characters_are_stripped_so_the_document_stays_well_formed() -> 
         assert param.get("value") == "+15550001"
     root = parse(twiml.say_and_hang_up("Hello\x00 there,\nfriend\x1f."))
     assert root.findtext("Say") == "Hello there,\nfriend."
+
+
+WHISPER_URL = "https://example.test/twilio/whisper?call=CA1&exp=1&sig=a/b+c"
+
+
+def test_dial_with_a_whisper_url_wraps_the_number() -> None:
+    root = parse(twiml.dial("+15557770000", whisper_url=WHISPER_URL))
+    [dial] = root
+    assert (dial.tag, dial.get("answerOnBridge"), (dial.text or "").strip()) == ("Dial", "true", "")
+    [number] = dial
+    assert (number.tag, number.text) == ("Number", "+15557770000")
+    assert (number.get("url"), number.get("method")) == (WHISPER_URL, "POST")
+
+
+def test_fork_and_dial_with_a_whisper_url() -> None:
+    root = parse(twiml.fork_and_dial(URL, {}, number="+15557770000", whisper_url=WHISPER_URL))
+    assert verbs(root) == ["Start", "Dial"]
+    number = root.find("./Dial/Number")
+    assert number is not None and number.get("url") == WHISPER_URL
+
+
+def test_whisper_says_the_text_escaped_with_its_voice_or_nothing_at_all() -> None:
+    root = parse(twiml.whisper(HOSTILE, voice="Polly.Joanna", language="en-US"))
+    [say] = root
+    assert (say.tag, say.text, say.get("voice"), say.get("language")) == (
+        "Say",
+        HOSTILE,
+        "Polly.Joanna",
+        "en-US",
+    )
+    assert parse(twiml.whisper("Hello.")).find("Say").attrib == {}  # type: ignore[union-attr]
+    assert verbs(parse(twiml.whisper(""))) == []  # connect at once

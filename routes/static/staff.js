@@ -135,7 +135,8 @@ function follow(els) {
 }
 
 // The fallback: refresh every POLL_MS while the element lists something live
-// (data-poll-while), or always.
+// (data-poll-while: the calls list's live calls and ones just transferred to a person,
+// routes/transfer_view.py), or always.
 function poll(el) {
   const whileSel = el.dataset.pollWhile;
   const wanted = () => !whileSel || el.querySelector(whileSel) !== null;

@@ -355,6 +355,9 @@ def summary(config: Config, env: Mapping[str, str] | None = None) -> str:
             for i, backend in enumerate(backends):
                 which = "responder" if i == 0 else f"responder.fallbacks[{i - 1}]"
                 keys.setdefault(backend.api_key_env, []).append(f"{name}.{which}")
+        if (w := profile.whisper) is not None:
+            how = "the LLM, else the template" if w.whisper_source == "llm" else "the template"
+            out.append(f"  {name}: warm transfers to {w.number}: a whisper from {how}")
     if config.qa.tags or config.qa.scorecards:
         cards = ", ".join(config.qa.scorecards) or "none"
         out.append(f"call review: {len(config.qa.tags)} tags; scorecards: {cards}")

@@ -44,7 +44,12 @@ from telephony.config.insights import InsightsConfig
 from telephony.config.languages import PhraseSet, check_phrases, check_voices
 from telephony.config.model import ConfigModel
 from telephony.config.qa import QAConfig, ReviewConfig
-from telephony.config.responder import ResponderConfig, ScriptedResponderConfig
+from telephony.config.responder import (
+    LLMResponderConfig,
+    ResponderConfig,
+    ScriptedResponderConfig,
+)
+from telephony.config.transfer import TransferConfig
 
 DEFAULT_UNKNOWN_MESSAGE = "Sorry, this number is not in service. Goodbye."
 _REFS_CHECKED = "references_checked"  # validation-context flag: load_config checked them itself
@@ -84,6 +89,9 @@ class Profile(_Model):
     agent: AgentConfig | None = Field(None, validate_default=True)
     transcribe: TranscribeConfig | None = Field(None, validate_default=True)
     on_failure: Literal["transfer", "hangup"] = "hangup"
+    # `transfer: {number, whisper, ...}` or the short `transfer_number` (one of the two; both
+    # only if they agree): `transfer_number` is the number in force either way.
+    transfer: TransferConfig | None = None
     transfer_number: E164 | None = Field(None, validate_default=True)
     # flux/agent: after a transfer to transfer_number, keep transcribing the call (both sides,
     # with the `transcribe` section's Nova options) into the same transcript
@@ -167,12 +175,45 @@ class Profile(_Model):
             raise PydanticCustomError("after_transfer", "needs transfer_number")
         return value
 
+    @field_validator("transfer")
+    @classmethod
+    def _transfer(cls, value: TransferConfig | None, info: ValidationInfo) -> TransferConfig | None:
+        if value is None:
+            return value
+        mode = info.data.get("mode")
+        if mode == "transcribe":
+            raise PydanticCustomError(
+                "transfer", "only for flux and agent profiles (transcribe mode dials itself)"
+            )
+        llm = mode == "flux" and isinstance(info.data.get("responder"), LLMResponderConfig)
+        if value.whisper and value.whisper_source == "llm" and not llm:
+            raise PydanticCustomError(
+                "whisper_source",
+                "whisper_source llm needs a flux profile with an llm responder (use template)",
+            )
+        return value
+
     @field_validator("transfer_number")
     @classmethod
     def _transfer_target(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None and (reason := _transfer_reason(info.data)):
-            raise PydanticCustomError("transfer_needed", f"required because {reason}")
+        long_form = info.data.get("transfer")
+        if isinstance(long_form, TransferConfig):
+            if value is not None and value != long_form.number:
+                raise PydanticCustomError(
+                    "transfer_conflict",
+                    "disagrees with transfer.number: give the number once (transfer.number)",
+                )
+            value = long_form.number
+        if value is None and "transfer" in info.data and (reason := _transfer_reason(info.data)):
+            raise PydanticCustomError(
+                "transfer_needed", f"required because {reason} (transfer.number or transfer_number)"
+            )
         return value
+
+    @property
+    def whisper(self) -> TransferConfig | None:
+        """The transfer section when the person who answers hears a whisper first."""
+        return self.transfer if self.transfer is not None and self.transfer.whisper else None
 
 
 def _transfer_reason(data: Mapping[str, Any]) -> str | None:

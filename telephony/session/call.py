@@ -71,6 +71,7 @@ class Call:
         hang_up: Callable[[str], Awaitable[None]] | None = None,
         transfer: Callable[[str, str], Awaitable[None]] | None = None,
         redirect: Callable[[str, str], Awaitable[None]] | None = None,
+        transfer_coming: Callable[[], None] | None = None,
         settings: Settings | None = None,
         recorder: CallRecorder | None = None,
     ) -> None:
@@ -140,6 +141,7 @@ class Call:
                     transfer=self._rest_transfer,
                     redirect=self._rest_redirect,
                     mark_outcome=self._mark,
+                    transfer_coming=transfer_coming or (lambda: None),
                 )
             )
         # Twilio's `outbound` track (a both_tracks fork): what the caller hears. Only engines

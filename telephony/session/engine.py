@@ -72,4 +72,7 @@ class CallContext:
     # How the call is ending, said before the REST action that ends it (hang_up and transfer
     # say it themselves): e.g. the failover's redirect.
     mark_outcome: Callable[[Outcome, str], None] = lambda outcome, detail: None
+    # A reply has asked for a transfer and its line is about to play: what the transfer needs
+    # (a warm transfer's whisper) can be prepared meanwhile instead of after it.
+    transfer_coming: Callable[[], None] = lambda: None
     handed_over: bool = False  # the failover redirect was asked for (once per call)

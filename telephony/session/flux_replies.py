@@ -224,6 +224,8 @@ class FluxReplies:
                     for sentence in chunker.push(delta):
                         await self._say_sentence(reply, sentence)
                 reply.action = stream.action
+            if reply.action == "transfer":  # its line is still to play: get the whisper going
+                self.ctx.transfer_coming()
             tail = chunker.flush()
             if tail:
                 await self._say_sentence(reply, tail)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from urllib.parse import urlencode
 
 from telephony.logs import bind_call_sid
 from telephony.outcome import Outcome
@@ -28,15 +29,19 @@ from telephony.session.media_socket import CLOSE_POLICY, TwilioSocket
 from telephony.session.registry import CallRegistry
 from telephony.session.services import Services
 from telephony.session.stream_claim import HeldWrites, claim_stream
+from telephony.session.whisper import WhisperAhead
 from telephony.store.recording import CallRecorder
 from telephony.store.redact import audio_spans
 from telephony.transcript import EventKind
 from telephony.twilio import twiml
+from telephony.twilio.security import whisper_query
 
 log = logging.getLogger(__name__)
 
 
-def transfer_twiml(services: Services, call: Call, number: str) -> str:
+def transfer_twiml(
+    services: Services, call: Call, number: str, whisper_url: str | None = None
+) -> str:
     """A bot call handed to a person, still transcribed: the fork's `<Parameter>`s say where
     the transcript continues (the bot part's audio end and turn count), bound to the token."""
     summary, transcript = call.summary, call.transcript
@@ -56,7 +61,30 @@ def transfer_twiml(services: Services, call: Call, number: str) -> str:
         {"call_token": token, **params},
         number=number,
         status_callback=settings.status_callback_url,
+        whisper_url=whisper_url,
     )
+
+
+async def prepare_whisper(services: Services, call: Call, ahead: WhisperAhead) -> str | None:
+    """A warm transfer's whisper (built ahead while the handover line played, or now),
+    recorded as the call's `whisper` event (the text the whisper route says:
+    telephony/session/whisper.py); its signed URL, or None when the profile has no whisper."""
+    whisper = await ahead.get()
+    if whisper is None:
+        return None
+    cfg = call.profile.whisper
+    say = {"voice": cfg.whisper_voice, "language": cfg.whisper_language} if cfg else {}
+    ms = call.summary.stats.audio_end_ms
+    call.transcript.event(
+        ms,
+        EventKind.WHISPER,
+        text=whisper.text,
+        source=whisper.source,
+        **{k: v for k, v in say.items() if v},  # how the route says it (Twilio's default voice)
+    )
+    settings = services.settings
+    query = whisper_query(settings.token_secret(), call.call_sid)
+    return f"{settings.whisper_url}?{urlencode(query)}"
 
 
 def resume_point(registry: CallRegistry, sid: str, cont: Continuation) -> Continuation:
@@ -140,14 +168,22 @@ async def _serve(socket: TwilioSocket, setup: CallSetup, services: Services) -> 
         start_ms = cont.offset_ms if cont is not None else 0
         recorder = CallRecorder(sid, settings.recordings_dir, start_ms=start_ms)
     handed_over = False  # this call was transferred with its transcription continuing
+    ahead: WhisperAhead | None = None  # set once the call exists (it reads its transcript)
 
     async def transfer(call_sid: str, number: str) -> None:
         nonlocal handed_over
+        try:
+            assert ahead is not None
+            whisper_url = await prepare_whisper(services, call, ahead)
+        except Exception:  # a whisper is a courtesy: never the reason a transfer fails
+            call.log.exception("whisper not prepared; transferring without it")
+            whisper_url = None
         if not setup.profile.transcribe_after_transfer:
-            await rest.transfer(call_sid, number)
+            await rest.transfer(call_sid, number, whisper_url=whisper_url)
             return
         handed_over = True
-        await rest.update_twiml(call_sid, transfer_twiml(services, call, number), "transfer")
+        document = transfer_twiml(services, call, number, whisper_url)
+        await rest.update_twiml(call_sid, document, "transfer")
 
     call = Call(
         socket,
@@ -164,9 +200,11 @@ async def _serve(socket: TwilioSocket, setup: CallSetup, services: Services) -> 
         hang_up=rest.hang_up,
         transfer=transfer,
         redirect=rest.update_twiml,
+        transfer_coming=lambda: ahead.start() if ahead is not None else None,
         settings=settings,
         recorder=recorder,
     )
+    ahead = WhisperAhead(setup.profile, call.transcript, http=services.llm_http)
     registry.add(call, setup.part)
     transcripts = services.transcripts
     summary = call.summary
@@ -208,6 +246,7 @@ async def _serve(socket: TwilioSocket, setup: CallSetup, services: Services) -> 
     try:
         await call.run()
     finally:
+        ahead.close()  # a whisper no transfer asked for
         registry.done(call)
         services.metrics.call_ended(call)
         await asyncio.wait({claim})  # bounded by its timeout; decides what `held` does

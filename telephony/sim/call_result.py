@@ -10,6 +10,16 @@ from telephony.sim.playout import HeardSegment, MarkEcho
 from telephony.sim.webhook import TwimlAnswer
 
 
+class Whispered(NamedTuple):
+    """A `<Dial><Number url>` Twilio followed when the person answered: what they heard."""
+
+    number: str
+    url: str
+    http_status: int | None
+    said: list[str]  # the <Say> texts, played to that person only
+    error: str | None = None
+
+
 class Event(NamedTuple):
     ms: float  # call clock: ms since the stream opened (negative = before, e.g. the webhook)
     kind: str
@@ -33,6 +43,7 @@ class CallResult:
     track: str | None = None  # its <Stream track=...>
     dialled: list[str] = field(default_factory=list)  # <Dial> targets: numbers, "queue:NAME"
     forks: list[CallResult] = field(default_factory=list)  # streams opened by later TwiML
+    whispers: list[Whispered] = field(default_factory=list)  # <Number url> TwiML, callee only
     ws_status: int | None = None  # HTTP status when the upgrade was refused
     heard: bytes = b""  # μ-law actually played; cleared and unplayed audio excluded
     heard_segments: list[HeardSegment] = field(default_factory=list)

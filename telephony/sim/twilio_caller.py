@@ -35,7 +35,7 @@ from telephony.audio import FRAME_BYTES as FRAME_BYTES
 from telephony.audio import FRAME_MS
 from telephony.audio import silence as silence
 from telephony.audio import tone as tone
-from telephony.sim.call_result import CallClock, CallResult, loop_now
+from telephony.sim.call_result import CallClock, CallResult, Whispered, loop_now
 from telephony.sim.call_result import Event as Event
 from telephony.sim.caller_script import Action, AudioSource, StreamFormat, StreamScript
 from telephony.sim.caller_script import HangUp as HangUp
@@ -46,6 +46,7 @@ from telephony.sim.caller_script import wav as wav
 from telephony.sim.caller_stream import MediaStream
 from telephony.sim.webhook import (
     DEFAULT_ACCOUNT_SID,
+    TwimlAnswer,
     post_webhook,
     read_twiml,
     signature_header,
@@ -61,14 +62,14 @@ def _new_sid(prefix: str) -> str:
     return prefix + secrets.token_hex(16)
 
 
-def _take_twiml(result: CallResult, body: bytes | str, clock: CallClock) -> bool:
-    """Record what the TwiML says; True when it opens a stream."""
+def _take_twiml(result: CallResult, body: bytes | str, clock: CallClock) -> TwimlAnswer:
+    """Record what the TwiML says (`opens_stream`: whether a stream is to be opened)."""
     answer = read_twiml(body)
     result.take(answer)
     if answer.error is None:
         stream = answer.stream_url
         clock.event("twiml", f"stream {stream}" if stream is not None else ",".join(answer.verbs))
-    return answer.opens_stream
+    return answer
 
 
 class FakeTwilioCaller:
@@ -196,7 +197,12 @@ class FakeTwilioCaller:
             fork.twiml = updates.get_nowait()
             result.forks.append(fork)
             clock = CallClock(fork)
-            if not _take_twiml(fork, fork.twiml, clock):
+            answer = _take_twiml(fork, fork.twiml, clock)
+            # The person answers at once here: their whisper runs (while a fork's stream, which
+            # <Start> opened before <Dial> rang, carries on beside it).
+            whispers = asyncio.ensure_future(self._whispers(fork, answer, clock))
+            if not answer.opens_stream:
+                await whispers
                 clock.finish()
                 return
             offset_ms = round((loop_now() - origin) * 1000 / FRAME_MS) * FRAME_MS
@@ -204,8 +210,44 @@ class FakeTwilioCaller:
                 script, offset_ms=offset_ms, parameter_overrides={}, stream_format=StreamFormat()
             )
             stream = MediaStream(self, fork, clock, later)
-            await stream.run()
+            try:
+                await stream.run()
+            finally:
+                await whispers
             clock.finish()
+
+    async def _whispers(self, result: CallResult, answer: TwimlAnswer, clock: CallClock) -> None:
+        """Each `<Dial><Number url>`: when that person answers, Twilio requests the URL for the
+        new (child) leg, signed like any webhook, and plays its TwiML to them alone before
+        bridging; that TwiML may not `<Dial>` (docs/protocol.md §1.7)."""
+        for number, url, method in answer.number_urls:
+            params = {
+                **webhook_params(
+                    _new_sid("CA"),
+                    number,
+                    from_number=result.from_number,
+                    account_sid=self.account_sid,
+                ),
+                "ParentCallSid": result.call_sid,
+                "CallStatus": "in-progress",
+                "Direction": "outbound-dial",
+            }
+            if method != "POST":  # Twilio would GET with the form in the query; we never ask
+                result.whispers.append(Whispered(number, url, None, [], f"{method}: not faked"))
+                continue
+            headers = signature_header(self.auth_token, url, params)
+            try:
+                response = await post_webhook(self.http, self.http_target(url), params, headers)
+            except httpx.HTTPError as exc:
+                result.whispers.append(Whispered(number, url, None, [], f"{exc!r}"))
+                continue
+            whisper = read_twiml(response.content) if response.status_code == 200 else None
+            error = None if whisper is None else whisper.error
+            if whisper is not None and whisper.dialled:
+                error = "<Dial> is not allowed in a <Number url> document"
+            said = whisper.said if whisper is not None and error is None else []
+            result.whispers.append(Whispered(number, url, response.status_code, said, error))
+            clock.event("whisper", f"{response.status_code} {number}")
 
     # -- the webhook hop --
 
@@ -237,7 +279,14 @@ class FakeTwilioCaller:
         clock.event("webhook", str(response.status_code))
         if response.status_code != 200:
             return False
-        return _take_twiml(result, response.content, clock)
+        return _take_twiml(result, response.content, clock).opens_stream
+
+    def http_target(self, url: str) -> str:
+        """Where to really send a request for a URL on the public host: base_url's host."""
+        parts, public, base = urlsplit(url), urlsplit(self.public_url), urlsplit(self.base_url)
+        if parts.netloc != public.netloc:
+            return url
+        return urlunsplit((base.scheme, base.netloc, parts.path, parts.query, ""))
 
     def connect_target(self, stream_url: str) -> str:
         """Where to really connect: the public host is swapped for base_url's (tests, proxies)."""

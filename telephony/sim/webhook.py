@@ -76,6 +76,9 @@ class TwimlAnswer:
     said: list[str] = field(default_factory=list)
     hung_up: bool = False  # <Hangup/> or <Reject/>
     dialled: list[str] = field(default_factory=list)  # <Dial> targets: numbers, "queue:NAME"
+    # <Dial><Number url> (number, url, method): TwiML Twilio fetches when that person answers
+    # and runs to them alone before bridging (a warm transfer's whisper)
+    number_urls: list[tuple[str, str, str]] = field(default_factory=list)
     stream_url: str | None = None
     parameters: dict[str, str] = field(default_factory=dict)
     fork: bool = False  # a one-way <Start><Stream> (the service must send nothing on it)
@@ -111,8 +114,16 @@ def read_twiml(body: bytes | str) -> TwimlAnswer:
     answer.said = [(say.text or "") for say in root.iter("Say")]
     answer.hung_up = any(child.tag in ("Hangup", "Reject") for child in root)
     for dial in root.iter("Dial"):
-        queue = dial.find("Queue")
-        answer.dialled.append(f"queue:{queue.text}" if queue is not None else (dial.text or ""))
+        queue, numbers = dial.find("Queue"), dial.findall("Number")
+        if queue is not None:
+            answer.dialled.append(f"queue:{queue.text}")
+        for number in numbers:
+            answer.dialled.append((number.text or "").strip())
+            if number.get("url"):
+                method = number.get("method", "POST").upper()  # POST is Twilio's default
+                answer.number_urls.append((answer.dialled[-1], number.get("url", ""), method))
+        if queue is None and not numbers:
+            answer.dialled.append(dial.text or "")
     stream = root.find("./Connect/Stream")
     if stream is None:
         stream = root.find("./Start/Stream")

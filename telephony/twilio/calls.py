@@ -127,10 +127,18 @@ class TwilioCalls:
             return
         raise self._failure("hang-up", call_sid, response)
 
-    async def transfer(self, call_sid: str, number: str, *, caller_id: str | None = None) -> None:
-        """Replace the call's TwiML with `<Dial>number</Dial>`; Twilio then ends our stream."""
+    async def transfer(
+        self,
+        call_sid: str,
+        number: str,
+        *,
+        caller_id: str | None = None,
+        whisper_url: str | None = None,
+    ) -> None:
+        """Replace the call's TwiML with `<Dial>number</Dial>` (with a whisper URL: `<Dial>
+        <Number url>`, twiml.dial); Twilio then ends our stream."""
         try:
-            dial = twiml.dial(number, caller_id=caller_id)
+            dial = twiml.dial(number, caller_id=caller_id, whisper_url=whisper_url)
         except twiml.TwimlError as exc:
             raise TwilioCallsError(f"Twilio transfer of {call_sid} refused: {exc}") from exc
         await self.update_twiml(call_sid, dial, "transfer")

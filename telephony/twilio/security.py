@@ -88,3 +88,39 @@ class StreamTokens:
     def _forget_expired(self, now: float) -> None:
         for nonce in [n for n, exp in self._used.items() if exp < now]:
             del self._used[nonce]
+
+
+# --- the whisper URL ------------------------------------------------------------------------
+# Twilio fetches a transfer's whisper (`<Dial><Number url>`) when the person answers, maybe a
+# minute after the transfer, on whichever instance the load balancer picks. The URL carries
+# the call SID, an expiry and an HMAC over both, so it opens that call's whisper only, for a
+# while only; X-Twilio-Signature over the whole URL proves Twilio asks.
+WHISPER_TTL_S = 600
+
+
+def _whisper_mac(secret: bytes, call_sid: str, expires: int) -> str:
+    msg = f"whisper|v1|{call_sid}|{expires}".encode()
+    return _b64(hmac.new(secret, msg, hashlib.sha256).digest())
+
+
+def whisper_query(
+    secret: bytes, call_sid: str, *, ttl_s: float = WHISPER_TTL_S, now: float | None = None
+) -> dict[str, str]:
+    """The whisper URL's query for this call: `call`, `exp` and the MAC `sig`."""
+    expires = int((time.time() if now is None else now) + ttl_s)
+    return {"call": call_sid, "exp": str(expires), "sig": _whisper_mac(secret, call_sid, expires)}
+
+
+def check_whisper_query(
+    secret: bytes, query: Mapping[str, str], *, now: float | None = None
+) -> str:
+    """The call SID a whisper URL's query opens, or TokenError (forged, for another call,
+    expired)."""
+    call_sid, exp, sig = query.get("call", ""), query.get("exp", ""), query.get("sig", "")
+    if not call_sid or not exp.isdigit() or not sig:
+        raise TokenError("malformed whisper token")
+    if not hmac.compare_digest(sig, _whisper_mac(secret, call_sid, int(exp))):
+        raise TokenError("whisper token does not match the call")
+    if (time.time() if now is None else now) > int(exp):
+        raise TokenError("whisper token expired", authentic=True)
+    return call_sid

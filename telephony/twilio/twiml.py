@@ -97,10 +97,11 @@ def fork_and_dial(
     number: str | None = None,
     queue: str | None = None,
     status_callback: str | None = None,
+    whisper_url: str | None = None,
 ) -> str:
     """`<Start><Stream track="both_tracks">` (a one-way fork of both sides), then `<Dial>` a
     number or a `<Queue>`: a person takes the call while we transcribe it. Twilio runs `<Dial>`
-    at once; the fork lasts until the call ends."""
+    at once; the fork lasts until the call ends. `whisper_url`: see `dial`."""
     if (number is None) == (queue is None):
         raise TwimlError("fork_and_dial needs a number or a queue")
     response = VoiceResponse()
@@ -111,7 +112,7 @@ def fork_and_dial(
         stream.parameter(name=_param(name), value=_param(value))
     response.append(start)
     if number is not None:
-        response.dial(_e164("dial number", number))
+        response.append(_dial(_e164("dial number", number), whisper_url=whisper_url))
     else:
         dial = Dial()
         dial.queue(queue)
@@ -119,13 +120,36 @@ def fork_and_dial(
     return _xml(response)
 
 
-def dial(number: str, *, caller_id: str | None = None) -> str:
-    """`<Dial>number</Dial>`: a transfer to a person (the call leaves our stream)."""
+def dial(number: str, *, caller_id: str | None = None, whisper_url: str | None = None) -> str:
+    """`<Dial>number</Dial>`: a transfer to a person (the call leaves our stream).
+
+    With `whisper_url`, `<Dial><Number url="…">number</Number></Dial>`: when the person
+    answers, Twilio fetches that URL (POST) and runs its TwiML to them alone before bridging
+    the two (docs/protocol.md §1.7); the caller hears ringing meanwhile."""
     response = VoiceResponse()
-    if caller_id is None:
-        response.dial(_e164("transfer number", number))
-    else:
-        response.dial(_e164("transfer number", number), caller_id=_e164("caller ID", caller_id))
+    target = _e164("transfer number", number)
+    extra = {} if caller_id is None else {"caller_id": _e164("caller ID", caller_id)}
+    response.append(_dial(target, whisper_url=whisper_url, **extra))
+    return _xml(response)
+
+
+def _dial(number: str, *, whisper_url: str | None = None, **attrs: str) -> Dial:
+    """`<Dial>` of a checked number; `<Number url>` around it when there is a whisper.
+    `answer_on_bridge`: the caller hears ringing (not silence) while the whisper plays."""
+    if whisper_url is None:
+        return Dial(number, **attrs)
+    dial = Dial(answer_on_bridge=True, **attrs)
+    dial.number(number, url=whisper_url, method="POST")
+    return dial
+
+
+def whisper(text: str, *, voice: str | None = None, language: str | None = None) -> str:
+    """The whisper's answer: `<Say>` the text to the person who answered (the caller does not
+    hear it); an empty text (no whisper found) is an empty `<Response/>`: connect at once."""
+    response = VoiceResponse()
+    if text:
+        attrs = {k: v for k, v in (("voice", voice), ("language", language)) if v}
+        response.say(_text(text), **attrs)
     return _xml(response)
 
 
