@@ -1,4 +1,5 @@
-"""`GET /live/events`: the live bus as Server-Sent Events, for the staff UI's live views.
+"""The live floor: `GET /live/events`, the live bus as Server-Sent Events for every live view,
+and `GET /live`, the wallboard of every call in progress on every instance.
 
 Signed-in staff (any role) only, like the pages. Each event is `id:` (its bus id, so the
 browser's `EventSource` sends `Last-Event-ID` when it reconnects, to this instance or another),
@@ -11,6 +12,7 @@ streams at once (tabs); one more is refused with 429.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 
@@ -21,7 +23,9 @@ from starlette.routing import Route
 
 from routes.auth import current_user, require
 from routes.state import services_of
+from routes.templates import render
 from telephony.live.bus import LiveEvent
+from telephony.store.live_board import live_board
 
 HEARTBEAT_S = 15.0
 MAX_STREAMS_PER_USER = 6
@@ -73,4 +77,40 @@ async def live_events(request: Request) -> Response:
     return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
 
 
-routes = [Route("/live/events", live_events)]
+def _since(request: Request) -> float:
+    """The start of the viewer's day: `tz` is the browser's UTC offset in minutes, as
+    `Date.getTimezoneOffset` gives it (minutes behind UTC), 0 when absent or absurd."""
+    try:
+        offset = int(request.query_params.get("tz", "0"))
+    except ValueError:
+        offset = 0
+    offset = offset if -14 * 60 <= offset <= 14 * 60 else 0
+    local = time.time() - offset * 60
+    return local - local % 86_400 + offset * 60
+
+
+async def _board_context(request: Request) -> dict[str, object]:
+    board = await live_board(services_of(request.app).db, _since(request))
+    outcomes = sorted(board.outcomes.items(), key=lambda kv: -kv[1])
+    return {"board": board, "outcomes": outcomes, "now": time.time()}
+
+
+@require("staff")
+async def wallboard(request: Request) -> Response:
+    return render(request, "live.html", await _board_context(request))
+
+
+@require("staff")
+async def wallboard_board(request: Request) -> Response:
+    """The board alone: the page fetches it on load (with its time zone) and after missing
+    events or a call starting or ending; events update it in between."""
+    response = render(request, "_board.html", await _board_context(request))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+routes = [
+    Route("/live", wallboard),
+    Route("/live/board", wallboard_board),
+    Route("/live/events", live_events),
+]

@@ -41,6 +41,7 @@ STAFF_PAGES = [
     "/calls?from=not-a-date",  # the form with its error shown
     f"/calls/{SID}",
     "/dashboard",
+    "/live",
     "/calls/CAnothere",  # the error page
 ]
 ADMIN_PAGES = ["/admin", "/admin/audit", "/admin/users", "/review", f"/calls/{SID}"]  # QA forms
@@ -111,6 +112,8 @@ async def seed(database: str, tmp_path: Path) -> None:
     for i, outcome in enumerate((Outcome.CALLER_HANGUP, Outcome.FAILOVER, Outcome.TRANSFERRED)):
         await store_call(database, f"CA{i:032d}", turns=turns[:2], outcome=outcome,
                          started_at=day + i * 3600)  # fmt: skip
+    # A call in progress, for the live wallboard's card.
+    await store_call(database, "CA" + "L" * 32, turns=turns[:2], ended=False)
 
 
 async def log_in(page: Page, base: str, who: tuple[str, str, str]) -> None:

@@ -137,6 +137,7 @@ async def test_a_note_on_a_live_calls_turn_survives_the_timelines_refresh(
     page = await browser.new_page()
     await log_in(page, base, SUPERVISOR, f"/calls/{SID}")
     await expect(page.locator("#timeline")).to_have_attribute("data-poll", f"/calls/{SID}/timeline")
+    await expect(page.locator("body")).to_have_attribute("data-live", "on")  # stream open
     turn = page.locator("#turn-0")
     await turn.get_by_text("note", exact=True).click()
     await turn.get_by_label("Note on turn 0").fill("Caller sounds confused.")

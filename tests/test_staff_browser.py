@@ -223,6 +223,7 @@ async def test_live_call_updates_without_reload(
     row = page.locator(f'tr[data-sid="{sid}"]')
     await expect(row).to_contain_text("in progress")
     await page.evaluate("window.__marker = 1")  # survives only if the page is not reloaded
+    await expect(page.locator("body")).to_have_attribute("data-live", "on")  # stream open
     await store_call(
         database,
         sid,
@@ -259,6 +260,7 @@ async def test_calls_list_refreshes_on_live_events_only(
     refreshes = await rows_requests(page)
     await log_in(page, running_app.url, STAFF, "/calls")
     await expect(page.locator(f'tr[data-sid="{ended}"]')).to_be_visible()
+    await expect(page.locator("body")).to_have_attribute("data-live", "on")  # stream open
     publish(running_app, "turn", "CA" + "0" * 32, idx=3, role="caller")  # a call not listed
     await page.wait_for_timeout(2 * SETTLED_MS)
     assert refreshes == []
@@ -271,6 +273,7 @@ async def test_calls_list_refreshes_on_live_events_only(
     await page.reload()
     row = page.locator(f'tr[data-sid="{live}"]')
     await expect(row).to_contain_text("in progress")
+    await expect(page.locator("body")).to_have_attribute("data-live", "on")  # stream open
     # Keyboard focus on the live call's link; the caller's number selected as if to copy it.
     link = row.locator("a")
     await link.focus()
@@ -357,6 +360,7 @@ async def test_live_call_page_timeline_follows_the_call(
     await log_in(page, running_app.url, STAFF, f"/calls/{sid}")
     timeline = page.locator("#timeline")
     await expect(timeline.locator("tr.turn")).to_have_count(1)
+    await expect(page.locator("body")).to_have_attribute("data-live", "on")  # stream open
     row = timeline.locator("tr.turn").first
     await row.focus()
     await page.evaluate("window.__marker = 1")

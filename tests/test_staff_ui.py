@@ -54,6 +54,8 @@ EVENTS = [
 PROTECTED_GETS = [
     "/calls",
     "/dashboard",
+    "/live",
+    "/live/board",
     "/calls.csv",
     "/calls/rows",
     f"/calls/{SID}",

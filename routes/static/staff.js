@@ -129,6 +129,7 @@ function follow(els) {
       });
     }
   }
+  source.onopen = () => { document.body.dataset.live = "on"; };  // tests wait for it
   source.onerror = () => {
     if (source.readyState === EventSource.CLOSED) els.forEach(poll);  // else it reconnects
   };
