@@ -32,6 +32,7 @@ from telephony.http_pool import make_http_client
 from telephony.insights.metrics import InsightsMetrics
 from telephony.insights.worker import InsightsWorker
 from telephony.live.bus import LiveBus
+from telephony.live.metrics import LiveCollector
 from telephony.live.pg import PgNotify
 from telephony.metrics import Metrics
 from telephony.session.phrases import PhraseCache
@@ -166,6 +167,7 @@ def create_app(
             ),
         )
         app.state.services = services
+        services.metrics.registry.register(LiveCollector(services.live))
         await services.live.start()
         phrases_task = asyncio.create_task(phrases.run(store), name="phrase-cache")
         app.state.insights = insights = _insights_worker(settings, store, services)

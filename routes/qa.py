@@ -63,6 +63,11 @@ def _back(sid: str, message: str, *, error: bool = False, anchor: str = "qa") ->
     return RedirectResponse(f"/calls/{sid}?{query}#{anchor}", status_code=303)
 
 
+def _changed(request: Request, sid: str, what: str) -> None:
+    """Live views of the call (another supervisor's page, the review queue) hear of it."""
+    services_of(request.app).live.publish("qa", sid, what=what, by=request.state.user.name)
+
+
 def _turn(value: str) -> int | None:
     if not value:
         return None
@@ -115,6 +120,7 @@ async def note_add(request: Request) -> Response:
                        form.get("text", ""), turn)  # fmt: skip
     except QAError as exc:
         return _back(sid, str(exc), error=True)
+    _changed(request, sid, "note")
     return _back(sid, "note added", anchor=f"turn-{turn}" if turn is not None else "qa")
 
 
@@ -130,6 +136,7 @@ async def note_change(request: Request) -> Response:
     try:
         if form.get("action") == "delete":
             sid = await delete_note(db, note_id, user.name, may_change_others=others)
+            _changed(request, sid, "note")
             return _back(sid, "note deleted")
         text = form.get("text", "")
         sid = await edit_note(db, note_id, user.name, text, may_change_others=others)
@@ -137,6 +144,7 @@ async def note_change(request: Request) -> Response:
         return forbidden(request, user, str(exc).capitalize() + ".")
     except QAError as exc:
         return _back(sid, str(exc), error=True)
+    _changed(request, sid, "note")
     return _back(sid, "note saved")
 
 
@@ -151,10 +159,12 @@ async def tag_change(request: Request) -> Response:
     try:
         if form.get("action") == "remove":
             await remove_tag(services.db, sid, tag, actor)
+            _changed(request, sid, "tag")
             return _back(sid, f"tag {tag} removed")
         await add_tag(services.db, sid, tag, actor, services.config.current.qa.tags)
     except QAError as exc:
         return _back(sid, str(exc), error=True)
+    _changed(request, sid, "tag")
     return _back(sid, f"tag {tag} added")
 
 
@@ -175,6 +185,7 @@ async def score(request: Request) -> Response:
         row = await save_score(services.db, sid, name, card, answers, actor)
     except QAError as exc:
         return _back(sid, str(exc), error=True)
+    _changed(request, sid, "score")
     verdict = "pass" if row["passed"] else "fail"
     return _back(sid, f"{name}: {row['score']:g} / 100, {verdict}")
 
@@ -189,6 +200,7 @@ async def reviewed(request: Request) -> Response:
         cleared = await mark_reviewed(services_of(request.app).db, sid, request.state.user.name)
     except QAError as exc:
         return _back(sid, str(exc), error=True)
+    _changed(request, sid, "reviewed")
     what = f" ({', '.join(RULES.get(r, r) for r in cleared)} cleared)" if cleared else ""
     return _back(sid, "marked reviewed" + what)
 

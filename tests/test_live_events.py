@@ -17,9 +17,10 @@ import pytest
 from telephony.sim.deepgram_server import FakeDeepgram, Script, ScriptedTurn
 from telephony.sim.twilio_caller import FakeTwilioCaller, HangUp
 from telephony.sim.twilio_rest import FakeTwilioRest
+from telephony.transcript import Turn
 from tests.conftest import AUTH_TOKEN, DEEPGRAM_KEY, RunningApp, finished, served_with_fakes
 from tests.pg_server import PgServer, fresh_database
-from tests.staff_helpers import STAFF, add_accounts, login
+from tests.staff_helpers import STAFF, add_accounts, csrf_of, login, store_call
 
 pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
 
@@ -174,3 +175,16 @@ async def test_a_call_on_one_instance_is_seen_live_on_another(
             await on_b.until("call-ended", "CAacross")
             delays = [got - d["at"] for _, _, d, got in on_b.events if d.get("sid") == "CAacross"]
             assert max(delays) < 2.0  # loose here (a shared CI machine); measured in the note
+
+
+async def test_a_qa_change_is_a_live_event(app: RunningApp, database: str) -> None:
+    sid = "CA" + "9" * 32
+    await store_call(database, sid, turns=[Turn(0, "caller", "hello", 0, 900)])
+    async with staff_client(app) as client, stream(client) as live:
+        page = await client.get(f"/calls/{sid}")
+        posted = await client.post(
+            f"/calls/{sid}/notes", data={"csrf": csrf_of(page.text), "text": "Call back."}
+        )
+        assert posted.status_code == 303 and "qa_done" in posted.headers["location"]
+        change = await live.until("qa", sid)
+        assert (change["what"], change["by"]) == ("note", STAFF[0])

@@ -7,7 +7,7 @@ const POLL_MS = 3000;  // only where the browser has no EventSource, or the stre
 // first came too early for.
 const REFRESH_MS = 250;
 const SETTLED_MS = 1250;
-const LIVE_KINDS = ["call-started", "call-ended", "turn", "event", "reconnect", "reset"];
+const LIVE_KINDS = ["call-started", "call-ended", "turn", "event", "reconnect", "qa", "reset"];
 
 function localiseTimes(root) {
   for (const el of root.querySelectorAll("time[datetime]")) {
