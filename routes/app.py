@@ -19,7 +19,19 @@ from starlette.responses import Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from routes import admin, admin_users, auth, dashboard, health, live, qa, staff, twilio, whisper
+from routes import (
+    admin,
+    admin_users,
+    auth,
+    dashboard,
+    health,
+    listen,
+    live,
+    qa,
+    staff,
+    twilio,
+    whisper,
+)
 from routes.fast_paths import log_fast_paths
 from routes.login_limiter import LoginLimiter
 from routes.security_headers import SecurityHeaders
@@ -213,7 +225,7 @@ def create_app(
     pages += [*qa.routes, *live.routes]
     static = Mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app = Starlette(
-        routes=[*health.routes, *twilio.routes, *whisper.routes, *pages, static],
+        routes=[*health.routes, *twilio.routes, *whisper.routes, *pages, *listen.routes, static],
         middleware=[Middleware(SecurityHeaders), Middleware(twilio.MediaFastPath)],
         # A client gone while its body was read (e.g. cut off by telephony serve's body
         # timeout) is not an error of ours: no traceback, and nobody to answer.

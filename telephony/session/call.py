@@ -27,6 +27,7 @@ from telephony.logs import CallLogger, call_logger
 from telephony.outcome import Outcome
 from telephony.session.engine import CallContext, Engine
 from telephony.session.handshake import CallSetup
+from telephony.session.listen_in import ListenTap, bot_frames
 from telephony.session.media_socket import CLOSE_ERROR, CLOSE_NORMAL, StreamEnd, TwilioSocket
 from telephony.session.policing import MIN_FRAME_CHARGE, AudioBudget, StreamPolice
 from telephony.session.summary import CallSummary
@@ -117,6 +118,9 @@ class Call:
         if recorder is not None:
             self.playout.on_frame = recorder.bot
             self.playout.on_clear = recorder.clear
+        # Listen-in (session/listen_in.py): the audio path tests `_tap` only.
+        self.listen = ListenTap(self._install_tap)
+        self._tap: ListenTap | None = None
         self._hang_up = hang_up
         self._transfer = transfer
         self._redirect = redirect
@@ -209,6 +213,7 @@ class Call:
             if self._outcome is None:
                 self._outcome = self._stream_outcome(end)
             self._ending = True  # from here the engine stopping is expected, not a failure
+            self.listen.close()
             if self.engine is not None:
                 await self.engine.close()
             for task in tasks:
@@ -361,6 +366,8 @@ class Call:
             out_ts = msg.timestamp + self._clock_offset_ms
             if self.recorder is not None:  # the person on the call: the recording's right side
                 self.recorder.outbound(out_ts, payload)
+            if self._tap is not None:
+                self._tap.other(payload)
             if self.engine is not None:
                 self.engine.on_outbound_audio(out_ts, payload)
             return
@@ -388,8 +395,16 @@ class Call:
         stats.audio_end_ms = end_ms
         if self.recorder is not None:
             self.recorder.caller(ts, payload)
+        if self._tap is not None:
+            self._tap.caller(payload)
         if self.engine is not None:
             self.engine.on_caller_audio(ts, payload)
+
+    def _install_tap(self, tap: ListenTap | None) -> None:
+        """Someone started (a tap) or stopped (None) listening in."""
+        self._tap = tap
+        recorder = self.recorder
+        self.playout.on_frame = bot_frames(recorder.bot if recorder else None, tap)
 
     def _over_budget(self, track: str, budget: AudioBudget) -> None:
         """The stream sent (or made us fill) more audio than real time allows: it ends, and
