@@ -149,7 +149,7 @@ def create_app(
         await upgrade(settings.database_url)  # migrations are applied on start
         # The heartbeat, and closing (outcome `restart`) calls a dead instance left open:
         # telephony/store/instances.py. start() runs the first sweep.
-        instance = Instance(name=settings.instance_id)
+        instance = Instance(name=settings.instance_id, url=settings.internal_url)
         log.info("instance id %s", instance.id)
         transcripts = TranscriptStore(
             settings.database_url, instance=instance, check_s=settings.store_check_s

@@ -69,6 +69,8 @@ class SessionKeys:
 
     def __init__(self, secret: bytes, ttl_s: float) -> None:
         self._key = hashlib.sha256(b"staff-session\0" + secret).digest()
+        # Instances relaying a listen-in to each other sign with this (routes/listen_relay.py).
+        self.relay_key = hashlib.sha256(b"listen-relay\0" + secret).digest()
         self.ttl_s = ttl_s
 
     def _mac(self, data: str) -> str:

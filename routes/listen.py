@@ -21,9 +21,11 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from routes.auth import current_user
-from routes.state import services_of
+from routes.listen_relay import RELAY_HEADER, relay, relay_token, relay_user
+from routes.state import services_of, web_of
 from telephony.session.listen_in import Listener
 from telephony.store import audit
+from telephony.store.instances import carrier_of
 from telephony.store.users import at_least
 
 log = logging.getLogger(__name__)
@@ -49,27 +51,44 @@ async def _refuse(ws: WebSocket, code: int, reason: str) -> None:
 
 
 async def listen_socket(ws: WebSocket) -> None:
-    user = await current_user(ws)  # type: ignore[arg-type]  # cookies only: any connection
-    if user is None:
-        await _refuse(ws, 4401, "sign in first")
-        return
-    if not at_least(user.role, "supervisor") or not _same_origin(ws):
-        await _refuse(ws, 4403, "not allowed")
-        return
     sid = ws.path_params["sid"]
     services = services_of(ws.app)
+    secret = web_of(ws.app).session_keys.relay_key
+    relayed = ws.headers.get(RELAY_HEADER)
+    if relayed is not None:  # another instance relays a listener it checked and audited
+        name = relay_user(secret, relayed, sid)
+        if name is None:
+            await _refuse(ws, 4403, "not allowed")
+            return
+    else:
+        user = await current_user(ws)  # type: ignore[arg-type]  # cookies only: any connection
+        if user is None:
+            await _refuse(ws, 4401, "sign in first")
+            return
+        if not at_least(user.role, "supervisor") or not _same_origin(ws):
+            await _refuse(ws, 4403, "not allowed")
+            return
+        name = user.name
     call = services.registry.current(sid)
     if call is None:
-        await _refuse(ws, 4404, "not live on this instance")
+        carrier = None if relayed is not None else await carrier_of(services.db, sid)
+        me = services.live.instance
+        if carrier is None or carrier[0] == me or not carrier[1]:
+            await _refuse(ws, 4404, "not live")
+            return
+        await audit.record(services.db, name, "call.listen", sid)
+        log.info("%s listening in on %s through %s", name, sid, carrier[0])
+        await relay(ws, carrier[1] + ws.url.path, relay_token(secret, sid, name))
         return
     listener = Listener()
     if not call.listen.attach(listener):
         await _refuse(ws, 4429, "too many listeners")
         return
     try:
-        await audit.record(services.db, user.name, "call.listen", sid)
+        if relayed is None:  # a relayed listener was audited where they connected
+            await audit.record(services.db, name, "call.listen", sid)
         await ws.accept()
-        log.info("%s listening in on %s", user.name, sid)
+        log.info("%s listening in on %s", name, sid)
         async for batch in listener.batches():
             await ws.send_bytes(batch)
         await ws.close(code=1000, reason="call ended")

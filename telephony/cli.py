@@ -60,6 +60,8 @@ def _serve(args: argparse.Namespace) -> int:
     if args.port:  # /v1/read is served over HTTP on the next port (telephony/sim/deepgram/read.py)
         _check_port_free(args.host, args.port + 1)
     setup_logging(settings.log_format, settings.log_level)
+    if not settings.internal_url:  # how the other instances reach this one (listen-in)
+        settings = settings.model_copy(update={"internal_url": _internal_url(args.host, args.port)})
     try:
         app = create_app(settings, freeze_heap=True)  # see create_app: no GC stalls
     except ConfigError as exc:
@@ -82,6 +84,20 @@ def _serve(args: argparse.Namespace) -> int:
     server = DrainingServer(config, lambda: started_services(app), settings.drain_timeout_s)
     server.run()
     return 1 if server.forced else 0
+
+
+def _internal_url(host: str, port: int) -> str:
+    """This instance's address as its peers see it: the host's own address (a container's or
+    pod's on their network) unless it listens on one address only."""
+    import socket
+
+    if host not in ("0.0.0.0", "::", ""):
+        return f"http://{host}:{port}"
+    try:
+        address = socket.gethostbyname(socket.gethostname())
+    except OSError:
+        address = "127.0.0.1"
+    return f"http://{address}:{port}"
 
 
 def _config_check(args: argparse.Namespace) -> int:

@@ -138,6 +138,9 @@ class Settings(BaseSettings):
     # StatefulSet pod or compose service name): calls its previous incarnation left open are
     # closed at start-up instead of once its heartbeat is stale (telephony/store/instances.py).
     instance_id: str = Field("", alias="TELEPHONY_INSTANCE_ID", max_length=64)
+    # How the other instances reach this one (listen-in on a call this one carries): e.g.
+    # http://10.0.3.7:8000. `telephony serve` defaults it to this host's address and its port.
+    internal_url: str = Field("", alias="TELEPHONY_INTERNAL_URL", max_length=256)
     # --- staff login and the HTTP server (issue 21: login flood, proxies, slow clients) ---
     # Login attempts (counted before the password is checked) per client and account name, and
     # per client over all names, within TELEPHONY_LOGIN_WINDOW_S; and per minute for the whole

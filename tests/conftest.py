@@ -310,6 +310,7 @@ async def served_with_fakes(
     settings (e.g. telephony serve's: telephony/http_server.py)."""
     sock = bind_loopback()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    overrides = {"TELEPHONY_INTERNAL_URL": url, **overrides}  # how its peers reach it
     settings = settings_for_fakes(
         numbers_yaml, url, deepgram, rest, AUTH_TOKEN, DEEPGRAM_KEY, **overrides
     )

@@ -24,6 +24,7 @@ from telephony.store.queries import get_call
 from telephony.store.schema import make_engine
 from telephony.store.users import add_user
 from tests.conftest import AUTH_TOKEN, DEEPGRAM_KEY, RunningApp, served_with_fakes
+from tests.pg_server import PgServer, fresh_database
 from tests.staff_helpers import STAFF, add_accounts, login
 from tests.test_staff_browser import browser, log_in  # noqa: F401
 
@@ -169,3 +170,42 @@ async def test_the_call_page_plays_the_call_in_chromium(
         await expect(page.locator("#listen-status")).to_have_text("Stopped.")
         assert not errors, errors
         await page.close()
+
+
+# --- through another instance -----------------------------------------------------------------
+
+
+async def test_listening_through_another_instance_relays_the_carriers_frames(
+    numbers_yaml: Path, fake_rest: FakeTwilioRest, postgres_server: PgServer
+) -> None:
+    """Instances share PostgreSQL and the session secret (as a deployment does); the call is
+    on A, the supervisor's browser on B: B finds A in the database and relays its frames."""
+    shared = {"TELEPHONY_SESSION_SECRET": "s" * 40}
+    async with (
+        fresh_database(postgres_server, "listen") as url,
+        FakeDeepgram(api_key=DEEPGRAM_KEY, script=Script(turns=[])) as deepgram,
+        served_with_fakes(
+            numbers_yaml, deepgram, fake_rest, TELEPHONY_DATABASE_URL=url, **shared
+        ) as a,
+        served_with_fakes(
+            numbers_yaml, deepgram, fake_rest, TELEPHONY_DATABASE_URL=url, **shared
+        ) as b,
+    ):
+        await add_accounts(url)
+        engine = make_engine(url)
+        try:
+            await add_user(engine, *SUPERVISOR)
+        finally:
+            await engine.dispose()
+        sent = caller_audio(3000)
+        cookie = await cookie_of(b, SUPERVISOR)
+        async with live_call(a, sent):
+            assert b.app.state.services.registry.current(SID) is None  # not on B
+            headers = {"Cookie": cookie, "Origin": b.url}
+            async with connect(ws_url(b), additional_headers=headers) as ws:
+                caller = await heard(ws, 0, 400 * MULAW_BYTES_PER_MS)
+            start = sent.find(caller[:160])
+            assert start >= 0 and sent[start : start + len(caller)] == caller[: len(sent) - start]
+            # A forged relay token is refused by the carrier.
+            forged = {"X-Telephony-Relay": f"{SID}|{SUPERVISOR[0]}|9999999999|00"}
+            assert await refused(a, forged) == 4403

@@ -70,6 +70,7 @@ class Instance:
     id: str = field(default_factory=new_instance_id)
     name: str = ""  # TELEPHONY_INSTANCE_ID: stable across restarts, unique while running
     started_at: float = field(default_factory=time.time)
+    url: str = ""  # TELEPHONY_INTERNAL_URL: how the other instances reach this one
 
 
 async def heartbeat(engine: AsyncEngine, me: Instance, now: float | None = None) -> None:
@@ -77,9 +78,10 @@ async def heartbeat(engine: AsyncEngine, me: Instance, now: float | None = None)
     now = time.time() if now is None else now
     stmt = dialect_insert(engine.dialect.name, instances)
     stmt = stmt.on_conflict_do_update(
-        index_elements=["id"], set_={"last_seen": stmt.excluded.last_seen}
+        index_elements=["id"], set_={"last_seen": stmt.excluded.last_seen, "url": me.url}
     )
     row = {"id": me.id, "name": me.name, "started_at": me.started_at, "last_seen": now}
+    row["url"] = me.url
     async with engine.begin() as conn:
         await conn.execute(stmt, row)
 
@@ -176,3 +178,15 @@ async def _last_activity(conn: AsyncConnection, sids: list[str]) -> dict[str, in
         for sid, ms in await conn.execute(q):
             out[sid] = max(out.get(sid, 0), int(ms or 0))
     return out
+
+
+async def carrier_of(engine: AsyncEngine, call_sid: str) -> tuple[str, str] | None:
+    """(instance id, internal URL) of the instance carrying a live call, if any is known."""
+    query = (
+        select(calls.c.instance_id, instances.c.url)
+        .join(instances, instances.c.id == calls.c.instance_id)
+        .where(calls.c.sid == call_sid, calls.c.ended_at.is_(None))
+    )
+    async with engine.connect() as conn:
+        row = (await conn.execute(query)).first()
+    return (row[0], row[1]) if row is not None else None

@@ -83,6 +83,8 @@ instances = Table(
     Column("name", String(64), nullable=False, server_default=""),  # TELEPHONY_INSTANCE_ID
     Column("started_at", Double, nullable=False),  # epoch s
     Column("last_seen", Double, nullable=False, index=True),  # epoch s: the last heartbeat
+    # How other instances reach it (TELEPHONY_INTERNAL_URL): listen-in on its calls
+    Column("url", String(256), nullable=False, server_default=""),
 )
 
 turns = Table(
