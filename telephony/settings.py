@@ -141,6 +141,9 @@ class Settings(BaseSettings):
     # How the other instances reach this one (listen-in on a call this one carries): e.g.
     # http://10.0.3.7:8000. `telephony serve` defaults it to this host's address and its port.
     internal_url: str = Field("", alias="TELEPHONY_INTERNAL_URL", max_length=256)
+    # Live events for the staff UI's live views (README "The live floor"); off: calls publish
+    # nothing (the live pages then show only what the database has).
+    live_events: bool = Field(True, alias="TELEPHONY_LIVE_EVENTS")
     # --- staff login and the HTTP server (issue 21: login flood, proxies, slow clients) ---
     # Login attempts (counted before the password is checked) per client and account name, and
     # per client over all names, within TELEPHONY_LOGIN_WINDOW_S; and per minute for the whole

@@ -188,3 +188,15 @@ async def test_a_qa_change_is_a_live_event(app: RunningApp, database: str) -> No
         assert posted.status_code == 303 and "qa_done" in posted.headers["location"]
         change = await live.until("qa", sid)
         assert (change["what"], change["by"]) == ("note", STAFF[0])
+
+
+async def test_live_events_can_be_switched_off(
+    numbers_yaml: Path, fake_rest: FakeTwilioRest, database: str
+) -> None:
+    async with (
+        FakeDeepgram(api_key=DEEPGRAM_KEY, script=SCRIPT) as deepgram,
+        served_with_fakes(numbers_yaml, deepgram, fake_rest, TELEPHONY_LIVE_EVENTS="false") as off,
+    ):
+        await add_accounts(database)
+        await call(off, "CAquiet")
+        assert off.app.state.services.live.counts.published == 0

@@ -228,16 +228,18 @@ async def _serve(socket: TwilioSocket, setup: CallSetup, services: Services) -> 
     transcripts.attach(summary.call_sid, call.transcript, redact=setup.profile.redaction)
     held.hold(call.transcript)
     services.metrics.watch_call(call.transcript, setup.profile.mode)
-    feed = LiveFeed(services.live, sid, redaction=setup.profile.redaction)
-    if cont is None:
-        feed.started(
-            to_number=summary.to_number,
-            profile=summary.profile,
-            mode=setup.profile.mode,
-            started_at=summary.started_at,
-        )
-    call.transcript.listeners.append(feed)
-    call.transcript.live.append(feed.signal)
+    feed = None
+    if settings.live_events:
+        feed = LiveFeed(services.live, sid, redaction=setup.profile.redaction)
+        if cont is None:
+            feed.started(
+                to_number=summary.to_number,
+                profile=summary.profile,
+                mode=setup.profile.mode,
+                started_at=summary.started_at,
+            )
+        call.transcript.listeners.append(feed)
+        call.transcript.live.append(feed.signal)
     if cont is not None:  # where the call page shows the bot handing over to a person
         params = setup.start.custom_parameters
         call.transcript.event(
@@ -255,8 +257,9 @@ async def _serve(socket: TwilioSocket, setup: CallSetup, services: Services) -> 
         # Handed over and its transcription stream already live: that one ends the call row.
         continued = handed_over and registry.current(sid) is not None
         if not continued:
-            duration_ms = round((summary.ended_at - summary.started_at) * 1000)
-            feed.ended(str(summary.end_reason), max(0, duration_ms))
+            if feed is not None:
+                duration_ms = round((summary.ended_at - summary.started_at) * 1000)
+                feed.ended(str(summary.end_reason), max(0, duration_ms))
             held(
                 functools.partial(
                     transcripts.call_ended,
