@@ -18,7 +18,9 @@ conversation: the caller speaks 1 s, the bot answers (~2.6 s of speech), the cal
 
 Each phase: start the process, one warm-up call (imports and caches), the idle RSS, then the
 calls, started evenly over a ramp; the measurement window (`--seconds`) begins once every call is
-up. Within it: the process's CPU (utime + stime from /proc/<pid>/stat, every thread), its RSS
+up (the process is left to settle before the idle RSS and before the window: `--settle`, 1 s;
+tests/test_bench.py, with two calls, waits less). Within the window: the process's CPU (utime +
+stime from /proc/<pid>/stat, every thread), its RSS
 (VmRSS from /proc/<pid>/status, the window's maximum minus the idle RSS, divided by the calls),
 and the probes of telephony/sim/load.py (their methods are described there): inbound latency
 (caller frame -> its bytes at fake Deepgram, on the frame that completes an 80 ms chunk, and on
@@ -96,6 +98,7 @@ class BenchOptions:
     mode: str = "flux"  # flux | agent
     pin: bool = True  # server and relay on core 0, this process on core 1 (2+ cores)
     ramp_s: float | None = None  # default: 20 ms per call, 1..10 s
+    settle_s: float = 1.0  # after the warm-up (idle RSS) and after the last call is dialled
     llm_first_token_ms: int = 300
     tts_first_byte_ms: int = 100
     speak_ms_per_char: int = 60
@@ -133,10 +136,10 @@ async def run_phase(
     warm_probes = dialer.probes
     await warm_up(dialer, opts.calls)  # index `calls`: the probes' spare slot
     warm_probes.errors.clear()
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(opts.settle_s)  # the warm-up call wound down: the idle RSS
     phase.rss_idle_mib = rss_mib(process.pid)
     calls: list[LeanCall] = await dialer.dial_all(range(opts.calls), opts.ramp)
-    await asyncio.sleep(1.0)  # the last calls past their handshake and first turn events
+    await asyncio.sleep(opts.settle_s)  # the last calls past their handshake
     phase.calls = sum(1 for c in calls if not c.closed.done())
     probes.recording = True
     cpu0, load0, t0 = cpu_seconds(process.pid), time.process_time(), time.monotonic()
@@ -359,6 +362,7 @@ def main(args: argparse.Namespace) -> int:
         mode=args.mode,
         pin=not args.no_pin,
         ramp_s=args.ramp,
+        settle_s=args.settle,
         samples_dir=Path(os.environ["TELEPHONY_BENCH_SAMPLES"])
         if os.environ.get("TELEPHONY_BENCH_SAMPLES")
         else None,

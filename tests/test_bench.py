@@ -20,15 +20,18 @@ from telephony.bench_report import REPORT_KEYS, percentile
 @pytest.mark.parametrize("mode", ["flux", "agent"])
 def test_tiny_bench_reports_every_figure(tmp_path: Path, mode: str) -> None:
     out = tmp_path / "report.json"
-    argv = [sys.executable, "-m", "telephony.cli", "bench", "--calls", "2", "--seconds", "2"]
-    argv += ["--mode", mode, "--json", str(out)]
+    # Two calls need no 1 s ramp nor 1 s settles: the window ends where it did with those
+    # (3.5 s into the first call, past its first reply and the barge-in that ends it, which
+    # the jitter probe needs), and is longer.
+    argv = [sys.executable, "-m", "telephony.cli", "bench", "--calls", "2", "--seconds", "3"]
+    argv += ["--ramp", "0.1", "--settle", "0.4", "--mode", mode, "--json", str(out)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(out.read_text())
 
     assert set(REPORT_KEYS) <= set(report)
     assert report["errors"] == 0, report["error_detail"]
-    assert report["calls"] == 2 and report["seconds"] >= 2
+    assert report["calls"] == 2 and report["seconds"] >= 3
     for key in REPORT_KEYS:
         value = report[key]
         assert isinstance(value, int | float) and math.isfinite(value), (key, value)
