@@ -369,7 +369,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--calls", type=_positive_int, default=50, help="concurrent calls")
     bench.add_argument("--seconds", type=float, default=30.0, help="measurement window")
-    bench.add_argument("--mode", choices=["flux", "agent"], default="flux")
+    bench.add_argument(
+        "--mode",
+        choices=["flux", "agent", "both"],
+        default="flux",
+        help="both: a server phase per mode, one relay phase, a report per mode",
+    )
     bench.add_argument("--json", metavar="FILE", help="write the JSON report here ('-': stdout)")
     bench.add_argument("--ramp", type=float, help="seconds over which calls start")
     bench.add_argument(
