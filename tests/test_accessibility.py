@@ -116,7 +116,8 @@ def track_requests(page: Page) -> None:
     _IN_FLIGHT[page] = flying
 
     def start(request: Request) -> None:
-        flying.add(request)
+        if request.resource_type != "eventsource" and not request.url.endswith("/favicon.ico"):
+            flying.add(request)
 
     def end(request: Request) -> None:
         flying.discard(request)
@@ -128,16 +129,19 @@ def track_requests(page: Page) -> None:
 
 async def settled(page: Page) -> None:
     """Loaded, and no request in flight for QUIET_S: what Playwright's "networkidle" waits
-    for, with 100 ms of quiet instead of 500. The pages fetch only while loading (the call
-    page's waveform; the lists' polls come every 3 s, which "networkidle" would not wait for
-    either), and draw nothing on a timer."""
+    for (an event stream or the favicon aside, as there), with 100 ms of quiet instead of
+    500. The pages fetch while loading (the call page's waveform) and later only on a poll or
+    a live event, neither of which "networkidle" would wait for either; nothing is drawn on
+    a timer."""
     await page.wait_for_load_state("load")
     flying = _IN_FLIGHT[page]
-    quiet_since = time.monotonic()
+    quiet_since = deadline = time.monotonic()
+    deadline += 30
     while time.monotonic() - quiet_since < QUIET_S:
         await asyncio.sleep(0.02)
         if flying:
             quiet_since = time.monotonic()
+            assert quiet_since < deadline, f"requests never finished: {[r.url for r in flying]}"
 
 
 async def log_in(page: Page, base: str, who: tuple[str, str, str]) -> None:
