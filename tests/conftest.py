@@ -188,13 +188,14 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     the real clock; 229-244 s for 1 315 once in-process calls ran on the 4x clock
     (tests/fast_clock.py) and each app start stopped parsing the CA bundle 16 times; 229 s for
     1 350 with some `telephony serve` tests and the browser's polls on fast clocks too
-    (2026-12-07). At 1 496 tests: 300-320 s, 579-616 s of summed test time (junit); then 297 s
-    and 570 s (CPU 248 s instead of 284 s) once each app start copied a migrated SQLite file
-    instead of migrating (`with_schema`), the fixture accounts' hashes were made once, the
-    bench test ran both modes in one `telephony bench --mode both`, the hostile bench's
-    attacker started while its calls settle, the accessibility pages waited 100 ms of quiet
-    instead of "networkidle"'s 500 and test_scale_out ran on the 4x clock. The machine is
-    shared: the same unit tests took 8-17 % longer in one run than in another.
+    (2026-12-07). At 1 496 tests: 300-320 s, 579-616 s of summed test time (junit); then
+    271-297 s and 514-570 s (CPU 238-248 s instead of 284 s) once each app start copied a
+    migrated SQLite file instead of migrating (`with_schema`), the fixture accounts' hashes
+    were made once, the bench test ran both modes in one `telephony bench --mode both`, the
+    hostile bench's attacker started while its calls settle, the accessibility pages waited
+    100 ms of quiet instead of "networkidle"'s 500 and test_scale_out ran on the 4x clock.
+    The machine is shared: the same unit tests took from 14 % less to 17 % more than in the
+    first run.
     Past one worker per core the calls' own timing loses to CPU contention now and then (before
     the 4x clock, at 4 workers 1 run in 3 had a real-time failure, at 6 workers 2 in 5), and CI
     must not be red by chance; the 4x clock makes CPU delays look 4x longer, so more so now.
