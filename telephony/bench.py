@@ -1,8 +1,9 @@
 """`telephony bench`: N concurrent calls through the service, then through a bare relay.
 
-    telephony bench --calls 200 --seconds 60 [--mode flux|agent] [--json report.json]
+    telephony bench --calls 200 --seconds 60 [--mode flux|agent|both] [--json report.json]
 
-One run, two phases with the same load:
+One run, two phases with the same load (`--mode both`: a server phase per mode on the one
+service, then one relay phase, which does not depend on the mode; a report per mode):
 
 1. **server**: `telephony serve` in its own process (one uvicorn worker; pinned to core 0 with
    `taskset` where available), its Deepgram and LLM URLs pointed at the fakes in this process.
@@ -18,7 +19,9 @@ conversation: the caller speaks 1 s, the bot answers (~2.6 s of speech), the cal
 
 Each phase: start the process, one warm-up call (imports and caches), the idle RSS, then the
 calls, started evenly over a ramp; the measurement window (`--seconds`) begins once every call is
-up. Within it: the process's CPU (utime + stime from /proc/<pid>/stat, every thread), its RSS
+up (the process is left to settle before the idle RSS and before the window: `--settle`, 1 s;
+tests/test_bench.py, with two calls, waits less). Within the window: the process's CPU (utime +
+stime from /proc/<pid>/stat, every thread), its RSS
 (VmRSS from /proc/<pid>/status, the window's maximum minus the idle RSS, divided by the calls),
 and the probes of telephony/sim/load.py (their methods are described there): inbound latency
 (caller frame -> its bytes at fake Deepgram, on the frame that completes an 80 ms chunk, and on
@@ -53,7 +56,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +90,7 @@ NUMBERS = {"flux": "+15550009000", "agent": "+15550009001"}
 CLEAN_END_REASONS = {str(Outcome.CALLER_HANGUP)}  # the fake callers hang up
 WARMUP_MAX_S = 8.0
 SERVER_ENTRY = ["-m", "telephony.cli"]  # `telephony serve`
+BOTH = "both"  # --mode both: every mode's server phase on one service, one relay phase
 
 
 @dataclass
@@ -96,6 +100,7 @@ class BenchOptions:
     mode: str = "flux"  # flux | agent
     pin: bool = True  # server and relay on core 0, this process on core 1 (2+ cores)
     ramp_s: float | None = None  # default: 20 ms per call, 1..10 s
+    settle_s: float = 1.0  # after the warm-up (idle RSS) and after the last call is dialled
     llm_first_token_ms: int = 300
     tts_first_byte_ms: int = 100
     speak_ms_per_char: int = 60
@@ -133,10 +138,10 @@ async def run_phase(
     warm_probes = dialer.probes
     await warm_up(dialer, opts.calls)  # index `calls`: the probes' spare slot
     warm_probes.errors.clear()
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(opts.settle_s)  # the warm-up call wound down: the idle RSS
     phase.rss_idle_mib = rss_mib(process.pid)
     calls: list[LeanCall] = await dialer.dial_all(range(opts.calls), opts.ramp)
-    await asyncio.sleep(1.0)  # the last calls past their handshake and first turn events
+    await asyncio.sleep(opts.settle_s)  # the last calls past their handshake
     phase.calls = sum(1 for c in calls if not c.closed.done())
     probes.recording = True
     cpu0, load0, t0 = cpu_seconds(process.pid), time.process_time(), time.monotonic()
@@ -159,7 +164,7 @@ async def run_phase(
     return phase
 
 
-async def _server_end_reasons(process: Process, expected: int) -> dict[str, float]:
+async def _server_end_reasons(process: Process, expected: float) -> dict[str, float]:
     """calls_ended_total by reason from /metrics, once the service has wound the calls down."""
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -279,7 +284,34 @@ async def fakes(opts: BenchOptions, probes: Probes) -> AsyncIterator[tuple[Bench
 
 async def run_bench(opts: BenchOptions) -> dict[str, Any]:
     """Both phases; the report (see bench_report.REPORT_KEYS and `report`)."""
-    if opts.mode not in NUMBERS:
+    return (await run_modes(opts, (opts.mode,)))[opts.mode]
+
+
+async def _server_phase(
+    mode: str, server: Process, probes: Probes, opts: BenchOptions, ended_before: dict[str, float]
+) -> Phase:
+    """One mode's calls through the running service; its end reasons are what /metrics
+    counts beyond `ended_before` (an earlier mode's calls on the same service)."""
+    dialer = Dialer(probes, base_url=server.url, auth_token=AUTH_TOKEN, number=NUMBERS[mode])
+    try:
+        phase = await run_phase("server", server, dialer, probes, opts)
+    finally:
+        await dialer.aclose()
+    expected = sum(ended_before.values()) + phase.calls + 1
+    ended = await _server_end_reasons(server, expected)
+    phase.end_reasons = {
+        r: n - ended_before.get(r, 0.0) for r, n in ended.items() if n > ended_before.get(r, 0.0)
+    }
+    unclean = {r: n for r, n in phase.end_reasons.items() if r not in CLEAN_END_REASONS}
+    for reason, n in unclean.items():
+        phase.errors[f"call ended: {reason}"] += int(n)
+    return phase
+
+
+async def run_modes(opts: BenchOptions, modes: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """A server phase per mode (one service, the modes one after the other), then the relay
+    phase, which is the same for every mode: {mode: its report against the relay}."""
+    if not modes or set(modes) - set(NUMBERS):
         raise ValueError(f"mode must be one of {sorted(NUMBERS)}")
     workdir = opts.workdir or Path(tempfile.mkdtemp(prefix="telephony-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -297,22 +329,26 @@ async def run_bench(opts: BenchOptions) -> dict[str, Any]:
         env = server_env(opts, workdir, url, deepgram.url, llm.url)
         argv = [sys.executable, *SERVER_ENTRY, "serve", "--port", str(port)]
         server = await spawn("server", argv, env, workdir, opts.pin, port)
-        dialer = Dialer(probes, base_url=url, auth_token=AUTH_TOKEN, number=NUMBERS[opts.mode])
+        servers: dict[str, Phase] = {}
+        ended: dict[str, float] = {}
         try:
             await wait_ready(server, http_check=True)
-            phase = await run_phase("server", server, dialer, probes, opts)
-            phase.end_reasons = await _server_end_reasons(server, phase.calls + 1)
-            unclean = {r: n for r, n in phase.end_reasons.items() if r not in CLEAN_END_REASONS}
-            for reason, n in unclean.items():
-                phase.errors[f"call ended: {reason}"] += int(n)
+            for mode in modes:
+                if servers:  # the first mode's probes are the fakes' already
+                    probes = Probes(capacity)
+                    deepgram.probes = probes
+                servers[mode] = await _server_phase(mode, server, probes, opts, ended)
+                for reason, n in servers[mode].end_reasons.items():
+                    ended[reason] = ended.get(reason, 0.0) + n
         finally:
-            await dialer.aclose()
             code = await server.stop()
-        if code != 0:
-            phase.errors[f"server exit status {code}"] += 1
-        phase.errors.update(_log_errors(server))
-        phase.errors.update({f"deepgram: {v}": 1 for v in deepgram.violations()})
-        phases["server"] = phase
+        for phase in servers.values():  # what the service did in all, held against each
+            if code != 0:
+                phase.errors[f"server exit status {code}"] += 1
+            phase.errors.update(_log_errors(server))
+            phase.errors.update({f"deepgram: {v}": 1 for v in deepgram.violations()})
+        for mode, phase in servers.items():
+            phases["server" if len(modes) == 1 else f"server-{mode}"] = phase
 
         # --- the bare relay, same load
         probes = Probes(capacity)
@@ -336,7 +372,7 @@ async def run_bench(opts: BenchOptions) -> dict[str, Any]:
             probes,
             base_url=relay.url,
             auth_token=AUTH_TOKEN,
-            number=NUMBERS[opts.mode],
+            number=NUMBERS[modes[0]],
             webhook=False,
             media_url=media_url,
         )
@@ -348,31 +384,34 @@ async def run_bench(opts: BenchOptions) -> dict[str, Any]:
             await relay.stop()
     if opts.samples_dir is not None:
         dump_samples(opts.samples_dir, phases)
-    return report(opts, phases["server"], phases["relay"])
+    return {m: report(replace(opts, mode=m), servers[m], phases["relay"]) for m in modes}
 
 
 def main(args: argparse.Namespace) -> int:
     """`telephony bench` (arguments from telephony.cli)."""
+    modes = tuple(NUMBERS) if args.mode == BOTH else (args.mode,)
     opts = BenchOptions(
         calls=args.calls,
         seconds=args.seconds,
-        mode=args.mode,
+        mode=modes[0],
         pin=not args.no_pin,
         ramp_s=args.ramp,
+        settle_s=args.settle,
         samples_dir=Path(os.environ["TELEPHONY_BENCH_SAMPLES"])
         if os.environ.get("TELEPHONY_BENCH_SAMPLES")
         else None,
     )
     if opts.pin and can_pin():
         os.sched_setaffinity(0, {LOAD_CORE})  # the load generator: this process
-    result = load_run(run_bench(opts))
+    reports = load_run(run_modes(opts, modes))
+    result = reports if args.mode == BOTH else reports[args.mode]  # both: {mode: report}
     text = json.dumps(result, indent=2)
     if args.json == "-":
         print(text)
     else:
         if args.json:
             Path(args.json).write_text(text + "\n")
-        print(format_report(result))
+        print("\n\n".join(format_report(r) for r in reports.values()))
     return 0
 
 

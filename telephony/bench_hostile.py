@@ -5,11 +5,12 @@
 One `telephony serve` (pinned to core 0, as in bench.py), the fakes and the good callers in
 this process (core 1), and for each phase after the quiet one an attacker in a process of its
 own (telephony/sim/hostile.py; on core 1 at a lower priority, so the good callers' clocks
-keep their time). Every phase dials fresh calls, waits until they are up, then measures for
-`--seconds` while the attack runs: caller end-of-turn -> first bot audio, the pacing jitter
-of the bot's audio and the inbound latency (bench.py describes the probes), and the good
-calls' errors. The report puts each attack's figures beside the quiet phase's, with what the
-attack got (its answers and closes).
+keep their time). Every phase dials fresh calls, waits until they are up (the attacker starts
+meanwhile, and attacks until the window ends), then measures for `--seconds` while the attack
+runs: caller end-of-turn -> first bot audio, the pacing jitter of the bot's audio and the
+inbound latency (bench.py describes the probes), and the good calls' errors. The report puts
+each attack's figures beside the quiet phase's, with what the attack got (its answers and
+closes).
 
 The claim it checks (SECURITY.md): one hostile client moves no other call's reply latency or
 pacing by more than a few milliseconds.
@@ -41,6 +42,8 @@ from telephony.sim.load import Probes
 
 QUIET = "quiet"
 ATTACKER_NICE = 10
+SETTLE_S = 1.0  # from the last good call dialled to the window
+MIN_ATTACK_S = 1.0
 # The attacker connects from here, the good calls from 127.0.0.1: two clients, as two callers
 # on the internet are, so a per-client limit (TELEPHONY_HTTP_CLIENT_RATE) can tell them apart.
 # Linux routes all of 127/8 to loopback; elsewhere the attacker shares 127.0.0.1.
@@ -83,12 +86,15 @@ class HostilePhase:
         }
 
 
-async def _attacker(kind: str, url: str, number: str, seconds: float, pin: bool) -> Process:
+async def _attacker(kind: str, url: str, number: str, until: float, pin: bool) -> Process:
+    """The attack, in a process of its own, from its start-up until `until` (monotonic time:
+    the end of the window); at least MIN_ATTACK_S if its start-up ran late."""
     prefix: list[str] = []
     if shutil.which("nice"):
         prefix = ["nice", "-n", str(ATTACKER_NICE)]
     argv = [*prefix, sys.executable, "-m", "telephony.sim.hostile"]
-    argv += ["--attack", kind, "--url", url, "--number", number, "--seconds", str(seconds)]
+    argv += ["--attack", kind, "--url", url, "--number", number]
+    argv += ["--seconds", str(MIN_ATTACK_S), "--until", repr(until)]
     if url.startswith("http://127.0.0.1:") and sys.platform.startswith("linux"):
         argv += ["--source", ATTACKER_SOURCE]
     env = {**os.environ, "TWILIO_AUTH_TOKEN": bench.AUTH_TOKEN}
@@ -105,13 +111,15 @@ async def _phase(
 ) -> HostilePhase:
     phase = HostilePhase(name)
     calls: list[LeanCall] = await dialer.dial_all(range(opts.calls), ramp_s=1.0)
-    await asyncio.sleep(1.0)  # past their handshakes and first turn events
-    phase.calls = sum(1 for c in calls if not c.closed.done())
+    start = time.monotonic() + SETTLE_S  # past their handshakes and first turn events
+    end = start + opts.seconds
     attacker = None
-    if name != QUIET:
-        attacker = await _attacker(name, server.url, number, opts.seconds, opts.pin)
+    if name != QUIET:  # its start-up (a second or more on a loaded machine) while they settle
+        attacker = await _attacker(name, server.url, number, end, opts.pin)
+    await asyncio.sleep(max(0.0, start - time.monotonic()))
+    phase.calls = sum(1 for c in calls if not c.closed.done())
     probes.recording = True
-    await asyncio.sleep(opts.seconds)
+    await asyncio.sleep(max(0.0, end - time.monotonic()))
     probes.recording = False
     await hang_up_all(calls)
     if attacker is not None:

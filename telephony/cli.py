@@ -277,6 +277,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # NaN too
+        raise argparse.ArgumentTypeError("must be a number of seconds, 0 or more")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from importlib.metadata import version
 
@@ -379,9 +386,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--calls", type=_positive_int, default=50, help="concurrent calls")
     bench.add_argument("--seconds", type=float, default=30.0, help="measurement window")
-    bench.add_argument("--mode", choices=["flux", "agent"], default="flux")
+    bench.add_argument(
+        "--mode",
+        choices=["flux", "agent", "both"],
+        default="flux",
+        help="both: a server phase per mode, one relay phase, a report per mode",
+    )
     bench.add_argument("--json", metavar="FILE", help="write the JSON report here ('-': stdout)")
     bench.add_argument("--ramp", type=float, help="seconds over which calls start")
+    bench.add_argument(
+        "--settle",
+        type=_seconds,
+        default=1.0,
+        help="seconds to wait after the warm-up call and after the last call starts",
+    )
     bench.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     bench.add_argument(
         "--hostile",

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import re
 import time
+from unittest import mock
 
 import httpx
 
 from telephony.outcome import Outcome
 from telephony.session.summary import CallSummary
+from telephony.store import users as users_module
+from telephony.store.hashing import hash_password
 from telephony.store.schema import make_engine
 from telephony.store.transcripts import TranscriptStore
 from telephony.store.users import add_user
@@ -26,11 +29,23 @@ def csrf_of(html: str) -> str:
     return found.group(1)
 
 
+_HASHES: dict[str, str] = {}
+
+
+def _hash_once(password: str) -> str:
+    """The two fixture accounts' hashes, made once per test process (a scrypt run is ~50 ms,
+    and ~80 tests add both accounts): each test's database still gets them through add_user."""
+    if password not in _HASHES:
+        _HASHES[password] = hash_password(password)
+    return _HASHES[password]
+
+
 async def add_accounts(database_url: str) -> None:
     engine = make_engine(database_url)
     try:
-        for name, role, password in (STAFF, ADMIN):
-            await add_user(engine, name, role, password)
+        with mock.patch.object(users_module, "hash_password", _hash_once):
+            for name, role, password in (STAFF, ADMIN):
+                await add_user(engine, name, role, password)
     finally:
         await engine.dispose()
 

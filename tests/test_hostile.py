@@ -13,7 +13,7 @@ import pytest
 
 from telephony.bench import load_run
 from telephony.bench_hostile import QUIET, HostileOptions, format_hostile, run_hostile
-from telephony.sim.hostile import ATTACKS
+from telephony.sim.hostile import ATTACKS, attack_seconds
 
 CALLS = 20
 SECONDS = 4.0
@@ -156,3 +156,11 @@ def test_a_refusal_miss_fails_without_a_second_run(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr("tests.test_hostile.format_hostile", lambda report: "")
     with pytest.raises(pytest.fail.Exception, match="pump: refused"):
         test_one_hostile_client_leaves_good_calls_alone()
+
+
+def test_the_attacker_attacks_until_the_window_ends_however_late_it_started() -> None:
+    """bench_hostile starts the attacker while the good calls settle and passes the window's
+    end: the attack lasts until then, or its minimum if its start-up ran past it."""
+    assert attack_seconds(4.0, None, 100.0) == 4.0
+    assert attack_seconds(1.0, 105.0, 100.5) == 4.5
+    assert attack_seconds(1.0, 105.0, 104.5) == 1.0

@@ -66,6 +66,7 @@ async def live_calls(server: Server) -> int:
         return int((await http.get(server.url + "/healthz")).json()["live_calls"])
 
 
+@pytest.mark.clock(4)  # both servers on the test's 4x clock (tests/serve_process.py)
 async def test_webhook_on_one_instance_media_on_the_other(
     tmp_path: Path,
     database: str,

@@ -29,6 +29,7 @@ import json
 import os
 import re
 import secrets
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -309,6 +310,11 @@ async def _run_for(kind: str, target: Target, seconds: float) -> Counter[str]:
         return await run_attack(kind, target, stop)
 
 
+def attack_seconds(seconds: float, until: float | None, now: float) -> float:
+    """How long to attack: `seconds`, or until `until` if that is later."""
+    return seconds if until is None else max(seconds, until - now)
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m telephony.sim.hostile --attack KIND --url URL --seconds S`: the tally as JSON
     on stdout. A process of its own, as an attacker is: its work never delays the good calls'
@@ -318,11 +324,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", required=True, help="the service's base URL")
     parser.add_argument("--number", required=True, help="a number the service answers")
     parser.add_argument("--seconds", type=float, required=True)
+    parser.add_argument(
+        "--until",
+        type=float,
+        help="attack until this time.monotonic() (system-wide on Linux) if that is later than "
+        "--seconds from now: the caller's window ends then, however long this start-up took",
+    )
     parser.add_argument("--source", help="local address to connect from (default: any)")
     args = parser.parse_args(argv)
+    seconds = attack_seconds(args.seconds, args.until, time.monotonic())
     # The signing key comes from the environment like every secret (never argv: ps shows it).
     target = Target(args.url, os.environ.get("TWILIO_AUTH_TOKEN", ""), args.number, args.source)
-    tally = asyncio.run(_run_for(args.attack, target, args.seconds))
+    tally = asyncio.run(_run_for(args.attack, target, seconds))
     print(json.dumps(dict(tally)))
     return 0
 
