@@ -83,6 +83,20 @@ async def _listen(url: str, sid: str, cookie: str, stop: asyncio.Event) -> int:
     return n
 
 
+async def read(args: argparse.Namespace) -> int:
+    """The reader process: a browser stream (if asked) and a listener per SID, for `seconds`;
+    prints the bytes they received."""
+    stop = asyncio.Event()
+    tasks = [_listen(args.read, sid, args.cookie, stop) for sid in args.sids.split(",") if sid]
+    if args.stream == "yes":
+        tasks.append(_drain_stream(args.read, args.cookie, stop))
+    running = [asyncio.create_task(t) for t in tasks]
+    await asyncio.sleep(args.seconds)
+    stop.set()
+    done = await asyncio.gather(*running, return_exceptions=True)
+    return sum(n for n in done if isinstance(n, int))
+
+
 async def phase(
     name: str, opts: bench.BenchOptions, workdir: Path, *, events: bool, listeners: int
 ) -> dict[str, Any]:
@@ -104,19 +118,23 @@ async def phase(
         dialer = Dialer(
             probes, base_url=url, auth_token=bench.AUTH_TOKEN, number=bench.NUMBERS["flux"]
         )
-        stop = asyncio.Event()
-        readers: list[asyncio.Task[int]] = []
+        reader: asyncio.subprocess.Process | None = None
         try:
             await wait_ready(server, http_check=True)
             await bench.warm_up(dialer, opts.calls)
             cookie = await _cookie(url)
             calls: list[LeanCall] = await dialer.dial_all(range(opts.calls), opts.ramp)
             await asyncio.sleep(1.0)
-            if events:
-                readers.append(asyncio.create_task(_drain_stream(url, cookie, stop)))
-            for call in calls[:listeners]:
-                readers.append(asyncio.create_task(_listen(url, call.call_sid, cookie, stop)))
-            await asyncio.sleep(0.5)
+            # The browser stream and the listeners in a process of their own: in this one
+            # they would slow the callers' clocks, which is what the jitter measures.
+            sids = [call.call_sid for call in calls[:listeners]]
+            reader = await asyncio.create_subprocess_exec(
+                sys.executable, __file__, "--read", url, "--cookie", cookie,
+                "--stream", "yes" if events else "no", "--seconds", str(opts.seconds + 2),
+                *(["--sids", ",".join(sids)] if sids else []),
+                stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            await asyncio.sleep(1.0)  # connected and reading
             published0 = await _published(url)
             probes.recording = True
             cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
@@ -124,11 +142,12 @@ async def phase(
             cpu1, t1 = cpu_seconds(server.pid), time.monotonic()
             probes.recording = False
             published = await _published(url) - published0
-            stop.set()
-            received = sum(await asyncio.gather(*readers))
+            out, _ = await reader.communicate()
+            received = int(out.decode().strip() or 0)
             await hang_up_all(calls)
         finally:
-            stop.set()
+            if reader is not None and reader.returncode is None:
+                reader.kill()
             await dialer.aclose()
             await server.stop()
     call_minutes = len(calls) * (t1 - t0) / 60
@@ -140,6 +159,9 @@ async def phase(
         "events_published": published,
         "bytes_to_readers": received,
         "jitter_p99_ms": percentile(probes.jitter, 99),
+        # The generator's own lag (this process: callers and listeners): a run is only as
+        # good as this is small next to the jitter.
+        "generator_lag_p99_ms": percentile(probes.send_lag, 99),
         "errors": dict(probes.errors),
     }
 
@@ -171,7 +193,15 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--listeners", type=int, default=5)
     parser.add_argument("--no-pin", action="store_true")
+    # The reader process (see `phase`): not for use by hand.
+    parser.add_argument("--read", metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("--cookie", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--stream", default="no", help=argparse.SUPPRESS)
+    parser.add_argument("--sids", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.read:
+        print(asyncio.run(read(args)))
+        return 0
     result = asyncio.run(run(args))
     print(json.dumps(result, indent=2))
     return 0

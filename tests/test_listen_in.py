@@ -94,14 +94,24 @@ async def refused(app: RunningApp, headers: dict[str, str], sid: str = SID) -> i
     return closed.value.rcvd.code
 
 
+def frames(message: bytes) -> list[tuple[int, bytes]]:
+    """A listen-in message: frames as side (1 byte), length (2 bytes), μ-law bytes."""
+    out, at = [], 0
+    while at < len(message):
+        side, n = message[at], int.from_bytes(message[at + 1 : at + 3], "big")
+        assert side in (0, 1) and at + 3 + n <= len(message)
+        out.append((side, message[at + 3 : at + 3 + n]))
+        at += 3 + n
+    return out
+
+
 async def heard(ws: ClientConnection, side: int, want: int, within: float = 10) -> bytes:
     got = bytearray()
     async with asyncio.timeout(within):
         while len(got) < want:
             message = await ws.recv()
-            assert isinstance(message, bytes) and message[0] in (0, 1)
-            if message[0] == side:
-                got += message[1:]
+            assert isinstance(message, bytes)
+            got += b"".join(frame for s, frame in frames(message) if s == side)
     return bytes(got)
 
 

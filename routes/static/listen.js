@@ -27,13 +27,22 @@
     let heard = 0;  // bytes received, both sides
     const next = [0, 0];  // per side: when its next audio starts (AudioContext time)
 
-    function play(data) {
-      const side = data[0];
-      const n = data.length - 1;
+    // A message holds frames, each as side (1 byte), length (2 bytes) and μ-law bytes.
+    function frames(data, each) {
+      for (let at = 0; at + 3 <= data.length;) {
+        const side = data[at];
+        const n = (data[at + 1] << 8) | data[at + 2];
+        each(side, data.subarray(at + 3, at + 3 + n));
+        at += 3 + n;
+      }
+    }
+
+    function play(side, ulaw) {
+      const n = ulaw.length;
       if (n <= 0 || side > 1) return;
       const buffer = ctx.createBuffer(1, n, RATE);
       const samples = buffer.getChannelData(0);
-      for (let i = 0; i < n; i++) samples[i] = ULAW[data[i + 1]];
+      for (let i = 0; i < n; i++) samples[i] = ULAW[ulaw[i]];
       const now = ctx.currentTime;
       let at = Math.max(next[side], now + LEAD_S);
       if (at - now > MAX_BEHIND_S) at = now + LEAD_S;  // fell behind: drop the backlog
@@ -67,10 +76,11 @@
       status.textContent = "Connecting…";
       socket.onopen = () => { status.textContent = "Listening (both sides)."; };
       socket.onmessage = (e) => {
-        const data = new Uint8Array(e.data);
-        heard += data.length - 1;
+        frames(new Uint8Array(e.data), (side, ulaw) => {
+          heard += ulaw.length;
+          if (ctx) play(side, ulaw);
+        });
         button.dataset.heard = String(heard);  // how much audio arrived (bytes: 8 per ms)
-        if (ctx) play(data);
       };
       socket.onclose = (e) => {
         if (!socket) return;
