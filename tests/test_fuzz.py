@@ -1031,8 +1031,9 @@ async def test_one_malformed_stream_among_twenty_good_calls(
     taking DTMF after them), then a flood, and only that call is closed, with its reason."""
     app = tolerant_app
     # The caller speaks well after the greeting (~1.3 s of audio) has played: a barge-in here
-    # would be the load delaying the greeting, not the property under test.
-    fake_deepgram.set_script(None, Script(turns=[ScriptedTurn(2600, 3200, "okay bye")]))
+    # would be the load delaying the greeting, not the property under test (at 2.6 s, 21 calls
+    # starting at once on a loaded 4x clock once made it).
+    fake_deepgram.set_script(None, Script(turns=[ScriptedTurn(4000, 4600, "okay bye")]))
     hangups = {f"CAgood{i:02d}": asyncio.Event() for i in range(GOOD_CALLS)}
 
     async def on_rest(call_sid: str, form: dict[str, str]) -> None:
