@@ -19,6 +19,7 @@ from telephony.transcript import Event, Turn
 
 STAFF = ("alice", "staff", "alice-password-1")
 ADMIN = ("root", "admin", "root-password-12")
+SUPERVISOR = ("sam", "supervisor", "sam-password-123")
 
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
@@ -40,11 +41,12 @@ def _hash_once(password: str) -> str:
     return _HASHES[password]
 
 
-async def add_accounts(database_url: str) -> None:
+async def add_accounts(database_url: str, *, supervisor: bool = False) -> None:
+    """STAFF and ADMIN (and SUPERVISOR if asked) in the database at `database_url`."""
     engine = make_engine(database_url)
     try:
         with mock.patch.object(users_module, "hash_password", _hash_once):
-            for name, role, password in (STAFF, ADMIN):
+            for name, role, password in (STAFF, ADMIN, *([SUPERVISOR] if supervisor else [])):
                 await add_user(engine, name, role, password)
     finally:
         await engine.dispose()

@@ -22,15 +22,13 @@ from telephony.sim.twilio_caller import FakeTwilioCaller
 from telephony.sim.twilio_rest import FakeTwilioRest
 from telephony.store.queries import get_call
 from telephony.store.schema import make_engine
-from telephony.store.users import add_user
 from tests.conftest import AUTH_TOKEN, DEEPGRAM_KEY, RunningApp, served_with_fakes
 from tests.pg_server import PgServer, fresh_database
-from tests.staff_helpers import STAFF, add_accounts, login
+from tests.staff_helpers import STAFF, SUPERVISOR, add_accounts, login
 from tests.test_staff_browser import browser, log_in  # noqa: F401
 
 pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
 
-SUPERVISOR = ("sam", "supervisor", "sam-password-123")
 SID = "CAlisten0000000000000000000000001"
 
 
@@ -48,12 +46,7 @@ async def app(
         FakeDeepgram(api_key=DEEPGRAM_KEY, script=script) as deepgram,
         served_with_fakes(numbers_yaml, deepgram, fake_rest) as running,
     ):
-        await add_accounts(database)
-        engine = make_engine(database)
-        try:
-            await add_user(engine, *SUPERVISOR)
-        finally:
-            await engine.dispose()
+        await add_accounts(database, supervisor=True)
         yield running
 
 
@@ -201,12 +194,7 @@ async def test_listening_through_another_instance_relays_the_carriers_frames(
             numbers_yaml, deepgram, fake_rest, TELEPHONY_DATABASE_URL=url, **shared
         ) as b,
     ):
-        await add_accounts(url)
-        engine = make_engine(url)
-        try:
-            await add_user(engine, *SUPERVISOR)
-        finally:
-            await engine.dispose()
+        await add_accounts(url, supervisor=True)
         sent = caller_audio(3000)
         cookie = await cookie_of(b, SUPERVISOR)
         async with live_call(a, sent):

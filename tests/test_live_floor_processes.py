@@ -19,13 +19,12 @@ from telephony.audio import MULAW_BYTES_PER_MS
 from telephony.sim.deepgram_server import FakeDeepgram, Script, ScriptedTurn
 from telephony.sim.twilio_caller import FakeTwilioCaller
 from telephony.sim.twilio_rest import FakeTwilioRest
-from telephony.store.schema import make_engine, upgrade
-from telephony.store.users import add_user
+from telephony.store.schema import upgrade
 from tests.conftest import AUTH_TOKEN, DEEPGRAM_KEY
 from tests.pg_server import PgServer, fresh_database
 from tests.serve_process import scripted_yaml, serve_process
-from tests.staff_helpers import add_accounts, login
-from tests.test_listen_in import SUPERVISOR, caller_audio, heard
+from tests.staff_helpers import SUPERVISOR, add_accounts, login
+from tests.test_listen_in import caller_audio, heard
 from tests.test_live_events import stream
 from tests.test_staff_browser import browser, log_in  # noqa: F401
 
@@ -44,12 +43,7 @@ async def test_a_call_on_a_is_live_on_b_with_its_words_and_its_audio(
     async with contextlib.AsyncExitStack() as stack:
         url = await stack.enter_async_context(fresh_database(postgres_server, "floor"))
         await upgrade(url)
-        engine = make_engine(url)
-        try:
-            await add_accounts(url)
-            await add_user(engine, *SUPERVISOR)
-        finally:
-            await engine.dispose()
+        await add_accounts(url, supervisor=True)
         deepgram = await stack.enter_async_context(
             FakeDeepgram(api_key=DEEPGRAM_KEY, script=script)
         )

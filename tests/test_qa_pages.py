@@ -25,12 +25,11 @@ from telephony.store.schema import audit_log, call_notes, make_engine, review_fl
 from telephony.store.users import ROLES, add_user, at_least, authenticate
 from telephony.transcript import Event, Turn
 from tests.conftest import NUMBERS_YAML, RunningApp
-from tests.staff_helpers import ADMIN, STAFF, add_accounts, csrf_of, store_call
+from tests.staff_helpers import ADMIN, STAFF, SUPERVISOR, add_accounts, csrf_of, store_call
 from tests.test_staff_ui import client_as
 
 pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
 
-SUPERVISOR = ("sam", "supervisor", "sam-password-123")
 QA_YAML = """
 qa:
   tags: [follow-up, escalate]
@@ -63,12 +62,7 @@ def numbers_yaml(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def qa_app(running_app: RunningApp, database: str) -> RunningApp:
-    await add_accounts(database)
-    engine = make_engine(database)
-    try:
-        await add_user(engine, *SUPERVISOR)
-    finally:
-        await engine.dispose()
+    await add_accounts(database, supervisor=True)
     await store_call(database, SLOW, turns=TURNS, started_at=1_800_000_000.0)
     quick = [TURNS[0], Turn(1, "bot", "Sure.", 1000, 1500, heard="Sure.", latency_ms=400)]
     await store_call(database, FAILED, turns=quick, profile="sales", outcome=Outcome.FAILOVER,
