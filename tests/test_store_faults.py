@@ -85,9 +85,10 @@ class Call:
             Script(
                 turns=[
                     ScriptedTurn(start_ms=1800, end_ms=2400, text=QUESTION),
-                    # A second after the reply's end (~4.6 s): on the 4x clock a busy
-                    # machine's delay looks 4x longer, and 0.4 s once let "bye" talk over it.
-                    ScriptedTurn(start_ms=6000, end_ms=6400, text="Okay bye."),
+                    # 2.4 s after the reply's end (~4.6 s): on the 4x clock a busy machine's
+                    # delay looks 4x longer; 0.4 s, and in CI once 1.4 s, let "bye" talk
+                    # over it.
+                    ScriptedTurn(start_ms=7000, end_ms=7400, text="Okay bye."),
                 ]
             ),
         )

@@ -168,6 +168,12 @@ class LiveBus:
         self.counts.published += 1
         self._wake.set()
 
+    @property
+    def watched(self) -> bool:
+        """Could anyone see an event now? Another instance may (a transport), or a browser on
+        this one. A publisher may skip costly detail (the words so far) when not."""
+        return self.transport is not None or bool(self._subscribers)
+
     # --- subscribing ----------------------------------------------------------------------------
 
     def subscribe(self, last_id: str | None = None) -> Subscription:
