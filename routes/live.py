@@ -13,7 +13,6 @@ streams at once (tabs); one more is refused with 429.
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import AsyncIterator
 
 import orjson
@@ -22,7 +21,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from routes.auth import current_user, require
-from routes.state import services_of
+from routes.state import services_of, web_of
 from routes.templates import render
 from telephony.live.bus import LiveEvent
 from telephony.store.live_board import live_board
@@ -30,14 +29,6 @@ from telephony.store.live_board import live_board
 HEARTBEAT_S = 15.0
 MAX_STREAMS_PER_USER = 6
 RETRY_MS = 2000  # how soon a browser reconnects after the stream is cut
-
-
-def _open_streams(request: Request) -> Counter[str]:
-    app = request.app
-    if not hasattr(app.state, "live_streams"):
-        app.state.live_streams = Counter()
-    streams: Counter[str] = app.state.live_streams
-    return streams
 
 
 def frame(event: LiveEvent) -> bytes:
@@ -48,7 +39,7 @@ def frame(event: LiveEvent) -> bytes:
 @require("staff")
 async def live_events(request: Request) -> Response:
     user = request.state.user
-    streams = _open_streams(request)
+    streams = web_of(request.app).live_streams
     if streams[user.name] >= MAX_STREAMS_PER_USER:
         return Response(f"at most {MAX_STREAMS_PER_USER} live streams per person", status_code=429)
     bus = services_of(request.app).live

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -39,6 +39,8 @@ class WebState:
     status_seen: OrderedDict[tuple[str, ...], None] = field(default_factory=OrderedDict)
     # The webhook's answer per call SID, so a repeat gets the same one (routes/twilio.py).
     answers: OrderedDict[str, str] = field(default_factory=OrderedDict)
+    # Open live event streams per person (routes/live.py caps them).
+    live_streams: Counter[str] = field(default_factory=Counter)
 
 
 def services_of(app: Starlette) -> Services:
