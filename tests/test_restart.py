@@ -24,6 +24,7 @@ from telephony.sim.twilio_caller import FakeTwilioCaller, silence
 from telephony.sim.twilio_rest import FakeTwilioRest
 from telephony.store import instances as inst
 from telephony.store import transcripts as transcripts_module
+from telephony.store import writer as writer_module
 from telephony.store.instances import Instance, sweep
 from telephony.store.schema import alembic_config, calls, events, instances, upgrade
 from telephony.store.transcripts import TranscriptStore
@@ -154,7 +155,7 @@ async def test_status_for_a_call_never_carried_makes_no_row(
     db: Db, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(transcripts_module, "STATUS_WAIT_S", 0.3)
-    monkeypatch.setattr(transcripts_module, "STATUS_RETRY_S", 0.05)
+    monkeypatch.setattr(writer_module, "STATUS_RETRY_S", 0.05)
     store = TranscriptStore(db.engine, flush_interval=0.02)
     await store.start()
     store.status("CAghost", Event(0, "call-status", {"CallStatus": "completed"}))
