@@ -9,8 +9,9 @@ import pytest
 
 from telephony.audio import MAX_GAP_FILL_MS
 from telephony.config import load_config
-from telephony.session.call import SILENCE_FRAME, Call
+from telephony.session.call import Call
 from telephony.session.handshake import CallSetup
+from telephony.session.media_intake import SILENCE_FRAME
 from telephony.session.summary import CallSummary
 from telephony.twilio import messages as tm
 from tests.conftest import NUMBERS_YAML, RunningApp, finished
