@@ -52,9 +52,10 @@ from telephony.session.registry import CallRegistry
 from telephony.session.services import DrainState, Services
 from telephony.settings import Settings
 from telephony.startup import check_startup
+from telephony.store.engine import make_engine
 from telephony.store.hashing import HashPool
 from telephony.store.instances import Instance
-from telephony.store.schema import make_engine, upgrade
+from telephony.store.migrate import upgrade
 from telephony.store.transcripts import TranscriptStore
 from telephony.twilio.calls import TwilioCalls
 from telephony.twilio.security import StreamTokens

@@ -24,7 +24,8 @@ from sqlalchemy import insert
 
 from telephony.store.call_stats import BUCKET_S, RESOLUTIONS, ROLLUP_SUMS, latency_bin
 from telephony.store.dashboard import Granularity, dashboard, dashboard_profiles
-from telephony.store.schema import make_engine, upgrade
+from telephony.store.engine import make_engine
+from telephony.store.migrate import upgrade
 
 OUTCOMES = {"caller-hangup": 0.62, "bot-hangup": 0.2, "transferred": 0.15, "failover": 0.03}
 PROFILES = ("support", "sales")

@@ -33,7 +33,8 @@ from telephony.bench_process import cpu_seconds, free_port, spawn, wait_ready
 from telephony.bench_report import percentile
 from telephony.sim.lean_call import Dialer, LeanCall, hang_up_all
 from telephony.sim.load import Probes
-from telephony.store.schema import make_engine, upgrade
+from telephony.store.engine import make_engine
+from telephony.store.migrate import upgrade
 from telephony.store.users import add_user
 
 SUPERVISOR = ("bench-supervisor", "supervisor", "bench-supervisor-password")

@@ -109,7 +109,7 @@ def _config_check(args: argparse.Namespace) -> int:
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:
-    from telephony.store.schema import upgrade_blocking
+    from telephony.store.migrate import upgrade_blocking
 
     settings = checked_settings()
     with database_errors():
@@ -122,8 +122,9 @@ def _retention_run(args: argparse.Namespace) -> int:
     import asyncio
 
     from telephony.config import ConfigError, load_config
+    from telephony.store.engine import make_engine
+    from telephony.store.migrate import upgrade
     from telephony.store.retention import RetentionResult, run_retention
-    from telephony.store.schema import make_engine, upgrade
 
     settings = checked_settings()
     try:  # each call's retention comes from its profile in the current YAML

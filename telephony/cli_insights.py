@@ -30,8 +30,9 @@ def _insights_run(args: argparse.Namespace) -> int:
     from telephony.config import ConfigError, load_config
     from telephony.deepgram.read import ReadClient
     from telephony.insights.analyze import analyze_call
+    from telephony.store.engine import make_engine
     from telephony.store.insights import calls_to_run
-    from telephony.store.schema import make_engine, upgrade
+    from telephony.store.migrate import upgrade
 
     settings = checked_settings()
     try:

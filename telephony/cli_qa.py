@@ -24,8 +24,9 @@ def _qa_flag(args: argparse.Namespace) -> int:
 
     from telephony.cli_users import _operator
     from telephony.config import ConfigError, load_config
+    from telephony.store.engine import make_engine
+    from telephony.store.migrate import upgrade
     from telephony.store.review_queue import backfill
-    from telephony.store.schema import make_engine, upgrade
 
     settings = checked_settings()
     try:

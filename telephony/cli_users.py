@@ -48,7 +48,8 @@ def _on_users(change: Callable[[AsyncEngine], Awaitable[str]]) -> int:
     import asyncio
 
     from telephony.cli_usage import checked_settings, database_errors
-    from telephony.store.schema import make_engine, upgrade
+    from telephony.store.engine import make_engine
+    from telephony.store.migrate import upgrade
     from telephony.store.users import UserError
 
     settings = checked_settings()  # invalid: one line, exit 2 (telephony/cli.py main)

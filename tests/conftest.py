@@ -41,8 +41,8 @@ from telephony.session.summary import CallSummary
 from telephony.settings import ENV_FILE_VAR, Settings
 from telephony.sim.deepgram_server import FakeDeepgram
 from telephony.sim.twilio_rest import FakeTwilioRest
+from telephony.store.migrate import upgrade
 from telephony.store.private_files import FILE_MODE
-from telephony.store.schema import upgrade
 from tests import fast_clock, pg_server, system_tools
 from tests.ci_skips import (  # noqa: F401  (hooks: CI=true fails on a skipped PG/browser test)
     pytest_runtest_logreport,

@@ -11,8 +11,8 @@ import httpx
 from telephony.outcome import Outcome
 from telephony.session.summary import CallSummary
 from telephony.store import users as users_module
+from telephony.store.engine import make_engine
 from telephony.store.hashing import hash_password
-from telephony.store.schema import make_engine
 from telephony.store.transcripts import TranscriptStore
 from telephony.store.users import add_user
 from telephony.transcript import Event, Turn

@@ -21,10 +21,10 @@ import pytest
 from playwright.async_api import Browser, Page, Request, async_playwright, expect
 
 from telephony.outcome import Outcome
+from telephony.store.engine import make_engine
 from telephony.store.insights import Insights, save_done
 from telephony.store.qa_notes import add_note
 from telephony.store.qa_tags import add_tag
-from telephony.store.schema import make_engine
 from telephony.transcript import Event, Turn
 from tests.conftest import NUMBERS_YAML, RunningApp
 from tests.staff_helpers import ADMIN, STAFF, add_accounts, store_call

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from telephony.store.schema import make_engine
+from telephony.store.engine import make_engine
 from telephony.store.users import list_users
 from tests.conftest import RunningApp
 from tests.staff_helpers import ADMIN, STAFF, add_accounts, csrf_of, login

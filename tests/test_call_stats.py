@@ -18,14 +18,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from telephony.store.call_stats import BUCKET_S, bin_upper_ms, latency_bin
 from telephony.store.dashboard import dashboard, offset_segments, percentile_of_bins
+from telephony.store.engine import make_engine
+from telephony.store.migrate import upgrade
 from telephony.store.schema import (
     call_facts,
     call_rollup,
     call_rollup_hourly,
     calls,
     latency_rollup,
-    make_engine,
-    upgrade,
 )
 from telephony.store.schema import turns as turns_table
 from telephony.store.transcripts import TranscriptStore

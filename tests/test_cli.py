@@ -19,7 +19,7 @@ from routes.app import create_app
 from telephony import cli
 from telephony import settings as settings_module
 from telephony.settings import ENV_FILE_VAR, Settings, env_file_path, load_env_file
-from telephony.store.schema import upgrade_blocking
+from telephony.store.migrate import upgrade_blocking
 from tests import fast_clock
 
 REPO = Path(__file__).resolve().parent.parent

@@ -16,8 +16,10 @@ from telephony.deepgram.read import ReadClient
 from telephony.insights.analyze import POLICY, analyze_call
 from telephony.retry import RetryPolicy
 from telephony.sim.deepgram.read import FakeRead
+from telephony.store.engine import make_engine
 from telephony.store.insights import claim, insights_of
-from telephony.store.schema import call_insight_labels, make_engine, upgrade
+from telephony.store.migrate import upgrade
+from telephony.store.schema import call_insight_labels
 from tests.insights_helpers import CARD, add_call, profiles, write_numbers
 
 KEY = "dg-test-key-1234"

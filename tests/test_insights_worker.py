@@ -19,8 +19,9 @@ from telephony.sim.deepgram_server import FakeDeepgram, Script, ScriptedTurn
 from telephony.sim.twilio_caller import FakeTwilioCaller, HangUp
 from telephony.sim.twilio_caller import silence as silence_ms
 from telephony.sim.twilio_rest import FakeTwilioRest
+from telephony.store.engine import make_engine
 from telephony.store.insights import insights_of
-from telephony.store.schema import make_engine, upgrade
+from telephony.store.migrate import upgrade
 from tests.conftest import AUTH_TOKEN, DEEPGRAM_KEY, RunningApp, finished, served_with_fakes
 from tests.insights_helpers import add_call, profiles, write_numbers
 from tests.serve_process import eventually

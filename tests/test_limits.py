@@ -14,8 +14,8 @@ from websockets.exceptions import ConnectionClosed
 from telephony.outcome import Outcome
 from telephony.sim.twilio_rest import FakeTwilioRest
 from telephony.store import transcripts as transcripts_module
+from telephony.store.engine import make_engine
 from telephony.store.queries import get_call
-from telephony.store.schema import make_engine
 from telephony.twilio import messages as tm
 from telephony.twilio.security import sign
 from tests.conftest import AUTH_TOKEN, RunningApp, finished

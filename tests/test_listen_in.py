@@ -20,8 +20,8 @@ from telephony.audio import MULAW_BYTES_PER_MS
 from telephony.sim.deepgram_server import FakeDeepgram, Script, ScriptedTurn
 from telephony.sim.twilio_caller import FakeTwilioCaller
 from telephony.sim.twilio_rest import FakeTwilioRest
+from telephony.store.engine import make_engine
 from telephony.store.queries import get_call
-from telephony.store.schema import make_engine
 from tests.conftest import AUTH_TOKEN, DEEPGRAM_KEY, RunningApp, served_with_fakes
 from tests.pg_server import PgServer, fresh_database
 from tests.staff_helpers import STAFF, SUPERVISOR, add_accounts, login

@@ -12,8 +12,9 @@ import pytest
 from playwright.async_api import Browser, expect
 
 from telephony.outcome import Outcome
+from telephony.store.engine import make_engine
 from telephony.store.live_board import live_board
-from telephony.store.schema import make_engine, upgrade
+from telephony.store.migrate import upgrade
 from telephony.transcript import Event, Turn
 from tests.conftest import RunningApp
 from tests.pg_server import PgServer, fresh_database

@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from telephony.live.bus import MAX_PAYLOAD, RESET, LiveBus, LiveEvent
 from telephony.live.pg import CHANNEL, PgNotify
-from telephony.store.schema import make_engine
+from telephony.store.engine import make_engine
 from tests.pg_server import PgServer, fresh_database
 
 

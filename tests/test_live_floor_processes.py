@@ -19,7 +19,7 @@ from telephony.audio import MULAW_BYTES_PER_MS
 from telephony.sim.deepgram_server import FakeDeepgram, Script, ScriptedTurn
 from telephony.sim.twilio_caller import FakeTwilioCaller
 from telephony.sim.twilio_rest import FakeTwilioRest
-from telephony.store.schema import upgrade
+from telephony.store.migrate import upgrade
 from tests.conftest import AUTH_TOKEN, DEEPGRAM_KEY
 from tests.pg_server import PgServer, fresh_database
 from tests.serve_process import scripted_yaml, serve_process

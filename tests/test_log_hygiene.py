@@ -51,7 +51,7 @@ from telephony.sim.fake_llm import FakeLLM
 from telephony.sim.twilio_caller import CallResult, FakeTwilioCaller
 from telephony.sim.twilio_caller import silence as silence_ms
 from telephony.sim.twilio_rest import FakeTwilioRest
-from telephony.store.schema import make_engine
+from telephony.store.engine import make_engine
 from telephony.store.users import add_user
 
 pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)

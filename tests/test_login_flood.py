@@ -28,8 +28,9 @@ from routes.state import web_of
 from telephony.sim.deepgram_server import FakeDeepgram
 from telephony.sim.twilio_rest import FakeTwilioRest
 from telephony.store import audit
+from telephony.store.engine import make_engine
 from telephony.store.hashing import WORKER_NICE, HashPool
-from telephony.store.schema import audit_log, make_engine
+from telephony.store.schema import audit_log
 from tests.serve_process import eventually
 from tests.served_app import Serve, server_factory
 from tests.staff_helpers import ADMIN, STAFF, add_accounts, csrf_of, login

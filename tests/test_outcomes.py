@@ -19,8 +19,8 @@ from telephony.session.engine import CallContext
 from telephony.session.fallback import fail_over
 from telephony.session.handshake import CallSetup, Continuation
 from telephony.session.media_socket import FrameHandler, StreamEnd
+from telephony.store.engine import make_engine
 from telephony.store.queries import get_call
-from telephony.store.schema import make_engine
 from telephony.twilio import messages as tm
 from tests.conftest import NUMBERS_YAML, RunningApp
 from tests.test_routes_twilio import (

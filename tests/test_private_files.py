@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from telephony.store.engine import make_engine
+from telephony.store.migrate import upgrade
 from telephony.store.recording import CallRecorder
-from telephony.store.schema import make_engine, upgrade
 
 
 def mode(path: Path) -> int:

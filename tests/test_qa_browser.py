@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, expect
 
-from telephony.store.schema import make_engine
+from telephony.store.engine import make_engine
 from telephony.store.users import add_user
 from telephony.transcript import Turn
 from tests.conftest import NUMBERS_YAML, RunningApp

@@ -20,8 +20,10 @@ from telephony.cli_users import ROLE_CHOICES
 from telephony.demo import run_offline_call
 from telephony.outcome import Outcome
 from telephony.sim.deepgram_server import Script, ScriptedTurn
+from telephony.store.engine import make_engine
+from telephony.store.migrate import upgrade
 from telephony.store.review_queue import flags_for
-from telephony.store.schema import audit_log, call_notes, make_engine, review_flags, upgrade
+from telephony.store.schema import audit_log, call_notes, review_flags
 from telephony.store.users import ROLES, add_user, at_least, authenticate
 from telephony.transcript import Event, Turn
 from tests.conftest import NUMBERS_YAML, RunningApp

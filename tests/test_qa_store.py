@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from telephony.config.qa import Criterion, ReviewConfig, Scorecard
 from telephony.store.instances import Instance, sweep
+from telephony.store.migrate import alembic_config
 from telephony.store.qa_errors import NotAllowed, QAError
 from telephony.store.qa_notes import add_note, delete_note, edit_note, notes_of
 from telephony.store.qa_scores import save_score, scores_of
@@ -21,7 +22,7 @@ from telephony.store.qa_tags import add_tag, remove_tag, tags_of
 from telephony.store.queries import CallFilter, count_calls, search_calls
 from telephony.store.review_queue import backfill, flags_for, mark_reviewed, queue
 from telephony.store.review_rules import flags_of
-from telephony.store.schema import alembic_config, audit_log, calls, review_flags, turns
+from telephony.store.schema import audit_log, calls, review_flags, turns
 from telephony.store.transcripts import TranscriptStore
 from telephony.transcript import Event, Turn
 from tests import test_store

@@ -11,6 +11,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from telephony.store.migrate import alembic_config, upgrade
 from telephony.store.queries import (
     MARK_END,
     MARK_START,
@@ -21,7 +22,7 @@ from telephony.store.queries import (
     profiles_seen,
     search_calls,
 )
-from telephony.store.schema import alembic_config, calls, turns, upgrade
+from telephony.store.schema import calls, turns
 from telephony.store.transcripts import TranscriptStore
 from telephony.transcript import Turn
 from tests import test_store

@@ -20,8 +20,9 @@ from telephony.session.segments import Segment
 from telephony.session.summary import CallSummary
 from telephony.sim.deepgram.tts import tts_text
 from telephony.sim.deepgram_server import Script, ScriptedTurn
+from telephony.store.engine import make_engine
 from telephony.store.recording import MAX_GAP_MS, CallRecorder, recording_executor
-from telephony.store.schema import calls, make_engine
+from telephony.store.schema import calls
 from telephony.store.transcripts import TranscriptStore
 from telephony.twilio.playout import Playout
 from tests import test_store

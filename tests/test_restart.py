@@ -26,7 +26,8 @@ from telephony.store import instances as inst
 from telephony.store import transcripts as transcripts_module
 from telephony.store import writer as writer_module
 from telephony.store.instances import Instance, sweep
-from telephony.store.schema import alembic_config, calls, events, instances, upgrade
+from telephony.store.migrate import alembic_config, upgrade
+from telephony.store.schema import calls, events, instances
 from telephony.store.transcripts import TranscriptStore
 from telephony.transcript import Event, Turn
 from tests import test_store

@@ -18,8 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from telephony.config import load_config
 from telephony.store import audit
+from telephony.store.engine import make_engine
+from telephony.store.migrate import upgrade
 from telephony.store.retention import AUDIT_ACTION, AUDIT_USER, run_retention
-from telephony.store.schema import calls, events, make_engine, turns, upgrade
+from telephony.store.schema import calls, events, turns
 from telephony.store.transcripts import TranscriptStore
 from telephony.transcript import Event, Turn
 from tests import test_store

@@ -11,7 +11,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection
 
-from telephony.store.schema import make_engine, metadata, upgrade
+from telephony.store.engine import make_engine
+from telephony.store.migrate import upgrade
+from telephony.store.schema import metadata
 from tests.pg_server import PgServer, fresh_database
 
 # Full-text search is dialect SQL written in revision 0002 (an FTS5 table on SQLite, a GIN

@@ -21,8 +21,9 @@ from telephony.session.serve import serve_call
 from telephony.session.services import DrainState, Services
 from telephony.sim.deepgram_server import FakeDeepgram
 from telephony.sim.twilio_rest import FakeTwilioRest
+from telephony.store.engine import make_engine
+from telephony.store.migrate import upgrade
 from telephony.store.queries import get_call
-from telephony.store.schema import make_engine, upgrade
 from telephony.store.transcripts import TranscriptStore
 from telephony.twilio import messages as tm
 from telephony.twilio.calls import TwilioCalls

@@ -17,8 +17,9 @@ import pytest
 from sqlalchemy import select
 
 from telephony.outcome import Outcome
+from telephony.store.engine import make_engine
 from telephony.store.export import as_text, heard_split
-from telephony.store.schema import audit_log, make_engine, users
+from telephony.store.schema import audit_log, users
 from telephony.transcript import Event, Turn
 from tests.conftest import RunningApp
 from tests.staff_helpers import ADMIN, STAFF, add_accounts, csrf_of, login, store_call

@@ -22,13 +22,12 @@ from sqlalchemy import func, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from telephony.session.summary import CallSummary, StreamStats
+from telephony.store.engine import make_engine
+from telephony.store.migrate import alembic_config, upgrade
 from telephony.store.schema import (
     TABLES,
-    alembic_config,
-    make_engine,
     revoked_sessions,
     turns,
-    upgrade,
 )
 from telephony.store.transcripts import TranscriptStore
 from telephony.store.users import add_user, end_session, session_role

@@ -41,7 +41,7 @@ from telephony.sim.deepgram_server import FakeDeepgram, Script, ScriptedTurn
 from telephony.sim.twilio_caller import FakeTwilioCaller, silence
 from telephony.sim.twilio_rest import FakeTwilioRest
 from telephony.store.health import StoreHealth
-from telephony.store.schema import upgrade_blocking
+from telephony.store.migrate import upgrade_blocking
 from telephony.store.transcripts import TranscriptStore
 from tests.conftest import AUTH_TOKEN, RunningApp, finished
 from tests.pg_server import PgServer, fresh_database

@@ -25,9 +25,10 @@ from sqlalchemy.exc import OperationalError
 
 from telephony.session.stream_claim import claim_stream
 from telephony.store.bounded_wait import unwaited, wait_at_most
+from telephony.store.engine import make_engine
 from telephony.store.health import FileIdentity, StoreHealth
 from telephony.store.keeper import Keeper
-from telephony.store.schema import make_engine, upgrade
+from telephony.store.migrate import upgrade
 from telephony.store.stream_claims import carry
 
 REPO = Path(__file__).resolve().parent.parent
@@ -167,7 +168,7 @@ async def test_a_connection_opened_read_only_during_a_fault_is_dropped_after_it(
 
 MIGRATE = """
 import sys
-from telephony.store.schema import upgrade_blocking
+from telephony.store.migrate import upgrade_blocking
 upgrade_blocking(f"sqlite+aiosqlite:///{sys.argv[1]}")
 """
 

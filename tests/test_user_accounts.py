@@ -15,7 +15,9 @@ import pytest
 from sqlalchemy import select
 
 from routes.auth import SessionKeys
-from telephony.store.schema import audit_log, make_engine, upgrade
+from telephony.store.engine import make_engine
+from telephony.store.migrate import upgrade
+from telephony.store.schema import audit_log
 from telephony.store.users import (
     UserError,
     add_user,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from telephony.store.schema import make_engine
+from telephony.store.engine import make_engine
 from telephony.store.users import (
     UserError,
     authenticate,

@@ -25,7 +25,8 @@ from sqlalchemy import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from telephony.store.schema import make_engine, upgrade
+from telephony.store.engine import make_engine
+from telephony.store.migrate import upgrade
 
 log = logging.getLogger("telephony.store.transcripts")
 

@@ -1,4 +1,5 @@
-"""SQLAlchemy Core tables, engine setup and the programmatic Alembic upgrade.
+"""The database schema: SQLAlchemy Core tables (engine set-up is store/engine.py, migrating
+store/migrate.py).
 
 Times of call audio (turns, events, duration) are integer milliseconds of call audio time.
 Wall-clock instants (calls.started_at, users.created_at, audit_log.at) are epoch seconds.
@@ -8,12 +9,6 @@ two in step (a schema change is a new revision, never an edit of an old one).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-import logging
-import weakref
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -21,7 +16,6 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
-    Connection,
     Double,
     ForeignKey,
     Index,
@@ -31,16 +25,9 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    event,
     false,
-    make_url,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-
-from telephony.store.private_files import create_private_file, private_dir
-
-MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 # SQLite only autoincrements an INTEGER PRIMARY KEY.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -362,111 +349,3 @@ TABLES = (
     "review_flags",
     "call_reviews",
 )
-
-
-def _json_dumps(value: Any) -> str:
-    # Meta/data dicts come from engines; never let an odd value poison a batch.
-    return json.dumps(value, default=str, separators=(",", ":"))
-
-
-def make_engine(database_url: str, **kw: Any) -> AsyncEngine:
-    """An async engine; for a SQLite file: parent dir created (0700) and the file (0600),
-    rollback journal, no memory mapping, foreign keys on.
-
-    No WAL: its index (the ``-shm`` file) is shared memory, mapped into the process, and a
-    mapped file that shrinks under it (truncated, replaced, or a full tmpfs) kills the whole
-    process with SIGBUS: every live call dropped. ``locking_mode=EXCLUSIVE`` (WAL with the
-    index on the heap) would lock out the app's second engine, its pooled connections and
-    every outside reader. With a rollback journal and ``mmap_size=0`` SQLite only reads and
-    writes through file descriptors, so a storage fault is an I/O error the store retries."""
-    url = make_url(database_url)
-    sqlite = url.get_backend_name() == "sqlite"
-    if sqlite and url.database and url.database != ":memory:" and "mode=memory" not in str(url):
-        path = Path(url.database).expanduser()
-        private_dir(path.parent)
-        create_private_file(path)  # before SQLite makes it with the umask's mode
-    engine = create_async_engine(url, json_serializer=_json_dumps, **kw)
-    if sqlite:
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            # A file left in WAL mode by an older version is switched back. That needs the
-            # only connection (as at start-up's migration); if another holds it, later.
-            with contextlib.suppress(Exception):
-                cur.execute("PRAGMA journal_mode=DELETE")
-            cur.execute("PRAGMA mmap_size=0")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=5000")
-            cur.close()
-
-        @event.listens_for(engine.sync_engine, "handle_error")
-        def _readonly_is_a_lost_connection(context: Any) -> None:
-            # SQLite opens a file it cannot write (immutable, read-only mount) read-only, and
-            # the connection stays so after the fault is gone: every write on it would fail
-            # "attempt to write a readonly database" for as long as the pool keeps it. Treated
-            # as a lost connection, it is dropped (with the pool's older ones) at its first
-            # failed write, and the retry opens a fresh one.
-            if "readonly database" in str(context.original_exception):
-                context.is_disconnect = True
-
-    return engine
-
-
-# Alembic logs one INFO line per built-in plugin on every upgrade (that is, every start):
-# noise before the lines that matter. Its migration lines stay.
-logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
-
-
-def alembic_config() -> Any:
-    """Alembic Config built in code (no alembic.ini)."""
-    from alembic.config import Config
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    return cfg
-
-
-# Several instances starting at once on one PostgreSQL database take turns migrating: the
-# first applies the migrations, the others wait, then find the schema at head. (A transaction
-# lock, released when upgrade()'s transaction ends.) Any 64-bit key unique to this schema.
-MIGRATION_LOCK_KEY = 0x7E1E_9407_0000_0001
-
-
-# SQLite: the migration takes the database's write lock first (BEGIN IMMEDIATE), so starters
-# in other processes wait for it (busy_timeout) and then find the schema at head; without it
-# two of them both created the tables ("table calls already exists"). Within one process,
-# Alembic's command API is not safe to run concurrently at all: one migration at a time per
-# event loop (`_migrating`).
-_migrating: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _upgrade_sync(connection: Connection, revision: str) -> None:
-    from alembic import command
-
-    if connection.dialect.name == "postgresql":
-        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
-    elif connection.dialect.name == "sqlite":
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-    cfg = alembic_config()
-    cfg.attributes["connection"] = connection
-    command.upgrade(cfg, revision)
-
-
-async def upgrade(database: str | AsyncEngine, revision: str = "head") -> None:
-    """Run ``alembic upgrade head`` on a URL (or an existing async engine)."""
-    engine = make_engine(database) if isinstance(database, str) else database
-    lock = _migrating.setdefault(asyncio.get_running_loop(), asyncio.Lock())
-    try:
-        async with lock, engine.begin() as conn:
-            await conn.run_sync(_upgrade_sync, revision)
-    finally:
-        if isinstance(database, str):
-            await engine.dispose()
-
-
-def upgrade_blocking(database_url: str) -> None:
-    """For CLIs outside an event loop."""
-    asyncio.run(upgrade(database_url))

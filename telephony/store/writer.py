@@ -22,10 +22,10 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from telephony.store.batch import Row, insight_sids, write_batch
+from telephony.store.engine import make_engine
 from telephony.store.health import StoreHealth, describe, reopen
 from telephony.store.keeper import Keeper
 from telephony.store.review_queue import ReviewFor, default_review
-from telephony.store.schema import make_engine
 
 log = logging.getLogger(__name__)
 

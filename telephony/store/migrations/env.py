@@ -1,6 +1,6 @@
 """Alembic environment: runs on the connection handed over in ``config.attributes``.
 
-``telephony.store.schema.upgrade`` opens an async engine and passes its sync connection here.
+``telephony.store.migrate.upgrade`` opens an async engine and passes its sync connection here.
 Without one (the ``alembic`` CLI), ``sqlalchemy.url`` from the config is used.
 """
 
@@ -11,7 +11,8 @@ import asyncio
 from alembic import context
 from sqlalchemy import Connection
 
-from telephony.store.schema import make_engine, metadata
+from telephony.store.engine import make_engine
+from telephony.store.schema import metadata
 
 config = context.config
 
