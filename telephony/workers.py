@@ -156,6 +156,16 @@ def internal_base_port(settings: Settings, port: int, internal_port: int | None)
     return port + 1 if port else 0
 
 
+def internal_urls(settings: Settings, default_url: str, bound_ports: list[int]) -> list[str]:
+    """Each worker's TELEPHONY_INTERNAL_URL: the one set names worker 0's and worker k's is on
+    its port + k (the listeners may be mapped to other ports: --internal-port); unset, this
+    host's address and the port each worker's listener has."""
+    if settings.internal_url:
+        base = _url_port(settings.internal_url)
+        return [_with_port(settings.internal_url, base + k) for k in range(len(bound_ports))]
+    return [_with_port(default_url, port) for port in bound_ports]
+
+
 def worker_names(settings: Settings, workers: int) -> list[str]:
     base = settings.instance_id or f"{socket.gethostname()[:40] or 'host'}-{os.getpid()}"
     names = [f"{base}-w{k}" for k in range(workers)]
@@ -317,14 +327,11 @@ def supervise(
             "will not survive a restart"
         )
         shared["TELEPHONY_SESSION_SECRET"] = secrets.token_urlsafe(32)
+    ports = [sock.getsockname()[1] for sock in internals]
     plan = []
-    for k, sock in enumerate(internals):
-        if settings.internal_url:  # names worker 0's; worker k's is on its port + k
-            url = _with_port(settings.internal_url, _url_port(settings.internal_url) + k)
-        else:  # this host's address, the port bound
-            url = _with_port(default_url, sock.getsockname()[1])
+    for k, url in enumerate(internal_urls(settings, default_url, ports)):
         env = shared | {"TELEPHONY_INSTANCE_ID": names[k], "TELEPHONY_INTERNAL_URL": url}
-        plan.append(Worker(k, env, sock))
+        plan.append(Worker(k, env, internals[k]))
         log.info("worker %d: instance %s, internal URL %s", k, names[k], url)
     log.info("listening on %s:%d with %d workers", host, port, workers)
     argv = [sys.executable, "-m", "telephony.cli", "serve", "--host", host, "--port", str(port)]
