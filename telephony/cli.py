@@ -462,6 +462,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     bench.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="the service as `telephony serve --workers N`, unpinned; above 1 needs "
+        "TELEPHONY_BENCH_DATABASE_URL (a PostgreSQL database the bench may write to)",
+    )
+    bench.add_argument(
         "--hostile",
         metavar="ATTACKS",
         help="good calls beside one hostile client instead of the relay comparison: "
