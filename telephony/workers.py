@@ -101,7 +101,7 @@ def die_with_parent(parent_pid: int) -> None:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent_pid:  # it died before the line above: drain now
+    if os.getppid() != parent_pid:  # it died before the line above: no call is here yet
         os.kill(os.getpid(), signal.SIGTERM)
 
 

@@ -8,6 +8,7 @@ public port, each an instance of its own on the shared PostgreSQL with a private
 - SIGTERM to the parent drains both workers (calls go on; a second signal ends them with the
   goodbye) and the parent exits 0;
 - a killed worker is restarted under its own name, which closes the calls it carried at once;
+  the parent killed, the workers drain and exit;
 - with SQLite, `--workers 2` is refused.
 
 The workers run on the real clock: they are started by the parent as `python -m telephony.cli`,
@@ -116,6 +117,14 @@ async def two_workers(
                     os.kill(pid, signal.SIGKILL)
 
 
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's reaper may take its time)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _alive_children(server: Server) -> list[int]:
     try:
         return Workers(server, "", {}).pids()
@@ -140,20 +149,24 @@ async def fakes() -> AsyncIterator[tuple[FakeDeepgram, FakeTwilioRest]]:
         yield deepgram, rest
 
 
-def media_url(internal_url: str) -> str:
-    """A worker's own media socket: Twilio's would land on either worker through the public
-    port; the test picks one through the worker's private port."""
-    return internal_url.replace("http://", "ws://") + "/twilio/media"
+@dataclass
+class LiveCall:
+    dial: asyncio.Task[CallResult]
+    hangup: asyncio.Event  # set: the caller hangs up
 
 
 @contextlib.asynccontextmanager
 async def call_on(
     workers: Workers, name: str, sid: str, audio: bytes = b""
-) -> AsyncIterator[asyncio.Task[CallResult]]:
-    """A call answered through the public port whose media socket is on worker `name`; it goes
-    on (audio, then silence) until the block ends or the service ends it."""
+) -> AsyncIterator[LiveCall]:
+    """A call on worker `name`, which the test picks through its private port (Twilio's
+    webhook and socket would land on either worker through the public one); it goes on
+    (audio, then silence) until the caller hangs up, the block ends or the service ends it.
+    Webhook and socket on one worker: one that answered the webhook only would count the call
+    until the stream token's TTL (30 s) ran out, and its drain would wait for that."""
     hangup = asyncio.Event()
-    caller = FakeTwilioCaller(workers.server.url, auth_token=AUTH_TOKEN)
+    url = workers.urls[name]
+    caller = FakeTwilioCaller(url, auth_token=AUTH_TOKEN, public_url=workers.server.url)
     dial = asyncio.create_task(
         caller.dial(
             NUMBER,
@@ -162,7 +175,7 @@ async def call_on(
             tail_ms=None,
             hangup=hangup,
             max_call_ms=20_000,
-            connect_url=media_url(workers.urls[name]),
+            connect_url=url.replace("http://", "ws://") + "/twilio/media",
         )
     )
     try:
@@ -172,7 +185,7 @@ async def call_on(
             return await workers.carrier(sid) == name
 
         await eventually(carried, within=10, what=f"{sid} live on {name}", every=0.05)
-        yield dial
+        yield LiveCall(dial, hangup)
     finally:
         hangup.set()
         with contextlib.suppress(Exception):
@@ -236,26 +249,45 @@ async def test_a_call_on_one_worker_is_live_on_the_other(
 async def test_sigterm_drains_every_worker_and_the_parent_exits_0(
     tmp_path: Path, database: str, fakes: tuple[FakeDeepgram, FakeTwilioRest]
 ) -> None:
+    """The first SIGTERM: both drain, each exits once its call is over; the second ends the
+    call still going (with the goodbye); the parent exits 0 once both have."""
+    sids = ["CAdrain0000000000000000000000000000", "CAdrain0000000000000000000000000001"]
     async with (
         two_workers(tmp_path, database, *fakes) as workers,
-        call_on(workers, f"{NAME}-w0", "CAdrain0000000000000000000000000000") as first,
-        call_on(workers, f"{NAME}-w1", "CAdrain0000000000000000000000000001") as second,
+        call_on(workers, f"{NAME}-w0", sids[0]) as first,
+        call_on(workers, f"{NAME}-w1", sids[1]) as second,
     ):
-        workers.server.proc.send_signal(signal.SIGTERM)
+        [w0_id] = [
+            r["id"]
+            for r in await workers.rows("SELECT id FROM instances WHERE name = $1", f"{NAME}-w0")
+        ]
+        w0_pid = int(w0_id.split("-")[-2])  # host-pid-random (telephony/store/instances.py)
+        parent = workers.server.proc
+        parent.send_signal(signal.SIGTERM)
 
         async def draining() -> bool:
             return not any([await _ready(url) for url in workers.urls.values()])
 
         await eventually(draining, within=5, what="both workers draining (/readyz 503)")
         await asyncio.sleep(0.5)
-        assert not first.done() and not second.done()  # the calls go on
-        workers.server.proc.send_signal(signal.SIGTERM)  # the second: end them now
-        ended = await asyncio.wait_for(asyncio.gather(first, second), 20)
-        assert all(result.error is None for result in ended), ended
-        code = await asyncio.wait_for(workers.server.proc.wait(), 20)
+        assert not first.dial.done() and not second.dial.done()  # the calls go on
+        first.hangup.set()  # its caller hangs up: w0 has nothing left and exits
+        assert (await asyncio.wait_for(first.dial, 10)).error is None
+
+        async def w0_gone() -> bool:
+            return not _running(w0_pid)
+
+        await eventually(w0_gone, within=10, what="w0 to exit once its call was over")
+        assert parent.returncode is None and not second.dial.done()  # w1 still drains
+        parent.send_signal(signal.SIGTERM)  # the second: w1 ends its call now
+        assert (await asyncio.wait_for(second.dial, 20)).error is None
+        code = await asyncio.wait_for(parent.wait(), 20)
         assert code == 0, workers.server.output()
-        rows = await workers.rows("SELECT end_reason, ended_at FROM calls")
-        assert [r["end_reason"] for r in rows] == ["drained", "drained"], rows
+        rows = await workers.rows("SELECT sid, end_reason FROM calls ORDER BY sid")
+        assert [(r["sid"], r["end_reason"]) for r in rows] == [
+            (sids[0], "caller-hangup"),
+            (sids[1], "drained"),
+        ], rows
         assert not await workers.rows("SELECT id FROM instances")  # both left cleanly
 
 
@@ -280,7 +312,16 @@ async def test_a_killed_worker_is_restarted_and_its_calls_closed(
         [row] = await workers.rows("SELECT end_reason, ended_at FROM calls WHERE sid = $1", sid)
         assert row["end_reason"] == "restart" and row["ended_at"] is not None
         assert "restarting it" in workers.server.output()
-        assert len(workers.pids()) == 2
+        survivors = workers.pids()
+        assert len(survivors) == 2
+
+        # The parent killed: each worker is sent SIGTERM and, with no call left, exits.
+        workers.server.proc.kill()
+
+        async def gone() -> bool:
+            return not any(_running(pid) for pid in survivors)
+
+        await eventually(gone, within=10, what="the workers to exit after their parent")
 
 
 def test_sqlite_is_refused(tmp_path: Path) -> None:
