@@ -187,16 +187,22 @@ class Worker:
     restart_at: float | None = None  # when a crashed worker is due to start again
     delay_s: float = 0.0  # the wait before the next restart, grown while it crash-loops
     exit_code: int | None = None  # once it exited after the stop began
+    sent: int = 0  # how many of the signals received it has been sent
 
 
 class Supervisor:
-    """Starts the workers, restarts one that dies, passes signals on, waits for the drain."""
+    """Starts the workers, restarts one that dies, passes signals on, waits for the drain.
+
+    The signal handler only records the signal; the loop passes it on (within POLL_S): a
+    handler may run between any two bytecodes, e.g. between a worker's start and its
+    bookkeeping, so no signal is sent twice or missed."""
 
     def __init__(self, argv: list[str], public: socket.socket, workers: list[Worker]) -> None:
         self.argv = argv
         self.public = public
         self.workers = workers
-        self.signals = 0
+        self.received: list[int] = []  # every signal, in order
+        self.handled = 0  # how many of them the loop has taken in
         self.stopping = False
 
     def run(self) -> int:
@@ -205,6 +211,7 @@ class Supervisor:
             for worker in self.workers:
                 self._start(worker)
             while not self._all_exited():
+                self._pass_on()
                 self._reap()
                 self._restart_due()
                 time.sleep(POLL_S)
@@ -221,30 +228,42 @@ class Supervisor:
         log.info("every worker has exited")
         return 0
 
+    def _on_signal(self, sig: int, frame: FrameType | None) -> None:
+        self.received.append(sig)
+
     def _start(self, worker: Worker) -> None:
+        worker.restart_at = None
+        if self.stopping:  # not started (again): it has no call to drain
+            worker.exit_code = 0
+            return
         fds = (self.public.fileno(), worker.internal.fileno())
         env = worker.env | {WORKER_ENV: f"{worker.index},{fds[0]},{fds[1]},{os.getpid()}"}
+        # Signals not taken in yet are passed on to it too (a SIGTERM: it stops at once).
+        worker.sent = self.handled
         # A session of its own: a terminal's Ctrl-C goes to the parent only, which passes it
         # on once (twice would be "end the calls now").
         worker.proc = subprocess.Popen(self.argv, env=env, pass_fds=fds, start_new_session=True)
         worker.started_at = time.monotonic()
-        worker.restart_at = None
         log.info("worker %d started (pid %d)", worker.index, worker.proc.pid)
 
-    def _on_signal(self, sig: int, frame: FrameType | None) -> None:
-        name = signal.Signals(sig).name
-        if sig == signal.SIGHUP:
-            log.info("%s: passed on to every worker (the numbers YAML is read again)", name)
-        else:
-            self.signals += 1
+    def _pass_on(self) -> None:
+        upto = len(self.received)
+        for index in range(self.handled, upto):
+            sig = self.received[index]
+            name = signal.Signals(sig).name
+            if sig == signal.SIGHUP:
+                log.info("%s: passed on to every worker (the numbers YAML is read again)", name)
+                continue
             self.stopping = True
-            log.warning(
-                "%s (%d): passed on to every worker (telephony/drain.py)", name, self.signals
-            )
+            count = sum(1 for s in self.received[: index + 1] if s != signal.SIGHUP)
+            log.warning("%s (%d): passed on to every worker (telephony/drain.py)", name, count)
+        self.handled = upto
         for worker in self.workers:
-            if worker.proc is not None and worker.proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    worker.proc.send_signal(sig)
+            if worker.proc is not None:
+                for sig in self.received[worker.sent : upto]:
+                    with contextlib.suppress(ProcessLookupError):
+                        worker.proc.send_signal(sig)
+            worker.sent = upto
 
     def _reap(self) -> None:
         for worker in self.workers:
@@ -276,12 +295,7 @@ class Supervisor:
     def _restart_due(self) -> None:
         now = time.monotonic()
         for worker in self.workers:
-            if worker.restart_at is None:
-                continue
-            if self.stopping:  # never started again: it has nothing to drain
-                worker.restart_at = None
-                worker.exit_code = 0
-            elif now >= worker.restart_at:
+            if worker.restart_at is not None and (now >= worker.restart_at or self.stopping):
                 self._start(worker)
 
     def _all_exited(self) -> bool:
