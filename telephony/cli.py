@@ -353,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=_positive_int,
         default=1,
+        metavar="N",
         help="worker processes sharing the port, each its own instance (needs PostgreSQL); "
         "TELEPHONY_MAX_CALLS is per worker",
     )
@@ -360,8 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--internal-port",
         type=int,
         default=None,
-        help="with --workers: worker k's private port (its internal URL, /metrics) is this + k "
-        "(default: TELEPHONY_INTERNAL_URL's port, else --port + 1)",
+        metavar="PORT",
+        help="with --workers: worker k's private port (its internal URL, /metrics) is this + k; "
+        "None: TELEPHONY_INTERNAL_URL's port, else --port + 1 (default: %(default)s)",
     )
     serve.set_defaults(func=_serve)
 
