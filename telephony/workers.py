@@ -17,7 +17,7 @@ uvicorn's own Multiprocess supervisor does), not an SO_REUSEPORT socket per work
   closes, and until then the kernel keeps hashing a share of new connections to it);
 - no other process can join the port (SO_REUSEPORT admits any process of the same user).
 A new connection wakes every worker and the first to accept it takes it, so an idle worker tends
-to win: not an even hash, but load-aware.
+to win (no hash; `telephony bench --workers 2` found the calls evenly split).
 
 Worker k also listens on a private port of its own, internal base + k (`--internal-port`;
 default the port of TELEPHONY_INTERNAL_URL when set, else --port + 1), serving the same app:
@@ -32,7 +32,7 @@ TELEPHONY_WORKER (its index, the two socket descriptors, the parent's pid).
 
 Signals: SIGTERM and SIGINT to the parent are passed to every worker, which drains as
 telephony/drain.py says (a second and a third signal likewise); the parent exits once all have,
-0 when every worker did. SIGHUP is passed on (each worker re-reads the numbers YAML). Workers
+0 when every worker exited 0. SIGHUP is passed on (each worker re-reads the numbers YAML). Workers
 run in a session of their own, so a terminal's Ctrl-C reaches them once, through the parent;
 each gets SIGTERM should the parent die (Linux PR_SET_PDEATHSIG). A worker that dies on its own
 is logged and restarted (at once; after 1 s, doubling to 30 s, while it keeps dying within 10 s
