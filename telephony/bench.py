@@ -7,6 +7,8 @@ service, then one relay phase, which does not depend on the mode; a report per m
 
 1. **server**: `telephony serve` in its own process (one uvicorn worker; pinned to core 0 with
    `taskset` where available), its Deepgram and LLM URLs pointed at the fakes in this process.
+   `--workers N`: `telephony serve --workers N`, unpinned, on the PostgreSQL database
+   TELEPHONY_BENCH_DATABASE_URL names; its CPU and RSS are the parent's and the workers' summed.
 2. **relay**: `python -m telephony.sim.relay` (telephony/sim/relay.py) in the same place: it
    only parses Twilio's JSON, base64-decodes and forwards the frames to Flux, and plays canned
    audio back on EndOfTurn — the floor any bridge pays for the same traffic.
@@ -54,13 +56,11 @@ import secrets
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 
 from telephony.bench_process import (
@@ -68,13 +68,17 @@ from telephony.bench_process import (
     Process,
     can_pin,
     core_busy_seconds,
-    cpu_seconds,
     free_port,
-    rss_mib,
+    free_ports,
+    log_errors,
+    server_end_reasons,
     spawn,
+    tree_cpu_seconds,
+    tree_rss_mib,
     wait_ready,
 )
 from telephony.bench_report import Phase, dump_samples, format_report, report
+from telephony.cli_usage import UsageError
 from telephony.outcome import Outcome
 from telephony.sim import load
 from telephony.sim.fake_llm import FakeLLM
@@ -91,6 +95,9 @@ CLEAN_END_REASONS = {str(Outcome.CALLER_HANGUP)}  # the fake callers hang up
 WARMUP_MAX_S = 8.0
 SERVER_ENTRY = ["-m", "telephony.cli"]  # `telephony serve`
 BOTH = "both"  # --mode both: every mode's server phase on one service, one relay phase
+# The service's database: PostgreSQL for --workers above 1 (telephony/workers.py); unset, a
+# SQLite file in the work directory.
+DATABASE_ENV = "TELEPHONY_BENCH_DATABASE_URL"
 
 
 @dataclass
@@ -106,6 +113,7 @@ class BenchOptions:
     speak_ms_per_char: int = 60
     workdir: Path | None = None
     samples_dir: Path | None = None  # raw samples of both phases as JSON (for analysis)
+    workers: int = 1  # `telephony serve --workers`: more than 1 needs DATABASE_ENV (PostgreSQL)
 
     @property
     def ramp(self) -> float:
@@ -139,19 +147,19 @@ async def run_phase(
     await warm_up(dialer, opts.calls)  # index `calls`: the probes' spare slot
     warm_probes.errors.clear()
     await asyncio.sleep(opts.settle_s)  # the warm-up call wound down: the idle RSS
-    phase.rss_idle_mib = rss_mib(process.pid)
+    phase.rss_idle_mib = tree_rss_mib(process.pid)
     calls: list[LeanCall] = await dialer.dial_all(range(opts.calls), opts.ramp)
     await asyncio.sleep(opts.settle_s)  # the last calls past their handshake
     phase.calls = sum(1 for c in calls if not c.closed.done())
     probes.recording = True
-    cpu0, load0, t0 = cpu_seconds(process.pid), time.process_time(), time.monotonic()
+    cpu0, load0, t0 = tree_cpu_seconds(process.pid), time.process_time(), time.monotonic()
     busy0 = core_busy_seconds()
-    peak = rss_mib(process.pid)
+    peak = tree_rss_mib(process.pid)
     end = t0 + opts.seconds
     while (left := end - time.monotonic()) > 0:
         await asyncio.sleep(min(1.0, left))
-        peak = max(peak, rss_mib(process.pid))
-    cpu1, load1, t1 = cpu_seconds(process.pid), time.process_time(), time.monotonic()
+        peak = max(peak, tree_rss_mib(process.pid))
+    cpu1, load1, t1 = tree_cpu_seconds(process.pid), time.process_time(), time.monotonic()
     busy1 = core_busy_seconds()
     phase.core_busy_s = {core: busy1[core] - busy0.get(core, 0.0) for core in busy1}
     probes.recording = False
@@ -162,44 +170,6 @@ async def run_phase(
     if len(calls) < opts.calls:
         phase.errors["calls_not_placed"] += opts.calls - len(calls)
     return phase
-
-
-async def _server_end_reasons(process: Process, expected: float) -> dict[str, float]:
-    """calls_ended_total by reason from /metrics, once the service has wound the calls down."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    reasons: dict[str, float] = {}
-    async with httpx.AsyncClient(timeout=5) as http:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            live = (await http.get(process.url + "/healthz")).json()["live_calls"]
-            text = (await http.get(process.url + "/metrics")).text
-            reasons = {
-                s.labels.get("reason", ""): s.value
-                for f in text_string_to_metric_families(text)
-                if f.name == "telephony_calls_ended"
-                for s in f.samples
-                if s.name.endswith("_total")
-            }
-            if live == 0 and sum(reasons.values()) >= expected:
-                break
-            await asyncio.sleep(0.2)
-    return reasons
-
-
-def _log_errors(process: Process) -> Counter[str]:
-    """Error and critical lines in a JSON log (TELEPHONY_LOG_FORMAT=json)."""
-    found: Counter[str] = Counter()
-    for line in process.log_path.read_text(errors="replace").splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            if "Traceback" in line or line.startswith(("ERROR", "CRITICAL")):
-                found["log: unstructured error"] += 1
-            continue
-        if isinstance(entry, dict) and entry.get("level") in ("error", "critical"):
-            found[f"log: {str(entry.get('msg', ''))[:60]}"] += 1
-    return found
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -233,7 +203,8 @@ def server_env(opts: BenchOptions, workdir: Path, url: str, dg_url: str, llm_url
     return {
         **os.environ,
         "TELEPHONY_CONFIG": str(config),
-        "TELEPHONY_DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/bench.db",
+        "TELEPHONY_DATABASE_URL": os.environ.get(DATABASE_ENV)
+        or f"sqlite+aiosqlite:///{workdir}/bench.db",
         "TELEPHONY_RECORDINGS_DIR": str(workdir / "recordings"),
         "TELEPHONY_PUBLIC_URL": url,
         "TELEPHONY_MAX_CALLS": str(opts.calls + 10),
@@ -288,7 +259,12 @@ async def run_bench(opts: BenchOptions) -> dict[str, Any]:
 
 
 async def _server_phase(
-    mode: str, server: Process, probes: Probes, opts: BenchOptions, ended_before: dict[str, float]
+    mode: str,
+    server: Process,
+    urls: list[str],
+    probes: Probes,
+    opts: BenchOptions,
+    ended_before: dict[str, float],
 ) -> Phase:
     """One mode's calls through the running service; its end reasons are what /metrics
     counts beyond `ended_before` (an earlier mode's calls on the same service)."""
@@ -298,7 +274,7 @@ async def _server_phase(
     finally:
         await dialer.aclose()
     expected = sum(ended_before.values()) + phase.calls + 1
-    ended = await _server_end_reasons(server, expected)
+    ended = await server_end_reasons(urls, expected)
     phase.end_reasons = {
         r: n - ended_before.get(r, 0.0) for r, n in ended.items() if n > ended_before.get(r, 0.0)
     }
@@ -328,16 +304,23 @@ async def run_modes(opts: BenchOptions, modes: tuple[str, ...]) -> dict[str, dic
         url = f"http://127.0.0.1:{port}"
         env = server_env(opts, workdir, url, deepgram.url, llm.url)
         argv = [sys.executable, *SERVER_ENTRY, "serve", "--port", str(port)]
+        urls = [url]  # where each worker's /healthz and /metrics are
+        if opts.workers > 1:  # unpinned (main): the workers share the cores with this process
+            first = free_ports(opts.workers)
+            argv += ["--workers", str(opts.workers), "--internal-port", str(first)]
+            urls = [f"http://127.0.0.1:{first + k}" for k in range(opts.workers)]
         server = await spawn("server", argv, env, workdir, opts.pin, port)
         servers: dict[str, Phase] = {}
         ended: dict[str, float] = {}
         try:
             await wait_ready(server, http_check=True)
+            for worker_url in urls if opts.workers > 1 else []:  # every worker, not one
+                await wait_ready(replace(server, port=int(worker_url.rsplit(":", 1)[1])), True)
             for mode in modes:
                 if servers:  # the first mode's probes are the fakes' already
                     probes = Probes(capacity)
                     deepgram.probes = probes
-                servers[mode] = await _server_phase(mode, server, probes, opts, ended)
+                servers[mode] = await _server_phase(mode, server, urls, probes, opts, ended)
                 for reason, n in servers[mode].end_reasons.items():
                     ended[reason] = ended.get(reason, 0.0) + n
         finally:
@@ -345,7 +328,7 @@ async def run_modes(opts: BenchOptions, modes: tuple[str, ...]) -> dict[str, dic
         for phase in servers.values():  # what the service did in all, held against each
             if code != 0:
                 phase.errors[f"server exit status {code}"] += 1
-            phase.errors.update(_log_errors(server))
+            phase.errors.update(log_errors(server))
             phase.errors.update({f"deepgram: {v}": 1 for v in deepgram.violations()})
         for mode, phase in servers.items():
             phases["server" if len(modes) == 1 else f"server-{mode}"] = phase
@@ -390,13 +373,19 @@ async def run_modes(opts: BenchOptions, modes: tuple[str, ...]) -> dict[str, dic
 def main(args: argparse.Namespace) -> int:
     """`telephony bench` (arguments from telephony.cli)."""
     modes = tuple(NUMBERS) if args.mode == BOTH else (args.mode,)
+    if args.workers > 1 and not os.environ.get(DATABASE_ENV, "").startswith("postgresql"):
+        raise UsageError(
+            f"--workers needs PostgreSQL: set {DATABASE_ENV}=postgresql+asyncpg://... (a "
+            "database the bench may write to)"
+        )
     opts = BenchOptions(
         calls=args.calls,
         seconds=args.seconds,
         mode=modes[0],
-        pin=not args.no_pin,
+        pin=not args.no_pin and args.workers == 1,  # N workers share the cores
         ramp_s=args.ramp,
         settle_s=args.settle,
+        workers=args.workers,
         samples_dir=Path(os.environ["TELEPHONY_BENCH_SAMPLES"])
         if os.environ.get("TELEPHONY_BENCH_SAMPLES")
         else None,

@@ -1,4 +1,5 @@
-"""`telephony bench`'s measured process: started pinned to a core, read from /proc, stopped.
+"""`telephony bench`'s measured process: started pinned to a core, read from /proc (with its
+workers, if any), its /metrics and log read, stopped.
 
 The service and the bare relay are measured the same way, so one `Process` and one set of
 /proc readers serve both phases; the figures they yield are made into the report in
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import os
 import random
@@ -16,6 +18,7 @@ import shutil
 import signal
 import socket
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +38,36 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+
+
+def tree(pid: int) -> list[int]:
+    """`pid` and its descendants (a `--workers` parent and its workers; Linux /proc)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        with contextlib.suppress(OSError, ValueError):
+            children = Path(f"/proc/{current}/task/{current}/children").read_text()
+            todo += [int(child) for child in children.split()]
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """cpu_seconds of `pid` and its descendants, as they are now (one gone meanwhile: 0)."""
+    total = 0.0
+    for each in tree(pid):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(each)
+    return total
+
+
+def tree_rss_mib(pid: int) -> float:
+    """rss_mib of `pid` and its descendants (pages they share counted in each)."""
+    total = 0.0
+    for each in tree(pid):
+        with contextlib.suppress(OSError):
+            total += rss_mib(each)
+    return total
 
 
 def rss_mib(pid: int) -> float:
@@ -76,6 +109,16 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive free loopback ports (a `--workers` service's private
+    ones), picked as free_port picks one."""
+    for _ in range(100):
+        first = free_port()
+        if all(port_is_free(first + k) for k in range(1, count)):
+            return first
+    raise RuntimeError(f"no {count} consecutive free ports")
 
 
 def free_port() -> int:
@@ -175,3 +218,42 @@ async def wait_ready(process: Process, http_check: bool) -> None:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{process.name} not ready:\n{process.log_tail()}")
             await asyncio.sleep(0.1)
+
+
+async def server_end_reasons(urls: list[str], expected: float) -> dict[str, float]:
+    """calls_ended_total by reason from /metrics (each worker's), once the service has wound
+    the calls down."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    reasons: dict[str, float] = {}
+    async with httpx.AsyncClient(timeout=5) as http:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            live, reasons = 0, {}
+            for url in urls:
+                live += (await http.get(url + "/healthz")).json()["live_calls"]
+                text = (await http.get(url + "/metrics")).text
+                for f in text_string_to_metric_families(text):
+                    for s in f.samples:
+                        if f.name == "telephony_calls_ended" and s.name.endswith("_total"):
+                            reason = s.labels.get("reason", "")
+                            reasons[reason] = reasons.get(reason, 0.0) + s.value
+            if live == 0 and sum(reasons.values()) >= expected:
+                break
+            await asyncio.sleep(0.2)
+    return reasons
+
+
+def log_errors(process: Process) -> Counter[str]:
+    """Error and critical lines in a JSON log (TELEPHONY_LOG_FORMAT=json)."""
+    found: Counter[str] = Counter()
+    for line in process.log_path.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            if "Traceback" in line or line.startswith(("ERROR", "CRITICAL")):
+                found["log: unstructured error"] += 1
+            continue
+        if isinstance(entry, dict) and entry.get("level") in ("error", "critical"):
+            found[f"log: {str(entry.get('msg', ''))[:60]}"] += 1
+    return found

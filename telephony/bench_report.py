@@ -111,6 +111,12 @@ def _other(phase: Phase, core: int, ours_s: float) -> float | None:
     return _r(max(0.0, busy - ours_s) / phase.window_s * 100, 1)
 
 
+def _other_all(phase: Phase, ours_s: float) -> float | None:
+    if not phase.core_busy_s or not phase.window_s:
+        return None
+    return _r(max(0.0, sum(phase.core_busy_s.values()) - ours_s) / phase.window_s * 100, 1)
+
+
 def report(opts: BenchOptions, server: Phase, relay: Phase) -> dict[str, Any]:
     sp, rp = server.probes, relay.probes
     assert sp is not None and rp is not None
@@ -173,6 +179,7 @@ def report(opts: BenchOptions, server: Phase, relay: Phase) -> dict[str, Any]:
         },
         # Other processes' CPU on the measured core and on the load generator's core during
         # the windows (busy time minus ours): a shared host skews latencies, not CPU seconds.
+        # Unpinned (--no-pin, --workers above 1): over every core, in % of one core.
         "host_other_cpu_percent": {
             "server_core": _other(server, SERVER_CORE, server.cpu_s),
             "load_core": _other(server, LOAD_CORE, server.load_cpu_s),
@@ -180,7 +187,10 @@ def report(opts: BenchOptions, server: Phase, relay: Phase) -> dict[str, Any]:
             "relay_load_core": _other(relay, LOAD_CORE, relay.load_cpu_s),
         }
         if opts.pin and can_pin()
-        else None,
+        else {
+            "all_cores": _other_all(server, server.cpu_s + server.load_cpu_s),
+            "relay_all_cores": _other_all(relay, relay.cpu_s + relay.load_cpu_s),
+        },
         "pinned": opts.pin and can_pin(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),

@@ -13,6 +13,9 @@ from telephony import cli_insights, cli_qa, cli_users
 from telephony.cli_usage import UsageError, checked_settings, database_errors
 
 if TYPE_CHECKING:
+    import socket
+
+    from telephony.settings import Settings
     from telephony.sim.deepgram_server import Script
 
 # The API key `telephony emulator` accepts when DEEPGRAM_API_KEY is unset.
@@ -43,6 +46,29 @@ def _check_config_file(path: object, what: str) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from telephony import workers
+    from telephony.logs import setup_logging
+
+    settings = checked_settings()
+    _check_config_file(settings.config_path, "TELEPHONY_CONFIG")
+    worker = workers.inherited()  # a worker of `--workers N`: its parent bound the ports
+    if worker is None:
+        _check_port_free(args.host, args.port)
+        if args.port:  # /v1/read is served over HTTP on the next port (sim/deepgram/read.py)
+            _check_port_free(args.host, args.port + 1)
+    setup_logging(settings.log_format, settings.log_level)
+    if worker is None and args.workers > 1:
+        return _supervise(args, settings)
+    if worker is not None:
+        workers.die_with_parent(worker.parent_pid)
+    return _serve_app(args, settings, worker.sockets() if worker is not None else None)
+
+
+def _serve_app(
+    args: argparse.Namespace, settings: Settings, sockets: list[socket.socket] | None
+) -> int:
+    """The app under uvicorn in this process: on its own port, or on the sockets a
+    `--workers` parent bound (telephony/workers.py)."""
     import uvicorn
 
     from routes.app import create_app
@@ -51,15 +77,8 @@ def _serve(args: argparse.Namespace) -> int:
     from telephony.config import ConfigError
     from telephony.drain import SHUTDOWN_GRACE_S, DrainingServer
     from telephony.http_server import uvicorn_options
-    from telephony.logs import setup_logging
     from telephony.startup import InsecureSettings
 
-    settings = checked_settings()
-    _check_config_file(settings.config_path, "TELEPHONY_CONFIG")
-    _check_port_free(args.host, args.port)
-    if args.port:  # /v1/read is served over HTTP on the next port (telephony/sim/deepgram/read.py)
-        _check_port_free(args.host, args.port + 1)
-    setup_logging(settings.log_format, settings.log_level)
     if not settings.internal_url:  # how the other instances reach this one (listen-in)
         settings = settings.model_copy(update={"internal_url": _internal_url(args.host, args.port)})
     try:
@@ -82,8 +101,35 @@ def _serve(args: argparse.Namespace) -> int:
     )
     # SIGTERM/SIGINT drain the calls first (telephony/drain.py), then uvicorn shuts down.
     server = DrainingServer(config, lambda: started_services(app), settings.drain_timeout_s)
-    server.run()
+    server.run(sockets=sockets)
     return 1 if server.forced else 0
+
+
+def _supervise(args: argparse.Namespace, settings: Settings) -> int:
+    """`--workers N`: the parent (telephony/workers.py); the settings are checked here once,
+    so a mistake is one message and an exit status, not N workers failing in a loop."""
+    from telephony import workers
+    from telephony.config import ConfigError, load_config
+    from telephony.startup import refusal
+
+    why = refusal(settings)  # create_app's check (no real TWILIO_AUTH_TOKEN), made up front
+    if why is not None:
+        print(why, file=sys.stderr)
+        return 2
+    try:
+        load_config(settings.config_path)
+    except ConfigError as exc:
+        print("\n".join(exc.errors), file=sys.stderr)
+        return 1
+    return workers.supervise(
+        settings,
+        workers=args.workers,
+        host=args.host,
+        port=args.port,
+        internal_port=args.internal_port,
+        ws_max_size=args.ws_max_size,
+        default_url=_internal_url(args.host, args.port),
+    )
 
 
 def _internal_url(host: str, port: int) -> str:
@@ -304,6 +350,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--ws-max-size", type=int, default=64 * 1024, help="largest WebSocket message, bytes"
     )
+    serve.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="worker processes sharing the port, each its own instance (needs PostgreSQL); "
+        "TELEPHONY_MAX_CALLS is per worker",
+    )
+    serve.add_argument(
+        "--internal-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="with --workers: worker k's private port (its internal URL, /metrics) is this + k; "
+        "None: TELEPHONY_INTERNAL_URL's port, else --port + 1 (default: %(default)s)",
+    )
     serve.set_defaults(func=_serve)
 
     config = sub.add_parser("config", help="admin YAML tools")
@@ -402,6 +464,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait after the warm-up call and after the last call starts",
     )
     bench.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    bench.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="the service as `telephony serve --workers N`, unpinned; above 1 needs "
+        "TELEPHONY_BENCH_DATABASE_URL (a PostgreSQL database the bench may write to)",
+    )
     bench.add_argument(
         "--hostile",
         metavar="ATTACKS",

@@ -12,7 +12,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,11 +107,12 @@ async def serve_process(
     numbers_yaml: str,
     deepgram: FakeDeepgram,
     rest: FakeTwilioRest,
+    serve_args: Sequence[str] = (),
     **env_vars: str,
 ) -> AsyncIterator[Server]:
-    """`telephony serve` on a free loopback port, pointed at the fakes; yields once /readyz
-    answers 200. `env_vars` add to (or override) the environment. Killed on the way out if it
-    is still running."""
+    """`telephony serve [SERVE_ARGS]` on a free loopback port, pointed at the fakes; yields once
+    /readyz answers 200. `env_vars` add to (or override) the environment. Killed on the way out
+    if it is still running."""
     config = tmp_path / "numbers.yaml"
     config.write_text(numbers_yaml)
     db = tmp_path / "serve.db"
@@ -140,6 +141,7 @@ async def serve_process(
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
             *_serve_argv(port),
+            *serve_args,
             cwd=REPO,
             env=env,
             stdout=out,
