@@ -9,141 +9,20 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from telephony import cli_insights, cli_qa, cli_users
-from telephony.cli_usage import UsageError, checked_settings, database_errors
+from telephony import cli_insights, cli_qa, cli_serve, cli_users
+from telephony.cli_usage import (
+    UsageError,
+    check_config_file,
+    check_port_free,
+    checked_settings,
+    database_errors,
+)
 
 if TYPE_CHECKING:
-    import socket
-
-    from telephony.settings import Settings
     from telephony.sim.deepgram_server import Script
 
 # The API key `telephony emulator` accepts when DEEPGRAM_API_KEY is unset.
 EMULATOR_DEFAULT_KEY = "test-key"
-
-
-def _check_port_free(host: str, port: int) -> None:
-    """Raise UsageError when HOST:PORT cannot be listened on (another process has it): checked
-    before starting, since uvicorn and the emulator would fail later with a log or traceback."""
-    import socket
-
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        family, kind, proto, _, address = infos[0]
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
-            probe.bind(address)
-    except OSError as exc:
-        why = exc.strerror or str(exc)
-        raise UsageError(f"cannot listen on {host}:{port}: {why}") from None
-
-
-def _check_config_file(path: object, what: str) -> None:
-    from pathlib import Path
-
-    if not Path(str(path)).is_file():
-        raise UsageError(f"{what}: no such file: {path}")
-
-
-def _serve(args: argparse.Namespace) -> int:
-    from telephony import workers
-    from telephony.logs import setup_logging
-
-    settings = checked_settings()
-    _check_config_file(settings.config_path, "TELEPHONY_CONFIG")
-    worker = workers.inherited()  # a worker of `--workers N`: its parent bound the ports
-    if worker is None:
-        _check_port_free(args.host, args.port)
-        if args.port:  # /v1/read is served over HTTP on the next port (sim/deepgram/read.py)
-            _check_port_free(args.host, args.port + 1)
-    setup_logging(settings.log_format, settings.log_level)
-    if worker is None and args.workers > 1:
-        return _supervise(args, settings)
-    if worker is not None:
-        workers.die_with_parent(worker.parent_pid)
-    return _serve_app(args, settings, worker.sockets() if worker is not None else None)
-
-
-def _serve_app(
-    args: argparse.Namespace, settings: Settings, sockets: list[socket.socket] | None
-) -> int:
-    """The app under uvicorn in this process: on its own port, or on the sockets a
-    `--workers` parent bound (telephony/workers.py)."""
-    import uvicorn
-
-    from routes.app import create_app
-    from routes.sansio import UVICORN_WS
-    from routes.state import started_services
-    from telephony.config import ConfigError
-    from telephony.drain import SHUTDOWN_GRACE_S, DrainingServer
-    from telephony.http_server import uvicorn_options
-    from telephony.startup import InsecureSettings
-
-    if not settings.internal_url:  # how the other instances reach this one (listen-in)
-        settings = settings.model_copy(update={"internal_url": _internal_url(args.host, args.port)})
-    try:
-        app = create_app(settings, freeze_heap=True)  # see create_app: no GC stalls
-    except ConfigError as exc:
-        print("\n".join(exc.errors), file=sys.stderr)
-        return 1
-    except InsecureSettings as exc:  # no real TWILIO_AUTH_TOKEN (telephony/startup.py)
-        print(exc, file=sys.stderr)
-        return 2
-    config = uvicorn.Config(
-        app,
-        host=args.host,
-        port=args.port,
-        log_config=None,
-        **UVICORN_WS,  # routes/sansio.py: batched writes, frames handled as parsed
-        ws_max_size=args.ws_max_size,
-        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
-        **uvicorn_options(settings),  # timeouts, connection bound, trusted proxies
-    )
-    # SIGTERM/SIGINT drain the calls first (telephony/drain.py), then uvicorn shuts down.
-    server = DrainingServer(config, lambda: started_services(app), settings.drain_timeout_s)
-    server.run(sockets=sockets)
-    return 1 if server.forced else 0
-
-
-def _supervise(args: argparse.Namespace, settings: Settings) -> int:
-    """`--workers N`: the parent (telephony/workers.py); the settings are checked here once,
-    so a mistake is one message and an exit status, not N workers failing in a loop."""
-    from telephony import workers
-    from telephony.config import ConfigError, load_config
-    from telephony.startup import refusal
-
-    why = refusal(settings)  # create_app's check (no real TWILIO_AUTH_TOKEN), made up front
-    if why is not None:
-        print(why, file=sys.stderr)
-        return 2
-    try:
-        load_config(settings.config_path)
-    except ConfigError as exc:
-        print("\n".join(exc.errors), file=sys.stderr)
-        return 1
-    return workers.supervise(
-        settings,
-        workers=args.workers,
-        host=args.host,
-        port=args.port,
-        internal_port=args.internal_port,
-        ws_max_size=args.ws_max_size,
-        default_url=_internal_url(args.host, args.port),
-    )
-
-
-def _internal_url(host: str, port: int) -> str:
-    """This instance's address as its peers see it: the host's own address (a container's or
-    pod's on their network) unless it listens on one address only."""
-    import socket
-
-    if host not in ("0.0.0.0", "::", ""):
-        return f"http://{host}:{port}"
-    try:
-        address = socket.gethostbyname(socket.gethostname())
-    except OSError:
-        address = "127.0.0.1"
-    return f"http://{address}:{port}"
 
 
 def _config_check(args: argparse.Namespace) -> int:
@@ -230,7 +109,9 @@ def _emulator(args: argparse.Namespace) -> int:
         script = _script_from(args.script, data)
         if staff:
             tagged["staff"] = _script_from(args.script, {"turns": staff})
-    _check_port_free(args.host, args.port)
+    check_port_free(args.host, args.port)
+    if args.port:  # /v1/read is served over HTTP on the next port (sim/deepgram/read.py)
+        check_port_free(args.host, args.port + 1)
     setup_logging(settings.log_format, settings.log_level)
     # The key clients must present: DEEPGRAM_API_KEY, or "test-key" when unset.
     key = settings.deepgram_api_key.get_secret_value() or EMULATOR_DEFAULT_KEY
@@ -253,7 +134,7 @@ def _call(args: argparse.Namespace) -> int:
         faults = [demo.parse_fault(f) for f in args.fault]
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    _check_config_file(args.config, "--config")
+    check_config_file(args.config, "--config")
     try:  # the file's own errors, as `telephony config check` lists them
         load_config(args.config)
     except ConfigError as exc:
@@ -366,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --workers: worker k's private port (its internal URL, /metrics) is this + k; "
         "None: TELEPHONY_INTERNAL_URL's port, else --port + 1 (default: %(default)s)",
     )
-    serve.set_defaults(func=_serve)
+    serve.set_defaults(func=cli_serve.serve)
 
     config = sub.add_parser("config", help="admin YAML tools")
     config_sub = config.add_subparsers(dest="config_command", required=True)

@@ -50,3 +50,26 @@ def database_errors() -> Iterator[None]:
             f"cannot use the database (TELEPHONY_DATABASE_URL): {type(cause).__name__}"
             + (f": {reason}" if reason else "")
         ) from None
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise UsageError when HOST:PORT cannot be listened on (another process has it): checked
+    before starting, since uvicorn and the emulator would fail later with a log or traceback."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            probe.bind(address)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        raise UsageError(f"cannot listen on {host}:{port}: {why}") from None
+
+
+def check_config_file(path: object, what: str) -> None:
+    from pathlib import Path
+
+    if not Path(str(path)).is_file():
+        raise UsageError(f"{what}: no such file: {path}")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from routes.app import create_app
-from telephony import cli
+from telephony import cli, cli_serve
 from telephony import settings as settings_module
 from telephony.settings import ENV_FILE_VAR, Settings, env_file_path, load_env_file
 from telephony.store.migrate import upgrade_blocking
@@ -309,6 +309,30 @@ def test_a_port_in_use_is_one_line(tmp_path: Path, command: str) -> None:
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr
     assert out.stderr == f"error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+
+
+def test_the_emulator_needs_the_next_port_for_v1_read_and_serve_does_not(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The fake Deepgram serves /v1/read over HTTP on --port + 1 (sim/deepgram/read.py), so it
+    refuses a taken next port at once; `serve` has no such port and must not refuse it."""
+    monkeypatch.setenv("TELEPHONY_ALLOW_INSECURE_DEV", "1")
+    monkeypatch.setenv(ENV_FILE_VAR, "")
+    served: list[int] = []
+    monkeypatch.setattr(cli_serve, "_serve_app", lambda args, *_: served.append(args.port) or 0)
+
+    def emulator_started(*_: object) -> None:
+        raise AssertionError("the emulator started with its /v1/read port taken")
+
+    monkeypatch.setattr("telephony.sim.deepgram_server.run_emulator", emulator_started)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1] - 1
+        assert cli.main(["emulator", "--port", str(port)]) == 2
+        assert f"cannot listen on 127.0.0.1:{port + 1}" in capsys.readouterr().err
+        assert cli.main(["serve", "--port", str(port)]) == 0
+    assert served == [port]
 
 
 # --- call --say, --version, --help, Alembic -------------------------------------------------

@@ -37,7 +37,7 @@ from telephony.sim.caller_script import HangUp
 from telephony.sim.deepgram_server import FakeDeepgram, Script, ScriptedTurn
 from telephony.sim.twilio_caller import CallResult, FakeTwilioCaller
 from telephony.sim.twilio_rest import FakeTwilioRest
-from telephony.store.schema import upgrade
+from telephony.store.migrate import upgrade
 from tests.conftest import AUTH_TOKEN, DEEPGRAM_KEY
 from tests.pg_server import PgServer, fresh_database
 from tests.serve_process import NUMBER, REPO, Server, eventually, scripted_yaml, serve_process
