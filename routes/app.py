@@ -181,6 +181,10 @@ def create_app(
         )
         app.state.services = services
         services.metrics.registry.register(LiveCollector(services.live))
+        # A call this instance answered whose media socket another instance took (a balancer,
+        # or `serve --workers`: most calls) is that instance's now: its reservation here
+        # would hold capacity and the drain until the stream token's TTL.
+        services.live.on_remote("call-started", lambda event: registry.unreserve(event.sid))
         await services.live.start()
         phrases_task = asyncio.create_task(phrases.run(store), name="phrase-cache")
         app.state.insights = insights = _insights_worker(settings, store, services)

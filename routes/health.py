@@ -18,6 +18,8 @@ async def healthz(request: Request) -> JSONResponse:
         {
             "status": "ok",
             "live_calls": len(services.registry.live),
+            # Answered here, media socket not arrived (yet): they count against capacity.
+            "expected_calls": len(services.registry.reserved),
             "draining": services.drain.draining,
             "config_version": store.version,
             # Anonymous: only whether the last reload failed. The errors themselves are for

@@ -98,6 +98,31 @@ async def pg_url(postgres_server: PgServer) -> AsyncIterator[str]:
         yield url
 
 
+async def test_listeners_hear_other_instances_events_of_their_kind_only() -> None:
+    """`on_remote`: the app's own bookkeeping (routes/app.py releases the reservation of a call
+    another instance took) hears each remote event of its kind, never this instance's own; a
+    listener that fails costs the browsers nothing."""
+    bus = LiveBus("a")
+    heard: list[str] = []
+    bus.on_remote("call-started", lambda e: heard.append(e.sid))
+    bus.on_remote("call-started", lambda e: 1 / 0)  # type: ignore[func-returns-value]
+    await bus.start()
+    try:
+        sub = bus.subscribe()
+        for origin, kind, sid in [
+            ("b", "call-started", "CA1"),
+            ("b", "turn", "CA1"),
+            ("a", "call-started", "CA2"),
+            ("c", "call-started", "CA3"),
+        ]:
+            bus._heard(LiveEvent(kind, sid, {}, origin, 1, 0.0).encode())
+        assert heard == ["CA1", "CA3"]
+        got = await drain(sub, 3)
+        assert [(e.origin, e.sid) for e in got] == [("b", "CA1"), ("b", "CA1"), ("c", "CA3")]
+    finally:
+        await bus.stop()
+
+
 async def test_two_instances_hear_each_other_through_postgres(pg_url: str) -> None:
     engines = [make_engine(pg_url), make_engine(pg_url)]
     buses = [LiveBus(name, PgNotify(engine)) for name, engine in zip("ab", engines, strict=True)]

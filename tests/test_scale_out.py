@@ -66,6 +66,11 @@ async def live_calls(server: Server) -> int:
         return int((await http.get(server.url + "/healthz")).json()["live_calls"])
 
 
+async def expected_calls(server: Server) -> int:
+    async with httpx.AsyncClient(timeout=2) as http:
+        return int((await http.get(server.url + "/healthz")).json()["expected_calls"])
+
+
 @pytest.mark.clock(4)  # both servers on the test's 4x clock (tests/serve_process.py)
 async def test_webhook_on_one_instance_media_on_the_other(
     tmp_path: Path,
@@ -87,9 +92,8 @@ async def test_webhook_on_one_instance_media_on_the_other(
         "TELEPHONY_PUBLIC_URL": PUBLIC_URL,
         "TELEPHONY_STREAM_TOKEN_SECRET": "shared-stream-token-secret",
         "TELEPHONY_SESSION_SECRET": "shared-session-secret",
-        # A holds a reservation for the call whose socket went to B until the token's TTL
-        # runs out, and its drain waits for that; short here so the test is.
-        "TELEPHONY_STREAM_TOKEN_TTL_S": "5",
+        # The token's TTL as deployed (30 s): A must release its reservation when the call
+        # goes live on B, not hold it (capacity, and its drain below) until the TTL lapses.
     }
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -130,6 +134,11 @@ async def test_webhook_on_one_instance_media_on_the_other(
 
             await eventually(on_b, within=10, what="the call to go live on B")
             assert await live_calls(a) == 0  # A only answered the webhook
+
+            async def released_on_a() -> bool:  # B's call-started, heard through PostgreSQL
+                return await expected_calls(a) == 0
+
+            await eventually(released_on_a, within=3, what="A to release its reservation")
             result = await asyncio.wait_for(dial, 15)
         finally:
             if not dial.done():

@@ -156,6 +156,7 @@ class LiveBus:
         self._wake = asyncio.Event()
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
+        self._remote: dict[str, list[Callable[[LiveEvent], None]]] = {}
 
     # --- publishing (any code on the loop; never waits) -------------------------------------
 
@@ -198,6 +199,11 @@ class LiveBus:
     @property
     def subscribers(self) -> int:
         return len(self._subscribers)
+
+    def on_remote(self, kind: str, callback: Callable[[LiveEvent], None]) -> None:
+        """Call `callback` with every event of `kind` another instance publishes (the app's
+        own bookkeeping, e.g. a call this instance answered went live on another)."""
+        self._remote.setdefault(kind, []).append(callback)
 
     # --- running ----------------------------------------------------------------------------
 
@@ -245,6 +251,11 @@ class LiveBus:
         if event.origin == self.instance:
             return
         self.counts.heard += 1
+        for callback in self._remote.get(event.kind, ()):
+            try:
+                callback(event)
+            except Exception:  # one listener's bug must not cost the browsers the event
+                log.exception("live event listener failed on %s", event.kind)
         self._deliver(event)
 
     def _deliver(self, event: LiveEvent) -> None:
