@@ -199,17 +199,23 @@ async def test_whisper_asked_of_the_instance_that_did_not_carry_the_call(
         "TELEPHONY_PUBLIC_URL": PUBLIC_URL,
         "TELEPHONY_STREAM_TOKEN_SECRET": "shared-stream-token-secret",
         "TELEPHONY_SESSION_SECRET": "shared-session-secret",
-        "TELEPHONY_STREAM_TOKEN_TTL_S": "5",
     }
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     async with contextlib.AsyncExitStack() as stack:
-        a, b = [
-            await stack.enter_async_context(
-                serve_process(tmp_path / name, WARM_YAML, deepgram, rest, **shared)
-            )
-            for name in ("a", "b")
-        ]
+        started = await asyncio.gather(
+            *(
+                stack.enter_async_context(
+                    serve_process(tmp_path / name, WARM_YAML, deepgram, rest, **shared)
+                )
+                for name in ("a", "b")
+            ),
+            return_exceptions=True,  # both settle (and get cleaned up) before any error
+        )
+        for outcome in started:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        a, b = started
         # The balancer sends the webhook and the whisper request (both to the public URL, so
         # to a.url here) to A, the media socket to B: the call lives, and transfers, on B.
         caller = FakeTwilioCaller(a.url, auth_token=AUTH_TOKEN, public_url=PUBLIC_URL)
