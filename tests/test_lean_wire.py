@@ -4,7 +4,6 @@ paths it stands in for: the same bytes out, the same messages accepted and refus
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 
 import pytest

@@ -105,6 +105,9 @@ class FakeLLM(StartStop):
         self.active = 0  # streams in progress
         self.completed = 0  # streams that reached [DONE]
         self.disconnects = 0  # streams the client abandoned
+        # Called with (request handed over, first token written), time.monotonic(): the
+        # benchmark times the fake's own hold against the delay it was asked for.
+        self.on_first_token: Callable[[float, float], None] | None = None
         self._ids = itertools.count(1)
         self._watchers: set[asyncio.Task[None]] = set()
         self._server: InProcessServer | None = None
@@ -151,6 +154,7 @@ class FakeLLM(StartStop):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        arrived = time.monotonic()
         if scope["method"] != "POST" or scope["path"] not in PATHS:
             await _json(send, 404, _error("not found", "not_found"))
             return
@@ -190,7 +194,7 @@ class FakeLLM(StartStop):
             await _json(send, 400, refusal)
         else:
             record["status"] = 200
-            await self._stream(request, receive, send, script)
+            await self._stream(request, receive, send, script, arrived)
 
     def _refusal(self, request: dict[str, Any]) -> dict[str, Any] | None:
         """The API's 400 error body for a request it would refuse, else None."""
@@ -218,7 +222,12 @@ class FakeLLM(StartStop):
         return None
 
     async def _stream(
-        self, request: dict[str, Any], receive: Receive, send: Send, script: ModelScript | None
+        self,
+        request: dict[str, Any],
+        receive: Receive,
+        send: Send,
+        script: ModelScript | None,
+        arrived: float,
     ) -> None:
         offered = {t.get("function", {}).get("name") for t in request.get("tools") or []}
         messages = request.get("messages") or []
@@ -243,6 +252,8 @@ class FakeLLM(StartStop):
                 if await _gone_within(watcher, delay):
                     break
                 await _body(send, piece)
+                if i == 0 and self.on_first_token is not None:
+                    self.on_first_token(arrived, time.monotonic())
             else:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 self.completed += script is None or script.break_after_words is None

@@ -217,8 +217,8 @@ class LeanCall(asyncio.Protocol):
         for event in self.ws.events_received():
             if isinstance(event, Frame):
                 if event.opcode is Opcode.TEXT:
-                    text = event.data
-                    self._on_text(text if isinstance(text, bytes) else bytes(text), now)
+                    body = event.data
+                    self._on_text(body if isinstance(body, bytes) else bytes(body), now)
                 elif event.opcode is Opcode.BINARY:
                     self.probes.errors["binary_frame_31950"] += 1
             elif isinstance(event, Response) and not self.opened.done():
@@ -274,14 +274,19 @@ class LeanCall(asyncio.Protocol):
         recording = probes.recording
         if recording:
             probes.bot_frames += 1
+        tagged: tuple[float | None, float] | None = None  # its Flush at Aura, Aura's send
         if payload[:4] == OUT_MAGIC:
             _, tts_id = OUT_TAG.unpack_from(payload)
             sent = probes.tts_sent.pop(tts_id, None)
-            if sent is not None and recording:
-                probes.outbound.append((now - sent) * 1000)
+            if sent is not None:
+                tagged = probes.tts_flushed.pop(tts_id, None), sent
+                if recording:
+                    probes.outbound.append((now - sent) * 1000)
         if self.eot_at is not None and now >= self.eot_at:
             if recording:
                 probes.eot_to_audio.append((now - self.eot_at) * 1000)
+                if tagged is not None:
+                    probes.split_reply(tagged[0], self.eot_at, tagged[1], now)
             self.eot_at = None
         # pacing jitter
         if new_run:

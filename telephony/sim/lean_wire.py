@@ -45,15 +45,11 @@ Tick = Callable[[], None]
 class FrameClock:
     """Every lean caller's 20 ms frame clock on one event loop: a timer per occupied slot."""
 
-    _clocks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FrameClock] = (
-        weakref.WeakKeyDictionary()
-    )
-
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> FrameClock:
-        clock = cls._clocks.get(loop)
+        clock = _CLOCKS.get(loop)
         if clock is None:
-            clock = cls._clocks[loop] = cls(loop)
+            clock = _CLOCKS[loop] = cls(loop)
         return clock
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -93,6 +89,11 @@ class FrameClock:
         self.loop.call_at(due + self.offset, self._fire, slot)
         for tick in tuple(ticks):  # a tick may leave (hang up)
             tick()
+
+
+_CLOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FrameClock] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 class MediaText:

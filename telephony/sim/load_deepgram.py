@@ -14,6 +14,7 @@ again, goes the usual way, so the order the session sees is the order sent.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Any, cast
 
 from websockets.frames import Frame, Opcode
@@ -57,17 +58,25 @@ class _ProbedFlux(FluxSession):
 class _ProbedSpeak(SpeakSession):
     probes: Probes
     _tag_next = False
+    _flushed_at: float | None = None
 
     async def _flush(self, now: float) -> None:
         idle = self.speaker is None
         await super()._flush(now)
         if idle and self.speaker is not None:
             self._tag_next = True  # the first audio of this burst is timed
+            # ...from its Flush's arrival: the kernel's time for the socket's last read, the
+            # one that held the Flush unless more came since (then a little later).
+            conn = self.ws
+            if isinstance(conn, _StampedConnection):
+                self._flushed_at = conn._stamped.received_at
+            else:
+                self._flushed_at = time.monotonic()
 
     async def send_audio(self, data: bytes) -> None:
         if self._tag_next:
             self._tag_next = False
-            data = self.probes.tag_outbound(data)
+            data = self.probes.tag_outbound(data, self._flushed_at)
         await super().send_audio(data)
 
 
