@@ -40,6 +40,28 @@ def test_media_text_is_the_builders_message(index: int) -> None:
         expected = strict.media(TAG.pack(index, n & 0xFFFF) + FILLER, n * 20).encode()
         assert text(n) == expected
         assert strict.mark("m") == lean.mark("m")
+    framed = text.frame(3)  # a masked text frame websockets reads back as the message
+    parsed = ServerProtocolReader.read(framed)
+    assert parsed == strict.media(TAG.pack(index, 3) + FILLER, 60).encode()
+
+
+class ServerProtocolReader:
+    """A client frame read the way a server reads it (websockets' sans-I/O parser)."""
+
+    @staticmethod
+    def read(data: bytes) -> bytes:
+        from websockets.streams import StreamReader
+
+        reader = StreamReader()
+        reader.feed_data(data)
+        parser = Frame.parse(reader.read_exact, mask=True)
+        try:
+            next(parser)
+        except StopIteration as done:
+            frame: Frame = done.value
+            assert frame.opcode is Opcode.TEXT and frame.fin
+            return bytes(frame.data)
+        raise AssertionError("frame not whole")
 
 
 def service_media(payload: bytes) -> bytes:

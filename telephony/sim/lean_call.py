@@ -179,12 +179,14 @@ class LeanCall(asyncio.Protocol):
         if probes.recording:
             probes.send_lag.append((now - self.t0_mono - n * FRAME_S) * 1000)
             probes.caller_frames += 1
-        echoes = self.player.advance(now)
-        if echoes:
-            self._echo(echoes)
+        player = self.player
+        if player.queued > player.pos or player.marks:  # else nothing to play nor echo
+            echoes = player.advance(now)
+            if echoes:
+                self._echo(echoes)
         self.sent_at[n % RING] = now
         assert self._write is not None
-        self._write(text_frame(self.media_text(n)))
+        self._write(self.media_text.frame(n))
         if self.eot_at is not None and now - self.eot_at > NO_REPLY_S:
             self.eot_at = None
             probes.errors["turn_without_reply"] += 1

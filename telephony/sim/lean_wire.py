@@ -12,8 +12,9 @@ Twilio would:
   calls' are (to the millisecond); each slot's deadlines are absolute, so lateness never
   accumulates.
 - `MediaText`: a caller's media message, byte for byte what `InboundBuilder.media` builds for
-  the benchmark's tagged audio, from a per-call template: only the sequence number, chunk,
-  timestamp and the first 8 base64 characters (the 4-byte tag) change from frame to frame.
+  the benchmark's tagged audio, from a per-call format: only the sequence number, chunk,
+  timestamp and the first 8 base64 characters (the 4-byte tag, from two small tables) change
+  from frame to frame; framed and masked in one step.
 - `ServerFrames`: whole unmasked FIN text frames from the service are cut here (a header read);
   from any other frame on (close, ping, binary, fragments, oversized, masked, extension bits)
   the bytes go to websockets' sans-I/O parser, from that frame's first byte, and this reader
@@ -28,10 +29,12 @@ from __future__ import annotations
 import asyncio
 import binascii
 import math
+import struct
 import time
 import weakref
 from collections.abc import Callable
 
+from telephony.client_frames import MaskKeys, apply_mask
 from telephony.sim.load import FILLER, FRAME_S, TAG
 from telephony.twilio import messages as tm
 
@@ -96,39 +99,51 @@ _CLOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FrameClock] = (
 )
 
 
+KEYS = MaskKeys()  # the callers' masking keys (os.urandom, drawn in bulk)
+_HEAD = struct.Struct(">HB")  # call index, the frame number's high byte: base64 characters 0-3
+# Characters 4-7: the frame number's low byte and two filler bytes.
+_LOW = [binascii.b2a_base64(bytes((low,)) + FILLER[:2], newline=False) for low in range(256)]
+# FIN + text, masked with a 16-bit length (every media message is 126..65535 bytes), the key.
+_TEXT_HEADER = struct.Struct(">BBH4s")
+
+
 class MediaText:
     """One caller's media messages for the benchmark's tagged frames (call index, frame
-    number): `InboundBuilder.media(TAG.pack(index, n & 0xFFFF) + FILLER, n * 20)`, cheaper."""
+    number): `InboundBuilder.media(TAG.pack(index, n & 0xFFFF) + FILLER, n * 20)`, cheaper,
+    and `frame(n)` that message as a masked WebSocket text frame (`client_frames.text_frame`'s
+    bytes, a fresh key each from os.urandom drawn in bulk, as there)."""
 
-    def __init__(self, builder: tm.InboundBuilder, index: int) -> None:
+    def __init__(self, builder: tm.InboundBuilder, index: int, keys: MaskKeys = KEYS) -> None:
         self.builder = builder
         self.index = index
-        sid = builder.stream_sid.encode()
-        self.head = b'{"event":"media","sequenceNumber":"'
-        self.sid = b'","streamSid":"' + sid + b'","media":{"track":"inbound","chunk":"'
-        self.stamp = b'","timestamp":"'
-        self.payload = b'","payload":"'
+        self.keys = keys
+        sid = builder.stream_sid.encode().replace(b"%", b"%%")
         # Base64 packs 3 bytes in 4 characters: the tag (bytes 0-3) lands in the first 8
         # characters with filler bytes 4-5; the other 8.. are the same in every frame.
-        whole = binascii.b2a_base64(TAG.pack(0, 0) + FILLER, newline=False)
-        self.tail = whole[8:] + b'"}}'
+        tail = binascii.b2a_base64(TAG.pack(0, 0) + FILLER, newline=False)[8:]
+        self.format = (
+            b'{"event":"media","sequenceNumber":"%d","streamSid":"' + sid + b'",'
+            b'"media":{"track":"inbound","chunk":"%d","timestamp":"%d","payload":"%s%s'
+            + tail
+            + b'"}}'
+        )
+        self._high = -1  # the frame number's high byte the first 4 characters were made for
+        self._head = b""
 
     def __call__(self, n: int) -> bytes:
         builder = self.builder
-        builder.sequence += 1
-        builder.chunk += 1
-        head = binascii.b2a_base64(TAG.pack(self.index, n & 0xFFFF) + FILLER[:2], newline=False)
-        return b"%s%d%s%d%s%d%s%s%s" % (
-            self.head,
-            builder.sequence,
-            self.sid,
-            builder.chunk,
-            self.stamp,
-            n * 20,
-            self.payload,
-            head,
-            self.tail,
-        )
+        sequence = builder.sequence = builder.sequence + 1
+        chunk = builder.chunk = builder.chunk + 1
+        high = n >> 8 & 0xFF
+        if high != self._high:  # every 256 frames: characters 0-3 are the index and this byte
+            self._high = high
+            self._head = binascii.b2a_base64(_HEAD.pack(self.index, high), newline=False)
+        return self.format % (sequence, chunk, n * 20, self._head, _LOW[n & 0xFF])
+
+    def frame(self, n: int) -> bytes:
+        text = self(n)
+        key = self.keys.next()
+        return _TEXT_HEADER.pack(0x81, 0x80 | 126, len(text), key) + apply_mask(text, key)
 
 
 def media_prefix(stream_sid: str) -> bytes:
