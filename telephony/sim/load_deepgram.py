@@ -2,13 +2,14 @@
 Flux, Aura and Agent sessions carry the probes of telephony.sim.load.
 
 The bench's Flux sockets take the service's audio on a short path (`_StampedConnection`): a
-whole masked binary frame that makes the session say nothing (no scripted event falls due on
-its audio) is cut, unmasked and counted right where its bytes are read, while the session's
-task is idle waiting and nothing is queued for it — exactly what the session's own loop would
-have done with it, without websockets' parser, its message queue and a task wake-up per 80 ms
-chunk (py-spy at 300 calls: some 12 % of the generator's samples). Every other frame (text,
-control, the audio an event falls due on), and everything after it until the task is idle
-again, goes the usual way, so the order the session sees is the order sent.
+whole masked binary frame is cut, unmasked and counted right where its bytes are read, while
+the session's task is idle waiting, nothing is queued for it and no event is being emitted —
+what the session's own loop would have done with it, without websockets' parser, its message
+queue and a task wake-up per 80 ms chunk (py-spy at 300 calls: some 12 % of the generator's
+samples). Events the audio makes due are emitted by a task (`_ProbedFlux.take_audio`) that the
+session's next frame or message waits for. Every other frame (text, control), and everything
+after it until the task is idle again, goes the usual way, so the order the session sees is
+the order sent.
 """
 
 from __future__ import annotations
@@ -35,19 +36,39 @@ if TYPE_CHECKING:
 
 class _ProbedFlux(FluxSession):
     probes: Probes
+    advancing: asyncio.Task[None] | None = None  # emitting what the short path's audio made due
 
     def take_audio(self, data: bytes, now: float) -> bool:
-        """What `run` + `on_binary` do with audio that makes the session say nothing, done
-        inline (True); False leaves the frame to the session's task."""
+        """What `run` + `on_binary` do with audio, done inline (True; False leaves the frame to
+        the session's task). Events it makes due are emitted by a task of their own, which
+        whatever the session handles next waits for (`_after_advance`), so the order holds."""
         if not data or self.closing or self.clock.bytes_per_ms is None:
             return False
-        if (self.clock.bytes + len(data)) / self.clock.bytes_per_ms >= self.next_at:
-            return False  # an event falls due: the task emits it, awaiting its sends
         self._log_audio(data, now)
         self.last_activity = now
         self.log.audio_bytes += len(data)
         self.log.audio_ms = self.clock.add(len(data))
+        if self.clock.ms >= self.next_at:
+            self.advancing = self.spawn(self._advance_alone())
         return True
+
+    async def _advance_alone(self) -> None:
+        try:
+            await self._advance()
+        finally:
+            self.advancing = None
+
+    async def _after_advance(self) -> None:
+        if self.advancing is not None:
+            await asyncio.shield(self.advancing)
+
+    async def on_binary(self, data: bytes, now: float) -> None:
+        await self._after_advance()
+        await super().on_binary(data, now)
+
+    async def on_message(self, msg: Any, now: float) -> None:
+        await self._after_advance()
+        await super().on_message(msg, now)
 
     async def send(self, msg: dm._Wire) -> None:
         if isinstance(msg, dm.TurnInfo) and msg.event == "EndOfTurn":
@@ -135,7 +156,7 @@ class _StampedConnection(FakeConnection):
         if self._held:
             data, self._held = self._held + data, b""
         session = self.session
-        if isinstance(session, _ProbedFlux) and self._idle():
+        if isinstance(session, _ProbedFlux) and session.advancing is None and self._idle():
             data = self._take(data, session)
             if not data:
                 return
