@@ -1,6 +1,7 @@
 """`telephony bench`: N concurrent calls through the service, then through a bare relay.
 
     telephony bench --calls 200 --seconds 60 [--mode flux|agent|both] [--json report.json]
+    telephony bench --calls 100,200,300,400,500 --seconds 30   # a sweep
 
 One run, two phases with the same load (`--mode both`: a server phase per mode on the one
 service, then one relay phase, which does not depend on the mode; a report per mode):
@@ -11,9 +12,10 @@ service, then one relay phase, which does not depend on the mode; a report per m
    only parses Twilio's JSON, base64-decodes and forwards the frames to Flux, and plays canned
    audio back on EndOfTurn — the floor any bridge pays for the same traffic.
 
-This process is the load generator (pinned to core 1): the lean callers (telephony.sim.lean_call),
-fake Deepgram (Flux, Aura, Voice Agent: telephony.sim.load_deepgram) and the fake LLM, around the
-conversation of `telephony.sim.load`. Every call repeats an 8 s
+This process is the load generator (pinned to core 1): the lean callers (telephony.sim.lean_call,
+their per-frame wire work in telephony.sim.lean_wire), fake Deepgram (Flux, Aura, Voice Agent:
+telephony.sim.load_deepgram) and the fake LLM, around the conversation of `telephony.sim.load`.
+Every call repeats an 8 s
 conversation: the caller speaks 1 s, the bot answers (~2.6 s of speech), the caller speaks again
 1.5 s into the answer (a barge-in), the bot answers again.
 
@@ -34,6 +36,27 @@ Deepgram" mean when the bytes reached that socket (telephony/sim/stamped.py), so
 generator's own event-loop lateness stays out of the figures; it is reported apart, as
 `caller_read_lag_p99_ms`.
 
+Whether a run measured the service or the generator: `generator_ok` is false, with the reasons
+in `generator_problems`, when in either phase the callers' send lag p99 passed 5 ms or the
+generator's core was 95 % busy or more (every process on it, from /proc/stat), or, without
+kernel receive times, the read lag p99 passed 5 ms. Figures of such a run describe the
+generator (or the host), not the service.
+
+EndOfTurn -> first audio, Flux: its excess over the fakes' own delays (`eot_tax_ms`, p50) is
+split into `eot_tax_fakes_ms` — how much longer than asked the fake LLM held its first token
+and fake Aura its first audio (their p50 holds, timed by the fakes) — and the rest,
+`eot_tax_service_ms`: the service, the loopback hops, and the generator's lateness in reading
+the service's LLM request (the fake LLM's hold starts when uvicorn hands it the request).
+The pieces are reported too (telephony/sim/load.py, "Where that interval goes").
+
+A sweep (`--calls` with several counts) runs the whole bench once per count, each with a
+service and a relay process of its own (nothing one count leaves behind weighs on the next),
+prints each count's report, then one table per mode, service and relay side by side, and the
+knee: the largest count with pacing jitter p99 <= 5 ms, bridge-added inbound p99 <= 2 ms, no
+errors and a valid generator (the relay's: jitter, its errors, its phase's generator). JSON:
+`{"sweep": [{"calls": N, "reports": {mode: report}}], "knee": {mode: {...}}}`; one count keeps
+the single report.
+
 Errors: calls that could not be placed or that the far end closed, malformed frames at the
 caller, caller turns that got no bot audio within 5 s, protocol violations the fake Deepgram saw,
 calls that ended for any reason but the caller's hang-up, error lines in the service's log.
@@ -50,6 +73,7 @@ import contextlib
 import gc
 import json
 import os
+import re
 import secrets
 import sys
 import tempfile
@@ -97,6 +121,7 @@ NUMBERS = {"flux": "+15550009000", "agent": "+15550009001"}
 CLEAN_END_REASONS = {str(Outcome.CALLER_HANGUP)}  # the fake callers hang up
 WARMUP_MAX_S = 8.0
 SERVER_ENTRY = ["-m", "telephony.cli"]  # `telephony serve`
+_SID = re.compile(r"CA[0-9a-f]{6,}")
 BOTH = "both"  # --mode both: every mode's server phase on one service, one relay phase
 
 
@@ -205,7 +230,9 @@ def _log_errors(process: Process) -> Counter[str]:
                 found["log: unstructured error"] += 1
             continue
         if isinstance(entry, dict) and entry.get("level") in ("error", "critical"):
-            found[f"log: {str(entry.get('msg', ''))[:60]}"] += 1
+            # One count per message, not per call: call SIDs are cut out.
+            msg = _SID.sub("CA…", str(entry.get("msg", "")))
+            found[f"log: {msg[:60]}"] += 1
     return found
 
 
