@@ -120,6 +120,7 @@ LLM_KEY_ENV = "TELEPHONY_BENCH_LLM_KEY"
 NUMBERS = {"flux": "+15550009000", "agent": "+15550009001"}
 CLEAN_END_REASONS = {str(Outcome.CALLER_HANGUP)}  # the fake callers hang up
 WARMUP_MAX_S = 8.0
+FREEZE_SETTLE_S = 0.5  # the collection before the window holds the callers up ~0.1-0.25 s
 SERVER_ENTRY = ["-m", "telephony.cli"]  # `telephony serve`
 _SID = re.compile(r"CA[0-9a-f]{6,}")
 BOTH = "both"  # --mode both: every mode's server phase on one service, one relay phase
@@ -179,6 +180,7 @@ async def run_phase(
     # hundreds of calls' objects stalled the generator's loop for ~100 ms (timed at 300 calls).
     gc.collect()
     gc.freeze()
+    await asyncio.sleep(FREEZE_SETTLE_S)  # the frames that collection held up are out
     probes.recording = True
     cpu0, load0, t0 = cpu_seconds(process.pid), time.process_time(), time.monotonic()
     busy0 = core_busy_seconds()
