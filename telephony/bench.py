@@ -44,7 +44,8 @@ generator (or the host), not the service.
 
 EndOfTurn -> first audio, Flux: its excess over the fakes' own delays (`eot_tax_ms`, p50) is
 split into `eot_tax_fakes_ms` — how much longer than asked the fake LLM held its first token
-and fake Aura its first audio (their p50 holds, timed by the fakes) — and the rest,
+and fake Aura its first audio, plus the fake LLM streaming the rest of the sentence, which
+the service waits for before it flushes to Aura (p50s, timed by the fakes) — and the rest,
 `eot_tax_service_ms`: the service, the loopback hops, and the generator's lateness in reading
 the service's LLM request (the fake LLM's hold starts when uvicorn hands it the request).
 The pieces are reported too (telephony/sim/load.py, "Where that interval goes").
@@ -315,7 +316,9 @@ async def fakes(opts: BenchOptions, probes: Probes) -> AsyncIterator[tuple[Bench
         replies=[(".", load.REPLY_TEXT)],
     )
     # The fake LLM's holds go to whichever phase's probes the fakes hold now.
-    llm.on_first_token = lambda arrived, sent: deepgram.probes.llm_first_token(arrived, sent)
+    llm.on_streamed = lambda arrived, first, last: deepgram.probes.llm_streamed(
+        arrived, first, last
+    )
     await deepgram.start()
     await llm.start()
     try:

@@ -88,6 +88,7 @@ SAMPLE_SETS = (
     "send_lag",
     "read_lag",
     "llm_hold",
+    "llm_stream",
     "aura_hold",
     "eot_to_flush",
     "aura_to_caller",
@@ -149,13 +150,15 @@ def load_core_busy_percent(phase: Phase, pinned: bool) -> float | None:
 
 
 def eot_split(opts: BenchOptions, sp: Probes, eot_p50: float | None) -> dict[str, Any]:
-    """Flux's EndOfTurn -> first audio over the fakes' delay, split into the fakes' own
-    lateness (their holds past the delays they were asked for) and the rest (the service,
-    the loopback hops and the generator's lateness reading the service's requests)."""
+    """Flux's EndOfTurn -> first audio over the fakes' delay, split into the fakes' own part
+    (their holds past the delays they were asked for, and the fake LLM streaming the rest of
+    the sentence) and the rest (the service, the loopback hops and the generator's lateness
+    reading the service's requests)."""
     p = percentile
-    llm, aura = p(sp.llm_hold, 50), p(sp.aura_hold, 50)
+    llm, aura, stream = p(sp.llm_hold, 50), p(sp.aura_hold, 50), p(sp.llm_stream, 50)
     out: dict[str, Any] = {
         "llm_hold_p50_ms": llm,
+        "llm_stream_p50_ms": stream,
         "aura_hold_p50_ms": aura,
         "eot_to_aura_flush_p50_ms": p(sp.eot_to_flush, 50),
         "aura_to_caller_p50_ms": p(sp.aura_to_caller, 50),
@@ -163,10 +166,10 @@ def eot_split(opts: BenchOptions, sp: Probes, eot_p50: float | None) -> dict[str
         "eot_tax_fakes_ms": None,
         "eot_tax_service_ms": None,
     }
-    if opts.mode != "flux" or llm is None or aura is None or eot_p50 is None:
+    if opts.mode != "flux" or llm is None or aura is None or stream is None or eot_p50 is None:
         return out
     tax = eot_p50 - opts.llm_first_token_ms - opts.tts_first_byte_ms
-    fakes = (llm - opts.llm_first_token_ms) + (aura - opts.tts_first_byte_ms)
+    fakes = (llm - opts.llm_first_token_ms) + stream + (aura - opts.tts_first_byte_ms)
     out.update(eot_tax_ms=_r(tax), eot_tax_fakes_ms=_r(fakes), eot_tax_service_ms=_r(tax - fakes))
     return out
 
@@ -300,7 +303,8 @@ def format_report(r: dict[str, Any]) -> str:
         (
             "EndOfTurn tax ms p50",
             f"{r['eot_tax_ms']} = fakes {r['eot_tax_fakes_ms']} + service {r['eot_tax_service_ms']}"
-            f"  (LLM hold {r['llm_hold_p50_ms']}, EoT->Flush {r['eot_to_aura_flush_p50_ms']},"
+            f"  (LLM hold {r['llm_hold_p50_ms']} + stream {r['llm_stream_p50_ms']},"
+            f" EoT->Flush {r['eot_to_aura_flush_p50_ms']},"
             f" Aura hold {r['aura_hold_p50_ms']}, Aura->caller {r['aura_to_caller_p50_ms']})",
         ),
         (

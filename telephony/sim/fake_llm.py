@@ -105,9 +105,10 @@ class FakeLLM(StartStop):
         self.active = 0  # streams in progress
         self.completed = 0  # streams that reached [DONE]
         self.disconnects = 0  # streams the client abandoned
-        # Called with (request handed over, first token written), time.monotonic(): the
-        # benchmark times the fake's own hold against the delay it was asked for.
-        self.on_first_token: Callable[[float, float], None] | None = None
+        # Called once a reply has streamed whole, with (request handed over, first token
+        # written, last event written) on time.monotonic(): the benchmark times the fake's own
+        # part of a reply against the delay it was asked for.
+        self.on_streamed: Callable[[float, float, float], None] | None = None
         self._ids = itertools.count(1)
         self._watchers: set[asyncio.Task[None]] = set()
         self._server: InProcessServer | None = None
@@ -247,15 +248,18 @@ class FakeLLM(StartStop):
         try:
             await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
             await _body(send, chunk.delta({"role": "assistant", "content": ""}))
+            first_at = arrived
             for i, piece in enumerate(events):
                 delay = first_delay_ms / 1000 if i == 0 else self._token_interval()
                 if await _gone_within(watcher, delay):
                     break
                 await _body(send, piece)
-                if i == 0 and self.on_first_token is not None:
-                    self.on_first_token(arrived, time.monotonic())
+                if i == 0:
+                    first_at = time.monotonic()
             else:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
+                if self.on_streamed is not None:
+                    self.on_streamed(arrived, first_at, time.monotonic())
                 self.completed += script is None or script.break_after_words is None
                 return
             if not watcher.cancelled():  # cancelled means the fake is stopping

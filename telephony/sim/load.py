@@ -29,7 +29,9 @@ process):
   timed per call; the next media frame the caller receives closes the interval. A turn with no
   bot audio within `NO_REPLY_S` counts as an error.
 - **Where that interval goes** (Flux): the fakes time their own holds — the fake LLM from
-  being handed a request to its first token written (`llm_hold`), fake Aura from the Flush's
+  being handed a request to its first token written (`llm_hold`) and on to the reply's end
+  (`llm_stream`: the rest of the sentence at its token rate, which the service waits for
+  before it flushes the sentence to Aura), fake Aura from the Flush's
   arrival (kernel receive time) to its first audio of the reply sent (`aura_hold`); the first
   audio's tag carries its Flush time to the caller, so each interval that the tagged frame
   closes splits into EndOfTurn -> Flush at Aura (`eot_to_flush`: the service before and after
@@ -131,6 +133,7 @@ class Probes:
         self.send_lag = array("d")
         self.read_lag = array("d")
         self.llm_hold = array("d")  # ms: fake LLM, request handed over -> first token written
+        self.llm_stream = array("d")  # ms: fake LLM, first token -> the reply's end written
         self.aura_hold = array("d")  # ms: fake Aura, Flush received -> first audio sent
         self.eot_to_flush = array("d")  # ms: EndOfTurn sent -> that reply's Flush at Aura
         self.aura_to_caller = array("d")  # ms: Aura's first audio sent -> at the caller
@@ -187,9 +190,10 @@ class Probes:
                 self.aura_hold.append((sent - flushed_at) * 1000)
         return OUT_TAG.pack(OUT_MAGIC, tts_id) + data[OUT_TAG.size :]
 
-    def llm_first_token(self, arrived: float, sent: float) -> None:
+    def llm_streamed(self, arrived: float, first: float, last: float) -> None:
         if self.recording:
-            self.llm_hold.append((sent - arrived) * 1000)
+            self.llm_hold.append((first - arrived) * 1000)
+            self.llm_stream.append((last - first) * 1000)
 
     def split_reply(self, flushed: float | None, eot_at: float, sent: float, now: float) -> None:
         """A reply's first audio (sent by Aura at `sent`, its Flush there at `flushed`) closed
