@@ -1,6 +1,7 @@
 """`telephony bench`: N concurrent calls through the service, then through a bare relay.
 
     telephony bench --calls 200 --seconds 60 [--mode flux|agent|both] [--json report.json]
+    telephony bench --calls 100,200,300,400,500 --seconds 30   # a sweep
 
 One run, two phases with the same load (`--mode both`: a server phase per mode on the one
 service, then one relay phase, which does not depend on the mode; a report per mode):
@@ -13,9 +14,10 @@ service, then one relay phase, which does not depend on the mode; a report per m
    only parses Twilio's JSON, base64-decodes and forwards the frames to Flux, and plays canned
    audio back on EndOfTurn — the floor any bridge pays for the same traffic.
 
-This process is the load generator (pinned to core 1): the lean callers (telephony.sim.lean_call),
-fake Deepgram (Flux, Aura, Voice Agent: telephony.sim.load_deepgram) and the fake LLM, around the
-conversation of `telephony.sim.load`. Every call repeats an 8 s
+This process is the load generator (pinned to core 1): the lean callers (telephony.sim.lean_call,
+their per-frame wire work in telephony.sim.lean_wire), fake Deepgram (Flux, Aura, Voice Agent:
+telephony.sim.load_deepgram) and the fake LLM, around the conversation of `telephony.sim.load`.
+Every call repeats an 8 s
 conversation: the caller speaks 1 s, the bot answers (~2.6 s of speech), the caller speaks again
 1.5 s into the answer (a barge-in), the bot answers again.
 
@@ -35,6 +37,28 @@ Where Linux stamps received packets (`kernel_receive_times`), "at the caller" an
 Deepgram" mean when the bytes reached that socket (telephony/sim/stamped.py), so the
 generator's own event-loop lateness stays out of the figures; it is reported apart, as
 `caller_read_lag_p99_ms`.
+
+Whether a run measured the service or the generator: `generator_ok` is false, with the reasons
+in `generator_problems`, when in either phase the callers' send lag p99 passed 5 ms or the
+generator's core was 95 % busy or more (every process on it, from /proc/stat), or, without
+kernel receive times, the read lag p99 passed 5 ms. Figures of such a run describe the
+generator (or the host), not the service.
+
+EndOfTurn -> first audio, Flux: its excess over the fakes' own delays (`eot_tax_ms`, p50) is
+split into `eot_tax_fakes_ms` — how much longer than asked the fake LLM held its first token
+and fake Aura its first audio, plus the fake LLM streaming the rest of the sentence, which
+the service waits for before it flushes to Aura (p50s, timed by the fakes) — and the rest,
+`eot_tax_service_ms`: the service, the loopback hops, and the generator's lateness in reading
+the service's LLM request (the fake LLM's hold starts when uvicorn hands it the request).
+The pieces are reported too (telephony/sim/load.py, "Where that interval goes").
+
+A sweep (`--calls` with several counts) runs the whole bench once per count, each with a
+service and a relay process of its own (nothing one count leaves behind weighs on the next),
+prints each count's report, then one table per mode, service and relay side by side, and the
+knee: the largest count with pacing jitter p99 <= 5 ms, bridge-added inbound p99 <= 2 ms, no
+errors and a valid generator (the relay's: jitter, its errors, its phase's generator). JSON:
+`{"sweep": [{"calls": N, "reports": {mode: report}}], "knee": {mode: {...}}}`; one count keeps
+the single report.
 
 Errors: calls that could not be placed or that the far end closed, malformed frames at the
 caller, caller turns that got no bot audio within 5 s, protocol violations the fake Deepgram saw,
@@ -77,7 +101,14 @@ from telephony.bench_process import (
     tree_rss_mib,
     wait_ready,
 )
-from telephony.bench_report import Phase, dump_samples, format_report, report
+from telephony.bench_report import (
+    Phase,
+    dump_samples,
+    format_report,
+    format_sweep,
+    knee,
+    report,
+)
 from telephony.cli_usage import UsageError
 from telephony.outcome import Outcome
 from telephony.sim import load
@@ -93,6 +124,7 @@ LLM_KEY_ENV = "TELEPHONY_BENCH_LLM_KEY"
 NUMBERS = {"flux": "+15550009000", "agent": "+15550009001"}
 CLEAN_END_REASONS = {str(Outcome.CALLER_HANGUP)}  # the fake callers hang up
 WARMUP_MAX_S = 8.0
+FREEZE_SETTLE_S = 0.5  # the collection before the window holds the callers up ~0.1-0.25 s
 SERVER_ENTRY = ["-m", "telephony.cli"]  # `telephony serve`
 BOTH = "both"  # --mode both: every mode's server phase on one service, one relay phase
 # The service's database: PostgreSQL for --workers above 1 (telephony/workers.py); unset, a
@@ -151,6 +183,11 @@ async def run_phase(
     calls: list[LeanCall] = await dialer.dial_all(range(opts.calls), opts.ramp)
     await asyncio.sleep(opts.settle_s)  # the last calls past their handshake
     phase.calls = sum(1 for c in calls if not c.closed.done())
+    # The calls' objects leave the collector's view for the window: a full collection of
+    # hundreds of calls' objects stalled the generator's loop for ~100 ms (timed at 300 calls).
+    gc.collect()
+    gc.freeze()
+    await asyncio.sleep(FREEZE_SETTLE_S)  # the frames that collection held up are out
     probes.recording = True
     cpu0, load0, t0 = tree_cpu_seconds(process.pid), time.process_time(), time.monotonic()
     busy0 = core_busy_seconds()
@@ -163,6 +200,7 @@ async def run_phase(
     busy1 = core_busy_seconds()
     phase.core_busy_s = {core: busy1[core] - busy0.get(core, 0.0) for core in busy1}
     probes.recording = False
+    gc.unfreeze()  # what the phase leaves behind is the collector's again
     phase.window_s, phase.cpu_s, phase.load_cpu_s = t1 - t0, cpu1 - cpu0, load1 - load0
     phase.rss_peak_mib = peak
     await hang_up_all(calls)
@@ -243,6 +281,10 @@ async def fakes(opts: BenchOptions, probes: Probes) -> AsyncIterator[tuple[Bench
         first_token_delay_ms=opts.llm_first_token_ms,
         tokens_per_s=1000,
         replies=[(".", load.REPLY_TEXT)],
+    )
+    # The fake LLM's holds go to whichever phase's probes the fakes hold now.
+    llm.on_streamed = lambda arrived, first, last: deepgram.probes.llm_streamed(
+        arrived, first, last
     )
     await deepgram.start()
     await llm.start()
@@ -370,16 +412,32 @@ async def run_modes(opts: BenchOptions, modes: tuple[str, ...]) -> dict[str, dic
     return {m: report(replace(opts, mode=m), servers[m], phases["relay"]) for m in modes}
 
 
+async def run_sweep(
+    opts: BenchOptions, modes: tuple[str, ...], counts: tuple[int, ...]
+) -> list[dict[str, dict[str, Any]]]:
+    """`run_modes` once per call count, each with a service and a relay of its own (nothing
+    one count leaves behind, a store or a heap, weighs on the next): [{mode: report}]."""
+    out = []
+    for calls in counts:
+        workdir = opts.workdir / f"calls-{calls}" if opts.workdir else None
+        samples = opts.samples_dir / f"calls-{calls}" if opts.samples_dir else None
+        out.append(
+            await run_modes(replace(opts, calls=calls, workdir=workdir, samples_dir=samples), modes)
+        )
+    return out
+
+
 def main(args: argparse.Namespace) -> int:
-    """`telephony bench` (arguments from telephony.cli)."""
+    """`telephony bench` (arguments from telephony.cli): `--calls` one count, or a sweep."""
     modes = tuple(NUMBERS) if args.mode == BOTH else (args.mode,)
     if args.workers > 1 and not os.environ.get(DATABASE_ENV, "").startswith("postgresql"):
         raise UsageError(
             f"--workers needs PostgreSQL: set {DATABASE_ENV}=postgresql+asyncpg://... (a "
             "database the bench may write to)"
         )
+    counts: tuple[int, ...] = args.calls
     opts = BenchOptions(
-        calls=args.calls,
+        calls=counts[0],
         seconds=args.seconds,
         mode=modes[0],
         pin=not args.no_pin and args.workers == 1,  # N workers share the cores
@@ -392,6 +450,8 @@ def main(args: argparse.Namespace) -> int:
     )
     if opts.pin and can_pin():
         os.sched_setaffinity(0, {LOAD_CORE})  # the load generator: this process
+    if len(counts) > 1:
+        return _sweep_main(args, opts, modes, counts)
     reports = load_run(run_modes(opts, modes))
     result = reports if args.mode == BOTH else reports[args.mode]  # both: {mode: report}
     text = json.dumps(result, indent=2)
@@ -401,6 +461,32 @@ def main(args: argparse.Namespace) -> int:
         if args.json:
             Path(args.json).write_text(text + "\n")
         print("\n\n".join(format_report(r) for r in reports.values()))
+    return 0
+
+
+def _sweep_main(
+    args: argparse.Namespace, opts: BenchOptions, modes: tuple[str, ...], counts: tuple[int, ...]
+) -> int:
+    """Every count's reports, then a table per mode (service/relay side by side) and its knee.
+    JSON: {"sweep": [{"calls": N, "reports": {mode: report}}], "knee": {mode: knee}}."""
+    runs = load_run(run_sweep(opts, modes, counts))
+    per_mode = {m: [run[m] for run in runs] for m in modes}
+    knees = {m: knee(reports) for m, reports in per_mode.items()}
+    result = {
+        "sweep": [{"calls": n, "reports": run} for n, run in zip(counts, runs, strict=True)],
+        "knee": knees,
+    }
+    text = json.dumps(result, indent=2)
+    if args.json == "-":
+        print(text)
+        return 0
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    for n, run in zip(counts, runs, strict=True):
+        print(f"=== {n} calls")
+        print("\n\n".join(format_report(r) for r in run.values()))
+        print()
+    print("\n\n".join(format_sweep(per_mode[m], knees[m]) for m in modes))
     return 0
 
 

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -244,6 +245,9 @@ async def server_end_reasons(urls: list[str], expected: float) -> dict[str, floa
     return reasons
 
 
+_SID = re.compile(r"CA[0-9a-f]{6,}")
+
+
 def log_errors(process: Process) -> Counter[str]:
     """Error and critical lines in a JSON log (TELEPHONY_LOG_FORMAT=json)."""
     found: Counter[str] = Counter()
@@ -255,5 +259,7 @@ def log_errors(process: Process) -> Counter[str]:
                 found["log: unstructured error"] += 1
             continue
         if isinstance(entry, dict) and entry.get("level") in ("error", "critical"):
-            found[f"log: {str(entry.get('msg', ''))[:60]}"] += 1
+            # One count per message, not per call: call SIDs are cut out.
+            msg = _SID.sub("CA…", str(entry.get("msg", "")))
+            found[f"log: {msg[:60]}"] += 1
     return found

@@ -87,7 +87,18 @@ SAMPLE_SETS = (
     "eot_to_audio",
     "send_lag",
     "read_lag",
+    "llm_hold",
+    "llm_stream",
+    "aura_hold",
+    "eot_to_flush",
+    "aura_to_caller",
 )
+
+# The load generator is healthy when its callers' frames leave on time and its core has room:
+# past either, the figures describe the generator, not what it drives.
+GENERATOR_SEND_LAG_MAX_MS = 5.0
+GENERATOR_READ_LAG_MAX_MS = 5.0  # only without kernel receive times (they keep it out)
+CORE_FULL_PERCENT = 95.0
 
 
 def dump_samples(directory: Path, phases: dict[str, Phase]) -> None:
@@ -117,12 +128,66 @@ def _other_all(phase: Phase, ours_s: float) -> float | None:
     return _r(max(0.0, sum(phase.core_busy_s.values()) - ours_s) / phase.window_s * 100, 1)
 
 
+def generator_problems(phase: Phase, pinned: bool) -> list[str]:
+    """Why this phase's figures may be the load generator's own (empty: they are not)."""
+    probes = phase.probes
+    assert probes is not None
+    problems = []
+    send = percentile(probes.send_lag, 99)
+    if send is None or send > GENERATOR_SEND_LAG_MAX_MS:
+        problems.append(f"{phase.name}: send lag p99 {send} ms > {GENERATOR_SEND_LAG_MAX_MS:g}")
+    read = percentile(probes.read_lag, 99)
+    if not kernel_stamps_available() and read is not None and read > GENERATOR_READ_LAG_MAX_MS:
+        problems.append(f"{phase.name}: read lag p99 {read} ms > {GENERATOR_READ_LAG_MAX_MS:g}")
+    busy = load_core_busy_percent(phase, pinned)
+    if busy is not None and busy >= CORE_FULL_PERCENT:
+        where = "its core" if pinned else "its CPU"
+        problems.append(f"{phase.name}: {where} {busy:.0f} % busy (>= {CORE_FULL_PERCENT:g})")
+    return problems
+
+
+def load_core_busy_percent(phase: Phase, pinned: bool) -> float | None:
+    """The generator's core, every process on it (pinned), else the generator's own CPU."""
+    if not phase.window_s:
+        return None
+    if pinned and LOAD_CORE in phase.core_busy_s:
+        return _r(100 * phase.core_busy_s[LOAD_CORE] / phase.window_s, 1)
+    return _r(100 * phase.load_cpu_s / phase.window_s, 1)
+
+
+def eot_split(opts: BenchOptions, sp: Probes, eot_p50: float | None) -> dict[str, Any]:
+    """Flux's EndOfTurn -> first audio over the fakes' delay, split into the fakes' own part
+    (their holds past the delays they were asked for, and the fake LLM streaming the rest of
+    the sentence) and the rest (the service, the loopback hops and the generator's lateness
+    reading the service's requests)."""
+    p = percentile
+    llm, aura, stream = p(sp.llm_hold, 50), p(sp.aura_hold, 50), p(sp.llm_stream, 50)
+    out: dict[str, Any] = {
+        "llm_hold_p50_ms": llm,
+        "llm_stream_p50_ms": stream,
+        "aura_hold_p50_ms": aura,
+        "eot_to_aura_flush_p50_ms": p(sp.eot_to_flush, 50),
+        "aura_to_caller_p50_ms": p(sp.aura_to_caller, 50),
+        "eot_tax_ms": None,
+        "eot_tax_fakes_ms": None,
+        "eot_tax_service_ms": None,
+    }
+    if opts.mode != "flux" or llm is None or aura is None or stream is None or eot_p50 is None:
+        return out
+    tax = eot_p50 - opts.llm_first_token_ms - opts.tts_first_byte_ms
+    fakes = (llm - opts.llm_first_token_ms) + stream + (aura - opts.tts_first_byte_ms)
+    out.update(eot_tax_ms=_r(tax), eot_tax_fakes_ms=_r(fakes), eot_tax_service_ms=_r(tax - fakes))
+    return out
+
+
 def report(opts: BenchOptions, server: Phase, relay: Phase) -> dict[str, Any]:
     sp, rp = server.probes, relay.probes
     assert sp is not None and rp is not None
     p = percentile
     ratio = server.cpu_s_per_call_minute / relay.cpu_s_per_call_minute if relay.cpu_s else None
     in50, in99 = p(sp.inbound, 50), p(sp.inbound, 99)
+    pinned = opts.pin and can_pin()
+    problems = generator_problems(server, pinned) + generator_problems(relay, pinned)
     rin50, rin99 = p(rp.inbound, 50), p(rp.inbound, 99)
     out: dict[str, Any] = {
         "calls": server.calls,
@@ -154,11 +219,18 @@ def report(opts: BenchOptions, server: Phase, relay: Phase) -> dict[str, Any]:
         "eot_to_first_audio_p99_ms": p(sp.eot_to_audio, 99),
         "fake_upstream_delay_ms": (opts.llm_first_token_ms if opts.mode == "flux" else 0)
         + opts.tts_first_byte_ms,
+        **eot_split(opts, sp, p(sp.eot_to_audio, 50)),
         "caller_send_lag_p99_ms": p(sp.send_lag, 99),
         "relay_caller_send_lag_p99_ms": p(rp.send_lag, 99),
         "caller_read_lag_p99_ms": p(sp.read_lag, 99),
         "relay_caller_read_lag_p99_ms": p(rp.read_lag, 99),
         "kernel_receive_times": kernel_stamps_available(),
+        # Whether the figures are the service's: the generator kept its frames on time and
+        # its core had room, in both phases (else the reasons).
+        "generator_ok": not problems,
+        "generator_problems": problems,
+        "load_core_busy_percent": load_core_busy_percent(server, pinned),
+        "relay_load_core_busy_percent": load_core_busy_percent(relay, pinned),
         "load_cpu_percent": _r(100 * server.load_cpu_s / server.window_s, 1),
         "relay_load_cpu_percent": _r(100 * relay.load_cpu_s / relay.window_s, 1),
         "bot_frames": sp.bot_frames,
@@ -173,6 +245,8 @@ def report(opts: BenchOptions, server: Phase, relay: Phase) -> dict[str, Any]:
         },
         "end_reasons": server.end_reasons,
         "errors": sum(server.errors.values()) + sum(relay.errors.values()),
+        "server_errors": sum(server.errors.values()),
+        "relay_errors": sum(relay.errors.values()),
         "error_detail": {
             **{f"server: {k}": v for k, v in server.errors.items()},
             **{f"relay: {k}": v for k, v in relay.errors.items()},
@@ -186,12 +260,12 @@ def report(opts: BenchOptions, server: Phase, relay: Phase) -> dict[str, Any]:
             "relay_server_core": _other(relay, SERVER_CORE, relay.cpu_s),
             "relay_load_core": _other(relay, LOAD_CORE, relay.load_cpu_s),
         }
-        if opts.pin and can_pin()
+        if pinned
         else {
             "all_cores": _other_all(server, server.cpu_s + server.load_cpu_s),
             "relay_all_cores": _other_all(relay, relay.cpu_s + relay.load_cpu_s),
         },
-        "pinned": opts.pin and can_pin(),
+        "pinned": pinned,
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "options": {k: str(v) for k, v in asdict(opts).items()},
@@ -237,13 +311,128 @@ def format_report(r: dict[str, Any]) -> str:
             f"  (fakes' own delay {r['fake_upstream_delay_ms']})",
         ),
         (
+            "EndOfTurn tax ms p50",
+            f"{r['eot_tax_ms']} = fakes {r['eot_tax_fakes_ms']} + service {r['eot_tax_service_ms']}"
+            f"  (LLM hold {r['llm_hold_p50_ms']} + stream {r['llm_stream_p50_ms']},"
+            f" EoT->Flush {r['eot_to_aura_flush_p50_ms']},"
+            f" Aura hold {r['aura_hold_p50_ms']}, Aura->caller {r['aura_to_caller_p50_ms']})",
+        ),
+        (
             "generator lag ms p99",
             f"send {r['caller_send_lag_p99_ms']}/{r['relay_caller_send_lag_p99_ms']}  read "
             f"{r['caller_read_lag_p99_ms']}/{r['relay_caller_read_lag_p99_ms']}"
             f"  (kernel receive times: {r['kernel_receive_times']})",
+        ),
+        (
+            "generator valid",
+            f"{r['generator_ok']}  (its core busy {r['load_core_busy_percent']} / "
+            f"{r['relay_load_core_busy_percent']} %)"
+            + (f"  {'; '.join(r['generator_problems'])}" if r["generator_problems"] else ""),
         ),
         ("other processes' CPU %", str(r["host_other_cpu_percent"])),
         ("errors", f"{r['errors']} {r['error_detail'] or ''}".rstrip()),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+# --- a sweep over call counts (`telephony bench --calls 100,200,...`) ---------------------------
+
+KNEE_JITTER_P99_MS = 5.0
+KNEE_BRIDGE_P99_MS = 2.0
+
+
+def _phase_ok(r: dict[str, Any], phase: str) -> bool:
+    return not any(p.startswith(f"{phase}:") for p in r["generator_problems"])
+
+
+def service_ok(r: dict[str, Any]) -> bool:
+    """Within the targets at this N: jitter, bridge-added inbound latency, no errors, and a
+    generator that kept up in both phases (the bridge-added figure needs the relay's too)."""
+    jitter, bridge = r["pacing_jitter_p99_ms"], r["bridge_inbound_latency_p99_ms"]
+    return (
+        jitter is not None
+        and jitter <= KNEE_JITTER_P99_MS
+        and bridge is not None
+        and bridge <= KNEE_BRIDGE_P99_MS
+        and r["server_errors"] == 0
+        and r["generator_ok"]
+    )
+
+
+def relay_ok(r: dict[str, Any]) -> bool:
+    jitter = r["relay_pacing_jitter_p99_ms"]
+    return (
+        jitter is not None
+        and jitter <= KNEE_JITTER_P99_MS
+        and r["relay_errors"] == 0
+        and _phase_ok(r, "relay")
+    )
+
+
+def knee(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The largest call count within the targets, for the service and for the relay (None:
+    none was)."""
+    return {
+        "service": max((r["calls"] for r in reports if service_ok(r)), default=None),
+        "relay": max((r["calls"] for r in reports if relay_ok(r)), default=None),
+        "criteria": f"jitter p99 <= {KNEE_JITTER_P99_MS:g} ms, bridge-added inbound p99 <= "
+        f"{KNEE_BRIDGE_P99_MS:g} ms (service), 0 errors, generator valid",
+    }
+
+
+_SWEEP_COLUMNS = (
+    ("calls", lambda r: f"{r['calls']}"),
+    ("CPU % svc/relay", lambda r: f"{r['server_cpu_percent']}/{r['relay_cpu_percent']}"),
+    ("ratio", lambda r: f"{r['cpu_ratio_vs_relay']}"),
+    ("RSS MiB/call", lambda r: f"{r['rss_mib_per_call']}/{r['relay_rss_mib_per_call']}"),
+    (
+        "jitter p99",
+        lambda r: f"{r['pacing_jitter_p99_ms']}/{r['relay_pacing_jitter_p99_ms']}",
+    ),
+    ("bridge in p99", lambda r: f"{r['bridge_inbound_latency_p99_ms']}"),
+    (
+        "EoT audio p50/p99",
+        lambda r: (
+            f"{r['eot_to_first_audio_p50_ms']}/{r['eot_to_first_audio_p99_ms']}"
+            f" (-{r['fake_upstream_delay_ms']})"
+        ),
+    ),
+    ("tax fakes/svc", lambda r: f"{r['eot_tax_fakes_ms']}/{r['eot_tax_service_ms']}"),
+    ("errors", lambda r: f"{r['server_errors']}/{r['relay_errors']}"),
+    (
+        "gen send/read p99",
+        lambda r: (
+            f"{r['caller_send_lag_p99_ms']}/{r['relay_caller_send_lag_p99_ms']} "
+            f"{r['caller_read_lag_p99_ms']}/{r['relay_caller_read_lag_p99_ms']}"
+        ),
+    ),
+    ("gen CPU %", lambda r: f"{r['load_cpu_percent']}/{r['relay_load_cpu_percent']}"),
+    (
+        "others % core0/1",
+        lambda r: "/".join(
+            str((r["host_other_cpu_percent"] or {}).get(k))
+            for k in ("server_core", "load_core", "relay_server_core", "relay_load_core")
+        ),
+    ),
+    ("gen ok", lambda r: "yes" if r["generator_ok"] else "NO"),
+)
+
+
+def format_sweep(reports: Sequence[dict[str, Any]], found: dict[str, Any]) -> str:
+    """One line per call count, service/relay side by side, then the knee."""
+    rows = [[name for name, _ in _SWEEP_COLUMNS]]
+    rows += [[cell(r) for _, cell in _SWEEP_COLUMNS] for r in reports]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    mode = reports[0]["mode"] if reports else "?"
+    lines.append(
+        f"knee ({mode}): service {found['service']}, relay {found['relay']}  ({found['criteria']};"
+        " pairs are service/relay, lags and CPU the generator's in each phase)"
+    )
+    invalid = [r for r in reports if not r["generator_ok"]]
+    for r in invalid:
+        lines.append(
+            f"  {r['calls']} calls, generator not valid: {'; '.join(r['generator_problems'])}"
+        )
+    return "\n".join(lines)

@@ -190,12 +190,22 @@ def _bench(args: argparse.Namespace) -> int:
     if args.hostile:
         from telephony import bench_hostile
 
+        if len(args.calls) != 1:
+            raise UsageError("--hostile takes one --calls count, not a sweep")
         return bench_hostile.main(
-            args.hostile, args.calls, args.seconds, not args.no_pin, args.json
+            args.hostile, args.calls[0], args.seconds, not args.no_pin, args.json
         )
     from telephony import bench
 
     return bench.main(args)
+
+
+def _call_counts(text: str) -> tuple[int, ...]:
+    """--calls: one count, or a comma-separated sweep of distinct counts."""
+    counts = tuple(_positive_int(part.strip()) for part in text.split(","))
+    if len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError(f"repeated call count in {text!r}")
+    return counts
 
 
 def _positive_int(text: str) -> int:
@@ -328,7 +338,13 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="load benchmark: N concurrent calls through the service, then a bare relay",
     )
-    bench.add_argument("--calls", type=_positive_int, default=50, help="concurrent calls")
+    bench.add_argument(
+        "--calls",
+        type=_call_counts,
+        default=(50,),
+        help="concurrent calls; a comma-separated list (100,200,300) sweeps: a service and a "
+        "relay per count, a table and the knee",
+    )
     bench.add_argument("--seconds", type=float, default=30.0, help="measurement window")
     bench.add_argument(
         "--mode",

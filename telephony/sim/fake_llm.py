@@ -105,6 +105,10 @@ class FakeLLM(StartStop):
         self.active = 0  # streams in progress
         self.completed = 0  # streams that reached [DONE]
         self.disconnects = 0  # streams the client abandoned
+        # Called once a reply has streamed whole, with (request handed over, first token
+        # written, last event written) on time.monotonic(): the benchmark times the fake's own
+        # part of a reply against the delay it was asked for.
+        self.on_streamed: Callable[[float, float, float], None] | None = None
         self._ids = itertools.count(1)
         self._watchers: set[asyncio.Task[None]] = set()
         self._server: InProcessServer | None = None
@@ -151,6 +155,7 @@ class FakeLLM(StartStop):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        arrived = time.monotonic()
         if scope["method"] != "POST" or scope["path"] not in PATHS:
             await _json(send, 404, _error("not found", "not_found"))
             return
@@ -190,7 +195,7 @@ class FakeLLM(StartStop):
             await _json(send, 400, refusal)
         else:
             record["status"] = 200
-            await self._stream(request, receive, send, script)
+            await self._stream(request, receive, send, script, arrived)
 
     def _refusal(self, request: dict[str, Any]) -> dict[str, Any] | None:
         """The API's 400 error body for a request it would refuse, else None."""
@@ -218,7 +223,12 @@ class FakeLLM(StartStop):
         return None
 
     async def _stream(
-        self, request: dict[str, Any], receive: Receive, send: Send, script: ModelScript | None
+        self,
+        request: dict[str, Any],
+        receive: Receive,
+        send: Send,
+        script: ModelScript | None,
+        arrived: float,
     ) -> None:
         offered = {t.get("function", {}).get("name") for t in request.get("tools") or []}
         messages = request.get("messages") or []
@@ -238,13 +248,18 @@ class FakeLLM(StartStop):
         try:
             await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
             await _body(send, chunk.delta({"role": "assistant", "content": ""}))
+            first_at = arrived
             for i, piece in enumerate(events):
                 delay = first_delay_ms / 1000 if i == 0 else self._token_interval()
                 if await _gone_within(watcher, delay):
                     break
                 await _body(send, piece)
+                if i == 0:
+                    first_at = time.monotonic()
             else:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
+                if self.on_streamed is not None:
+                    self.on_streamed(arrived, first_at, time.monotonic())
                 self.completed += script is None or script.break_after_words is None
                 return
             if not watcher.cancelled():  # cancelled means the fake is stopping

@@ -5,11 +5,14 @@ service's, not the generator's):
 
 - A caller is one `asyncio.Protocol` on websockets' sans-I/O `ClientProtocol` (its frames
   written by `telephony.client_frames`): no task per call and none per frame. Its 20 ms frames
-  are sent by one timer handle per call (`call_at` on an absolute deadline, so lateness never
-  accumulates); the same tick plays out the bot audio through the fakes' one model of Twilio's
-  play-out buffer (sim/playout.py, positions only: no bytes kept) and echoes the marks whose
-  audio has played. Received frames are parsed by
-  `telephony.twilio.messages.parse_outbound`, as strictly as Twilio does.
+  are sent from the loop's one `FrameClock` (sim/lean_wire.py: a timer per 1 ms slot, shared
+  by every caller, on absolute deadlines, so lateness never accumulates), each built from a
+  per-call template (`MediaText`) and written straight to the socket's transport; the same
+  tick plays out the bot audio through the fakes' one model of Twilio's play-out buffer
+  (sim/playout.py, positions only: no bytes kept) and echoes the marks whose audio has played.
+- Received text frames are cut by `ServerFrames` (every other frame goes to websockets);
+  media in the service's own shape is decoded with strict base64 (`media_payload`), everything
+  else is parsed by `telephony.twilio.messages.parse_outbound`, as strictly as Twilio does.
 - The webhook hop is sim/webhook.py's, as for the full fake caller.
 
 Every caller reports to the `Probes` of telephony.sim.load (its frames carry their tags).
@@ -22,7 +25,7 @@ import contextlib
 import math
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
 import httpx
@@ -34,17 +37,14 @@ from websockets.uri import parse_uri
 
 from telephony.client_frames import text_frame
 from telephony.http_pool import tls_context
-from telephony.sim.load import (
-    BURST_GAP_S,
-    FILLER,
-    FRAME_S,
-    NO_REPLY_S,
-    OUT_MAGIC,
-    OUT_TAG,
-    RING,
-    TAG,
-    Probes,
+from telephony.sim.lean_wire import (
+    FrameClock,
+    MediaText,
+    ServerFrames,
+    media_payload,
+    media_prefix,
 )
+from telephony.sim.load import BURST_GAP_S, FRAME_S, NO_REPLY_S, OUT_MAGIC, OUT_TAG, RING, Probes
 from telephony.sim.playout import MarkEcho, PlayoutBuffer
 from telephony.sim.stamped import StampedTransport
 from telephony.sim.webhook import DEFAULT_ACCOUNT_SID, dial_stream, signature_header
@@ -52,7 +52,7 @@ from telephony.twilio import messages as tm
 
 
 class LeanCall(asyncio.Protocol):
-    """One fake Twilio media stream: a protocol, a timer handle, no tasks."""
+    """One fake Twilio media stream: a protocol on the shared frame clock, no tasks."""
 
     def __init__(
         self,
@@ -74,15 +74,19 @@ class LeanCall(asyncio.Protocol):
             self.stream_sid, call_sid, account_sid, custom_parameters=parameters
         )
         self.loop = asyncio.get_running_loop()
+        self.clock = FrameClock.of(self.loop)
         self.transport: StampedTransport | None = None  # writes go to the loop's transport
+        self._write: Callable[[bytes], object] | None = None  # the loop transport's own write
+        self.sending = False  # media goes out: open, started, not hanging up nor closing
+        self.media_text = MediaText(self.builder, index)
+        self._media_prefix = media_prefix(self.stream_sid)
+        self._frames: ServerFrames | None = None  # once open and websockets' parser is idle
         self.opened: asyncio.Future[None] = self.loop.create_future()
         self.closed: asyncio.Future[None] = self.loop.create_future()
         self.player = PlayoutBuffer(0.0, keep_audio=False)  # times unused: positions only
         self.sent_at = probes.sent_at[index]
         self.n = 0  # next frame number
-        self.t0 = 0.0  # loop time of frame 0 (scheduling)
-        self.t0_mono = 0.0  # monotonic time of frame 0 (measuring)
-        self._timer: asyncio.TimerHandle | None = None
+        self.t0_mono = 0.0  # monotonic deadline of frame 0 (its slot's)
         self.hanging_up = False
         self.server_closed = False
         self.eot_at: float | None = None
@@ -98,6 +102,8 @@ class LeanCall(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = StampedTransport(transport, self)
+        # The per-frame writes skip the proxy's attribute lookup.
+        self._write = transport.write  # type: ignore[attr-defined]
         request = self.ws.connect()
         for name, value in self._headers.items():
             request.headers[name] = value
@@ -107,8 +113,7 @@ class LeanCall(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.transport is not None:
             self.transport.detach()
-        if self._timer is not None:
-            self._timer.cancel()
+        self._stop_sending()
         self._end_run()
         if not self.hanging_up and self.opened.done():
             self.server_closed = True
@@ -136,20 +141,25 @@ class LeanCall(asyncio.Protocol):
             transport.write(text_frame(text.encode()))  # as ws.send_text would, but leaner
 
     def start(self) -> None:
-        """After the upgrade: `connected`, `start`, then a frame every 20 ms."""
+        """After the upgrade: `connected`, `start`, then a frame every 20 ms (the first at the
+        next slot of the frame clock, within a millisecond)."""
         self._send(self.builder.connected())
         self._send(self.builder.start())
-        self.t0 = self.loop.time()
-        self.t0_mono = time.monotonic()
-        self._tick()
+        self.sending = self.ws.state is State.OPEN
+        if self.sending:
+            self.t0_mono = self.clock.join(self._tick)
+
+    def _stop_sending(self) -> None:
+        if self.sending:
+            self.sending = False
+            self.clock.leave(self._tick)
 
     def hang_up(self) -> None:
         """`stop`, then close the socket."""
         if self.hanging_up:
             return
         self.hanging_up = True
-        if self._timer is not None:
-            self._timer.cancel()
+        self._stop_sending()
         self._end_run()
         if self.ws.state is State.OPEN:
             self._send(self.builder.stop())
@@ -161,7 +171,7 @@ class LeanCall(asyncio.Protocol):
     # --- sending ------------------------------------------------------------------------
 
     def _tick(self) -> None:
-        if self.hanging_up or self.ws.state is not State.OPEN:
+        if not self.sending:
             return
         now = time.monotonic()
         n = self.n
@@ -169,16 +179,18 @@ class LeanCall(asyncio.Protocol):
         if probes.recording:
             probes.send_lag.append((now - self.t0_mono - n * FRAME_S) * 1000)
             probes.caller_frames += 1
-        echoes = self.player.advance(now)
-        if echoes:
-            self._echo(echoes)
+        player = self.player
+        if player.queued > player.pos or player.marks:  # else nothing to play nor echo
+            echoes = player.advance(now)
+            if echoes:
+                self._echo(echoes)
         self.sent_at[n % RING] = now
-        self._send(self.builder.media(TAG.pack(self.index, n & 0xFFFF) + FILLER, n * 20))
+        assert self._write is not None
+        self._write(self.media_text.frame(n))
         if self.eot_at is not None and now - self.eot_at > NO_REPLY_S:
             self.eot_at = None
             probes.errors["turn_without_reply"] += 1
         self.n = n + 1
-        self._timer = self.loop.call_at(self.t0 + self.n * FRAME_S, self._tick)
 
     def _echo(self, echoes: Iterable[MarkEcho]) -> None:
         for echo in echoes:
@@ -194,12 +206,21 @@ class LeanCall(asyncio.Protocol):
         now = self.transport.received_at
         if self.probes.recording:
             self.probes.read_lag.append((read_at - now) * 1000)
+        frames = self._frames
+        if frames is not None:
+            texts, rest = frames.feed(data)
+            for text in texts:
+                self._on_text(text, now)
+            if not rest:
+                return
+            self._frames = None
+            data = rest
         self.ws.receive_data(data)
         for event in self.ws.events_received():
             if isinstance(event, Frame):
                 if event.opcode is Opcode.TEXT:
-                    text = event.data
-                    self._on_text(text if isinstance(text, bytes) else bytes(text), now)
+                    body = event.data
+                    self._on_text(body if isinstance(body, bytes) else bytes(body), now)
                 elif event.opcode is Opcode.BINARY:
                     self.probes.errors["binary_frame_31950"] += 1
             elif isinstance(event, Response) and not self.opened.done():
@@ -208,14 +229,26 @@ class LeanCall(asyncio.Protocol):
                 else:
                     self.opened.set_result(None)
         self._flush()
+        ws = self.ws
+        if ws.state is not State.OPEN:
+            self._stop_sending()
+        elif self.opened.done() and not ws.reader.buffer and ws.current_size is None:
+            self._frames = ServerFrames()  # websockets' parser idle at a frame boundary
 
     def eof_received(self) -> bool | None:
+        if self._frames is not None and self._frames.buffer:  # a frame cut short: websockets'
+            self.ws.receive_data(self._frames.buffer)
+        self._frames = None
         self.ws.receive_eof()
         self._flush()
         return None
 
     def _on_text(self, data: bytes, now: float) -> None:
         if self.hanging_up:
+            return
+        payload = media_payload(data, self._media_prefix)
+        if payload is not None:
+            self._on_media(payload, now)
             return
         try:
             msg = tm.parse_outbound(data, self.stream_sid)
@@ -243,14 +276,19 @@ class LeanCall(asyncio.Protocol):
         recording = probes.recording
         if recording:
             probes.bot_frames += 1
+        tagged: tuple[float | None, float] | None = None  # its Flush at Aura, Aura's send
         if payload[:4] == OUT_MAGIC:
             _, tts_id = OUT_TAG.unpack_from(payload)
             sent = probes.tts_sent.pop(tts_id, None)
-            if sent is not None and recording:
-                probes.outbound.append((now - sent) * 1000)
+            if sent is not None:
+                tagged = probes.tts_flushed.pop(tts_id, None), sent
+                if recording:
+                    probes.outbound.append((now - sent) * 1000)
         if self.eot_at is not None and now >= self.eot_at:
             if recording:
                 probes.eot_to_audio.append((now - self.eot_at) * 1000)
+                if tagged is not None:
+                    probes.split_reply(tagged[0], self.eot_at, tagged[1], now)
             self.eot_at = None
         # pacing jitter
         if new_run:

@@ -28,6 +28,15 @@ process):
 - **EndOfTurn -> first audio**: Flux's EndOfTurn (the agent: its user ConversationText) is
   timed per call; the next media frame the caller receives closes the interval. A turn with no
   bot audio within `NO_REPLY_S` counts as an error.
+- **Where that interval goes** (Flux): the fakes time their own holds — the fake LLM from
+  being handed a request to its first token written (`llm_hold`) and on to the reply's end
+  (`llm_stream`: the rest of the sentence at its token rate, which the service waits for
+  before it flushes the sentence to Aura), fake Aura from the Flush's
+  arrival (kernel receive time) to its first audio of the reply sent (`aura_hold`); the first
+  audio's tag carries its Flush time to the caller, so each interval that the tagged frame
+  closes splits into EndOfTurn -> Flush at Aura (`eot_to_flush`: the service before and after
+  the LLM, and the LLM's hold), Aura's hold, and Aura -> the caller (`aura_to_caller`). The
+  LLM's requests carry no call, so its hold is taken as a distribution, not per interval.
 - **Send lag**: how late each caller frame left against its 20 ms grid (the generator's own
   health: if this grows, the generator is the bottleneck).
 - **Read lag**: how long after the kernel received a caller's bytes this loop read them (the
@@ -123,7 +132,13 @@ class Probes:
         self.eot_to_audio = array("d")
         self.send_lag = array("d")
         self.read_lag = array("d")
+        self.llm_hold = array("d")  # ms: fake LLM, request handed over -> first token written
+        self.llm_stream = array("d")  # ms: fake LLM, first token -> the reply's end written
+        self.aura_hold = array("d")  # ms: fake Aura, Flush received -> first audio sent
+        self.eot_to_flush = array("d")  # ms: EndOfTurn sent -> that reply's Flush at Aura
+        self.aura_to_caller = array("d")  # ms: Aura's first audio sent -> at the caller
         self.tts_sent: dict[int, float] = {}
+        self.tts_flushed: dict[int, float] = {}  # tts id -> its Flush's arrival at Aura
         self._tts_ids = itertools.count(1)
         self.errors: Counter[str] = Counter()
         self.bot_frames = 0  # media frames the callers received (window only)
@@ -164,9 +179,25 @@ class Probes:
             if self.recording:
                 self.turns += 1
 
-    def tag_outbound(self, data: bytes) -> bytes:
+    def tag_outbound(self, data: bytes, flushed_at: float | None = None) -> bytes:
         if len(data) < OUT_TAG.size:
             return data
         tts_id = next(self._tts_ids)
-        self.tts_sent[tts_id] = time.monotonic()
+        sent = self.tts_sent[tts_id] = time.monotonic()
+        if flushed_at is not None:
+            self.tts_flushed[tts_id] = flushed_at
+            if self.recording:
+                self.aura_hold.append((sent - flushed_at) * 1000)
         return OUT_TAG.pack(OUT_MAGIC, tts_id) + data[OUT_TAG.size :]
+
+    def llm_streamed(self, arrived: float, first: float, last: float) -> None:
+        if self.recording:
+            self.llm_hold.append((first - arrived) * 1000)
+            self.llm_stream.append((last - first) * 1000)
+
+    def split_reply(self, flushed: float | None, eot_at: float, sent: float, now: float) -> None:
+        """A reply's first audio (sent by Aura at `sent`, its Flush there at `flushed`) closed
+        an EndOfTurn interval at the caller (`now`)."""
+        if flushed is not None and self.recording and flushed >= eot_at:
+            self.eot_to_flush.append((flushed - eot_at) * 1000)
+            self.aura_to_caller.append((now - sent) * 1000)

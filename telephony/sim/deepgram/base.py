@@ -43,7 +43,7 @@ class Options:
     agent_session_cap_s: float = 7200.0
     agent_latency_s: float = 0.6  # reported in AgentStartedSpeaking (ttt; tts = first byte)
     agent_history: bool = True  # False: an agent that sends no History messages
-    log_audio: bool = True  # False: count audio frames without logging each one
+    log_audio: bool = True  # False: count audio frames received, log none received or sent
     tick_s: float = 0.05
 
 
@@ -217,7 +217,8 @@ class Session:
     async def send_audio(self, data: bytes) -> None:
         if self.silent or self.closing:
             return
-        self.log.sent.append((self.loop.time(), "audio", len(data)))
+        if self.opts.log_audio:  # else (the benchmark) no entry per chunk, as for received
+            self.log.sent.append((self.loop.time(), "audio", len(data)))
         with contextlib.suppress(ConnectionClosed):
             await self.ws.send(data)
 
