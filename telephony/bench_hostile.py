@@ -33,7 +33,15 @@ from typing import Any
 import httpx
 
 from telephony import bench
-from telephony.bench_process import LOAD_CORE, SERVER_CORE, Process, free_port, spawn, wait_ready
+from telephony.bench_process import (
+    LOAD_CORE,
+    SERVER_CORE,
+    Process,
+    can_pin,
+    free_port,
+    spawn,
+    wait_ready,
+)
 from telephony.bench_report import percentile
 from telephony.http_pool import tls_context
 from telephony.sim.hostile import ATTACKS
@@ -229,7 +237,7 @@ def format_hostile(report: dict[str, Any]) -> str:
 def main(attacks: str, calls: int, seconds: float, pin: bool, json_path: str | None) -> int:
     kinds = ATTACKS if attacks == "all" else tuple(a for a in attacks.split(",") if a)
     opts = HostileOptions(attacks=kinds, calls=calls, seconds=seconds, pin=pin)
-    if pin and bench.can_pin():
+    if pin and can_pin():
         os.sched_setaffinity(0, {LOAD_CORE})
     result = bench.load_run(run_hostile(opts))
     if json_path == "-":

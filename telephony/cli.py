@@ -195,9 +195,9 @@ def _bench(args: argparse.Namespace) -> int:
         return bench_hostile.main(
             args.hostile, args.calls[0], args.seconds, not args.no_pin, args.json
         )
-    from telephony import bench
+    from telephony import bench_main
 
-    return bench.main(args)
+    return bench_main.main(args)
 
 
 def _call_counts(text: str) -> tuple[int, ...]:
