@@ -6,13 +6,18 @@ phases ran, measured something and saw no errors.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import subprocess
 import sys
 from pathlib import Path
 
-from telephony.bench_report import REPORT_KEYS, percentile
+import pytest
+
+from telephony import bench_main
+from telephony.bench import BenchOptions
+from telephony.bench_report import REPORT_KEYS, knee, percentile
 
 
 def test_tiny_bench_reports_every_figure(tmp_path: Path) -> None:
@@ -34,27 +39,74 @@ def test_tiny_bench_reports_every_figure(tmp_path: Path) -> None:
     assert done.stdout.count("CPU s per call-minute") == 2  # the human-readable tables too
 
 
-def test_tiny_sweep_reports_each_count_and_the_knee(tmp_path: Path) -> None:
-    """`--calls 2,3`: a service and a relay per count, each count's report whole, the table and
-    the knee (its shape only: whether a count is within the targets is the host's business)."""
+class _Figures(dict):
+    """A report's figures: those a test does not name read 1.0 (the tables print them all)."""
+
+    def __missing__(self, key: str) -> float:
+        return 1.0
+
+
+def _report(calls: int, jitter: float, relay_jitter: float, **extra: object) -> dict:
+    """A report in run_modes' shape whose figures are given (the rest are 1.0)."""
+    report: dict = _Figures(dict.fromkeys(REPORT_KEYS, 1.0))
+    report.update(
+        calls=calls,
+        mode="flux",
+        pacing_jitter_p99_ms=jitter,
+        relay_pacing_jitter_p99_ms=relay_jitter,
+        bridge_inbound_latency_p99_ms=0.5,
+        server_errors=0,
+        relay_errors=0,
+        generator_ok=True,
+        generator_problems=[],
+        host_other_cpu_percent={},
+    )
+    report.update(extra)
+    return report
+
+
+# What each count measured: the service is within the targets up to 200 (then jitter), the
+# relay up to 300; at 250 the generator fell behind in the service's phase.
+SWEEP = {
+    100: _report(100, 2.0, 1.5),
+    200: _report(200, 4.6, 3.2),
+    250: _report(250, 4.0, 3.9, generator_ok=False, generator_problems=["server: send lag"]),
+    300: _report(300, 24.0, 4.9),
+    400: _report(400, 52.0, 35.0, server_errors=3),
+}
+
+
+def test_a_sweep_runs_each_count_afresh_and_finds_the_knee(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--calls 100,200,...`: run_modes once per count (its own service and relay: a work
+    directory of its own), each count's report whole in the JSON, the table and the knee: the
+    largest count within the targets, for the service and the relay apart (tests/test_bench's
+    tiny run covers run_modes itself, with real processes)."""
+    ran: list[tuple[int, Path | None]] = []
+
+    async def run_modes(opts: BenchOptions, modes: tuple[str, ...]) -> dict[str, dict]:
+        ran.append((opts.calls, opts.workdir))
+        return {"flux": SWEEP[opts.calls]}
+
+    monkeypatch.setattr(bench_main, "run_modes", run_modes)
+    counts = tuple(SWEEP)
     out = tmp_path / "sweep.json"
-    argv = [sys.executable, "-m", "telephony.cli", "bench", "--calls", "2,3", "--seconds", "1"]
-    argv += ["--ramp", "0.1", "--settle", "0.4", "--json", str(out)]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
+    opts = BenchOptions(calls=counts[0], workdir=tmp_path)
+    args = argparse.Namespace(json=str(out))
+    assert bench_main._sweep_main(args, opts, ("flux",), counts) == 0
+
+    assert [calls for calls, _ in ran] == list(counts)
+    assert len({workdir for _, workdir in ran}) == len(counts)  # nothing shared between counts
     result = json.loads(out.read_text())
-    assert [run["calls"] for run in result["sweep"]] == [2, 3]
-    for run in result["sweep"]:
-        report = run["reports"]["flux"]
-        assert set(REPORT_KEYS) <= set(report)
-        assert report["calls"] == run["calls"] and report["mode"] == "flux"
-        assert isinstance(report["generator_ok"], bool)
-        assert report["generator_ok"] == (not report["generator_problems"])
-    knee = result["knee"]["flux"]
-    assert set(knee) == {"service", "relay", "criteria"}
-    assert knee["service"] in (None, 2, 3) and knee["relay"] in (None, 2, 3)
-    assert done.stdout.count("CPU s per call-minute") == 2  # each count's report
-    assert "knee (flux): service" in done.stdout  # then the table and the knee
+    assert [run["calls"] for run in result["sweep"]] == list(counts)
+    assert [run["reports"]["flux"] for run in result["sweep"]] == list(SWEEP.values())
+    assert result["knee"]["flux"]["service"] == 200  # 250: its generator did not keep up
+    assert result["knee"]["flux"]["relay"] == 300
+    printed = capsys.readouterr().out
+    assert printed.count("CPU s per call-minute") == len(counts)  # each count's report
+    assert "knee (flux): service 200" in printed  # then the table and the knee
+    assert knee([SWEEP[300], SWEEP[400]])["service"] is None  # none within: no knee
 
 
 def check_report(report: dict) -> None:
