@@ -32,7 +32,9 @@ profiles:
       model: primary-m
       api_key_env: TEST_LLM_KEY
       system_prompt: "Be brief."
-      first_token_timeout_s: 1
+      # 2 s of call time is 500 ms of real time on the 4x clock: at 1 s a loaded machine
+      # (three test workers on two cores) stalled a healthy fallback's first token past it.
+      first_token_timeout_s: 2
       fallbacks:
         - {base_url: "https://backup.example.com/v1", model: backup-m, api_key_env: BACKUP_KEY}
 """
@@ -47,7 +49,7 @@ async def call(tmp_path: Path, scripts: dict[str, ModelScript], turns: list[Scri
         number="+15550001000",
         script=Script(turns=turns),
         config_path=config,
-        max_call_ms=5_000 if len(turns) == 1 else 9_500,
+        max_call_ms=6_000 if len(turns) == 1 else 9_500,
         deepgram_options={"speak_ms_per_char": 20},
         llm_options={"first_token_delay_ms": 100, "tokens_per_s": 400, "models": scripts},
     )
@@ -90,7 +92,7 @@ async def test_a_primary_500_is_answered_by_the_fallback_each_turn(tmp_path: Pat
         {"from": f"primary-m@{host}", "to": f"backup-m@{host}", "from_backend": 0, "to_backend": 1}
     ] * 2
     assert [(e["reason"], e["status"]) for e in switches] == [("server-error", 500)] * 2
-    assert all(0 <= e["after_ms"] < 1000 for e in switches)
+    assert all(0 <= e["after_ms"] < 2000 for e in switches)
     assert events(result, "error") == []
     assert fallbacks_metric(result, "server-error") == 2
     assert fallbacks_metric(result, "timeout") == 0
@@ -106,10 +108,10 @@ async def test_a_silent_primary_hands_over_at_first_token_timeout(tmp_path: Path
     assert result.llm.disconnects == 1  # the silent stream was closed
     [switch] = events(result, "llm-fallback")
     assert switch["reason"] == "timeout" and "status" not in switch
-    assert switch["error"] == "LLM gave no first token within 1 s"
-    assert 1000 <= switch["after_ms"] < 1500
+    assert switch["error"] == "LLM gave no first token within 2 s"
+    assert 2000 <= switch["after_ms"] < 2500
     [reply] = [t for t in result.as_json()["turns"] if t["text"].startswith("You said")]
-    assert reply["meta"]["eot_to_token_ms"] >= 1000  # the wait is in the reply's latency
+    assert reply["meta"]["eot_to_token_ms"] >= 2000  # the wait is in the reply's latency
     assert fallbacks_metric(result, "timeout") == 1
 
 

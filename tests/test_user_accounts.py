@@ -3,18 +3,22 @@ does removing an account and adding one of the same name again)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import io
 import os
-import subprocess
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import httpx
 import pytest
 from sqlalchemy import select
 
 from routes.auth import SessionKeys
+from telephony import cli
 from telephony.store.engine import make_engine
 from telephony.store.migrate import upgrade
 from telephony.store.schema import audit_log
@@ -32,17 +36,34 @@ from tests.staff_helpers import ADMIN, STAFF, add_accounts, login
 OLD_PW, NEW_PW = "the first passphrase", "the second passphrase"
 
 
-def users_cli(tmp_path: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TELEPHONY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/u.db"}
-    return subprocess.run(
-        [sys.executable, "-m", "telephony.cli", "users", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+@dataclass
+class CliRun:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def users_cli(tmp_path: Path, *args: str, stdin: str = "") -> CliRun:
+    """`telephony users ...` as a shell runs it with stdin not a terminal (its exit status,
+    argparse's included, and what it printed), in a thread of this process: `cli.main` runs an
+    event loop of its own, and an interpreter's start-up per command cost ~1 s."""
+
+    def run() -> CliRun:
+        out, err = io.StringIO(), io.StringIO()
+        env = {"TELEPHONY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/u.db"}
+        with (
+            mock.patch.dict(os.environ, env),
+            mock.patch.object(sys, "stdin", io.StringIO(stdin)),
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+        ):
+            try:
+                code = cli.main(["users", *args])
+            except SystemExit as exc:  # argparse's usage errors
+                code = exc.code if isinstance(exc.code, int) else 1
+        return CliRun(code, out.getvalue(), err.getvalue())
+
+    return await asyncio.to_thread(run)
 
 
 async def audit_of(database: str) -> list[tuple[str, str, str, object]]:
@@ -57,13 +78,14 @@ async def audit_of(database: str) -> list[tuple[str, str, str, object]]:
 
 async def test_users_commands_change_accounts_and_audit_each_change(tmp_path: Path) -> None:
     db = f"sqlite+aiosqlite:///{tmp_path}/u.db"
-    assert users_cli(tmp_path, "add", "bob", "--role", "admin", stdin=OLD_PW + "\n").returncode == 0
+    added = await users_cli(tmp_path, "add", "bob", "--role", "admin", stdin=OLD_PW + "\n")
+    assert added.returncode == 0, added.stderr
 
-    out = users_cli(tmp_path, "role", "bob", "staff")
+    out = await users_cli(tmp_path, "role", "bob", "staff")
     assert out.returncode == 0 and "now staff" in out.stdout, out.stderr
-    out = users_cli(tmp_path, "role", "bob", "staff")
+    out = await users_cli(tmp_path, "role", "bob", "staff")
     assert out.returncode == 0 and "already staff" in out.stdout  # no change, no audit row
-    out = users_cli(tmp_path, "password", "bob", stdin=NEW_PW + "\n")
+    out = await users_cli(tmp_path, "password", "bob", stdin=NEW_PW + "\n")
     assert out.returncode == 0, out.stderr
     assert NEW_PW not in out.stdout + out.stderr
     engine = make_engine(db)
@@ -72,16 +94,16 @@ async def test_users_commands_change_accounts_and_audit_each_change(tmp_path: Pa
         assert await authenticate(engine, "bob", OLD_PW) is None
     finally:
         await engine.dispose()
-    out = users_cli(tmp_path, "disable", "bob")
+    out = await users_cli(tmp_path, "disable", "bob")
     assert out.returncode == 0 and "disabled; their sessions have ended" in out.stdout, out.stderr
     engine = make_engine(db)
     try:
         assert await authenticate(engine, "bob", NEW_PW) is None  # disabled: no login
     finally:
         await engine.dispose()
-    out = users_cli(tmp_path, "enable", "bob")
+    out = await users_cli(tmp_path, "enable", "bob")
     assert out.returncode == 0 and "bob enabled" in out.stdout, out.stderr
-    out = users_cli(tmp_path, "remove", "bob")
+    out = await users_cli(tmp_path, "remove", "bob")
     assert out.returncode == 0 and "removed" in out.stdout, out.stderr
 
     rows = await audit_of(db)
@@ -111,15 +133,15 @@ async def test_users_commands_change_accounts_and_audit_each_change(tmp_path: Pa
 async def test_users_commands_refuse_unknown_users_and_bad_values(
     tmp_path: Path, args: tuple[str, ...], stdin: str, code: int, why: str
 ) -> None:
-    # carol is added through the store (`users add` itself is the test above): one CLI
-    # process per case, the command under test.
+    # carol is added through the store (`users add` itself is the test above): the command
+    # under test is the only CLI run per case.
     engine = make_engine(f"sqlite+aiosqlite:///{tmp_path}/u.db")
     try:
         await upgrade(engine)
         await add_user(engine, "carol", "staff", OLD_PW)
     finally:
         await engine.dispose()
-    out = users_cli(tmp_path, *args, stdin=stdin)
+    out = await users_cli(tmp_path, *args, stdin=stdin)
     assert (out.returncode, why in out.stderr) == (code, True), out.stderr
 
 
