@@ -389,17 +389,17 @@ async def test_cancelled_function_call_is_never_answered(tmp_path: Path) -> None
         result = await agent_call(
             path,
             [
-                AgentStep(
-                    at_ms=1000,
+                AgentStep(  # 2 s in: the greeting has played, even on a loaded 4x clock
+                    at_ms=2000,
                     user_text="Order 42 please",
                     reply_text="",
                     function_call=ScriptedFunctionCall("check_order", '{"order": "42"}'),
                     reply_after_function="never said",
                     cancel_call_ms=800,
                 ),
-                AgentStep(at_ms=3000, user_text="Actually, never mind.", reply_text="Okay."),
+                AgentStep(at_ms=4000, user_text="Actually, never mind.", reply_text="Okay."),
             ],
-            max_call_ms=6_000,
+            max_call_ms=7_000,
         )
         assert len(requests) == 1 and requests[0].startswith(b"POST /book")  # it was running
     log = agent_log(result)
