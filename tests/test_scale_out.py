@@ -61,6 +61,30 @@ async def fakes() -> AsyncIterator[tuple[FakeDeepgram, FakeTwilioRest]]:
         yield dg, rest
 
 
+async def two_instances(
+    stack: contextlib.AsyncExitStack,
+    tmp_path: Path,
+    yaml: str,
+    fakes: tuple[FakeDeepgram, FakeTwilioRest],
+    env: dict[str, str],
+) -> tuple[Server, Server]:
+    """Instances A and B of `telephony serve`, started at the same moment on one database."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    started = await asyncio.gather(
+        *(
+            stack.enter_async_context(serve_process(tmp_path / name, yaml, *fakes, **env))
+            for name in ("a", "b")
+        ),
+        return_exceptions=True,  # both settle (and get cleaned up) before any error
+    )
+    for outcome in started:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    a, b = started
+    return a, b  # type: ignore[return-value]
+
+
 async def live_calls(server: Server) -> int:
     async with httpx.AsyncClient(timeout=2) as http:
         return int((await http.get(server.url + "/healthz")).json()["live_calls"])
@@ -95,23 +119,9 @@ async def test_webhook_on_one_instance_media_on_the_other(
         # The token's TTL as deployed (30 s): A must release its reservation when the call
         # goes live on B, not hold it (capacity, and its drain below) until the TTL lapses.
     }
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
     async with contextlib.AsyncExitStack() as stack:
         # Both start at the same moment on the empty database.
-        started = await asyncio.gather(
-            *(
-                stack.enter_async_context(
-                    serve_process(tmp_path / name, YAML, deepgram, rest, **shared)
-                )
-                for name in ("a", "b")
-            ),
-            return_exceptions=True,  # both settle (and get cleaned up) before any error
-        )
-        for outcome in started:
-            if isinstance(outcome, BaseException):
-                raise outcome
-        a, b = started
+        a, b = await two_instances(stack, tmp_path, YAML, (deepgram, rest), shared)
         # Twilio POSTs the webhook to the balancer, which picks A; the media socket to the
         # balancer, which picks B.
         caller = FakeTwilioCaller(a.url, auth_token=AUTH_TOKEN, public_url=PUBLIC_URL)
@@ -200,22 +210,8 @@ async def test_whisper_asked_of_the_instance_that_did_not_carry_the_call(
         "TELEPHONY_STREAM_TOKEN_SECRET": "shared-stream-token-secret",
         "TELEPHONY_SESSION_SECRET": "shared-session-secret",
     }
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
     async with contextlib.AsyncExitStack() as stack:
-        started = await asyncio.gather(
-            *(
-                stack.enter_async_context(
-                    serve_process(tmp_path / name, WARM_YAML, deepgram, rest, **shared)
-                )
-                for name in ("a", "b")
-            ),
-            return_exceptions=True,  # both settle (and get cleaned up) before any error
-        )
-        for outcome in started:
-            if isinstance(outcome, BaseException):
-                raise outcome
-        a, b = started
+        a, b = await two_instances(stack, tmp_path, WARM_YAML, (deepgram, rest), shared)
         # The balancer sends the webhook and the whisper request (both to the public URL, so
         # to a.url here) to A, the media socket to B: the call lives, and transfers, on B.
         caller = FakeTwilioCaller(a.url, auth_token=AUTH_TOKEN, public_url=PUBLIC_URL)
