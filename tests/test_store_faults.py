@@ -85,10 +85,11 @@ class Call:
             Script(
                 turns=[
                     ScriptedTurn(start_ms=1800, end_ms=2400, text=QUESTION),
-                    # 2.4 s after the reply's end (~4.6 s): on the 4x clock a busy machine's
-                    # delay looks 4x longer; 0.4 s, and in CI once 1.4 s, let "bye" talk
-                    # over it.
-                    ScriptedTurn(start_ms=7000, end_ms=7400, text="Okay bye."),
+                    # 4.4 s after the reply's end (~4.6 s): on the 4x clock a busy machine's
+                    # delay looks 4x longer; 0.4 s, and in CI 1.4 s and once 2.4 s (the reply
+                    # started ~2.8 s of call time late while the fault began), let "bye"
+                    # talk over it.
+                    ScriptedTurn(start_ms=9000, end_ms=9400, text="Okay bye."),
                 ]
             ),
         )
