@@ -66,9 +66,16 @@ async def two_instances(
     tmp_path: Path,
     yaml: str,
     fakes: tuple[FakeDeepgram, FakeTwilioRest],
-    env: dict[str, str],
+    database: str,
 ) -> tuple[Server, Server]:
-    """Instances A and B of `telephony serve`, started at the same moment on one database."""
+    """Instances A and B of `telephony serve`, started at the same moment on one database,
+    with the secrets a deployment's instances share."""
+    env = {
+        "TELEPHONY_DATABASE_URL": database,
+        "TELEPHONY_PUBLIC_URL": PUBLIC_URL,
+        "TELEPHONY_STREAM_TOKEN_SECRET": "shared-stream-token-secret",
+        "TELEPHONY_SESSION_SECRET": "shared-session-secret",
+    }
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
     started = await asyncio.gather(
@@ -111,17 +118,11 @@ async def test_webhook_on_one_instance_media_on_the_other(
             hangup.set()
 
     rest.on_request = on_rest
-    shared = {
-        "TELEPHONY_DATABASE_URL": database,
-        "TELEPHONY_PUBLIC_URL": PUBLIC_URL,
-        "TELEPHONY_STREAM_TOKEN_SECRET": "shared-stream-token-secret",
-        "TELEPHONY_SESSION_SECRET": "shared-session-secret",
-        # The token's TTL as deployed (30 s): A must release its reservation when the call
-        # goes live on B, not hold it (capacity, and its drain below) until the TTL lapses.
-    }
     async with contextlib.AsyncExitStack() as stack:
         # Both start at the same moment on the empty database.
-        a, b = await two_instances(stack, tmp_path, YAML, (deepgram, rest), shared)
+        # The token's TTL as deployed (30 s): A must release its reservation when the call
+        # goes live on B, not hold it (capacity, and its drain below) until the TTL lapses.
+        a, b = await two_instances(stack, tmp_path, YAML, (deepgram, rest), database)
         # Twilio POSTs the webhook to the balancer, which picks A; the media socket to the
         # balancer, which picks B.
         caller = FakeTwilioCaller(a.url, auth_token=AUTH_TOKEN, public_url=PUBLIC_URL)
@@ -204,14 +205,8 @@ async def test_whisper_asked_of_the_instance_that_did_not_carry_the_call(
             updates.put_nowait(form["Twiml"])
 
     rest.on_request = on_rest
-    shared = {
-        "TELEPHONY_DATABASE_URL": database,
-        "TELEPHONY_PUBLIC_URL": PUBLIC_URL,
-        "TELEPHONY_STREAM_TOKEN_SECRET": "shared-stream-token-secret",
-        "TELEPHONY_SESSION_SECRET": "shared-session-secret",
-    }
     async with contextlib.AsyncExitStack() as stack:
-        a, b = await two_instances(stack, tmp_path, WARM_YAML, (deepgram, rest), shared)
+        a, b = await two_instances(stack, tmp_path, WARM_YAML, (deepgram, rest), database)
         # The balancer sends the webhook and the whisper request (both to the public URL, so
         # to a.url here) to A, the media socket to B: the call lives, and transfers, on B.
         caller = FakeTwilioCaller(a.url, auth_token=AUTH_TOKEN, public_url=PUBLIC_URL)

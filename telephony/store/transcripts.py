@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from typing import Any, Unpack
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -34,7 +34,7 @@ from telephony.store.instances import Instance
 from telephony.store.keeper import start_keeper
 from telephony.store.queries import CallFilter, get_call, search_calls
 from telephony.store.redact import redacted_turn
-from telephony.store.writer import BatchWriter
+from telephony.store.writer import BatchWriter, WriterOptions
 from telephony.transcript import Event, Transcript, Turn
 
 log = logging.getLogger(__name__)
@@ -49,26 +49,13 @@ class TranscriptStore(BatchWriter):
         self,
         engine: AsyncEngine | str,
         *,
-        queue_size: int = 10_000,
-        flush_interval: float = 0.5,
-        max_batch: int = 1_000,
-        min_backoff: float = 0.1,
-        max_backoff: float = 5.0,
-        stop_timeout: float = 10.0,
         instance: Instance | None = None,
         heartbeat_s: float = instances.HEARTBEAT_S,
         stale_after_s: float = instances.STALE_AFTER_S,
         check_s: float = 2.0,
+        **writer: Unpack[WriterOptions],
     ) -> None:
-        super().__init__(
-            engine,
-            queue_size=queue_size,
-            flush_interval=flush_interval,
-            max_batch=max_batch,
-            min_backoff=min_backoff,
-            max_backoff=max_backoff,
-            stop_timeout=stop_timeout,
-        )
+        super().__init__(engine, **writer)
         # The heartbeat and the restart sweep (None: neither, e.g. tools and most tests).
         self.instance = instance
         self.heartbeat_s = heartbeat_s

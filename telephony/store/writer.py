@@ -17,6 +17,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import TypedDict
 
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -37,6 +38,17 @@ def _permanent(exc: BaseException) -> bool:
     if isinstance(exc, IntegrityError | DataError):
         return True
     return isinstance(exc, StatementError) and not isinstance(exc, DBAPIError)
+
+
+class WriterOptions(TypedDict, total=False):
+    """The writer's knobs (BatchWriter's keyword arguments, passed on by its subclasses)."""
+
+    queue_size: int
+    flush_interval: float
+    max_batch: int
+    min_backoff: float
+    max_backoff: float
+    stop_timeout: float
 
 
 class BatchWriter:
