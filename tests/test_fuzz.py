@@ -896,6 +896,24 @@ def test_yaml_deep_nesting_is_refused(n: int, shape: str) -> None:
     _refused_quickly(text, "nested too deeply", max_mb=None)
 
 
+def test_flow_nesting_a_file_could_use_still_loads() -> None:
+    """The depth bound counts brackets over the raw text: 150 levels of a JSON-schema default,
+    and brackets in quoted text, are still read as written."""
+    nested = "[" * 150 + "1" + "]" * 150
+    text = (
+        "profiles:\n  p:\n    mode: agent\n    greeting: 'Press [1] or {2}]]'\n"
+        "    agent:\n      think_prompt: Help.\n      functions:\n        - name: f\n"
+        "          description: d\n          url: https://hooks.example.com/f\n"
+        f"          parameters: {{type: object, default: {nested}}}\n"
+    )
+    profile = parse_config_text(text, "fuzz.yaml").profiles["p"]
+    assert profile.greeting == "Press [1] or {2}]]"
+    value = profile.agent.functions[0].parameters["default"]
+    for _ in range(150):
+        [value] = value
+    assert value == 1
+
+
 @pytest.mark.parametrize(
     ("text", "needle"),
     [

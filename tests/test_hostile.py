@@ -41,7 +41,9 @@ def _refused(attack: str, got: dict[str, int]) -> bool:
     raise AssertionError(f"no refusal rule for {attack}")
 
 
-LATENCY_CHECKS = ("reply p95", "jitter p99")
+# What a CPU spike from another worker moves as well as a regression does: replies finished
+# in the 4 s window count too (a slow reply lands after it).
+LATENCY_CHECKS = ("replies", "reply p95", "jitter p99")
 
 
 def _failures(report: dict, attacks: tuple[str, ...]) -> dict[str, list[str]]:

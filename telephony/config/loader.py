@@ -98,6 +98,24 @@ def _walk(node: yaml.Node, loc: Loc, doc: _Doc, keys: yaml.constructor.SafeConst
 # walks or expands them.
 MAX_YAML_NODES = 100_000
 MAX_YAML_CHARS = 10_000_000  # scalar text, likewise expanded
+# PyYAML's scanner costs O(depth) per token inside flow collections (`[[[...`), so 5 000
+# brackets took ~2 s of CPU before its composer hit the recursion limit (~490 levels). Far
+# deeper than any real file; counted over the raw text (brackets in quoted text too), which
+# can only over-count by unclosed brackets inside strings.
+MAX_FLOW_DEPTH = 200
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def _flow_depth_exceeded(text: str) -> bool:
+    depth = 0
+    for match in _BRACKETS.finditer(text):
+        if match.group() in "[{":
+            depth += 1
+            if depth > MAX_FLOW_DEPTH:
+                return True
+        elif depth:
+            depth -= 1
+    return False
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
@@ -305,6 +323,8 @@ def load_config(path: str | Path) -> Config:
 
 def parse_config_text(text: str, source: str = "<text>") -> Config:
     """`load_config` for YAML already in memory; errors name `source` as the file."""
+    if _flow_depth_exceeded(text):
+        raise ConfigError([f"{source}:1: YAML error: nested too deeply"])
     try:
         data, doc = _parse(text)
     except yaml.YAMLError as exc:
