@@ -63,6 +63,7 @@ os.environ[ENV_FILE_VAR] = ""
 
 AUTH_TOKEN = "test-auth-token"
 DEEPGRAM_KEY = "test-deepgram-key"
+HTTP_TIMEOUT_S = 30.0  # a test's own requests to the app (see RunningApp.http)
 
 NUMBERS_YAML = """\
 numbers:
@@ -265,7 +266,11 @@ class RunningApp:
         return self.settings.media_stream_url
 
     def http(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.url, verify=tls_context())  # one CA parse
+        # httpx's 5 s timeout is on the loop's clock: 1.25 s of real time on a 4x clock, which
+        # a login (a scrypt run on a thread) missed on a loaded CI machine. Not an assertion.
+        return httpx.AsyncClient(
+            base_url=self.url, verify=tls_context(), timeout=HTTP_TIMEOUT_S
+        )  # one CA parse
 
 
 @pytest.fixture(autouse=True)

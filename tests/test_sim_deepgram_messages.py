@@ -282,6 +282,18 @@ def test_fake_speech_is_deterministic_and_decodable() -> None:
     assert len(pcm) == 2 * 20 * 24 * 2 and tts_text(pcm, 20, "linear16", 24000) == "Hi"
 
 
+@pytest.mark.parametrize("gap", [80, 160, 333])
+def test_fake_speech_split_by_silence_reads_whole_across_gaps(gap: int) -> None:
+    """A playout underrun puts silence mid-word: every cut position, including next to a
+    tone's own zero samples (which the silence swallows), reads back as the whole text."""
+    text = "Hi.Transferring you now."
+    audio = tts_audio(text, 30)
+    for pos in range(len(audio)):
+        split = b"\xff" * 800 + audio[:pos] + b"\xff" * gap + audio[pos:] + b"\xff" * 100
+        assert tts_text(split, 30, across_gaps=True) == text, pos
+    assert tts_text(audio[:3000] + b"\xff" * gap + audio[3000:], 30) != text  # strict reading
+
+
 async def test_emulator_serves_until_cancelled() -> None:
     probe = FakeDeepgram()
     await probe.start()

@@ -10,7 +10,8 @@ Both tracks are μ-law bytes on the call's audio clock (8 bytes per ms of Twilio
 - bot: every frame the playout sends, placed where it plays. The playout knows that on its own
   monotonic clock; the newest caller frame anchors the two clocks (call ms ≈ its
   media.timestamp + the time since it arrived).
-  Frames of one paced run are laid end to end. A `clear` cuts the track at the moment it went
+  Frames of one paced run are laid end to end, and a new run never goes over an earlier one
+  (Twilio plays what it was sent in order). A `clear` cuts the track at the moment it went
   out: whatever was sent but had not played yet never reached the caller, so it is not kept.
 - the person: on a `both_tracks` fork (transcribe mode, or after a transfer) Twilio's
   `outbound` track is what the caller hears, so it is the right channel, each frame at its
@@ -183,10 +184,19 @@ class CallRecorder:
             return
         try:
             run_end = self._run_end_t
+            end = self._bot_base + len(self._bot)  # just after the bot audio placed so far
             if run_end is not None and abs(play_at - run_end) < _CONTIGUOUS_S:
-                pos = self._bot_base + len(self._bot)  # the run goes on: no jitter inside
+                pos = end  # the run goes on: no jitter inside
             else:
+                # A new run plays after everything already sent (the playout queues it; a
+                # clear cuts the track first), so it never goes over audio placed before it:
+                # the anchor reads early by a caller frame's lateness, which can exceed the
+                # gap between two runs (an underrun mid-reply). The gap itself is the
+                # playout's to tell.
                 pos = self._pos_at(play_at)
+                if run_end is not None:
+                    pos = max(pos, end + round((play_at - run_end) * TWILIO_RATE))
+                pos = max(pos, end)
             self._run_end_t = play_at + len(frame) / TWILIO_RATE
             self._put_right(pos, frame)
         except Exception:
