@@ -311,7 +311,9 @@ async def test_prompt_update_and_injections() -> None:
 async def test_keepalive_only_while_audio_is_idle() -> None:
     async with fake(idle_timeout_s=3.0) as dg:
         body = agent_settings(profile())
-        async with session(dg, body, keepalive_idle_s=1.0) as (client, drain):
+        # Idle 1.5 s before a KeepAlive: the fake calls audio "flowing" for 1 s after it *read*
+        # the last chunk, which a loaded loop reads late (at 1.0 s the two clocks raced).
+        async with session(dg, body, keepalive_idle_s=1.5) as (client, drain):
             await drain.until(of(dm.SettingsApplied))
             loop = asyncio.get_running_loop()
             t0 = loop.time()
