@@ -228,6 +228,8 @@ async def test_an_aura_drop_mid_reply_stores_only_the_audio_that_arrived(
     await check_heard(result, turn, database)
 
 
+@pytest.mark.clock(2)  # as the Aura drop: a 4x clock made a stall a 790 ms underrun, which
+# the witness read as the audio's end
 async def test_an_agent_drop_mid_reply_stores_only_the_audio_that_reached_the_caller(
     numbers: Path, database: str
 ) -> None:
