@@ -54,11 +54,11 @@ The pieces are reported too (telephony/sim/load.py, "Where that interval goes").
 
 A sweep (`--calls` with several counts) runs the whole bench once per count, each with a
 service and a relay process of its own (nothing one count leaves behind weighs on the next),
-prints each count's report, then one table per mode, service and relay side by side, and the
-knee: the largest count with pacing jitter p99 <= 5 ms, bridge-added inbound p99 <= 2 ms, no
-errors and a valid generator (the relay's: jitter, its errors, its phase's generator). JSON:
-`{"sweep": [{"calls": N, "reports": {mode: report}}], "knee": {mode: {...}}}`; one count keeps
-the single report.
+prints each count's report, then one table per mode, service and relay side by side
+(telephony/bench_sweep.py), and the knee: the largest count with pacing jitter p99 <= 5 ms,
+bridge-added inbound p99 <= 2 ms, no errors and a valid generator (the relay's: jitter, its
+errors, its phase's generator). JSON: `{"sweep": [{"calls": N, "reports": {mode: report}}],
+"knee": {mode: {...}}}`; one count keeps the single report.
 
 Errors: calls that could not be placed or that the far end closed, malformed frames at the
 caller, caller turns that got no bot audio within 5 s, protocol violations the fake Deepgram saw,

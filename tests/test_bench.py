@@ -17,7 +17,8 @@ import pytest
 
 from telephony import bench_main
 from telephony.bench import BenchOptions
-from telephony.bench_report import REPORT_KEYS, knee, percentile
+from telephony.bench_report import REPORT_KEYS, percentile
+from telephony.bench_sweep import knee
 
 
 def test_tiny_bench_reports_every_figure(tmp_path: Path) -> None:
