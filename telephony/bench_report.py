@@ -92,6 +92,7 @@ SAMPLE_SETS = (
     "aura_hold",
     "eot_to_flush",
     "aura_to_caller",
+    "replies",  # per joined reply: [eot_to_audio, llm_hold, llm_stream, aura_hold] (ReplySplit)
 )
 
 # The load generator is healthy when its callers' frames leave on time and its core has room:
@@ -159,9 +160,11 @@ def eot_split(opts: BenchOptions, sp: Probes, eot_p50: float | None) -> dict[str
     """Flux's EndOfTurn -> first audio over the fakes' delay, split into the fakes' own part
     (their holds past the delays they were asked for, and the fake LLM streaming the rest of
     the sentence) and the rest (the service, the loopback hops and the generator's lateness
-    reading the service's requests)."""
+    reading the service's requests): at p50 from the pieces' own distributions, at p99 from
+    the replies whose pieces joined (`Probes.replies`), each split on its own."""
     p = percentile
     llm, aura, stream = p(sp.llm_hold, 50), p(sp.aura_hold, 50), p(sp.llm_stream, 50)
+    flux = opts.mode == "flux"
     out: dict[str, Any] = {
         "llm_hold_p50_ms": llm,
         "llm_stream_p50_ms": stream,
@@ -171,13 +174,32 @@ def eot_split(opts: BenchOptions, sp: Probes, eot_p50: float | None) -> dict[str
         "eot_tax_ms": None,
         "eot_tax_fakes_ms": None,
         "eot_tax_service_ms": None,
+        **reply_split(opts, sp),
+        "eot_replies_joined": len(sp.replies) if flux else None,
+        "eot_replies_unjoined": sum(sp.unjoined.values()) if flux else None,
+        "eot_unjoined_why": dict(sp.unjoined) if flux else {},
     }
-    if opts.mode != "flux" or llm is None or aura is None or stream is None or eot_p50 is None:
+    if not flux or llm is None or aura is None or stream is None or eot_p50 is None:
         return out
     tax = eot_p50 - opts.llm_first_token_ms - opts.tts_first_byte_ms
     fakes = (llm - opts.llm_first_token_ms) + stream + (aura - opts.tts_first_byte_ms)
     out.update(eot_tax_ms=_r(tax), eot_tax_fakes_ms=_r(fakes), eot_tax_service_ms=_r(tax - fakes))
     return out
+
+
+def reply_split(opts: BenchOptions, sp: Probes) -> dict[str, float | None]:
+    """p99s of each joined reply's tax, its fakes' part and the service's (the rest). The
+    parts' p99s need not add up to the tax's: each is its own reply's."""
+    asked_llm, asked_tts = opts.llm_first_token_ms, opts.tts_first_byte_ms
+    tax, fakes = [], []
+    for reply in sp.replies if opts.mode == "flux" else ():
+        tax.append(reply.eot_to_audio - asked_llm - asked_tts)
+        fakes.append(reply.llm_hold - asked_llm + reply.llm_stream + reply.aura_hold - asked_tts)
+    return {
+        "eot_tax_p99_ms": percentile(tax, 99),
+        "eot_tax_fakes_p99_ms": percentile(fakes, 99),
+        "eot_tax_service_p99_ms": percentile([t - f for t, f in zip(tax, fakes, strict=True)], 99),
+    }
 
 
 def report(opts: BenchOptions, server: Phase, relay: Phase) -> dict[str, Any]:
@@ -273,6 +295,10 @@ def report(opts: BenchOptions, server: Phase, relay: Phase) -> dict[str, Any]:
     return out
 
 
+def _why(reasons: dict[str, int]) -> str:
+    return f": {', '.join(f'{k} {n}' for k, n in reasons.items())}" if reasons else ""
+
+
 def format_report(r: dict[str, Any]) -> str:
     rows = [
         ("calls x seconds", f"{r['calls']} x {r['seconds']} s ({r['mode']})"),
@@ -316,6 +342,13 @@ def format_report(r: dict[str, Any]) -> str:
             f"  (LLM hold {r['llm_hold_p50_ms']} + stream {r['llm_stream_p50_ms']},"
             f" EoT->Flush {r['eot_to_aura_flush_p50_ms']},"
             f" Aura hold {r['aura_hold_p50_ms']}, Aura->caller {r['aura_to_caller_p50_ms']})",
+        ),
+        (
+            "EndOfTurn tax ms p99",
+            f"{r['eot_tax_p99_ms']}, fakes {r['eot_tax_fakes_p99_ms']}, service"
+            f" {r['eot_tax_service_p99_ms']}  (each reply split on its own: the parts' p99s"
+            f" need not add up; {r['eot_replies_joined']} replies joined,"
+            f" {r['eot_replies_unjoined']} not{_why(r['eot_unjoined_why'])})",
         ),
         (
             "generator lag ms p99",

@@ -68,7 +68,13 @@ _SWEEP_COLUMNS = (
             f" (-{r['fake_upstream_delay_ms']})"
         ),
     ),
-    ("tax fakes/svc", lambda r: f"{r['eot_tax_fakes_ms']}/{r['eot_tax_service_ms']}"),
+    (
+        "tax fakes/svc",
+        lambda r: (
+            f"p50 {r['eot_tax_fakes_ms']}/{r['eot_tax_service_ms']}"
+            f", p99 {r['eot_tax_fakes_p99_ms']}/{r['eot_tax_service_p99_ms']}"
+        ),
+    ),
     ("errors", lambda r: f"{r['server_errors']}/{r['relay_errors']}"),
     (
         "gen send/read p99",
