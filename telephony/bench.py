@@ -50,15 +50,24 @@ and fake Aura its first audio, plus the fake LLM streaming the rest of the sente
 the service waits for before it flushes to Aura (p50s, timed by the fakes) — and the rest,
 `eot_tax_service_ms`: the service, the loopback hops, and the generator's lateness in reading
 the service's LLM request (the fake LLM's hold starts when uvicorn hands it the request).
-The pieces are reported too (telephony/sim/load.py, "Where that interval goes").
+The pieces are reported too (telephony/sim/load.py, "Where that interval goes"). At p99 the
+split is per reply, since p99s of separate samples do not add: each reply's pieces are joined
+(fake Flux tags the transcript, the tag reaches the fake LLM in the service's request, the
+first audio's tag names its Aura Flush), its tax split into fakes' part and the rest, and
+`eot_tax_p99_ms`, `eot_tax_fakes_p99_ms`, `eot_tax_service_p99_ms` are the p99s of those
+per-reply values over the `eot_replies_joined` replies — so the fakes' and the service's p99
+need not sum to the tax's p99 (the slowest replies of each part are not the same replies).
+Intervals that could not be joined are counted (`eot_replies_unjoined`, reasons in
+`eot_unjoined_why`), not guessed; with none, `eot_tax_p99_ms` is `eot_to_first_audio_p99_ms`
+less `fake_upstream_delay_ms`.
 
 A sweep (`--calls` with several counts) runs the whole bench once per count, each with a
 service and a relay process of its own (nothing one count leaves behind weighs on the next),
-prints each count's report, then one table per mode, service and relay side by side, and the
-knee: the largest count with pacing jitter p99 <= 5 ms, bridge-added inbound p99 <= 2 ms, no
-errors and a valid generator (the relay's: jitter, its errors, its phase's generator). JSON:
-`{"sweep": [{"calls": N, "reports": {mode: report}}], "knee": {mode: {...}}}`; one count keeps
-the single report.
+prints each count's report, then one table per mode, service and relay side by side
+(telephony/bench_sweep.py), and the knee: the largest count with pacing jitter p99 <= 5 ms,
+bridge-added inbound p99 <= 2 ms, no errors and a valid generator (the relay's: jitter, its
+errors, its phase's generator). JSON: `{"sweep": [{"calls": N, "reports": {mode: report}}],
+"knee": {mode: {...}}}`; one count keeps the single report.
 
 Errors: calls that could not be placed or that the far end closed, malformed frames at the
 caller, caller turns that got no bot audio within 5 s, protocol violations the fake Deepgram saw,
@@ -275,8 +284,8 @@ async def fakes(opts: BenchOptions, probes: Probes) -> AsyncIterator[tuple[Bench
         replies=[(".", load.REPLY_TEXT)],
     )
     # The fake LLM's holds go to whichever phase's probes the fakes hold now.
-    llm.on_streamed = lambda arrived, first, last: deepgram.probes.llm_streamed(
-        arrived, first, last
+    llm.on_streamed = lambda user, arrived, first, last: deepgram.probes.llm_streamed(
+        user, arrived, first, last
     )
     await deepgram.start()
     await llm.start()

@@ -20,7 +20,8 @@ from telephony.bench import (
     run_modes,
 )
 from telephony.bench_process import LOAD_CORE, can_pin
-from telephony.bench_report import format_report, format_sweep, knee
+from telephony.bench_report import format_report
+from telephony.bench_sweep import format_sweep, knee
 from telephony.cli_usage import UsageError
 
 

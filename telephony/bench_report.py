@@ -92,6 +92,7 @@ SAMPLE_SETS = (
     "aura_hold",
     "eot_to_flush",
     "aura_to_caller",
+    "replies",  # per joined reply: [eot_to_audio, llm_hold, llm_stream, aura_hold] (ReplySplit)
 )
 
 # The load generator is healthy when its callers' frames leave on time and its core has room:
@@ -159,9 +160,11 @@ def eot_split(opts: BenchOptions, sp: Probes, eot_p50: float | None) -> dict[str
     """Flux's EndOfTurn -> first audio over the fakes' delay, split into the fakes' own part
     (their holds past the delays they were asked for, and the fake LLM streaming the rest of
     the sentence) and the rest (the service, the loopback hops and the generator's lateness
-    reading the service's requests)."""
+    reading the service's requests): at p50 from the pieces' own distributions, at p99 from
+    the replies whose pieces joined (`Probes.replies`), each split on its own."""
     p = percentile
     llm, aura, stream = p(sp.llm_hold, 50), p(sp.aura_hold, 50), p(sp.llm_stream, 50)
+    flux = opts.mode == "flux"
     out: dict[str, Any] = {
         "llm_hold_p50_ms": llm,
         "llm_stream_p50_ms": stream,
@@ -171,13 +174,32 @@ def eot_split(opts: BenchOptions, sp: Probes, eot_p50: float | None) -> dict[str
         "eot_tax_ms": None,
         "eot_tax_fakes_ms": None,
         "eot_tax_service_ms": None,
+        **reply_split(opts, sp),
+        "eot_replies_joined": len(sp.replies) if flux else None,
+        "eot_replies_unjoined": sum(sp.unjoined.values()) if flux else None,
+        "eot_unjoined_why": dict(sp.unjoined) if flux else {},
     }
-    if opts.mode != "flux" or llm is None or aura is None or stream is None or eot_p50 is None:
+    if not flux or llm is None or aura is None or stream is None or eot_p50 is None:
         return out
     tax = eot_p50 - opts.llm_first_token_ms - opts.tts_first_byte_ms
     fakes = (llm - opts.llm_first_token_ms) + stream + (aura - opts.tts_first_byte_ms)
     out.update(eot_tax_ms=_r(tax), eot_tax_fakes_ms=_r(fakes), eot_tax_service_ms=_r(tax - fakes))
     return out
+
+
+def reply_split(opts: BenchOptions, sp: Probes) -> dict[str, float | None]:
+    """p99s of each joined reply's tax, its fakes' part and the service's (the rest). The
+    parts' p99s need not add up to the tax's: each is its own reply's."""
+    asked_llm, asked_tts = opts.llm_first_token_ms, opts.tts_first_byte_ms
+    tax, fakes = [], []
+    for reply in sp.replies if opts.mode == "flux" else ():
+        tax.append(reply.eot_to_audio - asked_llm - asked_tts)
+        fakes.append(reply.llm_hold - asked_llm + reply.llm_stream + reply.aura_hold - asked_tts)
+    return {
+        "eot_tax_p99_ms": percentile(tax, 99),
+        "eot_tax_fakes_p99_ms": percentile(fakes, 99),
+        "eot_tax_service_p99_ms": percentile([t - f for t, f in zip(tax, fakes, strict=True)], 99),
+    }
 
 
 def report(opts: BenchOptions, server: Phase, relay: Phase) -> dict[str, Any]:
@@ -273,6 +295,10 @@ def report(opts: BenchOptions, server: Phase, relay: Phase) -> dict[str, Any]:
     return out
 
 
+def _why(reasons: dict[str, int]) -> str:
+    return f": {', '.join(f'{k} {n}' for k, n in reasons.items())}" if reasons else ""
+
+
 def format_report(r: dict[str, Any]) -> str:
     rows = [
         ("calls x seconds", f"{r['calls']} x {r['seconds']} s ({r['mode']})"),
@@ -318,6 +344,13 @@ def format_report(r: dict[str, Any]) -> str:
             f" Aura hold {r['aura_hold_p50_ms']}, Aura->caller {r['aura_to_caller_p50_ms']})",
         ),
         (
+            "EndOfTurn tax ms p99",
+            f"{r['eot_tax_p99_ms']}, fakes {r['eot_tax_fakes_p99_ms']}, service"
+            f" {r['eot_tax_service_p99_ms']}  (each reply split on its own: the parts' p99s"
+            f" need not add up; {r['eot_replies_joined']} replies joined,"
+            f" {r['eot_replies_unjoined']} not{_why(r['eot_unjoined_why'])})",
+        ),
+        (
             "generator lag ms p99",
             f"send {r['caller_send_lag_p99_ms']}/{r['relay_caller_send_lag_p99_ms']}  read "
             f"{r['caller_read_lag_p99_ms']}/{r['relay_caller_read_lag_p99_ms']}"
@@ -334,105 +367,3 @@ def format_report(r: dict[str, Any]) -> str:
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
-
-
-# --- a sweep over call counts (`telephony bench --calls 100,200,...`) ---------------------------
-
-KNEE_JITTER_P99_MS = 5.0
-KNEE_BRIDGE_P99_MS = 2.0
-
-
-def _phase_ok(r: dict[str, Any], phase: str) -> bool:
-    return not any(p.startswith(f"{phase}:") for p in r["generator_problems"])
-
-
-def service_ok(r: dict[str, Any]) -> bool:
-    """Within the targets at this N: jitter, bridge-added inbound latency, no errors, and a
-    generator that kept up in both phases (the bridge-added figure needs the relay's too)."""
-    jitter, bridge = r["pacing_jitter_p99_ms"], r["bridge_inbound_latency_p99_ms"]
-    return (
-        jitter is not None
-        and jitter <= KNEE_JITTER_P99_MS
-        and bridge is not None
-        and bridge <= KNEE_BRIDGE_P99_MS
-        and r["server_errors"] == 0
-        and r["generator_ok"]
-    )
-
-
-def relay_ok(r: dict[str, Any]) -> bool:
-    jitter = r["relay_pacing_jitter_p99_ms"]
-    return (
-        jitter is not None
-        and jitter <= KNEE_JITTER_P99_MS
-        and r["relay_errors"] == 0
-        and _phase_ok(r, "relay")
-    )
-
-
-def knee(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The largest call count within the targets, for the service and for the relay (None:
-    none was)."""
-    return {
-        "service": max((r["calls"] for r in reports if service_ok(r)), default=None),
-        "relay": max((r["calls"] for r in reports if relay_ok(r)), default=None),
-        "criteria": f"jitter p99 <= {KNEE_JITTER_P99_MS:g} ms, bridge-added inbound p99 <= "
-        f"{KNEE_BRIDGE_P99_MS:g} ms (service), 0 errors, generator valid",
-    }
-
-
-_SWEEP_COLUMNS = (
-    ("calls", lambda r: f"{r['calls']}"),
-    ("CPU % svc/relay", lambda r: f"{r['server_cpu_percent']}/{r['relay_cpu_percent']}"),
-    ("ratio", lambda r: f"{r['cpu_ratio_vs_relay']}"),
-    ("RSS MiB/call", lambda r: f"{r['rss_mib_per_call']}/{r['relay_rss_mib_per_call']}"),
-    (
-        "jitter p99",
-        lambda r: f"{r['pacing_jitter_p99_ms']}/{r['relay_pacing_jitter_p99_ms']}",
-    ),
-    ("bridge in p99", lambda r: f"{r['bridge_inbound_latency_p99_ms']}"),
-    (
-        "EoT audio p50/p99",
-        lambda r: (
-            f"{r['eot_to_first_audio_p50_ms']}/{r['eot_to_first_audio_p99_ms']}"
-            f" (-{r['fake_upstream_delay_ms']})"
-        ),
-    ),
-    ("tax fakes/svc", lambda r: f"{r['eot_tax_fakes_ms']}/{r['eot_tax_service_ms']}"),
-    ("errors", lambda r: f"{r['server_errors']}/{r['relay_errors']}"),
-    (
-        "gen send/read p99",
-        lambda r: (
-            f"{r['caller_send_lag_p99_ms']}/{r['relay_caller_send_lag_p99_ms']} "
-            f"{r['caller_read_lag_p99_ms']}/{r['relay_caller_read_lag_p99_ms']}"
-        ),
-    ),
-    ("gen CPU %", lambda r: f"{r['load_cpu_percent']}/{r['relay_load_cpu_percent']}"),
-    (
-        "others % core0/1",
-        lambda r: "/".join(
-            str((r["host_other_cpu_percent"] or {}).get(k))
-            for k in ("server_core", "load_core", "relay_server_core", "relay_load_core")
-        ),
-    ),
-    ("gen ok", lambda r: "yes" if r["generator_ok"] else "NO"),
-)
-
-
-def format_sweep(reports: Sequence[dict[str, Any]], found: dict[str, Any]) -> str:
-    """One line per call count, service/relay side by side, then the knee."""
-    rows = [[name for name, _ in _SWEEP_COLUMNS]]
-    rows += [[cell(r) for _, cell in _SWEEP_COLUMNS] for r in reports]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-    mode = reports[0]["mode"] if reports else "?"
-    lines.append(
-        f"knee ({mode}): service {found['service']}, relay {found['relay']}  ({found['criteria']};"
-        " pairs are service/relay, lags and CPU the generator's in each phase)"
-    )
-    invalid = [r for r in reports if not r["generator_ok"]]
-    for r in invalid:
-        lines.append(
-            f"  {r['calls']} calls, generator not valid: {'; '.join(r['generator_problems'])}"
-        )
-    return "\n".join(lines)

@@ -12,12 +12,19 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, cast
 
 import pytest
 
-from telephony import bench_main
+from telephony import bench_main, bench_report
 from telephony.bench import BenchOptions
-from telephony.bench_report import REPORT_KEYS, knee, percentile
+from telephony.bench_report import REPORT_KEYS, Phase, format_report, percentile
+from telephony.bench_sweep import knee
+from telephony.sim.load import Probes, reply_of
+
+if TYPE_CHECKING:
+    from telephony.sim.lean_call import LeanCall
 
 
 def test_tiny_bench_reports_every_figure(tmp_path: Path) -> None:
@@ -60,6 +67,7 @@ def _report(calls: int, jitter: float, relay_jitter: float, **extra: object) -> 
         generator_ok=True,
         generator_problems=[],
         host_other_cpu_percent={},
+        eot_unjoined_why={},
     )
     report.update(extra)
     return report
@@ -68,7 +76,7 @@ def _report(calls: int, jitter: float, relay_jitter: float, **extra: object) -> 
 # What each count measured: the service is within the targets up to 200 (then jitter), the
 # relay up to 300; at 250 the generator fell behind in the service's phase.
 SWEEP = {
-    100: _report(100, 2.0, 1.5),
+    100: _report(100, 2.0, 1.5, eot_tax_fakes_p99_ms=7.5, eot_tax_service_p99_ms=2.25),
     200: _report(200, 4.6, 3.2),
     250: _report(250, 4.0, 3.9, generator_ok=False, generator_problems=["server: send lag"]),
     300: _report(300, 24.0, 4.9),
@@ -106,6 +114,7 @@ def test_a_sweep_runs_each_count_afresh_and_finds_the_knee(
     printed = capsys.readouterr().out
     assert printed.count("CPU s per call-minute") == len(counts)  # each count's report
     assert "knee (flux): service 200" in printed  # then the table and the knee
+    assert "p99 7.5/2.25" in printed  # the EndOfTurn tax's parts at p99 (per reply)
     assert knee([SWEEP[300], SWEEP[400]])["service"] is None  # none within: no knee
 
 
@@ -119,6 +128,13 @@ def check_report(report: dict) -> None:
         assert report["eot_tax_fakes_ms"] is not None and report["eot_tax_service_ms"] is not None
         total = report["eot_tax_fakes_ms"] + report["eot_tax_service_ms"]
         assert math.isclose(total, report["eot_tax_ms"], abs_tol=0.01)
+        # ...and per reply: the fake LLM read each reply's tag from the service's request.
+        assert report["eot_replies_joined"] > 0, report["eot_unjoined_why"]
+        for key in ("eot_tax_p99_ms", "eot_tax_fakes_p99_ms", "eot_tax_service_p99_ms"):
+            assert report[key] is not None, key
+        assert report["eot_tax_fakes_p99_ms"] >= -2  # the fakes never answer much early
+    else:
+        assert report["eot_tax_p99_ms"] is None and report["eot_replies_joined"] is None
     for key in REPORT_KEYS:
         value = report[key]
         assert isinstance(value, int | float) and math.isfinite(value), (key, value)
@@ -138,3 +154,78 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile(samples, 99) == 99
     assert percentile(samples, 100) == 100
     assert percentile([7.0], 99) == 7.0
+
+
+def _call(index: int) -> LeanCall:
+    """What `Probes.end_of_turn` reads and writes of a lean caller."""
+    return cast("LeanCall", SimpleNamespace(index=index, replies=0, eot_at=None))
+
+
+def test_each_reply_is_split_on_its_own_at_p99() -> None:
+    """The fake LLM's pieces join the interval of the reply whose tag the service's request
+    carried (never the next stream to finish, nor the call's other reply), Aura's hold is
+    the one its first audio's tag carries, and the p99s are of per-reply values: here the
+    slowest tax (B's), the fakes' slowest (B's) and the service's (A's) are not one reply's,
+    so the parts' p99s do not add up to the tax's. Intervals short of a piece are counted."""
+    probes = Probes(3)
+    probes.recording = True
+    opts = BenchOptions(mode="flux", llm_first_token_ms=300, tts_first_byte_ms=100)
+    calls = [_call(i) for i in range(3)]
+    asked = "I would like to check on my order please"
+
+    def eot(call: LeanCall, at: float) -> str:
+        tag = probes.end_of_turn(call)
+        call.eot_at = at  # the test's clock, not the monotonic one
+        return tag
+
+    def stream(user: str, arrived: float, hold_ms: float, stream_ms: float) -> None:
+        first = arrived + hold_ms / 1000
+        probes.llm_streamed(user, arrived, first, first + stream_ms / 1000)
+
+    def audio(call: LeanCall, total_ms: float, aura_hold_ms: float | None) -> None:
+        assert call.eot_at is not None
+        now = call.eot_at + total_ms / 1000
+        sent = now - 0.002
+        tagged = None if aura_hold_ms is None else (sent - aura_hold_ms / 1000, sent)
+        probes.first_audio((call.index, call.replies), call.eot_at, now, tagged)
+        call.eot_at = None
+
+    # Replies A (call 0's first), B (call 1's first), D (call 2's first): their streams
+    # finish in another order than their audio reaches the callers.
+    a, b, d = eot(calls[0], 10.0), eot(calls[1], 10.01), eot(calls[2], 10.02)
+    assert (a, b, d) == ("[reply 0.1]", "[reply 1.1]", "[reply 2.1]")
+    stream(f"{asked} {b}", 10.012, 340, 10)
+    stream(f"{asked} {a}", 10.003, 301, 9)
+    audio(calls[0], 415, 100)  # A: tax 15 = fakes 1 + 9 + 0 + service 5
+    audio(calls[2], 430, None)  # D: its first audio is not Aura's first: not joined
+    audio(calls[1], 455, 102)  # B: tax 55 = fakes 40 + 10 + 2 + service 3
+    # Call 0's second reply C: its request holds both caller turns in one message (the
+    # newest tag last). Call 1's second (E) streams but its caller speaks again before any
+    # audio: its third (G) has no stream of its own. Call 2's second (F) has two streams.
+    c, e, f = eot(calls[0], 14.0), eot(calls[1], 14.0), eot(calls[2], 14.0)
+    stream(f"{asked} {a}\nActually let me ask about something else {c}", 14.001, 330, 10)
+    stream(f"{asked} {e}", 14.001, 300, 10)
+    stream(f"{asked} {f}", 14.001, 300, 10)
+    stream(f"{asked} {f}", 14.002, 300, 10)
+    audio(calls[0], 440, 100)  # C: tax 40 = fakes 30 + 10 + 0 + service 0
+    eot(calls[1], 17.0)
+    audio(calls[1], 420, 100)  # G: not E's stream
+    audio(calls[2], 420, 100)
+
+    assert reply_of(f"{asked} {a}\nmore {c}") == (0, 2)
+    assert probes.unjoined == {
+        "first audio not Aura's first of a burst": 1,
+        "no LLM stream for the reply": 1,
+        "several LLM streams for the reply": 1,
+    }
+    assert list(probes.llm_replies) == [(1, 2)]  # E's: the only stream no interval took
+    server = Phase("server", calls=3, window_s=1.0, probes=probes)
+    relay = Phase("relay", calls=3, window_s=1.0, probes=Probes(3))
+    got = bench_report.report(opts, server, relay)
+    assert got["eot_replies_joined"] == 3 and got["eot_replies_unjoined"] == 3
+    assert got["eot_tax_p99_ms"] == pytest.approx(55, abs=0.01)
+    assert got["eot_tax_fakes_p99_ms"] == pytest.approx(52, abs=0.01)
+    assert got["eot_tax_service_p99_ms"] == pytest.approx(5, abs=0.01)
+    assert got["eot_to_first_audio_p99_ms"] == pytest.approx(455, abs=0.01)  # every interval
+    line = next(x for x in format_report(got).splitlines() if x.startswith("EndOfTurn tax ms p99"))
+    assert "55.0, fakes 52.0, service 5.0" in line and "3 replies joined, 3 not: " in line

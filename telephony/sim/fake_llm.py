@@ -105,10 +105,11 @@ class FakeLLM(StartStop):
         self.active = 0  # streams in progress
         self.completed = 0  # streams that reached [DONE]
         self.disconnects = 0  # streams the client abandoned
-        # Called once a reply has streamed whole, with (request handed over, first token
-        # written, last event written) on time.monotonic(): the benchmark times the fake's own
-        # part of a reply against the delay it was asked for.
-        self.on_streamed: Callable[[float, float, float], None] | None = None
+        # Called once a reply has streamed whole, with (the request's last user message,
+        # request handed over, first token written, last event written; times on
+        # time.monotonic()): the benchmark times the fake's own part of each reply against
+        # the delay it was asked for (the message names the reply: telephony/sim/load.py).
+        self.on_streamed: Callable[[str, float, float, float], None] | None = None
         self._ids = itertools.count(1)
         self._watchers: set[asyncio.Task[None]] = set()
         self._server: InProcessServer | None = None
@@ -141,9 +142,7 @@ class FakeLLM(StartStop):
         self, messages: list[dict[str, Any]], offered: set[str]
     ) -> tuple[str, str | None]:
         """(reply text, tool to call or None) for a conversation."""
-        user = next(
-            (m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), ""
-        )
+        user = last_user(messages)
         text = next((r for p, r in self.replies if p.search(user)), None)
         tool = next((t for p, t in self.tools if p.search(user) and t in offered), None)
         if text is None:
@@ -259,7 +258,7 @@ class FakeLLM(StartStop):
             else:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 if self.on_streamed is not None:
-                    self.on_streamed(arrived, first_at, time.monotonic())
+                    self.on_streamed(last_user(messages), arrived, first_at, time.monotonic())
                 self.completed += script is None or script.break_after_words is None
                 return
             if not watcher.cancelled():  # cancelled means the fake is stopping
@@ -319,6 +318,11 @@ def _events(chunk: _Chunks, text: str, tool: str | None, prompt_tokens: int) -> 
         last += chunk.usage_chunk(prompt_tokens, completion_tokens + (tool is not None))
     events.append(last + b"data: [DONE]\n\n")
     return events
+
+
+def last_user(messages: list[dict[str, Any]]) -> str:
+    """The last user message's text ("" without one)."""
+    return next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
 
 
 def _masked(key: str) -> str:

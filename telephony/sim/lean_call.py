@@ -89,7 +89,8 @@ class LeanCall(asyncio.Protocol):
         self.t0_mono = 0.0  # monotonic deadline of frame 0 (its slot's)
         self.hanging_up = False
         self.server_closed = False
-        self.eot_at: float | None = None
+        self.eot_at: float | None = None  # the open EndOfTurn interval's start
+        self.replies = 0  # EndOfTurns so far: the open interval's reply is (index, replies)
         # pacing jitter: the current run of bot audio
         self._run_t = 0.0
         self._run_n = 0
@@ -285,10 +286,7 @@ class LeanCall(asyncio.Protocol):
                 if recording:
                     probes.outbound.append((now - sent) * 1000)
         if self.eot_at is not None and now >= self.eot_at:
-            if recording:
-                probes.eot_to_audio.append((now - self.eot_at) * 1000)
-                if tagged is not None:
-                    probes.split_reply(tagged[0], self.eot_at, tagged[1], now)
+            probes.first_audio((self.index, self.replies), self.eot_at, now, tagged)
             self.eot_at = None
         # pacing jitter
         if new_run:

@@ -35,8 +35,14 @@ process):
   arrival (kernel receive time) to its first audio of the reply sent (`aura_hold`); the first
   audio's tag carries its Flush time to the caller, so each interval that the tagged frame
   closes splits into EndOfTurn -> Flush at Aura (`eot_to_flush`: the service before and after
-  the LLM, and the LLM's hold), Aura's hold, and Aura -> the caller (`aura_to_caller`). The
-  LLM's requests carry no call, so its hold is taken as a distribution, not per interval.
+  the LLM, and the LLM's hold), Aura's hold, and Aura -> the caller (`aura_to_caller`).
+  **Per reply** (`replies`, so the split holds at p99, where percentiles do not add): fake
+  Flux ends each EndOfTurn's transcript with the reply's tag (`reply_tag`: the call's index
+  and its count of EndOfTurns), which the service passes on as the LLM request's last user
+  message; the fake LLM's hold and stream are kept under that tag, and the interval the
+  reply's first audio closes takes them, with the Aura hold its tagged first frame carries
+  (the Flush after that EndOfTurn on the call's Aura socket). An interval without all three
+  is counted in `unjoined`, by reason, never paired by guess.
 - **Send lag**: how late each caller frame left against its 20 ms grid (the generator's own
   health: if this grows, the generator is the bottleneck).
 - **Read lag**: how long after the kernel received a caller's bytes this loop read them (the
@@ -53,11 +59,12 @@ the session's task gets to it.
 from __future__ import annotations
 
 import itertools
+import re
 import struct
 import time
 from array import array
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from telephony.sim.deepgram.script import AgentStep, Script, ScriptedTurn
 
@@ -85,6 +92,20 @@ TURNS = (
 )
 REPLY_TEXT = "Sure, I can help you with that order today."  # one sentence: one Aura flush
 SPEECH_MS = 1000  # agent: UserStartedSpeaking -> ConversationText(user)
+# A reply's key, at the end of the transcript that asks for it (fake Flux -> service -> LLM).
+_REPLY_TAG = re.compile(r"\[reply (\d+)\.(\d+)\]")
+
+
+def reply_tag(index: int, n: int) -> str:
+    """What the transcript of call `index`'s `n`th EndOfTurn ends with."""
+    return f"[reply {index}.{n}]"
+
+
+def reply_of(user_text: str) -> tuple[int, int] | None:
+    """The reply an LLM request's last user message asks for: its last tag (the service
+    merges caller turns in a row into one message, the newest last)."""
+    found = _REPLY_TAG.findall(user_text)
+    return (int(found[-1][0]), int(found[-1][1])) if found else None
 
 
 def turns_for(total_ms: int) -> list[ScriptedTurn]:
@@ -116,6 +137,15 @@ def reply_ms(ms_per_char: int) -> int:
 # --- measurements ---------------------------------------------------------------------------
 
 
+class ReplySplit(NamedTuple):
+    """One reply's EndOfTurn -> first audio and the fakes' pieces of it (ms)."""
+
+    eot_to_audio: float
+    llm_hold: float  # request handed over -> first token written
+    llm_stream: float  # first token -> the reply's end written
+    aura_hold: float  # Flush received -> first audio sent
+
+
 class Probes:
     """Where every probe writes: one per benchmark phase (server or relay)."""
 
@@ -137,6 +167,11 @@ class Probes:
         self.aura_hold = array("d")  # ms: fake Aura, Flush received -> first audio sent
         self.eot_to_flush = array("d")  # ms: EndOfTurn sent -> that reply's Flush at Aura
         self.aura_to_caller = array("d")  # ms: Aura's first audio sent -> at the caller
+        self.replies: list[ReplySplit] = []  # every interval whose pieces joined (window only)
+        self.unjoined: Counter[str] = Counter()  # intervals that did not, by reason (window only)
+        # (call index, EndOfTurn count) -> the fake LLM's (hold, stream) ms for that reply;
+        # None when more than one stream answered it.
+        self.llm_replies: dict[tuple[int, int], tuple[float, float] | None] = {}
         self.tts_sent: dict[int, float] = {}
         self.tts_flushed: dict[int, float] = {}  # tts id -> its Flush's arrival at Aura
         self._tts_ids = itertools.count(1)
@@ -173,11 +208,16 @@ class Probes:
         index, _ = TAG.unpack_from(data, 0)
         return self.calls[index] if index < self.capacity else None
 
-    def end_of_turn(self, call: LeanCall | None) -> None:
-        if call is not None:
-            call.eot_at = time.monotonic()
-            if self.recording:
-                self.turns += 1
+    def end_of_turn(self, call: LeanCall | None) -> str:
+        """An EndOfTurn (the agent: the user's ConversationText) for `call`: the tag its
+        transcript ends with ("" without a call)."""
+        if call is None:
+            return ""
+        call.eot_at = time.monotonic()
+        call.replies += 1
+        if self.recording:
+            self.turns += 1
+        return reply_tag(call.index, call.replies)
 
     def tag_outbound(self, data: bytes, flushed_at: float | None = None) -> bytes:
         if len(data) < OUT_TAG.size:
@@ -190,14 +230,46 @@ class Probes:
                 self.aura_hold.append((sent - flushed_at) * 1000)
         return OUT_TAG.pack(OUT_MAGIC, tts_id) + data[OUT_TAG.size :]
 
-    def llm_streamed(self, arrived: float, first: float, last: float) -> None:
+    def llm_streamed(self, user_text: str, arrived: float, first: float, last: float) -> None:
+        """The fake LLM streamed a whole reply to a request whose last user message is
+        `user_text`."""
+        hold, stream = (first - arrived) * 1000, (last - first) * 1000
         if self.recording:
-            self.llm_hold.append((first - arrived) * 1000)
-            self.llm_stream.append((last - first) * 1000)
+            self.llm_hold.append(hold)
+            self.llm_stream.append(stream)
+        reply = reply_of(user_text)
+        if reply is not None:
+            self.llm_replies[reply] = None if reply in self.llm_replies else (hold, stream)
 
-    def split_reply(self, flushed: float | None, eot_at: float, sent: float, now: float) -> None:
-        """A reply's first audio (sent by Aura at `sent`, its Flush there at `flushed`) closed
-        an EndOfTurn interval at the caller (`now`)."""
-        if flushed is not None and self.recording and flushed >= eot_at:
-            self.eot_to_flush.append((flushed - eot_at) * 1000)
-            self.aura_to_caller.append((now - sent) * 1000)
+    def first_audio(
+        self,
+        reply: tuple[int, int],
+        eot_at: float,
+        now: float,
+        tagged: tuple[float | None, float] | None,
+    ) -> None:
+        """Bot audio reached the caller at `now`, closing the interval of its EndOfTurn
+        `reply` (at `eot_at`); `tagged`: the frame is Aura's first of a burst, (its Flush's
+        arrival at Aura or None, Aura's send)."""
+        streamed = reply in self.llm_replies
+        llm = self.llm_replies.pop(reply, None)  # taken in or out of the window
+        if not self.recording:
+            return
+        self.eot_to_audio.append((now - eot_at) * 1000)
+        if tagged is None:
+            self.unjoined["first audio not Aura's first of a burst"] += 1
+            return
+        flushed, sent = tagged
+        if flushed is None or flushed < eot_at:
+            self.unjoined["no Flush after the EndOfTurn"] += 1
+            return
+        self.eot_to_flush.append((flushed - eot_at) * 1000)
+        self.aura_to_caller.append((now - sent) * 1000)
+        if not streamed:
+            self.unjoined["no LLM stream for the reply"] += 1
+        elif llm is None:
+            self.unjoined["several LLM streams for the reply"] += 1
+        else:
+            hold, stream = llm
+            total = (now - eot_at) * 1000
+            self.replies.append(ReplySplit(total, hold, stream, (sent - flushed) * 1000))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 from websockets.frames import Frame, Opcode
@@ -72,7 +73,11 @@ class _ProbedFlux(FluxSession):
 
     async def send(self, msg: dm._Wire) -> None:
         if isinstance(msg, dm.TurnInfo) and msg.event == "EndOfTurn":
-            self.probes.end_of_turn(self.probes.by_sid.get(self.params.tag or ""))
+            # The reply's tag rides on the transcript to the service's LLM request, where
+            # the fake LLM reads it (the per-reply split of telephony/sim/load.py).
+            tag = self.probes.end_of_turn(self.probes.by_sid.get(self.params.tag or ""))
+            if tag and msg.transcript:
+                msg = replace(msg, transcript=f"{msg.transcript} {tag}")
         await super().send(msg)
 
 
