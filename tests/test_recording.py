@@ -121,7 +121,7 @@ async def test_bot_audio_is_placed_where_it_plays(tmp_path: Path, executor) -> N
     for n in range(100):
         clock.t = 50.0 + n * 0.020 + jitter[n % 5]
         rec.caller(n * 20, frame(n))
-        if n == 50:  # ts 1000 arrived 4 ms late: call ms = 1000 + (t - arrival)
+        if n == 50:  # ts 1000 arrived 4 ms late; ts 920 (n = 46) on time anchors: now is 1004
             run_start = clock.t + 0.100  # the run plays 100 ms from now
         if 50 <= n < 60:  # sent one by one, paced, while the caller's frames keep coming
             k = n - 50
@@ -129,10 +129,49 @@ async def test_bot_audio_is_placed_where_it_plays(tmp_path: Path, executor) -> N
     _, left, right = read_wav(await rec.finish())
 
     assert len(left) == len(right) == 2000 * 8
-    start = 1100 * 8
+    start = 1104 * 8
     assert right[:start] == SIL * start
     assert right[start : start + 1600] == b"".join(bot_frames)  # laid end to end, no gaps
     assert right[start + 1600 :] == SIL * (len(right) - start - 1600)
+
+
+async def test_a_burst_of_late_caller_frames_does_not_move_the_bot_early(
+    tmp_path: Path, executor
+) -> None:
+    """The caller's frames stall 300 ms, then arrive at once (a loaded network or host): one
+    read mid-burst reads 200 ms early, and a reply sent then was recorded that much before the
+    caller heard it. The on-time frames before the stall keep the clock."""
+    clock = Clock(30.0)
+    rec = CallRecorder("CAburst", tmp_path, clock=clock, executor=executor)
+    reply = [frame(70 + k) for k in range(5)]
+    for n in range(100):
+        clock.t = 30.0 + n * 0.020
+        if 40 <= n <= 55:
+            clock.t = 30.0 + 55 * 0.020  # ts 800-1100 all arrive at call ms 1100
+        rec.caller(n * 20, frame(n))
+        if n == 45:  # mid-burst, the reply, played at once: at call ms 1100
+            for k, f in enumerate(reply):
+                rec.bot(f, clock.t + k * 0.020)
+    _, left, right = read_wav(await rec.finish())
+
+    start = 1100 * 8
+    assert right[:start] == SIL * start
+    assert right[start : start + 800] == b"".join(reply)
+    assert left[: 100 * 160] == b"".join(frame(n) for n in range(100))
+
+
+async def test_the_anchor_follows_a_caller_clock_that_runs_slow(tmp_path: Path, executor):
+    """Twilio's media clock 0.5 % slower than ours (a drift, not lateness): every frame reads
+    a little earlier than the last anchor says, and still anchors, or after 10 s the bot would
+    be placed 50 ms late."""
+    clock = Clock(40.0)
+    rec = CallRecorder("CAdrift", tmp_path, clock=clock, executor=executor)
+    for n in range(500):
+        clock.t = 40.0 + n * 0.0201
+        rec.caller(n * 20, frame(n))
+    rec.bot(frame(80), clock.t)  # plays at once: at call ms 9980, by the caller's clock
+    _, _, right = read_wav(await rec.finish())
+    assert right.index(frame(80)) == 9980 * 8
 
 
 async def test_a_run_after_an_underrun_never_goes_over_the_audio_before_it(

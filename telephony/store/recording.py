@@ -8,8 +8,9 @@ Both tracks are μ-law bytes on the call's audio clock (8 bytes per ms of Twilio
   call's gap fill pads them for the engine (a jump of more than `MAX_GAP_MS` is squeezed to
   `MAX_GAP_MS`), so the track is continuous and its length *is* the call clock.
 - bot: every frame the playout sends, placed where it plays. The playout knows that on its own
-  monotonic clock; the newest caller frame anchors the two clocks (call ms ≈ its
-  media.timestamp + the time since it arrived).
+  monotonic clock; a caller frame anchors the two clocks (call ms ≈ its media.timestamp +
+  the time since it arrived), the least late of the recent ones, since lateness only ever
+  makes that read early.
   Frames of one paced run are laid end to end, and a new run never goes over an earlier one
   (Twilio plays what it was sent in order). A `clear` cuts the track at the moment it went
   out: whatever was sent but had not played yet never reached the caller, so it is not kept.
@@ -72,6 +73,9 @@ WAV_CHUNK = 64 * 1024  # samples per channel converted at a time when the WAV is
 _SILENCE = bytes((MULAW_SILENCE,)) * (MAX_GAP_MS * BYTES_PER_MS)
 _PCM_FRAME = 4  # one stereo PCM16 sample pair in the WAV
 _CONTIGUOUS_S = 0.001  # a frame due within 1 ms of the previous one's end continues its run
+# How far (bytes per second of the anchor's age) a frame may read earlier than the anchor and
+# still replace it: 1 %, far above any clock drift, far below a stall's lateness.
+_ANCHOR_LEAK_BYTES_PER_S = 0.01 * TWILIO_RATE
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 _executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -134,10 +138,12 @@ class CallRecorder:
         self._caller = bytearray()  # caller audio after `_caller_spooled`
         self._caller_spooled = self._base  # end of the caller audio handed to the worker
         self._caller_end_ms = self._base // BYTES_PER_MS  # call clock at the caller track's end
-        # The clocks' anchor: the newest caller frame started at byte `_anchor_pos` and
-        # arrived at monotonic `_anchor_t` (before any, the start of the recording is "now").
+        # The clocks' anchor: a caller frame (the least late of late) started at byte
+        # `_anchor_pos` and arrived at monotonic `_anchor_t` (before any, the start of the
+        # recording is "now").
         self._anchor_t = self._clock()
         self._anchor_pos = self._base
+        self._anchored = False
         self._bot = bytearray()  # right track (bot or person) from `_bot_base` on
         self._bot_base = self._base
         self._bot_floor = self._base  # the right track before this is with the worker: final
@@ -160,10 +166,12 @@ class CallRecorder:
         try:
             now = self._clock()
             end_ms = self._caller_end_ms
+            squeezed = False
             if ts_ms != end_ms:
                 if ts_ms > end_ms:  # lost frames: silence, as the call's gap fill does
                     gap = ts_ms - end_ms
                     fill = min(gap, MAX_GAP_MS)
+                    squeezed = gap > fill
                     self.squeezed_ms += gap - fill
                     self._caller += _silence(fill * BYTES_PER_MS)
                     end_ms += fill
@@ -171,8 +179,16 @@ class CallRecorder:
                     payload = payload[(end_ms - ts_ms) * BYTES_PER_MS :]
             self._caller += payload
             self._caller_end_ms = end_ms + len(payload) // BYTES_PER_MS
-            self._anchor_t = now
-            self._anchor_pos = self._caller_spooled + len(self._caller) - len(payload)
+            pos = self._caller_spooled + len(self._caller) - len(payload)
+            # A frame can only read early (it arrived after it was captured), so the least
+            # late one anchors best: a frame that reads earlier than the anchor in hand (less
+            # a leak, so a drift between the two clocks cannot pin an old anchor) was held up
+            # on the way, and moves nothing. A burst after a stall would otherwise place the
+            # bot as early as the stall was long. A squeezed jump moves the track: re-anchor.
+            leak = (now - self._anchor_t) * _ANCHOR_LEAK_BYTES_PER_S
+            if squeezed or not self._anchored or pos >= self._pos_at(now) - leak:
+                self._anchor_t, self._anchor_pos = now, pos
+                self._anchored = True
             if len(self._caller) >= self._flush_bytes:
                 self._flush(final=False)
         except Exception:
