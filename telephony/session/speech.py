@@ -42,6 +42,7 @@ class BotReply:
     action: Action = "none"
     outcome: Outcome | None = None  # how a hang-up `action` ends the call (default bot-hangup)
     generated_done: bool = False  # no more text or audio will be added
+    whole_when_cut: bool = False  # generated in full when the caller cut in (barge_in)
     finished: bool = False
     eot_ms: int | None = None  # caller end of speech on the call clock
     eot_at: float | None = None  # monotonic time the caller's turn ended
@@ -169,6 +170,7 @@ class BotSpeech:
             return False
         for reply in replies:
             reply.interrupted_at_ms, reply.cut_by = ms, CUT_BY_CALLER
+            reply.whole_when_cut = reply.generated_done
             reply.generated_done = True
         if before_clear is not None:
             before_clear()
@@ -255,6 +257,10 @@ class BotSpeech:
 
     def _write_turn(self, reply: BotReply, generated: str) -> None:
         cut_at = reply.interrupted_at_ms
+        if reply.cut_by == CUT_BY_CALLER and reply.whole_when_cut and reply.ledger.heard_in_full():
+            # Every word had played when the caller spoke; only its last mark's echo was on
+            # its way. Nothing was cut (the barge-in event and a cancelled action stand).
+            cut_at = None
         interrupted = cut_at is not None
         end_ms = cut_at if cut_at is not None else self.ctx.now_ms()
         start_ms = reply.first_audio_ms if reply.first_audio_ms is not None else end_ms
@@ -262,10 +268,10 @@ class BotSpeech:
         turn = reply.turn or transcript.open_turn("bot", "", start_ms, start_ms)
         turn.text, turn.interrupted = generated, interrupted
         turn.heard, turn.meta["heard_estimated"] = reply.ledger.heard(self.ms_per_char)
-        if reply.cut_by is not None:
+        if interrupted and reply.cut_by is not None:
             turn.meta["cut_by"] = reply.cut_by
         turn.start_ms, turn.end_ms = start_ms, max(start_ms, end_ms)
-        turn.interrupted_at_ms = reply.interrupted_at_ms
+        turn.interrupted_at_ms = cut_at
         if reply.eot_ms is not None and reply.first_audio_ms is not None:
             turn.latency_ms = reply.first_audio_ms - reply.eot_ms
         turn.meta.update({"action": reply.action, **reply.meta, **latency_breakdown(reply)})
