@@ -194,6 +194,13 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     chance. Each test that flaked got the slack its call needs (test_languages' turns, the LLM
     fallback's first-token budget, the cancelled function call's steps), never a weaker
     assertion; three workers become the default once runs at three are reliably green.
+    Later, a host ~1.4-1.65x slower (summed test time 891 s, CPU 541 s where it had been
+    634 s and 337 s; `telephony bench`'s relay likewise): 1 645 tests, two workers 456 s; three
+    336-360 s on a quiet machine, each of the five runs with at least one test losing its
+    timing, each fixed (slack, a 2x clock, or a real fault of the call record under load: the
+    recording lost words, a reply heard in full was stored as interrupted), so still not the
+    default. The suite is CPU-bound at three workers (CPU 520 s on two cores), so ~4 minutes
+    needs less work per test, not more workers.
     History at one worker per core: 532-538 s for 1 308 tests on the real clock; 229-244 s for
     1 315 on the 4x clock; 300-320 s for 1 496. `--dist worksteal` was slower (287 s at three
     workers), as was handing the longest tests out first.
