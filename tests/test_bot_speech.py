@@ -9,12 +9,9 @@ import asyncio
 
 from telephony.audio import silence
 from telephony.config import parse_config_text
-from telephony.logs import call_logger
-from telephony.session.engine import CallContext
 from telephony.session.speech import BotSpeech
-from telephony.settings import Settings
 from telephony.transcript import Transcript
-from telephony.twilio.playout import Playout
+from tests.offline_context import offline_context
 
 NUMBERS = """\
 numbers:
@@ -28,27 +25,8 @@ profiles:
 
 async def speech_with_playout() -> tuple[BotSpeech, Transcript, asyncio.Task[None]]:
     """A BotSpeech whose playout paces real frames to a socket that never echoes a mark."""
-    config = parse_config_text(NUMBERS)
-    transcript = Transcript()
-
-    async def nothing(*_: object) -> None:
-        return None
-
-    playout = Playout(nothing, "MZ0")
-    ctx = CallContext(
-        call_sid="CA0",
-        profile_name="support",
-        profile=config.profiles["support"],
-        settings=Settings(),
-        playout=playout,
-        transcript=transcript,
-        log=call_logger("CA0"),
-        now_ms=lambda: 5000,
-        hang_up=nothing,
-        transfer=nothing,
-        redirect=nothing,
-    )
-    return BotSpeech(ctx), transcript, asyncio.create_task(playout.run())
+    ctx = offline_context(parse_config_text(NUMBERS), "support", now_ms=5000)
+    return BotSpeech(ctx), ctx.transcript, asyncio.create_task(ctx.playout.run())
 
 
 async def say(speech: BotSpeech, text: str, audio_ms: int) -> None:

@@ -31,12 +31,9 @@ from telephony.deepgram import messages as dm
 from telephony.deepgram.clock import AudioMap
 from telephony.deepgram.connection import NOVA_KEEPALIVE, open_socket
 from telephony.deepgram.listen import ListenClient, ListenOptions
-from telephony.logs import call_logger
 from telephony.session.deepgram_options import listen_options
-from telephony.session.engine import CallContext
 from telephony.session.summary import CallSummary
 from telephony.session.transcribe_engine import TrackTranscriber
-from telephony.settings import Settings
 from telephony.sim.deepgram_server import (
     AgentStep,
     FakeDeepgram,
@@ -47,11 +44,10 @@ from telephony.sim.deepgram_server import (
 from telephony.sim.twilio_caller import CallResult, FakeTwilioCaller, HangUp, PauseStream, silence
 from telephony.sim.twilio_rest import FakeTwilioRest
 from telephony.store.queries import get_call
-from telephony.transcript import Transcript
-from telephony.twilio.playout import Playout
 from telephony.twilio.security import sign
 from tests import fast_clock
 from tests.conftest import AUTH_TOKEN, DEEPGRAM_KEY, RunningApp, finished
+from tests.offline_context import offline_context
 from tests.staff_helpers import STAFF, add_accounts, login
 
 pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
@@ -278,25 +274,8 @@ async def test_last_words_after_hang_up_need_finalize(closing: str) -> None:
 async def test_a_side_that_never_spoke_closes_cleanly() -> None:
     """No audio ever on one side (nobody answered yet): Finalize's empty answer is no turn and
     no error, and the socket still ends with CloseStream."""
-    config = load_config_text(NUMBERS)
-    transcript = Transcript()
-
-    async def nothing(*_: object) -> None:
-        return None
-
-    ctx = CallContext(
-        call_sid="CA0",
-        profile_name="desk",
-        profile=config.profiles["desk"],
-        settings=Settings(),
-        playout=Playout(nothing, "MZ0"),
-        transcript=transcript,
-        log=call_logger("CA0"),
-        now_ms=lambda: 0,
-        hang_up=nothing,
-        transfer=nothing,
-        redirect=nothing,
-    )
+    ctx = offline_context(load_config_text(NUMBERS), "desk")
+    transcript = ctx.transcript
     async with FakeDeepgram(api_key=DEEPGRAM_KEY) as fake:
         track = TrackTranscriber(
             ctx, "staff", lambda: ListenClient(fake.url, DEEPGRAM_KEY, ListenOptions())
