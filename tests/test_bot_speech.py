@@ -1,7 +1,7 @@
-"""BotSpeech's record of a barge-in: a reply is stored as interrupted only if the caller cut
-words off, not when every word had played and only its last mark's echo was still on its way
-(on a loaded machine the echo came after the caller's next words, and staff saw a greeting
-heard in full marked "interrupted")."""
+"""BotSpeech's record of a barge-in: a reply is stored as interrupted, and a barge-in counted,
+only if the caller cut words off, not when every word had played and only its last mark's
+echo was still on its way (on a loaded machine the echo came after the caller's next words:
+staff saw a greeting heard in full marked "interrupted", and the call counted a barge-in)."""
 
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ async def test_a_reply_that_had_all_played_is_not_stored_as_interrupted() -> Non
     assert (turn.text, turn.heard) == ("Hi.", "Hi.")
     assert not turn.interrupted and turn.interrupted_at_ms is None
     assert "cut_by" not in turn.meta
+    assert not transcript.events  # no barge-in to count (metrics, review flags)
 
 
 async def test_a_reply_still_playing_is_stored_as_interrupted() -> None:
@@ -65,3 +66,4 @@ async def test_a_reply_still_playing_is_stored_as_interrupted() -> None:
     [turn] = transcript.turns
     assert turn.interrupted and turn.interrupted_at_ms == 5000
     assert turn.meta["cut_by"] == "caller" and turn.heard != turn.text
+    assert [(e.kind, e.data["replies"]) for e in transcript.events] == [("barge-in", [0])]

@@ -68,13 +68,6 @@ class Ledger:
         parts = [s.heard(ms_per_char) for s in self.segments]
         return " ".join(t for t, _ in parts if t), any(e for _, e in parts)
 
-    def heard_in_full(self) -> bool:
-        """Every segment's audio arrived whole and played (echoed, or by the clock)."""
-        return bool(self.segments) and all(
-            s.complete and (s.state is SpanState.PLAYED or s.played_ms >= s.audio_ms)
-            for s in self.segments
-        )
-
     def heard_text(self, ms_per_char: float = DEFAULT_MS_PER_CHAR) -> str:
         return self.heard(ms_per_char)[0]
 

@@ -42,7 +42,8 @@ class BotReply:
     action: Action = "none"
     outcome: Outcome | None = None  # how a hang-up `action` ends the call (default bot-hangup)
     generated_done: bool = False  # no more text or audio will be added
-    whole_when_cut: bool = False  # generated in full when the caller cut in (barge_in)
+    # Every word had played when the caller spoke over it (barge_in): nothing was cut off.
+    heard_whole: bool = False
     finished: bool = False
     eot_ms: int | None = None  # caller end of speech on the call clock
     eot_at: float | None = None  # monotonic time the caller's turn ended
@@ -168,16 +169,21 @@ class BotSpeech:
         replies = self.audible
         if not replies or not all(r.interruptible for r in replies):
             return False
+        playout = self.ctx.playout
         for reply in replies:
+            # Its last mark's echo may still be on the way after every word has played (a
+            # loaded machine, a slow network): such a reply was heard, not cut off.
+            segments = reply.ledger.segments
+            reply.heard_whole = (
+                reply.generated_done and bool(segments) and all(map(playout.played_out, segments))
+            )
             reply.interrupted_at_ms, reply.cut_by = ms, CUT_BY_CALLER
-            reply.whole_when_cut = reply.generated_done
             reply.generated_done = True
         if before_clear is not None:
             before_clear()
-        await self.ctx.playout.clear()
-        self.ctx.transcript.event(
-            ms, EventKind.BARGE_IN, replies=[r.number for r in replies], **(detail or {})
-        )
+        await playout.clear()
+        if cut := [r.number for r in replies if not r.heard_whole]:
+            self.ctx.transcript.event(ms, EventKind.BARGE_IN, replies=cut, **(detail or {}))
         for reply in replies:
             self._finish(reply)
         return True
@@ -257,10 +263,8 @@ class BotSpeech:
 
     def _write_turn(self, reply: BotReply, generated: str) -> None:
         cut_at = reply.interrupted_at_ms
-        if reply.cut_by == CUT_BY_CALLER and reply.whole_when_cut and reply.ledger.heard_in_full():
-            # Every word had played when the caller spoke; only its last mark's echo was on
-            # its way. Nothing was cut (the barge-in event and a cancelled action stand).
-            cut_at = None
+        if reply.cut_by == CUT_BY_CALLER and reply.heard_whole:
+            cut_at = None  # not interrupted (a goodbye's action is still cancelled: see _finish)
         interrupted = cut_at is not None
         end_ms = cut_at if cut_at is not None else self.ctx.now_ms()
         start_ms = reply.first_audio_ms if reply.first_audio_ms is not None else end_ms

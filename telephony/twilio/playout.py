@@ -224,6 +224,13 @@ class Playout:
             self._done(seg)
         return seg
 
+    def played_out(self, seg: Span) -> bool:
+        """All of `seg` went out and has played by the clock: only its closing mark's echo
+        can still be on the way."""
+        return seg.state is SpanState.PLAYED or (
+            seg.state is SpanState.SENT and seg.complete and seg.plays_until <= self._clock()
+        )
+
     @property
     def speaking(self) -> bool:
         """True while the caller may still hear bot audio (queued, partial or unechoed)."""
