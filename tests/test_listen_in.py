@@ -109,7 +109,7 @@ async def heard(ws: ClientConnection, side: int, want: int, within: float = 10) 
 
 
 async def test_a_supervisor_hears_both_sides_and_the_caller_exactly(app: RunningApp) -> None:
-    sent = caller_audio(2000)
+    sent = caller_audio(20_000)  # still playing when the supervisor joins, however late
     origin = {"Origin": app.url}
     cookie = await cookie_of(app, SUPERVISOR)
     async with live_call(app, sent):
@@ -195,7 +195,9 @@ async def test_listening_through_another_instance_relays_the_carriers_frames(
         ) as b,
     ):
         await add_accounts(url, supervisor=True)
-        sent = caller_audio(3000)
+        # Long enough to still be playing when B relays it: the caller's audio is paced, and
+        # a loaded machine once took the whole of 3 s of it to log in, find A and connect.
+        sent = caller_audio(20_000)
         cookie = await cookie_of(b, SUPERVISOR)
         async with live_call(a, sent):
             assert b.app.state.services.registry.current(SID) is None  # not on B

@@ -294,12 +294,23 @@ def test_fake_speech_split_by_silence_reads_whole_across_gaps(gap: int) -> None:
     assert tts_text(audio[:3000] + b"\xff" * gap + audio[3000:], 30) != text  # strict reading
 
 
+async def _emulator_on_a_free_port() -> tuple[int, asyncio.Task[None]]:
+    """The emulator on a port just found free (and /v1/read on the next one): another test
+    worker can take either in between, so a start that finds one taken tries again."""
+    for _ in range(5):
+        probe = FakeDeepgram()
+        await probe.start()
+        port = probe.port
+        await probe.stop()  # a free port to reuse
+        task = asyncio.create_task(serve_forever(port))
+        await asyncio.sleep(0.05)
+        if not (task.done() and isinstance(task.exception(), OSError)):
+            return port, task
+    pytest.fail("no two free ports in a row for the emulator")
+
+
 async def test_emulator_serves_until_cancelled() -> None:
-    probe = FakeDeepgram()
-    await probe.start()
-    port = probe.port
-    await probe.stop()  # a free port to reuse
-    task = asyncio.create_task(serve_forever(port))
+    port, task = await _emulator_on_a_free_port()
     try:
         for _ in range(100):
             try:
