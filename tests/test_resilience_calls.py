@@ -187,6 +187,9 @@ async def test_mid_call_configure_survives_a_reconnect(
     assert flux[1].query["keyterm"] == ["Zebulon"]
 
 
+# ±500 ms of watchdog slack is 125 ms of real time on a 4x clock: CI's two busy workers once
+# took 680 ms of call time of it.
+@pytest.mark.clock(2)
 async def test_stuck_turn_threshold_follows_a_mid_call_configure(
     running_app: RunningApp, fake_deepgram: FakeDeepgram
 ) -> None:
