@@ -29,7 +29,7 @@ async def speech_with_playout() -> tuple[BotSpeech, Transcript, asyncio.Task[Non
     return BotSpeech(ctx), ctx.transcript, asyncio.create_task(ctx.playout.run())
 
 
-async def say(speech: BotSpeech, text: str, audio_ms: int) -> None:
+def say(speech: BotSpeech, text: str, audio_ms: int) -> None:
     reply = speech.new_reply()
     reply.text.append(text)
     seg = speech.segment(reply, text)
@@ -41,7 +41,7 @@ async def say(speech: BotSpeech, text: str, audio_ms: int) -> None:
 async def test_a_reply_that_had_all_played_is_not_stored_as_interrupted() -> None:
     speech, transcript, runner = await speech_with_playout()
     try:
-        await say(speech, "Hi.", 100)
+        say(speech, "Hi.", 100)
         # Sent within the playout's lead, played 100 ms later; its closing mark never echoes.
         await asyncio.sleep(0.6)
         assert speech.audible  # still waiting for the echo
@@ -58,7 +58,7 @@ async def test_a_reply_that_had_all_played_is_not_stored_as_interrupted() -> Non
 async def test_a_reply_still_playing_is_stored_as_interrupted() -> None:
     speech, transcript, runner = await speech_with_playout()
     try:
-        await say(speech, "We are open nine to five on weekdays.", 3000)
+        say(speech, "We are open nine to five on weekdays.", 3000)
         await asyncio.sleep(0.2)
         assert await speech.barge_in(5000)
     finally:
