@@ -10,7 +10,13 @@ What does not scale is work done outside the loop's clock: CPU time and threads 
 the password hashes). On a 4x clock 1 ms of real work reads as 4 ms, so a test that bounds a
 latency tightly, or waits on another process, stays on the real clock (scale 1).
 
-Use: `pytestmark = pytest.mark.clock(4)` in a module, or `@pytest.mark.clock(1)` on a test to
+Which scale: 8x for the modules of scripted calls whose bounds leave a stall room (each passed
+twice at five workers on two cores before it moved from 4x); 4x where a module bounds audio
+timing tightly (the recording's alignment, what was heard at a drop) or times real work; 2x or
+1x on a single test whose bound a busy machine missed. The suite's time is mostly such calls
+waiting on their clocks: 8x took ~1/3 off those modules' wall time.
+
+Use: `pytestmark = pytest.mark.clock(8)` in a module, or `@pytest.mark.clock(1)` on a test to
 override it (tests/conftest.py pytest_asyncio_loop_factories). A synchronous test that runs the
 CLI in-process uses `scaled_loops`; one that runs it as a user would, `cli_argv` (which also
 puts `telephony serve` on the clock, on asyncio's loop rather than uvloop: tests/serve_process.py

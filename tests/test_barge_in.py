@@ -19,7 +19,7 @@ from telephony.session.barge_in import Backchannels, SmartBargeIn, Verdict
 from telephony.session.tasks import TaskSet
 from telephony.sim.deepgram_server import Script, ScriptedTurn
 
-pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
+pytestmark = pytest.mark.clock(8)  # timers run 8x real time (tests/fast_clock.py)
 
 EN = Backchannels.for_profile(BargeInConfig())
 

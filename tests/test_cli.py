@@ -325,13 +325,18 @@ def test_the_emulator_needs_the_next_port_for_v1_read_and_serve_does_not(
         raise AssertionError("the emulator started with its /v1/read port taken")
 
     monkeypatch.setattr("telephony.sim.deepgram_server.run_emulator", emulator_started)
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1] - 1
-        assert cli.main(["emulator", "--port", str(port)]) == 2
-        assert f"cannot listen on 127.0.0.1:{port + 1}" in capsys.readouterr().err
-        assert cli.main(["serve", "--port", str(port)]) == 0
+    for _ in range(10):  # the port below the taken one is free only as far as we know
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1] - 1
+            assert cli.main(["emulator", "--port", str(port)]) == 2
+            err = capsys.readouterr().err
+            if f"cannot listen on 127.0.0.1:{port}:" in err:
+                continue  # another test's process took `port` meanwhile: try another pair
+            assert f"cannot listen on 127.0.0.1:{port + 1}" in err
+            assert cli.main(["serve", "--port", str(port)]) == 0
+            break
     assert served == [port]
 
 

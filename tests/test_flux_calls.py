@@ -14,7 +14,7 @@ from telephony.sim.deepgram_server import Script, ScriptedTurn
 from telephony.sim.twilio_caller import SendDtmf
 from tests import fast_clock
 
-pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
+pytestmark = pytest.mark.clock(8)  # timers run 8x real time (tests/fast_clock.py)
 
 MS_PER_CHAR = 30  # fake Aura speech: 30 ms per character keeps calls short
 

@@ -23,7 +23,7 @@ from telephony.transcript import Turn, is_reconnect
 from tests.conftest import RunningApp
 from tests.staff_helpers import STAFF, add_accounts, login, store_call
 
-pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
+pytestmark = pytest.mark.clock(8)  # timers run 8x real time (tests/fast_clock.py)
 
 MS_PER_CHAR = 10
 EN, ES = "aura-2-thalia-en", "aura-2-celeste-es"

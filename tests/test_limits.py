@@ -28,7 +28,7 @@ from tests.test_routes_twilio import (
     stream_params,
 )
 
-pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
+pytestmark = pytest.mark.clock(8)  # timers run 8x real time (tests/fast_clock.py)
 
 FRAME = b"\xff" * 160
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import httpx
 import pytest
 
 from telephony.audio import silence
@@ -27,7 +26,7 @@ from telephony.sim.twilio_rest import FakeTwilioRest
 from telephony.transcript import Transcript
 from tests.conftest import AUTH_TOKEN, RunningApp, finished
 
-pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
+pytestmark = pytest.mark.clock(8)  # timers run 8x real time (tests/fast_clock.py)
 
 CLOSE_ERROR = 1011
 
@@ -131,7 +130,7 @@ async def test_agent_reconnect_keeps_the_audio_held_through_failed_attempts(
         None, Script(faults=[Fault(endpoint="agent", at_ms=1000, kind="drop")])
     )
     audio_ms, tail_ms = 4000, 500
-    async with httpx.AsyncClient(base_url=running_app.url) as http:
+    async with running_app.http() as http:
         caller = FakeTwilioCaller(running_app.url, auth_token=AUTH_TOKEN, http=http)
         call = asyncio.create_task(
             caller.dial("+15550003000", audio=silence(audio_ms), tail_ms=tail_ms)
@@ -162,7 +161,7 @@ async def test_when_the_hand_over_itself_fails_twilio_still_apologises(
     # ends with an error, and Twilio runs the apology the webhook put after </Connect>.
     fake_deepgram.refuse("agent", 1000)
     fake_rest.fail_next, fake_rest.fail_status = 10, 500
-    async with httpx.AsyncClient(base_url=running_app.url) as http:
+    async with running_app.http() as http:
         caller = FakeTwilioCaller(running_app.url, auth_token=AUTH_TOKEN, http=http)
         result = await caller.dial("+15550003000", tail_ms=None, max_call_ms=15_000)
     assert result.closed_by == "server" and result.ran_after_stream

@@ -22,7 +22,7 @@ from tests.conftest import AUTH_TOKEN, DEEPGRAM_KEY, RunningApp, finished, serve
 from tests.pg_server import PgServer, fresh_database
 from tests.staff_helpers import STAFF, add_accounts, csrf_of, login, store_call
 
-pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
+pytestmark = pytest.mark.clock(8)  # timers run 8x real time (tests/fast_clock.py)
 
 CARD = "4111 1111 1111 1111"
 SCRIPT = Script(turns=[ScriptedTurn(300, 1500, f"my card is {CARD}")])

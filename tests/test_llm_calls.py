@@ -9,7 +9,7 @@ import pytest
 from telephony.demo import run_offline_call
 from telephony.sim.deepgram_server import Script, ScriptedTurn
 
-pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
+pytestmark = pytest.mark.clock(8)  # timers run 8x real time (tests/fast_clock.py)
 
 NUMBERS = """\
 numbers:

@@ -16,7 +16,7 @@ from telephony.session.flux_replies import APOLOGY
 from telephony.sim.deepgram_server import Script, ScriptedTurn
 from telephony.sim.fake_llm import ModelScript
 
-pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
+pytestmark = pytest.mark.clock(8)  # timers run 8x real time (tests/fast_clock.py)
 
 NUMBERS = """\
 numbers:

@@ -21,7 +21,7 @@ from telephony.session.phrases import PhraseCache, fixed_phrases, phrase_key
 from telephony.sim.deepgram.tts import tts_audio, tts_text
 from telephony.sim.deepgram_server import FakeDeepgram, Script, ScriptedTurn
 
-pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
+pytestmark = pytest.mark.clock(8)  # timers run 8x real time (tests/fast_clock.py)
 
 MS_PER_CHAR = 30
 
@@ -63,7 +63,7 @@ async def test_the_fake_rest_speak_answers_like_aura_and_our_client_asks_like_th
         assert err.value.status == 503
     finally:
         await client.aclose()
-    async with httpx.AsyncClient() as http:  # what the fake refuses that Deepgram refuses
+    async with httpx.AsyncClient(timeout=30) as http:  # what the fake refuses that Deepgram refuses
         url = fake.read.url + "/v1/speak"
         auth = {"Authorization": "Token test-key"}
         empty = await http.post(url, json={"text": "  "}, headers=auth)

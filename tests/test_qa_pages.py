@@ -30,7 +30,7 @@ from tests.conftest import NUMBERS_YAML, RunningApp
 from tests.staff_helpers import ADMIN, STAFF, SUPERVISOR, add_accounts, csrf_of, store_call
 from tests.test_staff_ui import client_as
 
-pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
+pytestmark = pytest.mark.clock(8)  # timers run 8x real time (tests/fast_clock.py)
 
 QA_YAML = """
 qa:

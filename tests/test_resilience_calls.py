@@ -10,7 +10,6 @@ import asyncio
 import sys
 from typing import Any
 
-import httpx
 import pytest
 
 from telephony.audio import silence, tone
@@ -18,7 +17,7 @@ from telephony.sim.deepgram_server import FakeDeepgram, Fault, Script, ScriptedT
 from telephony.sim.twilio_caller import FakeTwilioCaller
 from tests.conftest import AUTH_TOKEN, RunningApp, finished
 
-pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
+pytestmark = pytest.mark.clock(8)  # timers run 8x real time (tests/fast_clock.py)
 
 SPEECH_START_MS, SPEECH_END_MS = 600, 1800
 DROP_AT_MS = 1200  # mid-turn, in the first connection's audio time (= call time)
@@ -46,7 +45,7 @@ async def test_flux_drop_mid_turn_keeps_every_turn_on_the_call_clock(
             faults=[Fault(endpoint="flux", at_ms=DROP_AT_MS, kind="drop")],
         )
         fake_deepgram.set_script(f"CAload{i:04d}", script)
-    async with httpx.AsyncClient(base_url=running_app.url) as http:
+    async with running_app.http() as http:
         caller = FakeTwilioCaller(running_app.url, auth_token=AUTH_TOKEN, http=http)
         results = await asyncio.gather(
             *(
@@ -82,7 +81,7 @@ async def one_call(app: RunningApp, fake: FakeDeepgram, sid: str, fault: Fault) 
     fake.set_script(
         sid, Script(turns=[ScriptedTurn.said("hello there")], voiced=True, faults=[fault])
     )
-    async with httpx.AsyncClient(base_url=app.url) as http:
+    async with app.http() as http:
         caller = FakeTwilioCaller(app.url, auth_token=AUTH_TOKEN, http=http)
         audio = silence(SPEECH_START_MS) + tone(440, 1200) + silence(6000)
         await caller.dial("+15550002000", call_sid=sid, audio=audio, tail_ms=0)
@@ -122,7 +121,7 @@ async def test_the_watchdog_sleeps_until_a_turn_could_be_stuck(
     monkeypatch.setattr(asyncio, "sleep", counted)
     calm = Script(turns=[ScriptedTurn.said("hello there")], voiced=True)
     fake_deepgram.set_script("CAcalm", calm)
-    async with httpx.AsyncClient(base_url=running_app.url) as http:
+    async with running_app.http() as http:
         caller = FakeTwilioCaller(running_app.url, auth_token=AUTH_TOKEN, http=http)
         audio = silence(SPEECH_START_MS) + tone(440, 1200) + silence(6000)
         await caller.dial("+15550002000", call_sid="CAcalm", audio=audio, tail_ms=0)
@@ -173,7 +172,7 @@ async def test_mid_call_configure_survives_a_reconnect(
                 return
             await asyncio.sleep(0.01)
 
-    async with httpx.AsyncClient(base_url=running_app.url) as http:
+    async with running_app.http() as http:
         caller = FakeTwilioCaller(running_app.url, auth_token=AUTH_TOKEN, http=http)
         audio = silence(3000) + tone(440, 800) + silence(1500)
         await asyncio.gather(
@@ -211,7 +210,7 @@ async def test_stuck_turn_threshold_follows_a_mid_call_configure(
                 return
             await asyncio.sleep(0.01)
 
-    async with httpx.AsyncClient(base_url=running_app.url) as http:
+    async with running_app.http() as http:
         caller = FakeTwilioCaller(running_app.url, auth_token=AUTH_TOKEN, http=http)
         audio = silence(SPEECH_START_MS) + tone(440, 1200) + silence(6000)
         await asyncio.gather(

@@ -24,7 +24,7 @@ from telephony.transcript import Event, Turn
 from tests.conftest import RunningApp
 from tests.staff_helpers import ADMIN, STAFF, add_accounts, csrf_of, login, store_call
 
-pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
+pytestmark = pytest.mark.clock(8)  # timers run 8x real time (tests/fast_clock.py)
 
 SID = "CA" + "1" * 32
 

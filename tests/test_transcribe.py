@@ -50,7 +50,7 @@ from tests.conftest import AUTH_TOKEN, DEEPGRAM_KEY, RunningApp, finished
 from tests.offline_context import offline_context
 from tests.staff_helpers import STAFF, add_accounts, login
 
-pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
+pytestmark = pytest.mark.clock(8)  # timers run 8x real time (tests/fast_clock.py)
 
 DESK, QUEUE_DESK, BOT, SHORT = "+15550005000", "+15550006000", "+15550007000", "+15550008000"
 AGENT_BOT = "+15550007001"

@@ -18,7 +18,7 @@ from telephony.sim.deepgram.tts import tts_text
 from telephony.sim.deepgram_server import AgentStep, Script, ScriptedFunctionCall, ScriptedTurn
 from telephony.sim.webhook import read_twiml
 
-pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
+pytestmark = pytest.mark.clock(8)  # timers run 8x real time (tests/fast_clock.py)
 
 MS_PER_CHAR = 30
 PERSON = "+15557770000"

@@ -49,6 +49,7 @@ BODY_BYTES = 10 * 1024 * 1024
 BIG_PAYLOAD_BYTES = 46 * 1024  # its base64 and envelope just fit the 64 KiB message cap
 PUMP_BATCH = 100  # frames per write
 REPLAY_STREAMS = 20  # duplicate streams the replay attack keeps open at most
+CLOSE_TIMEOUT_S = 0.5  # an attacker does not wait long to hang up
 LOGIN_WORKERS = 16
 # A call through Twilio is a new phone call: an account places one per second by default (its
 # calls-per-second limit), so a caller who is cut off redials no faster than this.
@@ -255,8 +256,11 @@ async def replay_attack(target: Target, stop: asyncio.Event, tally: Counter[str]
                     streams.remove((ws, builder))
             await asyncio.sleep(0.02)
         tally["streams alive at the end"] = len(streams)
+        # Nothing reads these streams, so the service's close frame may wait behind a full
+        # receive queue: a graceful close would take websockets' whole close_timeout (10 s).
         for ws, _ in streams:
-            await ws.close()
+            ws.close_timeout = CLOSE_TIMEOUT_S
+        await asyncio.gather(*(ws.close() for ws, _ in streams))
 
 
 # --- login --------------------------------------------------------------------------------
