@@ -183,32 +183,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """`-n auto`: one worker per core, at most 8 (PYTEST_XDIST_AUTO_NUM_WORKERS overrides).
+    """`-n auto`: 1.5 workers per core (three on two cores), at most 8
+    (PYTEST_XDIST_AUTO_NUM_WORKERS overrides).
 
-    Most tests wait on a call's clock rather than compute: at one worker per core the two
-    cores of the CI machine are ~50 % busy (1 605 tests: 306-330 s wall, 591-634 s summed,
-    user+sys 337 s). A third worker fills the waits: 1 637 tests in 240-246 s (2026-12-07,
-    quiet; summed 703-739 s, contention stretching each test ~15 %), but in 2 of 4 such runs
-    one scripted call lost its timing to CPU contention (a different test each time: the 4x
-    clock, tests/fast_clock.py, makes a CPU stall look 4x longer), and CI must not be red by
-    chance. Each test that flaked got the slack its call needs (test_languages' turns, the LLM
-    fallback's first-token budget, the cancelled function call's steps), never a weaker
-    assertion; three workers become the default once runs at three are reliably green.
-    Later, a host ~1.4-1.65x slower (summed test time 891 s, CPU 541 s where it had been
-    634 s and 337 s; `telephony bench`'s relay likewise): 1 645 tests, two workers 456 s; three
-    336-360 s on a quiet machine, each of the five runs with at least one test losing its
-    timing, each fixed (slack, a 2x clock, or a real fault of the call record under load: the
-    recording lost words, a reply heard in full was stored as interrupted), so still not the
-    default. The suite is CPU-bound at three workers (CPU 520 s on two cores), so ~4 minutes
-    needs less work per test, not more workers.
-    History at one worker per core: 532-538 s for 1 308 tests on the real clock; 229-244 s for
-    1 315 on the 4x clock; 300-320 s for 1 496. `--dist worksteal` was slower (287 s at three
-    workers), as was handing the longest tests out first.
+    Most tests wait on a call's clock rather than compute: at one worker per core two cores
+    were half idle (1 647 tests: 331 s wall, 640 s summed, CPU 282 s; 2026-12-07). A third
+    worker fills the waits. Three became the default once the suite ran green at three: the
+    scripted-call modules moved to an 8x clock (tests/fast_clock.py) and each test that had
+    lost its timing to CPU contention got the slack its call needs, never a weaker assertion
+    (the 8x modules passed twice at five workers; at four workers, 200 s, one test of the
+    4x clock missed). At three: 216 s, CPU ~65 % of two cores.
+    History: at one per core 306-330 s for 1 605 tests; three workers 240-246 s on the 4x
+    clock with one scripted call in two runs losing its timing; on a host ~1.5x slower (CPU
+    541 s) three workers were CPU-bound (336-360 s). `--dist worksteal` was slower (287 s at
+    three workers), as was handing the longest tests out first.
     """
     override = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")
     if override:
         return int(override)
-    return min(os.cpu_count() or 1, 8)
+    cores = os.cpu_count() or 1
+    return min(cores + cores // 2, 8)
 
 
 @pytest.fixture(autouse=True)

@@ -289,9 +289,11 @@ async def test_caller_silence_keeps_the_agent_alive_without_keepalives(numbers: 
 async def test_paused_stream_gets_keepalives_only_while_idle(
     numbers: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # No frames at all for 4 s: KeepAlives (scaled: after 1 s idle; real 8 s) keep the session
-    # open past the fake's 3 s idle timeout, and none is sent while audio flows.
-    monkeypatch.setitem(AgentClient.__init__.__kwdefaults__, "keepalive_idle_s", 1.0)
+    # No frames at all for 4 s: KeepAlives (scaled: after 1.5 s idle; real 8 s) keep the
+    # session open past the fake's 3 s idle timeout, and none is sent while audio flows. (Not
+    # 1 s: that is the fake's own "audio is flowing" window, and a stall that delays the last
+    # frame on its way made a KeepAlive on time read as early.)
+    monkeypatch.setitem(AgentClient.__init__.__kwdefaults__, "keepalive_idle_s", 1.5)
     result = await agent_call(
         numbers,
         [],

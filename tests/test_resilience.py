@@ -14,7 +14,7 @@ from telephony.sim.deepgram.tts import tts_text
 from telephony.sim.deepgram_server import Fault, Script, ScriptedTurn
 from telephony.sim.twilio_caller import PauseStream
 
-pytestmark = pytest.mark.clock(8)  # timers run 8x real time (tests/fast_clock.py)
+pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
 
 MS_PER_CHAR = 30
 

@@ -17,7 +17,7 @@ from telephony.sim.deepgram_server import FakeDeepgram, Fault, Script, ScriptedT
 from telephony.sim.twilio_caller import FakeTwilioCaller
 from tests.conftest import AUTH_TOKEN, RunningApp, finished
 
-pytestmark = pytest.mark.clock(8)  # timers run 8x real time (tests/fast_clock.py)
+pytestmark = pytest.mark.clock(4)  # timers run 4x real time (tests/fast_clock.py)
 
 SPEECH_START_MS, SPEECH_END_MS = 600, 1800
 DROP_AT_MS = 1200  # mid-turn, in the first connection's audio time (= call time)
