@@ -65,6 +65,7 @@ class HostileOptions:
     seconds: float = 20.0
     pin: bool = True
     workdir: Path | None = None
+    ramp_s: float = 1.0  # each phase starts its good calls over this long
 
 
 @dataclass
@@ -118,7 +119,7 @@ async def _phase(
     name: str, server: Process, dialer: Dialer, probes: Probes, opts: HostileOptions, number: str
 ) -> HostilePhase:
     phase = HostilePhase(name)
-    calls: list[LeanCall] = await dialer.dial_all(range(opts.calls), ramp_s=1.0)
+    calls: list[LeanCall] = await dialer.dial_all(range(opts.calls), ramp_s=opts.ramp_s)
     start = time.monotonic() + SETTLE_S  # past their handshakes and first turn events
     end = start + opts.seconds
     attacker = None
