@@ -14,7 +14,9 @@ Which scale: 8x for the modules of scripted calls whose bounds leave a stall roo
 twice at five workers on two cores before it moved from 4x); 4x where a module bounds audio
 timing tightly (the recording's alignment, what was heard at a drop), times real work, or
 scripts a caller's words so early that a late socket start changes the call (the agent's
-greeting); 2x or 1x on a single test whose bound a busy machine missed. The suite's time is
+greeting), or places a caller's key or word inside a bot line with well under a second of call
+time either side (the idle reprompts: at 8x a 90 ms stall moved the reprompt past the keys);
+2x or 1x on a single test whose bound a busy machine missed. The suite's time is
 mostly such calls waiting on their clocks: 8x took ~1/3 off those modules' wall time.
 
 Use: `pytestmark = pytest.mark.clock(8)` in a module, or `@pytest.mark.clock(1)` on a test to
