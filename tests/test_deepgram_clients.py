@@ -199,6 +199,7 @@ async def test_speak_never_exceeds_the_flush_limit() -> None:
     assert not log.violations  # Aura never had to refuse a flush
 
 
+@pytest.mark.clock(1)  # its gaps are bound to 0.2 s: at 4x a 95 ms stall of a full run passed it
 async def test_nova_keepalive_rule_keeps_an_idle_listen_socket_open() -> None:
     """Nova /v1/listen: a JSON KeepAlive text frame after 3-5 s without audio (scaled here to
     1.5 s against a fake that closes after 3 s idle); never a binary frame."""
