@@ -63,7 +63,7 @@ from telephony.twilio.security import StreamTokens
 log = logging.getLogger(__name__)
 
 # gc.set_threshold for `telephony serve`; see create_app.
-GC_YOUNG, GC_MIDDLE, GC_FULL_AFTER = 700, 2, 500
+GC_YOUNG, GC_MIDDLE, GC_FULL_AFTER = 7000, 2, 50
 
 
 def _install_sighup(store: ConfigStore) -> None:
@@ -195,16 +195,23 @@ def create_app(
         if freeze_heap:
             gc.collect()
             gc.freeze()
-            # A collection stalls every call's audio while it runs (gc.callbacks, 200 calls):
+            # A collection stalls every call's audio while it runs (gc.callbacks; `telephony
+            # bench` reports the window's, "server GC pauses"). At 200 calls:
             # - full ones scan every live call's objects, 50-70 ms. Calls in progress make next
-            #   to no cyclic garbage (none in 5 s, measured), so they come after 1000 young
-            #   collections, not Python's 100;
-            # - middle ones scan what survived the young ones since the last: every 10th young
-            #   collection (Python's default), 3.5-5 ms at p50 and up to 26 ms; every 2nd,
-            #   1.4 ms and up to 14 ms, for the same total time.
-            # Collecting young objects more often does not help: at any instant ~3000 objects
-            # are in flight (futures, timer handles, coroutines), and each collection scans and
-            # promotes them (tried: a 50 ms clock made every pause longer).
+            #   to no cyclic garbage (0-100 objects a young collection, measured); an ended call
+            #   leaves ~360 objects of it. So they are rare: after 100 young collections of
+            #   7000 net allocations (700k, as 1000 of 700 were before the young one moved);
+            # - a young one scans what was made since the last and is still alive. That is
+            #   mostly what every call's pending awaits hold (coroutines, futures, async
+            #   generators' asend objects: 5-17k objects, 1-7 ms), however often it runs, so
+            #   running it less often shortens no pause but removes most of them: at 700 there
+            #   were 23 young and 8 middle collections in 20 s (up to 10 and 20 ms, 0.66 % of
+            #   the loop), which put a pause into ~1.5 % of replies' service path (EndOfTurn ->
+            #   first audio: the service's p99 16-17 ms, 8.9 with collection off) and doubled
+            #   the pacing jitter's p99 (4.5 ms, 2.1 off); at 7000, one young collection in 20 s
+            #   (13 ms), the service's p99 12-13.6 ms, the jitter's 2.2-2.5 ms.
+            # Collecting young objects more often does not help either: each collection scans
+            # and promotes the objects in flight (tried: a 50 ms clock made every pause longer).
             gc.set_threshold(GC_YOUNG, GC_MIDDLE, GC_FULL_AFTER)
         try:
             yield

@@ -245,6 +245,59 @@ async def server_end_reasons(urls: list[str], expected: float) -> dict[str, floa
     return reasons
 
 
+GC_METRIC = "telephony_gc_pause_seconds"
+
+
+@dataclass
+class GcPauses:
+    """The service's garbage collections so far, per generation ("0", "1", "2"): how many,
+    their summed pause (s), and the histogram's cumulative counts by bucket bound (s)."""
+
+    count: dict[str, float]
+    total_s: dict[str, float]
+    buckets: dict[str, dict[float, float]]
+
+    def since(self, before: GcPauses) -> dict[str, dict[str, float | None]]:
+        """Per generation, the collections between `before` and this reading: how many, their
+        summed pause (ms) and the longest's upper bound (ms: the first bucket holding them
+        all, or their sum where that is less; None without any)."""
+        out: dict[str, dict[str, float | None]] = {}
+        for gen in sorted(self.count):
+            n = self.count[gen] - before.count.get(gen, 0.0)
+            total_ms = (self.total_s[gen] - before.total_s.get(gen, 0.0)) * 1000
+            longest = None
+            for bound, cumulative in sorted(self.buckets.get(gen, {}).items()):
+                if n and cumulative - before.buckets.get(gen, {}).get(bound, 0.0) >= n:
+                    longest = round(min(bound * 1000, total_ms), 3)
+                    break
+            out[gen] = {"collections": n, "pause_ms": round(total_ms, 3), "longest_ms": longest}
+        return out
+
+
+async def gc_pauses(urls: list[str]) -> GcPauses:
+    """GC_METRIC from /metrics, summed over the service's workers."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    pauses = GcPauses({}, {}, {})
+    async with httpx.AsyncClient(timeout=5) as http:
+        for url in urls:
+            text = (await http.get(url + "/metrics")).text
+            for family in text_string_to_metric_families(text):
+                if family.name != GC_METRIC:
+                    continue
+                for sample in family.samples:
+                    gen = sample.labels.get("generation", "")
+                    if sample.name.endswith("_count"):
+                        pauses.count[gen] = pauses.count.get(gen, 0.0) + sample.value
+                    elif sample.name.endswith("_sum"):
+                        pauses.total_s[gen] = pauses.total_s.get(gen, 0.0) + sample.value
+                    elif sample.name.endswith("_bucket"):
+                        bound = float(sample.labels["le"])
+                        by_bound = pauses.buckets.setdefault(gen, {})
+                        by_bound[bound] = by_bound.get(bound, 0.0) + sample.value
+    return pauses
+
+
 _SID = re.compile(r"CA[0-9a-f]{6,}")
 
 

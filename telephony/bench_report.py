@@ -56,6 +56,8 @@ class Phase:
     probes: Probes | None = None
     errors: Counter[str] = field(default_factory=Counter)
     end_reasons: dict[str, float] = field(default_factory=dict)
+    # The service's garbage collections in the window, by generation (bench_process.GcPauses)
+    gc: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
     @property
     def call_minutes(self) -> float:
@@ -266,6 +268,13 @@ def report(opts: BenchOptions, server: Phase, relay: Phase) -> dict[str, Any]:
             "eot_to_first_audio": len(sp.eot_to_audio),
         },
         "end_reasons": server.end_reasons,
+        # Every collection stops the service's loop, and every call's audio, for its length.
+        "server_gc": server.gc,
+        "server_gc_pause_percent": _r(
+            100 * sum(g["pause_ms"] or 0.0 for g in server.gc.values()) / 1000 / server.window_s, 2
+        )
+        if server.gc and server.window_s
+        else None,
         "errors": sum(server.errors.values()) + sum(relay.errors.values()),
         "server_errors": sum(server.errors.values()),
         "relay_errors": sum(relay.errors.values()),
@@ -293,6 +302,18 @@ def report(opts: BenchOptions, server: Phase, relay: Phase) -> dict[str, Any]:
         "options": {k: str(v) for k, v in asdict(opts).items()},
     }
     return out
+
+
+def _gc_line(r: dict[str, Any]) -> str:
+    """Per generation: collections, summed pause, the longest's upper bound."""
+    if not r.get("server_gc"):
+        return "not read"
+    parts = [
+        f"gen{gen} {g['collections']:g} x, {g['pause_ms']} ms"
+        + (f" (longest <= {g['longest_ms']:g})" if g["longest_ms"] is not None else "")
+        for gen, g in r["server_gc"].items()
+    ]
+    return "  ".join(parts) + f"  = {r['server_gc_pause_percent']} % of the window"
 
 
 def _why(reasons: dict[str, int]) -> str:
@@ -362,6 +383,7 @@ def format_report(r: dict[str, Any]) -> str:
             f"{r['relay_load_core_busy_percent']} %)"
             + (f"  {'; '.join(r['generator_problems'])}" if r["generator_problems"] else ""),
         ),
+        ("server GC pauses", _gc_line(r)),
         ("other processes' CPU %", str(r["host_other_cpu_percent"])),
         ("errors", f"{r['errors']} {r['error_detail'] or ''}".rstrip()),
     ]

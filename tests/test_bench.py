@@ -19,7 +19,8 @@ import pytest
 
 from telephony import bench_main, bench_report
 from telephony.bench import BenchOptions
-from telephony.bench_report import REPORT_KEYS, Phase, format_report, percentile
+from telephony.bench_process import GcPauses
+from telephony.bench_report import REPORT_KEYS, Phase, _gc_line, format_report, percentile
 from telephony.bench_sweep import knee
 from telephony.sim.load import Probes, reply_of
 
@@ -146,6 +147,39 @@ def check_report(report: dict) -> None:
     assert report["samples"]["jitter"] > 0 and report["samples"]["outbound"] > 0
     # Each mode's own: its two calls and its warm-up, all hung up.
     assert report["end_reasons"] == {"caller-hangup": 3}
+    # The service's collections in the window, read from its /metrics (none is likely here).
+    assert sorted(report["server_gc"]) == ["0", "1", "2"]
+    for gen in report["server_gc"].values():
+        assert gen["collections"] >= 0 and gen["pause_ms"] >= 0
+        assert (gen["longest_ms"] is None) == (gen["collections"] == 0)
+    assert report["server_gc_pause_percent"] >= 0
+
+
+def test_gc_pauses_in_the_window_are_the_difference_of_two_readings() -> None:
+    """How many collections of each generation fell between two /metrics readings, their
+    summed pause, and the longest's bound: the first histogram bucket that holds them all."""
+    inf = math.inf
+    before = GcPauses(
+        count={"0": 10, "1": 2},
+        total_s={"0": 0.010, "1": 0.004},
+        buckets={"0": {0.001: 5, 0.005: 10, 0.01: 10, inf: 10}, "1": {0.005: 2, inf: 2}},
+    )
+    after = GcPauses(
+        count={"0": 13, "1": 2},
+        total_s={"0": 0.0275, "1": 0.004},
+        # one of the three new ones <= 1 ms, none more up to 5 ms, the other two <= 10 ms
+        buckets={"0": {0.001: 6, 0.005: 11, 0.01: 13, inf: 13}, "1": {0.005: 2, inf: 2}},
+    )
+    got = after.since(before)
+    assert got["0"] == {"collections": 3, "pause_ms": 17.5, "longest_ms": 10.0}
+    assert got["1"] == {"collections": 0, "pause_ms": 0.0, "longest_ms": None}
+    # Past the last bound, or a bucket wider than the sum: the sum bounds the longest.
+    beyond = GcPauses({"2": 1}, {"2": 2.0}, {"2": {1.0: 0, inf: 1}})
+    assert beyond.since(GcPauses({}, {}, {}))["2"]["longest_ms"] == 2000.0
+    one = GcPauses({"2": 1}, {"2": 0.03}, {"2": {0.02: 0, 0.05: 1, inf: 1}})
+    assert one.since(GcPauses({}, {}, {}))["2"]["longest_ms"] == 30.0
+    r = {**dict.fromkeys(REPORT_KEYS, 1.0), "server_gc": got, "server_gc_pause_percent": 0.04}
+    assert "gen0 3 x, 17.5 ms (longest <= 10)  gen1 0 x, 0.0 ms  = 0.04 %" in _gc_line(r)
 
 
 def test_percentile_is_nearest_rank() -> None:
