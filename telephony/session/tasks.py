@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from telephony.logs import CallLogger
@@ -16,6 +16,7 @@ class TaskSet:
         self._log = log
         self._on_error = on_error
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._timers: list[Timer] = []
         self._cancelled = False  # cancel_all() ran: the call is ending
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
@@ -30,56 +31,80 @@ class TaskSet:
             return
         exc = task.exception()
         assert exc is not None
+        self.failed(task.get_name(), exc)
+
+    def failed(self, name: str, exc: BaseException) -> None:
+        """One of this call's tasks (or a timer's action) raised `exc`."""
         if self._cancelled:
             # The call is ending: a task that ran on (a cancellation swallowed inside a
             # library) and then hit a socket closed under it is not a failure of the call.
-            self._log.debug("task %s ended with the call: %r", task.get_name(), exc)
+            self._log.debug("task %s ended with the call: %r", name, exc)
             return
-        self._log.error("task %s failed", task.get_name(), exc_info=exc)
+        self._log.error("task %s failed", name, exc_info=exc)
         if self._on_error is not None:
-            self._on_error(task.get_name(), exc)
+            self._on_error(name, exc)
 
     def cancel_all(self) -> None:
         self._cancelled = True
+        for timer in self._timers:
+            timer.cancel()
         for task in list(self._tasks):
             task.cancel()
 
-    def timer(self, name: str, action: Callable[[], Awaitable[None] | None]) -> Timer:
-        """A restartable one-shot timer whose firing runs `action` as one of these tasks."""
-        return Timer(self, name, action)
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def timer(self, name: str, action: Callable[[], Coroutine[Any, Any, None] | None]) -> Timer:
+        """A restartable one-shot timer; an async `action` runs as one of these tasks."""
+        timer = Timer(self, name, action)
+        self._timers.append(timer)
+        return timer
 
 
 class Timer:
     """A one-shot timer: `start(after_s)` arms it (re-arming an armed one), `cancel()` disarms.
 
-    The wait is one task at a time, spawned on the engine's TaskSet (so it ends with the call);
-    `action` may be sync or async and may start the timer again.
+    A loop timer, not a task: arming, re-arming and disarming cost a timer handle, not a task,
+    a coroutine and a cancellation each (they are restarted at every turn of every call, and
+    what a pending wait holds is what each garbage collection scans). `action` may be sync or
+    async (then it runs as a task of the TaskSet, so it ends with the call), may start the
+    timer again, and its failure is the TaskSet's like any task's. `TaskSet.cancel_all`
+    disarms it for good.
     """
 
     def __init__(
-        self, tasks: TaskSet, name: str, action: Callable[[], Awaitable[None] | None]
+        self,
+        tasks: TaskSet,
+        name: str,
+        action: Callable[[], Coroutine[Any, Any, None] | None],
     ) -> None:
         self._tasks = tasks
         self._name = name
         self._action = action
-        self._task: asyncio.Task[None] | None = None
+        self._handle: asyncio.TimerHandle | None = None
 
     @property
     def armed(self) -> bool:
-        return self._task is not None
+        return self._handle is not None
 
     def start(self, after_s: float) -> None:
         self.cancel()
-        self._task = self._tasks.spawn(self._fire(after_s), self._name)
+        if self._tasks.cancelled:
+            return  # the call is ending: nothing may fire after it
+        self._handle = asyncio.get_running_loop().call_later(after_s, self._fire)
 
     def cancel(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
-    async def _fire(self, after_s: float) -> None:
-        await asyncio.sleep(after_s)
-        self._task = None  # fired: the action may arm it again
-        result = self._action()
+    def _fire(self) -> None:
+        self._handle = None  # fired: the action may arm it again
+        try:
+            result = self._action()
+        except Exception as exc:
+            self._tasks.failed(self._name, exc)
+            return
         if result is not None:
-            await result
+            self._tasks.spawn(result, self._name)
