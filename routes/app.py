@@ -201,16 +201,17 @@ def create_app(
             #   to no cyclic garbage (0-100 objects a young collection, measured); an ended call
             #   leaves ~360 objects of it. So they are rare: after 100 young collections of
             #   7000 net allocations (700k, as 1000 of 700 were before the young one moved);
-            # - a young one scans what was made since the last and is still alive. That is
-            #   mostly what every call's pending awaits hold (coroutines, futures, async
-            #   generators' asend objects: 5-17k objects, 1-7 ms), however often it runs, so
-            #   running it less often shortens no pause but removes most of them: at 700 there
-            #   were 23 young and 8 middle collections in 20 s (up to 10 and 20 ms, 0.66 % of
-            #   the loop), which put a pause into ~1.5 % of replies' service path (EndOfTurn ->
-            #   first audio: the service's p99 16-17 ms, 8.9 with collection off) and doubled
-            #   the pacing jitter's p99 (4.5 ms, 2.1 off); at 7000, one young collection in 20 s
-            #   (13 ms), the service's p99 12-13.6 ms, the jitter's 2.2-2.5 ms.
-            # Collecting young objects more often does not help either: each collection scans
+            # - a young one scans what was made since the last and is still alive: what every
+            #   call's pending awaits hold (coroutines, futures, asend objects: the same ones
+            #   at every collection until they resolve) and what calls keep (turns, history,
+            #   words, live events). At 700 there were 23 young and 8 middle collections in
+            #   20 s (up to 10 and 20 ms, 0.66 % of the loop), a pause in ~1.5 % of replies'
+            #   service path (EndOfTurn -> first audio: the service's p99 16-17 ms, 8.9 with
+            #   collection off; jitter p99 4.5 ms, 2.1 off). At 7000 the objects in flight are
+            #   scanned far less often: one young collection in 20 s, longer (12-24 ms; 36-40 at
+            #   300-400 calls, well inside the 80-120 ms Twilio holds ahead), the service's p99
+            #   12-15 ms and jitter 2.2-3.6 ms on a quiet host (README, Performance).
+            # Collecting young objects more often does not help: each collection scans
             # and promotes the objects in flight (tried: a 50 ms clock made every pause longer).
             gc.set_threshold(GC_YOUNG, GC_MIDDLE, GC_FULL_AFTER)
         try:
