@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
+import inspect
 import itertools
 
 import orjson
@@ -71,6 +74,32 @@ async def test_flux_chunks_audio_and_reports_turns_on_the_call_clock() -> None:
     assert "json:CloseStream" in log.received_kinds()
     assert "json:KeepAlive" not in log.received_kinds()
     assert log.close_code == 1005 and not log.violations
+
+
+async def test_a_socket_waiting_for_its_next_message_keeps_no_earlier_one() -> None:
+    """Every garbage collection scans what each idle socket's wait holds: hundreds of calls'
+    last TurnInfos (their words, their tuples) if the events generators kept them."""
+    script = Script(turns=[ScriptedTurn(start_ms=200, end_ms=600, text="hello there")])
+    async with FakeDeepgram(api_key=KEY, script=script) as fake:
+        client = FluxClient(fake.url, KEY, FluxOptions())
+        await client.connect()
+        for i in range(50):
+            client.send_audio(i * 20, FRAME)
+        events = client.events()
+        async with asyncio.timeout(5):  # to the turn's end: then nothing more is coming
+            event = await anext(events)
+            while not (isinstance(event, dm.TurnInfo) and event.event == "EndOfTurn"):
+                event = await anext(events)
+        waiting = asyncio.ensure_future(anext(events))  # on to the next message
+        await asyncio.sleep(0.05)  # the generators resume and wait
+        assert not waiting.done()
+        holders = [r for r in gc.get_referrers(event) if inspect.isasyncgen(r)]
+        assert holders == [], [h.ag_code.co_name for h in holders]
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        await events.aclose()
+        await client.close()
 
 
 async def test_configure_success_failure_and_one_in_flight() -> None:

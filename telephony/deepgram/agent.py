@@ -162,6 +162,7 @@ class AgentClient(DeepgramSocket):
                 if isinstance(event, dm.SettingsApplied) and not self.settings_applied.is_set():
                     self._go_live()
                 yield event
+                del event  # not kept while the next is awaited (socket.py, `messages`)
         except DeepgramClosed:
             await self.stop_keepalive()  # no KeepAlive on a dead socket
             raise

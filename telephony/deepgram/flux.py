@@ -93,6 +93,7 @@ class FluxClient(DeepgramSocket):
             if isinstance(event, dm.ConfigureSuccess | dm.ConfigureFailure):
                 await self._configure_acked()
             yield event
+            del event  # not kept while the next is awaited (socket.py, `messages`)
 
     async def configure(
         self,

@@ -155,6 +155,7 @@ class ListenClient(DeepgramSocket):
                 # Set once the consumer has handled it, so `finish` knows the words are in.
                 if isinstance(event, dm.Results) and event.from_finalize:
                     self.finalized.set()
+                del event  # not kept while the next is awaited (socket.py, `messages`)
         finally:
             self._ended.set()
 

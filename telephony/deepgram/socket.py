@@ -110,6 +110,9 @@ class DeepgramSocket:
                 if error is not None:
                     raise self.closed(error)
                 yield event
+                # Not kept alive while the next message is awaited: every garbage collection
+                # scans what an idle socket's wait holds (a TurnInfo: its words and tuple).
+                del raw, event
         except ConnectionClosed as exc:
             if self._closing:
                 return

@@ -113,6 +113,7 @@ class SpeakClient(DeepgramSocket):
             if isinstance(event, dm.SpeakWarning):
                 log.warning("Aura warning %s: %s", event.code, event.description)
             yield event
+            del event  # not kept while the next is awaited (socket.py, `messages`)
 
     async def close(self) -> None:
         await self.close_politely(dm.close())

@@ -108,6 +108,8 @@ class Link(Generic[S]):
                     handled = on_event(event)
                     if handled is not None:
                         await handled
+                    # Not kept alive while the next event is awaited (deepgram/socket.py).
+                    del event, handled
                 if self._client is client:
                     return  # we closed it: the call is over
             except DeepgramClosed as exc:
