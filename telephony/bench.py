@@ -201,24 +201,26 @@ async def run_phase(
     gc.collect()
     gc.freeze()
     gc.disable()
-    await asyncio.sleep(FREEZE_SETTLE_S)  # the frames that collection held up are out
-    gc0 = await gc_pauses(metrics_urls) if metrics_urls else None
-    probes.recording = True
-    cpu0, load0, t0 = tree_cpu_seconds(process.pid), time.process_time(), time.monotonic()
-    busy0 = core_busy_seconds()
-    peak = tree_rss_mib(process.pid)
-    end = t0 + opts.seconds
-    while (left := end - time.monotonic()) > 0:
-        await asyncio.sleep(min(1.0, left))
-        peak = max(peak, tree_rss_mib(process.pid))
-    cpu1, load1, t1 = tree_cpu_seconds(process.pid), time.process_time(), time.monotonic()
-    busy1 = core_busy_seconds()
-    phase.core_busy_s = {core: busy1[core] - busy0.get(core, 0.0) for core in busy1}
-    probes.recording = False
-    if gc0 is not None and metrics_urls:
-        phase.gc = (await gc_pauses(metrics_urls)).since(gc0)
-    gc.enable()
-    gc.unfreeze()  # what the phase leaves behind is the collector's again
+    try:
+        await asyncio.sleep(FREEZE_SETTLE_S)  # the frames that collection held up are out
+        gc0 = await gc_pauses(metrics_urls) if metrics_urls else None
+        probes.recording = True
+        cpu0, load0, t0 = tree_cpu_seconds(process.pid), time.process_time(), time.monotonic()
+        busy0 = core_busy_seconds()
+        peak = tree_rss_mib(process.pid)
+        end = t0 + opts.seconds
+        while (left := end - time.monotonic()) > 0:
+            await asyncio.sleep(min(1.0, left))
+            peak = max(peak, tree_rss_mib(process.pid))
+        cpu1, load1, t1 = tree_cpu_seconds(process.pid), time.process_time(), time.monotonic()
+        busy1 = core_busy_seconds()
+        phase.core_busy_s = {core: busy1[core] - busy0.get(core, 0.0) for core in busy1}
+        probes.recording = False
+        if gc0 is not None and metrics_urls:
+            phase.gc = (await gc_pauses(metrics_urls)).since(gc0)
+    finally:
+        gc.enable()
+        gc.unfreeze()  # what the phase leaves behind is the collector's again
     phase.window_s, phase.cpu_s, phase.load_cpu_s = t1 - t0, cpu1 - cpu0, load1 - load0
     phase.rss_peak_mib = peak
     await hang_up_all(calls)
