@@ -7,12 +7,11 @@ connection is heard where its speech really is: a wrong clock anchor shows up as
 from __future__ import annotations
 
 import asyncio
-import sys
-from typing import Any
 
 import pytest
 
 from telephony.audio import silence, tone
+from telephony.session.tasks import Timer
 from telephony.sim.deepgram_server import FakeDeepgram, Fault, Script, ScriptedTurn
 from telephony.sim.twilio_caller import FakeTwilioCaller
 from tests.conftest import AUTH_TOKEN, RunningApp, finished
@@ -110,15 +109,15 @@ async def test_the_watchdog_sleeps_until_a_turn_could_be_stuck(
 ) -> None:
     """No clock ticks per call: over ~8 s with one healthy turn the watchdog wakes a handful of
     times (each when something could first be due), not four times a second."""
-    sleeps: list[float] = []
-    real_sleep = asyncio.sleep
+    sleeps: list[float] = []  # how long the watchdog's timer was armed for, each time
+    real_start = Timer.start
 
-    async def counted(delay: float, *args: Any) -> Any:
-        if sys._getframe(1).f_code.co_name == "_watchdog":
-            sleeps.append(delay)
-        return await real_sleep(delay, *args)
+    def counted(timer: Timer, after_s: float) -> None:
+        if timer._name == "turn-watchdog":
+            sleeps.append(after_s)
+        real_start(timer, after_s)
 
-    monkeypatch.setattr(asyncio, "sleep", counted)
+    monkeypatch.setattr(Timer, "start", counted)
     calm = Script(turns=[ScriptedTurn.said("hello there")], voiced=True)
     fake_deepgram.set_script("CAcalm", calm)
     async with running_app.http() as http:

@@ -103,7 +103,8 @@ class FluxEngine:
         self._turn_open = False
         self._dtmf: list[str] = []
         self._dtmf_timer = self._tasks.timer("dtmf", self._dtmf_entry)
-        self._watchdog_task: asyncio.Task[None] | None = None
+        self._watchdog = self._tasks.timer("turn-watchdog", self._watch)
+        self._watchdog_step: asyncio.Task[None] | None = None  # a due step, running
         self._dtmf_for_turn = ""
         self._turn_start_ms: int | None = None
         self._last_turn_end_ms = 0
@@ -262,43 +263,51 @@ class FluxEngine:
     # --- stuck turns ----------------------------------------------------------------------------
 
     def _restart_watchdog(self) -> None:
-        if self._watchdog_task is not None:
-            self._watchdog_task.cancel()
-        self._watchdog_task = self._tasks.spawn(self._watchdog(), "turn-watchdog")
+        """Look again now (at the start, or a Configure moved the threshold); a step under way
+        gives way to it."""
+        if self._watchdog_step is not None:
+            self._watchdog_step.cancel()
+            self._watchdog_step = None
+        self._watch()
 
-    async def _watchdog(self) -> None:
+    def _watch(self) -> None:
         """An open turn whose words stopped growing eot_timeout_ms (+ 1 s) ago should have
         ended: it is stuck, or the socket went silent. ForceEndTurn first; if even that gets no
-        answer, end the turn from the last Update ourselves and replace the socket."""
+        answer, end the turn from the last Update ourselves and replace the socket.
+
+        The timer is armed for the first moment anything could be due, not on a clock:
+        hundreds of calls would otherwise wake four times a second each to find nothing to do.
+        """
         loop = asyncio.get_running_loop()
-        while True:
-            # From what Flux confirmed last: a mid-call Configure moves the threshold.
-            stuck_after_s = (self.options.eot_timeout_ms or EOT_TIMEOUT_DEFAULT_MS) / 1000 + 1
-            # Sleep until the first moment anything could be due, not on a clock: hundreds of
-            # calls would otherwise wake four times a second each to find nothing to do.
-            now = loop.time()
-            if not self.upstream.live:  # reconnecting (or given up): look again soon
-                due = now + WATCHDOG_TICK_S
-            elif not self._turn_open:
-                # A turn that opens from now on has words newer than now (StartOfTurn is
-                # progress), so it cannot be stuck before this.
-                due = now + stuck_after_s
-            elif self._forced_at is not None:
-                due = self._forced_at + FORCE_ANSWER_S
-            else:
-                due = self._last_progress_at + stuck_after_s
-            if due > now:
-                await asyncio.sleep(due - now)
-                continue
-            if self._forced_at is not None:
-                await self._release_stuck_turn()
-            else:
-                self._forced_at = now
-                self.ctx.transcript.event(
-                    self.ctx.now_ms(), EventKind.TURN_WATCHDOG, step="force-end"
-                )
-                with contextlib.suppress(ConnectionClosed):
-                    await self.flux.force_end_turn()
+        # From what Flux confirmed last: a mid-call Configure moves the threshold.
+        stuck_after_s = (self.options.eot_timeout_ms or EOT_TIMEOUT_DEFAULT_MS) / 1000 + 1
+        now = loop.time()
+        if not self.upstream.live:  # reconnecting (or given up): look again soon
+            due = now + WATCHDOG_TICK_S
+        elif not self._turn_open:
+            # A turn that opens from now on has words newer than now (StartOfTurn is
+            # progress), so it cannot be stuck before this.
+            due = now + stuck_after_s
+        elif self._forced_at is not None:
+            due = self._forced_at + FORCE_ANSWER_S
+        else:
+            due = self._last_progress_at + stuck_after_s
+        if due > now:
+            self._watchdog.start(due - now)
+        else:
+            self._watchdog_step = self._tasks.spawn(self._step(now), "turn-watchdog")
+
+    async def _step(self, now: float) -> None:
+        """What is due at `now`, then look again."""
+        if self._forced_at is not None:
+            await self._release_stuck_turn()
+        else:
+            self._forced_at = now
+            self.ctx.transcript.event(self.ctx.now_ms(), EventKind.TURN_WATCHDOG, step="force-end")
+            with contextlib.suppress(ConnectionClosed):
+                await self.flux.force_end_turn()
+        self._watchdog_step = None
+        self._watch()
 
     async def _release_stuck_turn(self) -> None:
         self._forced_at = None
