@@ -233,6 +233,46 @@ async def test_clear_drops_bot_audio_that_had_not_played(tmp_path: Path, executo
     assert right[16480:] == SIL * (len(right) - 16480)
 
 
+async def test_the_streams_end_drops_bot_audio_sent_ahead_that_never_played(
+    tmp_path: Path, executor
+) -> None:
+    """The caller hangs up 70 ms into a 200 ms run the playout had sent ahead: the rest never
+    reached them, so the file ends the bot's audio where the stream ended (as a `clear`
+    would), and a frame sent after the end is not kept either."""
+    clock = Clock(10.0)
+    rec = CallRecorder("CAend", tmp_path, clock=clock, executor=executor)
+    sent = [frame(30 + k) for k in range(10)]
+    for n in range(54):
+        clock.t = 10.0 + n * 0.020
+        rec.caller(n * 20, frame(n))
+        if n == 50:  # at call ms 1000: a run of 200 ms is sent (Twilio buffers it)
+            for k, f in enumerate(sent):
+                rec.bot(f, clock.t + k * 0.020)
+    clock.t += 0.010  # the stream ends at call ms 1070
+    rec.end(clock.t)
+    rec.bot(frame(99), clock.t + 0.5)  # a late send from the playout being stopped
+    _, _, right = read_wav(await rec.finish())
+
+    played = b"".join(sent)[: 70 * 8]  # three frames and half of the fourth
+    assert right[: 1000 * 8] == SIL * 8000
+    assert right[8000 : 8000 + len(played)] == played
+    assert right[8000 + len(played) :] == SIL * (len(right) - 8000 - len(played))
+
+
+async def test_a_forks_end_keeps_twilios_outbound_track_whole(tmp_path: Path, executor) -> None:
+    """On a fork the right channel is the person, placed by Twilio's timestamps, not the
+    playout's sends: nothing of it is cut at the end."""
+    clock = Clock(10.0)
+    rec = CallRecorder("CAforkend", tmp_path, clock=clock, executor=executor)
+    for n in range(50):
+        clock.t = 10.0 + n * 0.020
+        rec.caller(n * 20, frame(n))
+        rec.outbound(n * 20 + 20, frame(n + 40))  # a frame ahead of the caller's, as may be
+    rec.end(clock.t)
+    _, _, right = read_wav(await rec.finish())
+    assert right[160 : 160 + 50 * 160] == b"".join(frame(n + 40) for n in range(50))
+
+
 async def test_audio_is_spooled_during_the_call_and_the_spools_removed(tmp_path: Path) -> None:
     """The shared worker thread gets the final part every 5 s; the last second of bot audio
     (a clear could still cut it) stays in memory; the WAV covers the longer track."""

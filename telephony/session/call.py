@@ -196,6 +196,8 @@ class Call(MediaIntake):
             self.log.exception("call failed")
             await self.socket.close(CLOSE_ERROR, end.reason)
         finally:
+            if self.recorder is not None:  # what the playout sent ahead never played
+                self.recorder.end(asyncio.get_running_loop().time())
             # Decided as the stream ends, before the engine's pending REST actions are
             # cancelled below: Twilio's `stop` often comes before its answer to our request.
             if self._outcome is None:

@@ -13,7 +13,8 @@ Both tracks are μ-law bytes on the call's audio clock (8 bytes per ms of Twilio
   makes that read early.
   Frames of one paced run are laid end to end, and a new run never goes over an earlier one
   (Twilio plays what it was sent in order). A `clear` cuts the track at the moment it went
-  out: whatever was sent but had not played yet never reached the caller, so it is not kept.
+  out, and so does the stream's end (`end`): whatever was sent but had not played yet never
+  reached the caller, so it is not kept.
 - the person: on a `both_tracks` fork (transcribe mode, or after a transfer) Twilio's
   `outbound` track is what the caller hears, so it is the right channel, each frame at its
   timestamp (less the caller track's squeezed gaps: both tracks of a fork share timestamps),
@@ -150,6 +151,8 @@ class CallRecorder:
         self._run_end_t: float | None = None  # monotonic end of the last bot frame's run
         self.squeezed_ms = 0  # caller clock jumps beyond MAX_GAP_MS, left out of the file
         self._finished = False
+        self._fork = False  # outbound frames came: the right channel is Twilio's track
+        self._end_pos: int | None = None  # where the stream ended (`end`): nothing plays after
         self._submit_ok = True
         self._broken = False  # set by a failure on the loop side: recording stops
         # Worker side (touched only by the worker thread).
@@ -224,6 +227,7 @@ class CallRecorder:
         both tracks of a fork the same clock), less the caller gaps squeezed out so far."""
         if self._broken:
             return
+        self._fork = True
         try:
             pos = (ts_ms - self.squeezed_ms) * BYTES_PER_MS
             if pos > self._bot_base + len(self._bot):  # a jump ahead, or the track's first frame
@@ -264,6 +268,16 @@ class CallRecorder:
                 del self._bot[max(cut, 0) :]
         except Exception:
             self._break()
+
+    def end(self, at: float) -> None:
+        """The bot's stream ended at monotonic `at` (the caller hung up, the call was
+        redirected, the stream was lost): bot audio sent ahead that would have played after
+        it never reached the caller, so it is cut as a `clear` cuts, now and at `finish`. Not
+        on a fork, whose right channel is Twilio's own outbound track, placed by timestamp."""
+        if self._broken or self._fork:
+            return
+        self._end_pos = max(self._pos_at(at), self._bot_floor)
+        self.clear(at)
 
     def _break(self) -> None:
         """A bug here must never reach the call: log it, stop recording, keep no file."""
@@ -312,6 +326,8 @@ class CallRecorder:
         self._finished = True
         try:
             if not self._broken:
+                if self._end_pos is not None:  # frames the playout sent after the end
+                    del self._bot[max(self._end_pos - self._bot_base, 0) :]
                 self._flush(final=True)
             future = self._executor.submit(self._write_wav, silence)
             return await asyncio.shield(asyncio.wrap_future(future))
