@@ -206,57 +206,45 @@ async def test_a_run_after_an_underrun_never_goes_over_the_audio_before_it(
     assert right[start + 1920 :] == SIL * (len(right) - start - 1920)
 
 
-async def test_clear_drops_bot_audio_that_had_not_played(tmp_path: Path, executor) -> None:
+@pytest.mark.parametrize("cut", ["clear", "end"])
+async def test_bot_audio_sent_ahead_is_cut_where_a_clear_or_the_streams_end_went_out(
+    tmp_path: Path, executor, cut: str
+) -> None:
+    """70 ms into a 200 ms run the playout had sent ahead, the caller barges in (`clear`) or
+    hangs up (the stream's `end`): the rest never reached them, so the file keeps the 70 ms.
+    After a clear the call goes on and the next reply is placed where it plays; after the
+    end, a late send from the playout being stopped is not kept either."""
     clock = Clock(10.0)
-    rec = CallRecorder("CAclear", tmp_path, clock=clock, executor=executor)
+    rec = CallRecorder(f"CA{cut}", tmp_path, clock=clock, executor=executor)
     sent = [frame(30 + k) for k in range(10)]
     second = [frame(80 + k) for k in range(3)]
-    for n in range(150):
+    for n in range(150 if cut == "clear" else 54):
         clock.t = 10.0 + n * 0.020
         rec.caller(n * 20, frame(n))
         if n == 50:  # at call ms 1000: a run of 200 ms is sent (Twilio buffers it)
             for k, f in enumerate(sent):
                 rec.bot(f, clock.t + k * 0.020)
-        if n == 53:  # 70 ms into the run the caller barges in: `clear` at call ms 1070
+        if n == 53 and cut == "clear":  # `clear` at call ms 1070
             clock.t += 0.010
             rec.clear(clock.t)
         if n == 100:  # the next reply, at call ms 2000
             for k, f in enumerate(second):
                 rec.bot(f, clock.t + k * 0.020)
+    if cut == "end":  # the stream ends at call ms 1070
+        clock.t += 0.010
+        rec.end(clock.t)
+        rec.bot(frame(99), clock.t + 0.5)
     _, _, right = read_wav(await rec.finish())
 
     played = b"".join(sent)[: 70 * 8]  # three frames and half of the fourth
     assert right[: 1000 * 8] == SIL * 8000
     assert right[8000 : 8000 + len(played)] == played
+    if cut == "end":
+        assert right[8000 + len(played) :] == SIL * (len(right) - 8000 - len(played))
+        return
     assert right[8000 + len(played) : 2000 * 8] == SIL * (16000 - 8000 - len(played))
     assert right[16000:16480] == b"".join(second)
     assert right[16480:] == SIL * (len(right) - 16480)
-
-
-async def test_the_streams_end_drops_bot_audio_sent_ahead_that_never_played(
-    tmp_path: Path, executor
-) -> None:
-    """The caller hangs up 70 ms into a 200 ms run the playout had sent ahead: the rest never
-    reached them, so the file ends the bot's audio where the stream ended (as a `clear`
-    would), and a frame sent after the end is not kept either."""
-    clock = Clock(10.0)
-    rec = CallRecorder("CAend", tmp_path, clock=clock, executor=executor)
-    sent = [frame(30 + k) for k in range(10)]
-    for n in range(54):
-        clock.t = 10.0 + n * 0.020
-        rec.caller(n * 20, frame(n))
-        if n == 50:  # at call ms 1000: a run of 200 ms is sent (Twilio buffers it)
-            for k, f in enumerate(sent):
-                rec.bot(f, clock.t + k * 0.020)
-    clock.t += 0.010  # the stream ends at call ms 1070
-    rec.end(clock.t)
-    rec.bot(frame(99), clock.t + 0.5)  # a late send from the playout being stopped
-    _, _, right = read_wav(await rec.finish())
-
-    played = b"".join(sent)[: 70 * 8]  # three frames and half of the fourth
-    assert right[: 1000 * 8] == SIL * 8000
-    assert right[8000 : 8000 + len(played)] == played
-    assert right[8000 + len(played) :] == SIL * (len(right) - 8000 - len(played))
 
 
 async def test_a_forks_end_keeps_twilios_outbound_track_whole(tmp_path: Path, executor) -> None:
