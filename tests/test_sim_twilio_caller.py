@@ -516,7 +516,8 @@ async def test_server_close_ends_the_call(svc: FakeService) -> None:
     svc.script = script
     began = asyncio.get_running_loop().time()
     result = await svc.caller().dial("+15550001000", audio=silence(5000))
-    assert asyncio.get_running_loop().time() - began < 1.0
+    # Well short of the 5 s of audio it was given (a bound with room for a stalled CI host).
+    assert asyncio.get_running_loop().time() - began < 2.5
     assert (result.close_code, result.close_reason, result.closed_by) == (
         1008,
         "bad token",
