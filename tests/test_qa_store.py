@@ -365,3 +365,11 @@ def test_a_person_is_asked_for_only_while_the_bot_has_the_call() -> None:
     assert flags_of(transcribed, said, [], ReviewConfig()) == {}
     handed_over = [("handover", {}, 0)]  # from the start of the turn on: a person's call
     assert "human" not in flags_of(call, said, handed_over, ReviewConfig())
+
+
+def test_a_bot_call_that_ended_before_anyone_spoke_trips_no_rule() -> None:
+    """A caller who hangs up before a word (found by `telephony bench --churn`): no turns, no
+    flag, and no error (the rules once raised on it and the call got no flags at all)."""
+    for mode in ("flux", "agent", "transcribe"):
+        call = {"end_reason": "caller-hangup", "end_detail": "", "mode": mode}
+        assert flags_of(call, [], [], ReviewConfig()) == {}

@@ -38,7 +38,8 @@ def unanswered_turns(turns: Iterable[Mapping[Any, Any]], mode: str) -> set[int]:
         return set()
     ordered = [t for t in turns if not (t.get("meta") or {}).get("backchannel")]
     out: set[int] = set()
-    for here, after in zip(ordered, [*ordered[1:], None], strict=True):
+    for k, here in enumerate(ordered):
+        after = ordered[k + 1] if k + 1 < len(ordered) else None
         if here["role"] == "caller" and (after is None or after["role"] == "caller"):
             out.add(here["idx"])
     return out
