@@ -75,6 +75,13 @@ bridge-added inbound p99 <= 2 ms, no errors and a valid generator (the relay's: 
 errors, its phase's generator). JSON: `{"sweep": [{"calls": N, "reports": {mode: report}}],
 "knee": {mode: {...}}}`; one count keeps the single report.
 
+`--churn R`: through the window, R calls a second hang up (the longest-running first) and as
+many new ones are dialled in their place, so the live count stays `--calls` while calls end
+and start: each new call's webhook, handshake and Deepgram sockets, each ended call's records
+written and the garbage it leaves (a full collection, in "server GC pauses"), and the RSS that
+garbage holds. Without it the window has no call ending or starting. `calls_redialled` says how
+many were made (dials are made one after another, so a slow service gets fewer).
+
 Errors: calls that could not be placed or that the far end closed, malformed frames at the
 caller, caller turns that got no bot audio within 5 s, protocol violations the fake Deepgram saw,
 calls that ended for any reason but the caller's hang-up, error lines in the service's log.
@@ -88,6 +95,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import math
 import os
 import secrets
 import sys
@@ -154,12 +162,24 @@ class BenchOptions:
     workdir: Path | None = None
     samples_dir: Path | None = None  # raw samples of both phases as JSON (for analysis)
     workers: int = 1  # `telephony serve --workers`: more than 1 needs DATABASE_ENV (PostgreSQL)
+    churn_per_s: float = 0.0  # calls hung up, each replaced by a new one, per second of window
 
     @property
     def ramp(self) -> float:
         if self.ramp_s is not None:
             return self.ramp_s
         return min(10.0, max(1.0, self.calls * 0.02))
+
+    @property
+    def churn_slots(self) -> int:
+        """Probe slots for the calls `--churn` dials in the window: each a fresh index, so no
+        reply of an ended call is taken for its successor's."""
+        return math.ceil(self.churn_per_s * self.seconds) + 1 if self.churn_per_s > 0 else 0
+
+    @property
+    def capacity(self) -> int:
+        """Probe slots: the calls, the warm-up call (index `calls`), then the churn's."""
+        return self.calls + 1 + self.churn_slots
 
 
 # --- one phase --------------------------------------------------------------------------------
@@ -173,6 +193,45 @@ async def warm_up(dialer: Dialer, index: int) -> None:
             break
         await asyncio.sleep(0.05)
     await hang_up_all([call])
+
+
+class Churn:
+    """`--churn`: through the window, every 1/rate s the longest-running call hangs up and a
+    new one is dialled in its place (a fresh probe slot from `first_index`), so the window
+    sees calls end and start — their setup, their records written, the garbage an ended call
+    leaves — at a steady number of live calls. Dials are made one after the other: when the
+    service is slower to answer than the rate, fewer are made, and `placed` says how many."""
+
+    def __init__(
+        self, dialer: Dialer, live: list[LeanCall], first_index: int, slots: int, per_s: float
+    ) -> None:
+        self.dialer = dialer
+        self.live = live  # oldest first; the phase hangs up whatever is in it at its end
+        self.ended: list[LeanCall] = []
+        self.first_index = first_index
+        self.slots = slots
+        self.interval = 1.0 / per_s
+        self.dialled = 0
+        self.placed = 0
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self.interval
+        while self.dialled < self.slots:
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            due += self.interval
+            if self.live:
+                old = self.live.pop(0)
+                old.hang_up()
+                self.ended.append(old)
+            index = self.first_index + self.dialled
+            self.dialled += 1
+            try:
+                self.live.append(await self.dialer.dial(index))
+            except Exception as exc:
+                self.dialer.probes.errors[f"dial_failed: {type(exc).__name__}"] += 1
+            else:
+                self.placed += 1
 
 
 async def run_phase(
@@ -193,6 +252,11 @@ async def run_phase(
     calls: list[LeanCall] = await dialer.dial_all(range(opts.calls), opts.ramp)
     await asyncio.sleep(opts.settle_s)  # the last calls past their handshake
     phase.calls = sum(1 for c in calls if not c.closed.done())
+    churn = (
+        Churn(dialer, calls, opts.calls + 1, opts.churn_slots, opts.churn_per_s)
+        if opts.churn_per_s > 0
+        else None
+    )
     # The calls' objects leave the collector's view for the window: a full collection of
     # hundreds of calls' objects stalled the generator's loop for ~100 ms (timed at 300 calls).
     # And the collector is off in the window: even then, at 400 calls its 165 collections
@@ -208,11 +272,16 @@ async def run_phase(
         cpu0, load0, t0 = tree_cpu_seconds(process.pid), time.process_time(), time.monotonic()
         busy0 = core_busy_seconds()
         peak = tree_rss_mib(process.pid)
+        churning = asyncio.create_task(churn.run()) if churn else None
         end = t0 + opts.seconds
         while (left := end - time.monotonic()) > 0:
             await asyncio.sleep(min(1.0, left))
             peak = max(peak, tree_rss_mib(process.pid))
         cpu1, load1, t1 = tree_cpu_seconds(process.pid), time.process_time(), time.monotonic()
+        if churning is not None:
+            churning.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await churning
         busy1 = core_busy_seconds()
         phase.core_busy_s = {core: busy1[core] - busy0.get(core, 0.0) for core in busy1}
         probes.recording = False
@@ -223,6 +292,9 @@ async def run_phase(
         gc.unfreeze()  # what the phase leaves behind is the collector's again
     phase.window_s, phase.cpu_s, phase.load_cpu_s = t1 - t0, cpu1 - cpu0, load1 - load0
     phase.rss_peak_mib = peak
+    if churn is not None:
+        phase.redialled = churn.placed
+        calls += churn.ended  # hung up already: waited for with the rest
     await hang_up_all(calls)
     phase.errors.update(probes.errors)
     if len(calls) < opts.calls:
@@ -335,7 +407,7 @@ async def _server_phase(
         phase = await run_phase("server", server, dialer, probes, opts, urls)
     finally:
         await dialer.aclose()
-    expected = sum(ended_before.values()) + phase.calls + 1
+    expected = sum(ended_before.values()) + phase.calls + phase.redialled + 1
     ended = await server_end_reasons(urls, expected)
     phase.end_reasons = {
         r: n - ended_before.get(r, 0.0) for r, n in ended.items() if n > ended_before.get(r, 0.0)
@@ -353,7 +425,7 @@ async def run_modes(opts: BenchOptions, modes: tuple[str, ...]) -> dict[str, dic
         raise ValueError(f"mode must be one of {sorted(NUMBERS)}")
     workdir = opts.workdir or Path(tempfile.mkdtemp(prefix="telephony-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    capacity = opts.calls + 1  # the warm-up call takes the last slot
+    capacity = opts.capacity
     probes = Probes(capacity)
     phases: dict[str, Phase] = {}
     async with fakes(opts, probes) as (deepgram, llm):

@@ -57,6 +57,7 @@ def main(args: argparse.Namespace) -> int:
         ramp_s=args.ramp,
         settle_s=args.settle,
         workers=args.workers,
+        churn_per_s=args.churn,
         samples_dir=Path(os.environ["TELEPHONY_BENCH_SAMPLES"])
         if os.environ.get("TELEPHONY_BENCH_SAMPLES")
         else None,

@@ -47,6 +47,7 @@ class Phase:
 
     name: str
     calls: int = 0
+    redialled: int = 0  # `--churn`: calls dialled in the window in place of ones hung up
     window_s: float = 0.0
     cpu_s: float = 0.0
     load_cpu_s: float = 0.0
@@ -217,6 +218,9 @@ def report(opts: BenchOptions, server: Phase, relay: Phase) -> dict[str, Any]:
         "calls": server.calls,
         "seconds": round(server.window_s, 2),
         "mode": opts.mode,
+        "churn_per_s": opts.churn_per_s,
+        "calls_redialled": server.redialled,
+        "relay_calls_redialled": relay.redialled,
         "server_cpu_s_per_call_minute": _r(server.cpu_s_per_call_minute, 4),
         "relay_cpu_s_per_call_minute": _r(relay.cpu_s_per_call_minute, 4),
         "cpu_ratio_vs_relay": _r(ratio, 2),
@@ -316,13 +320,22 @@ def _gc_line(r: dict[str, Any]) -> str:
     return "  ".join(parts) + f"  = {r['server_gc_pause_percent']} % of the window"
 
 
+def _churn(r: dict[str, Any]) -> str:
+    if not r.get("churn_per_s"):
+        return ""
+    return (
+        f", churn {r['churn_per_s']:g}/s: {r['calls_redialled']} / {r['relay_calls_redialled']}"
+        " calls hung up and redialled"
+    )
+
+
 def _why(reasons: dict[str, int]) -> str:
     return f": {', '.join(f'{k} {n}' for k, n in reasons.items())}" if reasons else ""
 
 
 def format_report(r: dict[str, Any]) -> str:
     rows = [
-        ("calls x seconds", f"{r['calls']} x {r['seconds']} s ({r['mode']})"),
+        ("calls x seconds", f"{r['calls']} x {r['seconds']} s ({r['mode']})" + _churn(r)),
         (
             "CPU s per call-minute",
             f"server {r['server_cpu_s_per_call_minute']}  relay {r['relay_cpu_s_per_call_minute']}"

@@ -222,6 +222,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _per_second(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1000:  # NaN too
+        raise argparse.ArgumentTypeError("must be a rate per second, 0 to 1000")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from importlib.metadata import version
 
@@ -359,6 +366,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_seconds,
         default=1.0,
         help="seconds to wait after the warm-up call and after the last call starts",
+    )
+    bench.add_argument(
+        "--churn",
+        type=_per_second,
+        default=0.0,
+        metavar="PER_S",
+        help="calls hung up and redialled per second through the window (the live count "
+        "stays --calls): call setup, records written and ended calls' garbage in the figures",
     )
     bench.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     bench.add_argument(

@@ -7,18 +7,20 @@ phases ran, measured something and saw no errors.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
 from telephony import bench_main, bench_report
-from telephony.bench import BenchOptions
+from telephony.bench import BenchOptions, Churn
 from telephony.bench_process import GcPauses
 from telephony.bench_report import REPORT_KEYS, Phase, _gc_line, format_report, percentile
 from telephony.bench_sweep import knee
@@ -37,6 +39,7 @@ def test_tiny_bench_reports_every_figure(tmp_path: Path) -> None:
     # the jitter probe needs), and is longer.
     argv = [sys.executable, "-m", "telephony.cli", "bench", "--calls", "2", "--seconds", "3"]
     argv += ["--ramp", "0.1", "--settle", "0.4", "--mode", "both", "--json", str(out)]
+    argv += ["--churn", "0.5"]  # one call hung up and redialled in each window
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     reports = json.loads(out.read_text())
@@ -45,6 +48,47 @@ def test_tiny_bench_reports_every_figure(tmp_path: Path) -> None:
         assert report["mode"] == mode
         check_report(report)
     assert done.stdout.count("CPU s per call-minute") == 2  # the human-readable tables too
+
+
+class _ChurnCall:
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.hung_up = False
+
+    def hang_up(self) -> None:
+        self.hung_up = True
+
+
+class _ChurnDialer:
+    """Dials instantly; the dial of index 12 fails."""
+
+    def __init__(self) -> None:
+        self.probes = SimpleNamespace(errors=Counter())
+        self.dialled: list[int] = []
+
+    async def dial(self, index: int) -> _ChurnCall:
+        self.dialled.append(index)
+        if index == 12:
+            raise ConnectionError("refused")
+        return _ChurnCall(index)
+
+
+async def test_churn_hangs_up_the_oldest_call_and_dials_a_fresh_slot_at_the_rate() -> None:
+    dialer = _ChurnDialer()
+    first = [_ChurnCall(i) for i in range(3)]
+    live = list(first)
+    churn = Churn(cast(Any, dialer), cast(Any, live), first_index=10, slots=4, per_s=100)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await churn.run()
+    assert loop.time() - began >= 4 * 0.01 - 0.002  # one every 10 ms, the first after 10 ms
+    assert dialer.dialled == [10, 11, 12, 13]  # fresh slots, the failed one used up too
+    assert [c.index for c in churn.ended] == [0, 1, 2, 10]  # the longest-running first
+    assert all(c.hung_up for c in churn.ended)
+    assert [c.index for c in live] == [11, 13] and not any(c.hung_up for c in live)
+    assert churn.placed == 3 and dialer.probes.errors == {"dial_failed: ConnectionError": 1}
+    assert BenchOptions(seconds=20, churn_per_s=2).churn_slots == 41
+    assert BenchOptions(calls=5, seconds=20).capacity == 6  # no churn: the calls and the warm-up
 
 
 class _Figures(dict):
@@ -145,8 +189,9 @@ def check_report(report: dict) -> None:
     # millisecond: the fakes' timers and the kernel's receive stamps are different clocks.)
     assert report["eot_to_first_audio_p50_ms"] >= report["fake_upstream_delay_ms"] - 1
     assert report["samples"]["jitter"] > 0 and report["samples"]["outbound"] > 0
-    # Each mode's own: its two calls and its warm-up, all hung up.
-    assert report["end_reasons"] == {"caller-hangup": 3}
+    # Each mode's own: its two calls, the one the churn dialled and the warm-up, all hung up.
+    assert report["calls_redialled"] == 1 and report["relay_calls_redialled"] == 1
+    assert report["end_reasons"] == {"caller-hangup": 4}
     # The service's collections in the window, read from its /metrics (none is likely here).
     assert sorted(report["server_gc"]) == ["0", "1", "2"]
     for gen in report["server_gc"].values():
