@@ -82,7 +82,10 @@ async def listen_socket(ws: WebSocket) -> None:
         return
     listener = Listener()
     if not call.listen.attach(listener):
-        await _refuse(ws, 4429, "too many listeners")
+        if call.listen.closed:  # it ended since it was found
+            await _refuse(ws, 4404, "not live")
+        else:
+            await _refuse(ws, 4429, "too many listeners")
         return
     try:
         if relayed is None:  # a relayed listener was audited where they connected

@@ -40,7 +40,7 @@ from telephony.sim.twilio_caller import CallResult, FakeTwilioCaller
 from telephony.sim.twilio_caller import silence as caller_silence
 from telephony.sim.twilio_rest import FakeTwilioRest
 from telephony.store.insights import PENDING, insights_of
-from telephony.transcript import Event, Turn
+from telephony.transcript import Event, Transcript, Turn
 
 DEMO_AUTH_TOKEN = "demo-auth-token"
 DEMO_DEEPGRAM_KEY = "demo-deepgram-key"
@@ -134,22 +134,29 @@ async def hang_up_after_reply(app: Any, hangup: asyncio.Event, delay_s: float) -
     registry = services_of(app).registry
     while not registry.live:  # noqa: ASYNC110 (the registry has no event to wait on)
         await asyncio.sleep(0.02)  # the demo's one call, once its media stream has started
-    call = next(iter(registry.live.values()))
-    answered = asyncio.Event()
-
-    class Listener:
-        def on_turn(self, turn: Turn) -> None:
-            earlier = call.transcript.turns[: turn.index - call.transcript.first_index]
-            if turn.role == "bot" and any(t.role == "caller" for t in earlier):
-                answered.set()
-
-        def on_event(self, event: Event) -> None:
-            pass
-
-    call.transcript.listeners.append(Listener())
-    await answered.wait()
+    transcript = next(iter(registry.live.values())).transcript
+    answered = _Answered(transcript)
+    transcript.listeners.append(answered)
+    await answered.event.wait()
     await asyncio.sleep(delay_s)
     hangup.set()
+
+
+class _Answered:
+    """A transcript listener: `event` is set once a bot turn follows a caller turn. (Not a
+    class per call: a class is a cycle, and this one would keep the ended call with it.)"""
+
+    def __init__(self, transcript: Transcript) -> None:
+        self.transcript = transcript
+        self.event = asyncio.Event()
+
+    def on_turn(self, turn: Turn) -> None:
+        earlier = self.transcript.turns[: turn.index - self.transcript.first_index]
+        if turn.role == "bot" and any(t.role == "caller" for t in earlier):
+            self.event.set()
+
+    def on_event(self, event: Event) -> None:
+        pass
 
 
 def say_script(text: str, mode: str = "flux") -> Script:

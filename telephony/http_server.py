@@ -223,6 +223,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             return
         self._disarm()  # the socket now belongs to the WebSocket protocol (whatever llhttp called)
         super().handle_websocket_upgrade()
+        # This protocol is done with; its parser holds its methods (a cycle uvicorn breaks in
+        # connection_lost, which an upgraded connection never calls here): let it go, so
+        # every call's media upgrade is freed by reference counting.
+        self.parser = None  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

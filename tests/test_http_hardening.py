@@ -9,8 +9,10 @@ the real `telephony serve` process, which is what the defaults protect.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import socket
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import httpx
 import pytest
 import websockets
 
-from telephony.http_server import HEADROOM
+from telephony.http_server import HEADROOM, GuardedHttpProtocol
 from telephony.logs import hide_query_strings
 from telephony.sim.deepgram_server import FakeDeepgram
 from telephony.sim.twilio_rest import FakeTwilioRest
@@ -94,6 +96,34 @@ async def test_a_media_socket_outlives_the_http_deadlines(serve: Serve) -> None:
         ) as ws:
             with pytest.raises(TimeoutError):  # nothing arrives, not even a close
                 await asyncio.wait_for(ws.recv(), 2.0)
+
+
+async def test_the_http_protocol_an_upgrade_leaves_is_freed_at_once(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every call's media socket is an upgrade: the HTTP protocol it leaves behind must go with
+    reference counting alone (left in a cycle, each call's would wait for a full garbage
+    collection, which stalls every live call: tests/test_call_memory.py)."""
+    left: list[weakref.ref[GuardedHttpProtocol]] = []
+    upgrade = GuardedHttpProtocol.handle_websocket_upgrade
+
+    def watched(self: GuardedHttpProtocol) -> None:
+        left.append(weakref.ref(self))
+        upgrade(self)
+
+    monkeypatch.setattr(GuardedHttpProtocol, "handle_websocket_upgrade", watched)
+    async with serve() as app:
+        url = app.settings.media_stream_url
+        headers = {"X-Twilio-Signature": sign(AUTH_TOKEN, url, {})}
+        gc.collect()
+        gc.disable()
+        try:
+            async with websockets.connect(url, additional_headers=headers):
+                await asyncio.sleep(0.1)
+                alive = [ref() is not None for ref in left]
+        finally:
+            gc.enable()
+    assert alive == [False]  # one upgrade, its HTTP protocol already gone mid-call
 
 
 async def test_connections_beyond_the_bound_are_answered_503(serve: Serve) -> None:

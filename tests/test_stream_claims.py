@@ -4,6 +4,7 @@ on SQLite and PostgreSQL (the store tests' `db` fixture), and retention taking t
 from __future__ import annotations
 
 import asyncio
+import gc
 from pathlib import Path
 
 from sqlalchemy import select
@@ -62,3 +63,21 @@ async def test_retention_takes_a_calls_claims_with_it(db, tmp_path: Path) -> Non
     async with db.engine.connect() as conn:
         left = set((await conn.execute(select(stream_claims.c.call_sid))).scalars())
     assert left == set(test_retention.CALLS) - test_retention.EXPIRED
+
+
+async def test_a_calls_claims_leave_no_cyclic_garbage(db) -> None:
+    """They run for every call: statements built per call left objects in reference loops (an
+    upsert's `excluded` alias, a literal's bind parameter) for the cyclic garbage collector,
+    whose collections stall every live call (tests/test_call_memory.py)."""
+    await record_answer(db.engine, "CA0", "<warm/>")  # first use: the dialect's caches
+    await carry(db.engine, "CA0", "", "instance-a")
+    gc.collect()
+    gc.disable()
+    try:
+        for n in range(1, 6):
+            await record_answer(db.engine, f"CA{n}", "<answer/>")
+            await carry(db.engine, f"CA{n}", "", "instance-a")
+        left = gc.collect()
+    finally:
+        gc.enable()
+    assert left == 0

@@ -22,7 +22,6 @@ row and playback-gated actions are one piece of code for both modes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -192,10 +191,7 @@ class AgentEngine:
         self.speech.close()
         self._tasks.cancel_all()
         self.speech.cancel_actions()
-        self.link.closing = True
-        if self.link.connected:
-            with contextlib.suppress(Exception):
-                await self.client.close()
+        await self.link.close()
 
     # --- mid-call control -------------------------------------------------------------------
 

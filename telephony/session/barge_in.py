@@ -100,6 +100,7 @@ class SmartBargeIn:
         self._interrupt = interrupt
         self._bot_speaking = bot_speaking
         self._timer = tasks.timer("barge-in-decision", self._deadline)
+        tasks.at_end(self._release)
         self._state = _State.IDLE
         self._start_ms = 0
         self._started_at = 0.0
@@ -164,7 +165,18 @@ class SmartBargeIn:
         after_ms = round((asyncio.get_running_loop().time() - self._started_at) * 1000)
         await self._interrupt(self._start_ms, why, after_ms)
 
+    def _release(self) -> None:
+        self._interrupt, self._bot_speaking = _never_interrupt, _not_speaking
+
     def reset(self) -> None:
         """A new socket starts with no turn (a reconnect)."""
         self._timer.cancel()
         self._state = _State.IDLE
+
+
+async def _never_interrupt(start_ms: int, why: str, after_ms: int) -> None:
+    """An ended call's barge-in: there is nothing left to interrupt."""
+
+
+def _not_speaking() -> bool:
+    return False

@@ -209,6 +209,7 @@ class Call(MediaIntake):
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            self.playout.release()  # its hooks are the engine's and the recorder's methods
         reason = self._limit_reason or self._engine_error or end.reason
         self.summary.end_reason = self._outcome
         self.summary.end_detail = self._outcome_detail or reason
@@ -223,6 +224,15 @@ class Call(MediaIntake):
             },
         )
         return self.summary
+
+    def release(self) -> None:
+        """The call is over and recorded: let go of what points back at it — the engine (its
+        context holds this call's methods) and the REST hooks (closures over this call) — so
+        reference counting frees an ended call at once. A cycle left here would keep its
+        every object until a full garbage collection, which stalls every live call's audio
+        for as long as it scans them all (tests/test_call_memory.py)."""
+        self.engine = None
+        self._hang_up = self._transfer = self._redirect = None
 
     def _stream_outcome(self, end: StreamEnd) -> Outcome:
         """How the call ended when we had not acted: by the stream's own ending."""

@@ -38,7 +38,7 @@ from telephony.session.flux_replies import FluxReplies
 from telephony.session.idle import IdleWatch
 from telephony.session.idle import config_of as idle_config_of
 from telephony.session.link import Link
-from telephony.session.tasks import TaskSet
+from telephony.session.tasks import TaskSet, run_together
 from telephony.session.upstream import Upstream
 from telephony.transcript import EventKind, Role
 
@@ -140,9 +140,9 @@ class FluxEngine:
         if greeting:
             self.replies.say_fixed(greeting, interruptible=self.ctx.profile.greeting_interruptible)
         self._restart_watchdog()
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self.link.run(self._on_flux_event), name="flux-events")
-            tg.create_task(self.replies.run(), name="speak-events")
+        await run_together(
+            {"flux-events": self.link.run(self._on_flux_event), "speak-events": self.replies.run()}
+        )
 
     def on_caller_audio(self, timestamp_ms: int, payload: bytes) -> None:
         self.upstream.push(timestamp_ms, payload)
@@ -159,10 +159,7 @@ class FluxEngine:
         self._tasks.cancel_all()
         speech.cancel_actions()
         for link in (self.link, self.replies.link):
-            link.closing = True
-            if link.connected:
-                with contextlib.suppress(Exception):
-                    await link.client.close()
+            await link.close()
 
     # --- Flux events --------------------------------------------------------------------------
 

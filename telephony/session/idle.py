@@ -57,8 +57,13 @@ class IdleWatch:
         self._say = say
         self._busy = busy
         self._timer = tasks.timer("idle", self._silent)
+        tasks.at_end(self._release)
         self.reprompts = 0  # said since the caller last spoke
         self.done = False  # the goodbye was said
+
+    def _release(self) -> None:
+        """The call is over: the engine's methods let go (see TaskSet.at_end)."""
+        self._say, self._busy, self._localize = _say_nothing, _always_busy, _as_is
 
     def bot_quiet(self) -> None:
         if self.config is not None and not self.done and not self._busy():
@@ -89,3 +94,15 @@ class IdleWatch:
         result = self._say(text, final)
         if result is not None:
             await result
+
+
+def _say_nothing(text: str, final: bool) -> None:
+    """An ended call's reprompt: nobody to say it to."""
+
+
+def _always_busy() -> bool:
+    return True
+
+
+def _as_is(config: IdleConfig) -> IdleConfig:
+    return config

@@ -20,6 +20,7 @@ Every link lives the same way, whatever its endpoint:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -93,6 +94,23 @@ class Link(Generic[S]):
         return self._keepalives_before + current
 
     # --- the socket's life ----------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """The call is ending: no socket is replaced from here, the live one is closed, and
+        the engine's callbacks are let go (each is an engine method: engine -> link ->
+        engine would be a cycle keeping the ended call for a full garbage collection)."""
+        self.release()
+        if self.connected:
+            with contextlib.suppress(Exception):
+                await self.client.close()
+
+    def release(self) -> None:
+        """No socket is replaced from here and the engine's callbacks are let go; the live
+        socket, if any, is the caller's to finish (transcription's Finalize)."""
+        self.closing = True
+        self._give_up = _gone
+        self._new_client = _no_client
+        self._replay = self._on_lost = self._on_live = None
 
     async def start(self) -> bool:
         """The first socket, retried like a reconnect; False if the link was given up."""
@@ -212,3 +230,11 @@ class Link(Generic[S]):
             self.upstream.stop()  # no socket will take the audio any more
         self.ctx.log.error("%s given up: %s", self._name, reason)
         await self._give_up(self.endpoint, reason)
+
+
+async def _gone(endpoint: str, reason: str) -> None:
+    """A closed link's give-up: the call is ending already."""
+
+
+def _no_client() -> Any:
+    raise RuntimeError("the link is closed: the call is ending")

@@ -68,14 +68,19 @@ class ListenTap:
     def __init__(self, install: Callable[[ListenTap | None], None]) -> None:
         self._install = install
         self.listeners: list[Listener] = []
+        self._closed = False
 
     def attach(self, listener: Listener) -> bool:
-        if len(self.listeners) >= MAX_LISTENERS:
+        if self._closed or len(self.listeners) >= MAX_LISTENERS:
             return False
         self.listeners.append(listener)
         if len(self.listeners) == 1:
             self._install(self)
         return True
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def detach(self, listener: Listener) -> None:
         if listener in self.listeners:
@@ -85,9 +90,12 @@ class ListenTap:
                 self._install(None)
 
     def close(self) -> None:
-        """The call ended: every listener's stream ends."""
+        """The call ended: every listener's stream ends, and the call's hook is let go (it is
+        the call's method: call -> tap -> call would be a cycle). Attaching after fails."""
         for listener in list(self.listeners):
             self.detach(listener)
+        self._install = _ended
+        self._closed = True
 
     # --- the call's hooks (the audio path: appends only) --------------------------------------
 
@@ -102,6 +110,10 @@ class ListenTap:
     def bot(self, frame: bytes, play_at: float) -> None:
         """The playout's `on_frame`: a frame sent to Twilio."""
         self.other(frame)
+
+
+def _ended(tap: ListenTap | None) -> None:
+    """An ended call's install hook: nothing to install."""
 
 
 FrameHook = Callable[[bytes, float], None]

@@ -281,6 +281,11 @@ async def _serve(socket: TwilioSocket, setup: CallSetup, services: Services) -> 
                     recording_path=str(path),
                     insights=setup.profile.insights.enabled,
                 )
+        # Nothing changes the transcript now. The registry keeps recent summaries (and so
+        # this transcript) a while: its listeners must not keep the call's objects with it.
+        call.transcript.listeners.clear()
+        call.transcript.live.clear()
+        call.release()
 
 
 def _silence(call: Call, redaction: bool) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:

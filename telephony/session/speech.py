@@ -307,7 +307,9 @@ class BotSpeech:
         await self.ctx.transfer(number)
 
     def cancel_actions(self) -> None:
+        """The call is over (after `close`): actions cancelled, the owner's hooks let go."""
         self._tasks.cancel_all()
+        self._on_finished = self.on_quiet = None
 
     def _action_failed(self, name: str, exc: BaseException) -> None:
         ms = self.ctx.now_ms()

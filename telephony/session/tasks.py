@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+import traceback
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from telephony.logs import CallLogger
@@ -17,6 +18,7 @@ class TaskSet:
         self._on_error = on_error
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timers: list[Timer] = []
+        self._at_end: list[Callable[[], None]] = []
         self._cancelled = False  # cancel_all() ran: the call is ending
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
@@ -45,11 +47,25 @@ class TaskSet:
             self._on_error(name, exc)
 
     def cancel_all(self) -> None:
+        """The call is ending: every task cancelled, every timer disarmed for good and its
+        action let go (an action is its owner's bound method: owner -> timer -> action ->
+        owner), and the `at_end` releases run."""
         self._cancelled = True
         for timer in self._timers:
-            timer.cancel()
+            timer.release()
+        self._timers.clear()
         for task in list(self._tasks):
             task.cancel()
+        self._on_error = None  # a failure from here is only logged (see `failed`)
+        at_end, self._at_end = self._at_end, []
+        for release in at_end:
+            release()
+
+    def at_end(self, release: Callable[[], None]) -> None:
+        """`release` runs in `cancel_all`: where a part of the call lets go of its owner's
+        callbacks (engine -> part -> engine's method is a cycle, and a cycle keeps an ended
+        call's objects until a full garbage collection, which stalls every live call)."""
+        self._at_end.append(release)
 
     @property
     def cancelled(self) -> bool:
@@ -99,6 +115,11 @@ class Timer:
             self._handle.cancel()
             self._handle = None
 
+    def release(self) -> None:
+        """Disarmed, and its action dropped: it can never fire again (`TaskSet.cancel_all`)."""
+        self.cancel()
+        self._action = _ended
+
     def _fire(self) -> None:
         self._handle = None  # fired: the action may arm it again
         try:
@@ -108,3 +129,28 @@ class Timer:
             return
         if result is not None:
             self._tasks.spawn(result, self._name)
+
+
+def _ended() -> None:
+    """A released timer's action (it cannot fire: `start` returns once the set is cancelled)."""
+
+
+async def run_together(named: Mapping[str, Coroutine[Any, Any, None]]) -> None:
+    """Run these as tasks until every one ends; the first to fail cancels the rest and its
+    error is raised (`asyncio.TaskGroup`'s contract), as is a cancellation of ours.
+
+    Without what Python 3.11's TaskGroup leaves when it ends by an exception: the error it
+    raises is kept in a local of its `__aexit__` frame, which that error's traceback holds,
+    and the group itself (a local here) holds this task, whose CancelledError holds this
+    frame. Cycles through the engine's `run` frame and so the whole call, which only a full
+    garbage collection frees, stalling every live call for as long as it scans them all.
+    """
+    group: asyncio.TaskGroup | None = None
+    try:
+        async with asyncio.TaskGroup() as group:
+            for name, coro in named.items():
+                group.create_task(coro, name=name)
+    except BaseException as exc:
+        traceback.clear_frames(exc.__traceback__)  # finished frames only: ours is running
+        group = None
+        raise

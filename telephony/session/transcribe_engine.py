@@ -30,6 +30,7 @@ from telephony.deepgram.listen import ListenClient
 from telephony.retry import Backoff
 from telephony.session.engine import CallContext
 from telephony.session.link import Link
+from telephony.session.tasks import run_together
 from telephony.session.upstream import Upstream
 from telephony.transcript import EventKind, Role
 
@@ -120,7 +121,7 @@ class TrackTranscriber:
 
     async def close(self) -> None:
         """The call is over: Finalize so the last words are kept, then close."""
-        self.link.closing = True
+        self.link.release()
         self.upstream.accepting = False
         client = self.client
         if client is not None:
@@ -209,9 +210,7 @@ class TranscribeEngine:
         return {role: text for role, track in self.tracks.items() if (text := track.interim)}
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as tg:
-            for role, track in self.tracks.items():
-                tg.create_task(track.run(), name=f"listen-{role}")
+        await run_together({f"listen-{role}": track.run() for role, track in self.tracks.items()})
         if all(track.failed for track in self.tracks.values()):
             raise RuntimeError("transcription failed on both sides")
 

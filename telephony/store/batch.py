@@ -7,18 +7,17 @@ keys, refused rows never over a call's real row, and status callbacks only for c
 
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import Insert, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from telephony.store.call_stats import refresh_facts
 from telephony.store.insights import mark_pending
 from telephony.store.review_queue import ReviewFor, default_review, refresh_flags
-from telephony.store.schema import calls, dialect_insert, events, turns
+from telephony.store.schema import calls, dialect_insert, events, turns, upsert_statement
 
 Kind = Literal["call_started", "call_ended", "turn", "event", "status", "refused"]
 # A call_ended row's flag (not a column): its profile wants post-call insights, so the same
@@ -99,7 +98,7 @@ async def write_batch(
     async with engine.begin() as conn:
         if started:
             await conn.execute(
-                _upsert_statement(dialect, calls, ("sid",), _START_COLS), list(started.values())
+                upsert_statement(dialect, calls, ("sid",), _START_COLS), list(started.values())
             )
         if refused:  # never over a row the call already has
             await conn.execute(
@@ -120,7 +119,7 @@ async def write_batch(
             await mark_pending(conn, dialect, wants_insights)
         if turn_rows:
             await conn.execute(
-                _upsert_statement(dialect, turns, ("call_sid", "idx"), _TURN_COLS),
+                upsert_statement(dialect, turns, ("call_sid", "idx"), _TURN_COLS),
                 list(turn_rows.values()),
             )
         if status_rows:  # after every calls row of this batch
@@ -171,16 +170,4 @@ async def _write_ended(conn: AsyncConnection, dialect: str, rows: list[dict[str,
         extra = tuple(c for c in _END_OPTIONAL_COLS if c in r)
         groups.setdefault(extra, []).append(r)
     for extra, group in groups.items():
-        await conn.execute(_upsert_statement(dialect, calls, ("sid",), (*_END_COLS, *extra)), group)
-
-
-@functools.cache
-def _upsert_statement(
-    dialect_name: str, table: Any, keys: tuple[str, ...], cols: tuple[str, ...]
-) -> Insert:
-    """Built once per shape: each build makes an `excluded` alias of the whole table (dozens of
-    objects in reference loops), which every flush would otherwise leave to the cyclic GC."""
-    stmt = dialect_insert(dialect_name, table)
-    return stmt.on_conflict_do_update(
-        index_elements=list(keys), set_={c: stmt.excluded[c] for c in cols}
-    )
+        await conn.execute(upsert_statement(dialect, calls, ("sid",), (*_END_COLS, *extra)), group)

@@ -14,6 +14,7 @@ Retention deletes a call and its facts, not the rollups: the dashboard still cou
 from __future__ import annotations
 
 import bisect
+import functools
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from telephony.store.schema import (
     latency_rollup,
     latency_rollup_hourly,
     turns,
+    upsert_statement,
 )
 from telephony.transcript import CONNECTION_KINDS, CUT_BY_CALLER, is_reconnect
 
@@ -202,14 +204,8 @@ def refresh_facts_sync(conn: Connection, sids: Iterable[str]) -> None:
         conn.execute(delete(call_facts).where(call_facts.c.sid.in_(gone)))
     fresh = [new[sid].row(sid) for sid in changed if sid in new]
     if fresh:
-        stmt = dialect_insert(dialect, call_facts)
-        cols = [c.name for c in call_facts.columns if c.name != "sid"]
-        conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["sid"], set_={c: stmt.excluded[c] for c in cols}
-            ),
-            fresh,
-        )
+        cols = tuple(c.name for c in call_facts.columns if c.name != "sid")
+        conn.execute(upsert_statement(dialect, call_facts, ("sid",), cols), fresh)
 
 
 ROLLUP_SUMS = ("calls", "duration_ms", "bot_turns", "barge_ins", "barged_calls", "reconnects")
@@ -232,14 +228,7 @@ def _add_rollups(
             )
             row[column] += n
         if rows:
-            stmt = dialect_insert(dialect, rollup_table)
-            conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=["bucket", "profile", "outcome"],
-                    set_={c: rollup_table.c[c] + stmt.excluded[c] for c in ROLLUP_SUMS},
-                ),
-                list(rows.values()),
-            )
+            conn.execute(_add_statement(dialect, rollup_table, ROLLUP_SUMS), list(rows.values()))
         turns_by: Counter[tuple[int, str, int]] = Counter()
         for (bucket, profile, b), n in latency.items():
             turns_by[(bucket // seconds * seconds, profile, b)] += n
@@ -249,11 +238,16 @@ def _add_rollups(
             if n
         ]
         if lat_rows:
-            stmt = dialect_insert(dialect, latency_table)
-            conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=["bucket", "profile", "bin_ms"],
-                    set_={"turns": latency_table.c.turns + stmt.excluded.turns},
-                ),
-                lat_rows,
-            )
+            conn.execute(_add_statement(dialect, latency_table, ("turns",)), lat_rows)
+
+
+@functools.cache
+def _add_statement(dialect: str, table: Any, sums: tuple[str, ...]) -> Any:
+    """INSERT, or add `sums` to the row with the same key (every other column). Built once
+    per table: each build makes an `excluded` alias of the table, objects in reference loops
+    the cyclic garbage collector would have to find after every batch."""
+    stmt = dialect_insert(dialect, table)
+    keys = [c.name for c in table.primary_key.columns]
+    return stmt.on_conflict_do_update(
+        index_elements=keys, set_={c: table.c[c] + stmt.excluded[c] for c in sums}
+    )

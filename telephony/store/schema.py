@@ -9,6 +9,7 @@ two in step (a schema change is a new revision, never an edit of an old one).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from sqlalchemy import (
@@ -325,6 +326,19 @@ def dialect_insert(dialect_name: str, table: Any) -> Any:
     """INSERT with the dialect's ON CONFLICT clauses (both SQLite and PostgreSQL have them)."""
     dialect = postgresql if dialect_name == "postgresql" else sqlite
     return dialect.insert(table)
+
+
+@functools.cache
+def upsert_statement(
+    dialect_name: str, table: Any, keys: tuple[str, ...], cols: tuple[str, ...]
+) -> Any:
+    """INSERT, or set `cols` of the row with the same `keys`. Built once per shape: each build
+    makes an `excluded` alias of the whole table (dozens of objects in reference loops), which
+    every write would otherwise leave to the cyclic garbage collector."""
+    stmt = dialect_insert(dialect_name, table)
+    return stmt.on_conflict_do_update(
+        index_elements=list(keys), set_={c: stmt.excluded[c] for c in cols}
+    )
 
 
 TABLES = (

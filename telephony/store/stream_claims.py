@@ -17,9 +17,11 @@ Rows are dropped ``KEEP_S`` after they were made, by the next answer recorded.
 
 from __future__ import annotations
 
+import functools
 import time
+from typing import Any, NamedTuple
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from telephony.store.schema import dialect_insert, stream_claims
@@ -34,28 +36,13 @@ async def record_answer(
     """Store `answer` as the call's webhook answer unless one is stored: the stored one, and
     whether its stream has started (then a repeat cannot be Twilio's retry)."""
     now = time.time() if now is None else now
-    table = stream_claims
-    stmt = dialect_insert(engine.dialect.name, table).values(
-        call_sid=call_sid, part=WEBHOOK_PART, answer=answer, created_at=now
-    )
-    # A stream carried before its answer was stored (the database was slow at the webhook)
-    # keeps its carrier and gets the answer; a stored answer is never replaced.
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["call_sid", "part"],
-        set_={"answer": stmt.excluded.answer},
-        where=table.c.answer.is_(None),
-    )
+    row = {"call_sid": call_sid, "part": WEBHOOK_PART, "answer": answer, "created_at": now}
+    statements = _statements(engine.dialect.name)
     async with engine.begin() as conn:
-        await conn.execute(delete(table).where(table.c.created_at < now - KEEP_S))
-        await conn.execute(stmt)
-        row = (
-            await conn.execute(
-                select(table.c.answer, table.c.carried_by).where(
-                    table.c.call_sid == call_sid, table.c.part == WEBHOOK_PART
-                )
-            )
-        ).one()
-    return (row.answer if row.answer is not None else answer), row.carried_by != ""
+        await conn.execute(statements.expire, {"before": now - KEEP_S})
+        await conn.execute(statements.answer, row)
+        found = (await conn.execute(statements.read, row)).one()
+    return (found.answer if found.answer is not None else answer), found.carried_by != ""
 
 
 async def carry(
@@ -63,18 +50,45 @@ async def carry(
 ) -> bool:
     """Claim the stream for this instance: True if it is (now) ours, False if another's."""
     now = time.time() if now is None else now
-    table = stream_claims
-    stmt = dialect_insert(engine.dialect.name, table).values(
-        call_sid=call_sid, part=part, carried_by=instance_id, created_at=now
-    )
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["call_sid", "part"],
-        set_={"carried_by": instance_id},
-        where=table.c.carried_by.in_(["", instance_id]),
-    )
+    row = {"call_sid": call_sid, "part": part, "carried_by": instance_id, "created_at": now}
+    statements = _statements(engine.dialect.name)
     async with engine.begin() as conn:
-        await conn.execute(stmt)
-        owner = await conn.scalar(
-            select(table.c.carried_by).where(table.c.call_sid == call_sid, table.c.part == part)
-        )
-    return owner == instance_id
+        await conn.execute(statements.carry, {**row, "me": instance_id})
+        found = (await conn.execute(statements.read, row)).one()
+    return found.carried_by == instance_id
+
+
+class _Statements(NamedTuple):
+    expire: Any
+    answer: Any
+    carry: Any
+    read: Any
+
+
+@functools.cache
+def _statements(dialect: str) -> _Statements:
+    """Built once, their values bound at each execution. Built per call, each left objects
+    in reference loops (the upserts' `excluded` alias, a literal's bind parameter) for the
+    cyclic garbage collector to find, and its collections stall every live call."""
+    table = stream_claims
+    answer = dialect_insert(dialect, table)
+    carry = dialect_insert(dialect, table)
+    return _Statements(
+        expire=delete(table).where(table.c.created_at < bindparam("before")),
+        # A stream carried before its answer was stored (the database was slow at the
+        # webhook) keeps its carrier and gets the answer; a stored answer is never replaced.
+        answer=answer.on_conflict_do_update(
+            index_elements=["call_sid", "part"],
+            set_={"answer": answer.excluded.answer},
+            where=table.c.answer.is_(None),
+        ),
+        # The stream is ours if nobody carries it yet, or we already do.
+        carry=carry.on_conflict_do_update(
+            index_elements=["call_sid", "part"],
+            set_={"carried_by": carry.excluded.carried_by},
+            where=or_(table.c.carried_by == "", table.c.carried_by == bindparam("me")),
+        ),
+        read=select(table.c.answer, table.c.carried_by).where(
+            table.c.call_sid == bindparam("call_sid"), table.c.part == bindparam("part")
+        ),
+    )

@@ -122,6 +122,12 @@ class Playout:
         self.on_frame: Callable[[bytes, float], None] | None = None
         self.on_clear: Callable[[float], None] | None = None
 
+    def release(self) -> None:
+        """The call is over (its pacing task ended): the hooks are let go. Each is a method
+        of what holds this playout (the engine's speech, the recorder), a cycle that would
+        keep the ended call for a full garbage collection."""
+        self.on_segment_done = self.on_frame = self.on_clear = None
+
     # --- what the engine calls --------------------------------------------------------------
 
     def add_audio(self, audio: bytes, segment: Span | None = None) -> None:
