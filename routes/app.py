@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import secrets
 import signal
@@ -37,6 +36,7 @@ from routes.login_limiter import LoginLimiter
 from routes.security_headers import SecurityHeaders
 from routes.state import WebState, web_of
 from routes.templates import STATIC_DIR
+from telephony import collector
 from telephony.config import ConfigStore
 from telephony.deepgram.read import ReadClient
 from telephony.deepgram.speak_rest import SpeakRestClient
@@ -61,9 +61,6 @@ from telephony.twilio.calls import TwilioCalls
 from telephony.twilio.security import StreamTokens
 
 log = logging.getLogger(__name__)
-
-# gc.set_threshold for `telephony serve`; see create_app.
-GC_YOUNG, GC_MIDDLE, GC_FULL_AFTER = 7000, 2, 50
 
 
 def _install_sighup(store: ConfigStore) -> None:
@@ -129,10 +126,9 @@ def create_app(
     *,
     freeze_heap: bool = False,
 ) -> Starlette:
-    """The service. `freeze_heap` (the `telephony serve` process): once started, every object
-    alive (modules, classes, the app, its pools) leaves the garbage collector's view, so a full
-    collection scans only what calls create: scanning the ~130k startup objects took 50-90 ms,
-    a stall of every call's audio (measured with `telephony bench`).
+    """The service. `freeze_heap` (the `telephony serve` process): once started, the
+    process's garbage collection policy applies (telephony/collector.py): what is alive then
+    leaves the collector's view, young collections are rarer, full ones are scheduled.
 
     Raises `telephony.startup.InsecureSettings` without a real Twilio auth token (unless the
     development flag is set): checked here, not only in `telephony serve`, so no way of
@@ -192,32 +188,16 @@ def create_app(
         await insights.start()
         unwatch_gc = services.metrics.watch_gc()
         watcher = asyncio.create_task(store.watch(), name="config-watch")
-        if freeze_heap:
-            gc.collect()
-            gc.freeze()
-            # A collection stalls every call's audio while it runs (gc.callbacks; `telephony
-            # bench` reports the window's, "server GC pauses"). At 200 calls:
-            # - full ones scan every live call's objects, 50-70 ms. Calls in progress make next
-            #   to no cyclic garbage (0-100 objects a young collection, measured); an ended call
-            #   leaves ~360 objects of it. So they are rare: after 100 young collections of
-            #   7000 net allocations (700k, as 1000 of 700 were before the young one moved);
-            # - a young one scans what was made since the last and is still alive: what every
-            #   call's pending awaits hold (coroutines, futures, asend objects: the same ones
-            #   at every collection until they resolve) and what calls keep (turns, history,
-            #   words, live events). At 700 there were 23 young and 8 middle collections in
-            #   20 s (up to 10 and 20 ms, 0.66 % of the loop), a pause in ~1.5 % of replies'
-            #   service path (EndOfTurn -> first audio: the service's p99 16-17 ms, 8.9 with
-            #   collection off; jitter p99 4.5 ms, 2.1 off). At 7000 the objects in flight are
-            #   scanned far less often: one young collection in 20 s, longer (12-24 ms; 36-40 at
-            #   300-400 calls, well inside the 80-120 ms Twilio holds ahead), the service's p99
-            #   12-15 ms and jitter 2.2-3.6 ms on a quiet host (README, Performance).
-            # Collecting young objects more often does not help: each collection scans
-            # and promotes the objects in flight (tried: a 50 ms clock made every pause longer).
-            gc.set_threshold(GC_YOUNG, GC_MIDDLE, GC_FULL_AFTER)
+        full_gc: asyncio.Task[None] | None = None
+        if freeze_heap:  # when the collector may stall every call: telephony/collector.py
+            collector.tune()
+            full_gc = asyncio.create_task(collector.full_collections(), name="full-gc")
         try:
             yield
         finally:
             unwatch_gc()
+            if full_gc is not None:
+                full_gc.cancel()
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
