@@ -49,6 +49,7 @@ from tests import fast_clock
 from tests.conftest import AUTH_TOKEN, DEEPGRAM_KEY, RunningApp, finished
 from tests.offline_context import offline_context
 from tests.staff_helpers import STAFF, add_accounts, login
+from tests.test_call_memory import CallWatch
 
 pytestmark = pytest.mark.clock(8)  # timers run 8x real time (tests/fast_clock.py)
 
@@ -608,6 +609,24 @@ async def call_with_transfer(
     assert fork.parameters["continues"] == "1" and fork.parameters["call_token"]
     assert result.close_code == 1000  # the bot's stream ended with stop when the TwiML changed
     return result
+
+
+async def test_a_transferred_call_leaves_nothing_for_the_cyclic_collector(
+    running_app: RunningApp,
+    fake_deepgram: FakeDeepgram,
+    fake_rest: FakeTwilioRest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Both streams of a call handed to a person (the bot's, then the transcription's) are
+    freed by reference counting once over (tests/test_call_memory.py says why)."""
+    sid = "CA" + "7" * 32
+    fake_deepgram.set_script(sid, script((1000, 1800, "I want a human")))
+    watch = CallWatch(monkeypatch)
+    await call_with_transfer(running_app, fake_deepgram, fake_rest, BOT, sid, audio_ms=7000)
+    await stored(running_app, sid, turns=5)
+    left = await watch.left()
+    assert watch.calls == 2  # the bot's part and the person's
+    assert not left, left
 
 
 # The handover's 200 ms bound covers real work (the last mark's round trip, the REST update,

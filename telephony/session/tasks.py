@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import traceback
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
@@ -29,7 +30,14 @@ class TaskSet:
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        if task.cancelled() or task.exception() is None:
+        if task.cancelled():
+            # A cancelled task keeps its CancelledError, whose traceback holds the task's
+            # frames and so their owner, which often holds the task (a reply its generation):
+            # a cycle. Asking for the result hands the error over, and it goes with this frame.
+            with contextlib.suppress(asyncio.CancelledError):
+                task.result()
+            return
+        if task.exception() is None:
             return
         exc = task.exception()
         assert exc is not None
