@@ -18,6 +18,7 @@ import httpx
 from routes.frame_reader import CONN_ATTRIBUTES
 from routes.sansio import sansio_available
 from telephony.client_frames import apply_mask
+from telephony.deepgram import ping_clock
 from telephony.http_backend import AsyncioBackend, use_asyncio_backend
 from telephony.http_pool import tls_context
 
@@ -40,6 +41,8 @@ def fast_paths() -> dict[str, bool]:
         "frame-reader": all(hasattr(conn, name) for name in CONN_ATTRIBUTES),
         "c-masking": isinstance(apply_mask, types.BuiltinFunctionType),  # else pure Python
         "llm-asyncio-backend": isinstance(getattr(pool, "_network_backend", None), AsyncioBackend),
+        # every Deepgram socket's pings from one loop timer, not a task each
+        "shared-ping-clock": ping_clock.SUPPORTED,
     }
 
 

@@ -5,9 +5,10 @@ Each endpoint keeps its socket alive by its own rule (docs/protocol.md §2–6):
 - Nova `/v1/listen`: a `{"type":"KeepAlive"}` text frame every 3–5 s without audio.
 - Agent `/v1/agent/converse`: KeepAlive about every 8 s, and only while no audio flows.
 - Aura `/v1/speak`: none.
-Pings are sent on every socket by the websockets library (they are harmless everywhere); the
-JSON rule is enforced by `KeepAlive`, one small task per socket that wakes once a second and
-costs nothing per audio frame beyond storing a timestamp.
+Pings are sent on every socket (they are harmless everywhere), all of a process's from one
+clock (telephony/deepgram/ping_clock.py); the JSON rule is enforced by `KeepAlive`, one small
+task per socket that wakes once a second and costs nothing per audio frame beyond storing a
+timestamp.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.protocol import State
 
 from telephony.client_frames import binary_frame
+from telephony.deepgram import ping_clock
 from telephony.deepgram.messages import DeepgramMessageError, Unknown
+from telephony.deepgram.ping_clock import PingClock
 
 log = logging.getLogger(__name__)
 
@@ -88,18 +91,24 @@ _WS_LOG.addFilter(_RedactAuthorization())
 
 
 async def open_socket(url: str, api_key: str, *, open_timeout_s: float = 5.0) -> ClientConnection:
-    """Connect with `Authorization: Token <key>`; handshake errors raise websockets' errors."""
-    return await connect(
+    """Connect with `Authorization: Token <key>`; handshake errors raise websockets' errors.
+    Pinged every PING_INTERVAL_S by the loop's one ping clock (telephony/deepgram/
+    ping_clock.py), or by websockets' own task per socket where that clock cannot run."""
+    shared = ping_clock.SUPPORTED
+    ws = await connect(
         url,
         additional_headers={"Authorization": f"Token {api_key}"},
         logger=_WS_LOG,
         open_timeout=open_timeout_s,
-        ping_interval=PING_INTERVAL_S,
+        ping_interval=None if shared else PING_INTERVAL_S,
         ping_timeout=PING_INTERVAL_S * 2,
         max_size=2**22,
         compression=None,  # audio does not compress; deflate would cost CPU per frame
         proxy=None,
     )
+    if shared:
+        PingClock.of(asyncio.get_running_loop()).add(ws, PING_INTERVAL_S, PING_INTERVAL_S * 2)
+    return ws
 
 
 # A peer that stops reading: past this many unsent bytes the socket is given up (see send_now).
