@@ -6,12 +6,14 @@ error path, and the call's end disarms it for good."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import weakref
 
 import pytest
 
 from telephony.logs import call_logger
-from telephony.session.tasks import TaskSet
+from telephony.session.tasks import TaskSet, run_together
 
 pytestmark = pytest.mark.clock(8)  # timers run 8x real time (tests/fast_clock.py)
 
@@ -104,3 +106,83 @@ async def test_a_failing_action_reaches_the_sets_error_path(
         ("async-action", KeyError),
     ]
     assert "task sync-action failed" in caplog.text and "task async-action failed" in caplog.text
+
+
+async def test_the_calls_end_runs_each_release_once_and_lets_go_of_every_action() -> None:
+    tasks, _ = task_set()
+    released: list[str] = []
+
+    class Part:  # holds a timer whose action is its own method, as a call's parts do
+        def __init__(self) -> None:
+            self.timer = tasks.timer("part", self.act)
+            tasks.at_end(lambda: released.append("part"))
+
+        def act(self) -> None:
+            pass
+
+    part = Part()
+    part.timer.start(0.01)
+    gone = weakref.ref(part)
+    tasks.cancel_all()
+    tasks.cancel_all()  # a second end runs nothing again
+    assert released == ["part"]
+    del part
+    assert gone() is None  # part -> timer -> its method -> part: broken at the end
+
+
+async def test_a_cancelled_task_keeps_no_error_holding_its_owner() -> None:
+    tasks, errors = task_set()
+
+    class Reply:  # holds its own task, which is cancelled mid-await (a barge-in)
+        def __init__(self) -> None:
+            self.task = tasks.spawn(self.generate(), "reply")
+
+        async def generate(self) -> None:
+            await asyncio.sleep(10)
+
+    reply = Reply()
+    await asyncio.sleep(0)
+    reply.task.cancel()
+    await asyncio.sleep(0.01)
+    gone = weakref.ref(reply)
+    gc.disable()
+    try:
+        del reply
+        assert gone() is None  # the CancelledError's traceback no longer holds it
+    finally:
+        gc.enable()
+    assert errors == []
+
+
+async def test_run_together_the_first_failure_cancels_the_rest_and_is_raised() -> None:
+    cancelled = asyncio.Event()
+
+    async def fails() -> None:
+        await asyncio.sleep(0.01)
+        raise ValueError("boom")
+
+    async def waits() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    with pytest.raises(ExceptionGroup) as raised:
+        await run_together({"fails": fails(), "waits": waits()})
+    assert raised.group_contains(ValueError, match="boom") and cancelled.is_set()
+
+    done: list[str] = []
+
+    async def ends(name: str) -> None:
+        await asyncio.sleep(0.01)
+        done.append(name)
+
+    await run_together({"a": ends("a"), "b": ends("b")})  # every one to its end
+    assert sorted(done) == ["a", "b"]
+
+    task = asyncio.create_task(run_together({"w": waits()}))
+    await asyncio.sleep(0.01)
+    task.cancel()  # the call ending: the children are cancelled with it
+    with pytest.raises(asyncio.CancelledError):
+        await task
