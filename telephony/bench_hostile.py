@@ -32,7 +32,7 @@ from typing import Any
 
 import httpx
 
-from telephony import bench
+from telephony import bench, bench_phase
 from telephony.bench_process import (
     LOAD_CORE,
     SERVER_CORE,
@@ -185,7 +185,7 @@ async def run_hostile(opts: HostileOptions) -> dict[str, Any]:
         try:
             await wait_ready(server, http_check=True)
             dialer = Dialer(warm, base_url=url, auth_token=bench.AUTH_TOKEN, number=number)
-            await bench.warm_up(dialer, opts.calls)
+            await bench_phase.warm_up(dialer, opts.calls)
             await dialer.aclose()
             for name in (QUIET, *opts.attacks):
                 probes = Probes(opts.calls + 1)

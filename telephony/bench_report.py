@@ -22,7 +22,7 @@ from telephony.sim.load import Probes
 from telephony.sim.stamped import kernel_stamps_available
 
 if TYPE_CHECKING:
-    from telephony.bench import BenchOptions
+    from telephony.bench_phase import BenchOptions
 
 REPORT_KEYS = (
     "calls",

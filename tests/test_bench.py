@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 import pytest
 
 from telephony import bench_main, bench_report
-from telephony.bench import BenchOptions, Churn
+from telephony.bench_phase import BenchOptions, Churn
 from telephony.bench_process import GcPauses
 from telephony.bench_report import REPORT_KEYS, Phase, _gc_line, format_report, percentile
 from telephony.bench_sweep import knee

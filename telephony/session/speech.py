@@ -96,6 +96,7 @@ class BotSpeech:
         # The bot has stopped talking: a reply played out and none is under way (idle.py).
         self.on_quiet: Callable[[], None] | None = None
         self._tasks = TaskSet(ctx.log, on_error=self._action_failed)
+        self._tasks.at_end(self._release)
         # This call's speech rate, from segments whose audio arrived whole: how long the text
         # of a segment cut off at its source would have taken.
         self._rate_ms = 0
@@ -309,6 +310,8 @@ class BotSpeech:
     def cancel_actions(self) -> None:
         """The call is over (after `close`): actions cancelled, the owner's hooks let go."""
         self._tasks.cancel_all()
+
+    def _release(self) -> None:  # see TaskSet.at_end
         self._on_finished = self.on_quiet = None
 
     def _action_failed(self, name: str, exc: BaseException) -> None:
