@@ -185,19 +185,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """`-n auto`: one worker per core, at most 8 (PYTEST_XDIST_AUTO_NUM_WORKERS overrides).
 
-    Most tests wait on a call's clock rather than compute, so a third worker on two cores
-    fills the waits: 208-222 s instead of 287 s for 1 647 tests (2026-12-07). But the end-to-end
-    tests time a call's audio, and at three workers the worker processes and what the tests
-    spawn (a service, a load generator, chromium) oversubscribe two cores often enough that a
-    call now and then loses 100-400 ms of real time to a stall: of four full runs at three
-    workers on 2026-12-07 (CI's included), three had one test miss its timing, each a
-    different one (an idle reprompt at 8x, a KeepAlive gap at 4x, an Aura drop at 2x). At one
-    worker per core none did. A red CI lands nothing, so the default is the reliable count;
-    `PYTEST_XDIST_AUTO_NUM_WORKERS=3` is the quicker local loop.
+    Most tests wait on a call's clock rather than compute, so a worker more than the cores
+    fills the waits: 226-251 s instead of 276-335 s for 1 678 tests on two cores (2026-12-08).
+    But that worker oversubscribes the cores (the workers and what the tests spawn: a service,
+    a load generator, chromium). A thread that waited 100-400 ms for a core used to lose that
+    time off its call's clock: of four full runs at three workers on 2026-12-07, three had one
+    test miss its timing, each a different one. The scaled clock now stops while its thread
+    waits for a CPU (tests/fast_clock.py): of nine runs at three workers on 2026-12-08 seven
+    passed; one missed a timing its test left too tight (since widened), and one was the
+    hostile bench, which times a real service against real attackers in other processes on
+    the real clock, where no test clock can help (a phase 500 ms slow twice). A red CI lands
+    nothing, so the default is the reliable count; `PYTEST_XDIST_AUTO_NUM_WORKERS=3` is the
+    quicker local loop.
     History: at one per core 306-331 s before the scripted-call modules moved to an 8x clock
-    (tests/fast_clock.py), 287 s after; on a host ~1.5x slower (CPU 541 s) three workers were
-    CPU-bound (336-360 s). `--dist worksteal` was slower (287 s at three workers), as was
-    handing the longest tests out first.
+    (tests/fast_clock.py), 287 s after; `--dist worksteal` was slower, as was handing the
+    longest tests out first.
     """
     override = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")
     if override:

@@ -6,6 +6,12 @@ the running loop (`loop.time()`, `asyncio.sleep`, `asyncio.timeout`, `call_later
 faster loop plays a whole call faster with every ratio between its timings kept: a 10 s call
 on a 4x clock takes 2.5 s, and every ms figure in it is still in call-clock ms.
 
+A host's stall does not count: a test worker that waits 100-400 ms for a core (the workers, the
+services and browsers they start, all on two cores) would lose seconds of call time on an 8x
+clock that the code under test never had. So the clock stops while the loop's thread waits
+for a CPU (Linux's run-queue figure, /proc/thread-self/schedstat); everything else the code
+does, computing, blocking or sleeping, still counts, so a blocked loop still shows.
+
 What does not scale is work done outside the loop's clock: CPU time and threads (SQLite's,
 the password hashes). On a 4x clock 1 ms of real work reads as 4 ms, so a test that bounds a
 latency tightly, or waits on another process, stays on the real clock (scale 1).
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import runpy
 import selectors
 import sys
@@ -51,14 +58,61 @@ class _ScaledSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-typ
         return super().select(None if timeout is None else timeout / self._scale)
 
 
+class _RunQueueWait:
+    """Seconds the calling thread has spent ready to run but waiting for a CPU (Linux's
+    per-thread schedstat, its second field: run_delay in ns); always 0 where there is none.
+
+    Read from the thread that runs the loop: the kernel adds a wait when the thread next gets
+    a CPU, so a read sees every wait before it."""
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+        try:
+            self._fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+            self()
+        except (OSError, ValueError, IndexError):
+            self.close()
+
+    def __call__(self) -> float:
+        if self._fd is None:
+            return 0.0
+        return int(os.pread(self._fd, 64, 0).split()[1]) / 1e9
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class ScaledLoop(asyncio.SelectorEventLoop):
+    """A loop whose clock runs `scale` times real time, minus the time its thread waited for a
+    CPU: on a shared, oversubscribed host (test workers, the services and browsers they start)
+    a thread can wait 100-400 ms for a core, which on an 8x clock is seconds of call time the
+    code under test never had. Such a wait stops this clock as it stops the code; time the
+    code spends computing, blocking or sleeping still counts, so a blocked loop still shows.
+    The run-queue wait is read lazily from the thread that first asks the time (the loop's)."""
+
     def __init__(self, scale: float) -> None:
         super().__init__(_ScaledSelector(scale))
         self.scale = scale
         self._origin = time.monotonic()
+        self._waited: _RunQueueWait | None = None
+        self._waited_at_origin = 0.0
+        self._last = self._origin
 
     def time(self) -> float:
-        return self._origin + (time.monotonic() - self._origin) * self.scale
+        if self._waited is None:
+            self._waited = _RunQueueWait()
+            self._waited_at_origin = self._waited()
+        ran = time.monotonic() - self._origin - (self._waited() - self._waited_at_origin)
+        # A wait is added when the thread gets its CPU back; never let the clock step back.
+        self._last = max(self._last, self._origin + ran * self.scale)
+        return self._last
+
+    def close(self) -> None:
+        super().close()
+        if self._waited is not None:
+            self._waited.close()
 
 
 def clock_scale(item: pytest.Item) -> float:

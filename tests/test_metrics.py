@@ -256,8 +256,10 @@ async def test_a_call_with_a_barge_in_shows_in_the_metrics(tmp_path: Path) -> No
         number="+15550001000",
         script=Script(
             turns=[
-                ScriptedTurn(start_ms=1000, end_ms=1800, text="What are your hours?"),
-                ScriptedTurn(start_ms=2600, end_ms=3200, text="Sorry, bye."),
+                # The greeting (~0.6 s of audio) is well over before the caller speaks,
+                # on a stalled host too: the one barge-in is the second turn's.
+                ScriptedTurn(start_ms=1500, end_ms=2300, text="What are your hours?"),
+                ScriptedTurn(start_ms=3100, end_ms=3700, text="Sorry, bye."),
             ]
         ),
         config_path=numbers,
