@@ -57,6 +57,10 @@ first audio's tag names its Aura Flush), its tax split into fakes' part and the 
 `eot_tax_p99_ms`, `eot_tax_fakes_p99_ms`, `eot_tax_service_p99_ms` are the p99s of those
 per-reply values over the `eot_replies_joined` replies — so the fakes' and the service's p99
 need not sum to the tax's p99 (the slowest replies of each part are not the same replies).
+The service's part is split the same way into its three hops, each with its own p99:
+`eot_to_llm_p99_ms` (EndOfTurn sent -> the service's request at the fake LLM),
+`llm_to_flush_p99_ms` (the LLM's last token written -> the Flush at fake Aura) and
+`aura_to_caller_p99_ms` (Aura's first audio sent -> at the caller).
 Intervals that could not be joined are counted (`eot_replies_unjoined`, reasons in
 `eot_unjoined_why`), not guessed; with none, `eot_tax_p99_ms` is `eot_to_first_audio_p99_ms`
 less `fake_upstream_delay_ms`.

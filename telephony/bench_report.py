@@ -95,7 +95,7 @@ SAMPLE_SETS = (
     "aura_hold",
     "eot_to_flush",
     "aura_to_caller",
-    "replies",  # per joined reply: [eot_to_audio, llm_hold, llm_stream, aura_hold] (ReplySplit)
+    "replies",  # per joined reply: its pieces (sim/load.py ReplySplit)
 )
 
 # The load generator is healthy when its callers' frames leave on time and its core has room:
@@ -198,10 +198,15 @@ def reply_split(opts: BenchOptions, sp: Probes) -> dict[str, float | None]:
     for reply in sp.replies if opts.mode == "flux" else ():
         tax.append(reply.eot_to_audio - asked_llm - asked_tts)
         fakes.append(reply.llm_hold - asked_llm + reply.llm_stream + reply.aura_hold - asked_tts)
+    replies = sp.replies if opts.mode == "flux" else []
     return {
         "eot_tax_p99_ms": percentile(tax, 99),
         "eot_tax_fakes_p99_ms": percentile(fakes, 99),
         "eot_tax_service_p99_ms": percentile([t - f for t, f in zip(tax, fakes, strict=True)], 99),
+        # The service's part, hop by hop (each hop's own p99): which one the tail is in.
+        "eot_to_llm_p99_ms": percentile([r.eot_to_llm for r in replies], 99),
+        "llm_to_flush_p99_ms": percentile([r.llm_to_flush for r in replies], 99),
+        "aura_to_caller_p99_ms": percentile([r.aura_to_caller for r in replies], 99),
     }
 
 
@@ -383,6 +388,12 @@ def format_report(r: dict[str, Any]) -> str:
             f" {r['eot_tax_service_p99_ms']}  (each reply split on its own: the parts' p99s"
             f" need not add up; {r['eot_replies_joined']} replies joined,"
             f" {r['eot_replies_unjoined']} not{_why(r['eot_unjoined_why'])})",
+        ),
+        (
+            "service's hops ms p99",
+            f"EoT->LLM request {r['eot_to_llm_p99_ms']}, LLM end->Flush"
+            f" {r['llm_to_flush_p99_ms']}, Aura->caller {r['aura_to_caller_p99_ms']}"
+            "  (the joined replies; each hop's own p99)",
         ),
         (
             "generator lag ms p99",

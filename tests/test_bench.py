@@ -175,7 +175,14 @@ def check_report(report: dict) -> None:
         assert math.isclose(total, report["eot_tax_ms"], abs_tol=0.01)
         # ...and per reply: the fake LLM read each reply's tag from the service's request.
         assert report["eot_replies_joined"] > 0, report["eot_unjoined_why"]
-        for key in ("eot_tax_p99_ms", "eot_tax_fakes_p99_ms", "eot_tax_service_p99_ms"):
+        for key in (
+            "eot_tax_p99_ms",
+            "eot_tax_fakes_p99_ms",
+            "eot_tax_service_p99_ms",
+            "eot_to_llm_p99_ms",
+            "llm_to_flush_p99_ms",
+            "aura_to_caller_p99_ms",
+        ):
             assert report[key] is not None, key
         assert report["eot_tax_fakes_p99_ms"] >= -2  # the fakes never answer much early
     else:
@@ -305,6 +312,12 @@ def test_each_reply_is_split_on_its_own_at_p99() -> None:
     assert got["eot_tax_p99_ms"] == pytest.approx(55, abs=0.01)
     assert got["eot_tax_fakes_p99_ms"] == pytest.approx(52, abs=0.01)
     assert got["eot_tax_service_p99_ms"] == pytest.approx(5, abs=0.01)
+    # The service's part by hop (A: 3 + 0 + 2, B: 2 - 1 + 2, C: 1 - 3 + 2), each its own p99.
+    hops = ("eot_to_llm_p99_ms", "llm_to_flush_p99_ms", "aura_to_caller_p99_ms")
+    assert [got[k] for k in hops] == [pytest.approx(3, abs=0.01), pytest.approx(0, abs=0.01), 2]
+    for r in probes.replies:  # the six pieces are the whole interval
+        pieces = r.eot_to_llm + r.llm_hold + r.llm_stream + r.llm_to_flush + r.aura_hold
+        assert pieces + r.aura_to_caller == pytest.approx(r.eot_to_audio, abs=1e-6)
     assert got["eot_to_first_audio_p99_ms"] == pytest.approx(455, abs=0.01)  # every interval
     line = next(x for x in format_report(got).splitlines() if x.startswith("EndOfTurn tax ms p99"))
     assert "55.0, fakes 52.0, service 5.0" in line and "3 replies joined, 3 not: " in line

@@ -144,6 +144,11 @@ class ReplySplit(NamedTuple):
     llm_hold: float  # request handed over -> first token written
     llm_stream: float  # first token -> the reply's end written
     aura_hold: float  # Flush received -> first audio sent
+    # The rest, the service's three hops (with the loopback and the fakes' reading); the six
+    # pieces add up to `eot_to_audio`.
+    eot_to_llm: float  # EndOfTurn sent -> the service's request handed to the fake LLM
+    llm_to_flush: float  # the reply's end written -> its Flush at fake Aura
+    aura_to_caller: float  # Aura's first audio sent -> at the caller
 
 
 class Probes:
@@ -171,7 +176,8 @@ class Probes:
         self.unjoined: Counter[str] = Counter()  # intervals that did not, by reason (window only)
         # (call index, EndOfTurn count) -> the fake LLM's (hold, stream) ms for that reply;
         # None when more than one stream answered it.
-        self.llm_replies: dict[tuple[int, int], tuple[float, float] | None] = {}
+        # A reply's stream: (hold ms, stream ms, request arrived, end written), or None if two
+        self.llm_replies: dict[tuple[int, int], tuple[float, float, float, float] | None] = {}
         self.tts_sent: dict[int, float] = {}
         self.tts_flushed: dict[int, float] = {}  # tts id -> its Flush's arrival at Aura
         self._tts_ids = itertools.count(1)
@@ -239,7 +245,8 @@ class Probes:
             self.llm_stream.append(stream)
         reply = reply_of(user_text)
         if reply is not None:
-            self.llm_replies[reply] = None if reply in self.llm_replies else (hold, stream)
+            streamed = (hold, stream, arrived, last)
+            self.llm_replies[reply] = None if reply in self.llm_replies else streamed
 
     def first_audio(
         self,
@@ -270,6 +277,16 @@ class Probes:
         elif llm is None:
             self.unjoined["several LLM streams for the reply"] += 1
         else:
-            hold, stream = llm
-            total = (now - eot_at) * 1000
-            self.replies.append(ReplySplit(total, hold, stream, (sent - flushed) * 1000))
+            hold, stream, arrived, last = llm
+            ms = 1000
+            self.replies.append(
+                ReplySplit(
+                    (now - eot_at) * ms,
+                    hold,
+                    stream,
+                    (sent - flushed) * ms,
+                    (arrived - eot_at) * ms,
+                    (flushed - last) * ms,
+                    (now - sent) * ms,
+                )
+            )
