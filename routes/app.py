@@ -187,6 +187,7 @@ def create_app(
         transcripts.on_insights = insights.offer
         await insights.start()
         unwatch_gc = services.metrics.watch_gc()
+        unwatch_loop = services.metrics.watch_loop()
         watcher = asyncio.create_task(store.watch(), name="config-watch")
         full_gc: asyncio.Task[None] | None = None
         if freeze_heap:  # when the collector may stall every call: telephony/collector.py
@@ -196,6 +197,7 @@ def create_app(
             yield
         finally:
             unwatch_gc()
+            unwatch_loop()
             if full_gc is not None:
                 full_gc.cancel()
             watcher.cancel()

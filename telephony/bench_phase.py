@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from telephony.bench_process import (
+    LOOP_LAG_METRIC,
     Process,
     core_busy_seconds,
-    gc_pauses,
+    read_histogram,
     tree_cpu_seconds,
     tree_rss_mib,
 )
@@ -147,7 +148,8 @@ async def run_phase(
     gc.disable()
     try:
         await asyncio.sleep(FREEZE_SETTLE_S)  # the frames that collection held up are out
-        gc0 = await gc_pauses(metrics_urls) if metrics_urls else None
+        gc0 = await read_histogram(metrics_urls) if metrics_urls else None
+        lag0 = await read_histogram(metrics_urls, LOOP_LAG_METRIC) if metrics_urls else None
         probes.recording = True
         cpu0, load0, t0 = tree_cpu_seconds(process.pid), time.process_time(), time.monotonic()
         busy0 = core_busy_seconds()
@@ -166,7 +168,14 @@ async def run_phase(
         phase.core_busy_s = {core: busy1[core] - busy0.get(core, 0.0) for core in busy1}
         probes.recording = False
         if gc0 is not None and metrics_urls:
-            phase.gc = (await gc_pauses(metrics_urls)).since(gc0)
+            phase.gc = (await read_histogram(metrics_urls)).since(gc0)
+        if lag0 is not None and metrics_urls:
+            lag = await read_histogram(metrics_urls, LOOP_LAG_METRIC)
+            phase.loop_lag = {
+                "ticks": lag.count.get("", 0.0) - lag0.count.get("", 0.0),
+                "p99_ms_at_most": lag.quantile_bound_ms(lag0, "", 0.99),
+                "max_ms_at_most": lag.quantile_bound_ms(lag0, "", 1.0),
+            }
     finally:
         gc.enable()
         gc.unfreeze()  # what the phase leaves behind is the collector's again

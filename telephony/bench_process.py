@@ -246,18 +246,20 @@ async def server_end_reasons(urls: list[str], expected: float) -> dict[str, floa
 
 
 GC_METRIC = "telephony_gc_pause_seconds"
+LOOP_LAG_METRIC = "telephony_event_loop_lag_seconds"
 
 
 @dataclass
-class GcPauses:
-    """The service's garbage collections so far, per generation ("0", "1", "2"): how many,
-    their summed pause (s), and the histogram's cumulative counts by bucket bound (s)."""
+class HistogramReading:
+    """A histogram of the service's so far, per label value (the garbage collections' per
+    generation "0", "1", "2"; an unlabelled one's under ""): how many observations, their sum
+    (s), and the cumulative counts by bucket bound (s)."""
 
     count: dict[str, float]
     total_s: dict[str, float]
     buckets: dict[str, dict[float, float]]
 
-    def since(self, before: GcPauses) -> dict[str, dict[str, float | None]]:
+    def since(self, before: HistogramReading) -> dict[str, dict[str, float | None]]:
         """Per generation, the collections between `before` and this reading: how many, their
         summed pause (ms) and the longest's upper bound (ms: the first bucket holding them
         all, or their sum where that is less; None without any)."""
@@ -273,17 +275,27 @@ class GcPauses:
             out[gen] = {"collections": n, "pause_ms": round(total_ms, 3), "longest_ms": longest}
         return out
 
+    def quantile_bound_ms(self, before: HistogramReading, key: str, q: float) -> float | None:
+        """The first bucket bound (ms) under which a fraction `q` of the observations of `key`
+        since `before` fell; None without any."""
+        n = self.count.get(key, 0.0) - before.count.get(key, 0.0)
+        for bound, cumulative in sorted(self.buckets.get(key, {}).items()):
+            if n and cumulative - before.buckets.get(key, {}).get(bound, 0.0) >= q * n:
+                return round(bound * 1000, 3)
+        return None
 
-async def gc_pauses(urls: list[str]) -> GcPauses:
-    """GC_METRIC from /metrics, summed over the service's workers."""
+
+async def read_histogram(urls: list[str], metric: str = GC_METRIC) -> HistogramReading:
+    """A histogram from /metrics (GC_METRIC's, by generation, unless told), summed over the
+    service's workers; an unlabelled one's observations are under the key ""."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    pauses = GcPauses({}, {}, {})
+    pauses = HistogramReading({}, {}, {})
     async with httpx.AsyncClient(timeout=5) as http:
         for url in urls:
             text = (await http.get(url + "/metrics")).text
             for family in text_string_to_metric_families(text):
-                if family.name != GC_METRIC:
+                if family.name != metric:
                     continue
                 for sample in family.samples:
                     gen = sample.labels.get("generation", "")

@@ -57,8 +57,12 @@ class Phase:
     probes: Probes | None = None
     errors: Counter[str] = field(default_factory=Counter)
     end_reasons: dict[str, float] = field(default_factory=dict)
-    # The service's garbage collections in the window, by generation (bench_process.GcPauses)
+    # The service's garbage collections in the window, by generation
+    # (bench_process.HistogramReading)
     gc: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    # How late the service's loop ran its 100 ms timer in the window: ticks, the p99's and the
+    # longest's bucket bounds (ms)
+    loop_lag: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def call_minutes(self) -> float:
@@ -284,6 +288,8 @@ def report(opts: BenchOptions, server: Phase, relay: Phase) -> dict[str, Any]:
         )
         if server.gc and server.window_s
         else None,
+        # What any call's audio or reply waited for the service's loop (its busyness, pauses).
+        "server_loop_lag": server.loop_lag,
         "errors": sum(server.errors.values()) + sum(relay.errors.values()),
         "server_errors": sum(server.errors.values()),
         "relay_errors": sum(relay.errors.values()),
@@ -323,6 +329,16 @@ def _gc_line(r: dict[str, Any]) -> str:
         for gen, g in r["server_gc"].items()
     ]
     return "  ".join(parts) + f"  = {r['server_gc_pause_percent']} % of the window"
+
+
+def _lag_line(r: dict[str, Any]) -> str:
+    lag = r.get("server_loop_lag")
+    if not lag:
+        return "not read"
+    return (
+        f"p99 <= {lag['p99_ms_at_most']}  max <= {lag['max_ms_at_most']}"
+        f"  ({lag['ticks']:g} ticks of a 100 ms timer; bucket bounds)"
+    )
 
 
 def _churn(r: dict[str, Any]) -> str:
@@ -408,6 +424,7 @@ def format_report(r: dict[str, Any]) -> str:
             + (f"  {'; '.join(r['generator_problems'])}" if r["generator_problems"] else ""),
         ),
         ("server GC pauses", _gc_line(r)),
+        ("server loop lag ms", _lag_line(r)),
         ("other processes' CPU %", str(r["host_other_cpu_percent"])),
         ("errors", f"{r['errors']} {r['error_detail'] or ''}".rstrip()),
     ]

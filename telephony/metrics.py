@@ -25,6 +25,7 @@ see them too.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -216,6 +217,10 @@ REPLY_PLAYED_BUCKETS = (0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.
 # Smart barge-in: StartOfTurn -> the decision to clear (telephony/session/barge_in.py).
 BARGE_IN_DECISION_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 2.0)
 GC_PAUSE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+# How late the loop runs a timer due every LOOP_LAG_INTERVAL_S. The loop's timers have 1 ms
+# resolution (uvloop), so the first bucket is an idle loop.
+LOOP_LAG_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+LOOP_LAG_INTERVAL_S = 0.1
 DEEPGRAM_ENDPOINTS = ("flux", "speak", "agent", "listen")
 MAX_END_REASONS = 50  # distinct end-reason labels; further ones count as "other"
 # transcript event kind -> the Deepgram endpoint that reconnected
@@ -355,6 +360,13 @@ class Metrics:
             buckets=GC_PAUSE_BUCKETS,
             registry=registry,
         )
+        self.loop_lag = Histogram(
+            "telephony_event_loop_lag_seconds",
+            "How late the event loop ran a timer due every 100 ms: how long any call's audio "
+            "or reply waited for the loop at that moment (a busy loop, a collection, a stall).",
+            buckets=LOOP_LAG_BUCKETS,
+            registry=registry,
+        )
         self.audit_rows_lost = Counter(
             "telephony_audit_rows_lost",
             "Audit rows (logins, logouts) that could not be written after retries; each is "
@@ -402,6 +414,23 @@ class Metrics:
 
         gc.callbacks.append(on_gc)
         return lambda: gc.callbacks.remove(on_gc)
+
+    def watch_loop(self) -> Callable[[], None]:
+        """Time how late the running loop fires a timer every LOOP_LAG_INTERVAL_S until the
+        returned function is called: one timer chained on itself, no task."""
+        loop = asyncio.get_running_loop()
+        observe = self.loop_lag.observe
+        handle: asyncio.TimerHandle | None = None
+
+        def tick(due: float) -> None:
+            nonlocal handle
+            now = loop.time()
+            observe(max(0.0, now - due))
+            handle = loop.call_at(now + LOOP_LAG_INTERVAL_S, tick, now + LOOP_LAG_INTERVAL_S)
+
+        start = loop.time() + LOOP_LAG_INTERVAL_S
+        handle = loop.call_at(start, tick, start)
+        return lambda: handle.cancel() if handle is not None else None
 
     def watch_call(self, transcript: Any, mode: str) -> CallMetrics:
         """Count one call's barge-ins, reconnects and turn latencies from its transcript."""

@@ -21,7 +21,7 @@ import pytest
 
 from telephony import bench_main, bench_report
 from telephony.bench_phase import BenchOptions, Churn
-from telephony.bench_process import GcPauses
+from telephony.bench_process import HistogramReading
 from telephony.bench_report import REPORT_KEYS, Phase, _gc_line, format_report, percentile
 from telephony.bench_sweep import knee
 from telephony.sim.load import Probes, reply_of
@@ -205,18 +205,21 @@ def check_report(report: dict) -> None:
         assert gen["collections"] >= 0 and gen["pause_ms"] >= 0
         assert (gen["longest_ms"] is None) == (gen["collections"] == 0)
     assert report["server_gc_pause_percent"] >= 0
+    lag = report["server_loop_lag"]  # the service's 100 ms timer ticked through the window
+    assert lag["ticks"] >= report["seconds"] * 5 and lag["p99_ms_at_most"] is not None
+    assert lag["p99_ms_at_most"] <= lag["max_ms_at_most"]
 
 
 def test_gc_pauses_in_the_window_are_the_difference_of_two_readings() -> None:
     """How many collections of each generation fell between two /metrics readings, their
     summed pause, and the longest's bound: the first histogram bucket that holds them all."""
     inf = math.inf
-    before = GcPauses(
+    before = HistogramReading(
         count={"0": 10, "1": 2},
         total_s={"0": 0.010, "1": 0.004},
         buckets={"0": {0.001: 5, 0.005: 10, 0.01: 10, inf: 10}, "1": {0.005: 2, inf: 2}},
     )
-    after = GcPauses(
+    after = HistogramReading(
         count={"0": 13, "1": 2},
         total_s={"0": 0.0275, "1": 0.004},
         # one of the three new ones <= 1 ms, none more up to 5 ms, the other two <= 10 ms
@@ -226,12 +229,25 @@ def test_gc_pauses_in_the_window_are_the_difference_of_two_readings() -> None:
     assert got["0"] == {"collections": 3, "pause_ms": 17.5, "longest_ms": 10.0}
     assert got["1"] == {"collections": 0, "pause_ms": 0.0, "longest_ms": None}
     # Past the last bound, or a bucket wider than the sum: the sum bounds the longest.
-    beyond = GcPauses({"2": 1}, {"2": 2.0}, {"2": {1.0: 0, inf: 1}})
-    assert beyond.since(GcPauses({}, {}, {}))["2"]["longest_ms"] == 2000.0
-    one = GcPauses({"2": 1}, {"2": 0.03}, {"2": {0.02: 0, 0.05: 1, inf: 1}})
-    assert one.since(GcPauses({}, {}, {}))["2"]["longest_ms"] == 30.0
+    beyond = HistogramReading({"2": 1}, {"2": 2.0}, {"2": {1.0: 0, inf: 1}})
+    assert beyond.since(HistogramReading({}, {}, {}))["2"]["longest_ms"] == 2000.0
+    one = HistogramReading({"2": 1}, {"2": 0.03}, {"2": {0.02: 0, 0.05: 1, inf: 1}})
+    assert one.since(HistogramReading({}, {}, {}))["2"]["longest_ms"] == 30.0
     r = {**dict.fromkeys(REPORT_KEYS, 1.0), "server_gc": got, "server_gc_pause_percent": 0.04}
     assert "gen0 3 x, 17.5 ms (longest <= 10)  gen1 0 x, 0.0 ms  = 0.04 %" in _gc_line(r)
+
+
+def test_a_quantile_of_the_window_is_read_as_its_bucket_bound() -> None:
+    """The loop lag's p99 and longest in the window: the first bucket bound under which that
+    share of the window's observations fell (the readings' differences, not their totals)."""
+    inf = math.inf
+    before = HistogramReading({"": 100}, {"": 0.1}, {"": {0.001: 100, 0.005: 100, inf: 100}})
+    # 200 ticks in the window: 197 within 1 ms, 2 within 5 ms, one past the last bound
+    after = HistogramReading({"": 300}, {"": 0.5}, {"": {0.001: 297, 0.005: 299, inf: 300}})
+    assert after.quantile_bound_ms(before, "", 0.98) == 1.0
+    assert after.quantile_bound_ms(before, "", 0.99) == 5.0
+    assert after.quantile_bound_ms(before, "", 1.0) == inf
+    assert before.quantile_bound_ms(before, "", 0.99) is None  # nothing in the window
 
 
 def test_percentile_is_nearest_rank() -> None:

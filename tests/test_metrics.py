@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from telephony.demo import run_offline_call
-from telephony.metrics import MAX_END_REASONS, Metrics
+from telephony.metrics import LOOP_LAG_INTERVAL_S, MAX_END_REASONS, Metrics
 from telephony.session.registry import CallRegistry
 from telephony.sim.deepgram_server import Script, ScriptedTurn
 from telephony.store.health import StoreHealth
@@ -81,6 +83,7 @@ def test_exposition_names_types_and_values() -> None:
         "telephony_caller_audio_dropped_seconds",
         "telephony_llm_fallbacks",
         "telephony_gc_pause_seconds",
+        "telephony_event_loop_lag_seconds",
         "telephony_audit_rows_lost",
         "telephony_logins_refused",
     }
@@ -309,3 +312,23 @@ def test_garbage_collections_are_timed_by_generation_until_unwatched() -> None:
     before = count(2)
     gc.collect(2)
     assert count(2) == before
+
+
+@pytest.mark.clock(1)
+async def test_loop_lag_shows_a_blocked_loop_and_stops_when_told() -> None:
+    metrics = Metrics()
+    stop = metrics.watch_loop()
+
+    def lag(suffix: str, **labels: str) -> float:
+        name = f"telephony_event_loop_lag_seconds_{suffix}"
+        return metrics.registry.get_sample_value(name, labels) or 0.0
+
+    await asyncio.sleep(LOOP_LAG_INTERVAL_S * 1.5)  # one tick, on time
+    assert lag("count") == 1 and lag("bucket", le="0.02") == 1
+    time.sleep(LOOP_LAG_INTERVAL_S * 1.5)  # noqa: ASYNC251 (the point: the loop blocked)
+    await asyncio.sleep(0.01)
+    assert lag("count") == 2
+    assert lag("bucket", le="0.02") == 1  # the late tick waited for the block: > 20 ms
+    stop()
+    await asyncio.sleep(LOOP_LAG_INTERVAL_S * 2.5)
+    assert lag("count") == 2
