@@ -244,7 +244,7 @@ async def test_nova_keepalive_rule_keeps_an_idle_listen_socket_open() -> None:
         await asyncio.sleep(5)
         log = fake.logs("listen")[0]
         assert not log.closed, "the fake closed the idle socket: KeepAlive did not reach it"
-        await keepalive.stop()
+        keepalive.stop()
         await ws.close()
     assert keepalive.sent >= 3
     assert log.received_kinds().count("json:KeepAlive") == keepalive.sent

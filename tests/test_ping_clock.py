@@ -113,3 +113,35 @@ async def test_a_closed_or_freed_socket_leaves_the_clock(clock: PingClock) -> No
     del freed  # the clock holds a socket weakly: an ended call's sockets are not kept
     await asyncio.sleep(0.08)
     assert closed.sent_at == [] and len(clock) == 0
+
+
+class Beats:
+    """A beat that runs every `every_s` until told to stop, recording when it ran."""
+
+    def __init__(self, every_s: float, fail: bool = False) -> None:
+        self.every_s = every_s
+        self.ran: list[float] = []
+        self.done = False
+        self.fail = fail
+
+    def beat(self, now: float) -> float | None:
+        self.ran.append(now)
+        if self.fail:
+            raise RuntimeError("surprise")
+        return None if self.done else now + self.every_s
+
+
+async def test_beats_ride_the_clock_held_weakly_until_done(clock: PingClock) -> None:
+    kept, dropped, failing = Beats(0.03), Beats(0.03), Beats(0.03, fail=True)
+    now = asyncio.get_running_loop().time()
+    for beat in (kept, dropped, failing):
+        clock.add_beat(beat, now + 0.03)
+    dropped_ran = dropped.ran
+    del dropped  # its owner let go of it: the clock does not keep it alive
+    await asyncio.sleep(0.2)
+    assert len(kept.ran) >= 4 and dropped_ran == [] and len(failing.ran) == 1
+    kept.done = True
+    ran = len(kept.ran)
+    await asyncio.sleep(0.1)
+    assert len(kept.ran) == ran + 1  # asked once more, said it was done, never again
+    assert len(clock) == 0

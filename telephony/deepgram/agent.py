@@ -40,7 +40,7 @@ class AgentClient(DeepgramSocket):
     """One Voice Agent connection. Not reusable after close: reconnecting means a new client.
 
     `events()` must be consumed: it is where SettingsApplied is seen, which releases the
-    buffered caller audio and starts the KeepAlive task.
+    buffered caller audio and starts the KeepAlives (a beat of the ping clock).
     """
 
     endpoint = "agent"
@@ -164,7 +164,7 @@ class AgentClient(DeepgramSocket):
                 yield event
                 del event  # not kept while the next is awaited (socket.py, `messages`)
         except DeepgramClosed:
-            await self.stop_keepalive()  # no KeepAlive on a dead socket
+            self.stop_keepalive()  # no KeepAlive on a dead socket
             raise
 
     # --- control messages --------------------------------------------------------------------

@@ -6,15 +6,14 @@ Each endpoint keeps its socket alive by its own rule (docs/protocol.md §2–6):
 - Agent `/v1/agent/converse`: KeepAlive about every 8 s, and only while no audio flows.
 - Aura `/v1/speak`: none.
 Pings are sent on every socket (they are harmless everywhere), all of a process's from one
-clock (telephony/deepgram/ping_clock.py); the JSON rule is enforced by `KeepAlive`, one small
-task per socket that wakes once a second and costs nothing per audio frame beyond storing a
-timestamp.
+clock (telephony/deepgram/ping_clock.py); the JSON rule is enforced by `KeepAlive`, a beat of
+that same clock (no task) that runs once per idle period and costs nothing per audio frame
+beyond storing a timestamp.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from urllib.parse import urlencode
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.protocol import State
 
-from telephony.client_frames import binary_frame
+from telephony.client_frames import binary_frame, text_frame
 from telephony.deepgram import ping_clock
 from telephony.deepgram.messages import DeepgramMessageError, Unknown
 from telephony.deepgram.ping_clock import PingClock
@@ -55,6 +54,7 @@ AGENT_KEEPALIVE = KeepAliveSpec(KeepAliveRule.JSON_WHEN_IDLE, idle_s=8.0)
 SPEAK_KEEPALIVE = KeepAliveSpec(KeepAliveRule.NONE)
 
 KEEPALIVE_MESSAGE = '{"type":"KeepAlive"}'
+KEEPALIVE_BYTES = KEEPALIVE_MESSAGE.encode()
 PING_INTERVAL_S = 5.0  # WS pings double as dead-peer detection
 
 
@@ -141,42 +141,41 @@ def send_now(ws: ClientConnection, audio: bytes) -> bool:
 
 
 class KeepAlive:
-    """Sends JSON KeepAlives on sockets whose rule asks for them, only while audio is idle."""
+    """Sends JSON KeepAlives on sockets whose rule asks for them, only while audio is idle: a
+    beat of the loop's one ping clock, which holds it weakly (it goes with its socket)."""
 
     def __init__(self, ws: ClientConnection, spec: KeepAliveSpec) -> None:
         self._ws = ws
-        self._spec = spec
+        self._idle_s = spec.idle_s
         self._loop = asyncio.get_running_loop()
         self.last_audio = self._loop.time()
+        self._last_keepalive = -spec.idle_s
         self.sent = 0
-        self._task: asyncio.Task[None] | None = None
-        if spec.rule is KeepAliveRule.JSON_WHEN_IDLE:
-            self._task = asyncio.create_task(self._run(), name="deepgram-keepalive")
+        self._stopped = spec.rule is not KeepAliveRule.JSON_WHEN_IDLE
+        if not self._stopped:
+            PingClock.of(self._loop).add_beat(self, self.last_audio + self._idle_s)
 
     def audio_sent(self) -> None:
         """Called per audio message: one attribute store, no timer."""
         self.last_audio = self._loop.time()
 
-    async def _run(self) -> None:
-        idle_s = self._spec.idle_s
-        last_keepalive = -idle_s
-        while True:
-            # Sleep until audio could first have been idle long enough, not on a clock: while
-            # audio flows this wakes once per idle_s per call, and a KeepAlive is never late.
-            now = self._loop.time()
-            due = max(self.last_audio, last_keepalive) + idle_s
-            if due > now:
-                await asyncio.sleep(due - now)
-                continue
-            await self._ws.send(KEEPALIVE_MESSAGE)
-            last_keepalive = now
-            self.sent += 1
+    def beat(self, now: float) -> float | None:
+        """A KeepAlive if audio has been idle for idle_s (and none went for as long); else
+        when that could first be. Never on a clock: while audio flows this runs once per
+        idle_s per socket, and a KeepAlive is never late."""
+        ws = self._ws
+        if self._stopped or ws.protocol.state is not State.OPEN or ws.transport.is_closing():
+            return None
+        due = max(self.last_audio, self._last_keepalive) + self._idle_s
+        if due > now:
+            return due
+        ws.transport.write(text_frame(KEEPALIVE_BYTES))  # whole, as send_now writes audio
+        self._last_keepalive = now
+        self.sent += 1
+        return now + self._idle_s
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    def stop(self) -> None:
+        self._stopped = True
 
 
 def parse_or_skip(raw: str, parse: Callable[[str], E | Unknown], endpoint: str) -> E | None:

@@ -164,7 +164,7 @@ class ListenClient(DeepgramSocket):
         close. Every wait is bounded; the events loop must be running to see the finals."""
         if self._ws is None:
             return
-        await self.stop_keepalive()
+        self.stop_keepalive()
         assert self._chunker is not None
         with contextlib.suppress(ConnectionClosed):
             tail = self._chunker.flush()  # never empty

@@ -1,4 +1,5 @@
-"""One clock for every Deepgram socket's WebSocket pings, instead of a task per socket.
+"""One clock for every Deepgram socket's WebSocket pings, instead of a task per socket (and
+for the JSON KeepAlives of the endpoints that want them: `add_beat`).
 
 Every Deepgram socket is pinged every `PING_INTERVAL_S` (telephony/deepgram/connection.py):
 Flux needs pings to stay open while no audio flows (docs/protocol.md §2), and on every socket
@@ -14,6 +15,10 @@ aborted, so its events loop sees it closed and the link reconnects — as `send_
 a peer that stopped reading), then the next `interval_s` after the pong. The ping itself is
 websockets' own (`pending_pings`, which its pong handling resolves), written as `ping()`
 would but without awaiting a drain (a ping is 6 bytes; the audio is not awaited either).
+
+Anything else a socket must do on a schedule rides the same timer as a `Beat` (Nova's and the
+agent's JSON KeepAlives: telephony/deepgram/connection.py `KeepAlive`), held weakly: a beat
+says when it wants to run next, or None when it is done.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import random
 import struct
 import weakref
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from websockets.asyncio.connection import Connection
 from websockets.protocol import State
@@ -40,6 +45,23 @@ COALESCE_S = 0.1  # pings due this soon after a wake-up go out with it
 SUPPORTED = "pending_pings" in Connection.__init__.__code__.co_names and hasattr(
     Connection, "send_data"
 )
+
+
+class Beat(Protocol):
+    def beat(self, now: float) -> float | None:
+        """Do what is due at loop time `now`; when to run again, or None (done for good)."""
+        ...
+
+
+@dataclass(eq=False, slots=True)
+class _Weakly:
+    """A beat the clock must not keep alive: gone with its owner."""
+
+    ref: weakref.ref[Beat]
+
+    def beat(self, now: float) -> float | None:
+        beat = self.ref()
+        return None if beat is None else beat.beat(now)
 
 
 @dataclass(eq=False, slots=True)
@@ -97,7 +119,7 @@ class PingClock:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._due: list[tuple[float, int, _Pinged]] = []  # a heap: (when, tie-break, socket)
+        self._due: list[tuple[float, int, Beat]] = []  # a heap: (when, tie-break, beat)
         self._order = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self._wake_at = float("inf")
@@ -109,8 +131,12 @@ class PingClock:
         """Ping `ws` from `interval_s` on until it closes (nothing to remove)."""
         self._push(self._loop.time() + interval_s, _Pinged(weakref.ref(ws), interval_s, timeout_s))
 
-    def _push(self, at: float, pinged: _Pinged) -> None:
-        heapq.heappush(self._due, (at, next(self._order), pinged))
+    def add_beat(self, beat: Beat, at: float) -> None:
+        """Run `beat` first at loop time `at`, then whenever it asks, while it lives."""
+        self._push(at, _Weakly(weakref.ref(beat)))
+
+    def _push(self, at: float, beat: Beat) -> None:
+        heapq.heappush(self._due, (at, next(self._order), beat))
         if at < self._wake_at:
             self._arm(at)
 
@@ -127,13 +153,13 @@ class PingClock:
         ready = []  # taken out first: each socket is looked at once per wake-up
         while due and due[0][0] <= now + COALESCE_S:
             ready.append(heapq.heappop(due))
-        for _, order, pinged in ready:
+        for _, order, beat in ready:
             try:
-                again = pinged.beat(now)
-            except Exception:  # one socket's surprise must not stop every other's pings
-                log.exception("Deepgram ping failed")
+                again = beat.beat(now)
+            except Exception:  # one socket's surprise must not stop every other's beats
+                log.exception("Deepgram ping or KeepAlive failed")
                 again = None
             if again is not None:
-                heapq.heappush(due, (again, order, pinged))
+                heapq.heappush(due, (again, order, beat))
         if due:
             self._arm(due[0][0])

@@ -154,15 +154,14 @@ class DeepgramSocket:
 
     # --- ending ---------------------------------------------------------------------------------
 
-    async def stop_keepalive(self) -> None:
+    def stop_keepalive(self) -> None:
         if self.keepalive is not None:
-            with contextlib.suppress(ConnectionClosed):  # it may have died with the socket
-                await self.keepalive.stop()
+            self.keepalive.stop()
 
     async def abort(self) -> None:
         """Drop a failed or silent socket at once (no closing handshake to wait for). Its
         events loop raises `DeepgramClosed`, so whoever supervises it replaces it."""
-        await self.stop_keepalive()
+        self.stop_keepalive()
         if self._ws is not None:
             self._ws.transport.abort()
             with contextlib.suppress(Exception):
@@ -177,7 +176,7 @@ class DeepgramSocket:
         `wait_for_server` (the endpoint closes once it has answered them) wait a bounded time
         for that, then close ourselves with 1000. Safe to call more than once."""
         self._closing = True
-        await self.stop_keepalive()
+        self.stop_keepalive()
         if self._ws is None:
             return
         with contextlib.suppress(ConnectionClosed):
