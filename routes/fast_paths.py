@@ -19,7 +19,7 @@ from routes.frame_reader import CONN_ATTRIBUTES
 from routes.sansio import sansio_available
 from telephony.client_frames import apply_mask
 from telephony.deepgram import ping_clock
-from telephony.http_backend import AsyncioBackend, use_asyncio_backend
+from telephony.http_backend import AsyncioBackend, no_yield_when_free, use_asyncio_backend
 from telephony.http_pool import tls_context
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,8 @@ def fast_paths() -> dict[str, bool]:
         "frame-reader": all(hasattr(conn, name) for name in CONN_ATTRIBUTES),
         "c-masking": isinstance(apply_mask, types.BuiltinFunctionType),  # else pure Python
         "llm-asyncio-backend": isinstance(getattr(pool, "_network_backend", None), AsyncioBackend),
+        # httpcore's free locks and set events take no trip round the loop (each request)
+        "httpcore-no-yield-when-free": no_yield_when_free(),
         # every Deepgram socket's pings from one loop timer, not a task each
         "shared-ping-clock": ping_clock.SUPPORTED,
     }

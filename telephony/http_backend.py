@@ -18,11 +18,13 @@ through, so `use_asyncio_backend` sets it on an httpx transport's pool (checked 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import socket
 import ssl
 from collections.abc import Iterable
 from typing import Any
 
+import anyio
 import httpcore
 import httpx
 
@@ -218,8 +220,47 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         await asyncio.sleep(seconds)
 
 
+def no_yield_when_free() -> bool:
+    """httpcore's locks and events, on asyncio, take no trip round the loop when free.
+
+    httpcore's AsyncLock and AsyncEvent go through anyio, whose lock yields to the loop even
+    when it is free and whose event does even when it is already set: three trips before each
+    LLM request is written (the pool's "connection acquired" event, the connection's request
+    lock, the HTTP/1.1 state lock), each waiting behind every other call's ready callbacks —
+    a hop of the EndOfTurn -> reply path that grows with the load. anyio's lock has
+    `fast_acquire` for this; an event already set returns at once. Contended, both wait as
+    before. Applied once per process (every httpcore user gains); False if httpcore or anyio
+    no longer look as expected (then nothing is changed)."""
+    sync = getattr(httpcore, "_synchronization", None)
+    lock_cls, event_cls = getattr(sync, "AsyncLock", None), getattr(sync, "AsyncEvent", None)
+    if lock_cls is None or event_cls is None:
+        return False
+    if getattr(lock_cls, "_no_yield_when_free", False):
+        return True
+    if "fast_acquire" not in inspect.signature(anyio.Lock).parameters:
+        return False
+    setup, wait = lock_cls.setup, event_cls.wait
+
+    def fast_setup(self: Any) -> None:
+        setup(self)
+        if self._backend == "asyncio":
+            self._anyio_lock = anyio.Lock(fast_acquire=True)
+
+    async def wait_unless_set(self: Any, timeout: float | None = None) -> None:
+        if self._backend == "asyncio" and self._anyio_event.is_set():
+            return
+        await wait(self, timeout)
+
+    lock_cls.setup = fast_setup
+    event_cls.wait = wait_unless_set
+    lock_cls._no_yield_when_free = True
+    return True
+
+
 def use_asyncio_backend(transport: httpx.AsyncHTTPTransport) -> httpx.AsyncHTTPTransport:
-    """The transport, its pool connecting through AsyncioBackend (before any request)."""
+    """The transport, its pool connecting through AsyncioBackend (before any request), and
+    httpcore's locks taking no loop trip when free (`no_yield_when_free`)."""
+    no_yield_when_free()
     pool = transport._pool
     if not isinstance(pool, httpcore.AsyncConnectionPool):  # httpx changed: keep its default
         return transport

@@ -180,3 +180,60 @@ async def test_https_works_and_checks_the_certificate(certificate: tuple[Path, P
 async def test_the_backend_refuses_unix_sockets() -> None:
     with pytest.raises(httpcore.ConnectError):
         await AsyncioBackend().connect_unix_socket("/nowhere")
+
+
+async def _turns_while(work: Awaitable[object]) -> int:
+    """How many times the loop turned (ran other callbacks) while `work` ran."""
+    turns = 0
+    loop = asyncio.get_running_loop()
+    ticking = True
+
+    def tick() -> None:
+        nonlocal turns
+        if ticking:
+            turns += 1
+            loop.call_soon(tick)
+
+    loop.call_soon(tick)
+    try:
+        await work
+    finally:
+        ticking = False
+    return turns
+
+
+async def test_httpcore_locks_and_set_events_take_no_loop_trip_when_free() -> None:
+    """Three such trips came before every LLM request was written (the pool's event, two
+    locks), each behind every other call's ready callbacks; contended, they still wait."""
+    use_asyncio_backend(httpx.AsyncHTTPTransport())
+    sync = httpcore._synchronization  # type: ignore[attr-defined]
+    lock, event = sync.AsyncLock(), sync.AsyncEvent()
+
+    async def take() -> None:
+        async with lock:
+            pass
+
+    assert await _turns_while(take()) == 0
+    event.set()
+    assert await _turns_while(event.wait(1.0)) == 0
+
+    order: list[str] = []
+
+    async def holder() -> None:
+        async with lock:
+            order.append("held")
+            await asyncio.sleep(0.01)
+            order.append("released")
+
+    async def waiter() -> None:
+        async with lock:
+            order.append("waited")
+
+    await asyncio.gather(holder(), waiter())
+    assert order == ["held", "released", "waited"]
+    unset = sync.AsyncEvent()
+    unset.setup()
+    asyncio.get_running_loop().call_later(0.01, unset.set)
+    assert await _turns_while(unset.wait(1.0)) > 0  # an unset event is waited for
+    with pytest.raises(httpcore.PoolTimeout):
+        await sync.AsyncEvent().wait(0.01)
