@@ -9,6 +9,7 @@ serve` with SIGKILL and starts it again.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import sqlite3
@@ -25,7 +26,7 @@ from telephony.sim.twilio_rest import FakeTwilioRest
 from telephony.store import instances as inst
 from telephony.store import transcripts as transcripts_module
 from telephony.store import writer as writer_module
-from telephony.store.instances import Instance, sweep
+from telephony.store.instances import Instance, heartbeat, sweep
 from telephony.store.migrate import alembic_config, upgrade
 from telephony.store.schema import calls, events, instances
 from telephony.store.transcripts import TranscriptStore
@@ -147,6 +148,26 @@ async def test_calls_without_a_live_instance_are_swept_by_age(db: Db) -> None:
     assert await sweep(db.engine, me, now) == []  # idempotent
     for sid in ("CArecent", "CAyoung", "CAmine"):
         assert (await row(db, sid) or {}).get("ended_at") is None, sid
+
+
+async def test_a_heartbeat_and_a_sweep_leave_no_cyclic_garbage(db: Db) -> None:
+    """Every instance beats and sweeps every few seconds beside its live calls: a statement
+    that leaves objects in reference loops feeds the cyclic collector, whose collections
+    stall every call (tests/test_call_memory.py)."""
+    now = 1_800_000_000.0
+    me = Instance(id="me", started_at=now)
+    await heartbeat(db.engine, me, now)  # first use: the dialect's caches
+    await sweep(db.engine, me, now)
+    gc.collect()
+    gc.disable()
+    try:
+        for n in range(1, 4):
+            await heartbeat(db.engine, me, now + n)
+            await sweep(db.engine, me, now + n)
+        left = gc.collect()
+    finally:
+        gc.enable()
+    assert left == 0
 
 
 # --- status callbacks -------------------------------------------------------------------------

@@ -46,7 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from telephony.outcome import Outcome
 from telephony.store.call_stats import refresh_facts
 from telephony.store.review_queue import ReviewFor, default_review, refresh_flags
-from telephony.store.schema import calls, dialect_insert, events, instances, turns
+from telephony.store.schema import calls, events, instances, turns, upsert_statement
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,10 @@ STALE_AFTER_S = 3 * HEARTBEAT_S
 # Longer than any call lasts (the default time limit is 1 h, the Voice Agent's session cap 2 h).
 UNOWNED_AFTER_S = 6 * 3600.0
 ID_CHARS = 64  # calls.instance_id, instances.id
+# Built once: this subquery built per sweep left ~200 objects in reference loops each time
+# (its column collection, the coerced subquery), for the cyclic collector, whose collections
+# stall every live call.
+_OWNER_UNKNOWN = ~calls.c.instance_id.in_(select(instances.c.id))
 
 
 def new_instance_id() -> str:
@@ -76,10 +80,7 @@ class Instance:
 async def heartbeat(engine: AsyncEngine, me: Instance, now: float | None = None) -> None:
     """This instance is alive: its row's last_seen is now."""
     now = time.time() if now is None else now
-    stmt = dialect_insert(engine.dialect.name, instances)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["id"], set_={"last_seen": stmt.excluded.last_seen, "url": me.url}
-    )
+    stmt = upsert_statement(engine.dialect.name, instances, ("id",), ("last_seen", "url"))
     row = {"id": me.id, "name": me.name, "started_at": me.started_at, "last_seen": now}
     row["url"] = me.url
     async with engine.begin() as conn:
@@ -119,7 +120,7 @@ async def sweep(
                 and_(
                     calls.c.instance_id != "",
                     calls.c.instance_id != me.id,
-                    ~calls.c.instance_id.in_(select(instances.c.id)),
+                    _OWNER_UNKNOWN,
                     calls.c.started_at < stale,
                 ),
                 and_(calls.c.instance_id == "", calls.c.started_at < now - unowned_after_s),
