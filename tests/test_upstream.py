@@ -129,3 +129,20 @@ def test_memory_is_bounded_in_bytes_whatever_the_frame_size() -> None:
         assert len(kept) <= RECENT_BYTES // 160
         assert kept[-1] == (5999 * 20, bytes([5999 % 256]) * size)  # the newest are kept
         assert len(socket.sent) == 4000 + len(held)  # bounds never hold sending back
+
+
+def test_forgetting_keeps_the_window_in_place_and_its_size_right() -> None:
+    """The window's deques live as long as the call: replacing them at each turn's end made
+    young objects holding every frame since, scanned item by item by each young collection."""
+    up = Upstream(recent_bytes=8 * 160)
+    socket = Socket()
+    up.go_live(socket.send, [])
+    for i in range(6):
+        up.push(*frame(i))
+    window = (up._recent_ts, up._recent)
+    up.forget_before(60)
+    assert up._recent_ts is window[0] and up._recent is window[1]
+    assert up.sent_since(None) == [frame(i) for i in (3, 4, 5)]
+    for i in range(6, 11):  # the size followed the forgetting: 8 frames fit before a trim
+        up.push(*frame(i))
+    assert up.sent_since(None) == [frame(i) for i in range(3, 11)]
