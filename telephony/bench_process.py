@@ -267,11 +267,9 @@ class HistogramReading:
         for gen in sorted(self.count):
             n = self.count[gen] - before.count.get(gen, 0.0)
             total_ms = (self.total_s[gen] - before.total_s.get(gen, 0.0)) * 1000
-            longest = None
-            for bound, cumulative in sorted(self.buckets.get(gen, {}).items()):
-                if n and cumulative - before.buckets.get(gen, {}).get(bound, 0.0) >= n:
-                    longest = round(min(bound * 1000, total_ms), 3)
-                    break
+            longest = self.quantile_bound_ms(before, gen, 1.0)
+            if longest is not None:
+                longest = round(min(longest, total_ms), 3)
             out[gen] = {"collections": n, "pause_ms": round(total_ms, 3), "longest_ms": longest}
         return out
 
